@@ -1,0 +1,28 @@
+# `make demo`: set up and run a real agent turn offline (replay provider, real sandbox).
+# `make test`: set up and run the test suite and the linter.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_HOME ?= /tmp/agentd-demo
+
+$(BIN)/agentd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+.PHONY: demo test bench lint
+demo: $(BIN)/agentd
+	rm -rf $(DEMO_HOME) && $(BIN)/agentd init $(DEMO_HOME)
+	cd $(DEMO_HOME) && $(CURDIR)/$(BIN)/agentd run --model replay:$(CURDIR)/examples/demo.jsonl \
+	  "Write notes/hello.md with a greeting, then check it with the shell"
+	@echo "notes/hello.md in $(DEMO_HOME):" && cat $(DEMO_HOME)/notes/hello.md
+
+test: $(BIN)/agentd
+	$(BIN)/ruff check agentd tests bench
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/agentd
+	$(BIN)/python bench/run.py
+
+lint: $(BIN)/agentd
+	$(BIN)/ruff check agentd tests bench

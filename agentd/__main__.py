@@ -1,0 +1,5 @@
+"""`python -m agentd` is the `agentd` command."""
+
+from agentd.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""The `agentd` command: parse, call the app, render. No logic lives here.
+
+Heavy modules (SDKs, rich, the turn machinery) are imported inside the commands that use
+them, so `agentd --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from agentd import __version__
+from agentd.errors import AgentdError
+
+STDIN_LIMIT = 1_000_000
+
+
+class AgentdGroup(click.Group):
+    """Turns every failure into one `error:` line and an exit code, never a traceback
+    (also under click's CliRunner, which calls the group directly)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except AgentdError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            if os.environ.get("AGENTD_DEBUG"):
+                raise
+            click.echo(f"error: internal error: {type(e).__name__}: {e} (a bug: rerun with "
+                       "AGENTD_DEBUG=1 for the traceback and report it)", err=True)
+            ctx.exit(70)
+
+
+@click.group(cls=AgentdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="agentd")
+def cli() -> None:
+    """agentd: an LLM with a sandboxed bash shell and a folder of markdown files in git.
+
+    Start with `agentd init PATH`, then `agentd run "a task"` inside it.
+    """
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path), default=".")
+def init(path: Path) -> None:
+    """Create a home at PATH (default: here): memory templates, bundled skills, a commented
+    agentd.toml, and a git repository with a first commit."""
+    from agentd.home import init_home
+
+    if init_home(path):
+        click.echo(f"created a home at {path.resolve()}: edit agentd.toml to choose a model, "
+                   f"then `agentd run \"...\"`")
+    else:
+        click.echo(f"{path.resolve()} is already an agentd home; nothing changed")
+
+
+def _read_stdin() -> str:
+    stream = click.get_binary_stream("stdin")
+    if stream.isatty():
+        return ""
+    data = stream.read(STDIN_LIMIT + 1)
+    if len(data) > STDIN_LIMIT:
+        raise AgentdError(f"piped input is over {STDIN_LIMIT // 1_000_000} MB: save it to a "
+                          "file in the workdir and ask the agent to read it")
+    return data.decode("utf-8", errors="replace").strip()
+
+
+@cli.command()
+@click.argument("prompt", required=False)
+@click.option("--home", "home_opt", metavar="PATH", help="The agent's home (default: "
+              "$AGENTD_HOME, else the nearest parent holding agentd.toml, else ~/.agentd).")
+@click.option("--model", "-m", metavar="PROVIDER:MODEL",
+              help="e.g. anthropic:claude-sonnet-5-5, openai:gpt-5.4-mini, ollama:qwen3:8b, "
+                   "replay:run.jsonl.")
+@click.option("--workdir", "-C", type=click.Path(file_okay=False, path_type=Path),
+              help="Where bash runs; with the home, the only writable place (default: here).")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Model calls before the turn "
+              "is stopped (default 30, or max_steps in agentd.toml).")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final answer.")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the model's replies to FILE, for replay:FILE later.")
+@click.option("--no-sandbox", is_flag=True, help="Run bash unsandboxed on this host "
+              "(warned on every turn).")
+def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Path | None,
+        max_steps: int | None, as_json: bool, quiet: bool, record: Path | None,
+        no_sandbox: bool) -> None:
+    """Run one turn on PROMPT. Piped stdin is attached as context:
+
+      git diff | agentd run "review this"
+    """
+    import asyncio
+    import json
+
+    from agentd.config import load_settings
+    from agentd.home import find_home
+    from agentd.turn import TurnRequest, run_turn
+
+    stdin = _read_stdin()
+    if prompt and stdin:
+        task = f"{prompt}\n\n<stdin>\n{stdin}\n</stdin>"
+    else:
+        task = (prompt or stdin).strip()
+    if not task:
+        raise AgentdError('no prompt: give one as an argument (agentd run "...") or on stdin')
+    cwd = Path.cwd()
+    wd = (workdir or cwd).expanduser()
+    if not wd.is_dir():
+        raise AgentdError(f"workdir {wd} does not exist or is not a folder")
+    home, notice = find_home(home_opt, cwd)
+    if notice:
+        click.echo(notice, err=True)
+    settings = load_settings(home)
+    if no_sandbox:
+        settings.sandbox.mode = "off"
+    if settings.sandbox.mode == "off":
+        click.echo("warning: sandbox is off: bash runs unsandboxed on this host", err=True)
+    else:
+        from agentd.tools.sandbox import find_bwrap
+
+        if not find_bwrap():
+            click.echo("warning: bubblewrap (bwrap) is not installed, so bash will refuse to "
+                       "run: `apt-get install bubblewrap`, or opt out with --no-sandbox",
+                       err=True)
+    req = TurnRequest(task=task, workdir=wd.resolve(), model=model, max_steps=max_steps,
+                      record=record)
+
+    from agentd.loop import Events
+
+    renderer = None
+    events = Events()
+    if not (as_json or quiet):
+        from rich.console import Console
+
+        from agentd.render import LiveRenderer
+
+        events = renderer = LiveRenderer(Console(highlight=False))
+    report = asyncio.run(run_turn(home, settings, req, events, base=cwd))
+    code = 0 if report.ok else 1
+    if as_json:
+        from agentd.render import as_json as to_json
+
+        click.echo(json.dumps(to_json(report, code), ensure_ascii=False))
+    elif quiet:
+        if report.result.text:
+            click.echo(report.result.text)
+    else:
+        from agentd.render import summary
+
+        assert renderer is not None
+        renderer.finish()
+        renderer.console.print(summary(report), style="dim", highlight=False)
+    if not report.ok and not as_json:
+        click.echo(f"error: {report.result.error}", err=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Entry point for the `agentd` script and `python -m agentd`."""
+    cli()

@@ -1,0 +1,139 @@
+"""agentd.toml + environment → one typed Settings object.
+
+Parsing is strict: an unknown key or a wrong type is a one-line error naming the key, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from agentd.errors import AgentdError
+from agentd.tools import SandboxSettings
+
+CONFIG_NAME = "agentd.toml"
+
+
+@dataclass
+class Endpoint:
+    """A provider: the built-in `anthropic`, `openai`, `ollama`, or a named OpenAI-compatible
+    server (llama.cpp, vLLM, LM Studio) used as `<name>:<model>`."""
+
+    protocol: str = "openai"
+    base_url: str | None = None
+    key_env: str | None = None
+    context_window: int | None = None
+    max_retries: int = 2
+
+
+@dataclass
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cache_read: float = 0.0
+    cache_write: float = 0.0
+
+
+BUILTIN_ENDPOINTS: dict[str, Endpoint] = {
+    "anthropic": Endpoint("anthropic", None, "ANTHROPIC_API_KEY"),
+    "openai": Endpoint("openai", None, "OPENAI_API_KEY"),
+    "ollama": Endpoint("openai", "http://localhost:11434/v1", None),
+}
+
+
+@dataclass
+class Settings:
+    model: str | None = None
+    max_steps: int = 30
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    providers: dict[str, Endpoint] = field(default_factory=dict)
+    prices: dict[str, Price] = field(default_factory=dict)
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        return self.providers.get(name)
+
+
+def _typed(where: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and kind is not bool:
+        raise AgentdError(f"{where} must be a {_kind_name(kind)}, not {value!r}")
+    if not isinstance(value, kind):
+        raise AgentdError(f"{where} must be a {_kind_name(kind)}, not {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {int: "number", float: "number", str: "string", bool: "true/false", dict: "table"}
+    return names.get(kind, "value") if isinstance(kind, type) else "value"
+
+
+_KINDS: dict[str, type] = {
+    "str": str, "int": int, "float": float, "bool": bool, "str | None": str, "int | None": int,
+}
+
+
+def _fill(obj: Any, table: dict[str, Any], where: str) -> Any:
+    """Copy a TOML table onto a dataclass instance, checking names and types."""
+    hints = {f.name: f for f in fields(obj)}
+    for key, value in table.items():
+        if key not in hints:
+            known = ", ".join(hints)
+            raise AgentdError(f"unknown setting {where}.{key} in {CONFIG_NAME} (known: {known})")
+        kind = _KINDS[str(hints[key].type)]
+        setattr(obj, key, _typed(f"{where}.{key}", value, kind))
+    return obj
+
+
+def parse_settings(data: dict[str, Any]) -> Settings:
+    """Build Settings from a parsed agentd.toml (a dict); raise AgentdError on bad input."""
+    s = Settings(providers={k: Endpoint(**vars(v)) for k, v in BUILTIN_ENDPOINTS.items()})
+    for key, value in data.items():
+        if key == "model":
+            s.model = _typed("model", value, str) or None
+        elif key == "max_steps":
+            s.max_steps = _typed("max_steps", value, int)
+        elif key == "sandbox":
+            _fill(s.sandbox, _typed("sandbox", value, dict), "sandbox")
+        elif key == "providers":
+            for name, table in _typed("providers", value, dict).items():
+                ep = s.providers.get(name) or Endpoint()
+                s.providers[name] = _fill(ep, _typed(f"providers.{name}", table, dict),
+                                          f"providers.{name}")
+        elif key == "prices":
+            for model, table in _typed("prices", value, dict).items():
+                t = _typed(f"prices.{model}", table, dict)
+                if "input" not in t or "output" not in t:
+                    raise AgentdError(f"prices.{model} needs input and output (USD per MTok)")
+                s.prices[model] = _fill(Price(0.0, 0.0), t, f"prices.{model}")
+        else:
+            raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
+    if s.sandbox.mode not in ("bwrap", "off"):
+        raise AgentdError(f"sandbox.mode must be \"bwrap\" or \"off\", not {s.sandbox.mode!r}")
+    if s.max_steps < 1:
+        raise AgentdError("max_steps must be at least 1")
+    for name, ep in s.providers.items():
+        if ep.protocol not in ("openai", "anthropic"):
+            raise AgentdError(f"providers.{name}.protocol must be \"openai\" or \"anthropic\"")
+    return s
+
+
+def load_settings(home: Path) -> Settings:
+    """Read `<home>/agentd.toml` (missing file → all defaults)."""
+    path = home / CONFIG_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return parse_settings({})
+    except (OSError, UnicodeDecodeError) as e:
+        raise AgentdError(f"cannot read {path}: {e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise AgentdError(f"{path} is not valid TOML ({e}); fix it or move it aside") from None
+    return parse_settings(data)

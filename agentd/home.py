@@ -1,0 +1,160 @@
+"""The home: an agent's folder of state. Finding it, creating it, writing into it safely."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from agentd.config import CONFIG_NAME
+from agentd.errors import AgentdError
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a file so a reader (or a crash) never sees it half-written.
+
+    Writes a temporary file beside the target, fsyncs it, then renames it over the target.
+    Keeps the target's permission bits when it already exists, else honours the umask.
+    """
+    if isinstance(data, str):
+        data = data.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+GITIGNORE = ".agentd/\n.env*\n*.pem\n__pycache__/\n"
+HOME_DIRS = ("memory/daily", "skills", "cron", "inbox", "outbox")
+
+
+def bundled_dir(name: str) -> Path:
+    """The repository's top-level `memory/` or `skills/`: the templates `init` copies."""
+    return Path(__file__).resolve().parent.parent / name
+
+
+def is_home(path: Path) -> bool:
+    return (path / CONFIG_NAME).is_file()
+
+
+def find_home(explicit: str | None, cwd: Path) -> tuple[Path, str | None]:
+    """Pick the home: --home, else $AGENTD_HOME, else the nearest parent holding agentd.toml,
+    else ~/.agentd (created on first use). Returns (home, notice-or-None)."""
+    given = explicit or os.environ.get("AGENTD_HOME")
+    if given:
+        home = Path(given).expanduser().resolve()
+        if not is_home(home):
+            src = "--home" if explicit else "$AGENTD_HOME"
+            raise AgentdError(f"{home} ({src}) is not an agentd home: run `agentd init {home}`")
+        return home, None
+    for folder in (cwd, *cwd.parents):
+        if is_home(folder):
+            return folder.resolve(), None
+    home = Path("~/.agentd").expanduser().resolve()
+    if is_home(home):
+        return home, None
+    init_home(home)
+    return home, f"created a new home at {home} (edit {home / CONFIG_NAME} to configure it)"
+
+
+def init_home(path: Path) -> bool:
+    """Create a home at `path`. Returns False (and changes nothing) if one is already there.
+
+    Refuses a non-empty folder that is not a home, so `init` never mixes the agent's state
+    into an unrelated project.
+    """
+    from agentd import history
+
+    path = path.expanduser().resolve()
+    if is_home(path):
+        return False
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise AgentdError(f"{path} is not empty and is not an agentd home: "
+                          "choose a new or empty folder")
+    path.mkdir(parents=True, exist_ok=True)
+    for d in HOME_DIRS:
+        (path / d).mkdir(parents=True, exist_ok=True)
+    for template in sorted(bundled_dir("memory").glob("*.md")):
+        shutil.copy2(template, path / "memory" / template.name)
+    for skill_md in sorted(bundled_dir("skills").glob("*/SKILL.md")):
+        shutil.copytree(skill_md.parent, path / "skills" / skill_md.parent.name)
+    for d in HOME_DIRS:
+        (path / d / ".gitkeep").touch()
+    atomic_write(path / CONFIG_NAME, DEFAULT_CONFIG)
+    atomic_write(path / ".gitignore", GITIGNORE)
+    history.init_repo(path, "agentd init: a new home")
+    return True
+
+
+def runtime_dir(home: Path, *parts: str) -> Path:
+    """`<home>/.agentd/<parts>`: git-ignored bookkeeping (sessions, usage, locks)."""
+    d = home.joinpath(".agentd", *parts)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+DEFAULT_CONFIG = '''\
+# agentd settings for this home. Each commented line shows the default.
+
+# The model, as provider:model. When unset: $AGENTD_MODEL, else the first provider whose
+# key is set (ANTHROPIC_API_KEY → anthropic:claude-sonnet-5-5,
+# OPENAI_API_KEY → openai:gpt-5.4-mini).
+# Providers: anthropic:<model>, openai:<model>, ollama:<model>, <name>:<model> for an endpoint
+# declared below, replay:<file.jsonl> to replay a recorded run (agentd run --record FILE).
+# model = "anthropic:claude-sonnet-5-5"
+
+# Model calls per turn before the turn is stopped.
+# max_steps = 30
+
+[sandbox]
+# "bwrap": bash runs under bubblewrap (root read-only, home and workdir writable, no network).
+# "off": bash runs unsandboxed on the host; agentd warns on every turn.
+# mode = "bwrap"
+# timeout = 120        # seconds per command; the whole process tree is killed after it
+# output_limit = 30000 # characters of command output shown to the model (head + tail kept)
+# tmp_size_mb = 256    # size of the sandbox's private /tmp
+
+# Providers. Keys are read from the environment variable named by key_env, never from here.
+# [providers.anthropic]
+# base_url = "https://api.anthropic.com"   # default: $ANTHROPIC_BASE_URL or the SDK's
+# key_env = "ANTHROPIC_API_KEY"
+# max_retries = 2
+# [providers.openai]
+# base_url = "https://api.openai.com/v1"   # default: $OPENAI_BASE_URL or the SDK's
+# key_env = "OPENAI_API_KEY"
+# [providers.ollama]
+# base_url = "http://localhost:11434/v1"
+
+# A named OpenAI-compatible server (llama.cpp `llama-server --jinja`, vLLM, LM Studio),
+# used as "lmstudio:<model>":
+# [providers.lmstudio]
+# protocol = "openai"
+# base_url = "http://localhost:1234/v1"
+# key_env = "LMSTUDIO_API_KEY"   # omit when the server needs no key
+# context_window = 32768
+
+# Prices in USD per million tokens, overriding the built-in table (agentd/usage.py).
+# [prices."openai:my-model"]
+# input = 1.0
+# output = 4.0
+# cache_read = 0.1
+# cache_write = 0.0
+'''

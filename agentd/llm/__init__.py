@@ -1,0 +1,1 @@
+"""Model providers behind one neutral message type (see types.py). SDKs load lazily."""

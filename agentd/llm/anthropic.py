@@ -1,0 +1,218 @@
+"""The Anthropic Messages API behind the neutral Provider protocol.
+
+Always streams (text reaches the user as it is written, and long answers do not hit the
+non-streaming timeout). The stream is read as raw events rather than through the SDK's
+`messages.stream()` helper because that helper raises on a malformed tool-call JSON
+fragment, while we want to hand malformed arguments back as data (ToolCall.error). The
+SDK is imported on first use so that `agentd --help` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from agentd.llm.types import (
+    Message,
+    ProviderError,
+    TextSink,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    sanitize_history,
+)
+
+DEFAULT_URL = "https://api.anthropic.com"
+TRANSIENT_TYPES = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500}
+
+
+class AnthropicProvider:
+    def __init__(self, model: str, *, api_key: str | None, base_url: str | None,
+                 max_retries: int = 2, timeout: float = 600.0, max_tokens: int = 8192,
+                 key_env: str = "ANTHROPIC_API_KEY"):
+        self.name = f"anthropic:{model}"
+        self.model, self.max_tokens, self.key_env = model, max_tokens, key_env
+        self.base_url, self.max_retries, self.timeout = base_url, max_retries, timeout
+        self._key = api_key or (os.environ.get(key_env) if key_env else None)
+        if not self._key and not key_env:
+            self._key = "none"  # a keyless endpoint; the SDK insists on some credential
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _get_client(self) -> Any:
+        """The SDK client, made on first use and again per event loop: its connection pool
+        belongs to the loop that opened it, and a CLI may run one asyncio.run per turn."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            if not self._key:
+                raise ProviderError(self.name, f"no API key: set ${self.key_env}")
+            import anthropic
+
+            self._client = anthropic.AsyncAnthropic(
+                api_key=self._key, base_url=self.base_url, max_retries=self.max_retries,
+                timeout=self.timeout)
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.close()
+        self._client = self._loop = None
+
+    async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
+                       on_text: TextSink | None = None) -> Message:
+        params: dict[str, Any] = {
+            "model": self.model, "max_tokens": self.max_tokens, "stream": True,
+            "messages": to_anthropic(sanitize_history(messages)),
+            # caches the prompt up to the last block, so each step re-reads the history
+            # from the cache instead of paying for it again
+            "cache_control": {"type": "ephemeral"},
+        }
+        if system:
+            params["system"] = [{"type": "text", "text": system}]
+        if tools:
+            params["tools"] = [{"name": t.name, "description": t.description,
+                                "input_schema": t.parameters} for t in tools]
+        try:
+            client = self._get_client()
+            stream = await client.messages.create(**params)
+            async with stream:
+                return await self._read(stream, on_text)
+        except ProviderError:
+            raise
+        except Exception as e:
+            raise self._error(e) from e
+
+    async def _read(self, stream: Any, on_text: TextSink | None) -> Message:
+        """Fold the event stream into one neutral message, passing text deltas on."""
+        text: list[str] = []
+        calls: dict[int, tuple[str, str, list[str]]] = {}  # block index -> id, name, json
+        usage: Usage | None = None
+        stop: str | None = None
+        async for ev in stream:
+            if ev.type == "message_start":
+                u = ev.message.usage
+                usage = Usage(u.input_tokens or 0, u.output_tokens or 0,
+                              u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0)
+            elif ev.type == "content_block_start" and ev.content_block.type == "tool_use":
+                calls[ev.index] = (ev.content_block.id, ev.content_block.name, [])
+            elif ev.type == "content_block_delta":
+                if ev.delta.type == "text_delta" and ev.delta.text:
+                    text.append(ev.delta.text)
+                    if on_text:
+                        on_text(ev.delta.text)
+                elif ev.delta.type == "input_json_delta" and ev.index in calls:
+                    calls[ev.index][2].append(ev.delta.partial_json)
+            elif ev.type == "message_delta" and usage is not None:
+                stop = ev.delta.stop_reason or stop
+                u = ev.usage  # cumulative; the optional counts are absent when unchanged
+                usage.output = u.output_tokens or usage.output
+                usage.input = u.input_tokens if u.input_tokens is not None else usage.input
+                if u.cache_read_input_tokens is not None:
+                    usage.cache_read = u.cache_read_input_tokens
+                if u.cache_creation_input_tokens is not None:
+                    usage.cache_write = u.cache_creation_input_tokens
+        if usage is None:
+            raise ProviderError(self.name, "malformed response: the stream had no message",
+                                hint=f"is {self._url()} an Anthropic API?")
+        if stop is None:  # no message_delta: the answer was cut off, tool JSON may be partial
+            raise ProviderError(self.name, "the answer stream ended early", hint="try again")
+        tool_calls = [ToolCall(cid, name, *parse_arguments("".join(parts)))
+                      for _, (cid, name, parts) in sorted(calls.items())]
+        return Message("assistant", "".join(text), tool_calls, model=self.name, usage=usage,
+                       stop_reason=stop)
+
+    def _error(self, e: Exception) -> ProviderError:
+        """One line that says what failed and what to do; never the key, never a traceback."""
+        import anthropic
+        import httpx2
+
+        url = self._url()
+        if isinstance(e, anthropic.APITimeoutError | httpx2.TimeoutException):
+            return ProviderError(self.name, f"cannot reach {url}: no answer within "
+                                 f"{self.timeout:g}s", hint="is the server running?")
+        if isinstance(e, anthropic.APIConnectionError):
+            return ProviderError(self.name, f"cannot reach {url}: is the server running?")
+        if isinstance(e, anthropic.APIStatusError):
+            detail = self._clean(e.api_message or str(e.body or e.message))
+            if e.status_code < 400:  # an error event mid-stream, which the SDK does not retry
+                status = TRANSIENT_TYPES.get(str(e.type))
+                return ProviderError(self.name, detail, status, "try again later")
+            return ProviderError(self.name, detail, e.status_code, self._hint(e.status_code))
+        if isinstance(e, httpx2.TransportError):  # the SDK leaves these unwrapped mid-stream
+            return ProviderError(self.name, f"the connection to {url} broke: "
+                                 f"{self._clean(str(e) or type(e).__name__)}", hint="try again")
+        if isinstance(e, anthropic.APIResponseValidationError | ValueError):
+            return ProviderError(self.name, f"malformed response from {url}: "
+                                 f"{self._clean(str(e))}")
+        return ProviderError(self.name, f"{type(e).__name__}: {self._clean(str(e))}")
+
+    def _url(self) -> str:
+        """Where requests went: the SDK may have taken it from its own *_BASE_URL variable."""
+        url = self._client.base_url if self._client is not None else self.base_url
+        return str(url or DEFAULT_URL).rstrip("/")
+
+    def _hint(self, status: int | None) -> str:
+        if status in (401, 403):
+            return f"check ${self.key_env}" if self.key_env else "check the API key"
+        if status == 404:
+            return f"model {self.model} not found; name models as anthropic:<model-id>"
+        if status is not None and (status in (408, 409, 429) or status >= 500):
+            n = self.max_retries
+            tries = f"retried {n} time{'s' if n > 1 else ''}; " if n else ""
+            return f"{tries}try again later"
+        return ""
+
+    def _clean(self, text: str) -> str:
+        """One short line, with the key blanked out should a server echo it."""
+        if self._key and len(self._key) >= 8:  # real keys are long; "none" is a word
+            text = text.replace(self._key, "***")
+        line = " ".join(text.split())
+        return line if len(line) <= 200 else line[:199] + "…"
+
+
+def to_anthropic(messages: list[Message]) -> list[dict[str, Any]]:
+    """Neutral history → Messages API turns.
+
+    Tool results travel as `tool_result` blocks in a user turn; consecutive same-role
+    entries are merged so roles alternate, as the API requires. Empty text blocks are
+    dropped (the API rejects them), and an assistant turn left with nothing goes too.
+    """
+    out: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+
+    for m in messages:
+        text = [{"type": "text", "text": m.text}] if m.text.strip() else []
+        if m.role == "assistant":
+            add("assistant", text + [{"type": "tool_use", "id": c.id, "name": c.name,
+                                      "input": c.arguments} for c in m.tool_calls])
+        elif m.role == "tool":
+            add("user", [{"type": "tool_result", "tool_use_id": m.tool_call_id,
+                          "content": m.text or "(no output)", "is_error": m.is_error}])
+        else:
+            add("user", text)
+    return out
+
+
+def parse_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
+    """(arguments, error) for a tool call's JSON text; never raises on what a model sent."""
+    if not raw.strip():
+        return {}, None  # a call without arguments streams no JSON at all
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        return {}, f"invalid JSON arguments: {e.msg} at char {e.pos}"
+    except RecursionError:
+        return {}, "invalid JSON arguments: nested too deeply"
+    if not isinstance(value, dict):
+        return {}, f"invalid JSON arguments: expected an object, got {type(value).__name__}"
+    return value, None

@@ -1,0 +1,176 @@
+"""Provider-neutral conversation types.
+
+Every adapter converts to and from these, so a transcript written while talking to one
+provider can be continued on another. Nothing here imports an SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+Role = Literal["user", "assistant", "tool"]
+
+
+@dataclass
+class Usage:
+    """Token counts for one model call, normalised across providers.
+
+    `input` excludes cached tokens: the prompt size is input + cache_read + cache_write.
+    (Anthropic reports it that way; OpenAI's prompt_tokens includes cached tokens, so the
+    adapter subtracts them.)
+    """
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input + other.input,
+            self.output + other.output,
+            self.cache_read + other.cache_read,
+            self.cache_write + other.cache_write,
+        )
+
+
+@dataclass
+class ToolCall:
+    """A tool call as the model asked for it.
+
+    `arguments` is the parsed JSON object; when the model sent something that is not a JSON
+    object, `arguments` is empty and `error` says what was wrong (the loop answers it with
+    an error result instead of running the tool).
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Message:
+    """One entry of a conversation.
+
+    role "user": `text`. role "assistant": `text`, `tool_calls`, `model`, `usage`,
+    `stop_reason`. role "tool": `text` is the result for `tool_call_id`, `is_error` marks a
+    failure.
+    """
+
+    role: Role
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+    is_error: bool = False
+    model: str | None = None
+    usage: Usage | None = None
+    stop_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A compact JSON-ready dict: empty and default fields are left out."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if k == "role" or v not in (None, "", [], False)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Message:
+        if d.get("role") not in ("user", "assistant", "tool"):
+            raise ValueError(f"unknown message role {d.get('role')!r}")
+        calls = [ToolCall(**c) for c in d.get("tool_calls") or []]
+        usage = Usage(**d["usage"]) if d.get("usage") else None
+        return cls(
+            role=d["role"],
+            text=str(d.get("text") or ""),
+            tool_calls=calls,
+            tool_call_id=d.get("tool_call_id"),
+            is_error=bool(d.get("is_error")),
+            model=d.get("model"),
+            usage=usage,
+            stop_reason=d.get("stop_reason"),
+        )
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """What the model is told about a tool: name, one-paragraph description, JSON schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ProviderError(Exception):
+    """A model call that failed for good (after the SDK's own retries).
+
+    `str()` is the one line shown to the user: provider, HTTP status when there is one,
+    and what to do about it.
+    """
+
+    def __init__(self, provider: str, message: str, status: int | None = None, hint: str = ""):
+        self.provider, self.status, self.hint = provider, status, hint
+        code = f" {status}" if status else ""
+        super().__init__(f"{provider}:{code} {message}" + (f" — {hint}" if hint else ""))
+
+
+TextSink = Callable[[str], None]
+
+
+class Provider(Protocol):
+    """One model behind one wire protocol. `name` is the `provider:model` string."""
+
+    name: str
+
+    async def complete(
+        self,
+        system: str,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        on_text: TextSink | None = None,
+    ) -> Message:
+        """Send the conversation, stream text deltas to `on_text`, return the assistant
+        message (with usage and the model name). Raises ProviderError on failure."""
+        ...
+
+
+def sanitize_history(messages: list[Message]) -> list[Message]:
+    """Make a history safe to hand to any provider.
+
+    Tool-call ids are normalised to `call_<n>` (providers restrict their shape), every tool
+    call gets exactly one result (a synthetic error if the transcript lost it, e.g. after a
+    crash), and results without a matching call are dropped.
+    """
+    out: list[Message] = []
+    ids: dict[str, list[str]] = {}  # original id -> new ids, in call order (ids can repeat)
+    pending: list[str] = []
+    n = 0
+
+    def close_pending() -> None:
+        for cid in pending:
+            out.append(Message("tool", "error: no result was recorded for this call",
+                               tool_call_id=cid, is_error=True))
+        pending.clear()
+
+    for m in messages:
+        if m.role == "tool":
+            new = next((i for i in ids.get(m.tool_call_id or "", []) if i in pending), None)
+            if new is None:
+                continue
+            pending.remove(new)
+            out.append(Message("tool", m.text, tool_call_id=new, is_error=m.is_error))
+            continue
+        close_pending()
+        if m.role == "assistant" and m.tool_calls:
+            calls = []
+            for c in m.tool_calls:
+                n += 1
+                new = f"call_{n}"
+                ids.setdefault(c.id, []).append(new)
+                pending.append(new)
+                calls.append(ToolCall(new, c.name, c.arguments, c.error))
+            m = Message("assistant", m.text, calls, model=m.model, usage=m.usage,
+                        stop_reason=m.stop_reason)
+        out.append(m)
+    close_pending()
+    return out

@@ -1,0 +1,121 @@
+"""One turn in a home, whatever triggered it: pick the model, build the prompt, run the loop,
+and keep the books (session transcript, usage ledger). The CLI, the daemon and the bridge
+all come through here."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentd.config import Settings
+from agentd.home import runtime_dir
+from agentd.llm.router import choose_model, make_provider
+from agentd.llm.types import Message, ToolCall, Usage
+from agentd.loop import Events, TurnResult, run_loop
+from agentd.prompt import build_system_prompt
+from agentd.session import SessionLog, new_id
+from agentd.tools import ToolContext
+from agentd.usage import append_ledger, cost, price_for
+
+
+@dataclass
+class TurnRequest:
+    task: str
+    workdir: Path
+    trigger: str = "cli"
+    model: str | None = None
+    max_steps: int | None = None
+    record: Path | None = None
+
+
+@dataclass
+class TurnReport:
+    run_id: str
+    model: str
+    result: TurnResult
+    seconds: float
+    cost: float | None
+    models: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    session: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result.status == "ok"
+
+
+class _Books(Events):
+    """Writes every message to the transcript and every model call to the ledger, then
+    forwards to the caller's events."""
+
+    def __init__(self, outer: Events, log: SessionLog, report: TurnReport, home: Path,
+                 settings: Settings, trigger: str):
+        self.outer, self.log, self.report = outer, log, report
+        self.ledger = runtime_dir(home) / "usage.jsonl"
+        self.settings, self.trigger = settings, trigger
+        self._priced = True
+        self.report.cost = 0.0
+
+    def text(self, delta: str) -> None:
+        self.outer.text(delta)
+
+    def tool_call(self, call: ToolCall) -> None:
+        self.outer.tool_call(call)
+
+    def tool_result(self, call: ToolCall, result: Message) -> None:
+        self.report.tool_calls.append({"name": call.name, "arguments": call.arguments,
+                                       "is_error": result.is_error})
+        self.outer.tool_result(call, result)
+
+    def message(self, msg: Message) -> None:
+        self.log.append(msg)
+        if msg.role == "assistant":
+            model = msg.model or self.report.model
+            if model not in self.report.models:
+                self.report.models.append(model)
+            usage = msg.usage or Usage()
+            usd = cost(usage, price_for(model, self.settings.prices))
+            append_ledger(self.ledger, self.report.run_id, model, self.trigger, usage, usd)
+            if usd is None or self.report.cost is None:
+                self.report.cost = None
+            else:
+                self.report.cost = round(self.report.cost + usd, 9)
+        self.outer.message(msg)
+
+
+async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Events,
+                   base: Path | None = None) -> TurnReport:
+    """Run one turn. Config problems raise AgentdError before anything is spent; everything
+    after that ends up in the report."""
+    spec = choose_model(req.model, settings)
+    provider = make_provider(spec, settings, base or req.workdir)
+    if req.record:
+        from agentd.llm.replay import RecordingProvider
+
+        provider = RecordingProvider(provider, req.record)
+    run_id = new_id()
+    started = time.monotonic()
+    report = TurnReport(run_id, spec, TurnResult("ok"), 0.0, 0.0)
+    log = SessionLog(runtime_dir(home, "sessions") / f"{run_id}.jsonl",
+                     {"id": run_id, "trigger": req.trigger, "model": spec,
+                      "workdir": str(req.workdir)})
+    report.session = log.path
+    system = build_system_prompt(home, req.workdir)
+    messages = [Message("user", req.task)]
+    log.append(messages[0])
+    ctx = ToolContext(home=home, workdir=req.workdir, sandbox=settings.sandbox)
+    books = _Books(events, log, report, home, settings, req.trigger)
+    try:
+        report.result = await run_loop(provider, system, messages, ctx,
+                                       req.max_steps or settings.max_steps, books)
+    finally:
+        close = getattr(provider, "aclose", None)
+        if close:
+            await close()
+    report.seconds = round(time.monotonic() - started, 3)
+    r = report.result
+    log.end(status=r.status, error=r.error, steps=r.steps, seconds=report.seconds,
+            cost=report.cost)
+    return report

@@ -1,0 +1,72 @@
+"""Shared fixtures: a fresh home, a fake LLM server on loopback, a clean environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakellm import FakeLLM
+
+from agentd.cli import cli
+from agentd.home import init_home
+
+SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL",
+               "OPENAI_API_KEY", "OPENAI_BASE_URL", "AGENTD_MODEL", "AGENTD_HOME")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test sees the developer's keys, models or ~/.agentd; HOME is a scratch folder."""
+    for var in SECRET_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("userhome")))
+    # Any stray connection attempt by an SDK goes to a dead loopback port.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    init_home(h)
+    # Fast failures in tests: one SDK retry instead of two.
+    with (h / "agentd.toml").open("a") as f:
+        f.write("\n[providers.anthropic]\nmax_retries = 1\n[providers.openai]\nmax_retries = 1\n")
+    subprocess.run(["git", "-C", str(h), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
+                    "-qam", "test settings"], check=True)
+    return h.resolve()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    w = tmp_path / "work"
+    w.mkdir()
+    return w.resolve()
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLM]:
+    """A scripted fake LLM; both SDKs are pointed at it through their own variables."""
+    with FakeLLM() as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.anthropic_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-KEYVALUE")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-KEYVALUE")
+        yield server
+
+
+def agentd(*args: str, input: str | None = None) -> Result:
+    """Run the CLI in-process, with stderr kept apart from stdout."""
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def json_out(result: Result) -> dict:
+    return json.loads(result.stdout)

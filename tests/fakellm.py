@@ -1,0 +1,384 @@
+"""A scripted fake LLM server that speaks the real Anthropic and OpenAI wire protocols.
+
+Tests point the real SDKs (and so our adapters) at it instead of mocking them: a mock
+would only prove that our code agrees with our own idea of the SDK, while this proves it
+agrees with the bytes the SDK actually parses. Stdlib only, bound to 127.0.0.1 on a free
+port, served from a daemon thread.
+
+    with FakeLLM({"text": "hi"}, {"error": 429}) as fake:
+        client = anthropic.Anthropic(base_url=fake.anthropic_url, api_key="test")
+        ...
+        assert fake.requests[0].body["model"] == "..."
+
+Each model request (`POST /v1/messages` or `POST /v1/chat/completions`) consumes the next
+reply of the script, FIFO, whichever protocol asks. Reply dicts:
+
+    {"text": "hi"}                                  plain answer (end_turn / stop)
+    {"text": "...", "tool_calls": [{"name": "bash", "arguments": {...} or "raw json",
+                                    "id": optional}]}   tool use (tool_use / tool_calls)
+    {"usage": {"input", "output", "cache_read", "cache_write"}}   neutral meaning: input
+                                                    EXCLUDES cached tokens; optional
+    {"error": 429, "message": "...", "headers": {...}, "type": optional}   HTTP error
+    {"raw": "not json", "status": 200, "content_type": "application/json"}   broken body
+    {"empty": True}                                 an answer with no content at all
+    {"delay": 0.2, ...}                             sleep first (any reply)
+
+An exhausted script answers 500 "fakellm: script exhausted" (with `x-should-retry: false`
+so the SDKs fail at once), so a test that under-scripts fails loudly. `auto=True` instead
+answers forever: a `bash` tool call, then "DONE" once the request ends with a tool result.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import count
+from typing import Any
+
+Reply = dict[str, Any]
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+               403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+               429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
+OPENAI_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded",
+                500: "server_error"}
+
+
+@dataclass
+class Recorded:
+    """One HTTP request as the fake received it (headers with lower-case keys)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    raw: bytes
+
+
+class FakeLLM:
+    """The server plus its script; use as a context manager so the port is released."""
+
+    def __init__(self, *replies: Reply, auto: bool = False):
+        self.auto = auto
+        self.models = ["fake-model"]  # what GET /v1/models lists
+        self.requests: list[Recorded] = []
+        self._script: deque[Reply] = deque(replies)
+        self._lock = threading.Lock()
+        self._ids = count(1)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        port = self._server.server_address[1]
+        self.anthropic_url = f"http://127.0.0.1:{port}"
+        self.openai_url = f"{self.anthropic_url}/v1"
+        threading.Thread(target=self._server.serve_forever, args=(0.01,), name="fakellm",
+                         daemon=True).start()  # a short poll so close() returns at once
+
+    def push(self, *replies: Reply) -> None:
+        """Append replies to the script (a test can script as it goes)."""
+        with self._lock:
+            self._script.extend(replies)
+
+    @property
+    def pending(self) -> int:
+        """How many scripted replies are still unused."""
+        with self._lock:
+            return len(self._script)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeLLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what to answer ------------------------------------------------------------------
+
+    def _record(self, rec: Recorded) -> None:
+        with self._lock:
+            self.requests.append(rec)
+
+    def _next_reply(self, protocol: str, body: Any) -> Reply:
+        with self._lock:
+            if self._script:
+                return self._script.popleft()
+        if self.auto:
+            return _auto_reply(protocol, body)
+        return {"error": 500, "message": "fakellm: script exhausted",
+                "headers": {"x-should-retry": "false"}}
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self._ids):04d}"
+
+
+def _auto_reply(protocol: str, body: Any) -> Reply:
+    """The demo agent: one shell command, then DONE once it sees the command's result."""
+    msgs = body.get("messages") if isinstance(body, dict) else None
+    last = msgs[-1] if msgs else {}
+    if protocol == "openai":
+        after_tool = last.get("role") == "tool"
+    else:
+        content = last.get("content")
+        after_tool = isinstance(content, list) and any(
+            isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    if after_tool:
+        return {"text": "DONE"}
+    return {"tool_calls": [{"name": "bash", "arguments": {"command": "echo hi > hello.txt"}}]}
+
+
+def _pieces(s: str, n: int = 3) -> list[str]:
+    """Split `s` into up to n chunks, as a real stream would deliver it."""
+    size = max(1, -(-len(s) // n))
+    return [s[i:i + size] for i in range(0, len(s), size)]
+
+
+def _calls(fake: FakeLLM, reply: Reply, prefix: str) -> list[tuple[str, str, str, Any]]:
+    """(id, name, arguments as JSON text, arguments as a value) for each scripted call.
+    A str `arguments` is sent verbatim, so tests can send malformed JSON."""
+    out = []
+    for c in reply.get("tool_calls") or []:
+        args = c.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                value = json.loads(args)
+            except ValueError:
+                value = args
+            text = args
+        else:
+            text, value = json.dumps(args), args
+        out.append((c.get("id") or fake.new_id(prefix), c["name"], text, value))
+    return out
+
+
+def _usage(reply: Reply, raw: bytes) -> dict[str, int]:
+    """Neutral usage: the script's numbers, else plausible ones derived from the sizes."""
+    out_size = len(reply.get("text") or "") + len(json.dumps(reply.get("tool_calls") or []))
+    u = {"input": max(1, len(raw) // 4), "output": max(1, out_size // 4),
+         "cache_read": 0, "cache_write": 0}
+    u.update(reply.get("usage") or {})
+    return u
+
+
+def _sse(event: str | None, data: Any) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    payload = data if isinstance(data, str) else json.dumps(data)
+    return f"{head}data: {payload}\n\n".encode()
+
+
+# -- Anthropic Messages ----------------------------------------------------------------
+
+
+def anthropic_response(fake: FakeLLM, reply: Reply, body: dict[str, Any], raw: bytes,
+                       stream: bool) -> tuple[dict[str, Any], list[bytes]]:
+    """The JSON body (non-streaming) and the SSE events (streaming) for one reply."""
+    u = _usage(reply, raw)
+    usage = {"input_tokens": u["input"], "output_tokens": u["output"],
+             "cache_creation_input_tokens": u["cache_write"],
+             "cache_read_input_tokens": u["cache_read"]}
+    text = "" if reply.get("empty") else reply.get("text") or ""
+    calls = _calls(fake, reply, "toolu_fake")
+    stop = "tool_use" if calls else "end_turn"
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    content += [{"type": "tool_use", "id": i, "name": n, "input": v} for i, n, _, v in calls]
+    msg = {"id": fake.new_id("msg_fake"), "type": "message", "role": "assistant",
+           "model": body.get("model", "fake-model"), "content": content, "stop_reason": stop,
+           "stop_sequence": None, "usage": usage}
+    if not stream:
+        return msg, []
+    start = {**msg, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    events = [_sse("message_start", {"type": "message_start", "message": start}),
+              _sse("ping", {"type": "ping"})]
+    for index, block in enumerate(content):
+        if block["type"] == "text":
+            first, deltas = {"type": "text", "text": ""}, [
+                {"type": "text_delta", "text": p} for p in _pieces(block["text"])]
+        else:
+            first = {**block, "input": {}}
+            json_text = calls[index - (1 if text else 0)][2]
+            deltas = [{"type": "input_json_delta", "partial_json": p}
+                      for p in ["", *_pieces(json_text)]]
+        events.append(_sse("content_block_start", {"type": "content_block_start",
+                                                   "index": index, "content_block": first}))
+        events += [_sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                "delta": d}) for d in deltas]
+        events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(_sse("message_delta", {"type": "message_delta",
+                                         "delta": {"stop_reason": stop, "stop_sequence": None},
+                                         "usage": {"output_tokens": u["output"]}}))
+    events.append(_sse("message_stop", {"type": "message_stop"}))
+    return msg, events
+
+
+# -- OpenAI Chat Completions -----------------------------------------------------------
+
+
+def openai_response(fake: FakeLLM, reply: Reply, body: dict[str, Any], raw: bytes,
+                    stream: bool) -> tuple[dict[str, Any], list[bytes]]:
+    """The JSON body (non-streaming) and the SSE chunks (streaming) for one reply."""
+    u = _usage(reply, raw)
+    # prompt_tokens counts every prompt token, cached or not; the details break it down
+    prompt = u["input"] + u["cache_read"] + u["cache_write"]
+    usage = {"prompt_tokens": prompt, "completion_tokens": u["output"],
+             "total_tokens": prompt + u["output"],
+             "prompt_tokens_details": {"cached_tokens": u["cache_read"], "audio_tokens": 0,
+                                       "cache_write_tokens": u["cache_write"]},
+             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
+    text = "" if reply.get("empty") else reply.get("text") or ""
+    calls = _calls(fake, reply, "call_fake")
+    finish = "tool_calls" if calls else "stop"
+    base = {"id": fake.new_id("chatcmpl-fake"), "created": int(time.time()),
+            "model": body.get("model", "fake-model"), "system_fingerprint": None}
+    if not stream:
+        message: dict[str, Any] = {"role": "assistant", "content": text or None,
+                                   "refusal": None}
+        if calls:
+            message["tool_calls"] = [{"id": i, "type": "function",
+                                      "function": {"name": n, "arguments": t}}
+                                     for i, n, t, _ in calls]
+        return {**base, "object": "chat.completion", "usage": usage, "choices": [
+            {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}]}, []
+
+    with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        c = {**base, "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+        return _sse(None, {**c, "usage": None} if with_usage else c)
+
+    chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    chunks += [chunk({"content": p}) for p in _pieces(text)]
+    for index, (cid, name, args, _) in enumerate(calls):
+        chunks.append(chunk({"tool_calls": [{"index": index, "id": cid, "type": "function",
+                                             "function": {"name": name, "arguments": ""}}]}))
+        chunks += [chunk({"tool_calls": [{"index": index, "function": {"arguments": p}}]})
+                   for p in _pieces(args)]
+    chunks.append(chunk({}, finish))
+    if with_usage:
+        chunks.append(_sse(None, {**base, "object": "chat.completion.chunk", "choices": [],
+                                  "usage": usage}))
+    chunks.append(_sse(None, "[DONE]"))
+    return {}, chunks
+
+
+def error_body(protocol: str, status: int, message: str, kind: str | None) -> dict[str, Any]:
+    fallback = "api_error" if status >= 500 else "invalid_request_error"
+    kind = kind or ERROR_TYPES.get(status, fallback)
+    if protocol == "anthropic":
+        return {"type": "error", "error": {"type": kind, "message": message},
+                "request_id": "req_fake"}
+    return {"error": {"message": message, "type": kind, "param": None,
+                      "code": OPENAI_CODES.get(status)}}
+
+
+# -- HTTP ------------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    fake: FakeLLM  # the handlers' way back to the script
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops its keep-alive connection is normal; anything else is not."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive like the real APIs; SSE closes the connection
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr lines; tests read `fake.requests` instead."""
+
+    def _receive(self) -> tuple[FakeLLM, str, Any, bytes]:
+        fake = self.server.fake
+        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        path = self.path.split("?", 1)[0]
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        fake._record(Recorded(self.command, path, headers, body, raw))
+        return fake, path, body, raw
+
+    def do_GET(self) -> None:
+        fake, path, _, _ = self._receive()
+        if path != "/v1/models":
+            return self._error("openai", 404, f"fakellm: no route GET {path}", None)
+        if "anthropic-version" in self.headers:
+            data = [{"type": "model", "id": m, "display_name": m,
+                     "created_at": "2025-01-01T00:00:00Z"} for m in fake.models]
+            return self._json(200, {"data": data, "has_more": False,
+                                    "first_id": fake.models[0], "last_id": fake.models[-1]})
+        self._json(200, {"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "fakellm"}
+            for m in fake.models]})
+
+    def do_POST(self) -> None:
+        fake, path, body, raw = self._receive()
+        routes = {"/v1/messages": ("anthropic", anthropic_response),
+                  "/v1/chat/completions": ("openai", openai_response)}
+        if path not in routes:
+            protocol = "anthropic" if "anthropic-version" in self.headers else "openai"
+            return self._error(protocol, 404, f"fakellm: no route POST {path}", None)
+        protocol, respond = routes[path]
+        reply = fake._next_reply(protocol, body)
+        try:
+            self._answer(fake, protocol, respond, reply, body, raw)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            # a broken script: say so in the reply rather than dropping the connection,
+            # which the SDK would report (after retrying) as an unreachable server
+            self._error(protocol, 500, f"fakellm: bad reply {reply!r}: {e!r}", None,
+                        {"x-should-retry": "false"})
+
+    def _answer(self, fake: FakeLLM, protocol: str, respond: Any, reply: Reply, body: Any,
+                raw: bytes) -> None:
+        time.sleep(reply.get("delay", 0))
+        if "error" in reply:
+            return self._error(protocol, reply["error"], reply.get("message", "fakellm error"),
+                               reply.get("type"), reply.get("headers"))
+        if "raw" in reply:
+            return self._send(reply.get("status", 200), reply["raw"].encode(),
+                              reply.get("content_type", "application/json"),
+                              reply.get("headers"))
+        request = body if isinstance(body, dict) else {}
+        stream = bool(request.get("stream"))
+        whole, events = respond(fake, reply, request, raw, stream)
+        if not stream:
+            return self._json(200, whole)
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("connection", "close")
+        self.end_headers()
+        for event in events:
+            self.wfile.write(event)
+            self.wfile.flush()
+        self.close_connection = True
+
+    def _error(self, protocol: str, status: int, message: str, kind: str | None,
+               headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(error_body(protocol, status, message, kind)).encode()
+        self._send(status, body, "application/json", headers)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("request-id", "req_fake")
+        self.send_header("x-request-id", "req_fake")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)

@@ -1,0 +1,225 @@
+"""End to end through `agentd run`: real SDKs against the fake LLM server, real tools,
+real bubblewrap, real git. Each test checks what the turn left behind and what the model
+server received."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import agentd, json_out
+from fakellm import FakeLLM
+
+TWO_TOOLS = [
+    {"text": "Writing it.", "tool_calls": [
+        {"name": "write", "arguments": {"path": "out/hello.txt", "content": "hi there\n"}}]},
+    {"tool_calls": [{"name": "bash", "arguments": {"command": "wc -c out/hello.txt"}}]},
+    {"text": "Done: out/hello.txt holds 9 bytes."},
+]
+
+
+def _git_clean(home: Path) -> str:
+    return subprocess.run(["git", "-C", str(home), "status", "--porcelain"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("model", ["anthropic:claude-sonnet-5-5", "openai:gpt-5.4-mini"])
+def test_two_tool_calls_end_to_end(fake: FakeLLM, home: Path, workdir: Path, model: str) -> None:
+    fake.push(*TWO_TOOLS)
+    r = agentd("run", "--home", str(home), "--workdir", str(workdir), "--model", model,
+               "make out/hello.txt")
+    assert r.exit_code == 0, r.stderr
+    assert (workdir / "out/hello.txt").read_text() == "hi there\n"
+    assert "Done: out/hello.txt holds 9 bytes." in r.stdout
+    assert "▸ write out/hello.txt" in r.stdout and "▸ bash wc -c out/hello.txt" in r.stdout
+    assert model in r.stdout and "3 steps" in r.stdout  # the summary line
+    reqs = [q for q in fake.requests if q.method == "POST"]
+    assert len(reqs) == 3
+    third = reqs[2].body
+    if model.startswith("anthropic"):
+        assert reqs[0].path == "/v1/messages"
+        results = [b for m in third["messages"] if m["role"] == "user"
+                   for b in (m["content"] if isinstance(m["content"], list) else [])
+                   if b.get("type") == "tool_result"]
+        uses = [b for m in third["messages"] if m["role"] == "assistant"
+                for b in m["content"] if b.get("type") == "tool_use"]
+        assert [u["id"] for u in uses] == [t["tool_use_id"] for t in results]
+        assert "9 out/hello.txt" in json.dumps(results[1]["content"])
+        assert {t["name"] for t in third["tools"]} == {"bash", "read", "write", "edit"}
+    else:
+        assert reqs[0].path == "/v1/chat/completions"
+        msgs = third["messages"]
+        assert msgs[0]["role"] == "system"
+        tools = [m for m in msgs if m["role"] == "tool"]
+        calls = [c for m in msgs if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+        assert [c["id"] for c in calls] == [t["tool_call_id"] for t in tools]
+        assert "9 out/hello.txt" in tools[1]["content"]
+        assert json.loads(calls[0]["function"]["arguments"])["path"] == "out/hello.txt"
+        assert reqs[0].body["stream_options"] == {"include_usage": True}
+    assert all(q.body.get("stream") for q in reqs)
+    assert _git_clean(home) == ""  # only git-ignored runtime data was written in the home
+
+
+def test_json_output_is_one_object(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    fake.push(*TWO_TOOLS)
+    r = agentd("run", "--json", "--home", str(home), "-C", str(workdir), "-m", "openai:gpt-5.4",
+               "go")
+    assert r.exit_code == 0
+    out = json_out(r)
+    assert out["status"] == "ok" and out["exit_code"] == 0
+    assert out["text"] == "Done: out/hello.txt holds 9 bytes."
+    assert out["steps"] == 3 and [c["name"] for c in out["tool_calls"]] == ["write", "bash"]
+    assert out["model"] == "openai:gpt-5.4" and out["usage"]["output"] > 0
+    assert isinstance(out["cost"], float) and out["cost"] > 0
+
+
+def test_session_and_ledger_are_written(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    fake.push({"text": "ok", "usage": {"input": 1000, "output": 100, "cache_read": 500}})
+    r = agentd("run", "--json", "--home", str(home), "-C", str(workdir),
+               "-m", "openai:gpt-5.4-mini", "hello")
+    out = json_out(r)
+    session = [json.loads(x) for x in Path(out["session"]).read_text().splitlines()]
+    assert [s["type"] for s in session] == ["session", "message", "message", "end"]
+    assert session[1]["text"] == "hello" and session[2]["text"] == "ok"
+    ledger = [json.loads(x) for x in (home / ".agentd/usage.jsonl").read_text().splitlines()]
+    assert ledger[-1]["input"] == 1000 and ledger[-1]["cache_read"] == 500
+    # gpt-5.4-mini: 0.75 in, 0.075 cached, 4.5 out per MTok
+    assert ledger[-1]["cost"] == pytest.approx((1000 * 0.75 + 500 * 0.075 + 100 * 4.5) / 1e6)
+
+
+def test_unknown_model_cost_is_null_never_a_guess(fake: FakeLLM, home: Path,
+                                                   workdir: Path) -> None:
+    fake.push({"text": "ok"})
+    out = json_out(agentd("run", "--json", "--home", str(home), "-C", str(workdir),
+                          "-m", "openai:some-new-model", "hi"))
+    assert out["cost"] is None
+    assert json.loads((home / ".agentd/usage.jsonl").read_text())["cost"] is None
+
+
+def test_quiet_prints_only_the_answer(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    fake.push(*TWO_TOOLS)
+    r = agentd("run", "-q", "--home", str(home), "-C", str(workdir), "-m", "openai:x", "go")
+    assert r.stdout == "Done: out/hello.txt holds 9 bytes.\n"
+
+
+def test_stdin_is_attached_as_context(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    fake.push({"text": "looks fine"})
+    r = agentd("run", "--home", str(home), "-C", str(workdir), "-m", "openai:x",
+               "review this", input="diff --git a/x b/x\n+added line\n")
+    assert r.exit_code == 0
+    user = fake.requests[-1].body["messages"][-1]["content"]
+    assert user.startswith("review this") and "+added line" in user and "<stdin>" in user
+
+
+def test_stdin_alone_is_the_prompt(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    fake.push({"text": "4"})
+    r = agentd("run", "-q", "--home", str(home), "-C", str(workdir), "-m", "openai:x",
+               input="what is 2+2?\n")
+    assert r.stdout == "4\n"
+    assert fake.requests[-1].body["messages"][-1]["content"] == "what is 2+2?"
+
+
+def test_named_and_ollama_endpoints(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    with (home / "agentd.toml").open("a") as f:
+        f.write(f'[providers.ollama]\nbase_url = "{fake.openai_url}"\n'
+                f'[providers.lab]\nprotocol = "openai"\nbase_url = "{fake.openai_url}"\n'
+                'key_env = "LAB_KEY"\n')
+    fake.push({"text": "from ollama"}, {"text": "from lab"})
+    r1 = agentd("run", "-q", "--home", str(home), "-C", str(workdir), "-m", "ollama:qwen3:8b",
+                "hi")
+    assert r1.stdout == "from ollama\n" and fake.requests[-1].body["model"] == "qwen3:8b"
+    assert fake.requests[-1].headers["authorization"] != "Bearer sk-test-KEYVALUE"
+    os.environ["LAB_KEY"] = "lab-secret"
+    try:
+        r2 = agentd("run", "-q", "--home", str(home), "-C", str(workdir), "-m", "lab:m1", "hi")
+    finally:
+        del os.environ["LAB_KEY"]
+    assert r2.stdout == "from lab\n"
+    assert fake.requests[-1].headers["authorization"] == "Bearer lab-secret"
+
+
+def test_model_precedence(fake: FakeLLM, home: Path, workdir: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = home / "agentd.toml"
+    cfg.write_text('model = "openai:from-toml"\n' + cfg.read_text())
+    fake.push({"text": "a"}, {"text": "b"}, {"text": "c"})
+    base = ["run", "--json", "--home", str(home), "-C", str(workdir)]
+    assert json_out(agentd(*base, "x"))["model"] == "openai:from-toml"
+    monkeypatch.setenv("AGENTD_MODEL", "openai:from-env")
+    assert json_out(agentd(*base, "x"))["model"] == "openai:from-env"
+    assert json_out(agentd(*base, "-m", "openai:from-flag", "x"))["model"] == "openai:from-flag"
+
+
+def test_first_provider_with_a_key_is_the_default(fake: FakeLLM, home: Path, workdir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    fake.push({"text": "hi"})
+    out = json_out(agentd("run", "--json", "--home", str(home), "-C", str(workdir), "x"))
+    assert out["model"] == "openai:gpt-5.4-mini"
+
+
+def test_fixed_prompt_stays_small(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    """System prompt + tool schemas of a fresh home: under 1,500 tokens (chars / 4)."""
+    for model in ("anthropic:claude-sonnet-5-5", "openai:gpt-5.4"):
+        fake.push({"text": "ok"})
+        agentd("run", "--home", str(home), "-C", str(workdir), "-m", model, "x")
+        body = fake.requests[-1].body
+        if model.startswith("anthropic"):
+            system = json.dumps(body["system"])
+        else:
+            system = body["messages"][0]["content"]
+        size = len(system) + len(json.dumps(body["tools"]))
+        assert size / 4 < 1500, f"{model}: fixed prompt is {size / 4:.0f} tokens"
+        assert "write-a-skill" in system  # the skills index is there
+
+
+def test_record_then_replay(fake: FakeLLM, home: Path, workdir: Path, tmp_path: Path) -> None:
+    fake.push(*TWO_TOOLS)
+    rec = tmp_path / "run.jsonl"
+    assert agentd("run", "-q", "--home", str(home), "-C", str(workdir), "-m", "openai:x",
+                  "--record", str(rec), "go").exit_code == 0
+    assert len(rec.read_text().splitlines()) == 3
+    (workdir / "out/hello.txt").unlink()
+    n = len(fake.requests)
+    r = agentd("run", "--json", "--home", str(home), "-C", str(workdir), "-m",
+               f"replay:{rec}", "go")
+    assert json_out(r)["status"] == "ok" and len(fake.requests) == n  # no model traffic
+    assert (workdir / "out/hello.txt").read_text() == "hi there\n"
+
+
+def test_demo_recording_runs(home: Path, workdir: Path) -> None:
+    demo = Path(__file__).parent.parent / "examples/demo.jsonl"
+    r = agentd("run", "--json", "--home", str(home), "-C", str(workdir), "-m",
+               f"replay:{demo}", "demo")
+    out = json_out(r)
+    assert out["status"] == "ok", out
+    assert (workdir / "notes/hello.md").read_text().startswith("# Hello from agentd")
+    assert not out["tool_calls"][1]["is_error"]
+
+
+def test_max_steps_ends_with_a_clear_error(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    loop = {"tool_calls": [{"name": "bash", "arguments": {"command": "true"}}]}
+    fake.push(loop, loop)
+    r = agentd("run", "--home", str(home), "-C", str(workdir), "-m", "openai:x",
+               "--max-steps", "2", "spin")
+    assert r.exit_code == 1
+    assert "stopped after 2 steps" in r.stderr and "--max-steps" in r.stderr
+
+
+def test_subprocess_entry_points(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    """The installed-style entry point (python -m agentd) with exit codes and no traceback."""
+    fake.push({"text": "pong"})
+    env = {**os.environ}
+    ok = subprocess.run([sys.executable, "-m", "agentd", "run", "-q", "--home", str(home),
+                         "-C", str(workdir), "-m", "anthropic:claude-haiku-5-5", "ping"],
+                        capture_output=True, text=True, env=env, timeout=60)
+    assert (ok.returncode, ok.stdout) == (0, "pong\n")
+    bad = subprocess.run([sys.executable, "-m", "agentd", "run", "--home", str(home),
+                          "-m", "nope:x", "ping"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("error: unknown provider 'nope'")

@@ -1,0 +1,363 @@
+"""The bash sandbox: the exact bwrap argv, and real bubblewrap against the attacks it must stop.
+
+The real tests skip only when bwrap is missing; on dev machines and in CI it is installed.
+All traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentd.tools import SandboxSettings, ToolContext, ToolResult
+from agentd.tools import sandbox as sb
+from agentd.tools.bash import HARD_CAP_BYTES, effective_timeout, format_output, run_bash
+
+requires_bwrap = pytest.mark.skipif(sb.find_bwrap() is None, reason="bubblewrap is not installed")
+
+SECRET = "sk-test-SECRETVALUE123"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> ToolContext:
+    """A home with the protected paths present, and a separate workdir; both under /tmp."""
+    home = (tmp_path / "home").resolve()
+    (home / ".git" / "hooks").mkdir(parents=True)
+    (home / "agentd.toml").write_text("model = 'x'\n")
+    workdir = (tmp_path / "work").resolve()
+    workdir.mkdir()
+    return ToolContext(home=home, workdir=workdir)
+
+
+def run(ctx: ToolContext, command: str, timeout: float | None = None) -> ToolResult:
+    return asyncio.run(run_bash(ctx, command, timeout))
+
+
+# --- (a) the argv, exactly ------------------------------------------------------------------
+
+
+def test_bwrap_argv_is_pinned(ctx: ToolContext) -> None:
+    h, w = str(ctx.home), str(ctx.workdir)
+    assert sb.bwrap_argv(ctx, "echo hi") == [
+        "/usr/bin/bwrap",
+        "--unshare-all", "--unshare-user", "--disable-userns",
+        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        "--clearenv",
+        "--setenv", "PATH", PATH,
+        "--setenv", "HOME", w,
+        "--setenv", "LANG", "C.UTF-8",
+        "--setenv", "LC_ALL", "C.UTF-8",
+        "--setenv", "TERM", "dumb",
+        "--setenv", "TMPDIR", "/tmp",
+        "--setenv", "AGENTD_HOME", h,
+        "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+        "--tmpfs", "/home", "--tmpfs", "/root", "--tmpfs", "/run", "--tmpfs", "/var/tmp",
+        "--size", str(256 * 1024 * 1024), "--tmpfs", "/tmp",
+        "--bind", h, h, "--bind", w, w,
+        "--ro-bind", f"{h}/.git", f"{h}/.git",
+        "--ro-bind", f"{h}/agentd.toml", f"{h}/agentd.toml",
+        "--chdir", w, "--", "/bin/bash", "-c", "echo hi",
+    ]  # fmt: skip
+
+
+def test_binds_come_after_the_tmpfs_masks(ctx: ToolContext) -> None:
+    argv = sb.bwrap_argv(ctx, "true", bwrap="/opt/bwrap")
+    assert argv[0] == "/opt/bwrap"
+    last_tmpfs = max(i for i, a in enumerate(argv) if a == "--tmpfs")
+    binds = [i for i, a in enumerate(argv) if a == "--bind"]
+    protections = [i for i, a in enumerate(argv) if a == "--ro-bind"][1:]  # [0] is `/`
+    assert last_tmpfs < min(binds) and max(binds) < min(protections)
+    assert max(protections) < argv.index("--chdir") < argv.index("--")
+    assert argv[argv.index("--") :] == ["--", "/bin/bash", "-c", "true"]
+
+
+def test_protections_only_for_paths_that_exist(tmp_path: Path) -> None:
+    home, work = tmp_path / "h", tmp_path / "w"
+    home.mkdir()
+    bare = ToolContext(home=home, workdir=work)
+    assert sb.bwrap_argv(bare, "true").count("--ro-bind") == 1  # just `/`
+    (home / ".agentd").mkdir()
+    argv = sb.bwrap_argv(bare, "true")
+    assert argv.count("--ro-bind") == 2
+    assert argv[argv.index(f"{home}/.agentd") - 1] == "--ro-bind"
+
+
+def test_a_symlinked_protected_path_is_refused(ctx: ToolContext) -> None:
+    (ctx.home / "agentd.toml").unlink()
+    (ctx.home / "agentd.toml").symlink_to(ctx.workdir / "evil.toml")
+    with pytest.raises(ValueError, match="symlink"):
+        sb.bwrap_argv(ctx, "true")
+    reason = sb.check_sandbox(ctx)
+    assert reason is not None and "agentd.toml is a symlink" in reason
+
+
+def test_tmp_size_follows_settings(ctx: ToolContext) -> None:
+    ctx.sandbox.tmp_size_mb = 8
+    argv = sb.bwrap_argv(ctx, "true")
+    assert argv[argv.index("--size") + 1 : argv.index("--size") + 4] == [
+        str(8 * 1024 * 1024),
+        "--tmpfs",
+        "/tmp",
+    ]
+
+
+def test_environments_are_allow_lists(ctx: ToolContext) -> None:
+    assert sb.launcher_env() == {"PATH": PATH}
+    assert sb.sandbox_env(ctx) == {
+        "PATH": PATH, "HOME": str(ctx.workdir), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "TERM": "dumb", "TMPDIR": "/tmp", "AGENTD_HOME": str(ctx.home),
+    }  # fmt: skip
+
+
+def test_unknown_mode_refuses(ctx: ToolContext) -> None:
+    ctx.sandbox.mode = "landlock"
+    result = run(ctx, "touch ran")
+    assert result.is_error and "unknown sandbox mode 'landlock'" in result.content
+    assert not (ctx.workdir / "ran").exists()
+
+
+def test_format_output_passes_short_text_through() -> None:
+    assert format_output(b"hello\n", 100) == "hello\n"
+    assert format_output(b"", 100) == ""
+
+
+def test_format_output_keeps_head_and_tail() -> None:
+    raw = b"".join(b"line %03d\n" % i for i in range(100))  # 9 bytes a line
+    out = format_output(raw, 36)
+    assert out.startswith("line 000\nline 001\n")
+    assert out.endswith("line 098\nline 099\n")
+    assert "[... 864 bytes (96 lines) cut ...]\n" in out
+    assert len(out) == 36 + len("[... 864 bytes (96 lines) cut ...]\n")
+
+
+def test_format_output_never_crashes_on_bad_utf8() -> None:
+    assert format_output(b"a\xff\xfeb", 100) == "a\ufffd\ufffdb"
+    out = format_output(b"\xff" * 10 + "é".encode() * 10, 4)
+    assert out.startswith("\ufffd\ufffd\n[... 24 bytes (0 lines) cut ...]\n")  # 8 + 8 x 2 bytes
+    assert out.endswith("éé")
+    assert format_output(b"abc", 0) == "[... 3 bytes (0 lines) cut ...]\n"
+
+
+def test_effective_timeout_never_exceeds_the_setting(ctx: ToolContext) -> None:
+    assert effective_timeout(ctx, None) == 120
+    assert effective_timeout(ctx, 5) == 5
+    assert effective_timeout(ctx, 1000) == 120
+    ctx.sandbox.timeout = 0
+    assert effective_timeout(ctx, None) == 120
+
+
+# --- (b) real bubblewrap --------------------------------------------------------------------
+
+
+@requires_bwrap
+def test_only_home_and_workdir_are_writable(ctx: ToolContext, tmp_path: Path) -> None:
+    sibling = tmp_path / "sibling"
+    sibling.mkdir()
+    (ctx.workdir / "out").symlink_to(sibling)
+    result = run(
+        ctx,
+        f"""
+        touch /etc/x || echo ETC-DENIED
+        touch /usr/x || echo USR-DENIED
+        touch {sibling}/x || echo SIBLING-DENIED
+        touch out/x || echo SYMLINK-DENIED
+        touch ~/w-ok "$AGENTD_HOME/h-ok" /tmp/t-ok && echo WROTE
+    """,
+    )
+    for word in ("ETC", "USR", "SIBLING", "SYMLINK"):
+        assert f"{word}-DENIED" in result.content
+    assert "WROTE" in result.content and "Read-only file system" in result.content
+    assert not Path("/etc/x").exists() and not Path("/usr/x").exists()
+    assert list(sibling.iterdir()) == []
+    assert (ctx.workdir / "w-ok").exists() and (ctx.home / "h-ok").exists()
+
+
+@requires_bwrap
+def test_protected_paths_in_the_home_are_read_only(ctx: ToolContext) -> None:
+    result = run(
+        ctx,
+        """
+        cd "$AGENTD_HOME"
+        touch .git/hooks/pre-commit || echo HOOK-DENIED
+        echo 'sandbox = "off"' >> agentd.toml || echo TOML-DENIED
+        mv .git moved || echo MV-DENIED
+        touch notes.md && echo NOTES-OK
+    """,
+    )
+    for word in ("HOOK-DENIED", "TOML-DENIED", "MV-DENIED", "NOTES-OK"):
+        assert word in result.content
+    assert not (ctx.home / ".git" / "hooks" / "pre-commit").exists()
+    assert (ctx.home / "agentd.toml").read_text() == "model = 'x'\n"
+    assert (ctx.home / ".git").is_dir()
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A loopback server on the host, standing in for the daemon's port."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        yield server
+
+
+@requires_bwrap
+def test_no_network_even_to_host_loopback(ctx: ToolContext, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    bash = run(ctx, f"echo hi > /dev/tcp/127.0.0.1/{port}")
+    assert bash.is_error
+    py = run(
+        ctx, f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)\""
+    )
+    assert py.is_error and "ConnectionRefusedError" in py.content
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing ever reached the host
+
+
+@requires_bwrap
+def test_secrets_of_the_daemon_are_invisible(
+    ctx: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    result = run(ctx, "env; cat /proc/1/environ /proc/1/cmdline; echo; echo DONE")
+    assert "DONE" in result.content and "--clearenv" in result.content  # really read pid 1
+    assert SECRET not in result.content and "OPENAI_API_KEY" not in result.content
+
+
+@requires_bwrap
+def test_no_privilege_to_escape(ctx: ToolContext) -> None:
+    result = run(
+        ctx,
+        """
+        mount -o remount,rw / && echo REMOUNTED
+        mount -o remount,bind,rw / && echo REMOUNTED
+        unshare -U true && echo NESTED-USERNS
+        grep -E '^(CapEff|NoNewPrivs)' /proc/self/status
+        touch /x 2>/dev/null || echo ROOT-RO
+    """,
+    )
+    assert "REMOUNTED" not in result.content and "NESTED-USERNS" not in result.content
+    assert "CapEff:\t0000000000000000" in result.content
+    assert "NoNewPrivs:\t1" in result.content and "ROOT-RO" in result.content
+
+
+@requires_bwrap
+def test_host_homes_are_empty_tmpfs(ctx: ToolContext) -> None:
+    result = run(ctx, "for d in /root /home /run /var/tmp; do stat -f -c %T $d; ls -A $d; done")
+    assert result.content.split() == ["tmpfs"] * 4
+
+
+@requires_bwrap
+def test_timeout_leaves_no_process_behind(ctx: ToolContext) -> None:
+    a, b, c, d = (_unique_sleep() for _ in range(4))
+    start = time.monotonic()
+    result = run(ctx, f"sleep {a} & setsid sleep {b} & nohup sleep {c} >/dev/null & sleep {d}", 1)
+    assert time.monotonic() - start < 5
+    assert result.is_error and result.content.endswith(
+        "[timed out after 1 s: the command was killed]"
+    )
+    assert not any(_survivors(f"sleep {s}") for s in (a, b, c, d))
+
+
+def _unique_sleep() -> str:
+    """A sleep duration of about 100 s that no other process on the machine runs."""
+    return f"100.{os.getpid()}{next(_counter)}"
+
+
+_counter = itertools.count(1000)
+
+
+def _survivors(pattern: str) -> bool:
+    """pgrep for `pattern` on the host, allowing the kernel a moment to finish the kills."""
+    for _ in range(20):
+        if (
+            subprocess.run(
+                ["pgrep", "-f", re.escape(pattern)], capture_output=True
+            ).returncode
+            != 0
+        ):
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@requires_bwrap
+@pytest.mark.parametrize("command", ["yes | head -c 50000000", "yes"])
+def test_endless_output_is_cut_and_killed(ctx: ToolContext, command: str) -> None:
+    start = time.monotonic()
+    result = run(ctx, command, timeout=10)
+    assert time.monotonic() - start < 5
+    assert result.is_error and "the command was killed" in result.content
+    assert "bytes (" in result.content and "lines) cut ...]" in result.content
+    assert len(result.content) < ctx.sandbox.output_limit + 200
+    cut = int(result.content.split("[... ")[1].split(" bytes")[0])
+    assert cut == HARD_CAP_BYTES - ctx.sandbox.output_limit
+
+
+@requires_bwrap
+def test_output_details(ctx: ToolContext) -> None:
+    assert run(ctx, "printf 'a\\xff\\xfeb'").content == "a\ufffd\ufffdb"
+    assert run(ctx, "echo out; echo err >&2").content == "out\nerr\n"
+    ok = run(ctx, "true")
+    assert ok == ToolResult("(no output)", is_error=False)
+    failed = run(ctx, "echo nope; exit 2")
+    assert failed == ToolResult("nope\n[exit code 2]", is_error=True)
+
+
+def test_mode_off_runs_without_bwrap(ctx: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sb, "find_bwrap", lambda: None)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    ctx.sandbox = SandboxSettings(mode="off")
+    result = run(ctx, "pwd; echo $HOME; env | grep -c OPENAI; touch $AGENTD_HOME/.git/hooks/x")
+    assert result.content == f"{ctx.workdir}\n{ctx.workdir}\n0\n"
+    assert (ctx.home / ".git" / "hooks" / "x").exists()  # really unsandboxed
+
+
+def test_mode_off_timeout_kills_the_group(ctx: ToolContext) -> None:
+    ctx.sandbox.mode = "off"
+    a, b = _unique_sleep(), _unique_sleep()
+    result = run(ctx, f"sleep {a} & sleep {b}", timeout=0.5)
+    assert result.is_error and "timed out after 0.5 s" in result.content
+    assert not _survivors(f"sleep {a}") and not _survivors(f"sleep {b}")
+
+
+def test_missing_bwrap_refuses(ctx: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sb, "find_bwrap", lambda: None)
+    result = run(ctx, "touch ran")
+    assert result.is_error and "apt-get install bubblewrap" in result.content
+    assert 'sandbox = "off"' in result.content and "--no-sandbox" in result.content
+    assert not (ctx.workdir / "ran").exists()
+
+
+def test_broken_bwrap_refuses(ctx: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sb, "find_bwrap", lambda: "/bin/false")
+    reason = sb.check_sandbox(ctx)
+    assert reason == "bubblewrap (/bin/false) failed a trivial launch (exit 1): no message"
+    result = run(ctx, "touch ran")
+    assert result.is_error and "failed a trivial launch" in result.content
+    assert not (ctx.workdir / "ran").exists()
+
+
+@requires_bwrap
+def test_check_sandbox_passes_on_a_working_install(ctx: ToolContext) -> None:
+    assert sb.check_sandbox(ctx) is None
+    ctx.sandbox.mode = "off"
+    assert sb.check_sandbox(ctx) is None
+
+
+def test_find_bwrap_prefers_usr_bin(monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.access("/usr/bin/bwrap", os.X_OK):
+        assert sb.find_bwrap() == "/usr/bin/bwrap"
+    monkeypatch.setattr(os, "access", lambda *_: False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert sb.find_bwrap() is None
