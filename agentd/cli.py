@@ -166,5 +166,22 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
 
 
 def main() -> None:
-    """Entry point for the `agentd` script and `python -m agentd`."""
-    cli()
+    """Entry point for the `agentd` script and `python -m agentd`.
+
+    Ends with os._exit once output is flushed: tearing down the interpreter after a turn
+    (the SDKs' thousands of pydantic classes) costs ~0.1 s and does nothing useful, since
+    every file agentd writes is closed by then.
+    """
+    try:
+        cli()
+        code = 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            click.echo(e.code, err=True)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 1
+    os._exit(code)

@@ -25,8 +25,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fakellm import FakeLLM  # noqa: E402
 
-AGENTD = [shutil.which("agentd") or sys.executable, *([] if shutil.which("agentd")
-                                                     else ["-m", "agentd"])]
+# The `agentd` script installed beside this interpreter (make bench: the .venv's).
+_SCRIPT = Path(sys.executable).parent / "agentd"
+AGENTD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "agentd"]
 
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int]:

@@ -166,12 +166,7 @@ def read_file(ctx: ToolContext, path: str, offset: int | None = None,
 def _read_lines(f: BinaryIO, real: Path, start: int, count: int) -> ToolResult:
     """Skip to line `start`, then number up to `count` lines within the output budget."""
     number = 1
-    while number < start:
-        if _read_line(f, CHUNK) is None:
-            if number == 1:
-                return ToolResult("(empty file)")
-            return _fail(f"offset {start} is past the end of {real} ({number - 1} lines); "
-                         "use a smaller offset")
+    while number < start and _read_line(f, CHUNK) is not None:
         number += 1
     out: list[str] = []
     size = 0
@@ -179,7 +174,12 @@ def _read_lines(f: BinaryIO, real: Path, start: int, count: int) -> ToolResult:
     while len(out) < count:
         line = _read_line(f, keep)
         if line is None:
-            return ToolResult("\n".join(out) if out else "(empty file)")
+            if out:
+                return ToolResult("\n".join(out))
+            if number == 1:
+                return ToolResult("(empty file)")
+            return _fail(f"offset {start} is past the end of {real} ({number - 1} lines); "
+                         "use a smaller offset")
         numbered = f"{number:>6}\t{_format_line(*line)}"
         if out and size + len(numbered) + 1 > MAX_OUTPUT_CHARS:
             out.append(f"[… output capped at {MAX_OUTPUT_CHARS} chars; "
@@ -212,10 +212,6 @@ def write_file(ctx: ToolContext, path: str, content: str) -> ToolResult:
     return ToolResult(f"wrote {len(data)} bytes to {real}")
 
 
-def _to_crlf(text: str) -> str:
-    return re.sub(r"(?<!\r)\n", "\r\n", text)
-
-
 def edit_file(ctx: ToolContext, path: str, old_text: str, new_text: str) -> ToolResult:
     """Replace the one exact occurrence of `old_text`; ambiguity is refused, never guessed."""
     if not isinstance(old_text, str) or not isinstance(new_text, str):
@@ -237,7 +233,7 @@ def edit_file(ctx: ToolContext, path: str, old_text: str, new_text: str) -> Tool
         text = data.decode("utf-8")
         if old_text not in text and "\r\n" in text and "\n" in old_text:
             # The model usually types bare newlines; match a CRLF file in its own style.
-            old_text, new_text = _to_crlf(old_text), _to_crlf(new_text)
+            old_text, new_text = (re.sub(r"(?<!\r)\n", "\r\n", t) for t in (old_text, new_text))
         first = text.find(old_text)
         if first < 0:
             return _fail(f"old_text not found in {real}; read the file and copy the text exactly")
