@@ -65,10 +65,10 @@ def init(path: Path) -> None:
 
 
 def _read_stdin() -> str:
-    stream = click.get_binary_stream("stdin")
-    if stream.isatty():
+    stream = sys.stdin
+    if stream is None or stream.isatty():
         return ""
-    data = stream.read(STDIN_LIMIT + 1)
+    data = stream.buffer.read(STDIN_LIMIT + 1)
     if len(data) > STDIN_LIMIT:
         raise AgentdError(f"piped input is over {STDIN_LIMIT // 1_000_000} MB: save it to a "
                           "file in the workdir and ask the agent to read it")
