@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from agentd import __version__
 from agentd.errors import AgentdError
+
+if TYPE_CHECKING:
+    from agentd.config import Settings
 
 STDIN_LIMIT = 1_000_000
 
@@ -102,17 +106,59 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     import asyncio
     import json
 
-    from agentd.config import load_settings
-    from agentd.home import find_home
     from agentd.turn import TurnRequest, run_turn
 
-    stdin = _read_stdin()
-    if prompt and stdin:
-        task = f"{prompt}\n\n<stdin>\n{stdin}\n</stdin>"
+    try:
+        stdin = _read_stdin()
+        task = f"{prompt}\n\n<stdin>\n{stdin}\n</stdin>" if prompt and stdin else (
+            (prompt or stdin).strip())
+        if not task:
+            raise AgentdError('no prompt: give one as an argument (agentd run "...") or on '
+                              "stdin")
+        home, settings, wd = _prepare(home_opt, workdir, no_sandbox)
+        req = TurnRequest(task, wd, model=model, max_steps=max_steps, record=record)
+
+        from agentd.loop import Events
+
+        renderer = None
+        events = Events()
+        if not (as_json or quiet):
+            from rich.console import Console
+
+            from agentd.render import LiveRenderer
+
+            events = renderer = LiveRenderer(Console(highlight=False))
+        report = asyncio.run(run_turn(home, settings, req, events, base=Path.cwd()))
+    except AgentdError as e:
+        if as_json:  # scripts still get their one JSON object
+            click.echo(json.dumps({"status": "error", "exit_code": e.exit_code,
+                                   "error": str(e)}))
+        raise
+    code = 0 if report.ok else 1
+    if as_json:
+        from agentd.render import as_json as to_json
+
+        click.echo(json.dumps(to_json(report, code), ensure_ascii=False))
+    elif quiet:
+        if report.result.text:
+            click.echo(report.result.text)
     else:
-        task = (prompt or stdin).strip()
-    if not task:
-        raise AgentdError('no prompt: give one as an argument (agentd run "...") or on stdin')
+        from agentd.render import summary
+
+        assert renderer is not None
+        renderer.finish()
+        renderer.console.print(summary(report), style="dim", highlight=False)
+    if not report.ok:
+        click.echo(f"error: {report.result.error}", err=True)
+    sys.exit(code)
+
+
+def _prepare(home_opt: str | None, workdir: Path | None,
+             no_sandbox: bool) -> tuple[Path, Settings, Path]:
+    """Resolve the home, its settings and the workdir; warn about the sandbox."""
+    from agentd.config import load_settings
+    from agentd.home import find_home
+
     cwd = Path.cwd()
     wd = (workdir or cwd).expanduser()
     if not wd.is_dir():
@@ -132,37 +178,7 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
             click.echo("warning: bubblewrap (bwrap) is not installed, so bash will refuse to "
                        "run: `apt-get install bubblewrap`, or opt out with --no-sandbox",
                        err=True)
-    req = TurnRequest(task=task, workdir=wd.resolve(), model=model, max_steps=max_steps,
-                      record=record)
-
-    from agentd.loop import Events
-
-    renderer = None
-    events = Events()
-    if not (as_json or quiet):
-        from rich.console import Console
-
-        from agentd.render import LiveRenderer
-
-        events = renderer = LiveRenderer(Console(highlight=False))
-    report = asyncio.run(run_turn(home, settings, req, events, base=cwd))
-    code = 0 if report.ok else 1
-    if as_json:
-        from agentd.render import as_json as to_json
-
-        click.echo(json.dumps(to_json(report, code), ensure_ascii=False))
-    elif quiet:
-        if report.result.text:
-            click.echo(report.result.text)
-    else:
-        from agentd.render import summary
-
-        assert renderer is not None
-        renderer.finish()
-        renderer.console.print(summary(report), style="dim", highlight=False)
-    if not report.ok and not as_json:
-        click.echo(f"error: {report.result.error}", err=True)
-    sys.exit(code)
+    return home, settings, wd.resolve()
 
 
 def main() -> None:

@@ -223,3 +223,57 @@ def test_subprocess_entry_points(fake: FakeLLM, home: Path, workdir: Path) -> No
                          timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("error: unknown provider 'nope'")
+
+
+def test_home_is_found_in_a_parent_folder(fake: FakeLLM, home: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    sub = home / "notes/deep"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)
+    fake.push({"text": "ok"})
+    out = json_out(agentd("run", "--json", "-m", "openai:x", "hi"))
+    assert Path(out["session"]).parent == home / ".agentd/sessions"
+
+
+def test_home_defaults_to_dot_agentd_with_a_notice(fake: FakeLLM, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake.push({"text": "ok"}, {"text": "again"})
+    r = agentd("run", "-q", "-m", "openai:x", "hi")
+    created = Path(os.environ["HOME"]) / ".agentd"
+    assert r.exit_code == 0 and (created / "agentd.toml").is_file()
+    assert f"created a new home at {created}" in r.stderr
+    r2 = agentd("run", "-q", "-m", "openai:x", "hi")
+    assert "created" not in r2.stderr  # only on first use
+
+
+def test_agentd_home_variable(fake: FakeLLM, home: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTD_HOME", str(home))
+    fake.push({"text": "ok"})
+    out = json_out(agentd("run", "--json", "-m", "openai:x", "hi"))
+    assert Path(out["session"]).is_relative_to(home)
+
+
+def test_json_mode_reports_config_errors_as_json(home: Path, workdir: Path) -> None:
+    r = agentd("run", "--json", "--home", str(home), "-C", str(workdir), "hi")
+    assert r.exit_code == 2
+    out = json_out(r)
+    assert out["status"] == "error" and "no model configured" in out["error"]
+
+
+def test_json_mode_reports_turn_failures(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    fake.push({"error": 401})
+    r = agentd("run", "--json", "--home", str(home), "-C", str(workdir), "-m", "openai:x", "hi")
+    out = json_out(r)
+    assert (r.exit_code, out["exit_code"], out["status"]) == (1, 1, "error")
+    assert "401" in out["error"] and r.stderr.startswith("error:")
+
+
+def test_help_texts_are_true() -> None:
+    r = agentd("run", "--help")
+    for opt in ("--home", "--model", "--workdir", "--max-steps", "--json", "--quiet",
+                "--record", "--no-sandbox"):
+        assert opt in r.stdout
+    assert "init" in agentd("--help").stdout
