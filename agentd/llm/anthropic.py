@@ -9,11 +9,9 @@ SDK is imported on first use so that `agentd --help` does not pay for it.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 from typing import Any
 
+from agentd.llm.base import SDKProvider, parse_arguments
 from agentd.llm.types import (
     Message,
     ProviderError,
@@ -28,38 +26,21 @@ DEFAULT_URL = "https://api.anthropic.com"
 TRANSIENT_TYPES = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500}
 
 
-class AnthropicProvider:
+class AnthropicProvider(SDKProvider):
+    default_url = DEFAULT_URL
+
     def __init__(self, model: str, *, api_key: str | None, base_url: str | None,
                  max_retries: int = 2, timeout: float = 600.0, max_tokens: int = 8192,
-                 key_env: str = "ANTHROPIC_API_KEY"):
-        self.name = f"anthropic:{model}"
-        self.model, self.max_tokens, self.key_env = model, max_tokens, key_env
-        self.base_url, self.max_retries, self.timeout = base_url, max_retries, timeout
-        self._key = api_key or (os.environ.get(key_env) if key_env else None)
-        if not self._key and not key_env:
-            self._key = "none"  # a keyless endpoint; the SDK insists on some credential
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+                 key_env: str = "ANTHROPIC_API_KEY") -> None:
+        super().__init__(model, label="anthropic", api_key=api_key, base_url=base_url,
+                         max_retries=max_retries, timeout=timeout, key_env=key_env)
+        self.max_tokens = max_tokens
 
-    def _get_client(self) -> Any:
-        """The SDK client, made on first use and again per event loop: its connection pool
-        belongs to the loop that opened it, and a CLI may run one asyncio.run per turn."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            if not self._key:
-                raise ProviderError(self.name, f"no API key: set ${self.key_env}")
-            import anthropic
+    def _make_client(self) -> Any:
+        import anthropic
 
-            self._client = anthropic.AsyncAnthropic(
-                api_key=self._key, base_url=self.base_url, max_retries=self.max_retries,
-                timeout=self.timeout)
-            self._loop = loop
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.close()
-        self._client = self._loop = None
+        return anthropic.AsyncAnthropic(api_key=self._key, base_url=self.base_url,
+                                        max_retries=self.max_retries, timeout=self.timeout)
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
                        on_text: TextSink | None = None) -> Message:
@@ -149,29 +130,6 @@ class AnthropicProvider:
                                  f"{self._clean(str(e))}")
         return ProviderError(self.name, f"{type(e).__name__}: {self._clean(str(e))}")
 
-    def _url(self) -> str:
-        """Where requests went: the SDK may have taken it from its own *_BASE_URL variable."""
-        url = self._client.base_url if self._client is not None else self.base_url
-        return str(url or DEFAULT_URL).rstrip("/")
-
-    def _hint(self, status: int | None) -> str:
-        if status in (401, 403):
-            return f"check ${self.key_env}" if self.key_env else "check the API key"
-        if status == 404:
-            return f"model {self.model} not found; name models as anthropic:<model-id>"
-        if status is not None and (status in (408, 409, 429) or status >= 500):
-            n = self.max_retries
-            tries = f"retried {n} time{'s' if n > 1 else ''}; " if n else ""
-            return f"{tries}try again later"
-        return ""
-
-    def _clean(self, text: str) -> str:
-        """One short line, with the key blanked out should a server echo it."""
-        if self._key and len(self._key) >= 8:  # real keys are long; "none" is a word
-            text = text.replace(self._key, "***")
-        line = " ".join(text.split())
-        return line if len(line) <= 200 else line[:199] + "…"
-
 
 def to_anthropic(messages: list[Message]) -> list[dict[str, Any]]:
     """Neutral history → Messages API turns.
@@ -201,18 +159,3 @@ def to_anthropic(messages: list[Message]) -> list[dict[str, Any]]:
         else:
             add("user", text)
     return out
-
-
-def parse_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
-    """(arguments, error) for a tool call's JSON text; never raises on what a model sent."""
-    if not raw.strip():
-        return {}, None  # a call without arguments streams no JSON at all
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as e:
-        return {}, f"invalid JSON arguments: {e.msg} at char {e.pos}"
-    except RecursionError:
-        return {}, "invalid JSON arguments: nested too deeply"
-    if not isinstance(value, dict):
-        return {}, f"invalid JSON arguments: expected an object, got {type(value).__name__}"
-    return value, None

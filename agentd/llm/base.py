@@ -1,0 +1,105 @@
+"""What the SDK-backed adapters (Anthropic, OpenAI-compatible) have in common.
+
+Both hold a key, a base URL, retry and timeout settings and one SDK client, and both turn
+SDK errors into the same kind of one-line ProviderError. That bookkeeping lives here once;
+each adapter keeps only what its wire protocol makes different: building its SDK client
+(`_make_client`, where the SDK is imported, so importing an adapter stays cheap), the
+request and stream format, and which SDK exceptions mean what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from agentd.llm.types import ProviderError
+
+
+class SDKProvider:
+    """Shared state and helpers for a provider that talks through a vendor SDK client.
+
+    Subclasses set `default_url` (shown in messages when neither the config nor the SDK
+    named one) and implement `_make_client`.
+    """
+
+    default_url: str = ""
+
+    def __init__(self, model: str, *, label: str, api_key: str | None, base_url: str | None,
+                 max_retries: int, timeout: float, key_env: str) -> None:
+        self.name = f"{label}:{model}"
+        self.model, self.label, self.key_env = model, label, key_env
+        self.base_url, self.max_retries, self.timeout = base_url, max_retries, timeout
+        self._key = api_key or (os.environ.get(key_env) if key_env else None)
+        if not self._key and not key_env:
+            self._key = "none"  # a keyless endpoint; the SDK insists on some credential
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _make_client(self) -> Any:
+        """A new async SDK client for `self._key`, `base_url`, `max_retries` and `timeout`.
+
+        Overridden by each adapter, which imports its SDK here rather than at module level
+        so that `agentd --help` does not pay for it.
+        """
+        raise NotImplementedError
+
+    def _get_client(self) -> Any:
+        """The SDK client, made on first use and again per event loop: its connection pool
+        belongs to the loop that opened it, and a CLI may run one asyncio.run per turn."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            if not self._key:
+                raise ProviderError(self.name, f"no API key: set ${self.key_env}")
+            self._client = self._make_client()
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client's connections, but only on the loop that owns them (closing them
+        from another loop would fail); a client of a finished loop is just dropped."""
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.close()
+        self._client = self._loop = None
+
+    def _url(self) -> str:
+        """Where requests went: the SDK may have taken it from its own *_BASE_URL variable."""
+        url = self._client.base_url if self._client is not None else self.base_url
+        return str(url or self.default_url).rstrip("/")
+
+    def _hint(self, status: int | None) -> str:
+        """What the user can do about an HTTP status: the key, the model name, or waiting."""
+        if status in (401, 403):
+            return f"check ${self.key_env}" if self.key_env else "check the API key"
+        if status == 404:
+            return f"model {self.model} not found; name models as {self.label}:<model-id>"
+        if status is not None and (status in (408, 409, 429) or status >= 500):
+            n = self.max_retries
+            tries = f"retried {n} time{'s' if n > 1 else ''}; " if n else ""
+            return f"{tries}try again later"
+        return ""
+
+    def _clean(self, text: str) -> str:
+        """One short line, with the key blanked out should a server echo it."""
+        if self._key and len(self._key) >= 8:  # real keys are long; "none" is a word
+            text = text.replace(self._key, "***")
+        line = " ".join(text.split())
+        return line if len(line) <= 200 else line[:199] + "…"
+
+
+def parse_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
+    """(arguments, error) for a tool call's JSON text; never raises on what a model sent, so
+    a malformed call goes back to the model as data (ToolCall.error) instead of ending the turn.
+    """
+    if not raw.strip():
+        return {}, None  # a call without arguments may stream no JSON, or ""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        return {}, f"invalid JSON arguments: {e.msg} at char {e.pos}"
+    except RecursionError:
+        return {}, "invalid JSON arguments: nested too deeply"
+    if not isinstance(value, dict):
+        return {}, f"invalid JSON arguments: expected an object, got {type(value).__name__}"
+    return value, None
