@@ -3,10 +3,11 @@ tools or the step limit is reached. Provider-neutral; failures end the turn as d
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from agentd.llm.types import Message, Provider, ProviderError, ToolCall, Usage
-from agentd.tools import ToolContext
+from agentd.tools import ToolContext, ToolResult
 from agentd.tools.dispatch import SPECS, run_tool
 
 
@@ -21,7 +22,7 @@ class Events:
 
 @dataclass
 class TurnResult:
-    status: str  # "ok" | "max_steps" | "empty" | "error"
+    status: str  # "ok" | "max_steps" | "empty" | "error" | "interrupted"
     text: str = ""
     steps: int = 0
     usage: Usage = field(default_factory=Usage)
@@ -46,14 +47,24 @@ async def run_loop(provider: Provider, system: str, messages: list[Message], ctx
             if not reply.text.strip():
                 r.status, r.error = "empty", f"{provider.name} returned an empty reply"
             return r
-        for call in reply.tool_calls:
+        for i, call in enumerate(reply.tool_calls):
             events.tool_call(call)
-            res = await run_tool(ctx, call)
-            msg = Message("tool", res.content, tool_call_id=call.id, is_error=res.is_error)
-            messages.append(msg)
-            events.tool_result(call, msg)
-            events.message(msg)
+            try:
+                res = await run_tool(ctx, call)
+            except asyncio.CancelledError:  # Ctrl-C: every call still gets a result
+                for c in reply.tool_calls[i:]:
+                    _record(messages, events, c, ToolResult("error: interrupted by the user",
+                                                            True))
+                raise
+            _record(messages, events, call, res)
     r.status = "max_steps"
     r.error = (f"stopped after {max_steps} steps without a final answer; "
                "raise --max-steps or split the task")
     return r
+
+
+def _record(messages: list[Message], events: Events, call: ToolCall, res: ToolResult) -> None:
+    msg = Message("tool", res.content, tool_call_id=call.id, is_error=res.is_error)
+    messages.append(msg)
+    events.tool_result(call, msg)
+    events.message(msg)

@@ -1,11 +1,14 @@
-"""The system prompt: fixed instructions, the home's memory files, the skills index, then
-the volatile facts (date, workdir) last, so a provider's prompt cache keeps hitting."""
+"""The system prompt. Stable parts first (instructions, identity, skills), volatile parts
+last (curated memory, day logs, the time), so a provider's prompt cache keeps hitting.
+Every file has a character budget; an over-long one is cut with a marker saying how to
+read the rest."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
 
+from agentd.daylog import recent
 from agentd.skills import discover
 
 BASE = """\
@@ -23,35 +26,49 @@ Work like this:
 - When a skill below fits the task, read its SKILL.md first and follow it.
 - If something fails, read the error and try another way; say so if you cannot finish."""
 
-# (file, character budget) in prompt order: stable identity first.
-MEMORY_FILES = (("SOUL.md", 2000), ("AGENTS.md", 4000), ("USER.md", 1500),
-                ("MEMORY.md", 4000))
+# (file in memory/, character budget), stable identity first.
+STABLE_FILES = (("SOUL.md", 2000), ("AGENTS.md", 4000), ("USER.md", 1500))
+MEMORY_BUDGET = 4000
+WORKDIR_AGENTS_BUDGET = 3000
+DAYLOG_BUDGET = 3000
 
 
-def clip(text: str, budget: int, path: str) -> str:
-    """Cut an over-budget file to head + tail with a marker saying how to read the rest."""
+def clip(text: str, budget: int, path: str, keep_tail: bool = False) -> str:
+    """Cut an over-budget file to head + tail (or only its tail, for logs) with a marker
+    saying how to read the rest."""
     if len(text) <= budget:
         return text
+    if keep_tail:
+        tail = text[-budget:]
+        return f"[… {len(text) - budget} earlier characters cut; read {path} …]\n{tail}"
     head, tail = text[: budget * 2 // 3], text[-(budget // 3):]
     cut = len(text) - len(head) - len(tail)
     return f"{head}\n[… {cut} characters cut; read {path} for all of it …]\n{tail}"
 
 
+def _section(path: Path, title: str, budget: int, keep_tail: bool = False) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return f"# {title}\n{clip(text, budget, title, keep_tail)}" if text else None
+
+
 def build_system_prompt(home: Path, workdir: Path, now: datetime | None = None,
                         warnings: list[str] | None = None) -> str:
-    parts = [BASE.format(home=home)]
-    for name, budget in MEMORY_FILES:
-        path = home / "memory" / name
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if text:
-            parts.append(f"# memory/{name}\n{clip(text, budget, f'memory/{name}')}")
+    now = now or datetime.now().astimezone()
+    parts: list[str | None] = [BASE.format(home=home)]
+    parts += [_section(home / "memory" / n, f"memory/{n}", b) for n, b in STABLE_FILES]
     skills = discover(home, warnings)
     if skills:
-        lines = [f"- {s.name}: {s.description} ({s.path.relative_to(home)})" for s in skills]
+        lines = [f"- {s.name}: {s.description} ({s.path.relative_to(home)})"
+                 + ("" if s.available else f" [unavailable: {s.missing}]") for s in skills]
         parts.append("# Skills (read the SKILL.md before using one)\n" + "\n".join(lines))
-    now = now or datetime.now().astimezone()
+    if workdir != home:
+        parts.append(_section(workdir / "AGENTS.md", f"{workdir}/AGENTS.md",
+                              WORKDIR_AGENTS_BUDGET))
+    parts.append(_section(home / "memory/MEMORY.md", "memory/MEMORY.md", MEMORY_BUDGET))
+    for rel, text in recent(home, now):
+        parts.append(f"# {rel} (day log)\n{clip(text.strip(), DAYLOG_BUDGET, rel, True)}")
     parts.append(f"Now: {now:%Y-%m-%d %H:%M %Z}. Workdir: {workdir}.")
-    return "\n\n".join(parts)
+    return "\n\n".join(p for p in parts if p)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentd.errors import AgentdError
 from agentd.llm.types import Message
 
 
@@ -17,10 +18,13 @@ def new_id() -> str:
 
 
 class SessionLog:
-    def __init__(self, path: Path, header: dict[str, Any]):
+    """Appends to a transcript; `header` starts a new one, None continues an existing one."""
+
+    def __init__(self, path: Path, header: dict[str, Any] | None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._write({"type": "session", **header})
+        if header is not None:
+            self._write({"type": "session", **header})
 
     def _write(self, row: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as f:
@@ -31,3 +35,31 @@ class SessionLog:
 
     def end(self, **info: Any) -> None:
         self._write({"type": "end", "ts": round(time.time(), 3), **info})
+
+
+def load_messages(path: Path) -> list[Message]:
+    """The conversation in a transcript, for resuming it (possibly on another provider).
+
+    A line cut short by a crash is skipped; anything else unreadable is an error naming the
+    file and line, since silently dropping history would change what the model sees.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise AgentdError(f"no session {path.stem}: see .agentd/sessions/") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AgentdError(f"cannot read session {path}: {e}") from None
+    messages = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if n == len(lines):
+                continue  # a torn last line
+            raise AgentdError(f"{path}:{n}: not a JSON line; fix or remove it") from None
+        if isinstance(row, dict) and row.get("type") == "message":
+            try:
+                messages.append(Message.from_dict(row))
+            except (TypeError, ValueError) as e:
+                raise AgentdError(f"{path}:{n}: not a message ({e})") from None
+    return messages

@@ -4,18 +4,22 @@ all come through here."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agentd import history
 from agentd.config import Settings
+from agentd.daylog import DAILY, append_entry
 from agentd.home import runtime_dir
 from agentd.llm.router import choose_model, make_provider
 from agentd.llm.types import Message, ToolCall, Usage
 from agentd.loop import Events, TurnResult, run_loop
 from agentd.prompt import build_system_prompt
-from agentd.session import SessionLog, new_id
+from agentd.session import SessionLog, load_messages, new_id
 from agentd.tools import ToolContext
 from agentd.usage import append_ledger, cost, price_for
 
@@ -28,6 +32,7 @@ class TurnRequest:
     model: str | None = None
     max_steps: int | None = None
     record: Path | None = None
+    session: str | None = None  # continue this session's transcript instead of a new one
 
 
 @dataclass
@@ -40,6 +45,8 @@ class TurnReport:
     models: list[str] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     session: Path | None = None
+    commit: str | None = None
+    blocked: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -85,10 +92,44 @@ class _Books(Events):
         self.outer.message(msg)
 
 
+def _outcome(r: TurnResult) -> str:
+    detail = r.error if r.status != "ok" else (r.text.strip().splitlines() or [""])[0]
+    return f"{r.status}, {r.steps} step{'s' * (r.steps != 1)}" + (f": {detail}" if detail
+                                                                   else "")
+
+
+def commit_manual_edits(home: Path, scan: history.Scan | None) -> str | None:
+    """Commit what the user changed by hand since the last turn, so history attributes it."""
+    changes = history.pending(home, scan)
+    manual = [f for f in changes.files if not f.startswith(DAILY + "/")]
+    return history.commit(home, manual, "Manual edits", {"Agentd-Trigger": "manual"})
+
+
+def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
+                scan: history.Scan | None) -> None:
+    """Append the day log entry, then commit the turn's files (not the held-back ones)."""
+    changes = history.pending(home, scan)
+    files = [f for f in changes.files if not f.startswith(DAILY + "/")]
+    report.blocked = changes.blocked
+    models = ", ".join(report.models) or report.model
+    now = datetime.now().astimezone()
+    append_entry(home, now, req.trigger, models, req.task, _outcome(report.result),
+                       files, list(changes.blocked))
+    if not files:
+        return  # nothing but the day log changed: it rides along with the next commit
+    daily = [f for f in history.pending(home, scan).files if f.startswith(DAILY + "/")]
+    note = ("Not committed (secrets found): " + ", ".join(changes.blocked)
+            if changes.blocked else "")
+    report.commit = history.commit(
+        home, files + daily, req.task,
+        {"Agentd-Run": report.run_id, "Agentd-Model": models, "Agentd-Trigger": req.trigger},
+        note)
+
+
 async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Events,
                    base: Path | None = None) -> TurnReport:
     """Run one turn. Config problems raise AgentdError before anything is spent; everything
-    after that ends up in the report."""
+    after that ends up in the report, the transcript, the day log and one git commit."""
     spec = choose_model(req.model, settings)
     provider = make_provider(spec, settings, base or req.workdir)
     if req.record:
@@ -96,26 +137,32 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
 
         provider = RecordingProvider(provider, req.record)
     run_id = new_id()
+    path = runtime_dir(home, "sessions") / f"{req.session or run_id}.jsonl"
+    messages = load_messages(path) if req.session else []
+    scan = None
+    await asyncio.to_thread(commit_manual_edits, home, scan)
     started = time.monotonic()
-    report = TurnReport(run_id, spec, TurnResult("ok"), 0.0, 0.0)
-    log = SessionLog(runtime_dir(home, "sessions") / f"{run_id}.jsonl",
-                     {"id": run_id, "trigger": req.trigger, "model": spec,
-                      "workdir": str(req.workdir)})
-    report.session = log.path
+    report = TurnReport(run_id, spec, TurnResult("ok"), 0.0, 0.0, session=path)
+    log = SessionLog(path, None if req.session else {
+        "id": run_id, "trigger": req.trigger, "model": spec, "workdir": str(req.workdir)})
     system = build_system_prompt(home, req.workdir)
-    messages = [Message("user", req.task)]
-    log.append(messages[0])
+    messages.append(Message("user", req.task))
+    log.append(messages[-1])
     ctx = ToolContext(home=home, workdir=req.workdir, sandbox=settings.sandbox)
     books = _Books(events, log, report, home, settings, req.trigger)
     try:
         report.result = await run_loop(provider, system, messages, ctx,
                                        req.max_steps or settings.max_steps, books)
+    except asyncio.CancelledError:
+        report.result = TurnResult("interrupted", error="interrupted by the user")
+        raise
     finally:
         close = getattr(provider, "aclose", None)
         if close:
             await close()
-    report.seconds = round(time.monotonic() - started, 3)
-    r = report.result
-    log.end(status=r.status, error=r.error, steps=r.steps, seconds=report.seconds,
-            cost=report.cost)
+        report.seconds = round(time.monotonic() - started, 3)
+        r = report.result
+        log.end(run=run_id, status=r.status, error=r.error, steps=r.steps,
+                seconds=report.seconds, cost=report.cost)
+        await asyncio.to_thread(finish_turn, home, req, report, scan)
     return report

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,9 @@ def test_two_tool_calls_end_to_end(fake: FakeLLM, home: Path, workdir: Path, mod
         assert json.loads(calls[0]["function"]["arguments"])["path"] == "out/hello.txt"
         assert reqs[0].body["stream_options"] == {"include_usage": True}
     assert all(q.body.get("stream") for q in reqs)
-    assert _git_clean(home) == ""  # only git-ignored runtime data was written in the home
+    # the home only gained its day log entry (committed with the next turn that changes files)
+    assert [x[3:] for x in _git_clean(home).splitlines()] == [
+        f"memory/daily/{datetime.now():%Y-%m-%d}.md"]
 
 
 def test_json_output_is_one_object(fake: FakeLLM, home: Path, workdir: Path) -> None:

@@ -15,9 +15,11 @@ from fakellm import FakeLLM
 
 
 def _snapshot(home: Path) -> dict[str, str]:
-    """Hashes of every tracked file in the home (runtime data excluded)."""
+    """Hashes of every file in the home, except runtime data and the day log (which records
+    failed turns too)."""
     return {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(home.rglob("*")) if p.is_file() and ".agentd" not in p.parts}
+            for p in sorted(home.rglob("*")) if p.is_file() and ".agentd" not in p.parts
+            and "daily" not in p.parts}
 
 
 def _fails(r, code: int, *needles: str) -> str:
