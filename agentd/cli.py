@@ -26,6 +26,9 @@ class AgentdGroup(click.Group):
     """Turns every failure into one `error:` line and an exit code, never a traceback
     (also under click's CliRunner, which calls the group directly)."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order they are defined: init and run first
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -153,19 +156,79 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     sys.exit(code)
 
 
+@cli.command("history")
+@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@click.option("-n", "count", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many commits.")
+def history_cmd(home_opt: str | None, count: int) -> None:
+    """What changed in the home, turn by turn: when, trigger, model, summary, files."""
+    from rich.console import Console
+
+    from agentd import history
+    from agentd.render import history_table
+
+    home = _home_only(home_opt)
+    Console().print(history_table(history.log(home, count)))
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+def show(run_id: str, home_opt: str | None) -> None:
+    """Show the commit of RUN (a run id from `agentd history`, or a commit sha) with its
+    diff."""
+    from agentd import history
+
+    click.echo(history.show(_home_only(home_opt), run_id))
+
+
+@cli.command()
+@click.argument("run_id", metavar="[RUN]", required=False)
+@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+def undo(run_id: str | None, home_opt: str | None) -> None:
+    """Revert RUN's commit (default: the last agent turn) as a new commit. On a conflict
+    with later changes, nothing changes."""
+    from agentd import history
+    from agentd.session import new_id
+
+    sha, subject = history.undo(_home_only(home_opt), run_id, new_id())
+    click.echo(f"undone: {subject} (new commit {sha[:8]})")
+
+
+@cli.command()
+@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+def skills(home_opt: str | None) -> None:
+    """List the home's skills: source, status and description."""
+    from rich.console import Console
+
+    from agentd.render import skills_table
+    from agentd.skills import discover
+
+    warnings: list[str] = []
+    found = discover(_home_only(home_opt), warnings)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    Console().print(skills_table(found))
+
+
+def _home_only(home_opt: str | None) -> Path:
+    from agentd.home import find_home
+
+    home, notice = find_home(home_opt, Path.cwd())
+    if notice:
+        click.echo(notice, err=True)
+    return home
+
+
 def _prepare(home_opt: str | None, workdir: Path | None,
              no_sandbox: bool) -> tuple[Path, Settings, Path]:
     """Resolve the home, its settings and the workdir; warn about the sandbox."""
     from agentd.config import load_settings
-    from agentd.home import find_home
 
-    cwd = Path.cwd()
-    wd = (workdir or cwd).expanduser()
+    wd = (workdir or Path.cwd()).expanduser()
     if not wd.is_dir():
         raise AgentdError(f"workdir {wd} does not exist or is not a folder")
-    home, notice = find_home(home_opt, cwd)
-    if notice:
-        click.echo(notice, err=True)
+    home = _home_only(home_opt)
     settings = load_settings(home)
     if no_sandbox:
         settings.sandbox.mode = "off"

@@ -7,10 +7,13 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
+from agentd.history import Entry
 from agentd.llm.types import Message, ToolCall
 from agentd.loop import Events
+from agentd.skills import Skill
 from agentd.turn import TurnReport
 
 PREVIEW_LINES = 6
@@ -79,3 +82,29 @@ def as_json(report: TurnReport, exit_code: int) -> dict[str, Any]:
                       "cache_read": r.usage.cache_read, "cache_write": r.usage.cache_write},
             "cost": report.cost, "seconds": report.seconds, "run_id": report.run_id,
             "session": str(report.session) if report.session else None}
+
+
+def history_table(entries: list[Entry]) -> Table:
+    """`agentd history`: one row per commit, newest first."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("when", "run", "trigger", "model", "summary", "files"):
+        table.add_column(col, overflow="fold" if col == "summary" else "ellipsis")
+    for e in entries:
+        t = e.trailers
+        files = ", ".join(e.files[:3]) + (f" +{len(e.files) - 3}" if len(e.files) > 3 else "")
+        table.add_row(f"{e.when:%Y-%m-%d %H:%M}", t.get("Agentd-Run", e.sha[:8]),
+                      t.get("Agentd-Trigger", "-"), t.get("Agentd-Model", "-"), e.subject,
+                      files)
+    return table
+
+
+def skills_table(skills: list[Skill]) -> Table:
+    """`agentd skills`: name, source, status, description."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("name", "source", "status", "description"):
+        table.add_column(col, overflow="fold")
+    for s in skills:
+        status = "available" if s.available else f"unavailable: {s.missing}"
+        table.add_row(s.name, s.source, status, s.description,
+                      style=None if s.available else "dim")
+    return table
