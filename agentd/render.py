@@ -87,8 +87,12 @@ def as_json(report: TurnReport, exit_code: int) -> dict[str, Any]:
 def history_table(entries: list[Entry]) -> Table:
     """`agentd history`: one row per commit, newest first."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("when", "run", "trigger", "model", "summary", "files"):
-        table.add_column(col, overflow="fold" if col == "summary" else "ellipsis")
+    for col in ("when", "run"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("trigger", overflow="fold")
+    table.add_column("model", overflow="fold", ratio=1)
+    table.add_column("summary", overflow="fold", ratio=2, min_width=20)
+    table.add_column("files", overflow="fold", ratio=2)
     for e in entries:
         t = e.trailers
         files = ", ".join(e.files[:3]) + (f" +{len(e.files) - 3}" if len(e.files) > 3 else "")

@@ -1,0 +1,188 @@
+"""Git as the agent's memory: one commit per turn with trailers, manual edits apart, hooks
+that never run, secrets that never get committed, history, show, undo, and no leaks."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import agentd, json_out
+from fakellm import FakeLLM
+
+from agentd import history
+
+
+def git(home: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(home), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def turn(fake: FakeLLM, home: Path, workdir: Path, task: str, *calls: dict,
+         model: str = "openai:gpt-5.4") -> dict:
+    if calls:
+        fake.push({"tool_calls": list(calls)})
+    fake.push({"text": "done"})
+    r = agentd("run", "--json", "--home", str(home), "-C", str(workdir), "-m", model, task)
+    return json_out(r)
+
+
+def write(path: str, content: str) -> dict:
+    return {"name": "write", "arguments": {"path": path, "content": content}}
+
+
+def test_a_turn_that_changes_the_home_is_one_commit(fake: FakeLLM, home: Path,
+                                                    workdir: Path) -> None:
+    before = git(home, "rev-list", "--count", "HEAD")
+    out = turn(fake, home, workdir, "remember the deploy day\nit is Friday",
+               write(str(home / "memory/MEMORY.md"), "# Memory\n- deploys on Friday\n"))
+    assert int(git(home, "rev-list", "--count", "HEAD")) == int(before) + 1
+    msg = git(home, "log", "-1", "--format=%B")
+    assert msg.splitlines()[0] == "remember the deploy day"
+    assert "- memory/MEMORY.md" in msg
+    assert f"- memory/daily/{datetime.now():%Y-%m-%d}.md" in msg  # the day log rides along
+    assert f"Agentd-Run: {out['run_id']}" in msg
+    assert "Agentd-Model: openai:gpt-5.4" in msg and "Agentd-Trigger: cli" in msg
+    assert git(home, "status", "--porcelain") == ""
+
+
+def test_long_task_subject_is_cut_to_72(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    turn(fake, home, workdir, "x" * 200, write(str(home / "notes.md"), "n\n"))
+    subject = git(home, "log", "-1", "--format=%s").strip()
+    assert len(subject) == 72 and subject.endswith("…")
+
+
+def test_a_turn_that_changes_nothing_makes_no_commit(fake: FakeLLM, home: Path,
+                                                     workdir: Path) -> None:
+    before = git(home, "rev-parse", "HEAD")
+    turn(fake, home, workdir, "just answer")
+    turn(fake, home, workdir, "write in the workdir only", write("scratch.txt", "x"))
+    assert git(home, "rev-parse", "HEAD") == before
+    day_log = (home / f"memory/daily/{datetime.now():%Y-%m-%d}.md").read_text()
+    assert day_log.count("\n## ") == 2 and "- Task: just answer" in day_log
+    assert "- Outcome: ok, 1 step: done" in day_log
+
+
+def test_manual_edits_are_committed_first_and_apart(fake: FakeLLM, home: Path,
+                                                    workdir: Path) -> None:
+    (home / "memory/USER.md").write_text("# User\nName: Ada\n")
+    turn(fake, home, workdir, "note a thing", write(str(home / "notes.md"), "thing\n"))
+    subjects = git(home, "log", "-2", "--format=%s").splitlines()
+    assert subjects == ["note a thing", "Manual edits"]
+    manual = git(home, "log", "-1", "--skip=1", "--format=%B --stat")
+    assert "Agentd-Trigger: manual" in manual and "memory/USER.md" in manual
+    assert "notes.md" not in manual
+
+
+def test_planted_hooks_never_run(fake: FakeLLM, home: Path, workdir: Path,
+                                 tmp_path: Path) -> None:
+    marker = tmp_path / "hook-ran"
+    for hook in ("pre-commit", "commit-msg", "post-commit", "prepare-commit-msg"):
+        h = home / ".git/hooks" / hook
+        h.write_text(f"#!/bin/sh\necho {hook} >> {marker}\n")
+        h.chmod(0o755)
+    (home / "memory/USER.md").write_text("manual\n")  # a manual-edit commit too
+    turn(fake, home, workdir, "write", write(str(home / "a.md"), "a\n"))
+    history.undo(home, None, "undo-run")
+    assert len(git(home, "log", "--format=%s").splitlines()) >= 4
+    assert not marker.exists()
+
+
+def test_the_agent_cannot_plant_a_hook(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    out = turn(fake, home, workdir, "plant",
+               {"name": "bash", "arguments": {"command": f"echo 'touch /tmp/x' > "
+                                                         f"{home}/.git/hooks/post-commit"}},
+               write(str(home / ".git/hooks/pre-commit"), "#!/bin/sh\n"))
+    assert [c["is_error"] for c in out["tool_calls"]] == [True, True]
+    assert not (home / ".git/hooks/post-commit").exists()
+    assert not (home / ".git/hooks/pre-commit").exists()
+
+
+def test_secret_scan_holds_a_file_back(home: Path) -> None:
+    (home / "ok.md").write_text("fine\n")
+    (home / "leak.md").write_text("key: sk-live-abcdef123456\n")
+    changes = history.pending(home, lambda text: ["OPENAI_API_KEY"] if "sk-live" in text
+                              else [])
+    assert changes.files == ["ok.md"] and changes.blocked == {"leak.md": ["OPENAI_API_KEY"]}
+    sha = history.commit(home, changes.files, "turn", {"Agentd-Run": "r1"})
+    assert sha and "leak.md" not in git(home, "show", "--stat", sha)
+    assert (home / "leak.md").exists()  # kept on disk
+    assert git(home, "status", "--porcelain").strip() == "?? leak.md"
+
+
+def test_history_show_and_undo(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    out1 = turn(fake, home, workdir, "first fact", write(str(home / "memory/MEMORY.md"),
+                                                           "# Memory\n- one\n"))
+    out2 = turn(fake, home, workdir, "add notes", write(str(home / "notes.md"), "n\n"))
+    r = agentd("history", "--home", str(home), "-n", "5")
+    assert r.exit_code == 0
+    assert out1["run_id"] in r.stdout and out2["run_id"] in r.stdout
+    assert "add notes" in " ".join(r.stdout.split()) and " cli " in r.stdout
+    shown = agentd("show", out1["run_id"], "--home", str(home))
+    assert "+- one" in shown.stdout and "memory/MEMORY.md" in shown.stdout
+    undone = agentd("undo", "--home", str(home))  # the last agent turn: add notes
+    assert undone.exit_code == 0 and "undone: add notes" in undone.stdout
+    assert not (home / "notes.md").exists()
+    assert "- one" in (home / "memory/MEMORY.md").read_text()
+    assert "Agentd-Trigger: undo" in git(home, "log", "-1", "--format=%B")
+    again = agentd("undo", out1["run_id"], "--home", str(home))
+    assert again.exit_code == 0 and "- one" not in (home / "memory/MEMORY.md").read_text()
+
+
+def test_undo_conflict_changes_nothing(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    mem = str(home / "memory/MEMORY.md")
+    out1 = turn(fake, home, workdir, "v1", write(mem, "# Memory\n- v1\n"))
+    turn(fake, home, workdir, "v2", write(mem, "# Memory\n- v2\n"))
+    head = git(home, "rev-parse", "HEAD")
+    r = agentd("undo", out1["run_id"], "--home", str(home))
+    assert r.exit_code == 2 and "later changes touch the same lines" in r.stderr
+    assert "nothing changed" in r.stderr and "Traceback" not in r.stderr
+    assert git(home, "rev-parse", "HEAD") == head
+    assert git(home, "status", "--porcelain") == ""
+    assert (home / "memory/MEMORY.md").read_text() == "# Memory\n- v2\n"
+
+
+@pytest.mark.parametrize("args,needle", [(["show", "nope"], "no run or commit 'nope'"),
+                                         (["undo"], "no agent turn to undo")])
+def test_history_commands_bad_input(home: Path, args: list[str], needle: str) -> None:
+    r = agentd(*args, "--home", str(home))
+    assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_undo_refuses_with_uncommitted_changes(fake: FakeLLM, home: Path,
+                                               workdir: Path) -> None:
+    turn(fake, home, workdir, "w", write(str(home / "a.md"), "a\n"))
+    (home / "b.md").write_text("hand edit\n")
+    r = agentd("undo", "--home", str(home))
+    assert r.exit_code == 2 and "uncommitted changes" in r.stderr
+    assert (home / "a.md").exists() and (home / "b.md").exists()
+
+
+def test_a_home_that_is_not_a_git_repository(home: Path, workdir: Path, fake: FakeLLM) -> None:
+    subprocess.run(["rm", "-rf", str(home / ".git")], check=True)
+    r = agentd("history", "--home", str(home))
+    assert r.exit_code == 2 and "not a git repository" in r.stderr
+
+
+def _fds_and_children() -> tuple[int, int]:
+    fds = len(os.listdir("/proc/self/fd"))
+    children = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True,
+                              text=True).stdout.split()
+    return fds, len(children)
+
+
+def test_soak_500_commits_leak_nothing(home: Path) -> None:
+    """500 turns' worth of status + commit in one process: no stray git process, no fd."""
+    history.pending(home)  # warm up imports
+    fds0, kids0 = _fds_and_children()
+    for i in range(500):
+        (home / "notes.md").write_text(f"turn {i}\n")
+        changes = history.pending(home)
+        assert history.commit(home, changes.files, f"turn {i}", {"Agentd-Run": f"r{i}"})
+    fds1, kids1 = _fds_and_children()
+    assert (fds1, kids1) == (fds0, kids0)
+    assert re.fullmatch(r"\d+\n", git(home, "rev-list", "--count", "HEAD"))
+    assert int(git(home, "rev-list", "--count", "HEAD")) >= 501
