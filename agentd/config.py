@@ -115,6 +115,18 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
     if s.sandbox.mode not in ("bwrap", "off"):
         raise AgentdError(f"sandbox.mode must be \"bwrap\" or \"off\", not {s.sandbox.mode!r}")
+    if s.sandbox.network == "allowlist":
+        raise AgentdError('sandbox.network = "allowlist" is not available yet: use "none" '
+                          '(default) or "full"')
+    if s.sandbox.network not in ("none", "full"):
+        raise AgentdError(f"sandbox.network must be \"none\" or \"full\", "
+                          f"not {s.sandbox.network!r}")
+    if s.sandbox.tmp_size_mb < 1:
+        raise AgentdError("sandbox.tmp_size_mb must be at least 1")
+    for key in ("cpu_seconds", "memory_mb", "file_size_mb", "open_files", "processes",
+                "output_limit"):
+        if getattr(s.sandbox, key) < 0:
+            raise AgentdError(f"sandbox.{key} must not be negative")
     if s.max_steps < 1:
         raise AgentdError("max_steps must be at least 1")
     for name, ep in s.providers.items():

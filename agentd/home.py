@@ -131,6 +131,14 @@ DEFAULT_CONFIG = '''\
 # timeout = 120        # seconds per command; the whole process tree is killed after it
 # output_limit = 30000 # characters of command output shown to the model (head + tail kept)
 # tmp_size_mb = 256    # size of the sandbox's private /tmp
+# network = "none"     # "full": commands reach the network (warned on every turn)
+# Limits per command (0 = no limit). Processes need a pids cgroup when agentd runs as
+# root; `agentd doctor` says which limits this host enforces.
+# cpu_seconds = 300    # CPU time per process
+# memory_mb = 2048     # address space per process
+# file_size_mb = 256   # largest file a command may write
+# open_files = 1024
+# processes = 256
 
 # Providers. Keys are read from the environment variable named by key_env, never from here.
 # [providers.anthropic]

@@ -48,7 +48,7 @@ def run(ctx: ToolContext, command: str, timeout: float | None = None) -> ToolRes
 
 def test_bwrap_argv_is_pinned(ctx: ToolContext) -> None:
     h, w = str(ctx.home), str(ctx.workdir)
-    assert sb.bwrap_argv(ctx, "echo hi") == [
+    assert sb.bwrap_argv(ctx, "echo hi", seccomp_fd=7) == [
         "/usr/bin/bwrap",
         "--unshare-all", "--unshare-user", "--disable-userns",
         "--die-with-parent", "--new-session", "--cap-drop", "ALL",
@@ -66,29 +66,38 @@ def test_bwrap_argv_is_pinned(ctx: ToolContext) -> None:
         "--bind", h, h, "--bind", w, w,
         "--ro-bind", f"{h}/.git", f"{h}/.git",
         "--ro-bind", f"{h}/agentd.toml", f"{h}/agentd.toml",
+        "--tmpfs", f"{h}/.agentd", "--remount-ro", f"{h}/.agentd",
+        "--seccomp", "7",
         "--chdir", w, "--", "/bin/bash", "-c", "echo hi",
     ]  # fmt: skip
 
 
 def test_binds_come_after_the_tmpfs_masks(ctx: ToolContext) -> None:
-    argv = sb.bwrap_argv(ctx, "true", bwrap="/opt/bwrap")
+    argv = sb.bwrap_argv(ctx, "true", bwrap="/opt/bwrap", seccomp_fd=3)
     assert argv[0] == "/opt/bwrap"
-    last_tmpfs = max(i for i, a in enumerate(argv) if a == "--tmpfs")
+    last_mask = argv.index("/tmp")
     binds = [i for i, a in enumerate(argv) if a == "--bind"]
-    protections = [i for i, a in enumerate(argv) if a == "--ro-bind"][1:]  # [0] is `/`
-    assert last_tmpfs < min(binds) and max(binds) < min(protections)
-    assert max(protections) < argv.index("--chdir") < argv.index("--")
+    protections = [i for i, a in enumerate(argv) if a in ("--ro-bind", "--remount-ro")][1:]
+    assert last_mask < min(binds) and max(binds) < min(protections)
+    assert max(protections) < argv.index("--seccomp") < argv.index("--chdir") < argv.index("--")
     assert argv[argv.index("--") :] == ["--", "/bin/bash", "-c", "true"]
 
 
-def test_protections_only_for_paths_that_exist(tmp_path: Path) -> None:
+def test_missing_protected_paths_are_masked_too(tmp_path: Path) -> None:
     home, work = tmp_path / "h", tmp_path / "w"
     home.mkdir()
     bare = ToolContext(home=home, workdir=work)
-    assert sb.bwrap_argv(bare, "true").count("--ro-bind") == 1  # just `/`
+    argv = sb.bwrap_argv(bare, "true", seccomp_fd=3)
+    start = argv.index("--bind") + 6  # past `--bind h h --bind w w`
+    assert argv[start - 6 : start] == ["--bind", str(home), str(home), "--bind", str(work),
+                                       str(work)]
+    assert argv[start : argv.index("--seccomp")] == [
+        "--tmpfs", f"{home}/.git", "--remount-ro", f"{home}/.git",
+        "--ro-bind", "/dev/null", f"{home}/agentd.toml",
+        "--tmpfs", f"{home}/.agentd", "--remount-ro", f"{home}/.agentd",
+    ]  # fmt: skip
     (home / ".agentd").mkdir()
-    argv = sb.bwrap_argv(bare, "true")
-    assert argv.count("--ro-bind") == 2
+    argv = sb.bwrap_argv(bare, "true", seccomp_fd=3)
     assert argv[argv.index(f"{home}/.agentd") - 1] == "--ro-bind"
 
 
@@ -96,14 +105,14 @@ def test_a_symlinked_protected_path_is_refused(ctx: ToolContext) -> None:
     (ctx.home / "agentd.toml").unlink()
     (ctx.home / "agentd.toml").symlink_to(ctx.workdir / "evil.toml")
     with pytest.raises(ValueError, match="symlink"):
-        sb.bwrap_argv(ctx, "true")
+        sb.bwrap_argv(ctx, "true", seccomp_fd=3)
     reason = sb.check_sandbox(ctx)
     assert reason is not None and "agentd.toml is a symlink" in reason
 
 
 def test_tmp_size_follows_settings(ctx: ToolContext) -> None:
     ctx.sandbox.tmp_size_mb = 8
-    argv = sb.bwrap_argv(ctx, "true")
+    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
     assert argv[argv.index("--size") + 1 : argv.index("--size") + 4] == [
         str(8 * 1024 * 1024),
         "--tmpfs",

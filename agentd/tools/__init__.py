@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agentd.redact import Redactor
+
+PROFILES = ("trusted", "untrusted", "readonly")
 
 
 @dataclass
@@ -19,21 +25,39 @@ class ToolResult:
 
 @dataclass
 class SandboxSettings:
-    """How bash runs. `mode` is "bwrap" (default) or "off" (explicit opt-out, warned)."""
+    """How bash runs. `mode` is "bwrap" (default) or "off" (explicit opt-out, warned);
+    `network` is "none" (default) or "full" (explicit opt-in, warned). The limits apply to
+    every command; 0 means no limit of that kind (see agentd/tools/limits.py)."""
 
     mode: str = "bwrap"
+    network: str = "none"
     timeout: float = 120.0
     output_limit: int = 30_000
     tmp_size_mb: int = 256
+    cpu_seconds: int = 300
+    memory_mb: int = 2048
+    file_size_mb: int = 256
+    open_files: int = 1024
+    processes: int = 256
 
 
 @dataclass
 class ToolContext:
-    """Where tools may act: the home and the workdir are the only writable places.
+    """Where tools may act, decided by the runtime, never by the model.
 
-    Both paths are resolved (absolute, symlinks followed) by the runtime, never by the model.
+    `home` and `workdir` are resolved (absolute, symlinks followed) by the runtime. The
+    `profile` says what is writable, for bash and the file tools alike:
+    "trusted" (CLI, the owner): the home and the workdir;
+    "untrusted" (strangers' text: webhooks, inbox files): only `<home>/outbox/` and
+    `scratch`, a fresh per-turn folder (created on first use when None); the rest read-only;
+    "readonly": nothing but the sandbox's private /tmp.
+    `redactor` scrubs secrets from every tool result; None means one built from the
+    environment's well-known key variables (see agentd/redact.py).
     """
 
     home: Path
     workdir: Path
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    profile: str = "trusted"
+    scratch: Path | None = None
+    redactor: Redactor | None = None

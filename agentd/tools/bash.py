@@ -54,22 +54,20 @@ async def run_bash(ctx: ToolContext, command: str, timeout: float | None = None)
     reason = await asyncio.to_thread(sandbox.check_sandbox, ctx)
     if reason is not None:
         return ToolResult(f"bash refused to run: {reason}", is_error=True)
-    if ctx.sandbox.mode == "off":
-        argv, env, cwd = [sandbox.BASH, "-c", command], sandbox.sandbox_env(ctx), str(ctx.workdir)
-    else:
-        bwrap = sandbox.find_bwrap()
-        try:
-            if bwrap is None:
-                raise ValueError(sandbox.INSTALL_HINT)
-            argv = sandbox.bwrap_argv(ctx, command, bwrap=bwrap)
-        except ValueError as exc:  # changed since the check: still refuse, never downgrade
-            return ToolResult(f"bash refused to run: {exc}", is_error=True)
-        env, cwd = sandbox.launcher_env(), None
+    try:
+        launch = sandbox.prepare(ctx, command)
+    except ValueError as exc:  # changed since the check: still refuse, never downgrade
+        return ToolResult(f"bash refused to run: {exc}", is_error=True)
+    except OSError as exc:
+        return ToolResult(f"bash refused to run: cannot set up the sandbox: {exc}",
+                          is_error=True)
     limit = effective_timeout(ctx, timeout)
     try:
-        raw, outcome, code = await _execute(argv, env, cwd, limit)
-    except OSError as exc:
+        raw, outcome, code = await _execute(launch, limit)
+    except (OSError, subprocess.SubprocessError) as exc:
         return ToolResult(f"bash could not start: {exc}", is_error=True)
+    finally:
+        await asyncio.to_thread(launch.cleanup)
     text = format_output(raw, ctx.sandbox.output_limit) or "(no output)"
     notes: list[str] = []
     if outcome == "overflow":
@@ -87,9 +85,7 @@ async def run_bash(ctx: ToolContext, command: str, timeout: float | None = None)
     return ToolResult(content, is_error=outcome != "done" or code != 0)
 
 
-async def _execute(
-    argv: list[str], env: dict[str, str], cwd: str | None, limit: float
-) -> tuple[bytes, str, int]:
+async def _execute(launch: sandbox.Launch, limit: float) -> tuple[bytes, str, int]:
     """Run argv in its own process group; return (output, "done"|"timeout"|"overflow", code).
 
     We own the pipe (not asyncio's PIPE) so `proc.wait()` returns when the process exits even
@@ -99,14 +95,16 @@ async def _execute(
     read_fd, write_fd = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
-            env=env, cwd=cwd, start_new_session=True,
+            *launch.argv, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
+            env=launch.env, cwd=launch.cwd, start_new_session=True,
+            pass_fds=launch.pass_fds, preexec_fn=launch.preexec,
         )  # fmt: skip
     except BaseException:
         os.close(read_fd)
         raise
     finally:
         os.close(write_fd)
+        launch.spawned()
     reader = asyncio.StreamReader(limit=CHUNK)
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)

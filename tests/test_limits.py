@@ -1,0 +1,123 @@
+"""Per-command limits: the rlimits computed from settings, the pids cgroup's life cycle, and
+what `limits_status()` claims about this host (checked against the real thing)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agentd.config import parse_settings
+from agentd.errors import AgentdError
+from agentd.tools import SandboxSettings, ToolContext
+from agentd.tools import limits as lim
+from agentd.tools import sandbox as sb
+from agentd.tools.bash import run_bash
+
+requires_bwrap = pytest.mark.skipif(sb.find_bwrap() is None, reason="bubblewrap is not installed")
+
+
+def test_rlimits_follow_settings() -> None:
+    s = SandboxSettings(cpu_seconds=7, memory_mb=100, file_size_mb=3, open_files=64)
+    got = dict(lim.rlimits(s, cgroup=True))
+    assert got[resource.RLIMIT_CORE] == 0
+    assert got[resource.RLIMIT_CPU] == 7
+    assert got[resource.RLIMIT_AS] == 100 * lim.MIB
+    assert got[resource.RLIMIT_FSIZE] == 3 * lim.MIB
+    assert got[resource.RLIMIT_NOFILE] == min(64, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    assert resource.RLIMIT_NPROC not in got  # the cgroup counts processes instead
+
+
+def test_zero_means_no_limit() -> None:
+    s = SandboxSettings(cpu_seconds=0, memory_mb=0, file_size_mb=0, open_files=0)
+    assert dict(lim.rlimits(s, cgroup=True)) == {resource.RLIMIT_CORE: 0}
+
+
+def test_nproc_fallback_only_for_non_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert resource.RLIMIT_NPROC not in dict(lim.rlimits(SandboxSettings(), cgroup=False))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(lim, "_user_tasks", lambda: 40)
+    got = dict(lim.rlimits(SandboxSettings(processes=10), cgroup=False))
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    assert got[resource.RLIMIT_NPROC] == (50 if hard == resource.RLIM_INFINITY else min(50, hard))
+
+
+def test_settings_are_validated() -> None:
+    s = parse_settings({"sandbox": {"memory_mb": 512, "processes": 0, "network": "full"}})
+    assert (s.sandbox.memory_mb, s.sandbox.processes, s.sandbox.network) == (512, 0, "full")
+    for bad, message in (({"processes": -1}, "sandbox.processes must not be negative"),
+                         ({"network": "allowlist"}, "not available yet"),
+                         ({"network": "some"}, 'sandbox.network must be "none" or "full"'),
+                         ({"tmp_size_mb": 0}, "at least 1"),
+                         ({"memory_mb": "1G"}, "sandbox.memory_mb must be a number")):
+        with pytest.raises(AgentdError, match=message):
+            parse_settings({"sandbox": bad})
+
+
+def test_status_tells_the_truth_about_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = {r.name: r for r in lim.limits_status(SandboxSettings(processes=9))}
+    assert set(rows) >= {"wall time", "cpu time", "memory", "file size", "open files",
+                         "processes", "core dumps", "output"}
+    procs = rows["processes"]
+    if lim.pids_base() is not None:
+        assert procs.enforced and "pids cgroup" in procs.how
+    monkeypatch.setattr(lim, "pids_base", lambda: None)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    procs = {r.name: r for r in lim.limits_status()}["processes"]
+    assert not procs.enforced and "NOT enforced" in procs.how
+    off = {r.name: r for r in lim.limits_status(SandboxSettings(memory_mb=0))}["memory"]
+    assert not off.enforced
+
+
+def test_this_root_host_has_a_pids_cgroup() -> None:
+    """Research (security.md §7): cgroup v1 pids works on these machines. If this fails on
+    a new host, `agentd doctor` must say processes are not enforced there."""
+    if os.geteuid() != 0:
+        assert resource.RLIMIT_NPROC in dict(lim.rlimits(SandboxSettings(), cgroup=False))
+        return
+    base = lim.pids_base()
+    assert base is not None and (base / "cgroup.procs").exists()
+
+
+@requires_bwrap
+def test_cgroup_is_joined_and_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = lim.pids_base()
+    if base is None:
+        pytest.fail("no pids cgroup on this host (see test_this_root_host_has_a_pids_cgroup)")
+    work = tmp_path / "w"
+    work.mkdir()
+    ctx = ToolContext(home=work, workdir=work, sandbox=SandboxSettings(processes=33))
+    before = {p.name for p in base.iterdir() if p.name.startswith("agentd-")}
+    seen: list[str] = []
+    real_open = lim.open_cgroup
+
+    def spy(s: SandboxSettings) -> lim.PidsCgroup | None:
+        cg = real_open(s)
+        assert cg is not None
+        seen.append((cg.path / "pids.max").read_text().strip())
+        return cg
+
+    monkeypatch.setattr(lim, "open_cgroup", spy)
+    mine = f"{base}/agentd-{os.getpid()}-*"
+    result = asyncio.run(run_bash(ctx, f"sleep 0.2 & sleep 0.2 & cat {mine}/pids.current; "
+                                       "wait; echo ok", 10))
+    lines = result.content.split()
+    assert lines[-1] == "ok" and int(lines[0]) >= 5 and seen[-1] == "33"  # bwrap x2, bash x3
+    after = {p.name for p in base.iterdir() if p.name.startswith("agentd-")}
+    assert after == before  # removed again
+
+
+def test_close_kills_leftovers(tmp_path: Path) -> None:
+    base = lim.pids_base()
+    if base is None:
+        pytest.fail("no pids cgroup on this host")
+    cg = lim.PidsCgroup(base, 10)
+    proc = subprocess.Popen(["sleep", "60"], preexec_fn=lim.preexec([], cg.procs_fd))
+    assert cg.pids() == [proc.pid]
+    cg.close()
+    assert proc.wait(5) == -9 and not cg.path.exists()
