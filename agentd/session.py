@@ -11,6 +11,8 @@ from typing import Any
 
 from agentd.errors import AgentdError
 from agentd.llm.types import Message
+from agentd.redact import Redactor
+from agentd.redact import default as default_redactor
 
 
 def new_id() -> str:
@@ -18,15 +20,22 @@ def new_id() -> str:
 
 
 class SessionLog:
-    """Appends to a transcript; `header` starts a new one, None continues an existing one."""
+    """Appends to a transcript; `header` starts a new one, None continues an existing one.
 
-    def __init__(self, path: Path, header: dict[str, Any] | None):
+    Every row is redacted (agentd/redact.py) before it is written, so a key the model typed
+    or a provider echoed in an error never lands on disk. Without an explicit `redactor`,
+    the default one (well-known key variables and key shapes) is used."""
+
+    def __init__(self, path: Path, header: dict[str, Any] | None,
+                 redactor: Redactor | None = None):
         self.path = path
+        self.redactor = redactor or default_redactor()
         path.parent.mkdir(parents=True, exist_ok=True)
         if header is not None:
             self._write({"type": "session", **header})
 
     def _write(self, row: dict[str, Any]) -> None:
+        row = self.redactor.redact_data(row)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 

@@ -55,7 +55,17 @@ def check_arguments(spec: ToolSpec, args: dict[str, Any]) -> str | None:
 
 
 async def run_tool(ctx: ToolContext, call: ToolCall) -> ToolResult:
-    """Run one tool call. Never raises: every failure is an error result for the model."""
+    """Run one tool call. Never raises: every failure is an error result for the model.
+    Secrets are redacted here, the one place every tool result passes, before the model,
+    the transcript or the terminal sees them."""
+    from agentd import redact
+
+    result = await _run(ctx, call)
+    result.content = (ctx.redactor or redact.default()).redact(result.content)
+    return result
+
+
+async def _run(ctx: ToolContext, call: ToolCall) -> ToolResult:
     spec = _BY_NAME.get(call.name)
     if spec is None:
         return ToolResult(f"error: unknown tool '{call.name}'; the tools are "

@@ -52,7 +52,8 @@ def resolve_path(ctx: ToolContext, path: str, *, for_write: bool) -> Path:
     except (OSError, RuntimeError) as e:  # symlink loop, unreadable parent
         raise PathError(f"cannot resolve {path}: {e}") from None
     shown = path if str(real) in (path, str(joined)) else f"{path} (resolves to {real})"
-    if not (real.is_relative_to(ctx.home) or real.is_relative_to(ctx.workdir)):
+    roots = [ctx.home, ctx.workdir, *([ctx.scratch] if ctx.scratch else [])]
+    if not any(real.is_relative_to(root) for root in roots):
         raise PathError(f"path {shown} is outside the home ({ctx.home}) and the workdir "
                         f"({ctx.workdir}); use a path inside one of them")
     if for_write:
@@ -61,7 +62,19 @@ def resolve_path(ctx: ToolContext, path: str, *, for_write: bool) -> Path:
 
 
 def _check_writable(ctx: ToolContext, real: Path, shown: str) -> None:
-    """Refuse the runtime's own files and files hard-linked elsewhere."""
+    """Refuse what the profile keeps read-only (the same set bash gets, so the write and
+    edit tools can't bypass it), the runtime's own files, and files hard-linked elsewhere."""
+    from agentd.tools.sandbox import ensure_scratch, writable_paths
+
+    try:
+        ensure_scratch(ctx)
+        writable = [p.resolve() for p in writable_paths(ctx)]
+    except (ValueError, OSError) as e:
+        raise PathError(f"cannot write: {e}") from None
+    if not any(real.is_relative_to(p) for p in writable):
+        where = " or ".join(str(p) for p in writable) or "nowhere but bash's private /tmp"
+        raise PathError(f"{shown} is read-only in this turn (profile {ctx.profile}); "
+                        f"it may write only {'under ' if writable else ''}{where}")
     for name in (".git", ".agentd"):
         if real.is_relative_to((ctx.home / name).resolve()):
             raise PathError(f"{shown} is inside {ctx.home / name}, which is protected: "
