@@ -156,6 +156,31 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     sys.exit(code)
 
 
+@cli.command()
+@click.option("--home", "home_opt", metavar="PATH", help="The agent's home (default: "
+              "$AGENTD_HOME, else the nearest parent holding agentd.toml, else ~/.agentd).")
+@click.option("--model", "-m", metavar="PROVIDER:MODEL",
+              help="The model to start with; /model switches it mid-chat.")
+@click.option("--workdir", "-C", type=click.Path(file_okay=False, path_type=Path),
+              help="Where bash runs; with the home, the only writable place (default: here).")
+@click.option("--resume", metavar="[ID]", is_flag=False, flag_value="", default=None,
+              help="Continue a session: the most recent one, or ID (a file name in "
+                   ".agentd/sessions/).")
+@click.option("--no-sandbox", is_flag=True, help="Run bash unsandboxed on this host.")
+def chat(home_opt: str | None, model: str | None, workdir: Path | None, resume: str | None,
+         no_sandbox: bool) -> None:
+    """An interactive session: each line you type is a turn, and all turns share one
+    transcript. Commands: /model PROVIDER:MODEL, /undo, /history, /new, /help, /exit.
+
+    Ctrl-C stops the running turn and the chat goes on. Ctrl-D or /exit ends the chat
+    (exit 0); so does Ctrl-C at the prompt (exit 130, as for an interrupted run).
+    """
+    from agentd.chat import start_chat
+
+    home, settings, wd = _prepare(home_opt, workdir, no_sandbox)
+    sys.exit(start_chat(home, settings, wd, Path.cwd(), model, resume))
+
+
 @cli.command("history")
 @click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
 @click.option("-n", "count", default=20, show_default=True, type=click.IntRange(min=1),

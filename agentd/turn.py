@@ -33,6 +33,7 @@ class TurnRequest:
     max_steps: int | None = None
     record: Path | None = None
     session: str | None = None  # continue this session's transcript instead of a new one
+    new_session: bool = False  # `session` is a fresh id: start its transcript (chat's 1st turn)
 
 
 @dataclass
@@ -138,13 +139,15 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
         provider = RecordingProvider(provider, req.record)
     run_id = new_id()
     path = runtime_dir(home, "sessions") / f"{req.session or run_id}.jsonl"
-    messages = load_messages(path) if req.session else []
+    resuming = bool(req.session) and not req.new_session
+    messages = load_messages(path) if resuming else []
     scan = None
     await asyncio.to_thread(commit_manual_edits, home, scan)
     started = time.monotonic()
     report = TurnReport(run_id, spec, TurnResult("ok"), 0.0, 0.0, session=path)
-    log = SessionLog(path, None if req.session else {
-        "id": run_id, "trigger": req.trigger, "model": spec, "workdir": str(req.workdir)})
+    log = SessionLog(path, None if resuming else {
+        "id": req.session or run_id, "trigger": req.trigger, "model": spec,
+        "workdir": str(req.workdir)})
     system = build_system_prompt(home, req.workdir)
     messages.append(Message("user", req.task))
     log.append(messages[-1])

@@ -1,0 +1,219 @@
+"""`agentd chat`: a conversation in the terminal, one turn per line you type.
+
+Each line is an ordinary turn through `run_turn`, so it gets the same books as any other
+(transcript, usage ledger, day log, a git commit when files changed), with the trigger
+`chat:<session>`. All turns of a chat append to one session transcript: that is what lets
+`/model` switch provider mid-conversation and `--resume` pick the conversation up later,
+on any provider, since the transcript is provider-neutral.
+
+Ctrl-C while a turn runs cancels that turn's task (not a KeyboardInterrupt thrown at a
+random line): the loop gives the interrupted tool call an error result, `run_turn` still
+writes the day log and commits, and the chat goes on. Ctrl-C at the prompt ends the chat
+with exit status 130, like an interrupted `agentd run`; `/exit` and end of input give 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+
+from agentd import history
+from agentd.config import Settings
+from agentd.errors import AgentdError
+from agentd.home import runtime_dir
+from agentd.llm.router import choose_model, make_provider
+from agentd.render import LiveRenderer, history_table, summary
+from agentd.session import load_messages, new_id
+from agentd.turn import TurnReport, TurnRequest, run_turn
+
+T = TypeVar("T")
+
+HELP = """\
+/model PROVIDER:MODEL  use that model from the next turn on (e.g. openai:gpt-5.4-mini)
+/undo                  revert the last agent turn's commit in the home
+/history               the home's last 10 commits
+/new                   start a new session (a fresh transcript)
+/exit                  end the chat (or Ctrl-D); Ctrl-C stops a running turn
+A line starting with a space is sent as it is, even if it then starts with /."""
+
+
+def find_session(home: Path, resume: str) -> str:
+    """The id `--resume` means: `resume` itself, or the newest transcript when empty."""
+    sessions = runtime_dir(home, "sessions")
+    if not resume:
+        found = sorted(sessions.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise AgentdError(f"no session to resume in {sessions}: start one with "
+                              "`agentd chat`")
+        return found[-1].stem
+    sid = resume.removesuffix(".jsonl")
+    if "/" in sid or sid.startswith(".") or not (sessions / f"{sid}.jsonl").is_file():
+        raise AgentdError(f"no session {resume!r} in {sessions}: `agentd chat --resume` "
+                          "takes the last one")
+    return sid
+
+
+def read_line() -> str | None:
+    """The next line typed, None at end of input. A terminal gets a `you> ` prompt with line
+    editing; a pipe (or a test) is read plainly, so what it captures stays clean."""
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (gives input() history and editing)
+        try:
+            return input("you> ")
+        except EOFError:
+            print()
+            return None
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n") if line else None
+
+
+async def interruptible(coro: Coroutine[Any, Any, T]) -> T | None:
+    """Await `coro` as a task that Ctrl-C cancels; None when it did.
+
+    The handler lives on the event loop only while the turn runs, so the turn unwinds
+    through its own `finally` (error result for the tool call, day log, commit). Further
+    Ctrl-Cs while it unwinds are ignored, so the bookkeeping is never cut short.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    interrupted = False
+
+    def on_sigint() -> None:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        installed = True
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+        installed = False
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if interrupted and not (current and current.cancelling()):
+            return None
+        raise
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+class Chat:
+    """One chat: the home, the current model and the current session id."""
+
+    def __init__(self, home: Path, settings: Settings, workdir: Path, base: Path,
+                 model: str, session: str, console: Console):
+        self.home, self.settings, self.workdir, self.base = home, settings, workdir, base
+        self.model, self.session, self.console = model, session, console
+
+    def error(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+    def run(self, read: Callable[[], str | None] = read_line) -> int:
+        """Read and handle lines until /exit, end of input (0) or Ctrl-C at the prompt
+        (130)."""
+        while True:
+            try:
+                line = read()
+            except KeyboardInterrupt:
+                print()
+                return 130
+            if line is None:
+                return 0
+            if line.startswith("/"):
+                name, _, arg = line[1:].strip().partition(" ")
+                if not self.command(name, arg):
+                    return 0
+            elif line.strip():
+                self.turn(line.strip())
+
+    def command(self, name: str, arg: str) -> bool:
+        """Run a slash command; False means the chat ends. A failing command is one error
+        line, never the end of the chat."""
+        if name in ("exit", "quit"):
+            return False
+        try:
+            if name == "help":
+                self.console.print(HELP, markup=False, highlight=False)
+            elif name == "model":
+                self.switch_model(arg.strip())
+            elif name == "new":
+                self.session = new_id()
+                self.console.print(f"new session {self.session}", style="dim")
+            elif name == "history":
+                self.console.print(history_table(history.log(self.home, 10)))
+            elif name == "undo":
+                sha, subject = history.undo(self.home, None, new_id())
+                self.console.print(f"undone: {subject} (new commit {sha[:8]})",
+                                   markup=False)
+            else:
+                self.error(f"unknown command /{name}: /help lists them")
+        except AgentdError as e:
+            self.error(str(e))
+        return True
+
+    def switch_model(self, spec: str) -> None:
+        """Check `spec` now (format, provider, key), so a typo fails here, not next turn."""
+        if not spec:
+            self.console.print(f"model: {self.model}", markup=False)
+            return
+        make_provider(spec, self.settings, self.base)
+        self.model = spec
+        self.console.print(f"model: {spec} from the next turn on", style="dim", markup=False)
+
+    def turn(self, task: str) -> TurnReport | None:
+        """One turn in the current session; errors are printed and the chat goes on."""
+        sessions = runtime_dir(self.home, "sessions")
+        fresh = not (sessions / f"{self.session}.jsonl").exists()
+        req = TurnRequest(task, self.workdir, trigger=f"chat:{self.session}",
+                          model=self.model, session=self.session, new_session=fresh)
+        renderer = LiveRenderer(self.console)
+        report: TurnReport | None = None
+        try:
+            report = asyncio.run(interruptible(
+                run_turn(self.home, self.settings, req, renderer, self.base)))
+        except KeyboardInterrupt:  # Ctrl-C just outside the handler's window
+            pass
+        except AgentdError as e:
+            renderer.finish()
+            self.error(str(e))
+            return None
+        renderer.finish()
+        if report is None:
+            self.console.print("interrupted: the turn stopped; what it did so far is kept",
+                               style="yellow")
+            return None
+        self.console.print(summary(report), style="dim", highlight=False, markup=False)
+        if not report.ok:
+            self.error(str(report.result.error))
+        return report
+
+
+def start_chat(home: Path, settings: Settings, workdir: Path, base: Path,
+               model: str | None, resume: str | None) -> int:
+    """Check the model and the session to resume (config errors raise, exit 2), then
+    chat. Returns the exit status."""
+    if resume is None:
+        sid = new_id()
+        note = f"new session {sid}"
+    else:
+        sid = find_session(home, resume)
+        count = len(load_messages(runtime_dir(home, "sessions") / f"{sid}.jsonl"))
+        note = f"resuming session {sid} ({count} messages)"
+    spec = choose_model(model, settings)
+    make_provider(spec, settings, base)
+    console = Console(highlight=False)
+    console.print(f"agentd chat · {note} · {spec} · /help for commands", style="dim",
+                  markup=False)
+    return Chat(home, settings, workdir, base, spec, sid, console).run()
