@@ -269,6 +269,27 @@ def _prepare(home_opt: str | None, workdir: Path | None,
     return home, settings, wd.resolve()
 
 
+@cli.command()
+@click.option("--home", "home_opt", metavar="PATH", help="The agent's home (default: as for run).")
+@click.option("--online", is_flag=True, help="Also contact each provider's base URL (one GET).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok and the checks.")
+def doctor(home_opt: str | None, online: bool, as_json: bool) -> None:
+    """Check the sandbox, limits, git, the home and keys; say how to fix each problem.
+
+    Exits 1 when something required is broken. Offline unless --online; never prints keys.
+    """
+    import json
+
+    from agentd import doctor as doc
+
+    checks = doc.run_checks(home_opt, Path.cwd(), online=online)
+    if as_json:
+        click.echo(json.dumps(doc.as_json(checks), indent=2))
+    else:
+        doc.render(checks)
+    sys.exit(0 if doc.healthy(checks) else 1)
+
+
 def main() -> None:
     """Entry point for the `agentd` script and `python -m agentd`.
 

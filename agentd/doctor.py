@@ -1,0 +1,251 @@
+"""`agentd doctor`: check this host and this home, and say how to fix what is wrong.
+
+Every check reports what it really observed (a launch, a write, a file in /proc), never
+what the configuration merely asks for: the sandbox is a security boundary, and a doctor
+that reports a limit this host silently ignores would be worse than none. Offline by
+default: provider endpoints are contacted only with `--online`. Key values are never shown,
+only whether they are set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agentd.config import CONFIG_NAME, Settings, load_settings
+from agentd.errors import AgentdError
+from agentd.home import is_home
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+DEFAULT_URLS = {"anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+                "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1")}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+    required: bool = False  # a failed required check makes doctor exit 1
+
+
+def locate_home(explicit: str | None, cwd: Path) -> Path | None:
+    """The home `agentd run` would use, without creating one (unlike home.find_home)."""
+    given = explicit or os.environ.get("AGENTD_HOME")
+    if given:
+        return Path(given).expanduser().resolve()
+    for folder in (cwd, *cwd.parents):
+        if is_home(folder):
+            return folder.resolve()
+    default = Path("~/.agentd").expanduser().resolve()
+    return default if is_home(default) else None
+
+
+def _write_problem(folder: Path) -> str | None:
+    """Really write a file (os.access lies for root on a read-only mount)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".agentd-doctor-"):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def check_home(home: Path | None) -> list[Check]:
+    if home is None:
+        return [Check("home", FAIL, "no home here, in a parent folder, or at ~/.agentd",
+                      "run `agentd init PATH`, or pass --home", required=True)]
+    if not is_home(home):
+        return [Check("home", FAIL, f"{home} is not an agentd home (no {CONFIG_NAME})",
+                      f"run `agentd init {home}`", required=True)]
+    problem = _write_problem(home)
+    if problem:
+        return [Check("home", FAIL, f"{home} is not writable: {problem}",
+                      "fix its permissions or mount; agentd writes memory, sessions and "
+                      "commits there", required=True)]
+    return [Check("home", OK, f"{home} (writable)")]
+
+
+def check_git() -> Check:
+    git = shutil.which("git")
+    if git is None:
+        return Check("git", FAIL, "git is not installed", "`apt-get install git`: the home's "
+                     "history is a git repository", required=True)
+    return Check("git", OK, git)
+
+
+def check_sandbox(home: Path, settings: Settings) -> list[Check]:
+    """bwrap present and launching, seccomp really active inside, user namespaces."""
+    import asyncio
+
+    from agentd.tools import ToolContext
+    from agentd.tools import sandbox as sb
+    from agentd.tools.bash import run_bash
+
+    s = settings.sandbox
+    loosened = sb.turn_warnings(s)
+    detail = (f"mode {s.mode}, network {s.network}, profile trusted for the CLI "
+              "(untrusted and readonly are chosen by the runtime per trigger)")
+    out = [Check("sandbox", WARN if loosened else OK,
+                 "; ".join([*loosened, detail]),
+                 'set mode = "bwrap" and network = "none" in [sandbox] unless you mean it'
+                 if loosened else "")]
+    if s.mode == "off":
+        out.append(Check("bubblewrap", WARN, "not used: sandbox mode is off",
+                         'set [sandbox] mode = "bwrap" in agentd.toml'))
+        return out
+    bwrap = sb.find_bwrap()
+    if bwrap is None:
+        out.append(Check("bubblewrap", FAIL, "not installed, so bash refuses to run",
+                         "`apt-get install bubblewrap`", required=True))
+        return out
+    ctx = ToolContext(home=home, workdir=home, sandbox=s)
+    reason = sb.check_sandbox(ctx)
+    if reason:
+        out.append(Check("bubblewrap", FAIL, reason, _userns_fix(), required=True))
+        return out
+    out.append(Check("bubblewrap", OK, f"{bwrap}: a trivial launch works"))
+    probe = asyncio.run(run_bash(ctx, "grep -E '^(Seccomp|NoNewPrivs|CapEff):' "
+                                      "/proc/self/status", 20))
+    fields = dict(line.split(":\t", 1) for line in probe.content.splitlines() if ":\t" in line)
+    if fields.get("Seccomp") == "2" and fields.get("NoNewPrivs") == "1":
+        out.append(Check("seccomp", OK, "filter active inside (Seccomp: 2, NoNewPrivs: 1)"))
+    else:
+        out.append(Check("seccomp", FAIL, f"not active inside: {probe.content.strip()[:200]}",
+                         "a kernel with CONFIG_SECCOMP_FILTER is needed", required=True))
+    if fields.get("CapEff", "").strip("0") == "":
+        out.append(Check("capabilities", OK, "all dropped inside (CapEff 0)"))
+    else:
+        out.append(Check("capabilities", FAIL, f"CapEff {fields.get('CapEff')}",
+                         "bwrap must run with --cap-drop ALL", required=True))
+    out.append(Check("user namespaces", OK, "available (bwrap's --unshare-user launch works; "
+                     "nested ones are disabled inside)"))
+    return out
+
+
+def _userns_fix() -> str:
+    """The likely fix when bwrap can't launch: user namespaces restricted on this host."""
+    for path, bad, fix in (
+        ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
+         "AppArmor restricts user namespaces: use /usr/bin/bwrap from the distribution "
+         "package, whose profile allows them"),
+        ("/proc/sys/user/max_user_namespaces", "0",
+         "user namespaces are disabled: `sysctl user.max_user_namespaces=15000`"),
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0",
+         "`sysctl kernel.unprivileged_userns_clone=1`"),
+    ):
+        try:
+            if Path(path).read_text().strip() == bad:
+                return fix
+        except OSError:
+            continue
+    return 'see bwrap\'s message; or opt out with [sandbox] mode = "off" (warned every turn)'
+
+
+def check_limits(settings: Settings) -> list[Check]:
+    from agentd.tools.limits import limits_status
+
+    out = []
+    for row in limits_status(settings.sandbox):
+        fix = ""
+        if not row.enforced and row.name == "processes" and "NOT" in row.how:
+            fix = ("run agentd as a non-root user (RLIMIT_NPROC), or give it a writable "
+                   "pids cgroup (cgroup v1 pids, or a delegated v2 subtree)")
+        elif not row.enforced:
+            fix = f"set a non-zero {row.name} limit in [sandbox] of agentd.toml"
+        out.append(Check(f"limit: {row.name}", OK if row.enforced else WARN, row.how, fix))
+    return out
+
+
+def check_keys(settings: Settings) -> list[Check]:
+    """Whether each provider's key variable is set; the value is never read out."""
+    out = []
+    for name, ep in sorted(settings.providers.items()):
+        if not ep.key_env:
+            out.append(Check(f"key: {name}", OK, "needs no key"))
+        elif os.environ.get(ep.key_env):
+            out.append(Check(f"key: {name}", OK, f"{ep.key_env} is set"))
+        else:
+            out.append(Check(f"key: {name}", WARN, f"{ep.key_env} is not set",
+                             f"export {ep.key_env}=… to use {name}:<model>"))
+    return out
+
+
+def base_url(name: str, settings: Settings) -> str | None:
+    ep = settings.providers[name]
+    if ep.base_url:
+        return ep.base_url
+    var, default = DEFAULT_URLS.get(name, ("", ""))
+    return os.environ.get(var) or default or None
+
+
+def check_reachable(settings: Settings, timeout: float = 3.0) -> list[Check]:
+    """One GET per provider base URL; any HTTP answer (even 401/404) means reachable."""
+    out = []
+    for name in sorted(settings.providers):
+        url = base_url(name, settings)
+        if not url:
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                status = resp.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            out.append(Check(f"reach: {name}", WARN, f"{url}: {reason}",
+                             "is the server running / the URL right / the network up?"))
+            continue
+        out.append(Check(f"reach: {name}", OK, f"{url} answered HTTP {status}"))
+    return out
+
+
+def run_checks(home_opt: str | None, cwd: Path, online: bool = False) -> list[Check]:
+    home = locate_home(home_opt, cwd)
+    checks = check_home(home)
+    checks.append(check_git())
+    if home is None or not is_home(home):
+        return checks
+    try:
+        settings = load_settings(home)
+    except AgentdError as e:
+        checks.append(Check("config", FAIL, str(e), f"fix {home / CONFIG_NAME}", required=True))
+        return checks
+    checks.append(Check("config", OK, f"{home / CONFIG_NAME} parses"))
+    checks += check_sandbox(home, settings)
+    checks += check_limits(settings)
+    checks += check_keys(settings)
+    if online:
+        checks += check_reachable(settings)
+    return checks
+
+
+def healthy(checks: list[Check]) -> bool:
+    return not any(c.status == FAIL and c.required for c in checks)
+
+
+def as_json(checks: list[Check]) -> dict[str, object]:
+    return {"ok": healthy(checks), "checks": [asdict(c) for c in checks]}
+
+
+def render(checks: list[Check]) -> None:
+    """A rich table: one row per check, the fix beside anything not ok."""
+    from rich.console import Console
+    from rich.table import Table
+
+    style = {OK: "green", WARN: "yellow", FAIL: "bold red"}
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in ("check", "status", "detail", "fix"):
+        table.add_column(column, overflow="fold")
+    for c in checks:
+        table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", c.detail, c.fix)
+    console = Console()
+    console.print(table)
+    broken = [c.name for c in checks if c.status == FAIL and c.required]
+    console.print(f"[bold red]broken: {', '.join(broken)}[/]" if broken else
+                  "[green]nothing required is broken[/]", highlight=False)

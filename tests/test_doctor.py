@@ -1,0 +1,137 @@
+"""`agentd doctor` on this host, and on hostile ones: no bwrap, a broken bwrap, no git, no
+home, a read-only home. Checks what it prints, its JSON and its exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import agentd
+from fakellm import FakeLLM
+
+from agentd import doctor as doc
+from agentd.tools import sandbox as sb
+
+requires_bwrap = pytest.mark.skipif(sb.find_bwrap() is None, reason="bubblewrap is not installed")
+
+
+def checks(home: Path, *extra: str) -> tuple[int, dict[str, dict]]:
+    r = agentd("doctor", "--json", "--home", str(home), *extra)
+    data = json.loads(r.stdout)
+    assert data["ok"] == (r.exit_code == 0)
+    return r.exit_code, {c["name"]: c for c in data["checks"]}
+
+
+@requires_bwrap
+def test_healthy_host(fake: FakeLLM, home: Path) -> None:
+    code, c = checks(home)
+    assert code == 0
+    for name in ("home", "git", "config", "bubblewrap", "seccomp", "capabilities",
+                 "limit: memory", "limit: processes"):
+        assert c[name]["status"] == "ok", c[name]
+    assert "Seccomp: 2" in c["seccomp"]["detail"]
+    assert c["key: openai"]["detail"] == "OPENAI_API_KEY is set"
+    assert c["key: ollama"]["detail"] == "needs no key"
+    assert not any(name.startswith("reach:") for name in c)
+    assert fake.requests == []  # offline unless asked
+    table = agentd("doctor", "--home", str(home))
+    assert table.exit_code == 0 and "nothing required is broken" in table.stdout
+    assert "KEYVALUE" not in table.stdout + json.dumps(c)  # key values are never shown
+
+
+def test_missing_key_is_a_warning(home: Path) -> None:
+    c = checks(home)[1]
+    assert c["key: anthropic"]["status"] == "warn"
+    assert "export ANTHROPIC_API_KEY" in c["key: anthropic"]["fix"]
+
+
+def test_missing_bwrap_is_broken(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sb, "find_bwrap", lambda: None)
+    code, c = checks(home)
+    assert code == 1 and c["bubblewrap"]["status"] == "fail" and c["bubblewrap"]["required"]
+    assert "apt-get install bubblewrap" in c["bubblewrap"]["fix"]
+    table = agentd("doctor", "--home", str(home))
+    assert table.exit_code == 1 and "broken: bubblewrap" in table.stdout
+
+
+def test_broken_bwrap_is_broken(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sb, "find_bwrap", lambda: "/bin/false")
+    code, c = checks(home)
+    assert code == 1 and "failed a trivial launch" in c["bubblewrap"]["detail"]
+
+
+def test_sandbox_off_is_a_loud_warning_not_a_failure(home: Path) -> None:
+    (home / "agentd.toml").write_text('[sandbox]\nmode = "off"\n')
+    code, c = checks(home)
+    assert code == 0 and c["sandbox"]["status"] == "warn"
+    assert c["bubblewrap"]["status"] == "warn"
+    assert "sandbox is off" in c["sandbox"]["detail"]
+
+
+def test_full_network_is_a_warning(home: Path) -> None:
+    (home / "agentd.toml").write_text('[sandbox]\nnetwork = "full"\n')
+    c = checks(home)[1]
+    assert c["sandbox"]["status"] == "warn" and '"full"' in c["sandbox"]["detail"]
+
+
+def test_bad_config_is_broken(home: Path) -> None:
+    (home / "agentd.toml").write_text('[sandbox]\nnetwork = "allowlist"\n')
+    code, c = checks(home)
+    assert code == 1 and c["config"]["status"] == "fail"
+
+
+def test_missing_git_is_broken(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shutil.which
+    monkeypatch.setattr(doc.shutil, "which", lambda n: None if n == "git" else real(n))
+    code, c = checks(home)
+    assert code == 1 and c["git"]["status"] == "fail" and "apt-get install git" in c["git"]["fix"]
+
+
+def test_no_home_is_broken_and_none_is_created(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = agentd("doctor", "--json")
+    data = json.loads(r.stdout)
+    assert r.exit_code == 1 and data["checks"][0]["name"] == "home"
+    assert "agentd init" in data["checks"][0]["fix"]
+    assert not (Path(os.environ["HOME"]) / ".agentd").exists()
+
+
+def test_unprocessed_limits_are_reported(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentd.tools import limits
+
+    monkeypatch.setattr(limits, "pids_base", lambda: None)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    c = checks(home)[1]
+    assert c["limit: processes"]["status"] == "warn"
+    assert "NOT enforced" in c["limit: processes"]["detail"]
+
+
+def test_read_only_home_is_broken(home: Path) -> None:
+    """A real read-only bind mount in a private mount namespace (root can write through
+    chmod, so permissions alone would prove nothing)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        assert doc._write_problem(Path("/proc")) is not None
+        return
+    script = (f"mount --bind {home} {home} && mount -o remount,ro,bind {home} && "
+              f"exec {sys.executable} -m agentd doctor --json --home {home}")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "AGENTD_HOME": ""})
+    data = json.loads(r.stdout)
+    home_check = {c["name"]: c for c in data["checks"]}["home"]
+    assert r.returncode == 1 and home_check["status"] == "fail"
+    assert "Read-only file system" in home_check["detail"]
+
+
+def test_online_reaches_loopback_only(fake: FakeLLM, home: Path) -> None:
+    c = checks(home, "--online")[1]
+    assert c["reach: openai"]["status"] == "ok"
+    assert "answered HTTP" in c["reach: openai"]["detail"]
+    assert c["reach: anthropic"]["status"] == "ok"
+    assert c["reach: ollama"]["status"] == "warn"  # nothing listens on localhost:11434
+    assert {q.method for q in fake.requests} == {"GET"}
