@@ -205,8 +205,11 @@ def show(home: Path, ref: str | None) -> str:
         return str(repo.git.show("--stat", "--patch", "--no-color", c.hexsha))
 
 
-def undo(home: Path, ref: str | None, run_id: str) -> tuple[str, str]:
-    """Revert a turn's commit as a new commit. On conflict nothing changes.
+def undo(home: Path, ref: str | None, run_id: str,
+         keep: str = "memory/daily") -> tuple[str, str]:
+    """Revert a turn's commit as a new commit, leaving `keep` (the append-only day log)
+    alone: undoing a change must not erase the record that it happened. The reverse patch
+    is applied atomically, so on a conflict nothing changes.
 
     Returns (new sha, the subject of the undone commit).
     """
@@ -214,19 +217,27 @@ def undo(home: Path, ref: str | None, run_id: str) -> tuple[str, str]:
 
     with open_repo(home) as repo:
         target = _find(repo, ref)
-        if _changed_paths(home):
+        if [p for p in _changed_paths(home) if not p.startswith(keep + "/")]:
             raise AgentdError("the home has uncommitted changes: run a turn or commit them "
                               "first, then undo")
         if not target.parents:
             raise AgentdError("that is the home's first commit; it cannot be undone")
+        scope = ["--", ".", f":(exclude){keep}"]
+        files = repo.git.diff("--name-only", target.hexsha + "^", target.hexsha, *scope)
+        if not files:
+            raise AgentdError(f"{target.hexsha[:8]} changed only the day log: nothing to undo")
+        patch = repo.git.diff("--binary", target.hexsha, target.hexsha + "^", *scope,
+                              strip_newline_in_stdout=False)
+        patch_file = home / ".agentd" / "undo.patch"
+        patch_file.write_text(patch, encoding="utf-8", errors="surrogateescape")
         try:
-            repo.git.revert("--no-commit", "--no-edit", target.hexsha)
+            repo.git.apply("--index", str(patch_file))
         except GitCommandError:
-            conflicted = _changed_paths(home)
-            repo.git.revert("--abort")
             raise AgentdError(f"cannot undo {target.hexsha[:8]}: later changes touch the "
-                              f"same lines ({', '.join(conflicted) or 'unknown files'}); "
-                              "nothing changed") from None
+                              f"same lines ({', '.join(files.splitlines())}); nothing "
+                              "changed") from None
+        finally:
+            patch_file.unlink(missing_ok=True)
         subject = str(target.message).splitlines()[0]
         msg = (f"{subject_line('Undo: ' + subject)}\n\nReverts {target.hexsha}.\n\n"
                f"Agentd-Run: {run_id}\nAgentd-Trigger: undo\n")

@@ -19,6 +19,7 @@ from agentd.llm.router import choose_model, make_provider
 from agentd.llm.types import Message, ToolCall, Usage
 from agentd.loop import Events, TurnResult, run_loop
 from agentd.prompt import build_system_prompt
+from agentd.redact import Redactor, from_settings
 from agentd.session import SessionLog, load_messages, new_id
 from agentd.tools import ToolContext
 from agentd.usage import append_ledger, cost, price_for
@@ -107,8 +108,10 @@ def commit_manual_edits(home: Path, scan: history.Scan | None) -> str | None:
 
 
 def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
-                scan: history.Scan | None) -> None:
+                redactor: Redactor | None) -> None:
     """Append the day log entry, then commit the turn's files (not the held-back ones)."""
+    scan = redactor.find if redactor else None
+    clean = redactor.redact if redactor else str
     changes = history.pending(home, scan)
     files = [f for f in changes.files if not f.startswith(DAILY + "/")]
     report.blocked = changes.blocked
@@ -122,7 +125,7 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     note = ("Not committed (secrets found): " + ", ".join(changes.blocked)
             if changes.blocked else "")
     report.commit = history.commit(
-        home, files + daily, req.task,
+        home, files + daily, clean(req.task),
         {"Agentd-Run": report.run_id, "Agentd-Model": models, "Agentd-Trigger": req.trigger},
         note)
 
@@ -141,17 +144,18 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
     path = runtime_dir(home, "sessions") / f"{req.session or run_id}.jsonl"
     resuming = bool(req.session) and not req.new_session
     messages = load_messages(path) if resuming else []
-    scan = None
-    await asyncio.to_thread(commit_manual_edits, home, scan)
+    redactor = from_settings(settings)
+    await asyncio.to_thread(commit_manual_edits, home, redactor.find)
     started = time.monotonic()
     report = TurnReport(run_id, spec, TurnResult("ok"), 0.0, 0.0, session=path)
     log = SessionLog(path, None if resuming else {
         "id": req.session or run_id, "trigger": req.trigger, "model": spec,
-        "workdir": str(req.workdir)})
+        "workdir": str(req.workdir)}, redactor=redactor)
     system = build_system_prompt(home, req.workdir)
     messages.append(Message("user", req.task))
     log.append(messages[-1])
-    ctx = ToolContext(home=home, workdir=req.workdir, sandbox=settings.sandbox)
+    ctx = ToolContext(home=home, workdir=req.workdir, sandbox=settings.sandbox,
+                      redactor=redactor)
     books = _Books(events, log, report, home, settings, req.trigger)
     try:
         report.result = await run_loop(provider, system, messages, ctx,
@@ -167,5 +171,5 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
         r = report.result
         log.end(run=run_id, status=r.status, error=r.error, steps=r.steps,
                 seconds=report.seconds, cost=report.cost)
-        await asyncio.to_thread(finish_turn, home, req, report, scan)
+        await asyncio.to_thread(finish_turn, home, req, report, redactor)
     return report

@@ -186,3 +186,33 @@ def test_soak_500_commits_leak_nothing(home: Path) -> None:
     assert (fds1, kids1) == (fds0, kids0)
     assert re.fullmatch(r"\d+\n", git(home, "rev-list", "--count", "HEAD"))
     assert int(git(home, "rev-list", "--count", "HEAD")) >= 501
+
+
+def test_undo_after_a_turn_that_changed_nothing(fake: FakeLLM, home: Path,
+                                                workdir: Path) -> None:
+    """The day log left uncommitted by a no-change turn does not block undo, and undo never
+    erases day-log entries."""
+    turn(fake, home, workdir, "note", write(str(home / "n.md"), "x\n"))
+    turn(fake, home, workdir, "just answer")
+    log_before = (home / f"memory/daily/{datetime.now():%Y-%m-%d}.md").read_text()
+    r = agentd("undo", "--home", str(home))
+    assert r.exit_code == 0, r.stderr
+    assert not (home / "n.md").exists()
+    assert (home / f"memory/daily/{datetime.now():%Y-%m-%d}.md").read_text() == log_before
+
+
+def test_a_secret_written_by_the_agent_is_not_committed(fake: FakeLLM, home: Path,
+                                                        workdir: Path) -> None:
+    key = os.environ["OPENAI_API_KEY"]
+    out = turn(fake, home, workdir, "save config",
+               write(str(home / "creds.md"), f"token = {key}\n"),
+               write(str(home / "plain.md"), "nothing secret\n"))
+    assert (home / "creds.md").read_text() == f"token = {key}\n"  # kept on disk
+    tracked = git(home, "ls-files")
+    assert "plain.md" in tracked and "creds.md" not in tracked
+    assert "Not committed (secrets found): creds.md" in git(home, "log", "-1", "--format=%B")
+    day_log = (home / f"memory/daily/{datetime.now():%Y-%m-%d}.md").read_text()
+    assert "Not committed (secrets found): creds.md" in day_log
+    transcript = Path(out["session"]).read_text()
+    assert key not in transcript and "[REDACTED:OPENAI_API_KEY]" in transcript
+    assert key not in git(home, "log", "-p", "--all")
