@@ -11,6 +11,10 @@ dbus, ssh-agent in a host directory the agent can see).
 Policy: allow by default; EPERM for the calls below; EPERM for `socket`/`socketpair` with
 AF_UNIX and for `clone` asking for any new namespace; ENOSYS for `clone3` (its flags sit
 behind a pointer BPF can't read; libc falls back to `clone` on ENOSYS, as under Docker).
+EPERM for the chmod family setting setuid/setgid bits: when agentd runs as root, a
+`chmod u+s` copy of bash left in the writable workdir would be a root shell for any host
+user who can reach it (writing to such a file without CAP_FSETID clears the bits, so chmod
+is the way to make one).
 Fail closed on ABI confusion: a syscall made through another ABI than the host's (i386
 `int 0x80` on x86_64, arm32 on aarch64) or the x32 range (nr >= 0x40000000) gets EPERM for
 everything, because its numbers would mean other calls. An unsupported host architecture
@@ -24,7 +28,8 @@ import platform
 import struct
 
 # Offsets in struct seccomp_data: int nr; u32 arch; u64 ip; u64 args[6].
-NR, ARCH, ARG0_LO = 0, 4, 16  # args are little-endian on both supported hosts
+NR, ARCH, ARG0_LO = 0, 4, 16  # args are little-endian on both supported hosts: the low
+# 32 bits of args[i] are at ARG0_LO + 8 * i
 
 # Classic BPF opcodes (linux/filter.h).
 LD_W_ABS = 0x20
@@ -39,6 +44,9 @@ DENY = RET_ERRNO | errno.EPERM
 NOSYS = RET_ERRNO | errno.ENOSYS
 
 AF_UNIX = 1
+S_ISUID_ISGID = 0o6000
+# chmod-like calls and the index of their mode argument
+CHMODS = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2}
 X32_SYSCALL_BIT = 0x40000000
 # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET. (CLONE_NEWTIME is
 # 0x80, which clone() reads as part of the exit signal; it only works via clone3/unshare.)
@@ -74,6 +82,7 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "request_key": 249, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
         "finit_module": 313, "delete_module": 176,
         "open_by_handle_at": 304, "name_to_handle_at": 303,
+        "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
     },
     "aarch64": {
         "socket": 198, "socketpair": 199, "clone": 220, "clone3": 435,
@@ -86,6 +95,7 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "request_key": 218, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
         "finit_module": 273, "delete_module": 106,
         "open_by_handle_at": 265, "name_to_handle_at": 264,
+        "fchmod": 52, "fchmodat": 53, "fchmodat2": 452,  # no plain chmod on aarch64
     },
 }  # fmt: skip
 
@@ -136,7 +146,15 @@ def instructions(arch: str) -> list[Insn]:
     a.op(JEQ_K, nr["socketpair"], "socket", 0)
     a.op(JEQ_K, nr["clone"], "clone", 0)
     a.op(JEQ_K, nr["clone3"], "nosys", 0)
+    for name, arg in CHMODS.items():
+        if name in nr:
+            a.op(JEQ_K, nr[name], f"mode{arg}", 0)
     a.op(RET_K, RET_ALLOW)
+    for arg in sorted(set(CHMODS.values())):
+        a.label(f"mode{arg}")
+        a.op(LD_W_ABS, ARG0_LO + 8 * arg)
+        a.op(JSET_K, S_ISUID_ISGID, "deny", 0)
+        a.op(RET_K, RET_ALLOW)
     a.label("socket")
     a.op(LD_W_ABS, ARG0_LO)  # the domain is an int: the kernel reads the low 32 bits only
     a.op(JEQ_K, AF_UNIX, "deny", 0)
@@ -173,10 +191,11 @@ def decode(blob: bytes) -> list[Insn]:
     return [struct.unpack_from("<HBBI", blob, i) for i in range(0, len(blob), 8)]
 
 
-def run(blob: bytes, arch: int, nr: int, arg0: int = 0) -> int:
+def run(blob: bytes, arch: int, nr: int, *args: int) -> int:
     """Interpret the program for one syscall: what the kernel would return. Only the
     opcodes emitted above are supported; tests use it to check every decision."""
-    data = struct.pack("<iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+    padded = [*args, 0, 0, 0, 0, 0, 0][:6]
+    data = struct.pack("<iIQ6Q", nr, arch, 0, *padded)
     prog = decode(blob)
     pc, acc = 0, 0
     while True:
