@@ -225,11 +225,13 @@ class Launch:
             self.cgroup = None
 
 
-def prepare(ctx: ToolContext, command: str) -> Launch:
+def prepare(ctx: ToolContext, command: str, *, with_limits: bool = True) -> Launch:
     """How to run `command` under the configured mode, profile and limits.
 
     Raises ValueError for a refusal (one line saying why) and OSError when the host can't
     set up what is configured (a seccomp fd, a cgroup): callers refuse, never downgrade.
+    `with_limits=False` is for the probe only: joining a cgroup costs a few ms the first
+    time, and a failure there already makes the real command refuse.
     """
     s = ctx.sandbox
     if s.mode == "off":
@@ -247,6 +249,8 @@ def prepare(ctx: ToolContext, command: str) -> Launch:
             raise
         env, cwd, fds = launcher_env(), None, [fd]
     launch = Launch(argv, env, cwd, tuple(fds), _fds=list(fds))
+    if not with_limits:
+        return launch
     try:
         launch.cgroup = limits.open_cgroup(s)
         procs_fd = launch.cgroup.procs_fd if launch.cgroup else None
@@ -286,7 +290,7 @@ def _probe(ctx: ToolContext, key: tuple[str, ...]) -> str | None:
     puzzling command failure."""
     prefix = f"bubblewrap ({key[0]}) failed a trivial launch"
     try:
-        launch = prepare(ctx, "true")
+        launch = prepare(ctx, "true", with_limits=False)
     except (ValueError, OSError) as exc:
         return f"{prefix}: {exc}"
     try:

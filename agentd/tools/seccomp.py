@@ -24,7 +24,7 @@ makes `program()` raise, so bash refuses rather than running unfiltered.
 from __future__ import annotations
 
 import errno
-import platform
+import os
 import struct
 
 # Offsets in struct seccomp_data: int nr; u32 arch; u64 ip; u64 args[6].
@@ -171,7 +171,7 @@ def instructions(arch: str) -> list[Insn]:
 
 
 def host_arch() -> str:
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()  # not `platform`: 1 ms of import for one string
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 

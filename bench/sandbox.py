@@ -1,0 +1,104 @@
+"""Sandbox launch overhead: prints numbers, asserts nothing. `python bench/sandbox.py [N]`.
+
+Medians over N runs (default 50) after a warm-up, each measured end to end:
+
+- `/bin/true` spawned directly (the floor: fork + exec);
+- a bare `bwrap --ro-bind / / --dev /dev --proc /proc --unshare-all true` (what bubblewrap
+  itself costs here);
+- our full bwrap command line (namespaces, masks, binds, protections, seccomp) via
+  subprocess, without the rlimits/cgroup;
+- `run_bash(ctx, "true")`: what one sandboxed bash tool call costs agentd, everything
+  included (probe cache, seccomp memfd, rlimits, pids cgroup, output pipe, cleanup).
+
+Target (issue B): the last one <= 30 ms on these 2-core machines. `--with-sdks` first
+imports the anthropic and openai SDKs, so the process is as large as during a real turn
+(the rlimits/cgroup step needs fork + preexec instead of vfork, which costs more in a big
+process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agentd.tools import ToolContext  # noqa: E402
+from agentd.tools import sandbox as sb  # noqa: E402
+from agentd.tools.bash import run_bash  # noqa: E402
+
+
+def median_ms(fn: Callable[[], object], n: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if a != "--with-sdks"]
+    n = int(args[0]) if args else 50
+    if "--with-sdks" in sys.argv:
+        import anthropic  # noqa: F401
+        import openai  # noqa: F401
+    bwrap = sb.find_bwrap()
+    if bwrap is None:
+        print("bubblewrap is not installed: nothing to measure")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        home, work = Path(tmp, "home"), Path(tmp, "work")
+        (home / ".git").mkdir(parents=True)
+        (home / "agentd.toml").write_text("")
+        work.mkdir()
+        ctx = ToolContext(home=home.resolve(), workdir=work.resolve())
+
+        def run(argv: list[str], **kw: object) -> None:
+            subprocess.run(argv, env=sb.launcher_env(), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+                           **kw)  # type: ignore[call-overload]
+
+        def full_argv() -> None:
+            fd = sb.seccomp_memfd()
+            try:
+                run(sb.bwrap_argv(ctx, "true", bwrap=bwrap, seccomp_fd=fd), pass_fds=(fd,))
+            finally:
+                os.close(fd)
+
+        loop = asyncio.new_event_loop()
+
+        def tool_call() -> None:
+            result = loop.run_until_complete(run_bash(ctx, "true"))
+            assert not result.is_error, result.content
+
+        rows = [
+            ("/bin/true", median_ms(lambda: run(["/bin/true"]), n)),
+            ("bare bwrap true", median_ms(lambda: run(
+                [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                 "--unshare-all", "--", "/bin/true"]), n)),
+            ("agentd bwrap argv + seccomp", median_ms(full_argv, n)),
+            ("run_bash('true'), everything", median_ms(tool_call, n)),
+        ]
+        loop.close()
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"medians of {n} runs, ms (this process: {rss:.0f} MiB peak RSS)")
+    for name, ms in rows:
+        print(f"  {name:<32} {ms:7.1f}")
+    overhead = rows[3][1] - rows[0][1]
+    print(f"  {'sandbox overhead per command':<32} {overhead:7.1f}  (target: total <= 30)")
+
+
+if __name__ == "__main__":
+    main()
