@@ -370,3 +370,4 @@ def test_find_bwrap_prefers_usr_bin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "access", lambda *_: False)
     monkeypatch.setenv("PATH", "/nonexistent")
     assert sb.find_bwrap() is None
+

@@ -1,0 +1,54 @@
+"""The profiles and the network setting, as bwrap command lines (the real attacks against
+them are in tests/security/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentd.tools import ToolContext
+from agentd.tools import sandbox as sb
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> ToolContext:
+    home = (tmp_path / "home").resolve()
+    (home / ".git").mkdir(parents=True)
+    workdir = (tmp_path / "work").resolve()
+    workdir.mkdir()
+    return ToolContext(home=home, workdir=workdir)
+
+
+
+def test_network_full_shares_the_net_and_is_warned(ctx: ToolContext) -> None:
+    assert "--share-net" not in sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    assert sb.turn_warnings(ctx.sandbox) == []
+    ctx.sandbox.network = "full"
+    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    assert argv[1:5] == ["--unshare-all", "--unshare-user", "--disable-userns", "--share-net"]
+    assert sb.turn_warnings(ctx.sandbox) == [
+        'sandbox network is "full": commands can reach this host\'s network and the internet']
+    ctx.sandbox.network = "allowlist"
+    with pytest.raises(ValueError, match="unknown sandbox network 'allowlist'"):
+        sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    ctx.sandbox.mode = "off"
+    assert sb.turn_warnings(ctx.sandbox) == ["sandbox is off: bash runs unsandboxed on this host"]
+
+
+def test_profiles_choose_the_writable_binds(ctx: ToolContext, tmp_path: Path) -> None:
+    h, w = str(ctx.home), str(ctx.workdir)
+    ctx.profile, ctx.scratch = "untrusted", tmp_path / "scratch"
+    ctx.scratch.mkdir()
+    (ctx.home / "outbox").mkdir()
+    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    binds = argv[argv.index("--size") + 4 : argv.index("--seccomp")]
+    assert binds == ["--ro-bind", h, h, "--ro-bind", w, w,
+                     "--bind", f"{h}/outbox", f"{h}/outbox",
+                     "--bind", str(ctx.scratch), str(ctx.scratch)]
+    assert sb.sandbox_env(ctx)["HOME"] == str(ctx.scratch)
+    ctx.profile = "readonly"
+    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    assert argv[argv.index("--size") + 4 : argv.index("--seccomp")] == [
+        "--ro-bind", h, h, "--ro-bind", w, w]
+    assert sb.sandbox_env(ctx)["HOME"] == "/tmp"
