@@ -6,6 +6,7 @@ a file never reaches the model, the transcript or the terminal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -69,7 +70,22 @@ def test_14_missing_backend_refuses(fake: FakeLLM, home: Path, workdir: Path,
 
 
 def _ctx(home: Path, workdir: Path, profile: str) -> ToolContext:
-    return ToolContext(home=home, workdir=workdir, profile=profile)
+    """The runtime gives an untrusted turn its scratch folder; here, one in the test's tmp."""
+    scratch = workdir.parent / "scratch"
+    scratch.mkdir(exist_ok=True)
+    return ToolContext(home=home, workdir=workdir, profile=profile, scratch=scratch)
+
+
+def test_a_missing_scratch_is_created_private() -> None:
+    ctx = ToolContext(home=Path("/nonexistent"), workdir=Path("/nonexistent"),
+                      profile="untrusted")
+    with contextlib.suppress(FileNotFoundError):  # the outbox of a home that isn't there
+        sb.ensure_scratch(ctx)
+    assert ctx.scratch is not None and ctx.scratch.is_dir()
+    try:
+        assert ctx.scratch.stat().st_mode & 0o777 == 0o700
+    finally:
+        shutil.rmtree(ctx.scratch)
 
 
 def _call(ctx: ToolContext, name: str, **args: str) -> ToolResult:
