@@ -6,6 +6,7 @@ typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -46,6 +47,81 @@ BUILTIN_ENDPOINTS: dict[str, Endpoint] = {
 }
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, where: str = "duration") -> float:
+    """Seconds in "90s", "15m", "2h", "1d" (or "1h30m", "0.5s"). One syntax everywhere:
+    agentd.toml, cron files and HEARTBEAT.md. A bare number is refused: minutes or seconds
+    would be a guess."""
+    s = str(text).strip().lower().replace(" ", "")
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not s or pos != len(s):
+        raise AgentdError(f"{where}: {text!r} is not a duration (use 90s, 15m, 2h or 1d)")
+    if total < 0.1:
+        raise AgentdError(f"{where}: {text!r} is shorter than 0.1s")
+    return total
+
+
+def parse_hours(text: str, where: str = "active_hours") -> tuple[int, int] | None:
+    """"08:00-22:00" → (480, 1320), minutes after midnight; the end may be before the start
+    (a window across midnight). Empty → None: always active."""
+    if not text.strip():
+        return None
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+    if not m:
+        raise AgentdError(f"{where}: {text!r} is not HH:MM-HH:MM (e.g. \"08:00-22:00\")")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59 or (h1 == 24 and m1) or (h2 == 24 and m2):
+        raise AgentdError(f"{where}: {text!r} has an impossible time")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise AgentdError(f"{where}: {text!r} is an empty window; leave it empty for always")
+    return start, end
+
+
+def check_timezone(name: str, where: str = "timezone") -> None:
+    """An IANA zone name ("Europe/Berlin"); empty means this machine's zone."""
+    if not name:
+        return
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise AgentdError(f"{where}: unknown time zone {name!r} (e.g. \"Europe/Berlin\", "
+                          "\"UTC\")") from None
+
+
+@dataclass
+class HeartbeatSettings:
+    """`[heartbeat]`: the periodic wake-up that reads memory/HEARTBEAT.md (see the daemon)."""
+
+    enabled: bool = True
+    every: str = "30m"
+    active_hours: str = ""
+    timezone: str = ""
+    model: str = ""
+    gate_timeout: str = "30s"
+
+
+@dataclass
+class DaemonSettings:
+    """`[daemon]`: the queue, cron catch-up, `agentd stop`, the inbox and file watching."""
+
+    queue_limit: int = 100
+    catch_up: str = "6h"
+    stop_timeout: str = "5m"
+    inbox_max_bytes: int = 200_000
+    watch: str = "auto"
+
+
 @dataclass
 class Settings:
     model: str | None = None
@@ -53,6 +129,8 @@ class Settings:
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     providers: dict[str, Endpoint] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
         return self.providers.get(name)
@@ -111,8 +189,13 @@ def parse_settings(data: dict[str, Any]) -> Settings:
                 if "input" not in t or "output" not in t:
                     raise AgentdError(f"prices.{model} needs input and output (USD per MTok)")
                 s.prices[model] = _fill(Price(0.0, 0.0), t, f"prices.{model}")
+        elif key == "heartbeat":
+            _fill(s.heartbeat, _typed("heartbeat", value, dict), "heartbeat")
+        elif key == "daemon":
+            _fill(s.daemon, _typed("daemon", value, dict), "daemon")
         else:
             raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
+    _check_daemon(s)
     if s.sandbox.mode not in ("bwrap", "off"):
         raise AgentdError(f"sandbox.mode must be \"bwrap\" or \"off\", not {s.sandbox.mode!r}")
     if s.sandbox.network == "allowlist":
@@ -133,6 +216,26 @@ def parse_settings(data: dict[str, Any]) -> Settings:
         if ep.protocol not in ("openai", "anthropic"):
             raise AgentdError(f"providers.{name}.protocol must be \"openai\" or \"anthropic\"")
     return s
+
+
+def _check_daemon(s: Settings) -> None:
+    """Validate [heartbeat] and [daemon] when the file is read, not when the daemon first
+    needs a value: a typo is reported by `agentd run` too, and a hot reload can refuse it."""
+    hb, d = s.heartbeat, s.daemon
+    parse_duration(hb.every, "heartbeat.every")
+    parse_duration(hb.gate_timeout, "heartbeat.gate_timeout")
+    parse_hours(hb.active_hours, "heartbeat.active_hours")
+    check_timezone(hb.timezone, "heartbeat.timezone")
+    if hb.model and ":" not in hb.model:
+        raise AgentdError(f"heartbeat.model {hb.model!r} is not PROVIDER:MODEL")
+    parse_duration(d.catch_up, "daemon.catch_up")
+    parse_duration(d.stop_timeout, "daemon.stop_timeout")
+    if d.queue_limit < 1:
+        raise AgentdError("daemon.queue_limit must be at least 1")
+    if d.inbox_max_bytes < 1:
+        raise AgentdError("daemon.inbox_max_bytes must be at least 1")
+    if d.watch not in ("auto", "poll"):
+        raise AgentdError(f"daemon.watch must be \"auto\" or \"poll\", not {d.watch!r}")
 
 
 def load_settings(home: Path) -> Settings:

@@ -159,6 +159,28 @@ DEFAULT_CONFIG = '''\
 # key_env = "LMSTUDIO_API_KEY"   # omit when the server needs no key
 # context_window = 32768
 
+# The heartbeat (`agentd daemon`/`agentd start`): a periodic wake-up that reads
+# memory/HEARTBEAT.md. Items whose conditions hold (an interval, a shell gate) run together
+# in one turn; a tick with nothing due makes no model call. Durations: 90s, 15m, 2h, 1d.
+[heartbeat]
+# enabled = true
+# every = "30m"
+# active_hours = ""      # e.g. "08:00-22:00" (may wrap past midnight); empty: always
+# timezone = ""          # e.g. "Europe/Berlin"; empty: this machine's. Also cron's default
+# model = ""             # e.g. a cheaper "anthropic:claude-haiku-5-5"; empty: `model` above
+# gate_timeout = "30s"   # per gate command (also capped by sandbox.timeout)
+
+# The daemon: one queue, one turn at a time (person > heartbeat > cron > inbox).
+[daemon]
+# queue_limit = 100          # waiting turns; when full, a new one is dropped and logged
+#                            # (inbox files stay in inbox/ and are picked up later)
+# catch_up = "6h"            # a cron run missed while the daemon was down runs once on
+#                            # start when it is this recent; older ones are skipped
+# stop_timeout = "5m"        # `agentd stop` waits this long for a running turn to commit
+# inbox_max_bytes = 200000   # larger inbox files are refused with a note in outbox/
+# watch = "auto"             # "auto": inotify, polling if it fails; "poll": always poll
+#                            # (network filesystems, VM bind mounts)
+
 # Prices in USD per million tokens, overriding the built-in table (agentd/usage.py).
 # [prices."openai:my-model"]
 # input = 1.0

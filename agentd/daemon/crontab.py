@@ -1,0 +1,256 @@
+"""The live table of cron jobs: files → APScheduler jobs, catch-up, runs and last results.
+
+The scheduler has no job store: at start, and whenever the watcher reports a change under
+cron/, `sync` rescans the folder (cheap: a stat per file), re-parses changed files and
+adds, replaces or removes their APScheduler jobs. A bad file logs one error naming it and
+the problem, and only that job stops; the others keep running.
+
+What survives a restart lives in `.agentd/daemon/cron.json`, per job: `spec` (the schedule
+as written), `seen` (when that spec was first scheduled), `last_run` and the last result.
+On start, a run missed while the daemon was down (after `max(last_run, seen)`) is caught up
+once if it was due within `[daemon] catch_up`; older misses are skipped and logged. `at`
+jobs run once; their file stays, listed as done, until someone deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentd.config import parse_duration
+from agentd.daemon import cron, state
+from agentd.daemon.heartbeat import zone
+from agentd.daemon.log import EventLog
+from agentd.daemon.queue import Job, TurnQueue
+from agentd.daemon.runner import deliver, is_silent, run_job_turn
+from agentd.loop import Events
+
+if TYPE_CHECKING:
+    from agentd.config import Settings
+    from agentd.turn import TurnReport
+
+CRON = "cron"
+
+
+def state_path(home: Path) -> Path:
+    return state.daemon_dir(home) / "cron.json"
+
+
+def job_zone(job: cron.CronJob, settings: Settings) -> tzinfo:
+    return zone(job.timezone or settings.heartbeat.timezone)
+
+
+def anchor_of(entry: dict[str, Any], tz: tzinfo) -> datetime | None:
+    ts = entry.get("last_run") or entry.get("seen")
+    return datetime.fromtimestamp(ts, tz) if ts else None
+
+
+def build_task(job: cron.CronJob, when: datetime) -> str:
+    return (f"Scheduled job cron/{job.name}.md ({job.kind}: {job.value}), "
+            f"{when:%Y-%m-%d %H:%M %Z}:\n\n{job.prompt}\n\n(If there is nothing worth "
+            "reporting, answer exactly [SILENT].)")
+
+
+async def execute(home: Path, settings: Settings, job: cron.CronJob, log: EventLog,
+                  events: Events | None = None) -> TurnReport | None:
+    """Run one job now (the caller holds the turn lock): the turn, its delivery, and its
+    last result. The daemon and `agentd cron run` both come through here."""
+    from agentd.home import runtime_dir
+    from agentd.turn import TurnRequest
+
+    started = time.time()
+    tz = job_zone(job, settings)
+
+    def begin(data: dict[str, Any]) -> None:
+        data.setdefault(job.name, {})["last_run"] = started
+
+    await asyncio.to_thread(state.update, state_path(home), begin)
+    session = f"cron-{job.name}" if job.session == "continue" else None
+    fresh = session is not None and not (runtime_dir(home, "sessions")
+                                         / f"{session}.jsonl").exists()
+    req = TurnRequest(build_task(job, datetime.now(tz)), home, trigger="cron", model=job.model,
+                      session=session, new_session=fresh)
+    report = await run_job_turn(home, settings, req, CRON, job.name, log, events)
+    delivered = None
+    if report is not None:
+        delivered = await asyncio.to_thread(deliver, home, CRON, job.name, report, log)
+    r = report.result if report else None
+    result = {"last_status": r.status if r else "error",
+              "last_summary": ((r.error or (" ".join(r.text.split())[:160]
+                                            if not is_silent(r.text) else "[SILENT]"))
+                               if r else "the turn could not start (see the log)"),
+              "last_run_id": report.run_id if report else None,
+              "last_output": str(delivered.relative_to(home)) if delivered else None}
+    await asyncio.to_thread(state.update, state_path(home),
+                            lambda d: d.setdefault(job.name, {}).update(result))
+    return report
+
+
+async def run_now(home: Path, settings: Settings, name: str, log: EventLog,
+                  events: Events | None = None) -> TurnReport | None:
+    """`agentd cron run NAME`: the job's turn now, in the foreground, exactly as the daemon
+    runs it; waits while the daemon (or another `cron run`) is in a turn."""
+    from agentd.daemon.runner import TurnLock
+    from agentd.errors import AgentdError
+
+    path = home / CRON / f"{name.removesuffix('.md')}.md"
+    try:
+        job = cron.parse(path.stem, path.read_bytes())
+    except FileNotFoundError:
+        known = ", ".join(p.stem for p in sorted((home / CRON).glob("*.md"))) or "none"
+        raise AgentdError(f"no cron job {name!r} in {home / CRON} (jobs: {known})") from None
+    except (OSError, ValueError) as e:
+        raise AgentdError(f"cron/{path.name}: {e}") from None
+    lock = TurnLock(home)
+    await lock.acquire(lambda: log(CRON, "waiting for the turn the daemon is running…"))
+    try:
+        return await execute(home, settings, job, log, events)
+    finally:
+        lock.release()
+
+
+class CronTable:
+    def __init__(self, home: Path, settings: Callable[[], Settings], scheduler: Any,
+                 queue: TurnQueue, log: EventLog, on_change: Callable[[], None]):
+        self.home, self.settings, self.scheduler = home, settings, scheduler
+        self.queue, self.log, self.on_change = queue, log, on_change
+        self.jobs: dict[str, cron.CronJob] = {}
+        self.errors: dict[str, str] = {}
+        self._seen: dict[str, tuple[int, int, int]] = {}
+
+    def _scan(self) -> tuple[dict[str, tuple[int, int, int]], dict[str, Any]]:
+        """(signatures of all files, parse results of the changed ones) — in a thread."""
+        sigs: dict[str, tuple[int, int, int]] = {}
+        for p in sorted((self.home / CRON).glob("*.md")):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            if p.is_file():
+                sigs[p.stem] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        parsed: dict[str, Any] = {}
+        for name, sig in sigs.items():
+            if self._seen.get(name) != sig:
+                path = self.home / CRON / f"{name}.md"
+                try:
+                    job = cron.parse(name, path.read_bytes())
+                    parsed[name] = (job, cron.trigger_for(job, job_zone(job, self.settings()),
+                                                          datetime.now().astimezone()))
+                except (OSError, ValueError) as e:
+                    parsed[name] = str(e)
+        return sigs, parsed
+
+    async def sync(self, starting: bool = False) -> None:
+        sigs, parsed = await asyncio.to_thread(self._scan)
+        for name in [n for n in self._seen if n not in sigs]:
+            self._remove(name)
+            self.log(CRON, f"{name}: removed (cron/{name}.md is gone)")
+        self._seen = sigs
+        for name, res in parsed.items():
+            if isinstance(res, str):
+                self._remove(name)
+                self.errors[name] = res
+                self.log.error(CRON, f"cron/{name}.md: {res}; this job will not run until "
+                               "the file is fixed", job=name)
+                continue
+            self.errors.pop(name, None)
+            await self._schedule(res[0], starting)
+        if parsed or starting:
+            self.on_change()
+
+    def _remove(self, name: str) -> None:
+        self.jobs.pop(name, None)
+        self.errors.pop(name, None)
+        if self.scheduler.get_job(f"cron:{name}"):
+            self.scheduler.remove_job(f"cron:{name}")
+
+    async def _schedule(self, job: cron.CronJob, starting: bool) -> None:
+        s = self.settings()
+        tz = job_zone(job, s)
+        now = datetime.now(tz)
+        known = await asyncio.to_thread(state.read, state_path(self.home), {})
+        entry = dict((known if isinstance(known, dict) else {}).get(job.name) or {})
+        if entry.get("spec") != job.spec:  # new or rescheduled: misses count from now
+            entry.update(spec=job.spec, seen=now.timestamp())
+            if job.kind == "at":
+                entry.pop("last_run", None)
+            await asyncio.to_thread(state.update, state_path(self.home), lambda d: d.update(
+                {job.name: {**d.get(job.name, {}), **entry}}))
+        self._remove(job.name)
+        self.jobs[job.name] = job
+        if not job.enabled:
+            self.log(CRON, f"{job.name}: disabled (enabled: false)")
+            return
+        grace = parse_duration(s.daemon.catch_up)
+        if job.kind == "at":
+            when = cron.localize(job.at or now, tz)
+            if entry.get("last_run"):
+                self.log(CRON, f"{job.name}: already ran at {job.value}; delete the file or "
+                         "change `at` to run it again")
+                return
+            if when <= now:
+                self._late(job, when, now, grace)
+                return
+        trigger = cron.trigger_for(job, tz, anchor_of(entry, tz) or now)
+        if starting and self._catch_up(job, trigger, entry, tz, now, grace) and (
+                job.kind == "every"):
+            trigger = cron.trigger_for(job, tz, now)  # the catch-up run restarts the rhythm
+        self.scheduler.add_job(self._fire, trigger, args=[job.name], id=f"cron:{job.name}",
+                               name=job.name, replace_existing=True,
+                               misfire_grace_time=int(grace), coalesce=True, max_instances=1)
+        nxt = self.next_run(job.name)
+        when_next = f"; next {nxt:%Y-%m-%d %H:%M:%S %Z}" if nxt else ""
+        self.log(CRON, f"{job.name}: scheduled ({job.kind} {job.value}){when_next}")
+
+    def _late(self, job: cron.CronJob, when: datetime, now: datetime, grace: float) -> bool:
+        """A run that was due at `when` did not happen: catch up once if recent enough."""
+        if now - when <= timedelta(seconds=grace):
+            self.log(CRON, f"{job.name}: missed its run at {when:%Y-%m-%d %H:%M}; catching up")
+            self.fire(job.name)
+            return True
+        self.log.warn(CRON, f"{job.name}: missed its run at {when:%Y-%m-%d %H:%M}, longer ago "
+                      f"than catch_up ({self.settings().daemon.catch_up}); skipped")
+        return False
+
+    def _catch_up(self, job: cron.CronJob, trigger: Any, entry: dict[str, Any], tz: tzinfo,
+                  now: datetime, grace: float) -> bool:
+        """At start: did the job miss a run while the daemon was down? (See the module.)"""
+        stamps = [t for t in (entry.get("last_run"), entry.get("seen")) if t]
+        if not stamps:
+            return False
+        since = datetime.fromtimestamp(max(stamps), tz)
+        window = max(since, now - timedelta(seconds=grace))
+        missed = cron.last_fire(trigger, window, now) or cron.last_fire(trigger, since, window)
+        return bool(missed) and self._late(job, missed, now, grace)
+
+    async def _fire(self, name: str) -> None:
+        """What APScheduler calls: a coroutine, so it runs on the loop, not in a thread."""
+        self.fire(name)
+
+    def fire(self, name: str) -> None:
+        """Queue the job's run (cheap, never blocks)."""
+        job = self.jobs.get(name)
+        if job is None:
+            return
+        if not self.queue.put(Job("cron", name, lambda: self._run(name))):
+            if self.queue.has(f"cron:{name}"):
+                self.log(CRON, f"{name}: previous run still waiting; this one skipped")
+            else:
+                state.update(state_path(self.home), lambda d: d.setdefault(name, {}).update(
+                    last_status="skipped", last_summary="queue full"))
+
+    async def _run(self, name: str) -> None:
+        job = self.jobs.get(name)
+        if job is None:
+            self.log(CRON, f"{name}: deleted before it ran; skipped")
+            return
+        await execute(self.home, self.settings(), job, self.log)
+        self.on_change()
+
+    def next_run(self, name: str) -> datetime | None:
+        j = self.scheduler.get_job(f"cron:{name}")
+        return j.next_run_time if j else None

@@ -1,0 +1,148 @@
+"""What a killed daemon leaves behind, put right on the next start (before anything runs).
+
+- A turn in flight (`.agentd/daemon/turn.json` still there, and nobody holding the turn
+  lock): its transcript gets an "interrupted" end row, the day log an entry, and whatever
+  it changed in the home one recovery commit (`Agentd-Trigger: recovery`), so the next
+  turn's "manual edits" commit does not claim the agent's half-done work.
+- A stale `.git/index.lock` (a git process killed mid-write): removed only when no git
+  process is running in the home and the lock is older than a few seconds, under
+  agentd's own git lock, so no agentd process can be mid-commit either.
+- Inbox files are kept out of git (`.git/info/exclude`): they are strangers' content,
+  possibly large or binary; the transcript keeps what the agent read and outbox/ keeps
+  the answers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from agentd.daemon import state
+from agentd.daemon.log import EventLog
+from agentd.daemon.runner import TurnLock
+
+STALE_LOCK_AGE = 5.0
+EXCLUDE_MARK = "# agentd daemon: inbox files are processed, not committed"
+EXCLUDE = f"{EXCLUDE_MARK}\n/inbox/*\n!/inbox/.gitkeep\n"
+
+
+def exclude_inbox(home: Path) -> None:
+    path = home / ".git" / "info" / "exclude"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    if EXCLUDE_MARK not in text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(("\n" if text and not text.endswith("\n") else "") + EXCLUDE)
+
+
+def git_running_in(home: Path) -> bool:
+    """Whether a git process works in `home` (its cwd, or the home on its command line)."""
+    root = str(home)
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if not os.path.basename(argv[0].decode(errors="replace")).startswith("git"):
+                continue
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + "/") or any(root.encode() in a for a in argv):
+            return True
+    return False
+
+
+def clear_index_lock(home: Path, log: EventLog, min_age: float = STALE_LOCK_AGE) -> bool:
+    """Remove `.git/index.lock` if it is stale; True when removed."""
+    lock = home / ".git" / "index.lock"
+    gitlock = state.daemon_dir(home).parent / "git.lock"  # agentd.history's lock file
+    with gitlock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if git_running_in(home):
+            log.warn("recovery", ".git/index.lock is held by a running git process; left alone")
+            return False
+        if age < min_age:
+            time.sleep(min_age - age)  # a git that is just starting shows up by then
+            if not lock.exists() or git_running_in(home):
+                return False
+        lock.unlink(missing_ok=True)
+    log("recovery", f"removed a stale .git/index.lock ({age:.0f}s old, no git process running)")
+    return True
+
+
+def _session_of(home: Path, marker: dict[str, Any]) -> Path | None:
+    """The killed turn's transcript: its continued session, else the newest one opened
+    after the turn started for the same task."""
+    sessions = state.daemon_dir(home).parent / "sessions"
+    if marker.get("session"):
+        p = sessions / f"{marker['session']}.jsonl"
+        return p if p.exists() else None
+    since = float(marker.get("started") or 0) - 1
+    candidates = sorted((p for p in sessions.glob("*.jsonl") if p.stat().st_mtime >= since),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in candidates:
+        try:
+            with p.open(encoding="utf-8") as f:
+                head, first = json.loads(f.readline()), json.loads(f.readline())
+        except (OSError, ValueError):
+            continue
+        if head.get("trigger") == marker.get("trigger") and first.get("text") == marker.get(
+                "task"):
+            return p
+    return None
+
+
+def recover_turn(home: Path, log: EventLog) -> str | None:
+    """Close out a turn the last daemon did not finish; returns the recovery commit's sha."""
+    from agentd import history
+    from agentd.daylog import append_entry
+
+    marker_path = state.daemon_dir(home) / "turn.json"
+    marker = state.read(marker_path)
+    if not isinstance(marker, dict):
+        return None
+    lock = TurnLock(home)
+    if not lock.try_acquire():
+        return None  # a turn is running right now (`agentd cron run`): not ours to close
+    try:
+        session = _session_of(home, marker)
+        run_id = session.stem if session else "unknown"
+        if session:
+            with session.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"type": "end", "ts": round(time.time(), 3),
+                                    "status": "interrupted",
+                                    "error": "the daemon was killed during this turn"}) + "\n")
+        files = history.pending(home).files
+        task = str(marker.get("task") or "")
+        append_entry(home, datetime.now().astimezone(), "recovery", "-", task,
+                     "interrupted: the daemon was killed during this turn; its changes were "
+                     "committed on the next start", files)
+        files = history.pending(home).files
+        sha = history.commit(home, files, f"Recovery: {task}", {
+            "Agentd-Run": run_id, "Agentd-Trigger": "recovery"},
+            f"Left uncommitted by a {marker.get('kind')} turn ({marker.get('name')}) that "
+            "was killed; committed when the daemon started again.")
+        marker_path.unlink(missing_ok=True)
+    finally:
+        lock.release()
+    log("recovery", f"an interrupted {marker.get('kind')} turn ({marker.get('name')}) was "
+        f"closed out" + (f"; its changes are in commit {sha[:8]}" if sha else ""))
+    return sha
+
+
+def recover(home: Path, log: EventLog) -> None:
+    """Everything above, in order: the git lock first, since the commit needs it."""
+    exclude_inbox(home)
+    clear_index_lock(home, log)
+    recover_turn(home, log)

@@ -1,0 +1,218 @@
+"""The daemon as a process: one per home, started, stopped, and run by systemd.
+
+One daemon per home is enforced with an flock on `.agentd/daemon.pid`, held for the
+daemon's whole life. `agentd start` takes the lock itself and hands the locked file to the
+child it spawns (`--lock-fd`), so of two `agentd start`s at the same instant exactly one
+wins and the other says who did. A pid file whose lock nobody holds is stale (its daemon
+died, even by SIGKILL: the kernel drops the lock) and is simply overwritten. The file is
+never unlinked, only emptied, so two starters can never lock two different files.
+
+`agentd stop` sends SIGTERM: the daemon stops scheduling, lets the running turn finish and
+commit, and exits. If that takes longer than the timeout, a second SIGTERM interrupts the
+turn (which still commits what it did), and after 15 more seconds SIGKILL; `--now` sends
+SIGKILL at once, and the next start commits the leftovers as a recovery commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agentd.daemon import state
+from agentd.errors import AgentdError
+from agentd.home import runtime_dir
+
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+READY_TIMEOUT = 20.0
+
+
+def pid_path(home: Path) -> Path:
+    return runtime_dir(home) / "daemon.pid"
+
+
+def log_path(home: Path) -> Path:
+    return runtime_dir(home) / "daemon.log"
+
+
+def _read_pid(fd: int) -> int | None:
+    raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def _try_lock(fd: int, kind: int, patience: float = 0.0) -> bool:
+    """flock without blocking; `patience` rides out another command's momentary probe."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def running_pid(home: Path) -> int | None:
+    """The running daemon's pid (0 if it is still starting), or None when none runs. Probes
+    with a shared lock, so it never blocks a daemon from starting for long."""
+    fd = os.open(pid_path(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if _try_lock(fd, fcntl.LOCK_SH):
+            return None
+        return _read_pid(fd) or 0
+    finally:
+        os.close(fd)
+
+
+def acquire(home: Path, inherited: int | None = None) -> tuple[int, int | None]:
+    """Lock the pid file for this process and write our pid. Returns (fd, the stale pid it
+    replaced or None). Raises AgentdError when another daemon runs for this home."""
+    fd = inherited if inherited is not None else os.open(
+        pid_path(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    if not _try_lock(fd, fcntl.LOCK_EX, patience=0.5):
+        pid = _read_pid(fd)
+        os.close(fd)
+        raise AgentdError(f"agentd is already running for {home} (pid {pid or '?'}); "
+                          "`agentd status` shows what it does, `agentd stop` stops it", 1)
+    old = _read_pid(fd)
+    os.set_inheritable(fd, False)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, old if old not in (None, os.getpid()) else None
+
+
+def release(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _rotate_log(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(path, path.with_suffix(".log.1"))
+
+
+def start(home: Path, json_logs: bool = False) -> int:
+    """Start the daemon in the background; returns its pid once it is up."""
+    fd = os.open(pid_path(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    if not _try_lock(fd, fcntl.LOCK_EX, patience=0.5):
+        pid = _read_pid(fd)
+        os.close(fd)
+        raise AgentdError(f"agentd is already running for {home} (pid {pid or '?'})", 1)
+    log = log_path(home)
+    _rotate_log(log)
+    status = state.daemon_dir(home) / "status.json"
+    status.unlink(missing_ok=True)
+    os.set_inheritable(fd, True)
+    cmd = [sys.executable, "-m", "agentd", "daemon", "--home", str(home), "--lock-fd", str(fd)]
+    with log.open("ab") as out:
+        child = subprocess.Popen(cmd + (["--json-logs"] if json_logs else []), cwd=home,
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 pass_fds=(fd,), start_new_session=True)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{child.pid}\n".encode(), 0)
+    os.close(fd)  # the child's copy keeps the lock
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        info = state.read(status, {})
+        if isinstance(info, dict) and info.get("pid") == child.pid:
+            return child.pid
+        code = child.poll()
+        if code is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise AgentdError(f"the daemon exited at start (status {code}): "
+                              + " / ".join(tail), 1)
+        time.sleep(0.05)
+    raise AgentdError(f"the daemon (pid {child.pid}) did not report ready within "
+                      f"{READY_TIMEOUT:.0f}s; see {log}", 1)
+
+
+def _wait_gone(home: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if running_pid(home) is None:
+            return True
+        time.sleep(0.05)
+    return running_pid(home) is None
+
+
+def stop(home: Path, timeout: float, now: bool = False,
+         say: Callable[[str], None] = lambda msg: None) -> int | None:
+    """Stop the daemon (see the module); returns the pid it stopped, None if none ran."""
+    pid = running_pid(home)
+    if pid is None:
+        return None
+    if not pid:
+        raise AgentdError("the daemon is still starting; try again in a moment", 1)
+    if now:
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(home, 10)
+        return pid
+    os.kill(pid, signal.SIGTERM)
+    info = state.read(state.daemon_dir(home) / "status.json", {})
+    running = (info.get("queue") or {}).get("running") if isinstance(info, dict) else None
+    if running:
+        say(f"waiting for the running {running.get('kind')} turn ({running.get('name')}) to "
+            f"finish and commit (up to {timeout:.0f}s)…")
+    if _wait_gone(home, timeout):
+        return pid
+    say("still busy: interrupting the turn (it commits what it did)…")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if _wait_gone(home, 15):
+        return pid
+    say("not stopping: killing it (the next start commits its leftovers)")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _wait_gone(home, 10)
+    return pid
+
+
+def unit_name(home: Path) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", home.name).strip("-") or "home"
+    return f"agentd-{slug}-{hashlib.sha1(str(home).encode()).hexdigest()[:6]}.service"
+
+
+def unit_text(home: Path, stop_timeout: float) -> str:
+    """A systemd user unit running `agentd daemon` for this home with this interpreter."""
+    return f"""\
+# agentd daemon for {home}
+# Keys: put ANTHROPIC_API_KEY=… / OPENAI_API_KEY=… in ~/.config/agentd/env (chmod 600).
+[Unit]
+Description=agentd daemon ({home})
+After=network-online.target
+
+[Service]
+Type=simple
+ExecStart={sys.executable} -m agentd daemon --home {home}
+WorkingDirectory={home}
+EnvironmentFile=-%h/.config/agentd/env
+Restart=on-failure
+RestartSec=10
+# SIGTERM to the daemon only: it lets the running turn finish and commit.
+KillMode=mixed
+TimeoutStopSec={int(stop_timeout) + 30}
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def install_unit(home: Path, stop_timeout: float) -> Path:
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    path = config / "systemd" / "user" / unit_name(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from agentd.home import atomic_write
+
+    atomic_write(path, unit_text(home, stop_timeout))
+    return path
