@@ -420,15 +420,13 @@ def _prepare(home_opt: str | None, workdir: Path | None,
     settings = load_settings(home)
     if no_sandbox:
         settings.sandbox.mode = "off"
-    if settings.sandbox.mode == "off":
-        click.echo("warning: sandbox is off: bash runs unsandboxed on this host", err=True)
-    else:
-        from agentd.tools.sandbox import find_bwrap
+    from agentd.tools.sandbox import find_bwrap, turn_warnings
 
-        if not find_bwrap():
-            click.echo("warning: bubblewrap (bwrap) is not installed, so bash will refuse to "
-                       "run: `apt-get install bubblewrap`, or opt out with --no-sandbox",
-                       err=True)
+    for warning in turn_warnings(settings.sandbox):
+        click.echo(f"warning: {warning}", err=True)
+    if settings.sandbox.mode != "off" and not find_bwrap():
+        click.echo("warning: bubblewrap (bwrap) is not installed, so bash will refuse to "
+                   "run: `apt-get install bubblewrap`, or opt out with --no-sandbox", err=True)
     return home, settings, wd.resolve()
 
 

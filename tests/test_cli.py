@@ -280,3 +280,15 @@ def test_help_texts_are_true() -> None:
                 "--record", "--no-sandbox"):
         assert opt in r.stdout
     assert "init" in agentd("--help").stdout
+
+
+def test_loosened_sandbox_is_warned_on_the_turn(fake: FakeLLM, home: Path,
+                                                workdir: Path) -> None:
+    fake.push({"text": "ok"}, {"text": "ok"})
+    r = agentd("run", "--home", str(home), "-C", str(workdir), "-m", "openai:x", "--no-sandbox",
+               "hi")
+    assert "warning: sandbox is off" in r.stderr
+    cfg = home / "agentd.toml"
+    cfg.write_text(cfg.read_text().replace("[sandbox]\n", '[sandbox]\nnetwork = "full"\n', 1))
+    r = agentd("run", "--home", str(home), "-C", str(workdir), "-m", "openai:x", "hi")
+    assert r.exit_code == 0 and 'warning: sandbox network is "full"' in r.stderr
