@@ -127,3 +127,15 @@ def last_user_text(request: Any) -> str:
     content = msgs[-1]["content"]
     return content if isinstance(content, str) else " ".join(
         c.get("text", "") for c in content)
+
+
+def uncommitted(home: Path) -> list[str]:
+    """`git status` of the home, minus the day log (a turn that changed nothing else leaves
+    its day-log entry for the next commit, by design of agentd.turn)."""
+    lines = git(home, "status", "--porcelain", "--untracked-files=all").splitlines()
+    return [x for x in lines if "memory/daily/" not in x]
+
+
+def commit_settings(home: Path) -> None:
+    """Commit the test's agentd.toml changes, as a user would have before starting."""
+    git(home, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "test settings")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from daemonkit import Daemon, configure, git, last_user_text, model_requests
+from daemonkit import Daemon, configure, git, last_user_text, model_requests, uncommitted
 from fakellm import FakeLLM
 
 HEARTBEAT = "memory/HEARTBEAT.md"
@@ -54,7 +54,7 @@ def test_a_firing_gate_makes_exactly_one_call_with_only_its_item(fake: FakeLLM,
     (report,) = (home / "outbox").glob("heartbeat-*.md")
     assert report.read_text() == "Disk / is 91% full: clean up builds/.\n"
     assert "Heartbeat report" in git(home, "log", "-3", "--format=%s")
-    assert git(home, "status", "--porcelain") == ""
+    assert uncommitted(home) == []
 
 
 def test_silent_answer_delivers_nothing_and_interval_holds(fake: FakeLLM, home: Path) -> None:

@@ -83,11 +83,10 @@ def cron_rows(home: Path, settings: Settings, live: dict[str, Any] | None) -> li
             tz = crontab.job_zone(job, settings)
             row.update(schedule=f"{job.kind} {job.value}", enabled=job.enabled)
             entry = results.get(name) or {}
+            trig = cron.trigger_for(job, tz, crontab.anchor_of(entry, tz) or datetime.now(tz))
             if live is not None:
                 row["next"] = live_next.get(name)
             elif job.enabled and not (job.kind == "at" and entry.get("last_run")):
-                trig = cron.trigger_for(job, tz, crontab.anchor_of(entry, tz)
-                                        or datetime.now(tz))
                 nxt = trig.get_next_fire_time(None, datetime.now(tz))
                 row["next"] = nxt.isoformat() if nxt else None
         except (OSError, ValueError) as e:
