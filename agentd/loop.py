@@ -22,7 +22,7 @@ class Events:
 
 @dataclass
 class TurnResult:
-    status: str  # "ok" | "max_steps" | "empty" | "error" | "interrupted"
+    status: str  # "ok" | "max_steps" | "empty" | "error" | "budget" | "interrupted"
     text: str = ""
     steps: int = 0
     usage: Usage = field(default_factory=Usage)
@@ -37,7 +37,7 @@ async def run_loop(provider: Provider, system: str, messages: list[Message], ctx
         try:
             reply = await provider.complete(system, messages, SPECS, events.text)
         except ProviderError as e:
-            r.status, r.error = "error", str(e)
+            r.status, r.error = e.kind, str(e)
             return r
         messages.append(reply)
         events.message(reply)

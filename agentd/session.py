@@ -45,12 +45,20 @@ class SessionLog:
     def end(self, **info: Any) -> None:
         self._write({"type": "end", "ts": round(time.time(), 3), **info})
 
+    def compaction(self, summary: str, first_kept: int, **info: Any) -> None:
+        """From here on the conversation is `summary` + the messages from the
+        `first_kept`-th on (counting message rows from 0); nothing is deleted."""
+        self._write({"type": "compaction", "ts": round(time.time(), 3), "summary": summary,
+                     "first_kept": first_kept, **info})
+
 
 def load_messages(path: Path) -> list[Message]:
     """The conversation in a transcript, for resuming it (possibly on another provider).
 
     A line cut short by a crash is skipped; anything else unreadable is an error naming the
     file and line, since silently dropping history would change what the model sees.
+    After a compaction row, the conversation is its summary + the messages it kept
+    (agentd/compact.py); a malformed compaction row is ignored, which sends more, not less.
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -59,6 +67,7 @@ def load_messages(path: Path) -> list[Message]:
     except (OSError, UnicodeDecodeError) as e:
         raise AgentdError(f"cannot read session {path}: {e}") from None
     messages = []
+    compaction: dict[str, Any] | None = None
     for n, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
@@ -71,4 +80,10 @@ def load_messages(path: Path) -> list[Message]:
                 messages.append(Message.from_dict(row))
             except (TypeError, ValueError) as e:
                 raise AgentdError(f"{path}:{n}: not a message ({e})") from None
+        elif isinstance(row, dict) and row.get("type") == "compaction":
+            compaction = row
+    if compaction is not None:
+        from agentd.compact import compacted
+
+        return compacted(messages, compaction)
     return messages

@@ -15,7 +15,7 @@ from agentd import history
 from agentd.config import Settings
 from agentd.daylog import DAILY, append_entry
 from agentd.home import runtime_dir
-from agentd.llm.router import choose_model, make_provider
+from agentd.llm.router import build_provider, choose_model
 from agentd.llm.types import Message, ToolCall, Usage
 from agentd.loop import Events, TurnResult, run_loop
 from agentd.prompt import build_system_prompt
@@ -135,13 +135,14 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
     """Run one turn. Config problems raise AgentdError before anything is spent; everything
     after that ends up in the report, the transcript, the day log and one git commit."""
     spec = choose_model(req.model, settings)
-    provider = make_provider(spec, settings, base or req.workdir)
+    run_id = new_id()
+    path = runtime_dir(home, "sessions") / f"{req.session or run_id}.jsonl"
+    provider = build_provider(spec, settings, base or req.workdir, runtime_dir(home),
+                              run_id=run_id, trigger=req.trigger, session=path)
     if req.record:
         from agentd.llm.replay import RecordingProvider
 
         provider = RecordingProvider(provider, req.record)
-    run_id = new_id()
-    path = runtime_dir(home, "sessions") / f"{req.session or run_id}.jsonl"
     resuming = bool(req.session) and not req.new_session
     messages = load_messages(path) if resuming else []
     redactor = from_settings(settings)

@@ -6,11 +6,14 @@ An unknown model costs `None`, never a guess: a wrong number is worse than no nu
 from __future__ import annotations
 
 import json
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agentd.config import Price
-from agentd.llm.types import Usage
+from agentd.llm.types import Message, ToolSpec, Usage
 
 PRICES_AS_OF = "2026-11"
 
@@ -58,3 +61,113 @@ def append_ledger(path: Path, run_id: str, model: str, trigger: str, usage: Usag
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One ledger line, validated: what budgets and `agentd usage` add up."""
+
+    ts: float
+    run: str
+    model: str
+    trigger: str
+    input: int
+    output: int
+    cache_read: int
+    cache_write: int
+    cost: float | None
+
+    @property
+    def kind(self) -> str:
+        """The trigger kind: `chat:<session>` → chat, `cron:<job>` → cron."""
+        return self.trigger.split(":", 1)[0]
+
+
+_COUNTS = ("input", "output", "cache_read", "cache_write")
+
+
+def parse_row(line: str | bytes) -> Row | None:
+    """A ledger line as a Row, or None when it is not one (torn, hand-edited, hostile).
+
+    The ledger is append-only and anyone can write to it, so nothing that reads it may
+    crash on it: wrong types, negative or non-finite numbers and missing fields all mean
+    "skip this line"."""
+    try:
+        d = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(d, dict):
+        return None
+    ts, usd = d.get("ts"), d.get("cost")
+    counts = [d.get(k, 0) for k in _COUNTS]
+    if not _number(ts) or not isinstance(d.get("model"), str):
+        return None
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts):
+        return None
+    if usd is not None and (not _number(usd) or usd < 0):
+        return None
+    run, trigger = d.get("run", ""), d.get("trigger", "")
+    if not isinstance(run, str) or not isinstance(trigger, str):
+        return None
+    return Row(float(ts), run, d["model"], trigger or "?", *counts,
+               None if usd is None else float(usd))
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def read_ledger(path: Path, offset: int = 0) -> tuple[list[Row], int, int]:
+    """(rows, lines skipped, new offset) of the ledger from byte `offset` on.
+
+    Reading stops after the last complete line, so a row being appended by another
+    process right now is read next time instead of being counted as malformed."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], 0, offset
+    end = data.rfind(b"\n") + 1
+    rows, skipped = [], 0
+    for line in data[:end].splitlines():
+        if not line.strip():
+            continue
+        row = parse_row(line)
+        if row is None:
+            skipped += 1
+        else:
+            rows.append(row)
+    return rows, skipped, offset + end
+
+
+def estimate_tokens(system: str, messages: list[Message], tools: list[ToolSpec]) -> int:
+    """Tokens in a request, estimated offline as characters / 4.
+
+    There is no offline Claude tokenizer, and being a little off is fine for what this
+    is used for: a budget check before the call (reconciled with the reported usage
+    after it) and the decision to compact a conversation (taken at 80 % of the window)."""
+    chars = len(system) + sum(len(t.description) + len(json.dumps(t.parameters)) + len(t.name)
+                              for t in tools)
+    for m in messages:
+        chars += len(m.text) + 8
+        chars += sum(len(c.name) + len(json.dumps(c.arguments)) + 16 for c in m.tool_calls)
+    return chars // 4
+
+
+@dataclass
+class Ledger:
+    """Where a turn's model calls are booked: the ledger file, the run and its trigger.
+
+    The loop's replies are booked by turn.py as they arrive; this is for the calls the
+    runtime makes on its own, such as the summary of a compaction."""
+
+    path: Path
+    run_id: str
+    trigger: str
+    prices: dict[str, Price]
+
+    def record(self, model: str, usage: Usage) -> float | None:
+        usd = cost(usage, price_for(model, self.prices))
+        append_ledger(self.path, self.run_id, model, self.trigger, usage, usd)
+        return usd

@@ -26,10 +26,19 @@ reply of the script, FIFO, whichever protocol asks. Reply dicts:
 An exhausted script answers 500 "fakellm: script exhausted" (with `x-should-retry: false`
 so the SDKs fail at once), so a test that under-scripts fails loudly. `auto=True` instead
 answers forever: a `bash` tool call, then "DONE" once the request ends with a tool result.
+
+`cache=True` makes the usage of replies without a scripted `usage` honest about prompt
+caching (off by default: other tests rely on the plain numbers). Tokens are characters / 4.
+Anthropic: the prompt is a sequence of blocks (tools, system, message blocks); an entry is
+written at each `cache_control` breakpoint (the last block for a top-level one) whose
+prefix has at least `cache_min` tokens, and read at the longest earlier-written prefix
+ending at a breakpoint or up to 20 blocks before one, like the real API. OpenAI: the
+longest common prefix with any earlier request, in steps of 128 tokens from `cache_min` on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
@@ -63,8 +72,12 @@ class Recorded:
 class FakeLLM:
     """The server plus its script; use as a context manager so the port is released."""
 
-    def __init__(self, *replies: Reply, auto: bool = False):
+    def __init__(self, *replies: Reply, auto: bool = False, cache: bool = False,
+                 cache_min: int = 1024):
         self.auto = auto
+        self.cache, self.cache_min = cache, cache_min
+        self._written: set[str] = set()  # Anthropic cache entries: prefix hashes
+        self._prompts: list[list[str]] = []  # OpenAI: earlier requests, as prefix pieces
         self.models = ["fake-model"]  # what GET /v1/models lists
         self.requests: list[Recorded] = []
         self._script: deque[Reply] = deque(replies)
@@ -116,6 +129,74 @@ class FakeLLM:
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids):04d}"
+
+    def cache_usage(self, protocol: str, body: dict[str, Any]) -> dict[str, int]:
+        """input / cache_read / cache_write of a request under the `cache=True` model."""
+        with self._lock:
+            if protocol == "anthropic":
+                return _anthropic_cache(self, body)
+            return _openai_cache(self, body)
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def _anthropic_cache(fake: FakeLLM, body: dict[str, Any]) -> dict[str, int]:
+    blocks: list[tuple[str, bool]] = []  # (block as text without its mark, marked)
+
+    def add(block: Any, prefix: str = "") -> None:
+        marked = isinstance(block, dict) and "cache_control" in block
+        if isinstance(block, dict):
+            block = {k: v for k, v in block.items() if k != "cache_control"}
+        blocks.append((prefix + json.dumps(block, sort_keys=True), marked))
+
+    for tool in body.get("tools") or []:
+        add(tool)
+    system = body.get("system")
+    for block in [system] if isinstance(system, str) else system or []:
+        add(block)
+    for m in body.get("messages") or []:
+        content = m.get("content")
+        for block in [content] if isinstance(content, str) else content or []:
+            add(block, m.get("role", "") + ":")
+    if body.get("cache_control") and blocks:
+        blocks[-1] = (blocks[-1][0], True)
+    hashes, ends, h, total = [], [], hashlib.sha256(), 0
+    for text, _ in blocks:
+        h.update(text.encode())
+        hashes.append(h.hexdigest())
+        total += _tokens(text)
+        ends.append(total)
+    marks = [i for i, (_, marked) in enumerate(blocks) if marked]
+    read = max((ends[j] for i in marks for j in range(max(0, i - 19), i + 1)
+                if hashes[j] in fake._written), default=0)
+    write = 0
+    for i in marks:
+        if ends[i] >= fake.cache_min and hashes[i] not in fake._written:
+            fake._written.add(hashes[i])
+            write = max(write, ends[i] - read)
+    return {"input": total - read - write, "cache_read": read, "cache_write": write}
+
+
+def _openai_cache(fake: FakeLLM, body: dict[str, Any]) -> dict[str, int]:
+    pieces = [json.dumps(body.get("tools") or [], sort_keys=True)]
+    pieces += [json.dumps(m, sort_keys=True) for m in body.get("messages") or []]
+    total = sum(_tokens(p) for p in pieces)
+    best = 0
+    for earlier in fake._prompts:
+        chars = 0
+        for a, b in zip(pieces, earlier, strict=False):
+            if a != b:
+                chars += next((i for i, (x, y) in enumerate(zip(a, b, strict=False))
+                               if x != y), min(len(a), len(b)))
+                break
+            chars += len(a)
+        best = max(best, chars // 4)
+    fake._prompts.append(pieces)
+    read = best // 128 * 128 if best >= fake.cache_min else 0
+    read = min(read, total)
+    return {"input": total - read, "cache_read": read, "cache_write": 0}
 
 
 def _auto_reply(protocol: str, body: Any) -> Reply:
@@ -349,6 +430,8 @@ class _Handler(BaseHTTPRequestHandler):
                               reply.get("content_type", "application/json"),
                               reply.get("headers"))
         request = body if isinstance(body, dict) else {}
+        if fake.cache and "usage" not in reply:
+            reply = {**reply, "usage": fake.cache_usage(protocol, request)}
         stream = bool(request.get("stream"))
         whole, events = respond(fake, reply, request, raw, stream)
         if not stream:

@@ -158,8 +158,9 @@ def test_a_chat_resumes_on_the_other_provider(fake: FakeLLM, home: Path, workdir
                                                          "assistant", "user", "assistant",
                                                          "user"]
         assert body["messages"][1]["content"][0] == {"type": "text", "text": "Saving it."}
-        assert body["messages"][-1]["content"] == [{"type": "text",
-                                                    "text": "when do we deploy?"}]
+        last = body["messages"][-1]["content"]  # marked as a prompt-cache breakpoint
+        assert last == [{"type": "text", "text": "when do we deploy?",
+                         "cache_control": {"type": "ephemeral"}}]
     assert "wrote" in results[0] and "1" in results[1]
     assert "Saved and checked." in json.dumps(body["messages"])  # the earlier answer
 

@@ -47,15 +47,13 @@ class AnthropicProvider(SDKProvider):
         params: dict[str, Any] = {
             "model": self.model, "max_tokens": self.max_tokens, "stream": True,
             "messages": to_anthropic(sanitize_history(messages)),
-            # caches the prompt up to the last block, so each step re-reads the history
-            # from the cache instead of paying for it again
-            "cache_control": {"type": "ephemeral"},
         }
         if system:
             params["system"] = [{"type": "text", "text": system}]
         if tools:
             params["tools"] = [{"name": t.name, "description": t.description,
                                 "input_schema": t.parameters} for t in tools]
+        add_cache_breakpoints(params)
         try:
             client = self._get_client()
             stream = await client.messages.create(**params)
@@ -129,6 +127,33 @@ class AnthropicProvider(SDKProvider):
             return ProviderError(self.name, f"malformed response from {url}: "
                                  f"{self._clean(str(e))}")
         return ProviderError(self.name, f"{type(e).__name__}: {self._clean(str(e))}")
+
+
+CACHE = {"type": "ephemeral"}  # 5 minutes; writes cost 1.25x input, reads 0.1x
+
+
+def add_cache_breakpoints(params: dict[str, Any]) -> None:
+    """Mark where the prompt cache may be written and read: at most four places (the API's
+    limit), in prefix order tools → system → messages.
+
+    1. the last tool: the tool schemas never change, so any turn can read them;
+    2. the system prompt: stable within a turn (the day log and clock change it between);
+    3. the end of the previous request (the user turn before the last reply): the entry
+       the previous step wrote, so this step reads it exactly, however many blocks the
+       last step added (the API only looks 20 blocks back from a breakpoint);
+    4. the last message: this request is written for the next step to read.
+    Explicit marks rather than the top-level automatic `cache_control`: they also cache
+    tools and system on their own, and every Messages-API server accepts them. Below the
+    model's minimum (1,024+ tokens) the API silently caches nothing: no harm done.
+    """
+    for key in ("tools", "system"):
+        if params.get(key):
+            params[key][-1] = {**params[key][-1], "cache_control": CACHE}
+    msgs = params["messages"]
+    for i in (len(msgs) - 3, len(msgs) - 1):
+        if i >= 0 and msgs[i]["content"]:
+            blocks = msgs[i]["content"] = list(msgs[i]["content"])
+            blocks[-1] = {**blocks[-1], "cache_control": CACHE}
 
 
 def to_anthropic(messages: list[Message]) -> list[dict[str, Any]]:

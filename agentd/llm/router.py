@@ -26,10 +26,12 @@ def choose_model(cli_model: str | None, settings: Settings) -> str:
                       "OPENAI_API_KEY)")
 
 
-def make_provider(spec: str, settings: Settings, base: Path) -> Provider:
+def make_provider(spec: str, settings: Settings, base: Path,
+                  max_retries: int | None = None) -> Provider:
     """Build the provider for `spec` (`anthropic:claude-…`, `ollama:qwen3:8b`, `replay:f.jsonl`).
 
-    `base` is the folder a relative replay path is resolved against.
+    `base` is the folder a relative replay path is resolved against. `max_retries`
+    overrides the endpoint's retries inside the SDK (build_provider retries itself).
     """
     label, sep, model = spec.partition(":")
     if not sep or not model or not label:
@@ -48,12 +50,64 @@ def make_provider(spec: str, settings: Settings, base: Path) -> Provider:
     key = os.environ.get(ep.key_env) if ep.key_env else None
     if ep.key_env and not key:
         raise AgentdError(f"{label}: no API key: set ${ep.key_env}")
+    retries = ep.max_retries if max_retries is None else max_retries
     if ep.protocol == "anthropic":
         from agentd.llm.anthropic import AnthropicProvider
 
         return AnthropicProvider(model, api_key=key, base_url=ep.base_url,
-                                 max_retries=ep.max_retries, key_env=ep.key_env or "")
+                                 max_retries=retries, key_env=ep.key_env or "")
     from agentd.llm.openai import OpenAIProvider
 
     return OpenAIProvider(model, api_key=key or "none", base_url=ep.base_url,
-                          max_retries=ep.max_retries, label=label, key_env=ep.key_env or "")
+                          max_retries=retries, label=label, key_env=ep.key_env or "")
+
+
+def build_provider(spec: str, settings: Settings, base: Path, state: Path, *, run_id: str,
+                   trigger: str, session: Path | None = None,
+                   fallbacks: list[str] | None = None) -> Provider:
+    """The provider a turn talks to: `spec` then its fallbacks (`fallbacks`, else the
+    `fallbacks` of agentd.toml) as one chain that retries, cools throttled models down and
+    moves on (llm/fallback.py); every call checked against the budget (budget.py), and
+    compacted first when the conversation nears the model's window (compact.py). An
+    interactive turn over a money cap continues on `budget_fallback`.
+
+    `state` is the home's `.agentd/` (ledger, cool-downs); `session` the transcript that
+    compactions are recorded in. Config errors (unknown provider, missing key of `spec`)
+    raise AgentdError here, before anything is spent; a fallback whose key is missing is
+    skipped when its turn comes, with the reason in the error.
+    """
+    from agentd.budget import Budget, BudgetedProvider, BudgetSwitch, is_interactive
+    from agentd.compact import Compactor
+    from agentd.config import parse_duration
+    from agentd.llm.fallback import Breaker, FallbackProvider, Member
+    from agentd.usage import Ledger
+
+    ledger = Ledger(state / "usage.jsonl", run_id, trigger, settings.prices)
+    backup = settings.budget_fallback if is_interactive(trigger) else None
+    backup = backup if backup != spec else None
+    budget = Budget(settings.budget, ledger.path, trigger, settings.prices, bool(backup))
+    compactor = Compactor(settings, session, ledger)
+    breaker = Breaker(state / "cooldowns.json")
+    t = settings.throttling
+    cooldown = parse_duration(t.cooldown, "throttling.cooldown")
+    max_wait = parse_duration(t.max_retry_wait, "throttling.max_retry_wait")
+
+    def member(s: str, required: bool) -> Member:
+        label = s.partition(":")[0]
+        ep = settings.endpoint(label)
+        retries = ep.max_retries if ep else 0
+        try:
+            inner = make_provider(s, settings, base, max_retries=0)
+        except AgentdError as e:
+            if required or (ep is None and label != "replay"):
+                raise
+            return Member(s, None, retries, str(e))
+        return Member(s, BudgetedProvider(inner, budget), retries)
+
+    def chain(specs: list[str], required: bool = True) -> Provider:
+        members = [member(s, required and i == 0) for i, s in enumerate(dict.fromkeys(specs))]
+        return FallbackProvider(members, breaker, cooldown, max_wait, compactor.prepare)
+
+    primary = chain([spec, *(settings.fallbacks if fallbacks is None else fallbacks)])
+    second = chain([backup], required=False) if backup else None  # built now: typos fail now
+    return BudgetSwitch(primary, (lambda: second) if second else None)

@@ -102,11 +102,14 @@ class ToolSpec:
 
 
 class ProviderError(Exception):
-    """A model call that failed for good (after the SDK's own retries).
+    """A model call that failed for good (after any retries and fallbacks).
 
     `str()` is the one line shown to the user: provider, HTTP status when there is one,
-    and what to do about it.
+    and what to do about it. `kind` becomes the turn's status: "error", or "budget" for a
+    call refused by a spending cap (agentd/budget.py).
     """
+
+    kind = "error"
 
     def __init__(self, provider: str, message: str, status: int | None = None, hint: str = ""):
         self.provider, self.status, self.hint = provider, status, hint
