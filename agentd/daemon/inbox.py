@@ -2,7 +2,7 @@
 the input moves to inbox/.done/.
 
 A file is taken only once it has settled: its size and mtime unchanged across two looks
-(0.2 s apart) and no process holding it open for writing (from /proc; so a slow copy or an
+(0.15 s apart) and no process holding it open for writing (from /proc; so a slow copy or an
 scp into inbox/ is never read half-written). Dotfiles, editor swap/backup files and
 download temporaries are ignored. Symlinks, binary files (a NUL byte, or not UTF-8),
 empty files and files over `[daemon] inbox_max_bytes` are refused with a note in outbox/.
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from agentd.config import Settings
 
 INBOX, DONE, OUTBOX = "inbox", ".done", "outbox"
-SETTLE = 0.2
+SETTLE = 0.15
 ATTEMPTS = 3
 RETRY_AFTER = 60.0
 IGNORED_SUFFIXES = ("~", ".swp", ".swo", ".swx", ".tmp", ".temp", ".part", ".partial",
@@ -105,10 +105,15 @@ class Inbox:
         return data if isinstance(data, dict) and data.get("name") == name else None
 
     def notice(self, names: Iterable[str]) -> None:
-        """Files that appeared or changed: watch them until they settle."""
+        """Files that appeared or changed: watch them until they settle (the first look is
+        now, the second one SETTLE later)."""
         for name in names:
             if not ignored(name) and name not in self._settling:
-                self._settling[name] = None
+                try:
+                    st = (self.dir / name).lstat()
+                    self._settling[name] = (st.st_size, st.st_mtime_ns)
+                except OSError:
+                    continue
         if self._settling and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._settle())
 
