@@ -135,15 +135,19 @@ def test_second_sigterm_interrupts_and_stop_now_kills(fake: FakeLLM, home: Path)
     wait_for(lambda: not _alive(pid), 5, "the daemon to die")
 
 
-def test_stale_index_lock_is_cleared_at_start(fake: FakeLLM, home: Path) -> None:
+def test_stale_index_lock_is_cleared_at_start_json_logs(fake: FakeLLM, home: Path) -> None:
     _home(home)
     lock = home / ".git/index.lock"
     lock.write_text("")
     os.utime(lock, (time.time() - 3600, time.time() - 3600))
-    with Daemon(home) as d:
-        d.ready()
-        assert "recovery: removed a stale .git/index.lock" in d.log
-        d.stop()
+    with Daemon(home, "--json-logs") as d:
+        d.wait_log(r'"event": "daemon", "msg": "started')
+        assert d.stop() == 0
+        rows = [json.loads(line) for line in d.log.splitlines()]
+    assert {"ts", "level", "event", "msg"} <= set(rows[0])
+    assert any(r["event"] == "recovery" and "removed a stale .git/index.lock" in r["msg"]
+               for r in rows)
+    assert rows[-1]["msg"] == "stopped"
     assert not lock.exists()
 
 
