@@ -124,6 +124,16 @@ DEFAULT_CONFIG = '''\
 # Model calls per turn before the turn is stopped.
 # max_steps = 30
 
+# Models tried in order when `model` is throttled (429, 529 overloaded), times out or is
+# down (5xx, refused connection), after its retries. A throttled model is then skipped by
+# every turn for [throttling] cooldown. Auth and request errors (401/403/400/404) never
+# fall back: they would fail again. A turn may switch models between steps.
+# fallbacks = []           # e.g. ["openai:gpt-5.4-mini", "ollama:qwen3:8b"]
+
+# Where an interactive turn (agentd run, agentd chat) goes on once a money cap of [budget]
+# is reached, e.g. a local model. Background turns (heartbeat, cron, inbox) stop instead.
+# budget_fallback = ""     # e.g. "ollama:qwen3:8b"
+
 [sandbox]
 # "bwrap": bash runs under bubblewrap (root read-only, home and workdir writable, no network).
 # "off": bash runs unsandboxed on the host; agentd warns on every turn.
@@ -144,7 +154,8 @@ DEFAULT_CONFIG = '''\
 # [providers.anthropic]
 # base_url = "https://api.anthropic.com"   # default: $ANTHROPIC_BASE_URL or the SDK's
 # key_env = "ANTHROPIC_API_KEY"
-# max_retries = 2
+# max_retries = 2        # retries of a throttled or failed call, honouring Retry-After
+# context_window = 200000  # tokens; default from the table in agentd/compact.py
 # [providers.openai]
 # base_url = "https://api.openai.com/v1"   # default: $OPENAI_BASE_URL or the SDK's
 # key_env = "OPENAI_API_KEY"
@@ -180,6 +191,33 @@ DEFAULT_CONFIG = '''\
 # inbox_max_bytes = 200000   # larger inbox files are refused with a note in outbox/
 # watch = "auto"             # "auto": inotify, polling if it fails; "poll": always poll
 #                            # (network filesystems, VM bind mounts)
+
+# Spending caps in USD (none by default), checked before every model call against the
+# usage ledger (.agentd/usage.jsonl; see `agentd usage`); days and months in local time.
+# Free models (ollama) never hit a money cap; a model without a price (cost unknown)
+# counts only against max_tokens_per_turn: give it a price under [prices] to cap it.
+# [budget]
+# daily_usd = 5.0
+# monthly_usd = 50.0
+# max_tokens_per_turn = 2000000  # any turn stops here, whatever it costs
+# [budget.triggers]              # daily caps per trigger kind
+# heartbeat = 0.50
+# cron = 1.00
+
+# A model still failing after its retries is skipped for `cooldown` (or its Retry-After,
+# when longer, up to 1h). A Retry-After longer than max_retry_wait is not waited for.
+# [throttling]
+# cooldown = "5m"
+# max_retry_wait = "30s"
+
+# Past `threshold` of the model's context window, older messages are summarised in what
+# is sent (the transcript keeps them); about `keep` of the window stays verbatim, and old
+# tool outputs are cut to `tool_output` characters.
+# [compaction]
+# enabled = true
+# threshold = 0.8
+# keep = 0.3
+# tool_output = 2000
 
 # Prices in USD per million tokens, overriding the built-in table (agentd/usage.py).
 # [prices."openai:my-model"]

@@ -180,3 +180,17 @@ def test_a_call_is_refused_only_when_it_would_cross(tmp_path: Path) -> None:
         f.write(json.dumps(spend_row) + "\n")
     with pytest.raises(BudgetExceeded):
         _check(b)
+
+
+def test_the_readme_worked_example_is_valid() -> None:
+    import tomllib
+
+    from agentd.config import parse_settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Keeping costs down", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    s = parse_settings(tomllib.loads(example))
+    assert s.fallbacks == ["openai:gpt-5.4-mini", "ollama:qwen3:8b"]
+    assert s.budget.daily_usd == 5.0 and s.budget.triggers == {"heartbeat": 0.5, "cron": 1.0}
+    assert s.budget_fallback == "ollama:qwen3:8b" and s.providers["ollama"].base_url
