@@ -172,7 +172,10 @@ def render(info: dict[str, Any]) -> str:
             lines.append(f"  {_when(r.get('ts'))} {r.get('kind')} {r.get('name')}: "
                          f"{r.get('status')}{cost} {what}".rstrip())
     t = info["today"]
-    cost = f"${t['cost']:.4f}" + (f" (+{t['unpriced']} unpriced calls)" if t["unpriced"] else "")
+    cost = f"${t['cost']:.4f}" + (f" + {t['unpriced']} call(s) of unpriced models"
+                                  if t["unpriced"] else "")
+    if t["unpriced"] and t["unpriced"] == t["calls"]:
+        cost = "cost unknown (unpriced models: add them under [prices])"
     lines.append(f"today: {t['calls']} model calls, {t['input']:,} in / {t['output']:,} out "
                  f"tokens ({t['cache_read']:,} cache read), {cost}")
     return "\n".join(lines)

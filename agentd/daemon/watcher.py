@@ -4,7 +4,7 @@ watchdog's inotify observer (one watch per folder) on exactly the folders the da
 the home itself (for agentd.toml, not recursive), memory/ (HEARTBEAT.md), cron/, inbox/
 and skills/ (recursive). Never .git/ or .agentd/, so our own commits and bookkeeping do not
 wake us. If inotify cannot start (watch or instance limits: ENOSPC, EMFILE) or `[daemon]
-watch = "poll"`, a PollingObserver (a stat scan each second) takes over; network
+watch = "poll"`, a PollingObserver (a stat scan every 0.5 s) takes over; network
 filesystems and VM bind mounts need it, since their changes never reach inotify.
 
 Editors save in odd ways: vim writes a new file and renames it over the old one (after
@@ -28,7 +28,7 @@ from agentd.daemon.inbox import ignored
 
 CHANGES = {"created", "modified", "moved", "deleted", "closed"}
 DEBOUNCE = 0.1
-POLL_INTERVAL = 1.0
+POLL_INTERVAL = 0.5
 Batch = dict[str, set[str]]  # topic -> names (inbox file names; other topics: rel paths)
 
 
