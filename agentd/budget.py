@@ -28,7 +28,7 @@ from pathlib import Path
 
 from agentd.config import BudgetSettings, Price
 from agentd.llm.types import Message, Provider, ProviderError, TextSink, ToolSpec, Usage
-from agentd.usage import estimate_tokens, price_for, read_ledger
+from agentd.usage import estimate_tokens, offset_since, price_for, read_ledger
 
 OUTPUT_RESERVE = 1_000  # output tokens assumed for a call before it happens
 INTERACTIVE = ("cli", "chat")
@@ -96,9 +96,11 @@ class Budget:
     def spent(self) -> tuple[float, float, float]:
         """(today, this month, today for this trigger kind), from the ledger as it is now:
         only the lines appended since the last look are read."""
+        day, _, month, _ = periods(now())
+        if not self._offset:
+            self._offset = offset_since(self.ledger, month.timestamp())
         rows, _, self._offset = read_ledger(self.ledger, self._offset)
         self._rows += [(r.ts, r.kind, r.cost) for r in rows if r.cost]
-        day, _, month, _ = periods(now())
         d, m = day.timestamp(), month.timestamp()
         today = [(k, c) for ts, k, c in self._rows if ts >= d]
         return (sum(c for _, c in today), sum(c for ts, _, c in self._rows if ts >= m),

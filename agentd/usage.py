@@ -141,6 +141,40 @@ def read_ledger(path: Path, offset: int = 0) -> tuple[list[Row], int, int]:
     return rows, skipped, offset + end
 
 
+def offset_since(path: Path, since: float) -> int:
+    """A byte offset in the ledger from which on every row is at or after `since`, found
+    by bisection, so a budget check or a report reads this month, not every month.
+
+    The ledger is appended in time order (to within the moments two processes race), so
+    starting a day early loses nothing; the rows before `since` it still reads are
+    filtered by their timestamps anyway. Unreadable lines are stepped over."""
+    since -= 86400
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return 0
+    with f:
+        lo, hi = 0, f.seek(0, 2)
+        while hi - lo > 65536:
+            mid = (lo + hi) // 2
+            f.seek(mid)
+            f.readline()  # the rest of a line begun before mid
+            row = None
+            for _ in range(100):
+                line = f.readline()
+                if not line or (row := parse_row(line)) is not None:
+                    break
+            if row is None or row.ts >= since:
+                hi = mid
+            else:
+                lo = mid
+        if lo:
+            f.seek(lo)
+            f.readline()
+            lo = f.tell()
+    return lo
+
+
 def estimate_tokens(system: str, messages: list[Message], tools: list[ToolSpec]) -> int:
     """Tokens in a request, estimated offline as characters / 4.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from agentd.budget import periods
 from agentd.config import Settings
-from agentd.usage import Row, read_ledger
+from agentd.usage import Row, offset_since, read_ledger
 
 BY = ("model", "trigger", "day")
 BAR_WIDTH = 40
@@ -43,19 +43,24 @@ def report(ledger: Path, settings: Settings, days: int, by: str,
            now: float | None = None) -> dict[str, Any]:
     """The JSON-ready report of the last `days` days (today included), grouped `by`."""
     now = datetime.now().timestamp() if now is None else now
-    rows, skipped, _ = read_ledger(ledger)
     today, _, month, _ = periods(now)
     first = (today - timedelta(days=days - 1) + timedelta(hours=2)).replace(hour=0)
+    start = min(first, month).timestamp()  # the budget lines need the whole month
+    rows, skipped, _ = read_ledger(ledger, offset_since(ledger, start))
     recent = [r for r in rows if first.timestamp() <= r.ts]
-    groups: dict[str, list[Row]] = defaultdict(list)
+    by_day: dict[str, list[Row]] = defaultdict(list)
     for r in recent:
-        groups[_key(r, by)].append(r)
+        by_day[_day(r.ts)].append(r)
+    groups: dict[str, list[Row]] = by_day if by == "day" else defaultdict(list)
+    if by != "day":
+        for r in recent:
+            groups[_key(r, by)].append(r)
     order = sorted(groups) if by == "day" else sorted(
         groups, key=lambda k: -sum(r.cost or 0 for r in groups[k]))
     per_day = []
     for i in range(days):
         day = f"{first + timedelta(days=i, hours=2):%Y-%m-%d}"
-        t = _totals([r for r in recent if _day(r.ts) == day])
+        t = _totals(by_day.get(day, []))
         per_day.append({"day": day, "cost": t["cost"], "unknown_cost_calls":
                         t["unknown_cost_calls"], "calls": t["calls"]})
     kinds: dict[str, list[Row]] = defaultdict(list)

@@ -194,3 +194,27 @@ def test_the_readme_worked_example_is_valid() -> None:
     assert s.fallbacks == ["openai:gpt-5.4-mini", "ollama:qwen3:8b"]
     assert s.budget.daily_usd == 5.0 and s.budget.triggers == {"heartbeat": 0.5, "cron": 1.0}
     assert s.budget_fallback == "ollama:qwen3:8b" and s.providers["ollama"].base_url
+
+
+def test_a_long_ledger_is_read_from_this_month_on(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentd.usage import offset_since
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    now = 1_795_381_200.0  # 2026-11-22 21:00 UTC; the month began 21.875 days earlier
+    monkeypatch.setattr(budget, "now", lambda: now)
+    path = tmp_path / "usage.jsonl"
+    rows = [json.dumps({"ts": now - i * 600, "model": MODEL, "cost": 0.01})
+            for i in range(90 * 144, -1, -1)]  # 90 days, one call per 10 minutes
+    rows.insert(len(rows) // 2, "garbage in the middle")
+    path.write_text("\n".join(rows) + "\n")
+    month = budget.periods(now)[2].timestamp()
+    offset = offset_since(path, month)
+    assert path.stat().st_size * 0.6 < offset  # most of the file is skipped …
+    head = path.read_bytes()[:offset].decode().splitlines()
+    assert all(json.loads(x)["ts"] < month for x in head if x.startswith("{"))  # … only old
+    _, in_month, _ = Budget(BudgetSettings(monthly_usd=99), path, "cli", {}).spent()
+    expected = sum(0.01 for i in range(90 * 144 + 1) if now - i * 600 >= month)
+    assert in_month == pytest.approx(expected)
+    time.tzset()
