@@ -147,3 +147,13 @@ def render(data: dict[str, Any]) -> Any:
         parts.append(Text(f"skipped {n} malformed ledger line{'s' * (n != 1)}",
                           style="yellow"))
     return Group(*parts)
+
+
+def budget_today(ledger: Path, settings: Settings, now: float | None = None
+                 ) -> list[dict[str, Any]]:
+    """Spend against each configured cap right now, reading only this month of the ledger:
+    the line `agentd status` can show ("daily budget: $1.20 of $5.00")."""
+    now = datetime.now().timestamp() if now is None else now
+    day, _, month, _ = periods(now)
+    rows, _, _ = read_ledger(ledger, offset_since(ledger, month.timestamp()))
+    return budget_status(rows, settings, now, day.timestamp(), month.timestamp())

@@ -123,3 +123,12 @@ def test_the_command(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "per trigger: cli $1.25 · heartbeat $0.00" in r.stdout
     assert "skipped 1 malformed ledger line" in r.stdout
     assert agentd("usage", "--home", str(home), "--by", "week").exit_code == 2
+
+
+def test_budget_today_for_agentd_status(ledger: Path) -> None:
+    from agentd.usage_report import budget_today
+
+    settings = parse_settings({"budget": {"daily_usd": 2.0}})
+    assert budget_today(ledger, settings, now=NOW) == [
+        {"budget": "daily", "cap": 2.0, "spent": 0.75, "reached": False}]
+    assert budget_today(ledger, parse_settings({}), now=NOW) == []
