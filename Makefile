@@ -22,7 +22,8 @@ test: $(BIN)/agentd
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/agentd
-	$(BIN)/python bench/run.py
+	@for b in run sandbox tokens daemon $(wildcard bench/bridge.py); do \
+	  b=$$(basename $$b .py); echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 lint: $(BIN)/agentd
 	$(BIN)/ruff check agentd tests bench

@@ -139,3 +139,18 @@ def uncommitted(home: Path) -> list[str]:
 def commit_settings(home: Path) -> None:
     """Commit the test's agentd.toml changes, as a user would have before starting."""
     git(home, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "test settings")
+
+
+def request_threads() -> set[object]:
+    """The fake servers' request-handler threads alive now (any instance)."""
+    import threading
+
+    return {t for t in threading.enumerate() if "process_request" in t.name}
+
+
+def settle_fake(before: set[object], timeout: float = 10.0) -> None:
+    """Wait until the request threads started since `before` have ended: a reply scripted
+    with a delay keeps its handler thread (and socket) alive after the daemon that asked is
+    gone, and a later test counting this process's file descriptors would see it close."""
+    wait_for(lambda: not (request_threads() - before), timeout,
+             "the fake server's delayed replies")

@@ -17,6 +17,8 @@ from daemonkit import (
     git,
     last_user_text,
     model_requests,
+    request_threads,
+    settle_fake,
     uncommitted,
     wait_for,
 )
@@ -101,7 +103,8 @@ def test_kill_9_mid_turn_then_restart_processes_the_file_exactly_once(
     _home(home)
     fake.push({"tool_calls": [{"name": "write", "arguments": {
                 "path": "notes/progress.md", "content": "half done\n"}}]},
-              {"delay": 5, "text": "too late"})
+              {"delay": 3, "text": "too late"})
+    threads = request_threads()
     (home / "inbox/job.txt").write_text("Write notes/progress.md, then report.\n")
     with Daemon(home) as d:
         d.ready()
@@ -135,3 +138,4 @@ def test_kill_9_mid_turn_then_restart_processes_the_file_exactly_once(
                           capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stderr
     assert os.path.getsize(home / ".agentd/daemon.pid") == 0  # emptied on a clean exit
+    settle_fake(threads)

@@ -18,6 +18,8 @@ from daemonkit import (
     configure,
     git,
     model_requests,
+    request_threads,
+    settle_fake,
     uncommitted,
     wait_for,
 )
@@ -116,7 +118,8 @@ def test_stop_waits_for_the_running_turn_to_finish_and_commit(fake: FakeLLM,
 
 def test_second_sigterm_interrupts_and_stop_now_kills(fake: FakeLLM, home: Path) -> None:
     _home(home)
-    fake.push({"delay": 30, "text": "never"})
+    fake.push({"delay": 3, "text": "never"})
+    threads = request_threads()
     (home / "inbox/slow.txt").write_text("Take your time.\n")
     with Daemon(home) as d:
         d.ready()
@@ -133,6 +136,7 @@ def test_second_sigterm_interrupts_and_stop_now_kills(fake: FakeLLM, home: Path)
     r = cli("stop", "--now", "--home", str(home))
     assert r.returncode == 0 and f"agentd stopped (pid {pid})" in r.stdout
     wait_for(lambda: not _alive(pid), 5, "the daemon to die")
+    settle_fake(threads)
 
 
 def test_stale_index_lock_is_cleared_at_start_json_logs(fake: FakeLLM, home: Path) -> None:

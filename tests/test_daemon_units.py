@@ -5,6 +5,7 @@ name filtering and partial-write detection, recovery of a stale git lock."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import time
 from datetime import datetime
@@ -193,10 +194,10 @@ def test_last_fire_finds_the_latest_missed_run() -> None:
     assert cron.last_fire(t, MONDAY_NOON.replace(hour=10), MONDAY_NOON) is None
 
 
-def test_queue_priorities_bounds_and_duplicates(tmp_path: Path) -> None:
+def test_queue_priorities_bounds_and_duplicates() -> None:
     ran: list[str] = []
-    log_file = (tmp_path / "log").open("w")
-    log = EventLog(log_file)
+    out = io.StringIO()
+    log = EventLog(out)
 
     async def main() -> None:
         q = TurnQueue(3, log)
@@ -222,16 +223,16 @@ def test_queue_priorities_bounds_and_duplicates(tmp_path: Path) -> None:
         await asyncio.wait_for(worker, 1)
 
     asyncio.run(main())
-    log_file.close()
     assert ran == ["heartbeat:heartbeat", "cron:daily", "inbox:a.txt", "person:alice"]
-    assert "queue: warning: full (3 waiting): dropped inbox b.txt" in (tmp_path / "log").read_text()
+    assert "queue: warning: full (3 waiting): dropped inbox b.txt" in out.getvalue()
 
 
-def test_a_failing_job_does_not_stop_the_queue(tmp_path: Path) -> None:
+def test_a_failing_job_does_not_stop_the_queue() -> None:
     ran: list[str] = []
+    out = io.StringIO()
 
     async def main() -> None:
-        q = TurnQueue(5, EventLog((tmp_path / "log").open("w")))
+        q = TurnQueue(5, EventLog(out))
 
         async def boom() -> None:
             raise RuntimeError("bug")
@@ -249,7 +250,7 @@ def test_a_failing_job_does_not_stop_the_queue(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert ran == ["fine"]
-    assert "cron: error: boom: failed: RuntimeError: bug" in (tmp_path / "log").read_text()
+    assert "cron: error: boom: failed: RuntimeError: bug" in out.getvalue()
 
 
 @pytest.mark.parametrize(("name", "skip"), [
@@ -302,8 +303,8 @@ def test_usage_today_reads_the_ledger_tail(tmp_path: Path) -> None:
         2, 150, 15, 5, 0.5, 1)
 
 
-def test_stale_index_lock_is_cleared_fresh_one_waits(home: Path, tmp_path: Path) -> None:
-    log = EventLog((tmp_path / "log").open("w"))
+def test_stale_index_lock_is_cleared_fresh_one_waits(home: Path) -> None:
+    log = EventLog(io.StringIO())
     lock = home / ".git" / "index.lock"
     lock.write_text("")
     os.utime(lock, (time.time() - 600, time.time() - 600))
