@@ -167,3 +167,12 @@ def test_service_unit(home: Path, tmp_path: Path) -> None:
     (unit,) = (tmp_path / "cfg/systemd/user").glob("agentd-home-*.service")
     assert "WantedBy=default.target" in unit.read_text()
     assert f"enable --now {unit.name}" in r.stdout
+
+
+def test_start_warns_about_what_will_fail(home: Path) -> None:
+    configure(home, heartbeat={"enabled": False}, sandbox={"mode": "off"})
+    with Daemon(home) as d:
+        log = d.ready().log
+        assert d.stop() == 0
+    assert "config: warning: no model configured" in log
+    assert "config: warning: sandbox is off" in log

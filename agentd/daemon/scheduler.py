@@ -76,6 +76,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload, "SIGHUP")
         await asyncio.to_thread(recover, self.home, self.log)
+        self._preflight()
         self.scheduler.start()
         self._schedule_heartbeat()
         self.scheduler.add_job(self._rescan, "interval", seconds=RESCAN, id="rescan")
@@ -93,6 +94,21 @@ class Daemon:
         await self.stopping.wait()
         await self._shutdown()
         return 0
+
+    def _preflight(self) -> None:
+        """Say at start what will make every turn or gate fail, not once per turn later."""
+        from agentd.llm.router import choose_model
+        from agentd.tools.sandbox import find_bwrap
+
+        try:
+            choose_model(None, self.settings)
+        except AgentdError as e:
+            self.log.warn("config", f"{e}; turns will fail until then")
+        if self.settings.sandbox.mode == "off":
+            self.log.warn("config", "sandbox is off: bash and heartbeat gates run unsandboxed")
+        elif not find_bwrap():
+            self.log.warn("config", "bubblewrap (bwrap) is not installed: bash and heartbeat "
+                          "gates will refuse to run (`apt-get install bubblewrap`)")
 
     def _on_signal(self, sig: int) -> None:
         self._signals += 1
