@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,18 @@ def _session_of(home: Path, marker: dict[str, Any]) -> Path | None:
     return None
 
 
+def _scanner(home: Path) -> Callable[[str], list[str]]:
+    """The same secret scan a turn's own commit uses, so a recovery never commits a key."""
+    from agentd.config import load_settings
+    from agentd.errors import AgentdError
+    from agentd.redact import default, from_settings
+
+    try:
+        return from_settings(load_settings(home)).find
+    except AgentdError:
+        return default().find
+
+
 def recover_turn(home: Path, log: EventLog) -> str | None:
     """Close out a turn the last daemon did not finish; returns the recovery commit's sha."""
     from agentd import history
@@ -123,12 +136,14 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
                 f.write(json.dumps({"type": "end", "ts": round(time.time(), 3),
                                     "status": "interrupted",
                                     "error": "the daemon was killed during this turn"}) + "\n")
-        files = history.pending(home).files
+        scan = _scanner(home)
+        changes = history.pending(home, scan)
+        files = changes.files
         task = str(marker.get("task") or "")
         append_entry(home, datetime.now().astimezone(), "recovery", "-", task,
                      "interrupted: the daemon was killed during this turn; its changes were "
-                     "committed on the next start", files)
-        files = history.pending(home).files
+                     "committed on the next start", files, list(changes.blocked))
+        files = history.pending(home, scan).files
         sha = history.commit(home, files, f"Recovery: {task}", {
             "Agentd-Run": run_id, "Agentd-Trigger": "recovery"},
             f"Left uncommitted by a {marker.get('kind')} turn ({marker.get('name')}) that "

@@ -103,7 +103,13 @@ def collect(home: Path, settings: Settings) -> dict[str, Any]:
     return {"home": str(home), "running": pid is not None, "pid": pid or None,
             "daemon": live, "cron": cron_rows(home, settings, live),
             "runs": state.tail_lines(state.daemon_dir(home) / "runs.jsonl", 8),
-            "today": usage_today(home)}
+            "today": usage_today(home), "budgets": _budgets(home, settings)}
+
+
+def _budgets(home: Path, settings: Settings) -> list[dict[str, Any]]:
+    from agentd.usage_report import budget_today
+
+    return budget_today(home / ".agentd" / "usage.jsonl", settings)
 
 
 def _when(value: Any) -> str:
@@ -178,6 +184,9 @@ def render(info: dict[str, Any]) -> str:
         cost = "cost unknown (unpriced models: add them under [prices])"
     lines.append(f"today: {t['calls']} model calls, {t['input']:,} in / {t['output']:,} out "
                  f"tokens ({t['cache_read']:,} cache read), {cost}")
+    for b in info.get("budgets") or []:
+        lines.append(f"budget {b['budget']}: ${b['spent']:.2f} of ${b['cap']:.2f}"
+                     + (" (reached: background turns paused)" if b["reached"] else ""))
     return "\n".join(lines)
 
 
