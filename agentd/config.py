@@ -165,7 +165,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 _KINDS: dict[str, type] = {
     "str": str, "int": int, "float": float, "bool": bool, "str | None": str, "int | None": int,
-    "float | None": float,
+    "float | None": float, "list[str]": list,
 }
 
 
@@ -213,12 +213,7 @@ def parse_settings(data: dict[str, Any]) -> Settings:
     _check_daemon(s)
     if s.sandbox.mode not in ("bwrap", "off"):
         raise AgentdError(f"sandbox.mode must be \"bwrap\" or \"off\", not {s.sandbox.mode!r}")
-    if s.sandbox.network == "allowlist":
-        raise AgentdError('sandbox.network = "allowlist" is not available yet: use "none" '
-                          '(default) or "full"')
-    if s.sandbox.network not in ("none", "full"):
-        raise AgentdError(f"sandbox.network must be \"none\" or \"full\", "
-                          f"not {s.sandbox.network!r}")
+    _check_network(s)
     if s.sandbox.tmp_size_mb < 1:
         raise AgentdError("sandbox.tmp_size_mb must be at least 1")
     for key in ("cpu_seconds", "memory_mb", "file_size_mb", "open_files", "processes",
@@ -231,6 +226,22 @@ def parse_settings(data: dict[str, Any]) -> Settings:
         if ep.protocol not in ("openai", "anthropic"):
             raise AgentdError(f"providers.{name}.protocol must be \"openai\" or \"anthropic\"")
     return s
+
+
+def _check_network(s: Settings) -> None:
+    """[sandbox] network and allow_domains, each problem as one line."""
+    from agentd.tools.netproxy import domain_problem
+
+    net, domains = s.sandbox.network, s.sandbox.allow_domains
+    if net not in ("none", "allowlist", "full"):
+        raise AgentdError(f'sandbox.network must be "none", "allowlist" or "full", not {net!r}')
+    for domain in domains:
+        problem = domain_problem(domain)
+        if problem:
+            raise AgentdError(f"sandbox.allow_domains: {problem}")
+    if net == "allowlist" and not domains:
+        raise AgentdError('sandbox.network = "allowlist" needs sandbox.allow_domains, e.g. '
+                          '["pypi.org", "*.github.com"]')
 
 
 def _check_daemon(s: Settings) -> None:

@@ -16,10 +16,14 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentd.config import CONFIG_NAME, Settings, load_settings
 from agentd.errors import AgentdError
 from agentd.home import is_home
+
+if TYPE_CHECKING:
+    from agentd.tools import ToolContext
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 DEFAULT_URLS = {"anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
@@ -125,7 +129,29 @@ def check_sandbox(home: Path, settings: Settings) -> list[Check]:
                          "bwrap must run with --cap-drop ALL", required=True))
     out.append(Check("user namespaces", OK, "available (bwrap's --unshare-user launch works; "
                      "nested ones are disabled inside)"))
+    if s.network == "allowlist":
+        out.append(check_allowlist(ctx))
     return out
+
+
+def check_allowlist(ctx: ToolContext) -> Check:
+    """network = "allowlist": observed inside a real sandboxed command, not assumed: only
+    `lo` exists there and the proxy variables point at agentd's proxy."""
+    import asyncio
+
+    from agentd.tools import netproxy
+    from agentd.tools.bash import run_bash
+
+    domains = ", ".join(ctx.sandbox.allow_domains)
+    probe = asyncio.run(run_bash(ctx, "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; "
+                                      "echo \"$HTTPS_PROXY\"", 20))
+    seen = probe.content.split()
+    if not probe.is_error and seen == ["lo", netproxy.PROXY_URL]:
+        return Check("network allowlist", OK, f"only lo inside, HTTP(S) via agentd's proxy "
+                     f"({netproxy.PROXY_URL}) to: {domains}")
+    return Check("network allowlist", FAIL, f"not in effect: {probe.content.strip()[:200]}",
+                 'run agentd as root (it creates a network namespace per command), or set '
+                 'network = "none"', required=True)
 
 
 def _userns_fix() -> str:

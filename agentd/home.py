@@ -141,7 +141,9 @@ DEFAULT_CONFIG = '''\
 # timeout = 120        # seconds per command; the whole process tree is killed after it
 # output_limit = 30000 # characters of command output shown to the model (head + tail kept)
 # tmp_size_mb = 256    # size of the sandbox's private /tmp
-# network = "none"     # "full": commands reach the network (warned on every turn)
+# network = "none"     # "allowlist": HTTP(S) only to allow_domains, through agentd's proxy
+#                      # (needs agentd as root); "full": everything (warned on every turn)
+# allow_domains = ["pypi.org", "files.pythonhosted.org", "*.github.com"]
 # Limits per command (0 = no limit). Processes need a pids cgroup when agentd runs as
 # root; `agentd doctor` says which limits this host enforces.
 # cpu_seconds = 300    # CPU time per process

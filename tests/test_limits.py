@@ -51,8 +51,8 @@ def test_settings_are_validated() -> None:
     s = parse_settings({"sandbox": {"memory_mb": 512, "processes": 0, "network": "full"}})
     assert (s.sandbox.memory_mb, s.sandbox.processes, s.sandbox.network) == (512, 0, "full")
     for bad, message in (({"processes": -1}, "sandbox.processes must not be negative"),
-                         ({"network": "allowlist"}, "not available yet"),
-                         ({"network": "some"}, 'sandbox.network must be "none" or "full"'),
+                         ({"network": "allowlist"}, "needs sandbox.allow_domains"),
+                         ({"network": "some"}, 'must be "none", "allowlist" or "full"'),
                          ({"tmp_size_mb": 0}, "at least 1"),
                          ({"memory_mb": "1G"}, "sandbox.memory_mb must be a number")):
         with pytest.raises(AgentdError, match=message):

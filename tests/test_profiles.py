@@ -29,8 +29,8 @@ def test_network_full_shares_the_net_and_is_warned(ctx: ToolContext) -> None:
     assert argv[1:5] == ["--unshare-all", "--unshare-user", "--disable-userns", "--share-net"]
     assert sb.turn_warnings(ctx.sandbox) == [
         'sandbox network is "full": commands can reach this host\'s network and the internet']
-    ctx.sandbox.network = "allowlist"
-    with pytest.raises(ValueError, match="unknown sandbox network 'allowlist'"):
+    ctx.sandbox.network = "everything"
+    with pytest.raises(ValueError, match="unknown sandbox network 'everything'"):
         sb.bwrap_argv(ctx, "true", seccomp_fd=3)
     ctx.sandbox.mode = "off"
     assert sb.turn_warnings(ctx.sandbox) == ["sandbox is off: bash runs unsandboxed on this host"]

@@ -26,11 +26,13 @@ class ToolResult:
 @dataclass
 class SandboxSettings:
     """How bash runs. `mode` is "bwrap" (default) or "off" (explicit opt-out, warned);
-    `network` is "none" (default) or "full" (explicit opt-in, warned). The limits apply to
+    `network` is "none" (default), "allowlist" (HTTP(S) to `allow_domains` only, through
+    agentd's proxy) or "full" (explicit opt-in, warned). The limits apply to
     every command; 0 means no limit of that kind (see agentd/tools/limits.py)."""
 
     mode: str = "bwrap"
     network: str = "none"
+    allow_domains: list[str] = field(default_factory=list)
     timeout: float = 120.0
     output_limit: int = 30_000
     tmp_size_mb: int = 256

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 
-from agentd.tools import ToolContext, ToolResult, sandbox
+from agentd.tools import ToolContext, ToolResult, netproxy, sandbox
 
 DEFAULT_TIMEOUT = 120.0
 HARD_CAP_BYTES = 8 * 1024 * 1024  # stop reading and kill beyond this, so `yes` ends fast
@@ -62,14 +62,24 @@ async def run_bash(ctx: ToolContext, command: str, timeout: float | None = None)
         return ToolResult(f"bash refused to run: cannot set up the sandbox: {exc}",
                           is_error=True)
     limit = effective_timeout(ctx, timeout)
+    proxy = None
     try:
+        if launch.netns is not None and launch.netns.listener is not None:
+            proxy = proxy_for(ctx)
+            await proxy.start(launch.netns.listener)
         raw, outcome, code = await _execute(launch, limit)
     except (OSError, subprocess.SubprocessError) as exc:
         return ToolResult(f"bash could not start: {exc}", is_error=True)
     finally:
+        if proxy is not None:
+            await proxy.stop()
         await asyncio.to_thread(launch.cleanup)
     text = format_output(raw, ctx.sandbox.output_limit) or "(no output)"
     notes: list[str] = []
+    if proxy is not None and proxy.refusals:
+        more = len(proxy.refusals) - 3
+        notes += [f"[network refused {r}]" for r in proxy.refusals[:3]]
+        notes += [f"[... {more} more network refusals]"] if more > 0 else []
     if outcome == "overflow":
         notes.append(
             f"[output exceeded {HARD_CAP_BYTES // (1024 * 1024)} MiB: truncated, "
@@ -83,6 +93,11 @@ async def run_bash(ctx: ToolContext, command: str, timeout: float | None = None)
         notes.append(f"[exit code {code}]")
     content = "\n".join([text.rstrip("\n") if notes else text, *notes])
     return ToolResult(content, is_error=outcome != "done" or code != 0)
+
+
+def proxy_for(ctx: ToolContext) -> netproxy.Proxy:
+    """The proxy serving one command of network = "allowlist" (tests replace this)."""
+    return netproxy.Proxy(tuple(ctx.sandbox.allow_domains))
 
 
 async def _execute(launch: sandbox.Launch, limit: float) -> tuple[bytes, str, int]:

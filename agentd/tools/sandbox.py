@@ -9,7 +9,9 @@ Why it is shaped like this (verified with bwrap 0.8.0 on Debian 12, running as r
   (size-capped), so the home and workdir are bound again on top, read-only or not.
 - `--unshare-all` plus an explicit `--unshare-user` (needed for `--disable-userns`, which
   makes a nested `unshare -U` fail) cuts network, pid, ipc, uts and cgroup namespaces;
-  `network = "full"` adds `--share-net` (explicit opt-in, warned on every turn).
+  `network = "full"` adds `--share-net` (explicit opt-in, warned on every turn);
+  `network = "allowlist"` adds it too, but bwrap then starts inside a fresh network
+  namespace agentd made, whose only way out is agentd's proxy (agentd/tools/netproxy.py).
   `--cap-drop ALL` is mandatory as root: without it `mount -o remount,rw /` escapes.
 - A seccomp filter (agentd/tools/seccomp.py, `--seccomp FD`) refuses AF_UNIX sockets,
   ptrace, mount, namespaces, bpf, io_uring and the like; limits (agentd/tools/limits.py)
@@ -38,14 +40,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentd.tools import PROFILES, SandboxSettings, ToolContext, limits, seccomp
+from agentd.tools import PROFILES, SandboxSettings, ToolContext, limits, netproxy, seccomp
 
 BASH = "/bin/bash"
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROTECTED_NAMES = (".git", "agentd.toml", ".agentd")
 PROTECTED_DIRS = (".git", ".agentd")
 MASKED_DIRS = ("/home", "/root", "/run", "/var/tmp")
-NETWORKS = ("none", "full")
+NETWORKS = ("none", "allowlist", "full")
 INSTALL_HINT = (
     "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap`, "
     'or opt out with sandbox = "off" in agentd.toml / --no-sandbox'
@@ -167,10 +169,13 @@ def bwrap_argv(
     if s.network not in NETWORKS:
         raise ValueError(f"unknown sandbox network {s.network!r} (one of {', '.join(NETWORKS)})")
     argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns"]
-    if s.network == "full":
+    if s.network in ("full", "allowlist"):
         argv.append("--share-net")
     argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
-    for key, value in sandbox_env(ctx).items():
+    env = sandbox_env(ctx)
+    if s.network == "allowlist":
+        env |= netproxy.proxy_env()
+    for key, value in env.items():
         argv += ["--setenv", key, value]
     argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for masked in MASKED_DIRS:
@@ -210,6 +215,7 @@ class Launch:
     pass_fds: tuple[int, ...] = ()
     preexec: Callable[[], None] | None = None
     cgroup: limits.PidsCgroup | None = None
+    netns: netproxy.Namespace | None = None  # network = "allowlist": where bwrap starts
     _fds: list[int] = field(default_factory=list)
 
     def spawned(self) -> None:
@@ -220,6 +226,9 @@ class Launch:
     def cleanup(self) -> None:
         """After the command ends: no fd, no cgroup and no process of it is left."""
         self.spawned()
+        if self.netns is not None:
+            self.netns.close()
+            self.netns = None
         if self.cgroup is not None:
             self.cgroup.close()
             self.cgroup = None
@@ -249,17 +258,31 @@ def prepare(ctx: ToolContext, command: str, *, with_limits: bool = True) -> Laun
             raise
         env, cwd, fds = launcher_env(), None, [fd]
     launch = Launch(argv, env, cwd, tuple(fds), _fds=list(fds))
-    if not with_limits:
-        return launch
     try:
-        launch.cgroup = limits.open_cgroup(s)
-        procs_fd = launch.cgroup.procs_fd if launch.cgroup else None
-        launch.preexec = limits.preexec(limits.rlimits(s, cgroup=procs_fd is not None),
-                                        procs_fd)
+        if s.mode != "off" and s.network == "allowlist":
+            launch.netns = netproxy.Namespace()
+        if with_limits:
+            launch.cgroup = limits.open_cgroup(s)
+            procs_fd = launch.cgroup.procs_fd if launch.cgroup else None
+            launch.preexec = limits.preexec(limits.rlimits(s, cgroup=procs_fd is not None),
+                                            procs_fd)
     except BaseException:
         launch.cleanup()
         raise
+    if launch.netns is not None:
+        launch.preexec = _join_then(launch.netns, launch.preexec)
     return launch
+
+
+def _join_then(netns: netproxy.Namespace, then: Callable[[], None] | None) -> Callable[[], None]:
+    """preexec_fn: enter the command's network namespace first, then apply the limits."""
+
+    def child() -> None:
+        netns.enter()
+        if then is not None:
+            then()
+
+    return child
 
 
 def check_sandbox(ctx: ToolContext) -> str | None:
