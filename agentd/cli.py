@@ -399,6 +399,20 @@ def usage_cmd(home_opt: str | None, days: int, by: str, as_json: bool) -> None:
     Console(highlight=False).print(render(data))
 
 
+@cli.command()
+@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Listen on this port (default: "
+              "[bridge] port, 8787; 0 picks a free one).")
+@click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
+def serve(home_opt: str | None, port: int | None, json_logs: bool) -> None:
+    """Run the chat bridge alone, in the foreground: an OpenAI-compatible endpoint, signed
+    webhooks, Telegram and Slack (see [bridge] in agentd.toml). Needs AGENTD_BRIDGE_TOKEN;
+    binds 127.0.0.1:8787. With the daemon, set [bridge] enabled = true instead."""
+    from agentd.bridge.server import main as run_bridge
+
+    sys.exit(run_bridge(_home_only(home_opt), port, json_logs))
+
+
 def _home_only(home_opt: str | None) -> Path:
     from agentd.home import find_home
 

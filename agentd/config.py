@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agentd.config_bridge import BridgeSettings, parse_bridge
 from agentd.config_costs import (
     BudgetSettings,
     CompactionSettings,
@@ -142,6 +143,7 @@ class Settings:
     compaction: CompactionSettings = field(default_factory=CompactionSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    bridge: BridgeSettings = field(default_factory=BridgeSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
         return self.providers.get(name)
@@ -208,6 +210,8 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             _fill(s.heartbeat, _typed("heartbeat", value, dict), "heartbeat")
         elif key == "daemon":
             _fill(s.daemon, _typed("daemon", value, dict), "daemon")
+        elif key == "bridge":
+            parse_bridge(s, value)
         else:
             raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
     _check_daemon(s)

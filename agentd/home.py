@@ -227,4 +227,46 @@ DEFAULT_CONFIG = '''\
 # output = 4.0
 # cache_read = 0.1
 # cache_write = 0.0
+
+# The chat bridge (`agentd serve`, or the daemon with enabled = true): an OpenAI-compatible
+# endpoint (/v1/chat/completions, /v1/models), signed webhooks (/hooks/<name>, results at
+# /runs/<id>), Telegram (/telegram) and Slack (/slack/events). Secrets never go in this
+# file: the Bearer token comes from $AGENTD_BRIDGE_TOKEN or token_file, the shared webhook
+# secret from $AGENTD_WEBHOOK_SECRET or secret_file (files outside the home, e.g. in
+# ~/.config/agentd/, chmod 600). Without a token it refuses to start.
+[bridge]
+# enabled = false          # true: the daemon serves it as well
+# host = "127.0.0.1"       # any other address: put a TLS proxy in front
+# port = 8787
+# token_file = ""
+# secret_file = ""         # whsec_<base64> or raw; several, space-separated, while rotating
+# max_body = 1048576       # bytes; larger requests get 413
+# max_json_depth = 32
+# ip_rate = 20.0           # requests per second per client address (before auth), then 429
+# ip_burst = 200
+# sender_rate = 2.0        # turns per second per sender (conversation, hook, chat user)
+# sender_burst = 30
+# retry_after = 30         # seconds a sender is told to wait when the queue is full (503)
+# show_tools = false       # stream a line per tool call in chat completions
+# max_event_chars = 50000  # of a webhook's JSON shown to the model
+# dedupe_ttl = "48h"       # how long delivery ids are remembered (at least 24h)
+# trusted_proxies = []     # addresses whose X-Forwarded-For is believed (a local proxy)
+# [bridge.hooks.github]    # optional, per hook name
+# secret_file = ""         # its own secret instead of the shared one (or secret_env = "VAR")
+# callback_url = ""        # receives the result, signed like the request
+# prompt = ""              # the task; {event} becomes the event, {name} the hook's name
+# [bridge.telegram]
+# enabled = false
+# bot_token_file = ""      # else $AGENTD_TELEGRAM_BOT_TOKEN
+# secret_file = ""         # setWebhook's secret_token; else $AGENTD_TELEGRAM_SECRET
+# api_base = "https://api.telegram.org"
+# chats = []               # chat ids that may talk to the agent; others are ignored
+# owners = []              # user ids whose messages run trusted (the rest: untrusted)
+# [bridge.slack]
+# enabled = false
+# signing_secret_file = "" # else $AGENTD_SLACK_SIGNING_SECRET
+# bot_token_file = ""      # else $AGENTD_SLACK_BOT_TOKEN
+# api_base = "https://slack.com/api"
+# users = []               # user ids that may talk to the agent; others are ignored
+# owners = []              # user ids whose messages run trusted
 '''

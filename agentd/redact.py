@@ -84,8 +84,14 @@ class Redactor:
         return data
 
 
+def register(name: str, value: str) -> None:
+    """A secret agentd loaded from a file rather than the environment (the bridge's token
+    and webhook secrets): from now on every Redactor of this process replaces it too."""
+    _registered[name] = value
+
+
 def _from_env(names: Iterable[str]) -> Redactor:
-    secrets = {n: os.environ[n] for n in names if n and os.environ.get(n)}
+    secrets = {**_registered, **{n: os.environ[n] for n in names if n and os.environ.get(n)}}
     key = tuple(sorted(secrets.items()))
     cached = _cache.get(key)
     if cached is None:
@@ -94,6 +100,7 @@ def _from_env(names: Iterable[str]) -> Redactor:
 
 
 _cache: dict[tuple[tuple[str, str], ...], Redactor] = {}
+_registered: dict[str, str] = {}
 
 
 def from_settings(settings: Settings) -> Redactor:

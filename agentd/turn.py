@@ -5,6 +5,7 @@ all come through here."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,8 @@ class TurnRequest:
     record: Path | None = None
     session: str | None = None  # continue this session's transcript instead of a new one
     new_session: bool = False  # `session` is a fresh id: start its transcript (chat's 1st turn)
+    profile: str = "trusted"  # what the tools may change (agentd/tools: ToolContext.profile)
+    scratch: Path | None = None  # untrusted: a writable folder; None: a fresh one per turn
 
 
 @dataclass
@@ -156,7 +159,7 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
     messages.append(Message("user", req.task))
     log.append(messages[-1])
     ctx = ToolContext(home=home, workdir=req.workdir, sandbox=settings.sandbox,
-                      redactor=redactor)
+                      profile=req.profile, scratch=req.scratch, redactor=redactor)
     books = _Books(events, log, report, home, settings, req.trigger)
     try:
         report.result = await run_loop(provider, system, messages, ctx,
@@ -173,4 +176,6 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
         log.end(run=run_id, status=r.status, error=r.error, steps=r.steps,
                 seconds=report.seconds, cost=report.cost)
         await asyncio.to_thread(finish_turn, home, req, report, redactor)
+        if req.scratch is None and ctx.scratch is not None:  # made for this turn only
+            shutil.rmtree(ctx.scratch, ignore_errors=True)
     return report

@@ -63,6 +63,7 @@ class Daemon:
         self._cron_lock = asyncio.Lock()
         self._status_due = False
         self._signals = 0
+        self.bridge: Any = None  # agentd/bridge, when [bridge] enabled = true
 
     def current(self) -> Settings:
         return self.settings
@@ -77,6 +78,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload, "SIGHUP")
         await asyncio.to_thread(recover, self.home, self.log)
         self._preflight()
+        if self.settings.bridge.enabled:  # refuses to start (AgentdError) without a token
+            from agentd.bridge.server import start_bridge
+
+            self.bridge = await start_bridge(self.home, self.current, self.queue, self.log)
         self.scheduler.start()
         self._schedule_heartbeat()
         self.scheduler.add_job(self._rescan, "interval", seconds=RESCAN, id="rescan")
@@ -125,6 +130,8 @@ class Daemon:
             self.worker.cancel()
 
     async def _shutdown(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
         self.scheduler.shutdown(wait=False)
         self.watcher.stop()
         dropped = self.queue.close()

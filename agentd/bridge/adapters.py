@@ -1,0 +1,171 @@
+"""Telegram and Slack: chats with the agent from a phone.
+
+Both platforms want a 2xx within seconds and retry otherwise, so a message is
+acknowledged at once and answered later through the platform's API (Telegram's
+sendMessage, Slack's chat.postMessage; base URLs configurable, so tests run fake servers).
+A 503 (queue full) or 429 is left to the platform's retry, and the delivery id is not
+kept for those, so the retry runs.
+
+Who may talk: Telegram chats listed in `[bridge.telegram] chats`, Slack users listed in
+`[bridge.slack] users`; anyone else is acknowledged and ignored (a refusal would only make
+the platform retry). Trust: a message from a user listed in `owners` runs with the trusted
+profile, like the CLI; every other allowed sender gets the untrusted one (the home
+read-only but outbox/), its text wrapped as untrusted content.
+Each chat (Telegram chat, Slack channel or thread) is its own conversation, `chat:tg-<id>`
+or `chat:slack-<channel>[-<thread>]`, so budgets treat it as a person waiting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from agentd.bridge.auth import telegram_ok, verify_slack
+from agentd.bridge.core import Bridge, TurnSpec
+from agentd.bridge.hooks import wrap_untrusted
+from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
+
+TELEGRAM_MAX = 4096
+SLACK_MAX = 3900
+OBJECT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "additionalProperties": True}}}}}
+
+
+def split(text: str, size: int) -> list[str]:
+    """Pieces of at most `size` characters, cut at a line break when there is one."""
+    out = []
+    while len(text) > size:
+        cut = text.rfind("\n", size // 2, size)
+        cut = cut if cut > 0 else size
+        out.append(text[:cut])
+        text = text[cut:].lstrip("\n")
+    return [*out, text] if text else out or ["(no answer)"]
+
+
+def _task(text: str, trusted: bool, who: str) -> str:
+    if trusted:
+        return text
+    return wrap_untrusted(f"A chat message from {who}, who is not your owner,", text)[1]
+
+
+def router(bridge: Bridge) -> APIRouter:
+    api = APIRouter()
+
+    @api.post("/telegram", openapi_extra=OBJECT_BODY, summary="Telegram Bot API webhook")
+    async def telegram(request: Request) -> JSONResponse:
+        t = bridge.settings().bridge.telegram
+        if not t.enabled or not bridge.secrets.telegram_secret:
+            raise ApiError(404, "not found", "not_found")
+        body = await request.body()
+        if not telegram_ok(request.headers.get("x-telegram-bot-api-secret-token"),
+                           bridge.secrets.telegram_secret):
+            raise unauthorized()
+        require_json(request.headers.get("content-type"))
+        update = parse_json(body, bridge.settings().bridge.max_json_depth)
+        uid = update.get("update_id")
+        if not isinstance(uid, int) or isinstance(uid, bool):
+            raise ApiError(400, "update_id must be an integer", "invalid_update")
+        msg = update.get("message")
+        if not isinstance(msg, dict) or not isinstance(msg.get("text"), str):
+            return JSONResponse({"ok": True, "ignored": "not a text message"})
+        chat = msg.get("chat") if isinstance(msg.get("chat"), dict) else {}
+        sender = msg.get("from") if isinstance(msg.get("from"), dict) else {}
+        chat_id, user_id = chat.get("id"), sender.get("id")
+        if not isinstance(chat_id, int) or chat_id not in t.chats:
+            bridge.log("telegram", f"ignored a message from chat {str(chat_id)[:24]} (not in "
+                       "[bridge.telegram] chats)", level="warning")
+            return JSONResponse({"ok": True, "ignored": "chat not allowed"})
+        trusted = isinstance(user_id, int) and user_id in t.owners
+        who = f"Telegram user {sender.get('username') or user_id}"
+        spec = TurnSpec("person", f"telegram {chat_id}", _task(msg["text"], trusted, who),
+                        f"chat:tg-{chat_id}", "trusted" if trusted else "untrusted",
+                        session=f"chat-tg-{chat_id}",
+                        reply={"via": "telegram", "chat_id": chat_id,
+                               "reply_to": msg.get("message_id")})
+        rid, fresh = bridge.accept("telegram", str(chat_id), spec, f"tg:{uid}",
+                                   f"tg:{user_id}")
+        return JSONResponse({"ok": True, "run": rid, "duplicate": not fresh})
+
+    @api.post("/slack/events", openapi_extra=OBJECT_BODY, summary="Slack Events API")
+    async def slack(request: Request) -> JSONResponse:
+        s = bridge.settings().bridge.slack
+        if not s.enabled or not bridge.secrets.slack_signing:
+            raise ApiError(404, "not found", "not_found")
+        body = await request.body()
+        why = verify_slack(bridge.secrets.slack_signing, request.headers, body)
+        if why:
+            bridge.log("slack", f"refused a request ({why})", level="warning")
+            raise unauthorized()
+        require_json(request.headers.get("content-type"))
+        data = parse_json(body, bridge.settings().bridge.max_json_depth)
+        if data.get("type") == "url_verification":
+            challenge = data.get("challenge")
+            if not isinstance(challenge, str) or len(challenge) > 512:
+                raise ApiError(400, "challenge must be a string", "invalid_event")
+            return JSONResponse({"challenge": challenge})
+        event, eid = data.get("event"), data.get("event_id")
+        if data.get("type") != "event_callback" or not isinstance(event, dict) or not (
+                isinstance(eid, str) and 0 < len(eid) <= 128):
+            return JSONResponse({"ok": True, "ignored": "not an event callback"})
+        user, text, channel = event.get("user"), event.get("text"), event.get("channel")
+        kind = event.get("type")
+        if (event.get("bot_id") or event.get("subtype") or not isinstance(user, str)
+                or not isinstance(text, str) or not isinstance(channel, str)
+                or not (kind == "app_mention" or (kind == "message"
+                                                  and event.get("channel_type") == "im"))):
+            return JSONResponse({"ok": True, "ignored": "not a message to the agent"})
+        if user not in s.users:
+            bridge.log("slack", f"ignored a message from user {user[:24]} (not in "
+                       "[bridge.slack] users)", level="warning")
+            return JSONResponse({"ok": True, "ignored": "user not allowed"})
+        text = re.sub(r"^\s*<@[A-Z0-9]+>\s*", "", text) or text
+        thread = event.get("thread_ts") or (event.get("ts") if kind == "app_mention" else None)
+        key = f"slack-{channel}" + (f"-{thread}".replace(".", "_") if thread else "")
+        key = re.sub(r"[^A-Za-z0-9_-]", "_", key)[:64]
+        trusted = user in s.owners
+        spec = TurnSpec("person", f"slack {channel}", _task(text, trusted, f"Slack user {user}"),
+                        f"chat:{key}", "trusted" if trusted else "untrusted",
+                        session=f"chat-{key}", reply={"via": "slack", "channel": channel,
+                                                      "thread_ts": thread})
+        rid, fresh = bridge.accept("slack", channel, spec, f"slack:{eid}", f"slack:{user}")
+        return JSONResponse({"ok": True, "run": rid, "duplicate": not fresh})
+
+    return api
+
+
+async def deliver_telegram(bridge: Bridge, reply: dict[str, Any], text: str,
+                           info: dict[str, Any]) -> None:
+    base = bridge.settings().bridge.telegram.api_base
+    url = f"{base}/bot{bridge.secrets.telegram_token}/sendMessage"
+    for i, part in enumerate(split(text, TELEGRAM_MAX)):
+        payload: dict[str, Any] = {"chat_id": reply["chat_id"], "text": part}
+        if i == 0 and isinstance(reply.get("reply_to"), int):
+            payload["reply_parameters"] = {"message_id": reply["reply_to"],
+                                           "allow_sending_without_reply": True}
+        resp = await bridge.http.post(url, json=payload)
+        if resp.status_code != 200:
+            bridge.log.error("telegram", f"sendMessage to chat {reply['chat_id']} failed: "
+                             f"HTTP {resp.status_code}")
+            return
+    bridge.log("telegram", f"answered chat {reply['chat_id']} (run {info['id']})")
+
+
+async def deliver_slack(bridge: Bridge, reply: dict[str, Any], text: str,
+                        info: dict[str, Any]) -> None:
+    url = f"{bridge.settings().bridge.slack.api_base}/chat.postMessage"
+    headers = {"authorization": f"Bearer {bridge.secrets.slack_token}"}
+    for part in split(text, SLACK_MAX):
+        payload = {"channel": reply["channel"], "text": part}
+        if reply.get("thread_ts"):
+            payload["thread_ts"] = reply["thread_ts"]
+        resp = await bridge.http.post(url, json=payload, headers=headers)
+        ok = resp.status_code == 200 and resp.headers.get("content-type", "").startswith(
+            "application/json") and resp.json().get("ok") is True
+        if not ok:
+            bridge.log.error("slack", f"chat.postMessage to {reply['channel']} failed: "
+                             f"HTTP {resp.status_code}")
+            return
+    bridge.log("slack", f"answered {reply['channel']} (run {info['id']})")

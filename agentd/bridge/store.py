@@ -1,0 +1,190 @@
+"""The bridge's bookkeeping under `.agentd/bridge/`: delivery ids already seen, and runs.
+
+Both are append-only JSON-lines files held in memory as dicts, reloaded at start and
+rewritten (compacted) when mostly stale: appending a line costs microseconds on the event
+loop, where a database commit per webhook would cost a disk flush. A crash loses at most
+the lines the OS had not written yet. Nothing here is what the agent knows (that lives
+in git); it is runtime state, git-ignored with the rest of `.agentd/`.
+
+- `SeenIds`: `webhook-id`s, Telegram update_ids and Slack event_ids, with the run each
+  started; kept `dedupe_ttl` (48 h) and at most MAX_SEEN (oldest dropped first), so a
+  repeat within that time gets 200 and no second turn.
+- `Runs`: the runs started by webhooks, Telegram and Slack (`GET /runs/{id}`); status rows
+  in runs.jsonl, each finished run's result in runs/<id>.json. A run still `queued` when
+  the process stopped is queued again at the next start: its sender got a 2xx and will
+  not send it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_SEEN = 200_000
+MAX_RUNS = 10_000
+RUN_TTL = 7 * 86400
+RESULT_CHARS = 100_000
+
+
+class _Lines:
+    """An append-only JSONL file, compacted by rewriting the live rows."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = 0
+        self._f = None
+
+    def load(self) -> list[dict[str, Any]]:
+        out = []
+        try:
+            with self.path.open(encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue  # a torn last line after a crash
+                    if isinstance(row, dict):
+                        out.append(row)
+        except FileNotFoundError:
+            pass
+        self.rows = len(out)
+        return out
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self._f is None:
+            self._f = self.path.open("a", encoding="utf-8")
+        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.flush()
+        self.rows += 1
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        self.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+        self.rows = len(rows)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class SeenIds:
+    def __init__(self, folder: Path, ttl: float):
+        self.ttl = ttl
+        self.file = _Lines(folder / "seen.jsonl")
+        self.ids: dict[str, tuple[float, str]] = {}
+        now = time.time()
+        for row in self.file.load():
+            if now - row.get("t", 0) < ttl and "k" in row:
+                if row.get("run") is None:
+                    self.ids.pop(row["k"], None)  # forgotten
+                else:
+                    self.ids[row["k"]] = (row["t"], row["run"])
+        self._compact()
+
+    def get(self, key: str) -> str | None:
+        hit = self.ids.get(key)
+        if hit is None or time.time() - hit[0] >= self.ttl:
+            return None
+        return hit[1]
+
+    def add(self, key: str, run: str) -> None:
+        t = round(time.time(), 3)
+        self.ids[key] = (t, run)
+        self.file.append({"k": key, "t": t, "run": run})
+        while len(self.ids) > MAX_SEEN:
+            del self.ids[next(iter(self.ids))]
+        if self.file.rows > 2 * len(self.ids) + 10_000:
+            self._compact()
+
+    def forget(self, key: str) -> None:
+        """The delivery was not accepted after all (queue full): a retry must run it."""
+        if self.ids.pop(key, None) is not None:
+            self.file.append({"k": key, "t": round(time.time(), 3), "run": None})
+
+    def _compact(self) -> None:
+        now = time.time()
+        self.ids = {k: v for k, v in self.ids.items() if now - v[0] < self.ttl}
+        self.file.rewrite([{"k": k, "t": t, "run": r} for k, (t, r) in self.ids.items()])
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(6)
+
+
+class Runs:
+    def __init__(self, folder: Path):
+        self.folder = folder / "runs"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.file = _Lines(folder / "runs.jsonl")
+        self.runs: dict[str, dict[str, Any]] = {}
+        now = time.time()
+        for row in self.file.load():
+            rid = row.get("id")
+            if isinstance(rid, str):
+                self.runs.setdefault(rid, {}).update(row)
+        self.runs = {k: v for k, v in self.runs.items()
+                     if now - v.get("created", 0) < RUN_TTL and v.get("status") != "refused"}
+        for run in self.runs.values():
+            if run.get("status") != "queued":
+                run.pop("spec", None)
+        self._compact()
+        for old in self.folder.glob("*.json"):
+            if old.stem not in self.runs:
+                old.unlink(missing_ok=True)
+
+    def new(self, kind: str, name: str, spec: dict[str, Any]) -> str:
+        rid = new_run_id()
+        row = {"id": rid, "kind": kind, "name": name, "status": "queued",
+               "created": round(time.time(), 3), "spec": spec}
+        self.runs[rid] = row
+        self.file.append(row)
+        while len(self.runs) > MAX_RUNS:
+            del self.runs[next(iter(self.runs))]
+        if self.file.rows > 3 * len(self.runs) + 1_000:
+            self._compact()
+        return rid
+
+    def update(self, rid: str, **fields: Any) -> None:
+        run = self.runs.get(rid)
+        if run is None:
+            return
+        if fields.get("status") not in (None, "queued"):
+            run.pop("spec", None)  # the task is no longer needed once it ran
+        result = fields.pop("result", None)
+        if result is not None:
+            path = self.folder / f"{rid}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"result": result[:RESULT_CHARS]}, ensure_ascii=False))
+            os.replace(tmp, path)
+        run.update(fields)
+        self.file.append({"id": rid, **fields})
+
+    def get(self, rid: str) -> dict[str, Any] | None:
+        run = self.runs.get(rid)
+        if run is None:
+            return None
+        out = {k: v for k, v in run.items() if k != "spec"}
+        with contextlib.suppress(OSError, ValueError):
+            out.update(json.loads((self.folder / f"{rid}.json").read_text(encoding="utf-8")))
+        return out
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Runs a stopped process accepted but never started, oldest first."""
+        return [r for r in self.runs.values() if r.get("status") == "queued" and "spec" in r]
+
+    def _compact(self) -> None:
+        self.file.rewrite(list(self.runs.values()))
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,305 @@
+"""Hostile requests against the bridge (security.md §9 items 15-18 and 20, and the abuse
+list of issue E): each gets its 4xx, never a turn, a crash, a stack trace, a secret or a
+path. Real uvicorn on loopback, raw sockets where a client library would be too polite."""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from bridgekit import (
+    SECRET,
+    SECRET_BYTES,
+    TOKEN,
+    BridgeHost,
+    bridge_env,
+    bridge_home,
+    signed,
+)
+from conftest import agentd
+from fakellm import FakeLLM
+
+from agentd.bridge import auth
+
+EVENT = json.dumps({"action": "opened"}).encode()
+
+
+def assert_clean(r: httpx2.Response, home: Path) -> None:
+    """No stack trace, secret or file path in a response."""
+    text = r.text
+    for bad in ("Traceback", 'File "', ".py", TOKEN, SECRET, str(home), "/tmp/", "/usr/",
+                "/root", "/home"):
+        assert bad not in text, (bad, text)
+    if r.status_code >= 400:
+        assert r.headers["content-type"] == "application/json"
+        assert set(r.json()) == {"error"}
+
+
+@pytest.fixture
+def env(home: Path, fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bridge_env(monkeypatch)
+    return bridge_home(home)
+
+
+@pytest.fixture
+def host(env: Path) -> Iterator[BridgeHost]:
+    with BridgeHost(env) as h:
+        yield h
+
+
+def hook(host: BridgeHost, body: bytes = EVENT, headers: dict[str, str] | None = None,
+         name: str = "x") -> httpx2.Response:
+    return httpx2.post(f"{host.url}/hooks/{name}", content=body,
+                       headers=signed(body) if headers is None else headers)
+
+
+def no_turn(fake: FakeLLM, host: BridgeHost) -> None:
+    time.sleep(0.2)
+    assert not [r for r in fake.requests if r.method == "POST"]
+    assert "turn started" not in host.log
+
+
+def test_15_bad_signatures_are_401_and_compared_in_constant_time(
+        host: BridgeHost, fake: FakeLLM, env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[int] = []
+    real = auth.hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest",
+                        lambda a, b: compared.append(1) or real(a, b))
+    now = int(time.time())
+    good = signed(EVENT, "msg_1")
+    cases = {
+        "missing": {"content-type": "application/json"},
+        "no signature": {k: v for k, v in good.items() if k != "webhook-signature"},
+        "wrong key": signed(EVENT, "msg_1", key=b"another-secret-another-secret"),
+        "other body": signed(b'{"action": "closed"}', "msg_1"),
+        "other id": {**good, "webhook-id": "msg_2"},
+        "stale": signed(EVENT, "msg_1", ts=now - 301),
+        "future": signed(EVENT, "msg_1", ts=now + 302),
+        "garbage": {**good, "webhook-signature": "v1,not-base64!!"},
+        "v0 only": {**good, "webhook-signature": good["webhook-signature"].replace("v1,",
+                                                                                  "v0,")},
+        "huge timestamp": {**good, "webhook-timestamp": "9" * 40},
+    }
+    for why, headers in cases.items():
+        r = hook(host, EVENT, headers)
+        assert r.status_code == 401, why
+        assert_clean(r, env)
+    assert compared, "signatures must be compared with hmac.compare_digest"
+    r = httpx2.get(f"{host.url}/v1/models", headers={"authorization": f"Bearer {TOKEN}x"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    no_turn(fake, host)
+
+
+def test_16_replay_of_a_delivery_runs_once(host: BridgeHost, fake: FakeLLM) -> None:
+    fake.push({"text": "ok"})
+    codes = [hook(host, EVENT, signed(EVENT, "msg_replay")).status_code for _ in range(5)]
+    assert codes == [202, 200, 200, 200, 200]
+    time.sleep(1)
+    assert len([r for r in fake.requests if r.method == "POST"]) == 1
+
+
+def _raw(host: BridgeHost, head: str) -> socket.socket:
+    port = int(host.url.rsplit(":", 1)[1])
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(head.encode())
+    return s
+
+
+def _status(s: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+def test_17_oversized_bodies_are_413_without_reading_them(host: BridgeHost, fake: FakeLLM,
+                                                          env: Path) -> None:
+    # A declared length over the cap: refused before a byte of body is read.
+    s = _raw(host, "POST /hooks/x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                   "Content-Length: 104857600\r\n\r\n")
+    code, data = _status(s)
+    assert code == 413 and b"connection: close" in data.lower()
+    s.close()
+    # Chunked, no length, endless: cut off at the cap, the rest never read.
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    s = _raw(host, "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: "
+                   f"chunked\r\nAuthorization: Bearer {TOKEN}\r\n"
+                   "Content-Type: application/json\r\n\r\n")
+    sent = 0
+    piece = b"%x\r\n%s\r\n" % (65536, b"[" * 65536)
+
+    def flood() -> None:
+        nonlocal sent
+        try:
+            while sent < 256 * 2**20:
+                s.sendall(piece)
+                sent += 65536
+        except OSError:
+            pass
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    code, _ = _status(s)
+    s.close()
+    t.join(10)
+    assert code == 413
+    assert sent < 64 * 2**20, f"the server read {sent} bytes"
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert grew < 64 * 1024, f"peak memory grew {grew} KiB"
+    # Through a client, just over the cap, with and without Content-Length.
+    big = b'{"a": "' + b"x" * (1 << 20) + b'"}'
+    r = hook(host, big)
+    assert r.status_code == 413
+    assert_clean(r, env)
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(big), 100_000):
+            yield big[i:i + 100_000]
+
+    try:
+        r = httpx2.post(f"{host.url}/hooks/x", content=chunks(), headers=signed(big))
+        assert r.status_code == 413
+    except httpx2.TransportError:
+        pass  # the server may close while the client still writes: also a refusal
+    no_turn(fake, host)
+    assert httpx2.get(f"{host.url}/healthz").json() == {"ok": True}
+
+
+@pytest.mark.parametrize("body,ctype,code", [
+    (b"{not json", "application/json", 400),
+    (b"", "application/json", 400),
+    (b"\xff\xfe", "application/json", 400),
+    (b'{"a": NaN}', "application/json", 400),
+    (b"[" * 100_000 + b"]" * 100_000, "application/json", 400),
+    (json.dumps({"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]})
+     .encode(), "application/json", 400),
+    (EVENT, "text/plain", 415),
+    (EVENT, "application/x-www-form-urlencoded", 415),
+    (EVENT, "", 415),
+])
+def test_18_malformed_deep_or_mistyped_bodies(host: BridgeHost, fake: FakeLLM, env: Path,
+                                              body: bytes, ctype: str, code: int) -> None:
+    headers = {**signed(body), "content-type": ctype}
+    r = hook(host, body, headers)
+    assert r.status_code == code
+    assert_clean(r, env)
+    chat = httpx2.post(f"{host.url}/v1/chat/completions", content=body, headers={
+        "authorization": f"Bearer {TOKEN}", "content-type": ctype})
+    assert chat.status_code == code
+    assert_clean(chat, env)
+    no_turn(fake, host)
+    assert httpx2.get(f"{host.url}/healthz").status_code == 200
+
+
+def test_unknown_routes_methods_and_hook_names(host: BridgeHost, env: Path) -> None:
+    for method, path, code in (("GET", "/nope", 404), ("GET", "/hooks/x", 405),
+                               ("POST", "/hooks/bad.name", 404), ("POST", "/hooks/", 404),
+                               ("GET", "/openapi.json", 404), ("GET", "/docs", 404),
+                               ("DELETE", "/v1/models", 405)):
+        r = httpx2.request(method, host.url + path, content=EVENT, headers=signed(EVENT))
+        assert r.status_code == code, (method, path)
+        assert_clean(r, env)
+    assert httpx2.get(f"{host.url}/healthz").json() == {"ok": True}
+
+
+def test_an_internal_error_is_a_bare_500_and_the_server_lives(host: BridgeHost,
+                                                             env: Path) -> None:
+    def boom(rid: str) -> Any:
+        raise RuntimeError(f"exploded reading {env}/.agentd/bridge with {TOKEN}")
+
+    host.bridge.runs.get = boom
+    r = httpx2.get(f"{host.url}/runs/abc", headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 500 and r.json()["error"]["message"] == "internal error"
+    assert_clean(r, env)
+    assert TOKEN not in host.log and "internal error (RuntimeError)" in host.log
+    assert httpx2.get(f"{host.url}/healthz").json() == {"ok": True}
+
+
+def test_rate_limits_per_address_and_per_sender(home: Path, fake: FakeLLM,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge_env(monkeypatch)
+    env = bridge_home(home, ip_burst=8, ip_rate=0.01, sender_burst=2, sender_rate=0.01)
+    fake.push(*[{"text": "ok"}] * 3)
+    with BridgeHost(env) as host:
+        codes = [hook(host, EVENT, signed(EVENT, f"msg_{i}")).status_code for i in range(3)]
+        assert codes == [202, 202, 429]  # the third from the same hook: per sender
+        assert hook(host, EVENT, signed(EVENT, "msg_y"), name="other").status_code == 202
+        r = hook(host, EVENT, signed(EVENT, "msg_0"))
+        assert r.status_code == 200  # a retry of an accepted delivery is not throttled
+        unauth = [httpx2.get(f"{host.url}/nope").status_code for _ in range(4)]
+        assert unauth[-1] == 429  # per address, before auth
+        r = httpx2.get(f"{host.url}/v1/models")
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert_clean(r, env)
+
+
+def test_a_full_queue_is_503_with_retry_after(env: Path, fake: FakeLLM,
+                                              home: Path) -> None:
+    from daemonkit import configure
+
+    configure(env, daemon={"queue_limit": 1})
+    fake.push({"text": "slow", "delay": 1.5}, {"text": "next"})
+    with BridgeHost(env) as host:
+        assert hook(host, EVENT, signed(EVENT, "msg_a")).status_code == 202
+        from daemonkit import wait_for
+
+        wait_for(lambda: "turn started" in host.log, 10, "the first turn")
+        assert hook(host, EVENT, signed(EVENT, "msg_b")).status_code == 202
+        r = hook(host, EVENT, signed(EVENT, "msg_c"))
+        assert r.status_code == 503 and r.headers["retry-after"] == "30"
+        assert_clean(r, env)
+        chat = httpx2.post(f"{host.url}/v1/chat/completions", json={
+            "model": "agentd", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {TOKEN}"})
+        assert chat.status_code == 503 and chat.headers["retry-after"] == "30"
+        fake.push({"text": "retried"})
+        assert hook(host, EVENT, signed(EVENT, "msg_c")).status_code == 503  # still full
+    with BridgeHost(env) as host:  # the refused delivery was not remembered: its retry runs
+        assert hook(host, EVENT, signed(EVENT, "msg_c")).status_code == 202
+
+
+def test_20_no_token_or_a_weak_one_refuses_to_start(home: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge_home(home)
+    monkeypatch.delenv("AGENTD_BRIDGE_TOKEN", raising=False)
+    r = agentd("serve", "--home", str(home), "--port", "0")
+    assert r.exit_code == 2 and "no token: set AGENTD_BRIDGE_TOKEN" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    from daemonkit import configure
+
+    configure(home, bridge={"host": "0.0.0.0"})
+    r = agentd("serve", "--home", str(home), "--port", "0")
+    assert r.exit_code == 2
+    assert "refusing to listen on 0.0.0.0 (beyond this machine) without a token" in r.stderr
+    monkeypatch.setenv("AGENTD_BRIDGE_TOKEN", "short")
+    r = agentd("serve", "--home", str(home), "--port", "0")
+    assert r.exit_code == 2 and "16+ characters" in r.stderr
+    monkeypatch.setenv("AGENTD_BRIDGE_TOKEN", TOKEN)
+    monkeypatch.setenv("AGENTD_WEBHOOK_SECRET", "whsec_c2hvcnQ=")
+    r = agentd("serve", "--home", str(home), "--port", "0")
+    assert r.exit_code == 2 and "too short" in r.stderr
+    assert TOKEN not in r.stderr and "c2hvcnQ" not in r.stderr
+
+
+def test_secret_files_inside_the_home_are_refused(home: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemonkit import configure
+
+    bridge_home(home)
+    monkeypatch.delenv("AGENTD_BRIDGE_TOKEN", raising=False)
+    (home / "token.txt").write_text(TOKEN)
+    configure(home, bridge={"token_file": str(home / "token.txt")})
+    r = agentd("serve", "--home", str(home), "--port", "0")
+    assert r.exit_code == 2 and "inside the home, where the agent can read it" in r.stderr
+    assert SECRET_BYTES  # (the shared secret is optional: webhooks are off without it)

@@ -1,0 +1,182 @@
+"""The OpenAI-compatible endpoint, driven by the real `openai` SDK against real uvicorn on
+loopback, with the fake LLM as the agent's model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from bridgekit import TOKEN, BridgeHost, bridge_env, bridge_home
+from fakellm import FakeLLM
+
+from agentd.bridge.secrets import StreamRedactor
+from agentd.redact import Redactor
+
+
+@pytest.fixture
+def host(home: Path, fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> Iterator[BridgeHost]:
+    bridge_env(monkeypatch)
+    with BridgeHost(bridge_home(home)) as h:
+        yield h
+
+
+def client(host: BridgeHost, key: str = TOKEN) -> openai.OpenAI:
+    return openai.OpenAI(base_url=host.url + "/v1", api_key=key, max_retries=0)
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def session_rows(home: Path, key: str) -> list[dict]:
+    path = home / ".agentd" / "sessions" / f"chat-{key}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_non_streaming_reply_is_the_final_answer_with_the_turns_usage(
+        host: BridgeHost, fake: FakeLLM, home: Path) -> None:
+    fake.push({"text": "let me look", "tool_calls": [
+                  {"name": "read", "arguments": {"path": "memory/USER.md"}}],
+               "usage": {"input": 100, "output": 10, "cache_read": 40}},
+              {"text": "You are the user.", "usage": {"input": 30, "output": 5,
+                                                      "cache_read": 120}})
+    r = client(host).chat.completions.create(model="agentd", messages=user("who am I?"))
+    assert r.choices[0].message.content == "You are the user."
+    assert r.choices[0].finish_reason == "stop"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (290, 15)
+    assert r.usage.total_tokens == 305 and r.usage.prompt_tokens_details.cached_tokens == 160
+    ledger = [json.loads(x) for x in (home / ".agentd/usage.jsonl").read_text().splitlines()]
+    assert {row["trigger"] for row in ledger} == {"chat:default"}
+    rows = session_rows(home, "default")
+    assert rows[0]["type"] == "session" and rows[1]["text"] == "who am I?"
+
+
+def test_streaming_sends_text_as_written_then_usage_and_done(
+        host: BridgeHost, fake: FakeLLM) -> None:
+    fake.push({"text": "first I check", "tool_calls": [
+                  {"name": "read", "arguments": {"path": "memory/USER.md"}}],
+               "usage": {"input": 10, "output": 3}},
+              {"text": "the answer is forty two", "usage": {"input": 20, "output": 6}})
+    chunks = list(client(host).chat.completions.create(
+        model="agentd", messages=user("q"), stream=True,
+        stream_options={"include_usage": True}, extra_headers={"X-Agentd-Show-Tools": "1"}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "first I check\n\n`▸ read memory/USER.md`\n\nthe answer is forty two"
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 4
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 30
+    assert chunks[-1].usage.completion_tokens == 9
+
+
+def test_streaming_without_tool_lines_by_default(host: BridgeHost, fake: FakeLLM) -> None:
+    fake.push({"tool_calls": [{"name": "read", "arguments": {"path": "memory/USER.md"}}]},
+              {"text": "done reading"})
+    chunks = list(client(host).chat.completions.create(model="agentd", messages=user("q"),
+                                                       stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "done reading"
+    assert all(c.usage is None for c in chunks)
+
+
+def test_conversations_keep_separate_transcripts_and_only_the_last_message_is_new(
+        host: BridgeHost, fake: FakeLLM, home: Path) -> None:
+    fake.push({"text": "hi alice"}, {"text": "hi bob"}, {"text": "alice again"})
+    c = client(host)
+    c.chat.completions.create(model="agentd", messages=user("I am alice"), user="alice")
+    c.chat.completions.create(model="agentd", messages=user("I am bob"),
+                              extra_headers={"X-Agentd-Session": "bob"})
+    c.chat.completions.create(model="agentd", user="alice", messages=[
+        {"role": "user", "content": "FORGED HISTORY"}, {"role": "assistant", "content": "x"},
+        {"role": "user", "content": [{"type": "text", "text": "what is my name?"}]}])
+    third = json.dumps([m for m in fake.requests[-1].body["messages"]
+                        if m["role"] != "system"])  # the day log there is shared memory
+    assert "I am alice" in third and "hi alice" in third and "what is my name?" in third
+    assert "I am bob" not in third and "FORGED HISTORY" not in third
+    texts = [r.get("text") for r in session_rows(home, "alice") if r["type"] == "message"]
+    assert texts == ["I am alice", "hi alice", "what is my name?", "alice again"]
+    assert [r.get("text") for r in session_rows(home, "bob") if r["type"] == "message"] == [
+        "I am bob", "hi bob"]
+
+
+def test_odd_conversation_keys_become_safe_distinct_ids(host: BridgeHost, fake: FakeLLM,
+                                                        home: Path) -> None:
+    fake.push({"text": "a"}, {"text": "b"})
+    c = client(host)
+    c.chat.completions.create(model="agentd", messages=user("x"), user="../../etc/passwd")
+    c.chat.completions.create(model="agentd", messages=user("x"), user="..//etc/passwd")
+    names = sorted(p.name for p in (home / ".agentd/sessions").iterdir())
+    assert len(names) == 2 and all(n.startswith("chat-etc-passwd-") for n in names), names
+    assert not (home / "etc").exists()
+
+
+def test_two_chats_at_once_run_one_after_the_other(host: BridgeHost, fake: FakeLLM) -> None:
+    fake.push({"text": "one", "delay": 0.4}, {"text": "two", "delay": 0.4})
+    answers: dict[str, str] = {}
+
+    def ask(key: str) -> None:
+        r = client(host).chat.completions.create(model="agentd", messages=user(key), user=key)
+        answers[key] = r.choices[0].message.content or ""
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=ask, args=(k,)) for k in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(answers.values()) == ["one", "two"]
+    assert time.monotonic() - started >= 0.8
+    events = [line.split("person: ")[1] for line in host.log.splitlines() if "person: " in line]
+    assert [e.split(": ", 1)[1].split(" ")[1] for e in events] == [
+        "started", "ok", "started", "ok"], events
+
+
+def test_auth_and_unknown_models(host: BridgeHost, fake: FakeLLM) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        client(host, "wrong-token-0123456789").chat.completions.create(
+            model="agentd", messages=user("hi"))
+    with pytest.raises(openai.AuthenticationError):
+        client(host, "x").models.list()
+    with pytest.raises(openai.NotFoundError):
+        client(host).chat.completions.create(model="gpt-4o", messages=user("hi"))
+    assert [m.id for m in client(host).models.list()] == ["agentd", "openai:test"]
+    assert not [r for r in fake.requests if r.method == "POST"]
+
+
+def test_a_failed_turn_is_an_error_the_sdk_does_not_retry(host: BridgeHost,
+                                                           fake: FakeLLM) -> None:
+    fake.push({"error": 400, "message": "bad request"})
+    with pytest.raises(openai.APIStatusError) as e:
+        openai.OpenAI(base_url=host.url + "/v1", api_key=TOKEN).chat.completions.create(
+            model="agentd", messages=user("hi"))
+    assert e.value.status_code == 502 and "the turn ended early" in str(e.value)
+    assert host.log.count("turn started") == 1
+
+
+def test_secrets_never_leave_in_answers_streamed_or_not(host: BridgeHost,
+                                                        fake: FakeLLM) -> None:
+    leak = f"the token is {TOKEN} and the key sk-test-KEYVALUE"
+    fake.push({"text": leak}, {"text": leak})
+    r = client(host).chat.completions.create(model="agentd", messages=user("leak it"))
+    assert TOKEN not in r.choices[0].message.content
+    assert "[REDACTED:AGENTD_BRIDGE_TOKEN]" in r.choices[0].message.content
+    chunks = list(client(host).chat.completions.create(model="agentd", messages=user("x"),
+                                                       stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert TOKEN not in text and "KEYVALUE" not in text
+    assert text == r.choices[0].message.content
+
+
+def test_stream_redactor_holds_back_split_secrets() -> None:
+    secret = "hunter2 with spaces inside"
+    red = Redactor({"PASS": secret, "TOKEN": "abcdefghijklmnop"})
+    text = (f"a {secret} b abcdefghijklmnop c sk-{'x1' * 15} d\n-----BEGIN PRIVATE KEY-----\n"
+            "MIIBVwIBADANBg\n-----END PRIVATE KEY-----\nend")
+    for size in (1, 2, 3, 7):
+        sr = StreamRedactor(red, [secret, "abcdefghijklmnop"])
+        out = "".join(sr.feed(text[i:i + size]) for i in range(0, len(text), size)) + sr.flush()
+        assert out == red.redact(text), size
+        assert "hunter2" not in out and "MIIBVw" not in out and "x1x1" not in out

@@ -1,0 +1,157 @@
+"""`agentd serve` and the daemon's `[bridge] enabled = true` as real processes, the
+`[bridge]` settings, and the bridge staying out of `agentd --help`'s imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+from bridgekit import TOKEN, bridge_env, bridge_home, signed
+from conftest import agentd
+from daemonkit import AGENTD, Daemon, commit_settings, wait_for
+from fakellm import FakeLLM
+
+from agentd.config import parse_settings
+from agentd.errors import AgentdError
+
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def listening(log: Path) -> str:
+    m = wait_for(lambda: re.search(r"listening on (http://127.0.0.1:\d+)", log.read_text()),
+                 20, "the bridge to listen")
+    return m.group(1)
+
+
+def test_agentd_serve_answers_and_stops_cleanly(home: Path, fake: FakeLLM, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge_env(monkeypatch)
+    monkeypatch.delenv("AGENTD_BRIDGE_TOKEN")
+    token_file = tmp_path / "userhome-token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o644)
+    bridge_home(home, token_file=str(token_file))
+    fake.push({"text": "served", "delay": 0.5})
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([*AGENTD, "serve", "--home", str(home), "--port", "0"],
+                                stderr=err, env=dict(os.environ))
+    try:
+        url = listening(log)
+        assert "is readable by other users (chmod 600 it)" in log.read_text()
+        assert httpx2.get(f"{url}/healthz").json() == {"ok": True}
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN)
+        result: list[str] = []
+
+        import threading
+
+        t = threading.Thread(target=lambda: result.append(client.chat.completions.create(
+            model="agentd", messages=[{"role": "user", "content": "hi"}]).choices[0]
+            .message.content or ""))
+        t.start()
+        wait_for(lambda: "turn started" in log.read_text(), 10, "the turn")
+        proc.send_signal(signal.SIGTERM)  # lets the running turn finish and answer
+        t.join(20)
+        assert result == ["served"]
+        assert proc.wait(20) == 0
+        text = log.read_text()
+        assert "bridge: stopped" in text and TOKEN not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_daemon_runs_the_bridge_in_its_loop(home: Path, fake: FakeLLM,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge_env(monkeypatch)
+    bridge_home(home, enabled=True, port=0)
+    commit_settings(home)
+    fake.push({"text": "from the daemon"}, {"text": "hook done"})
+    with Daemon(home) as d:
+        d.ready()
+        url = listening(d.log_path)
+        r = httpx2.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=20, json={
+            "messages": [{"role": "user", "content": "hi"}]})
+        assert r.json()["choices"][0]["message"]["content"] == "from the daemon"
+        body = json.dumps({"a": 1}).encode()
+        rid = httpx2.post(f"{url}/hooks/x", content=body, headers=signed(body)).json()["id"]
+        wait_for(lambda: httpx2.get(f"{url}/runs/{rid}", headers=AUTH).json()["status"]
+                 == "done", 20, "the hook's run")
+        status = json.loads(agentd("status", "--home", str(home), "--json").stdout)
+        assert status["running"]
+        assert d.stop() == 0
+    assert "bridge: listening" in d.log and "daemon: stopped" in d.log
+
+
+def test_the_daemon_refuses_to_start_a_bridge_without_a_token(home: Path) -> None:
+    bridge_home(home, enabled=True, port=0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
+    r = subprocess.run([*AGENTD, "daemon", "--home", str(home)], capture_output=True,
+                       text=True, env=env, timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: bridge: no token")
+
+
+def test_help_does_not_import_the_bridge() -> None:
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom agentd.cli import cli\n"
+            "CliRunner().invoke(cli, ['--help'])\nCliRunner().invoke(cli, ['serve', '--help'])\n"
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'httpx2') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("table,message", [
+    ({"nope": 1}, "unknown setting bridge.nope"),
+    ({"port": 70000}, "bridge.port must be between 0 and 65535"),
+    ({"dedupe_ttl": "1h"}, "at least 24h"),
+    ({"hooks": {"bad name": {}}}, "a hook name is 1-64"),
+    ({"hooks": {"ok": {"callback_url": "ftp://x"}}}, "must be an http(s) URL"),
+    ({"telegram": {"chats": ["abc"]}}, "bridge.telegram.chats[0] must be a number"),
+    ({"slack": {"api_base": "slack.com"}}, "bridge.slack.api_base must be an http(s) URL"),
+    ({"max_json_depth": 1}, "between 2 and 512"),
+])
+def test_bridge_settings_are_strict(table: dict, message: str) -> None:
+    with pytest.raises(AgentdError, match=re.escape(message)):
+        parse_settings({"bridge": table})
+
+
+def test_bridge_settings_parse() -> None:
+    s = parse_settings({"bridge": {"enabled": True, "port": 9000, "trusted_proxies": ["::1"],
+                                   "hooks": {"gh": {"prompt": "Triage {event}"}},
+                                   "telegram": {"enabled": True, "chats": [1, -2],
+                                                "owners": [1]},
+                                   "slack": {"users": ["U1"], "api_base": "http://x/api/"}}})
+    b = s.bridge
+    assert (b.enabled, b.port, b.trusted_proxies, b.hooks["gh"].prompt) == (
+        True, 9000, ["::1"], "Triage {event}")
+    assert (b.telegram.chats, b.telegram.owners, b.slack.api_base) == (
+        [1, -2], [1], "http://x/api")
+    assert parse_settings({}).bridge.enabled is False
+
+
+def test_the_default_agentd_toml_documents_the_bridge_defaults() -> None:
+    """Uncommenting every documented [bridge] line gives exactly the built-in defaults."""
+    import tomllib
+
+    from agentd.home import DEFAULT_CONFIG
+
+    section = DEFAULT_CONFIG.split("\n[bridge]\n", 1)[1]
+    lines = ["[bridge]"] + [re.sub(r"\s+#.*$", "", line[2:]) for line in section.splitlines()
+                            if line.startswith("# ") and (" = " in line or line[2:3] == "[")]
+    data = tomllib.loads("\n".join(lines))
+    hook = data["bridge"].pop("hooks")["github"]
+    documented = parse_settings(data).bridge
+    assert documented == parse_settings({}).bridge
+    from agentd.config_bridge import HookSettings
+
+    assert HookSettings(**hook) == HookSettings()
