@@ -99,7 +99,7 @@ def test_stop_waits_for_the_running_turn_to_finish_and_commit(fake: FakeLLM,
                                                               home: Path) -> None:
     _home(home)
     fake.push({"tool_calls": [{"name": "write", "arguments": {
-                "path": "notes/summary.md", "content": "summary\n"}}]},
+                "path": "outbox/notes-summary.md", "content": "summary\n"}}]},
               {"delay": 1.5, "text": "Summary written."})
     r = cli("start", "--home", str(home))
     assert r.returncode == 0, r.stderr
@@ -109,7 +109,7 @@ def test_stop_waits_for_the_running_turn_to_finish_and_commit(fake: FakeLLM,
     assert r.returncode == 0, r.stderr
     assert "waiting for the running inbox turn (summarise.txt) to finish and commit" in r.stderr
     assert (home / "outbox/summarise.md").read_text() == "Summary written.\n"
-    assert "notes/summary.md" in git(home, "log", "--name-only", "--format=")
+    assert "outbox/notes-summary.md" in git(home, "log", "--name-only", "--format=")
     assert uncommitted(home) == []
     log = (home / ".agentd/daemon.log").read_text()
     assert "letting the running inbox turn (summarise.txt) finish" in log

@@ -88,11 +88,8 @@ class LogEvents(Events):
 
 
 def with_profile(req: TurnRequest, profile: str | None) -> TurnRequest:
-    """Hook for sandbox profiles: inbox turns ask for "untrusted". Applied as soon as
-    TurnRequest grows a `profile` field; until then the turn runs with the default one."""
-    if profile and "profile" in {f.name for f in dataclasses.fields(req)}:
-        return dataclasses.replace(req, profile=profile)  # type: ignore[call-arg]
-    return req
+    """Inbox turns (strangers' text) ask for the "untrusted" sandbox profile."""
+    return dataclasses.replace(req, profile=profile) if profile else req
 
 
 def _record(home: Path, row: dict[str, Any]) -> None:
