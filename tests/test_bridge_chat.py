@@ -113,7 +113,8 @@ def test_odd_conversation_keys_become_safe_distinct_ids(host: BridgeHost, fake: 
     assert not (home / "etc").exists()
 
 
-def test_two_chats_at_once_run_one_after_the_other(host: BridgeHost, fake: FakeLLM) -> None:
+def test_two_chats_at_once_run_one_after_the_other(host: BridgeHost, fake: FakeLLM,
+                                                   home: Path) -> None:
     fake.push({"text": "one", "delay": 0.4}, {"text": "two", "delay": 0.4})
     answers: dict[str, str] = {}
 
@@ -132,6 +133,9 @@ def test_two_chats_at_once_run_one_after_the_other(host: BridgeHost, fake: FakeL
     events = [line.split("person: ")[1] for line in host.log.splitlines() if "person: " in line]
     assert [e.split(": ", 1)[1].split(" ")[1] for e in events] == [
         "started", "ok", "started", "ok"], events
+    for key in ("a", "b"):
+        texts = [r.get("text") for r in session_rows(home, key) if r["type"] == "message"]
+        assert texts == [key, answers[key]]
 
 
 def test_auth_and_unknown_models(host: BridgeHost, fake: FakeLLM) -> None:

@@ -83,6 +83,13 @@ def test_an_event_is_accepted_at_once_and_runs_untrusted(host: BridgeHost, fake:
     assert '"trigger": "webhook:github"' in ledger
 
 
+def test_results_are_redacted(host: BridgeHost, fake: FakeLLM) -> None:
+    fake.push({"text": f"the token: {TOKEN}"})
+    run = finished(host, post(host, "leak", msg_id="msg_leak").json()["id"])
+    assert TOKEN not in json.dumps(run)
+    assert run["result"] == "the token: [REDACTED:AGENTD_BRIDGE_TOKEN]"
+
+
 def test_a_repeated_delivery_id_runs_once(host: BridgeHost, fake: FakeLLM) -> None:
     fake.push({"text": "once"})
     first = post(host, "ci", msg_id="msg_same")

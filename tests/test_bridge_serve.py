@@ -155,3 +155,24 @@ def test_the_default_agentd_toml_documents_the_bridge_defaults() -> None:
     from agentd.config_bridge import HookSettings
 
     assert HookSettings(**hook) == HookSettings()
+
+
+def test_one_bridge_per_home_and_a_taken_port_is_one_line(
+        home: Path, fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridgekit import BridgeHost
+
+    bridge_env(monkeypatch)
+    bridge_home(home)
+    with BridgeHost(home) as first:
+        with pytest.raises(AgentdError, match="already serves this home's bridge"):
+            BridgeHost(home)
+        port = first.url.rsplit(":", 1)[1]
+        other = home.parent / "other"
+        from agentd.home import init_home
+
+        init_home(other)
+        bridge_home(other)
+        r = agentd("serve", "--home", str(other), "--port", port)
+        assert r.exit_code == 2
+        assert r.stderr.startswith(f"error: bridge: cannot listen on 127.0.0.1:{port} (")
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from agentd.bridge.store import Runs, SeenIds, new_run_id
 from agentd.config import parse_duration
 from agentd.daemon.log import EventLog
 from agentd.daemon.queue import Job, TurnQueue
+from agentd.errors import AgentdError
 from agentd.home import runtime_dir
 from agentd.loop import Events
 from agentd.redact import Redactor, from_settings
@@ -50,6 +53,18 @@ class TurnSpec:
     reply: dict[str, Any] | None = None  # {"via": "telegram" | "slack" | "callback", ...}
 
 
+def _lock(path: Path) -> int:
+    """One bridge per home: two would share (and compact) the same delivery ids and runs."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AgentdError("bridge: another agentd process already serves this home's bridge "
+                          "(the daemon with [bridge] enabled, or agentd serve)") from None
+    return fd
+
+
 class Bridge:
     def __init__(self, home: Path, settings: Callable[[], Settings], queue: TurnQueue,
                  log: EventLog, secrets: Secrets):
@@ -57,6 +72,7 @@ class Bridge:
         self.secrets = secrets
         b = settings().bridge
         folder = runtime_dir(home, "bridge")
+        self._lock: int | None = _lock(folder / "bridge.lock")
         self.seen = SeenIds(folder, parse_duration(b.dedupe_ttl))
         self.runs = Runs(folder)
         self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
@@ -128,6 +144,9 @@ class Bridge:
             await self.http.aclose()
         self.runs.close()
         self.seen.file.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # -- admission -------------------------------------------------------------------------
 

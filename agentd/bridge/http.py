@@ -15,9 +15,9 @@ import json
 from typing import Any
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-         405: "invalid_request_error", 413: "request_too_large", 415: "invalid_request_error",
-         422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
-         502: "agent_error", 503: "overloaded_error"}
+         405: "invalid_request_error", 408: "timeout", 413: "request_too_large",
+         415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+         500: "server_error", 502: "agent_error", 503: "overloaded_error"}
 
 
 class ApiError(Exception):

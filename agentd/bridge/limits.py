@@ -13,7 +13,8 @@ authentication and any parsing:
    sends is read and thrown away (LINGER_BYTES, LINGER_SECONDS at most), because closing a
    socket with unread data makes the kernel send a reset that can destroy the 413 before
    the client reads it;
-4. anything that still escapes the app becomes a JSON 500 without details, logged as one
+4. a body that stalls for BODY_TIMEOUT between two pieces → 408, the slot freed;
+5. anything that still escapes the app becomes a JSON 500 without details, logged as one
    line; the server never dies of a request.
 
 Per-sender buckets (after auth) are taken by the endpoints with `Buckets.take`.
@@ -78,6 +79,12 @@ async def send_json(send: Send, status: int, body: dict[str, Any],
 
 
 TOO_LARGE = "the body is over the {} byte limit"
+BODY_TIMEOUT = 30.0  # seconds between two pieces of a request body (slow uploads hold a slot)
+
+
+class BodyTooSlow(BaseException):
+    """Raised from `receive` when a body stalls; answered 408 (a BaseException for the
+    same reason as BodyTooLarge)."""
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 << 20
 
@@ -133,13 +140,19 @@ class Guard:
             await too_large(send, receive, cap)
             return
         seen = 0
-        started = False
+        started = body_done = False
 
         async def capped() -> Message:
-            nonlocal seen
-            msg = await receive()
+            nonlocal seen, body_done
+            if body_done:  # later calls wait for a disconnect (streaming): no deadline
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), BODY_TIMEOUT)
+            except TimeoutError:
+                raise BodyTooSlow() from None
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
+                body_done = not msg.get("more_body")
                 if seen > cap:
                     raise BodyTooLarge()
             return msg
@@ -155,6 +168,10 @@ class Guard:
         except BodyTooLarge:
             if not started:
                 await too_large(send, receive, cap)
+        except BodyTooSlow:
+            if not started:
+                await send_json(send, 408, error_body(408, "the body arrived too slowly",
+                                                      "request_timeout"), close=True)
         except Exception as e:
             if type(e).__name__ != "ClientDisconnect":
                 self.log(f"{scope.get('method')} {scope.get('path', '')[:80]}: internal "

@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -178,8 +179,7 @@ def router(bridge: Bridge) -> APIRouter:
         spec = TurnSpec("person", f"chat {key}", text, f"chat:{key}", "trusted",
                         session=f"chat-{key}", model=None if model == AGENT else model)
         fut = bridge.submit(spec, events)
-        cid, created = f"chatcmpl-{int(time.time() * 1000):x}{id(fut) % 65536:04x}", int(
-            time.time())
+        cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if stream:
             fut.add_done_callback(lambda _: sink.put_nowait(None))
             return StreamingResponse(

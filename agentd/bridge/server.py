@@ -195,7 +195,11 @@ async def start_bridge(home: Path, settings: Callable[[], Settings], queue: Turn
     b = current.bridge
     bridge = Bridge(home, settings, queue, log, secrets)
     server = BridgeServer(bridge, b.host, b.port if port is None else port)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await bridge.close()
+        raise
     if not is_loopback(b.host):
         log.warn("bridge", f"listening beyond this machine ({b.host}): put a TLS proxy in "
                  "front, tokens travel in the clear otherwise")
@@ -218,10 +222,15 @@ async def serve(home: Path, log: EventLog, port: int | None = None,
     from agentd.config import load_settings
     from agentd.daemon.queue import TurnQueue
     from agentd.daemon.runner import TurnLock
+    from agentd.llm.router import choose_model
 
     current = [load_settings(home)]
     queue = TurnQueue(current[0].daemon.queue_limit, log, lock=TurnLock(home))
     server = await start_bridge(home, lambda: current[0], queue, log, port)
+    try:
+        choose_model(None, current[0])
+    except AgentdError as e:  # said once now, not once per request
+        log.warn("config", f"{e}; turns will fail until then")
     loop = asyncio.get_running_loop()
     worker = loop.create_task(queue.work())
     stop = stop or asyncio.Event()

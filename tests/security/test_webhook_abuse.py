@@ -303,3 +303,18 @@ def test_secret_files_inside_the_home_are_refused(home: Path, tmp_path: Path,
     r = agentd("serve", "--home", str(home), "--port", "0")
     assert r.exit_code == 2 and "inside the home, where the agent can read it" in r.stderr
     assert SECRET_BYTES  # (the shared secret is optional: webhooks are off without it)
+
+
+def test_a_stalled_body_is_408_and_frees_its_slot(host: BridgeHost, fake: FakeLLM,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentd.bridge import limits
+
+    monkeypatch.setattr(limits, "BODY_TIMEOUT", 0.5)
+    s = _raw(host, "POST /hooks/x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                   "Content-Length: 100\r\n\r\n{\"a\": ")
+    started = time.monotonic()
+    code, data = _status(s)
+    s.close()
+    assert code == 408 and time.monotonic() - started < 5
+    assert b"connection: close" in data.lower()
+    no_turn(fake, host)
