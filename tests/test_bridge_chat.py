@@ -158,6 +158,10 @@ def test_a_failed_turn_is_an_error_the_sdk_does_not_retry(host: BridgeHost,
             model="agentd", messages=user("hi"))
     assert e.value.status_code == 502 and "the turn ended early" in str(e.value)
     assert host.log.count("turn started") == 1
+    fake.push({"error": 400, "message": "bad request"})
+    with pytest.raises(openai.APIError, match="the turn ended early"):
+        list(client(host).chat.completions.create(model="agentd", messages=user("hi"),
+                                                  stream=True))
 
 
 def test_secrets_never_leave_in_answers_streamed_or_not(host: BridgeHost,

@@ -62,6 +62,7 @@ def router(bridge: Bridge) -> APIRouter:
         body = await request.body()
         if not telegram_ok(request.headers.get("x-telegram-bot-api-secret-token"),
                            bridge.secrets.telegram_secret):
+            bridge.warn("telegram", "tg:refused", "refused a request (bad secret token)")
             raise unauthorized()
         require_json(request.headers.get("content-type"))
         update = parse_json(body, bridge.settings().bridge.max_json_depth)
@@ -75,8 +76,8 @@ def router(bridge: Bridge) -> APIRouter:
         sender = msg.get("from") if isinstance(msg.get("from"), dict) else {}
         chat_id, user_id = chat.get("id"), sender.get("id")
         if not isinstance(chat_id, int) or chat_id not in t.chats:
-            bridge.log("telegram", f"ignored a message from chat {str(chat_id)[:24]} (not in "
-                       "[bridge.telegram] chats)", level="warning")
+            bridge.warn("telegram", f"tg-chat:{chat_id}", f"ignored a message from chat "
+                        f"{str(chat_id)[:24]} (not in [bridge.telegram] chats)")
             return JSONResponse({"ok": True, "ignored": "chat not allowed"})
         trusted = isinstance(user_id, int) and user_id in t.owners
         who = f"Telegram user {sender.get('username') or user_id}"
@@ -97,7 +98,7 @@ def router(bridge: Bridge) -> APIRouter:
         body = await request.body()
         why = verify_slack(bridge.secrets.slack_signing, request.headers, body)
         if why:
-            bridge.log("slack", f"refused a request ({why})", level="warning")
+            bridge.warn("slack", "slack:refused", f"refused a request ({why})")
             raise unauthorized()
         require_json(request.headers.get("content-type"))
         data = parse_json(body, bridge.settings().bridge.max_json_depth)
@@ -118,8 +119,8 @@ def router(bridge: Bridge) -> APIRouter:
                                                   and event.get("channel_type") == "im"))):
             return JSONResponse({"ok": True, "ignored": "not a message to the agent"})
         if user not in s.users:
-            bridge.log("slack", f"ignored a message from user {user[:24]} (not in "
-                       "[bridge.slack] users)", level="warning")
+            bridge.warn("slack", f"slack-user:{user[:24]}", f"ignored a message from user "
+                        f"{user[:24]} (not in [bridge.slack] users)")
             return JSONResponse({"ok": True, "ignored": "user not allowed"})
         text = re.sub(r"^\s*<@[A-Z0-9]+>\s*", "", text) or text
         thread = event.get("thread_ts") or (event.get("ts") if kind == "app_mention" else None)

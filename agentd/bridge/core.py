@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -23,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 from agentd.bridge.http import ApiError, retry_after
 from agentd.bridge.limits import Buckets
 from agentd.bridge.secrets import Secrets, scrub
-from agentd.bridge.store import Runs, SeenIds, new_run_id
+from agentd.bridge.store import Runs, SeenIds, lock, new_run_id
 from agentd.config import parse_duration
 from agentd.daemon.log import EventLog
 from agentd.daemon.queue import Job, TurnQueue
-from agentd.errors import AgentdError
 from agentd.home import runtime_dir
 from agentd.loop import Events
 from agentd.redact import Redactor, from_settings
@@ -53,18 +51,6 @@ class TurnSpec:
     reply: dict[str, Any] | None = None  # {"via": "telegram" | "slack" | "callback", ...}
 
 
-def _lock(path: Path) -> int:
-    """One bridge per home: two would share (and compact) the same delivery ids and runs."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise AgentdError("bridge: another agentd process already serves this home's bridge "
-                          "(the daemon with [bridge] enabled, or agentd serve)") from None
-    return fd
-
-
 class Bridge:
     def __init__(self, home: Path, settings: Callable[[], Settings], queue: TurnQueue,
                  log: EventLog, secrets: Secrets):
@@ -72,7 +58,7 @@ class Bridge:
         self.secrets = secrets
         b = settings().bridge
         folder = runtime_dir(home, "bridge")
-        self._lock: int | None = _lock(folder / "bridge.lock")
+        self._lock: int | None = lock(folder / "bridge.lock")
         self.seen = SeenIds(folder, parse_duration(b.dedupe_ttl))
         self.runs = Runs(folder)
         self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
@@ -84,6 +70,7 @@ class Bridge:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._full_logged = 0.0
+        self._warned: dict[str, tuple[float, int]] = {}
 
     @property
     def redactor(self) -> Redactor:
@@ -155,6 +142,19 @@ class Bridge:
         if wait:
             raise ApiError(429, "too many requests from this sender; slow down",
                            "rate_limited", retry_after(wait))
+
+    def warn(self, event: str, key: str, msg: str) -> None:
+        """A refusal worth a log line, at most one per `key` every 10 s (with a count of
+        the ones not logged), so a flood of bad requests cannot flood the log."""
+        now = time.monotonic()
+        last, skipped = self._warned.get(key, (0.0, 0))
+        if now - last < 10:
+            self._warned[key] = (last, skipped + 1)
+            return
+        if len(self._warned) > 1000:
+            self._warned.clear()
+        self._warned[key] = (now, 0)
+        self.log.warn(event, msg + (f" (and {skipped} more like it)" if skipped else ""))
 
     def busy(self) -> ApiError:
         now = time.monotonic()

@@ -71,7 +71,7 @@ def router(bridge: Bridge) -> APIRouter:
         body = await request.body()
         why = verify_webhook(keys, request.headers, body)
         if why:
-            bridge.log("hook", f"{name}: refused ({why})", level="warning")
+            bridge.warn("hook", f"hook:{name}", f"{name}: refused a delivery ({why})")
             raise unauthorized()
         require_json(request.headers.get("content-type"))
         event = parse_json(body, b.max_json_depth, want=None)

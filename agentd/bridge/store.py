@@ -13,17 +13,22 @@ in git); it is runtime state, git-ignored with the rest of `.agentd/`.
   in runs.jsonl, each finished run's result in runs/<id>.json. A run still `queued` when
   the process stopped is queued again at the next start: its sender got a 2xx and will
   not send it again.
+- `lock`: `.agentd/bridge/bridge.lock`, held while a bridge serves the home, since two
+  would share (and compact) these files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import time
 from pathlib import Path
 from typing import Any
+
+from agentd.errors import AgentdError
 
 MAX_SEEN = 200_000
 MAX_RUNS = 10_000
@@ -188,3 +193,15 @@ class Runs:
 
     def close(self) -> None:
         self.file.close()
+
+
+def lock(path: Path) -> int:
+    """One bridge per home: two would share (and compact) the same delivery ids and runs."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AgentdError("bridge: another agentd process already serves this home's bridge "
+                          "(the daemon with [bridge] enabled, or agentd serve)") from None
+    return fd
