@@ -245,7 +245,7 @@ class Bridge:
     def answer(self, report: TurnReport | None) -> tuple[str, str]:
         """(status, text) to send back: the final answer, or what went wrong; redacted."""
         if report is None:
-            return "error", "agentd could not start a turn (see its log)"
+            return "failed", "agentd could not start a turn (see its log)"
         r = report.result
         text = r.text.strip()
         if r.status != "ok":
