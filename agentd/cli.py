@@ -14,38 +14,13 @@ from typing import TYPE_CHECKING
 import click
 
 from agentd import __version__
+from agentd.cli_base import AgentdGroup, home_only
 from agentd.errors import AgentdError
 
 if TYPE_CHECKING:
     from agentd.config import Settings
 
 STDIN_LIMIT = 1_000_000
-
-
-class AgentdGroup(click.Group):
-    """Turns every failure into one `error:` line and an exit code, never a traceback
-    (also under click's CliRunner, which calls the group directly)."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)  # in the order they are defined: init and run first
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except AgentdError as e:
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            ctx.exit(130)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except Exception as e:
-            if os.environ.get("AGENTD_DEBUG"):
-                raise
-            click.echo(f"error: internal error: {type(e).__name__}: {e} (a bug: rerun with "
-                       "AGENTD_DEBUG=1 for the traceback and report it)", err=True)
-            ctx.exit(70)
 
 
 @click.group(cls=AgentdGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -192,7 +167,7 @@ def history_cmd(home_opt: str | None, count: int) -> None:
     from agentd import history
     from agentd.render import history_table
 
-    home = _home_only(home_opt)
+    home = home_only(home_opt)
     Console().print(history_table(history.log(home, count)))
 
 
@@ -204,7 +179,7 @@ def show(run_id: str, home_opt: str | None) -> None:
     diff."""
     from agentd import history
 
-    click.echo(history.show(_home_only(home_opt), run_id))
+    click.echo(history.show(home_only(home_opt), run_id))
 
 
 @cli.command()
@@ -216,7 +191,7 @@ def undo(run_id: str | None, home_opt: str | None) -> None:
     from agentd import history
     from agentd.session import new_id
 
-    sha, subject = history.undo(_home_only(home_opt), run_id, new_id())
+    sha, subject = history.undo(home_only(home_opt), run_id, new_id())
     click.echo(f"undone: {subject} (new commit {sha[:8]})")
 
 
@@ -230,196 +205,10 @@ def skills(home_opt: str | None) -> None:
     from agentd.skills import discover
 
     warnings: list[str] = []
-    found = discover(_home_only(home_opt), warnings)
+    found = discover(home_only(home_opt), warnings)
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     Console().print(skills_table(found))
-
-
-@cli.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
-@click.option("--lock-fd", type=int, hidden=True)  # `agentd start` hands over its lock
-def daemon(home_opt: str | None, json_logs: bool, lock_fd: int | None) -> None:
-    """Run the daemon in the foreground: heartbeat, cron jobs and inbox, one turn at a time,
-    one log line per event on stderr. Ctrl-C or SIGTERM lets a running turn finish."""
-    from agentd.daemon.scheduler import main as run_daemon
-
-    sys.exit(run_daemon(_home_only(home_opt), json_logs, lock_fd))
-
-
-@cli.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.option("--json-logs", is_flag=True, help="Log JSON lines to .agentd/daemon.log.")
-def start(home_opt: str | None, json_logs: bool) -> None:
-    """Start the daemon in the background (pid file and log in .agentd/)."""
-    from agentd.daemon import service
-
-    home = _home_only(home_opt)
-    pid = service.start(home, json_logs)
-    click.echo(f"agentd started (pid {pid}) for {home}; log: {service.log_path(home)}")
-
-
-@cli.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.option("--now", is_flag=True, help="Kill it at once (SIGKILL); the next start commits "
-              "what a running turn left.")
-@click.option("--timeout", type=click.FloatRange(min=0), help="Seconds to wait for a running "
-              "turn (default: daemon.stop_timeout, 5m), then interrupt it.")
-def stop(home_opt: str | None, now: bool, timeout: float | None) -> None:
-    """Stop the daemon: it lets a running turn finish and commit first."""
-    from agentd.config import parse_duration
-    from agentd.daemon import service
-    from agentd.daemon.status import settings_for
-
-    home = _home_only(home_opt)
-    wait = timeout if timeout is not None else parse_duration(
-        settings_for(home)[0].daemon.stop_timeout)
-    pid = service.stop(home, wait, now, say=lambda m: click.echo(m, err=True))
-    click.echo("agentd is not running" if pid is None else f"agentd stopped (pid {pid})")
-
-
-@cli.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def status(home_opt: str | None, as_json: bool) -> None:
-    """Is the daemon running; next heartbeat, cron jobs, queue, last runs, today's tokens
-    and cost. Exits 3 when it is not running."""
-    import json
-
-    from agentd.daemon import status as st
-
-    home = _home_only(home_opt)
-    settings, problem = st.settings_for(home)
-    if problem:
-        click.echo(f"warning: {problem}", err=True)
-    info = st.collect(home, settings)
-    click.echo(json.dumps(info, default=str) if as_json else st.render(info))
-    sys.exit(0 if info["running"] else 3)
-
-
-@cli.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.option("--install", is_flag=True, help="Write it to ~/.config/systemd/user/.")
-def service(home_opt: str | None, install: bool) -> None:
-    """Print a systemd user unit that runs this home's daemon (or --install it)."""
-    from agentd.config import parse_duration
-    from agentd.daemon import service as svc
-    from agentd.daemon.status import settings_for
-
-    home = _home_only(home_opt)
-    stop_timeout = parse_duration(settings_for(home)[0].daemon.stop_timeout)
-    if not install:
-        click.echo(svc.unit_text(home, stop_timeout), nl=False)
-        return
-    path = svc.install_unit(home, stop_timeout)
-    click.echo(f"wrote {path}\nenable it: systemctl --user daemon-reload && systemctl --user "
-               f"enable --now {path.name}\n(keys go in ~/.config/agentd/env; to run it while "
-               "logged out: loginctl enable-linger)")
-
-
-@cli.group(cls=AgentdGroup, invoke_without_command=True)
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.pass_context
-def cron(ctx: click.Context, home_opt: str | None) -> None:
-    """List cron jobs (cron/*.md): schedule, next run, last result. `cron run NAME` runs
-    one now."""
-    ctx.obj = home_opt
-    if ctx.invoked_subcommand is None:
-        from agentd.daemon import status as st
-
-        home = _home_only(home_opt)
-        settings, problem = st.settings_for(home)
-        if problem:
-            click.echo(f"warning: {problem}", err=True)
-        info = st.collect(home, settings)
-        click.echo("\n".join(st.cron_lines(info["cron"])))
-
-
-@cron.command("run")
-@click.argument("name")
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.option("--quiet", "-q", is_flag=True, help="Print only the final answer.")
-@click.pass_obj
-def cron_run(parent_home: str | None, name: str, home_opt: str | None, quiet: bool) -> None:
-    """Run cron job NAME now, in the foreground, as the daemon would (delivery included)."""
-    import asyncio
-
-    from agentd.config import load_settings
-    from agentd.daemon.crontab import run_now
-    from agentd.daemon.log import EventLog
-    from agentd.loop import Events
-
-    home = _home_only(home_opt or parent_home)
-    renderer = None
-    events = Events()
-    if not quiet:
-        from rich.console import Console
-
-        from agentd.render import LiveRenderer
-
-        events = renderer = LiveRenderer(Console(highlight=False))
-    report = asyncio.run(run_now(home, load_settings(home), name, EventLog(), events))
-    if report is None:
-        raise AgentdError(f"cron job {name} could not start (see above)", 1)
-    if renderer is not None:
-        from agentd.render import summary
-
-        renderer.finish()
-        renderer.console.print(summary(report), style="dim", highlight=False)
-    elif report.result.text:
-        click.echo(report.result.text)
-    if not report.ok:
-        click.echo(f"error: {report.result.error}", err=True)
-    sys.exit(0 if report.ok else 1)
-
-
-@cli.command("usage")
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.option("--days", default=14, show_default=True, type=click.IntRange(min=1, max=3660),
-              help="How many days back, today included.")
-@click.option("--by", type=click.Choice(["model", "trigger", "day"]), default="model",
-              show_default=True, help="What the table groups by.")
-@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
-def usage_cmd(home_opt: str | None, days: int, by: str, as_json: bool) -> None:
-    """Tokens and spend from the usage ledger: a table (input, cache write, cached, output,
-    cache hits, cost), spend per day as bars, spend per trigger kind, and the budgets."""
-    import json
-
-    from agentd.config import load_settings
-    from agentd.usage_report import render, report
-
-    home = _home_only(home_opt)
-    data = report(home / ".agentd" / "usage.jsonl", load_settings(home), days, by)
-    if as_json:
-        click.echo(json.dumps(data))
-        return
-    from rich.console import Console
-
-    Console(highlight=False).print(render(data))
-
-
-@cli.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.option("--port", type=click.IntRange(0, 65535), help="Listen on this port (default: "
-              "[bridge] port, 8787; 0 picks a free one).")
-@click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
-def serve(home_opt: str | None, port: int | None, json_logs: bool) -> None:
-    """Run the chat bridge alone, in the foreground: an OpenAI-compatible endpoint, signed
-    webhooks, Telegram and Slack (see [bridge] in agentd.toml). Needs AGENTD_BRIDGE_TOKEN;
-    binds 127.0.0.1:8787. With the daemon, set [bridge] enabled = true instead."""
-    from agentd.bridge.server import main as run_bridge
-
-    sys.exit(run_bridge(_home_only(home_opt), port, json_logs))
-
-
-def _home_only(home_opt: str | None) -> Path:
-    from agentd.home import find_home
-
-    home, notice = find_home(home_opt, Path.cwd())
-    if notice:
-        click.echo(notice, err=True)
-    return home
 
 
 def _prepare(home_opt: str | None, workdir: Path | None,
@@ -430,7 +219,7 @@ def _prepare(home_opt: str | None, workdir: Path | None,
     wd = (workdir or Path.cwd()).expanduser()
     if not wd.is_dir():
         raise AgentdError(f"workdir {wd} does not exist or is not a folder")
-    home = _home_only(home_opt)
+    home = home_only(home_opt)
     settings = load_settings(home)
     if no_sandbox:
         settings.sandbox.mode = "off"
@@ -442,6 +231,17 @@ def _prepare(home_opt: str | None, workdir: Path | None,
         click.echo("warning: bubblewrap (bwrap) is not installed, so bash will refuse to "
                    "run: `apt-get install bubblewrap`, or opt out with --no-sandbox", err=True)
     return home, settings, wd.resolve()
+
+
+def _register_daemon_commands() -> None:
+    from agentd import cli_daemon
+
+    for command in (cli_daemon.daemon, cli_daemon.start, cli_daemon.stop, cli_daemon.status,
+                    cli_daemon.service, cli_daemon.cron, cli_daemon.usage_cmd, cli_daemon.serve):
+        cli.add_command(command)
+
+
+_register_daemon_commands()
 
 
 @cli.command()

@@ -1,0 +1,46 @@
+"""What every `agentd` command module shares: the group class that turns failures into one
+line, and finding the home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from agentd.errors import AgentdError
+
+
+class AgentdGroup(click.Group):
+    """Turns every failure into one `error:` line and an exit code, never a traceback
+    (also under click's CliRunner, which calls the group directly)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order they are defined: init and run first
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except AgentdError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            if os.environ.get("AGENTD_DEBUG"):
+                raise
+            click.echo(f"error: internal error: {type(e).__name__}: {e} (a bug: rerun with "
+                       "AGENTD_DEBUG=1 for the traceback and report it)", err=True)
+            ctx.exit(70)
+
+
+def home_only(home_opt: str | None) -> Path:
+    from agentd.home import find_home
+
+    home, notice = find_home(home_opt, Path.cwd())
+    if notice:
+        click.echo(notice, err=True)
+    return home
