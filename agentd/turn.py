@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from agentd.loop import Events, TurnResult, run_loop
 from agentd.prompt import build_system_prompt
 from agentd.redact import Redactor, from_settings
 from agentd.session import SessionLog, load_messages, new_id
-from agentd.tools import ToolContext
+from agentd.tools import SandboxSettings, ToolContext
 from agentd.usage import append_ledger, cost, price_for
 
 
@@ -97,6 +97,14 @@ class _Books(Events):
         self.outer.message(msg)
 
 
+def sandbox_for(settings: Settings, req: TurnRequest) -> SandboxSettings:
+    """A turn on strangers' text (untrusted, readonly) never gets the network, whatever
+    `[sandbox] network` says: untrusted input plus egress is how data gets exfiltrated."""
+    if req.profile == "trusted" or settings.sandbox.network == "none":
+        return settings.sandbox
+    return replace(settings.sandbox, network="none")
+
+
 def _outcome(r: TurnResult) -> str:
     detail = r.error if r.status != "ok" else (r.text.strip().splitlines() or [""])[0]
     return f"{r.status}, {r.steps} step{'s' * (r.steps != 1)}" + (f": {detail}" if detail
@@ -158,7 +166,7 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
     system = build_system_prompt(home, req.workdir)
     messages.append(Message("user", req.task))
     log.append(messages[-1])
-    ctx = ToolContext(home=home, workdir=req.workdir, sandbox=settings.sandbox,
+    ctx = ToolContext(home=home, workdir=req.workdir, sandbox=sandbox_for(settings, req),
                       profile=req.profile, scratch=req.scratch, redactor=redactor)
     books = _Books(events, log, report, home, settings, req.trigger)
     try:

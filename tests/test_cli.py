@@ -292,3 +292,14 @@ def test_loosened_sandbox_is_warned_on_the_turn(fake: FakeLLM, home: Path,
     cfg.write_text(cfg.read_text().replace("[sandbox]\n", '[sandbox]\nnetwork = "full"\n', 1))
     r = agentd("run", "--home", str(home), "-C", str(workdir), "-m", "openai:x", "hi")
     assert r.exit_code == 0 and 'warning: sandbox network is "full"' in r.stderr
+
+
+def test_untrusted_turns_never_get_the_network() -> None:
+    from agentd.config import parse_settings
+    from agentd.turn import TurnRequest, sandbox_for
+
+    s = parse_settings({"sandbox": {"network": "full"}})
+    assert sandbox_for(s, TurnRequest("t", Path("/"))).network == "full"
+    for profile in ("untrusted", "readonly"):
+        assert sandbox_for(s, TurnRequest("t", Path("/"), profile=profile)).network == "none"
+    assert s.sandbox.network == "full"  # the settings themselves are untouched
