@@ -128,15 +128,16 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     report.blocked = changes.blocked
     models = ", ".join(report.models) or report.model
     now = datetime.now().astimezone()
-    append_entry(home, now, req.trigger, models, req.task, _outcome(report.result),
-                       files, list(changes.blocked))
+    log = append_entry(home, now, req.trigger, models, clean(req.task),
+                       clean(_outcome(report.result)), files, list(changes.blocked))
     if not files:
         return  # nothing but the day log changed: it rides along with the next commit
-    daily = [f for f in history.pending(home, scan).files if f.startswith(DAILY + "/")]
+    daily = {f for f in changes.files if f.startswith(DAILY + "/")}
+    daily.add(str(log.relative_to(home)))  # no second `git status`: we just wrote it
     note = ("Not committed (secrets found): " + ", ".join(changes.blocked)
             if changes.blocked else "")
     report.commit = history.commit(
-        home, files + daily, clean(req.task),
+        home, files + sorted(daily), clean(req.task),
         {"Agentd-Run": report.run_id, "Agentd-Model": models, "Agentd-Trigger": req.trigger},
         note)
 

@@ -216,3 +216,12 @@ def test_a_secret_written_by_the_agent_is_not_committed(fake: FakeLLM, home: Pat
     transcript = Path(out["session"]).read_text()
     assert key not in transcript and "[REDACTED:OPENAI_API_KEY]" in transcript
     assert key not in git(home, "log", "-p", "--all")
+
+
+def test_a_key_in_the_task_never_reaches_the_day_log_or_git(fake: FakeLLM, home: Path,
+                                                             workdir: Path) -> None:
+    key = os.environ["OPENAI_API_KEY"]
+    turn(fake, home, workdir, f"use token {key} to note it", write(str(home / "n.md"), "x\n"))
+    day_log = (home / f"memory/daily/{datetime.now():%Y-%m-%d}.md").read_text()
+    assert key not in day_log and "[REDACTED:OPENAI_API_KEY]" in day_log
+    assert key not in git(home, "log", "-p", "--all")
