@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -70,3 +73,23 @@ def agentd(*args: str, input: str | None = None) -> Result:
 
 def json_out(result: Result) -> dict:
     return json.loads(result.stdout)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A loopback server on the host (standing in for the daemon's or bridge's port) that a
+    sandboxed command must not be able to reach."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        yield server
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open file descriptors and what they point at, for leak checks."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return out

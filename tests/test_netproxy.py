@@ -7,7 +7,6 @@ test-only `permit` of one exact (address, port); without it loopback is refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import threading
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import open_fds
 
 from agentd.config import parse_settings
 from agentd.errors import AgentdError
@@ -285,14 +285,6 @@ def test_allowlist_argv_shares_our_namespace_and_sets_the_proxy(tmp_path: Path) 
 
 
 # --- namespace lifetime ----------------------------------------------------------------------
-
-
-def open_fds() -> dict[int, str]:
-    out = {}
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-    return out
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

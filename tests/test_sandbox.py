@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -208,16 +207,6 @@ def test_protected_paths_in_the_home_are_read_only(ctx: ToolContext) -> None:
     assert not (ctx.home / ".git" / "hooks" / "pre-commit").exists()
     assert (ctx.home / "agentd.toml").read_text() == "model = 'x'\n"
     assert (ctx.home / ".git").is_dir()
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """A loopback server on the host, standing in for the daemon's port."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        server.setblocking(False)
-        yield server
 
 
 @requires_bwrap

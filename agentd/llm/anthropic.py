@@ -54,15 +54,7 @@ class AnthropicProvider(SDKProvider):
             params["tools"] = [{"name": t.name, "description": t.description,
                                 "input_schema": t.parameters} for t in tools]
         add_cache_breakpoints(params)
-        try:
-            client = self._get_client()
-            stream = await client.messages.create(**params)
-            async with stream:
-                return await self._read(stream, on_text)
-        except ProviderError:
-            raise
-        except Exception as e:
-            raise self._error(e) from e
+        return await self._stream(lambda client: client.messages.create, params, on_text)
 
     async def _read(self, stream: Any, on_text: TextSink | None) -> Message:
         """Fold the event stream into one neutral message, passing text deltas on."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
-from agentd.llm.types import ProviderError
+from agentd.llm.types import Message, ProviderError, TextSink
 
 
 class SDKProvider:
@@ -55,6 +56,25 @@ class SDKProvider:
             self._client = self._make_client()
             self._loop = loop
         return self._client
+
+    async def _stream(self, create: Callable[[Any], Any], params: dict[str, Any],
+                      on_text: TextSink | None) -> Message:
+        """Open the stream with `create(client)` and fold it with `_read`; every failure
+        comes out as one ProviderError (`_error`), never an SDK exception."""
+        try:
+            stream = await create(self._get_client())(**params)
+            async with stream:
+                return await self._read(stream, on_text)
+        except ProviderError:
+            raise
+        except Exception as e:
+            raise self._error(e) from e
+
+    async def _read(self, stream: Any, on_text: TextSink | None) -> Message:
+        raise NotImplementedError
+
+    def _error(self, e: Exception) -> ProviderError:
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         """Close the client's connections, but only on the loop that owns them (closing them

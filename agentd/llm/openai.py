@@ -51,15 +51,7 @@ class OpenAIProvider(SDKProvider):
             params["tools"] = [{"type": "function", "function": {
                 "name": t.name, "description": t.description, "parameters": t.parameters}}
                 for t in tools]
-        try:
-            client = self._get_client()
-            stream = await client.chat.completions.create(**params)
-            async with stream:
-                return await self._read(stream, on_text)
-        except ProviderError:
-            raise
-        except Exception as e:
-            raise self._error(e) from e
+        return await self._stream(lambda client: client.chat.completions.create, params, on_text)
 
     async def _read(self, stream: Any, on_text: TextSink | None) -> Message:
         """Fold the chunks into one neutral message, passing text deltas on."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,15 +64,6 @@ def test_3_the_api_key_is_not_in_the_sandbox(fake: FakeLLM, home: Path, workdir:
     assert "--clearenv" in a.results[0]  # pid 1 really was read
     assert "No such file or directory" in a.results[1]  # agentd's pid isn't visible
     assert int(a.results[1].split()[-1]) < 10
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        server.setblocking(False)
-        yield server
 
 
 def test_4_no_network(fake: FakeLLM, home: Path, workdir: Path,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from attack import requires_bwrap, run_attack, set_sandbox
+from conftest import open_fds
 from fakellm import FakeLLM
 
 from agentd.tools import SandboxSettings, ToolContext, netproxy
@@ -118,14 +119,6 @@ def test_allowlist_through_the_real_loop(fake: FakeLLM, home: Path, workdir: Pat
     assert "real\t0m0." in around  # DNS fails at once: no resolver is reachable
     assert around.split()[-1] == "lo"
     assert not any("hello" in r for r in a.results[1:])
-
-
-def open_fds() -> dict[int, str]:
-    out = {}
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-    return out
 
 
 def users_of(netns: str) -> list[str]:
