@@ -20,6 +20,43 @@ from fakellm import FakeLLM
 
 from agentd.cli import cli
 from agentd.home import init_home
+from agentd.tools.sandbox import find_bwrap
+
+# CI (`.ci/run` sets AGENTD_CI=1) must run every security test: a missing bubblewrap or a
+# non-root runner is a failure there, not a skip. On a laptop these skip, loudly.
+IN_CI = os.environ.get("AGENTD_CI") == "1"
+
+
+def _needs(missing: bool, what: str) -> pytest.MarkDecorator:
+    return pytest.mark.needs(missing=missing, what=what)
+
+
+requires_bwrap = _needs(find_bwrap() is None, "bubblewrap (apt-get install bubblewrap)")
+requires_root = _needs(os.geteuid() != 0, "root")
+requires_root_bwrap = _needs(os.geteuid() != 0 or find_bwrap() is None,
+                             "root and bubblewrap")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs(missing, what): skip-or-fail (in CI) marker")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        if mark.kwargs["missing"]:
+            what = mark.kwargs["what"]
+            if IN_CI:
+                pytest.fail(f"CI must have {what}: this security test cannot be skipped")
+            pytest.skip(f"{what} is missing: SECURITY TEST NOT RUN")
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    """Say out loud when security tests did not run."""
+    skipped = getattr(terminalreporter, "stats", {}).get("skipped", [])
+    if any("SECURITY TEST NOT RUN" in str(getattr(r, "longrepr", "")) for r in skipped):
+        terminalreporter.write_line(  # type: ignore[attr-defined]
+            "WARNING: some security tests were skipped (bubblewrap or root missing); "
+            "CI fails on this", red=True, bold=True)
 
 SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL",
                "OPENAI_API_KEY", "OPENAI_BASE_URL", "AGENTD_MODEL", "AGENTD_HOME")

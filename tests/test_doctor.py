@@ -11,13 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import agentd
+from conftest import agentd, requires_bwrap
 from fakellm import FakeLLM
 
 from agentd import doctor as doc
 from agentd.tools import sandbox as sb
-
-requires_bwrap = pytest.mark.skipif(sb.find_bwrap() is None, reason="bubblewrap is not installed")
 
 
 def checks(home: Path, *extra: str) -> tuple[int, dict[str, dict]]:

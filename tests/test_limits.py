@@ -10,15 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import requires_bwrap
 
 from agentd.config import parse_settings
 from agentd.errors import AgentdError
 from agentd.tools import SandboxSettings, ToolContext
 from agentd.tools import limits as lim
-from agentd.tools import sandbox as sb
 from agentd.tools.bash import run_bash
-
-requires_bwrap = pytest.mark.skipif(sb.find_bwrap() is None, reason="bubblewrap is not installed")
 
 
 def test_rlimits_follow_settings() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import open_fds
+from conftest import open_fds, requires_root, requires_root_bwrap
 
 from agentd.config import parse_settings
 from agentd.errors import AgentdError
@@ -287,7 +287,7 @@ def test_allowlist_argv_shares_our_namespace_and_sets_the_proxy(tmp_path: Path) 
 # --- namespace lifetime ----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+@requires_root
 def test_namespace_has_only_lo_and_leaves_nothing_behind() -> None:
     before = open_fds()
     ns = np.Namespace()
@@ -303,8 +303,7 @@ def test_namespace_has_only_lo_and_leaves_nothing_behind() -> None:
     assert open_fds() == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or sb.find_bwrap() is None,
-                    reason="needs root and bubblewrap")
+@requires_root_bwrap
 def test_doctor_reports_the_allowlist_it_observed(tmp_path: Path) -> None:
     from agentd.doctor import run_checks
     from agentd.home import init_home

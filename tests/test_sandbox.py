@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import requires_bwrap
 
 from agentd.tools import SandboxSettings, ToolContext, ToolResult
 from agentd.tools import sandbox as sb
 from agentd.tools.bash import HARD_CAP_BYTES, effective_timeout, format_output, run_bash
-
-requires_bwrap = pytest.mark.skipif(sb.find_bwrap() is None, reason="bubblewrap is not installed")
 
 SECRET = "sk-test-SECRETVALUE123"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -11,13 +11,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import requires_bwrap
 
 from agentd.tools import ToolContext, ToolResult
-from agentd.tools import sandbox as sb
 from agentd.tools import seccomp as sc
 from agentd.tools.bash import run_bash
-
-requires_bwrap = pytest.mark.skipif(sb.find_bwrap() is None, reason="bubblewrap is not installed")
 
 EPERM = sc.RET_ERRNO | errno.EPERM
 ENOSYS = sc.RET_ERRNO | errno.ENOSYS

@@ -94,11 +94,4 @@ def survivors(pattern: str, wait: float = 2.0) -> list[str]:
         time.sleep(0.05)
 
 
-def _bwrap_missing() -> bool:
-    from agentd.tools.sandbox import find_bwrap
-
-    return find_bwrap() is None
-
-
-requires_bwrap = __import__("pytest").mark.skipif(_bwrap_missing(),
-                                                   reason="bubblewrap is not installed")
+from conftest import requires_bwrap  # noqa: E402,F401  (re-exported for the attack tests)

@@ -17,16 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from attack import requires_bwrap, run_attack, set_sandbox
-from conftest import open_fds
+from attack import run_attack, set_sandbox
+from conftest import open_fds, requires_root_bwrap
 from fakellm import FakeLLM
 
 from agentd.tools import SandboxSettings, ToolContext, netproxy
 from agentd.tools import bash as bash_tool
 from agentd.tools.bash import run_bash
 
-pytestmark = [requires_bwrap,
-              pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")]
+pytestmark = [requires_root_bwrap]
 
 
 class Hello(http.server.BaseHTTPRequestHandler):
