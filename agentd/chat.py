@@ -31,6 +31,7 @@ from agentd.home import runtime_dir
 from agentd.llm.router import choose_model, make_provider
 from agentd.render import LiveRenderer, history_table, summary
 from agentd.session import load_messages, new_id
+from agentd.termsafe import terminal_safe
 from agentd.turn import TurnReport, TurnRequest, run_turn
 
 T = TypeVar("T")
@@ -155,8 +156,8 @@ class Chat:
                 self.console.print(history_table(history.log(self.home, 10)))
             elif name == "undo":
                 sha, subject = history.undo(self.home, None, new_id())
-                self.console.print(f"undone: {subject} (new commit {sha[:8]})",
-                                   markup=False)
+                self.console.print(f"undone: {terminal_safe(subject)} (new commit "
+                                   f"{sha[:8]})", markup=False)
             else:
                 self.error(f"unknown command /{name}: /help lists them")
         except AgentdError as e:

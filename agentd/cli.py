@@ -16,6 +16,7 @@ import click
 from agentd import __version__
 from agentd.cli_base import AgentdGroup, home_only
 from agentd.errors import AgentdError
+from agentd.termsafe import tty_safe
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -119,7 +120,7 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
         click.echo(json.dumps(to_json(report, code), ensure_ascii=False))
     elif quiet:
         if report.result.text:
-            click.echo(report.result.text)
+            click.echo(tty_safe(report.result.text))
     else:
         from agentd.render import summary
 
@@ -179,7 +180,7 @@ def show(run_id: str, home_opt: str | None) -> None:
     diff."""
     from agentd import history
 
-    click.echo(history.show(home_only(home_opt), run_id))
+    click.echo(tty_safe(history.show(home_only(home_opt), run_id)))
 
 
 @cli.command()

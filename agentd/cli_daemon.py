@@ -10,6 +10,7 @@ import click
 
 from agentd.cli_base import AgentdGroup, home_only
 from agentd.errors import AgentdError
+from agentd.termsafe import tty_safe
 
 
 @click.command()
@@ -70,7 +71,7 @@ def status(home_opt: str | None, as_json: bool) -> None:
     if problem:
         click.echo(f"warning: {problem}", err=True)
     info = st.collect(home, settings)
-    click.echo(json.dumps(info, default=str) if as_json else st.render(info))
+    click.echo(json.dumps(info, default=str) if as_json else tty_safe(st.render(info)))
     sys.exit(0 if info["running"] else 3)
 
 
@@ -109,7 +110,7 @@ def cron(ctx: click.Context, home_opt: str | None) -> None:
         if problem:
             click.echo(f"warning: {problem}", err=True)
         info = st.collect(home, settings)
-        click.echo("\n".join(st.cron_lines(info["cron"])))
+        click.echo(tty_safe("\n".join(st.cron_lines(info["cron"]))))
 
 
 @cron.command("run")
