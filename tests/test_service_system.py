@@ -4,6 +4,7 @@ systemd (`systemd-analyze verify`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,10 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, agentd
-from daemonkit import AGENTD
+import systemdkit
+from conftest import IN_CI, agentd, requires_root_bwrap
+from daemonkit import AGENTD, commit_settings, configure, model_requests, wait_for
+from fakellm import FakeLLM
 
 from agentd.daemon import service as svc
+from agentd.home import init_home
 
 ANALYZE = shutil.which("systemd-analyze") or (
     "/usr/bin/systemd-analyze" if os.access("/usr/bin/systemd-analyze", os.X_OK) else None)
@@ -183,3 +187,142 @@ def test_systemd_accepts_every_directive(tmp_path: Path) -> None:
 def test_the_help_says_what_it_does() -> None:
     r = subprocess.run([*AGENTD, "service", "--help"], capture_output=True, text=True)
     assert "--system" in r.stdout and "--user NAME" in r.stdout and "dedicated" in r.stdout
+
+
+# --- The sandbox under the unit's restrictions, for real ---------------------------------
+
+PROBE = r"""
+id -u; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status
+echo hi > outbox/made-in-sandbox && stat -c 'owner %u' outbox/made-in-sandbox
+cat /etc/shadow >/dev/null 2>&1 || echo 'shadow: refused'
+""".strip()
+FORKS = ("python3 -c $'import os, time\\nn = 0\\nfor _ in range(60):\\n  try:\\n"
+         "    pid = os.fork()\\n  except OSError:\\n    break\\n  if pid == 0:\\n"
+         "    time.sleep(3); os._exit(0)\\n  n += 1\\nprint(\"forks\", n)'")
+
+
+def _boot_or_skip() -> None:
+    problem = systemdkit.boot_problem()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"CI must be able to boot a throwaway systemd: needs {problem}")
+        pytest.skip(f"needs {problem}: SYSTEM UNIT NOT RUN")
+
+
+@requires_root_bwrap
+def test_the_sandbox_launches_as_a_plain_user_without_new_privileges() -> None:
+    """The unit's core restrictions without systemd: a dedicated uid, no_new_privs, no
+    capability at all. bwrap must still build the whole sandbox (unprivileged user
+    namespaces), root-only files are out of reach, the process limit holds through
+    RLIMIT_NPROC (no pids cgroup for a non-root daemon), and network = "allowlist", which
+    needs root for its namespace, is refused rather than run open."""
+    uid, code, scratch = 64990, systemdkit.Code(), systemdkit.own_scratch()
+    try:
+        work = scratch / "home"
+        (work / "outbox").mkdir(parents=True)
+        subprocess.run(["chown", "-R", f"{uid}:{uid}", str(work)], check=True)
+        script = (
+            "import asyncio, json, sys\nfrom pathlib import Path\n"
+            "from agentd.tools import SandboxSettings, ToolContext\n"
+            "from agentd.tools.bash import run_bash\n"
+            "home = Path(sys.argv[1])\nout = []\n"
+            "for cmd, kw in json.loads(sys.argv[2]):\n"
+            "    ctx = ToolContext(home=home, workdir=home, sandbox=SandboxSettings(**kw))\n"
+            "    r = asyncio.run(run_bash(ctx, cmd, 30))\n"
+            "    out.append([r.is_error, r.content])\n"
+            "print(json.dumps(out))\n")
+        runs = [[PROBE, {}], [FORKS, {"processes": 20}], ["true", {"network": "allowlist"}]]
+        drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all"]
+        env = ["env", "-i", "PATH=/usr/bin:/bin", "HOME=/nonexistent",
+               *(f"{k}={v}" for k, v in code.env.items())]
+        cmd = [*drop, *env, code.python, "-c", script, str(work), json.dumps(runs)]
+        shell = code.mounts() + 'exec "$@"'
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--",
+                            "sh", "-ec", shell, "sh", *cmd],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        (probe_err, probe), (forks_err, forks), (net_err, net) = json.loads(r.stdout)
+        assert not probe_err, probe
+        assert probe.splitlines() == [str(uid), "CapEff:\t0000000000000000", "NoNewPrivs:\t1",
+                                      f"owner {uid}", "shadow: refused"]
+        assert not forks_err and 10 <= int(forks.split()[1]) < 20, forks
+        assert net_err and 'network = "allowlist"' in net and "needs root" in net
+    finally:
+        shutil.rmtree(scratch)
+
+
+@requires_root_bwrap
+def test_the_daemon_runs_its_sandbox_under_the_system_unit(fake: FakeLLM) -> None:
+    """The generated unit, unchanged but for ExecStart's interpreter and where the log and
+    keys come from, run by a real systemd (tests/systemdkit.py) as the dedicated user: the
+    daemon starts, reads its key from EnvironmentFile=, answers an inbox file with a turn
+    whose bash command runs in bwrap, and commits, all inside the hardening."""
+    _boot_or_skip()
+    scratch, code = systemdkit.own_scratch(), systemdkit.Code()
+    try:
+        home = scratch / "home"  # under /tmp: the unit binds it into its private /tmp
+        init_home(home)
+        configure(home, {"model": "openai:test"}, heartbeat={"enabled": False})
+        commit_settings(home)
+        out = scratch / "out"
+        out.mkdir()
+        keys = scratch / "keys.env"  # the namespace's root owns it, 0600, like /etc/agentd
+        keys.write_text(f"OPENAI_BASE_URL={fake.openai_url}\nOPENAI_API_KEY=sk-test-KEY\n")
+        keys.chmod(0o600)
+        for path in (out, keys):
+            os.chown(path, systemdkit.SUBUID, systemdkit.SUBUID)
+        dedicated = systemdkit.SUBUID + systemdkit.SERVICE_UID
+        subprocess.run(["chown", "-R", f"{dedicated}:{dedicated}", str(home)], check=True)
+        name = svc.unit_name(home)
+        dropin = "".join(f"{line}\n" for line in (
+            "[Service]", "ExecStart=", f"ExecStart={code.python} -m agentd daemon --home {home}",
+            *(f"Environment={k}={v}" for k, v in code.env.items()), f"EnvironmentFile={keys}",
+            f"StandardOutput=append:{out}/daemon.log", f"StandardError=append:{out}/daemon.log"))
+        files = systemdkit.unit_files(name, svc.system_unit_text(home, 300), dropin)
+        fake.push({"text": "", "tool_calls": [{"name": "bash",
+                                               "arguments": {"command": PROBE}}]},
+                  {"text": "Checked."})
+        log = out / "daemon.log"
+        with systemdkit.Systemd(files, scratch, code) as sd:
+            def started() -> bool:
+                assert sd.alive(), (scratch / "systemd.log").read_text(errors="replace")
+                return log.exists() and "daemon: started" in log.read_text()
+            wait_for(started, 60, "the daemon under systemd")
+            note = home / "inbox/check.txt"
+            note.write_text("Check who you are.\n")
+            os.chown(note, dedicated, dedicated)
+            wait_for(lambda: len(model_requests(fake)) >= 2, 60, "the turn's second request")
+            wait_for(lambda: "inbox: check.txt: answered" in log.read_text(), 30, "the answer")
+            daemon = _daemon_status(sd, name)
+        # systemd applied the unit to the daemon itself (bwrap sets no_new_privs and drops
+        # capabilities on its own, so the sandbox's view proves nothing about the unit).
+        assert daemon["Uid"].split()[0] == str(dedicated)
+        assert daemon["NoNewPrivs"] == "1" and daemon["Seccomp"] == "2"
+        assert daemon["CapBnd"] == daemon["CapEff"] == "0000000000000000"
+        assert daemon["/"].split(",")[0] == "ro" and daemon[str(home)].split(",")[0] == "rw"
+        result = json.dumps(model_requests(fake)[1].body["messages"][-1])
+        sandbox = str(systemdkit.SERVICE_UID)
+        for line in (sandbox, "NoNewPrivs:\\t1", "CapEff:\\t0000000000000000",
+                     f"owner {sandbox}", "shadow: refused"):
+            assert line in result, (line, result)
+        assert (home / "outbox/made-in-sandbox").stat().st_uid == dedicated
+        assert (home / "outbox/check.md").read_text() == "Checked.\n"
+        history = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(home), "log",
+                                  "--format=%s"], capture_output=True, text=True).stdout
+        assert history.startswith("Inbox answer: check.txt"), history
+    finally:
+        shutil.rmtree(scratch)
+
+
+def _daemon_status(sd: systemdkit.Systemd, unit: str) -> dict[str, str]:
+    """/proc/<pid>/status of the unit's main process as the host sees it, plus the mount
+    options of / and of the home from its mountinfo."""
+    procs = sd.cgroup / "system.slice" / unit / "cgroup.procs"
+    pid = procs.read_text().split()[0]
+    status = dict(line.split(":\t", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        status[fields[4]] = fields[5]  # the last mount on a path wins, as in the kernel
+    return {k: v.strip() for k, v in status.items()}
