@@ -184,6 +184,12 @@ def test_systemd_accepts_every_directive(tmp_path: Path) -> None:
     assert "ProtectProc" in r.stderr or "protection mode" in r.stderr
 
 
+def test_the_example_is_what_the_command_prints() -> None:
+    example = Path(__file__).parent.parent / "examples/agentd-system.service"
+    assert example.read_text() == svc.system_unit_text(Path("/srv/agent"), 300,
+                                                       python="/opt/agentd/bin/python")
+
+
 def test_the_help_says_what_it_does() -> None:
     r = subprocess.run([*AGENTD, "service", "--help"], capture_output=True, text=True)
     assert "--system" in r.stdout and "--user NAME" in r.stdout and "dedicated" in r.stdout

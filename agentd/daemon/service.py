@@ -241,11 +241,7 @@ TMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))
 # The system unit's sandboxing, each line with why. Every process the daemon starts
 # inherits all of it, bwrap and the commands it sandboxes included, so each setting was
 # checked with the sandbox launching under it as an unprivileged user (a throwaway systemd
-# booted in namespaces, tests/test_service_system.py). Left out on purpose, because they
-# break bwrap or the commands: ProtectKernelTunables (bwrap's --disable-userns writes
-# /proc/sys/user/max_user_namespaces: read-only file system), ProcSubset=pid (bwrap reads
-# /proc/sys/kernel/overflowuid), MemoryDenyWriteExecute (inherited by every sandboxed
-# command: node's JIT aborts), RestrictNamespaces=yes (bwrap makes the namespaces).
+# booted in namespaces, tests/test_service_system.py). LEFT_OUT says what breaks.
 HARDENING: tuple[tuple[str, str], ...] = (
     ("NoNewPrivileges=yes", "No set-uid bit or file capability raises a privilege, not even "
      "in the sandbox."),
@@ -277,6 +273,19 @@ HARDENING: tuple[tuple[str, str], ...] = (
     ("RestrictNamespaces=cgroup ipc mnt net pid user uts", "Exactly the namespaces bwrap "
      "creates; only the time namespace is refused."),
     ("UMask=0077", ""),
+)
+
+
+# Printed in the unit too, so nobody "hardens" it into a daemon whose every command fails.
+LEFT_OUT = (
+    "Left out on purpose, as bwrap or the sandboxed commands fail under them:",
+    "  ProtectKernelTunables=  bwrap writes /proc/sys/user/max_user_namespaces",
+    "  ProcSubset=pid          bwrap reads /proc/sys/kernel/overflowuid",
+    "  MemoryDenyWriteExecute= inherited by every command: JITs (node) abort",
+    "  RestrictNamespaces=yes  bwrap creates these namespaces",
+    "No pids cgroup (a non-root daemon can't make one): the sandbox's process limit is",
+    "RLIMIT_NPROC, which counts this user's processes only. network = \"allowlist\" needs",
+    "root for its namespace: bash refuses it here; use \"none\" or \"full\".",
 )
 
 
@@ -325,6 +334,7 @@ def system_unit_text(home: Path, stop_timeout: float, user: str = SYSTEM_USER,
     for directive, why in HARDENING:
         lines += [f"# {why}"] if why else []
         lines.append(directive)
+    lines += ["", *(f"# {line}" for line in LEFT_OUT)]
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
 
