@@ -122,9 +122,9 @@ def _system_service(home: Path, stop_timeout: float, install: bool, user: str) -
         raise AgentdError(f"--install --system writes {svc.SYSTEM_UNIT_DIR}: run it as root "
                           "(or save the printed unit there yourself)", 1)
     path = svc.install_system_unit(home, stop_timeout, user)
-    steps = [s.strip() for s in svc.install_steps(home, user)
-             if "agentd service" not in s and "save the printed unit" not in s]
-    click.echo(f"wrote {path}\n" + "\n".join(steps[1:]))
+    steps = [f"  {step}" for step in svc.install_steps(home, user, written=True)]
+    click.echo("\n".join([f"wrote {path}", "then, as root:", *steps,
+                          *svc.install_note(home, user)]))
 
 
 @click.group(cls=AgentdGroup, invoke_without_command=True)

@@ -127,7 +127,7 @@ def test_install_writes_etc_systemd_system(home: Path, tmp_path: Path,
     unit = tmp_path / "system" / svc.unit_name(home)
     assert unit.stat().st_mode & 0o777 == 0o644
     assert "User=agentd" in unit.read_text()
-    assert r.stdout.startswith(f"wrote {unit}\nuseradd --system")
+    assert r.stdout.startswith(f"wrote {unit}\nthen, as root:\n  useradd --system")
     assert f"systemctl daemon-reload && systemctl enable --now {unit.name}" in r.stdout
     assert "agentd service" not in r.stdout  # done already
 

@@ -307,7 +307,9 @@ def system_unit_text(home: Path, stop_timeout: float, user: str = SYSTEM_USER,
     _check_user(user)
     lines = [
         f"# agentd daemon for {h}, as the dedicated user {user}, sandboxed by systemd.",
-        *(f"# {step}" for step in install_steps(home, user)),
+        "# Install, as root:",
+        *(f"#   {step}" for step in install_steps(home, user)),
+        *(f"# {line}" for line in install_note(home, user)),
         "",
         "[Unit]",
         f"Description=agentd daemon ({h}, user {user})",
@@ -345,7 +347,7 @@ def _home_access(home: Path) -> list[str]:
     the others are hidden behind an empty tmpfs and this one is bound back; PrivateTmp= hides
     one under /tmp or /var/tmp the same way."""
     h = unit_path(home)
-    out = ["# The home is the only writable place."]
+    out = ["# The home is the one writable place (ProtectSystem=strict, below)."]
     if _under(home, HOME_ROOTS):
         out += ["# It is under a home directory: the others are hidden by an empty tmpfs.",
                 "ProtectHome=tmpfs"]
@@ -383,22 +385,29 @@ def _check_user(user: str) -> None:
                           "(lower case letters, digits, - and _)", 2)
 
 
-def install_steps(home: Path, user: str) -> list[str]:
-    """How to put the system unit in place, as root."""
+def install_steps(home: Path, user: str, written: bool = False) -> list[str]:
+    """How to put the system unit in place, as root; `written` once the unit file is. The
+    key file is created without truncating one that exists, so running the steps again
+    never loses a key."""
     unit, env = unit_name(home), env_file(home)
-    return [
-        "Install, as root:",
-        f"  useradd --system --user-group --home-dir /nonexistent --no-create-home "
-        f"--shell /usr/sbin/nologin {user}",
-        f"  chown -R {user}:{user} {home}",
-        f"  install -d -m 0700 {env.parent} && install -m 0600 /dev/null {env}",
-        "  then put the key in it: ANTHROPIC_API_KEY=… or OPENAI_API_KEY=… (key_env)",
+    write = [] if written else [
         f"  agentd service --system --install --user {user} --home {home}",
-        f"  (or save the printed unit as {SYSTEM_UNIT_DIR / unit})",
-        f"  systemctl daemon-reload && systemctl enable --now {unit}",
-        f"Log: journalctl -u {unit} -f. Use the home as {user} from now on",
-        f"(sudo -u {user} agentd …): files root creates there are not the daemon's.",
+        f"  (or save the printed unit as {SYSTEM_UNIT_DIR / unit})"]
+    return [
+        f"useradd --system --user-group --home-dir /nonexistent --no-create-home "
+        f"--shell /usr/sbin/nologin {user}",
+        f"chown -R {user}:{user} {home}",
+        f"install -d -m 0700 {env.parent} && touch {env} && chmod 0600 {env}",
+        "then put the key in it: ANTHROPIC_API_KEY=… or OPENAI_API_KEY=… (key_env)",
+        *(line.strip() for line in write),
+        f"systemctl daemon-reload && systemctl enable --now {unit}",
     ]
+
+
+def install_note(home: Path, user: str) -> list[str]:
+    """What to know once it runs."""
+    return [f"Log: journalctl -u {unit_name(home)} -f. Use the home as {user} from now on",
+            f"(sudo -u {user} agentd …): files root creates there are not the daemon's."]
 
 
 def install_system_unit(home: Path, stop_timeout: float, user: str = SYSTEM_USER) -> Path:
