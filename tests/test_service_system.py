@@ -204,7 +204,7 @@ cat /etc/shadow >/dev/null 2>&1 || echo 'shadow: refused'
 """.strip()
 FORKS = ("python3 -c $'import os, time\\nn = 0\\nfor _ in range(60):\\n  try:\\n"
          "    pid = os.fork()\\n  except OSError:\\n    break\\n  if pid == 0:\\n"
-         "    time.sleep(3); os._exit(0)\\n  n += 1\\nprint(\"forks\", n)'")
+         "    time.sleep(1); os._exit(0)\\n  n += 1\\nprint(\"forks\", n)'")
 
 
 def _boot_or_skip() -> None:
@@ -269,7 +269,8 @@ def test_the_daemon_runs_its_sandbox_under_the_system_unit(fake: FakeLLM) -> Non
     try:
         home = scratch / "home"  # under /tmp: the unit binds it into its private /tmp
         init_home(home)
-        configure(home, {"model": "openai:test"}, heartbeat={"enabled": False})
+        configure(home, {"model": "openai:test"}, heartbeat={"enabled": False},
+                  sandbox={"processes": 20})
         commit_settings(home)
         out = scratch / "out"
         out.mkdir()
@@ -287,7 +288,7 @@ def test_the_daemon_runs_its_sandbox_under_the_system_unit(fake: FakeLLM) -> Non
             f"StandardOutput=append:{out}/daemon.log", f"StandardError=append:{out}/daemon.log"))
         files = systemdkit.unit_files(name, svc.system_unit_text(home, 300), dropin)
         fake.push({"text": "", "tool_calls": [{"name": "bash",
-                                               "arguments": {"command": PROBE}}]},
+                                               "arguments": {"command": PROBE + "\n" + FORKS}}]},
                   {"text": "Checked."})
         log = out / "daemon.log"
         with systemdkit.Systemd(files, scratch, code) as sd:
@@ -312,6 +313,8 @@ def test_the_daemon_runs_its_sandbox_under_the_system_unit(fake: FakeLLM) -> Non
         for line in (sandbox, "NoNewPrivs:\\t1", "CapEff:\\t0000000000000000",
                      f"owner {sandbox}", "shadow: refused"):
             assert line in result, (line, result)
+        forks = int(re.search(r"forks (\d+)", result)[1])  # type: ignore[index]
+        assert 10 <= forks < 20, result  # RLIMIT_NPROC, as there is no pids cgroup
         assert (home / "outbox/made-in-sandbox").stat().st_uid == dedicated
         assert (home / "outbox/check.md").read_text() == "Checked.\n"
         history = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(home), "log",
