@@ -23,8 +23,8 @@ from agentd.home import init_home
 
 ANALYZE = shutil.which("systemd-analyze") or (
     "/usr/bin/systemd-analyze" if os.access("/usr/bin/systemd-analyze", os.X_OK) else None)
-# systemd-analyze security's scale (src/analyze/analyze-security.c): the exposure 0.0-10.0
-# is rated by the first row it reaches, from the top.
+# systemd-analyze security's scale (badness_table in src/analyze/analyze-security.c): an
+# exposure of 0.0-10.0 gets the name of the highest threshold it reaches; "OK" is 1.0-4.9.
 RATINGS = (("PERFECT", 0.0), ("SAFE", 0.1), ("OK", 1.0), ("MEDIUM", 5.0), ("EXPOSED", 7.5),
            ("UNSAFE", 9.0), ("DANGEROUS", 10.0))
 
@@ -154,7 +154,7 @@ def test_systemd_rates_the_unit_ok_or_better(tmp_path: Path, home: str) -> None:
     score, rating = exposure(write_unit(tmp_path, text))
     assert rating == rating_for(score)
     assert rating in ("PERFECT", "SAFE", "OK"), (score, rating)
-    assert score <= 2.4, f"the unit got weaker: {score} {rating}"
+    assert score <= 2.4, f"the unit got weaker ({score} {rating}); the README quotes 2.4"
     weaker = text.replace("NoNewPrivileges=yes\n", "").replace("PrivateUsers=yes\n", "")
     assert exposure(write_unit(tmp_path, weaker, "weaker.service"))[0] > score
 
