@@ -285,7 +285,9 @@ def test_the_daemon_runs_its_sandbox_under_the_system_unit(fake: FakeLLM) -> Non
         dropin = "".join(f"{line}\n" for line in (
             "[Service]", "ExecStart=", f"ExecStart={code.python} -m agentd daemon --home {home}",
             *(f"Environment={k}={v}" for k, v in code.env.items()), f"EnvironmentFile={keys}",
-            f"StandardOutput=append:{out}/daemon.log", f"StandardError=append:{out}/daemon.log"))
+            f"StandardOutput=append:{out}/daemon.log", f"StandardError=append:{out}/daemon.log",
+            # "+": unconfined, so it reports even a unit that failed to set up its sandbox
+            f"ExecStopPost=+/bin/sh -c 'echo $SERVICE_RESULT $EXIT_CODE $EXIT_STATUS >{out}/end'"))
         files = systemdkit.unit_files(name, svc.system_unit_text(home, 300), dropin)
         fake.push({"text": "", "tool_calls": [{"name": "bash",
                                                "arguments": {"command": PROBE + "\n" + FORKS}}]},
@@ -293,7 +295,10 @@ def test_the_daemon_runs_its_sandbox_under_the_system_unit(fake: FakeLLM) -> Non
         log = out / "daemon.log"
         with systemdkit.Systemd(files, scratch, code) as sd:
             def started() -> bool:
-                assert sd.alive(), (scratch / "systemd.log").read_text(errors="replace")
+                ended = out / "end"
+                assert sd.alive() and not ended.exists(), (
+                    f"the unit stopped: {ended.exists() and ended.read_text()}\n"
+                    f"{log.exists() and log.read_text()}")
                 return log.exists() and "daemon: started" in log.read_text()
             wait_for(started, 60, "the daemon under systemd")
             note = home / "inbox/check.txt"
