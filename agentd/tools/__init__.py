@@ -55,6 +55,8 @@ class ToolContext:
     "readonly": nothing but the sandbox's private /tmp.
     `redactor` scrubs secrets from every tool result; None means one built from the
     environment's well-known key variables (see agentd/redact.py).
+    `owner` (uid, gid) owns what the file tools create, when agentd runs as root and the
+    sandbox as an unprivileged uid (so bash can still change those files); None: agentd's own.
     """
 
     home: Path
@@ -63,3 +65,4 @@ class ToolContext:
     profile: str = "trusted"
     scratch: Path | None = None
     redactor: Redactor | None = None
+    owner: tuple[int, int] | None = None
