@@ -226,7 +226,9 @@ def _read_open(root: Root, place: Place, start: int, count: int) -> ToolResult:
                 return _fail(_binary(real, st.st_size))
     except FileNotFoundError:
         return _fail(f"{real} does not exist; check the path, e.g. with `ls`")
-    except Refused as e:
+    except OSError as e:
+        if not _refused(e):
+            raise
         if e.errno == errno.EISDIR:
             return _fail(f"{real} is a directory; use bash to list it, e.g. `ls -la {real}`")
         if e.errno == errno.EINVAL:
@@ -409,7 +411,9 @@ def write_file(ctx: ToolContext, path: str, content: str) -> ToolResult:
                 target = _write_target(ctx, root, place, create=True)
                 with target.folder:
                     target.folder.write_bytes(target.name, data, owner=ctx.owner)
-            except Refused as e:
+            except OSError as e:
+                if not _refused(e):
+                    raise
                 return _fail(_write_refusal(e, place, root))
     except PathError as e:
         return _fail(str(e))
@@ -418,7 +422,13 @@ def write_file(ctx: ToolContext, path: str, content: str) -> ToolResult:
     return ToolResult(f"wrote {len(data)} bytes to {place.path}")
 
 
-def _write_refusal(e: Refused, place: Place, root: Root) -> str:
+def _refused(e: OSError) -> bool:
+    """A homefs refusal, or a symlink met by an O_NOFOLLOW open (the walk without openat2,
+    when a racer put the link there after homefs looked)."""
+    return isinstance(e, Refused) or e.errno in (errno.ELOOP, errno.EXDEV)
+
+
+def _write_refusal(e: OSError, place: Place, root: Root) -> str:
     """A homefs refusal during a write or edit, as one line for the model."""
     if e.errno in (errno.EXDEV, errno.ELOOP):
         return _refusal(e, place, root)
@@ -441,14 +451,18 @@ def edit_file(ctx: ToolContext, path: str, old_text: str, new_text: str) -> Tool
                 target = _write_target(ctx, root, place, create=False)
             except FileNotFoundError:
                 return _fail(f"{place.path} does not exist; use write to create it")
-            except Refused as e:
+            except OSError as e:
+                if not _refused(e):
+                    raise
                 return _fail(_write_refusal(e, place, root))
             with target.folder:
                 if target.st is None:
                     return _fail(f"{place.path} does not exist; use write to create it")
                 try:
                     return _edit_in(ctx, target, place, old_text, new_text)
-                except Refused as e:
+                except OSError as e:
+                    if not _refused(e):
+                        raise
                     return _fail(_write_refusal(e, place, root))
     except PathError as e:
         return _fail(str(e))
