@@ -109,6 +109,14 @@ def test_nul_in_path_is_refused(ctx: ToolContext, path: str) -> None:
         assert result.is_error and "NUL" in result.content
 
 
+@pytest.mark.parametrize("path", ["a\ud800b", "\udcff"])
+def test_lone_surrogates_in_a_path_are_refused(ctx: ToolContext, path: str) -> None:
+    for result in (read_file(ctx, path), write_file(ctx, path, "x"),
+                   edit_file(ctx, path, "a", "b")):
+        assert result.is_error and "not valid Unicode" in result.content
+    assert list(ctx.workdir.iterdir()) == []
+
+
 @pytest.mark.parametrize("path", ["", "   "])
 def test_empty_path_is_refused(ctx: ToolContext, path: str) -> None:
     result = read_file(ctx, path)

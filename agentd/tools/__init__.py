@@ -47,7 +47,9 @@ class SandboxSettings:
 class ToolContext:
     """Where tools may act, decided by the runtime, never by the model.
 
-    `home` and `workdir` are resolved (absolute, symlinks followed) by the runtime. The
+    `home` and `workdir` are resolved (absolute, symlinks followed) by the runtime; the file
+    tools open them (and scratch) from `/` following no symlink, so a folder on the way that
+    the agent swapped for a link is refused rather than followed. The
     `profile` says what is writable, for bash and the file tools alike:
     "trusted" (CLI, the owner): the home and the workdir;
     "untrusted" (strangers' text: webhooks, inbox files): only `<home>/outbox/` and

@@ -74,6 +74,11 @@ def locate(ctx: ToolContext, path: str, *, for_write: bool) -> Place:
         raise PathError("path is empty; give a file path relative to the workdir or absolute")
     if "\0" in path:
         raise PathError("path contains a NUL byte; give a plain file path")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PathError(f"path is not valid Unicode ({e.reason}); remove lone surrogates "
+                        "from it") from None
     if path.startswith("~"):
         raise PathError(f"~ is not expanded in {path!r}; use a path inside the home "
                         f"({ctx.home}) or the workdir ({ctx.workdir})")

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from attack import MODEL, requires_bwrap, run_attack
+from attack import MODEL, run_attack
+from conftest import requires_bwrap
 from fakellm import FakeLLM
 
 from agentd import homefs
