@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -21,22 +22,34 @@ _UMASK = _read_umask()
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a file so a reader (or a crash) never sees it half-written.
+    """Write a runtime-private file so a reader (or a crash) never sees it half-written.
 
-    Writes a temporary file beside the target, fsyncs it, then renames it over the target.
-    Keeps the target's permission bits when it already exists, else honours the umask.
+    Only for folders the agent cannot write: files under `.agentd/` (read-only inside the
+    sandbox) and generated unit files. Trees the agent can write (its notes, the outbox,
+    the inbox, the workdir) are hostile to the host and go through agentd/homefs.py, which
+    resolves every path beneath a held folder fd.
+
+    Writes an exclusive temporary file beside the target, fsyncs it, then renames it over
+    the target, so a symlink at the name is replaced, never followed. Keeps the permission
+    bits of a regular file it replaces, set-uid, set-gid and sticky bits never (lstat, so a
+    link's target is not consulted); else honours the umask.
     """
     if isinstance(data, str):
         data = data.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK
+    try:
+        old = os.lstat(path)
+    except FileNotFoundError:
+        old = None
+    keep = old is not None and stat.S_ISREG(old.st_mode)
+    mode = stat.S_IMODE(old.st_mode) & 0o777 if old and keep else 0o666 & ~_UMASK
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+            os.fchmod(f.fileno(), mode)  # on the fd: the temp name is never looked up again
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -181,6 +181,18 @@ class Root:
         self.path = Path(path)
         self.fd = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
+    @classmethod
+    def from_fd(cls, fd: int) -> Root:
+        """A Root over a directory fd the caller already holds (the Root takes it over and
+        closes it). For a folder found beneath another root, or a root opened without
+        following symlinks: its name is never looked up again, so a swap can't redirect it."""
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        root = cls.__new__(cls)
+        root.fd, root.path = fd, fd_path(fd)
+        return root
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -467,7 +479,8 @@ def _write_all(fd: int, data: bytes) -> None:
 def _replace_at(dfd: int, name: str, data: bytes, mode: int, owner: tuple[int, int] | None,
                 exclusive: bool) -> None:
     """Exclusive temp file in `dfd`, written, synced, chmod'ed, then renamed over `name`."""
-    tmp = f".{name[:200]}.{secrets.token_hex(4)}.tmp"
+    short = os.fsencode(name)[:200].decode("utf-8", "ignore")  # NAME_MAX counts bytes
+    tmp = f".{short}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=dfd)
     try:

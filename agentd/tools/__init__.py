@@ -47,7 +47,9 @@ class SandboxSettings:
 class ToolContext:
     """Where tools may act, decided by the runtime, never by the model.
 
-    `home` and `workdir` are resolved (absolute, symlinks followed) by the runtime. The
+    `home` and `workdir` are resolved (absolute, symlinks followed) by the runtime; the file
+    tools open them (and scratch) from `/` following no symlink, so a folder on the way that
+    the agent swapped for a link is refused rather than followed. The
     `profile` says what is writable, for bash and the file tools alike:
     "trusted" (CLI, the owner): the home and the workdir;
     "untrusted" (strangers' text: webhooks, inbox files): only `<home>/outbox/` and
@@ -55,6 +57,8 @@ class ToolContext:
     "readonly": nothing but the sandbox's private /tmp.
     `redactor` scrubs secrets from every tool result; None means one built from the
     environment's well-known key variables (see agentd/redact.py).
+    `owner` (uid, gid) owns what the file tools create, when agentd runs as root and the
+    sandbox as an unprivileged uid (so bash can still change those files); None: agentd's own.
     """
 
     home: Path
@@ -63,3 +67,4 @@ class ToolContext:
     profile: str = "trusted"
     scratch: Path | None = None
     redactor: Redactor | None = None
+    owner: tuple[int, int] | None = None
