@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from agentd.quota import TurnQuota
     from agentd.redact import Redactor
 
 PROFILES = ("trusted", "untrusted", "readonly")
@@ -55,6 +56,7 @@ class ToolContext:
     "readonly": nothing but the sandbox's private /tmp.
     `redactor` scrubs secrets from every tool result; None means one built from the
     environment's well-known key variables (see agentd/redact.py).
+    `quota`: an untrusted turn's disk quota (agentd/quota.py), which `write` checks first.
     """
 
     home: Path
@@ -63,3 +65,4 @@ class ToolContext:
     profile: str = "trusted"
     scratch: Path | None = None
     redactor: Redactor | None = None
+    quota: TurnQuota | None = None

@@ -215,6 +215,9 @@ def write_file(ctx: ToolContext, path: str, content: str) -> ToolResult:
         if real.is_dir():
             return _fail(f"{real} is a directory; give a file path inside it")
         data = content.encode("utf-8")
+        refusal = ctx.quota.refuse_write(real, len(data)) if ctx.quota else None
+        if refusal:
+            return _fail(refusal)
         atomic_write(real, data)
     except PathError as e:
         return _fail(str(e))
