@@ -112,15 +112,18 @@ def test_too_many_files_and_a_deep_tree_are_cut_back(fake: FakeLLM, home: Path) 
     report, seen = turn(fake, home,
                         bash("mkdir outbox/many && cd outbox/many && "
                              "for i in $(seq 1000 1149); do echo $i > $i; done"),
-                        bash(f"mkdir -p outbox/{deep} && echo hidden > outbox/{deep}/x"))
+                        bash(f"mkdir -p outbox/{deep} && head -c 25M /dev/zero > "
+                             f"outbox/{deep}/x"))
     assert "over the untrusted disk quota (20 MB, 100 files per turn)" in seen[0]
     assert "removed outbox/many/1149, outbox/many/1148" in seen[0] and "(51 files" in seen[0]
     many = sorted(p.name for p in (home / "outbox/many").iterdir())
     assert many == [str(i) for i in range(1000, 1099)]  # 99 files + the folder = 100
-    # a tree deeper than the walk goes is never measured, so it is removed whole
-    assert "removed outbox/" + "/".join(["d"] * 48) in seen[1]
+    # a tree deeper than the walk goes is never measured, so it is removed whole, with the
+    # 25 MB hidden at its bottom
+    assert "removed outbox/" + "/".join(["d"] * 48) + ", " in seen[1]
     assert not (home / "outbox/d").exists()
     assert not [n for n in committed(home, report.commit or "") if n.startswith("outbox/d/")]
+    assert not in_history(home, f"outbox/{deep}/x")
 
 
 @requires_bwrap
