@@ -100,45 +100,58 @@ def _subjects(home: Path, n: int) -> list[str]:
     return git(home, "log", f"-{n}", "--format=%s").splitlines()[::-1]
 
 
-@pytest.mark.parametrize("first", ["run", "cron run"])
+FIRST = {  # how each kind of first turn is started, what it is called, what it commits
+    "run": (["run", "-q", "-C", "{workdir}", "turn A"], "cli", ["turn A"]),
+    "cron run": (["cron", "run", "nap", "-q"], "cron: nap",
+                 ["Scheduled job cron/nap.md", "Cron report: nap"]),
+    "daemon": (["daemon"], "inbox: question.txt",
+               ["A file arrived in inbox/", "Inbox answer: question.txt"]),
+}
+
+
+@pytest.mark.parametrize("first", list(FIRST))
 def test_a_second_turn_waits_says_so_and_runs_after(fake: FakeLLM, home: Path, workdir: Path,
                                                     tmp_path: Path, first: str) -> None:
-    """`agentd run` while another turn (another `agentd run`, or a daemon-style
-    `agentd cron run`) is in the middle of a tool call."""
+    """`agentd run` while another turn is in the middle of a tool call: another
+    `agentd run`, `agentd cron run`, or the daemon's worker on an inbox file (an untrusted
+    turn, so it writes to outbox/)."""
     _home(home)
+    configure(home, heartbeat={"enabled": False})
     (home / "cron/nap.md").write_text("---\nevery: 1d\n---\nTake a nap.\n")
-    git(home, "add", "cron/nap.md")
+    git(home, "add", "-A")
     git(home, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a job")
     fake.push({"tool_calls": [_blocking_bash(workdir)]},
-              {"tool_calls": [_write(home / "a.txt", "A\n")]}, {"text": "A done"},
+              {"tool_calls": [_write(home / "outbox/a.txt", "A\n")]}, {"text": "A done"},
               {"tool_calls": [_write(home / "b.txt", "B\n")]}, {"text": "B done"})
-    args = (["run", "-q", "-C", str(workdir), "turn A"] if first == "run"
-            else ["cron", "run", "nap", "-q"])
-    a = Proc(tmp_path, "a", *args, "--home", str(home))
+    args, trigger, commits = FIRST[first]
+    a = Proc(tmp_path, "a", *(x.format(workdir=workdir) for x in args), "--home", str(home))
     b = None
     try:
+        if first == "daemon":
+            (home / "inbox/question.txt").write_text("Please take a nap.\n")
         wait_for((workdir / "started").exists, 30, "the first turn's tool call")
         b = Proc(tmp_path, "b", "run", "-q", "--home", str(home), "-C", str(workdir),
                  "turn B")
-        trigger = "cli" if first == "run" else "cron: nap"
         said = waiting_message(f"pid {a.proc.pid}, trigger {trigger}")
         wait_for(lambda: said in b.stderr, 30, "the second turn to say it waits")
         assert not _asked(fake, "turn B")  # it has not started
         (workdir / "release").touch()
-        assert a.wait() == 0, a.stderr
         assert b.wait() == 0, b.stderr
+        if first == "daemon":
+            a.proc.send_signal(signal.SIGTERM)
+        assert a.wait() == 0, a.stderr
     finally:
         a.kill()
         if b is not None:
             b.kill()
     assert b.stderr.count("another turn is running") == 1
-    assert (home / "a.txt").read_text() == "A\n" and (home / "b.txt").read_text() == "B\n"
-    # separate commits, in order: everything of the first turn (its delivery too) first
+    assert (home / "outbox/a.txt").read_text() == "A\n"
+    assert (home / "b.txt").read_text() == "B\n"
+    # separate commits, in order: all of the first turn's (its delivery too), then B's
     names = git(home, "log", "-1", "--name-only", "--format=").split()
-    assert "b.txt" in names and "a.txt" not in names
-    subjects = _subjects(home, 3 if first == "cron run" else 2)
-    expected = (["Scheduled job cron/nap.md", "Cron report: nap", "turn B"]
-                if first == "cron run" else ["turn A", "turn B"])
+    assert "b.txt" in names and "outbox/a.txt" not in names
+    subjects = _subjects(home, len(commits) + 1)
+    expected = [*commits, "turn B"]
     assert [s[:len(e)] for s, e in zip(subjects, expected, strict=True)] == expected
 
 
