@@ -141,6 +141,7 @@ def test_a_second_turn_waits_says_so_and_runs_after(fake: FakeLLM, home: Path, w
             a.proc.send_signal(signal.SIGTERM)
         assert a.wait() == 0, a.stderr
     finally:
+        (workdir / "release").touch()  # the blocking command (unsandboxed) ends either way
         a.kill()
         if b is not None:
             b.kill()
