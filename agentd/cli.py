@@ -81,6 +81,8 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     """Run one turn on PROMPT. Piped stdin is attached as context:
 
       git diff | agentd run "review this"
+
+    While another turn runs in the home (the daemon's, a chat's), this one waits for it.
     """
     import asyncio
     import json
@@ -107,7 +109,8 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
             from agentd.render import LiveRenderer
 
             events = renderer = LiveRenderer(Console(highlight=False))
-        report = asyncio.run(run_turn(home, settings, req, events, base=Path.cwd()))
+        report = asyncio.run(run_turn(home, settings, req, events, base=Path.cwd(),
+                                      on_wait=_say_waiting))
     except AgentdError as e:
         if as_json:  # scripts still get their one JSON object
             click.echo(json.dumps({"status": "error", "exit_code": e.exit_code,
@@ -130,6 +133,13 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     if not report.ok:
         click.echo(f"error: {report.result.error}", err=True)
     sys.exit(code)
+
+
+def _say_waiting(holder: str) -> None:
+    """Another turn holds the home's lock: say so once, on stderr (Ctrl-C gives up, 130)."""
+    from agentd.turnlock import waiting_message
+
+    click.echo(waiting_message(holder), err=True)
 
 
 @cli.command()

@@ -130,6 +130,15 @@ class DaemonSettings:
 
 
 @dataclass
+class QuotaSettings:
+    """`[quota]`: the disk limits of untrusted turns (agentd/quota.py); 0 means no limit."""
+
+    untrusted_outbox_mb: int = 20  # per turn: what it creates or changes in outbox/, scratch
+    untrusted_outbox_files: int = 100  # per turn, likewise
+    home_mb: int = 1024  # a home over this (.git included) refuses untrusted turns
+
+
+@dataclass
 class Settings:
     model: str | None = None
     max_steps: int = 30
@@ -144,6 +153,7 @@ class Settings:
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
         return self.providers.get(name)
@@ -212,6 +222,8 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             _fill(s.daemon, _typed("daemon", value, dict), "daemon")
         elif key == "bridge":
             parse_bridge(s, value)
+        elif key == "quota":
+            _fill(s.quota, _typed("quota", value, dict), "quota")
         else:
             raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
     _check_daemon(s)
@@ -224,6 +236,9 @@ def parse_settings(data: dict[str, Any]) -> Settings:
                 "output_limit"):
         if getattr(s.sandbox, key) < 0:
             raise AgentdError(f"sandbox.{key} must not be negative")
+    for key, value in vars(s.quota).items():
+        if value < 0:
+            raise AgentdError(f"quota.{key} must not be negative (0 means no limit)")
     if s.max_steps < 1:
         raise AgentdError("max_steps must be at least 1")
     for name, ep in s.providers.items():

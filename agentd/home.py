@@ -225,6 +225,15 @@ DEFAULT_CONFIG = '''\
 # cooldown = "5m"
 # max_retry_wait = "30s"
 
+# Disk limits of untrusted turns (webhooks, inbox files, non-owner chat senders), which
+# may write only outbox/ and a scratch folder. Per turn: what the turn creates or changes
+# there; past it, its newest files are removed before the commit and the model is told.
+# A home (.git included) over home_mb refuses untrusted turns. 0 = no limit.
+# [quota]
+# untrusted_outbox_mb = 20
+# untrusted_outbox_files = 100
+# home_mb = 1024
+
 # Past `threshold` of the model's context window, older messages are summarised in what
 # is sent (the transcript keeps them); about `keep` of the window stays verbatim, and old
 # tool outputs are cut to `tool_output` characters.

@@ -94,8 +94,8 @@ async def run_now(home: Path, settings: Settings, name: str, log: EventLog,
                   events: Events | None = None) -> TurnReport | None:
     """`agentd cron run NAME`: the job's turn now, in the foreground, exactly as the daemon
     runs it; waits while the daemon (or another `cron run`) is in a turn."""
-    from agentd.daemon.runner import TurnLock
     from agentd.errors import AgentdError
+    from agentd.turnlock import turn_lock
 
     path = home / CRON / f"{name.removesuffix('.md')}.md"
     try:
@@ -105,12 +105,12 @@ async def run_now(home: Path, settings: Settings, name: str, log: EventLog,
         raise AgentdError(f"no cron job {name!r} in {home / CRON} (jobs: {known})") from None
     except (OSError, ValueError) as e:
         raise AgentdError(f"cron/{path.name}: {e}") from None
-    lock = TurnLock(home)
-    await lock.acquire(lambda: log(CRON, "waiting for the turn the daemon is running…"))
-    try:
+
+    def waiting(holder: str) -> None:
+        log(CRON, f"another turn is running in this home ({holder}); waiting…")
+
+    async with turn_lock(home, CRON, job.name, waiting):
         return await execute(home, settings, job, log, events)
-    finally:
-        lock.release()
 
 
 class CronTable:

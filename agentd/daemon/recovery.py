@@ -25,7 +25,7 @@ from typing import Any
 
 from agentd.daemon import state
 from agentd.daemon.log import EventLog
-from agentd.daemon.runner import TurnLock
+from agentd.turnlock import TurnLock
 
 STALE_LOCK_AGE = 5.0
 EXCLUDE_MARK = "# agentd daemon: inbox files are processed, not committed"
@@ -126,7 +126,7 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
     if not isinstance(marker, dict):
         return None
     lock = TurnLock(home)
-    if not lock.try_acquire():
+    if not lock.try_acquire("recovery"):
         return None  # a turn is running right now (`agentd cron run`): not ours to close
     try:
         session = _session_of(home, marker)

@@ -1,10 +1,11 @@
 """Running a daemon turn through agentd.turn, and delivering what it says.
 
 Every daemon turn (heartbeat, cron, inbox, and `agentd cron run` in a terminal) goes
-through `run_job_turn`: it holds the home's turn lock (one turn at a time, across the daemon
-and the CLI), leaves a marker in `.agentd/daemon/turn.json` while the turn runs (so a daemon
-killed mid-turn is recognised and its leftovers committed as a recovery commit on the next
-start), and appends one row per run to `.agentd/daemon/runs.jsonl` for `agentd status`.
+through `run_job_turn`: it runs under the home's turn lock (agentd/turnlock.py: one turn at
+a time, across the daemon, the bridge and the CLI), leaves a marker in
+`.agentd/daemon/turn.json` while the turn runs (so a daemon killed mid-turn is recognised
+and its leftovers committed as a recovery commit on the next start), and appends one row
+per run to `.agentd/daemon/runs.jsonl` for `agentd status`.
 
 An answer of `[SILENT]` means "nothing worth reporting" and is not delivered; anything else
 is written to `outbox/` and committed together with the turn's day-log entry.
@@ -12,9 +13,7 @@ is written to `outbox/` and committed together with the turn's day-log entry.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import fcntl
 import os
 import time
 from datetime import datetime
@@ -25,6 +24,7 @@ from agentd.daemon import state
 from agentd.daemon.log import EventLog
 from agentd.errors import AgentdError
 from agentd.loop import Events
+from agentd.turnlock import TurnLock as TurnLock  # moved there; still importable from here
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -39,39 +39,6 @@ def is_silent(text: str) -> bool:
     a word of politeness around it)."""
     t = text.strip()
     return t == SILENT or (len(t) < 200 and (t.startswith(SILENT) or t.endswith(SILENT)))
-
-
-class TurnLock:
-    """`.agentd/daemon/turn.lock`: held for the length of a turn, by the daemon's worker and
-    by `agentd cron run`, so a home never runs two scheduled turns at once."""
-
-    def __init__(self, home: Path):
-        self.path = state.daemon_dir(home) / "turn.lock"
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    async def acquire(self, on_wait: Any = None) -> None:
-        """Wait for the lock without blocking the loop (and stay cancellable)."""
-        waited = False
-        while not self.try_acquire():
-            if not waited and on_wait:
-                on_wait()
-            waited = True
-            await asyncio.sleep(0.2)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class LogEvents(Events):
@@ -99,8 +66,9 @@ def _record(home: Path, row: dict[str, Any]) -> None:
 async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: str,
                        name: str, log: EventLog, events: Events | None = None,
                        profile: str | None = None) -> TurnReport | None:
-    """Run one turn for a daemon job; None when it could not start (a config problem,
-    logged). The caller holds the turn lock."""
+    """Run one turn for a daemon job; None when it could not start (a config problem, a
+    refusal, logged). The caller normally holds the turn lock (the queue's worker, `cron
+    run`); `run_turn` takes it otherwise."""
     from agentd.turn import run_turn
 
     marker = state.daemon_dir(home) / "turn.json"

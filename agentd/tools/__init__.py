@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from agentd.quota import TurnQuota
     from agentd.redact import Redactor
 
 PROFILES = ("trusted", "untrusted", "readonly")
@@ -59,6 +60,7 @@ class ToolContext:
     environment's well-known key variables (see agentd/redact.py).
     `owner` (uid, gid) owns what the file tools create, when agentd runs as root and the
     sandbox as an unprivileged uid (so bash can still change those files); None: agentd's own.
+    `quota`: an untrusted turn's disk quota (agentd/quota.py), which `write` checks first.
     """
 
     home: Path
@@ -68,3 +70,4 @@ class ToolContext:
     scratch: Path | None = None
     redactor: Redactor | None = None
     owner: tuple[int, int] | None = None
+    quota: TurnQuota | None = None

@@ -411,6 +411,9 @@ def write_file(ctx: ToolContext, path: str, content: str) -> ToolResult:
         return _fail(f"content is not valid Unicode ({e.reason}); remove lone surrogates")
     try:
         place = locate(ctx, path, for_write=True)
+        refusal = ctx.quota.refuse_write(place.path, len(data)) if ctx.quota else None
+        if refusal:
+            return _fail(refusal)
         with _open_root(place) as root:
             try:
                 target = _write_target(ctx, root, place, create=True)

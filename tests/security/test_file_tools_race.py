@@ -244,6 +244,8 @@ def test_a_racing_swap_from_an_untrusted_turn_in_the_outbox(fake: FakeLLM, home:
                                                              tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
+    with (home / "agentd.toml").open("a") as f:  # hundreds of writes: lift the file quota
+        f.write("\n[quota]\nuntrusted_outbox_files = 0\n")
     _race_through_the_loop(fake, home, home, outside, "untrusted", home / "outbox" / "d",
                            scratch)
 
