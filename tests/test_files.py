@@ -8,6 +8,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from conftest import sandbox_workdir
 
 from agentd.tools import ToolContext
 from agentd.tools.files import (
@@ -30,8 +31,7 @@ def ctx(tmp_path: Path) -> ToolContext:
     (home / ".git" / "config").write_text("[core]\n")
     (home / ".agentd").mkdir()
     (home / "agentd.toml").write_text("# settings\n")
-    work.mkdir()
-    return ToolContext(home=home.resolve(), workdir=work.resolve())
+    return ToolContext(home=home.resolve(), workdir=sandbox_workdir(work))
 
 
 @pytest.fixture

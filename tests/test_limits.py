@@ -39,10 +39,18 @@ def test_nproc_fallback_only_for_non_root(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert resource.RLIMIT_NPROC not in dict(lim.rlimits(SandboxSettings(), cgroup=False))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(lim, "_user_tasks", lambda: 40)
+    monkeypatch.setattr(lim, "_user_tasks", lambda uid=None: 40)
     got = dict(lim.rlimits(SandboxSettings(processes=10), cgroup=False))
     hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
     assert got[resource.RLIMIT_NPROC] == (50 if hard == resource.RLIM_INFINITY else min(50, hard))
+    # agentd as root dropping to the sandbox uid: that uid's tasks are what counts
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    counted: list[int | None] = []
+    monkeypatch.setattr(lim, "_user_tasks", lambda uid=None: counted.append(uid) or 5)
+    got = dict(lim.rlimits(SandboxSettings(processes=10), cgroup=False, uid=65534))
+    assert counted == [65534] and got[resource.RLIMIT_NPROC] == min(15, hard)
+    assert resource.RLIMIT_NPROC not in dict(lim.rlimits(SandboxSettings(), cgroup=True,
+                                                         uid=65534))
 
 
 def test_settings_are_validated() -> None:
@@ -66,7 +74,10 @@ def test_status_tells_the_truth_about_processes(monkeypatch: pytest.MonkeyPatch)
         assert procs.enforced and "pids cgroup" in procs.how
     monkeypatch.setattr(lim, "pids_base", lambda: None)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    procs = {r.name: r for r in lim.limits_status()}["processes"]
+    procs = {r.name: r for r in lim.limits_status()}["processes"]  # root: drops to nobody
+    assert procs.enforced and "more than uid 65534 runs now (RLIMIT_NPROC)" in procs.how
+    off = SandboxSettings(mode="off")  # root, unsandboxed: nothing counts its processes
+    procs = {r.name: r for r in lim.limits_status(off)}["processes"]
     assert not procs.enforced and "NOT enforced" in procs.how
     off = {r.name: r for r in lim.limits_status(SandboxSettings(memory_mb=0))}["memory"]
     assert not off.enforced

@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import requires_bwrap
+from conftest import requires_bwrap, sandbox_workdir
 
 from agentd.tools import SandboxSettings, ToolContext, ToolResult
 from agentd.tools import sandbox as sb
 from agentd.tools.bash import HARD_CAP_BYTES, effective_timeout, format_output, run_bash
 
 SECRET = "sk-test-SECRETVALUE123"
+SIZE = str(256 * 1024 * 1024)  # every tmpfs is capped at tmp_size_mb
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -32,9 +33,7 @@ def ctx(tmp_path: Path) -> ToolContext:
     home = (tmp_path / "home").resolve()
     (home / ".git" / "hooks").mkdir(parents=True)
     (home / "agentd.toml").write_text("model = 'x'\n")
-    workdir = (tmp_path / "work").resolve()
-    workdir.mkdir()
-    return ToolContext(home=home, workdir=workdir)
+    return ToolContext(home=home, workdir=sandbox_workdir(tmp_path / "work"))
 
 
 def run(ctx: ToolContext, command: str, timeout: float | None = None) -> ToolResult:
@@ -58,13 +57,15 @@ def test_bwrap_argv_is_pinned(ctx: ToolContext) -> None:
         "--setenv", "TERM", "dumb",
         "--setenv", "TMPDIR", "/tmp",
         "--setenv", "AGENTD_HOME", h,
-        "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-        "--tmpfs", "/home", "--tmpfs", "/root", "--tmpfs", "/run", "--tmpfs", "/var/tmp",
-        "--size", str(256 * 1024 * 1024), "--tmpfs", "/tmp",
+        "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
+        "--size", SIZE, "--tmpfs", "/dev/shm", "--proc", "/proc",
+        "--size", SIZE, "--tmpfs", "/home", "--size", SIZE, "--tmpfs", "/root",
+        "--size", SIZE, "--tmpfs", "/run", "--size", SIZE, "--tmpfs", "/var/tmp",
+        "--size", SIZE, "--tmpfs", "/tmp",
         "--bind", h, h, "--bind", w, w,
         "--ro-bind", f"{h}/.git", f"{h}/.git",
         "--ro-bind", f"{h}/agentd.toml", f"{h}/agentd.toml",
-        "--tmpfs", f"{h}/.agentd", "--remount-ro", f"{h}/.agentd",
+        "--size", SIZE, "--tmpfs", f"{h}/.agentd", "--remount-ro", f"{h}/.agentd",
         "--seccomp", "7",
         "--chdir", w, "--", "/bin/bash", "-c", "echo hi",
     ]  # fmt: skip
@@ -73,16 +74,17 @@ def test_bwrap_argv_is_pinned(ctx: ToolContext) -> None:
 def test_binds_come_after_the_tmpfs_masks(ctx: ToolContext) -> None:
     argv = sb.bwrap_argv(ctx, "true", bwrap="/opt/bwrap", seccomp_fd=3)
     assert argv[0] == "/opt/bwrap"
-    last_mask = argv.index("/tmp")
+    last_mask = next(i for i, a in enumerate(argv) if argv[i - 1 : i + 1] == ["--tmpfs", "/tmp"])
     binds = [i for i, a in enumerate(argv) if a == "--bind"]
-    protections = [i for i, a in enumerate(argv) if a in ("--ro-bind", "--remount-ro")][1:]
+    protections = [i for i, a in enumerate(argv)
+                   if a in ("--ro-bind", "--remount-ro") and i > last_mask]
     assert last_mask < min(binds) and max(binds) < min(protections)
     assert max(protections) < argv.index("--seccomp") < argv.index("--chdir") < argv.index("--")
     assert argv[argv.index("--") :] == ["--", "/bin/bash", "-c", "true"]
 
 
 def test_missing_protected_paths_are_masked_too(tmp_path: Path) -> None:
-    home, work = tmp_path / "h", tmp_path / "w"
+    home, work = tmp_path / "h", sandbox_workdir(tmp_path / "w")
     home.mkdir()
     bare = ToolContext(home=home, workdir=work)
     argv = sb.bwrap_argv(bare, "true", seccomp_fd=3)
@@ -90,9 +92,9 @@ def test_missing_protected_paths_are_masked_too(tmp_path: Path) -> None:
     assert argv[start - 6 : start] == ["--bind", str(home), str(home), "--bind", str(work),
                                        str(work)]
     assert argv[start : argv.index("--seccomp")] == [
-        "--tmpfs", f"{home}/.git", "--remount-ro", f"{home}/.git",
+        "--size", SIZE, "--tmpfs", f"{home}/.git", "--remount-ro", f"{home}/.git",
         "--ro-bind", "/dev/null", f"{home}/agentd.toml",
-        "--tmpfs", f"{home}/.agentd", "--remount-ro", f"{home}/.agentd",
+        "--size", SIZE, "--tmpfs", f"{home}/.agentd", "--remount-ro", f"{home}/.agentd",
     ]  # fmt: skip
     (home / ".agentd").mkdir()
     argv = sb.bwrap_argv(bare, "true", seccomp_fd=3)
@@ -108,14 +110,17 @@ def test_a_symlinked_protected_path_is_refused(ctx: ToolContext) -> None:
     assert reason is not None and "agentd.toml is a symlink" in reason
 
 
-def test_tmp_size_follows_settings(ctx: ToolContext) -> None:
+def test_every_tmpfs_is_capped_by_tmp_size(ctx: ToolContext, tmp_path: Path) -> None:
     ctx.sandbox.tmp_size_mb = 8
-    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
-    assert argv[argv.index("--size") + 1 : argv.index("--size") + 4] == [
-        str(8 * 1024 * 1024),
-        "--tmpfs",
-        "/tmp",
-    ]
+    bare = ToolContext(home=tmp_path / "bare", workdir=tmp_path / "bare",
+                       sandbox=ctx.sandbox)  # missing .git/.agentd: tmpfs mount points
+    for c in (ctx, bare):
+        argv = sb.bwrap_argv(c, "true", seccomp_fd=3)
+        tmpfs = [i for i, a in enumerate(argv) if a == "--tmpfs"]
+        assert len(tmpfs) >= 7  # /dev/shm, 4 masks, /tmp, .agentd (and .git when missing)
+        for i in tmpfs:  # bwrap's --size applies to the next --tmpfs only
+            assert argv[i - 2 : i] == ["--size", str(8 * 1024 * 1024)], argv[i + 1]
+        assert argv.count("--size") == len(tmpfs)
 
 
 def test_environments_are_allow_lists(ctx: ToolContext) -> None:

@@ -56,6 +56,11 @@ def resolve_path(ctx: ToolContext, path: str, *, for_write: bool) -> Path:
     if not any(real.is_relative_to(root) for root in roots):
         raise PathError(f"path {shown} is outside the home ({ctx.home}) and the workdir "
                         f"({ctx.workdir}); use a path inside one of them")
+    from agentd.tools.sandbox import hidden_paths
+
+    if any(real.is_relative_to(h.resolve()) for h in hidden_paths(ctx)):
+        raise PathError(f"{shown} is the runtime's private data, not readable in this turn "
+                        f"(profile {ctx.profile})")
     if for_write:
         _check_writable(ctx, real, shown)
     return real
