@@ -245,5 +245,6 @@ def limits_status(s: SandboxSettings | None = None) -> list[LimitStatus]:
         procs,
         LimitStatus("core dumps", True, "off (RLIMIT_CORE = 0)"),
         LimitStatus("output", True, f"{s.output_limit} chars shown; killed past 8 MiB"),
-        LimitStatus("/tmp size", True, f"{s.tmp_size_mb} MiB (tmpfs)"),
+        LimitStatus("/tmp size", True, f"{s.tmp_size_mb} MiB (tmpfs; the same cap for "
+                    "/dev/shm and each masked folder)"),
     ]
