@@ -70,3 +70,4 @@ class ToolContext:
     # The writable folders were handed to the sandbox's uid (agentd/tools/sandbox.hand_over);
     # host-side writes (the file tools) reset it, so the next command hands over again.
     handed_over: bool = False
+    told: set[str] = field(default_factory=set)  # notes already shown in this turn

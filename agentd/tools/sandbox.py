@@ -367,10 +367,13 @@ def hand_over(ctx: ToolContext) -> list[str]:
         log.warning("hand-over to %s left %d entries alone: %s", owner.describe(who),
                     len(report.skipped), "; ".join(report.skipped[:5]))
     ctx.handed_over = True
+    notes = []
     if ctx.profile == "trusted" and ctx.workdir not in writable:
-        return [f"running as root: the workdir {ctx.workdir} is read-only to the sandbox "
-                f"(uid {who[0]}); chown it to {who[0]} or run agentd as a normal user"]
-    return []
+        notes.append(f"running as root: the workdir {ctx.workdir} is read-only to the sandbox "
+                     f"(uid {who[0]}); chown it to {who[0]} or run agentd as a normal user")
+    fresh = [note for note in notes if note not in ctx.told]  # once per turn
+    ctx.told.update(fresh)
+    return fresh
 
 
 def _keep_protected(home: Path, who: owner.Owner) -> None:
