@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import requires_bwrap
+from conftest import requires_bwrap, requires_root_bwrap
 
 from agentd.config import parse_settings
 from agentd.errors import AgentdError
@@ -130,3 +130,37 @@ def test_close_kills_leftovers(tmp_path: Path) -> None:
     assert cg.pids() == [proc.pid]
     cg.close()
     assert proc.wait(5) == -9 and not cg.path.exists()
+
+
+@requires_root_bwrap
+def test_nproc_binds_the_sandbox_uid_where_there_is_no_cgroup(tmp_path: Path) -> None:
+    """Root without a pids cgroup: RLIMIT_NPROC now holds, because the command runs as the
+    sandbox uid (it is ignored for root). Spawned by hand with the real pieces, no cgroup."""
+    from conftest import sandbox_workdir
+
+    from agentd.tools import owner
+    from agentd.tools import sandbox as sb
+
+    s = SandboxSettings(processes=20)
+    who = owner.sandbox_owner(s)
+    assert who is not None
+    work = sandbox_workdir(tmp_path / "w")
+    rl = lim.rlimits(s, cgroup=False, uid=who[0])
+    assert dict(rl)[resource.RLIMIT_NPROC] == min(
+        20 + lim._user_tasks(who[0]), resource.getrlimit(resource.RLIMIT_NPROC)[1])
+    script = ("import os, time\nn = 0\ntry:\n    while n < 200:\n        if os.fork() == 0:\n"
+              "            time.sleep(30); os._exit(0)\n        n += 1\n"
+              "except BlockingIOError:\n    print('stopped at', n)\n")
+    (work / "bomb.py").write_text(script)
+    launch = sb.prepare(ToolContext(home=work, workdir=work, sandbox=s), "python3 bomb.py",
+                        with_limits=False)  # the drop only; the rlimits are added below
+    assert launch.preexec is not None and launch.cgroup is None
+    steps = [lim.preexec(rl, None), launch.preexec]
+    try:
+        out = subprocess.run(launch.argv, env=launch.env, capture_output=True, text=True,
+                             timeout=60, pass_fds=launch.pass_fds,
+                             preexec_fn=lambda: [step() for step in steps] and None)
+    finally:
+        launch.cleanup()
+    assert out.stdout.startswith("stopped at "), (out.stdout, out.stderr)
+    assert int(out.stdout.split()[-1]) <= 20
