@@ -158,6 +158,14 @@ def test_refused_calls_inside(ctx: ToolContext) -> None:
         "try: socket.socketpair(); print('PAIR-OPEN')\n"
         "except PermissionError: print('PAIR-EPERM')\n"
         "s = socket.socket(socket.AF_INET); print('INET-OK'); s.close()\n"
+        "for fam in ('AF_VSOCK', 'AF_PACKET', 'AF_NETLINK'):\n"
+        "    try: socket.socket(getattr(socket, fam), socket.SOCK_DGRAM); print(fam, 'OPEN')\n"
+        "    except OSError as e: print(fam + '-' + str(e.errno))\n"
+        "import stat\n"
+        "try: os.mknod('m', stat.S_IFREG | 0o4755); print('MKNOD-SUID-OPEN')\n"
+        "except PermissionError: print('MKNOD-SUID-EPERM')\n"
+        "os.mkfifo('fifo'); print('FIFO-OK')\n"
+        "print(socket.getaddrinfo('localhost', 80)[0][4][1])\n"
         "try: os.unshare(os.CLONE_NEWNET) if hasattr(os, 'unshare') else print('UNSHARE-EPERM')\n"
         "except PermissionError: print('UNSHARE-EPERM')\n"
     )
@@ -167,10 +175,13 @@ def test_refused_calls_inside(ctx: ToolContext) -> None:
                       "&& echo CHMOD-OK; chmod u+s t || echo SUID-DENIED; "
                       "chmod g+s . || echo SGID-DENIED")
     assert not (ctx.workdir / "t").stat().st_mode & 0o6000
-    for word in ("UNIX-EPERM", "PAIR-EPERM", "INET-OK", "UNSHARE-EPERM", "USERNS-DENIED",
+    for word in ("AF_VSOCK-97", "AF_PACKET-97", "AF_NETLINK-97", "MKNOD-SUID-EPERM", "FIFO-OK",
+                 "\n80\n",  # getaddrinfo copes without netlink
+                 "UNIX-EPERM", "PAIR-EPERM", "INET-OK", "UNSHARE-EPERM", "USERNS-DENIED",
                  "NETNS-DENIED", "CHMOD-OK", "SUID-DENIED", "SGID-DENIED"):
         assert word in result.content, result.content
     assert "UNIX-OPEN" not in result.content and "PAIR-OPEN" not in result.content
+    assert "OPEN" not in result.content
 
 
 @requires_bwrap
