@@ -101,7 +101,8 @@ def test_cgroup_is_joined_and_removed(tmp_path: Path, monkeypatch: pytest.Monkey
     work = tmp_path / "w"
     work.mkdir()
     ctx = ToolContext(home=work, workdir=work, sandbox=SandboxSettings(processes=33))
-    before = {p.name for p in base.iterdir() if p.name.startswith("agentd-")}
+    mine = f"agentd-{os.getpid()}-"  # not those of another agentd on this machine
+    before = {p.name for p in base.iterdir() if p.name.startswith(mine)}
     seen: list[str] = []
     real_open = lim.open_cgroup
 
@@ -117,7 +118,7 @@ def test_cgroup_is_joined_and_removed(tmp_path: Path, monkeypatch: pytest.Monkey
                                        "wait; echo ok", 10))
     lines = result.content.split()
     assert lines[-1] == "ok" and int(lines[0]) >= 5 and seen[-1] == "33"  # bwrap x2, bash x3
-    after = {p.name for p in base.iterdir() if p.name.startswith("agentd-")}
+    after = {p.name for p in base.iterdir() if p.name.startswith(mine)}
     assert after == before  # removed again
 
 
