@@ -12,8 +12,10 @@ run as the user's own uid.
 The drop (`drop_to`): the capability bounding set is emptied, supplementary groups are
 cleared, then setresgid and setresuid (which clears the permitted and effective sets), then
 no_new_privs, so nothing exec'd later (a set-uid bwrap included) can gain privileges; bwrap
-sets no_new_privs itself anyway before loading the seccomp filter. As the uid is not root,
-RLIMIT_NPROC works again (agentd/tools/limits.py counts that uid's tasks).
+sets no_new_privs itself anyway before loading the seccomp filter. So bwrap needs
+unprivileged user namespaces (a set-uid bwrap gains nothing under no_new_privs): where the
+host disables them, the trivial launch fails and bash refuses, as `agentd doctor` says.
+As the uid is not root, RLIMIT_NPROC works again (limits.py counts that uid's tasks).
 
 Reaching the home (`reach_plan`, `enter_reach`): bwrap, unprivileged, looks its bind
 sources up with the sandbox uid's permissions, so a home under a 0700 root folder (root's

@@ -51,15 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentd.tools import (
-    PROFILES,
-    SandboxSettings,
-    ToolContext,
-    limits,
-    netproxy,
-    owner,
-    seccomp,
-)
+from agentd.tools import PROFILES, SandboxSettings, ToolContext, limits, netproxy, owner, seccomp
 
 BASH = "/bin/bash"
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
