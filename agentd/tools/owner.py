@@ -198,12 +198,16 @@ def enter_reach(plan: Plan) -> None:
                 os.close(fd)
 
 
-def drop_to(owner: Owner) -> None:
+def cap_last() -> int:
+    """The highest capability number this kernel knows (read in the parent, once per spawn)."""
+    return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+
+
+def drop_to(owner: Owner, last_cap: int) -> None:
     """In the child, last before exec: become `owner` for good, with no capability left and
     none to gain (see the module doc for the order)."""
     uid, gid = owner
-    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    for cap in range(last + 1):
+    for cap in range(last_cap + 1):
         _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop the bounding set")
     os.setgroups([])
     os.setresgid(gid, gid, gid)
@@ -213,10 +217,11 @@ def drop_to(owner: Owner) -> None:
 
 def child_steps(plan: Plan, owner: Owner) -> Callable[[], None]:
     """The preexec step that makes the command unprivileged (after the root-only steps)."""
+    last = cap_last()
 
     def child() -> None:
         enter_reach(plan)
-        drop_to(owner)
+        drop_to(owner, last)
 
     return child
 
