@@ -172,12 +172,15 @@ def _typed(where: str, value: Any, kind: type | tuple[type, ...]) -> Any:
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     names = {int: "number", float: "number", str: "string", bool: "true/false", dict: "table",
              list: "list"}
+    if kind == (int, str):
+        return "number or name"
     return names.get(kind, "value") if isinstance(kind, type) else "value"
 
 
-_KINDS: dict[str, type] = {
+_KINDS: dict[str, type | tuple[type, ...]] = {
     "str": str, "int": int, "float": float, "bool": bool, "str | None": str, "int | None": int,
-    "float | None": float, "list[str]": list,
+    "float | None": float, "list[str]": list, "int | str": (int, str),
+    "int | str | None": (int, str),
 }
 
 
@@ -230,6 +233,7 @@ def parse_settings(data: dict[str, Any]) -> Settings:
     if s.sandbox.mode not in ("bwrap", "off"):
         raise AgentdError(f"sandbox.mode must be \"bwrap\" or \"off\", not {s.sandbox.mode!r}")
     _check_network(s)
+    _check_owner(s)
     if s.sandbox.tmp_size_mb < 1:
         raise AgentdError("sandbox.tmp_size_mb must be at least 1")
     for key in ("cpu_seconds", "memory_mb", "file_size_mb", "open_files", "processes",
@@ -261,6 +265,17 @@ def _check_network(s: Settings) -> None:
     if net == "allowlist" and not domains:
         raise AgentdError('sandbox.network = "allowlist" needs sandbox.allow_domains, e.g. '
                           '["pypi.org", "*.github.com"]')
+
+
+def _check_owner(s: Settings) -> None:
+    """[sandbox] uid and gid name a real, non-root user and group (checked even when agentd
+    is not root, so a typo shows before the day it matters)."""
+    from agentd.tools.owner import resolve_owner
+
+    try:
+        resolve_owner(s.sandbox.uid, s.sandbox.gid)
+    except ValueError as e:
+        raise AgentdError(str(e)) from None
 
 
 def _check_daemon(s: Settings) -> None:

@@ -153,12 +153,15 @@ DEFAULT_CONFIG = '''\
 # mode = "bwrap"
 # timeout = 120        # seconds per command; the whole process tree is killed after it
 # output_limit = 30000 # characters of command output shown to the model (head + tail kept)
-# tmp_size_mb = 256    # size of the sandbox's private /tmp
+# tmp_size_mb = 256    # size of the sandbox's private /tmp (and of /dev/shm and each mask)
 # network = "none"     # "allowlist": HTTP(S) only to allow_domains, through agentd's proxy
 #                      # (needs agentd as root); "full": everything (warned on every turn)
 # allow_domains = ["pypi.org", "files.pythonhosted.org", "*.github.com"]
-# Limits per command (0 = no limit). Processes need a pids cgroup when agentd runs as
-# root; `agentd doctor` says which limits this host enforces.
+# When agentd runs as root, commands run as this user (a name or a number; gid defaults to
+# its primary group), and the home's writable parts are handed over to it each turn.
+# uid = 65534          # nobody; better: a dedicated user, e.g. "agentd-sandbox"
+# gid = 65534
+# Limits per command (0 = no limit). `agentd doctor` says which limits this host enforces.
 # cpu_seconds = 300    # CPU time per process
 # memory_mb = 2048     # address space per process
 # file_size_mb = 256   # largest file a command may write

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import requires_root
+from conftest import requires_root, sandbox_workdir
 
 from agentd import homefs
 from agentd.tools import ToolContext, ToolResult
@@ -35,8 +35,7 @@ def ctx(tmp_path: Path) -> ToolContext:
     (home / ".git" / "config").write_text("[core]\n")
     (home / ".agentd").mkdir()
     (home / "agentd.toml").write_text("# settings\n")
-    work.mkdir()
-    return ToolContext(home=home.resolve(), workdir=work.resolve())
+    return ToolContext(home=home.resolve(), workdir=sandbox_workdir(work))
 
 
 @pytest.fixture

@@ -29,7 +29,9 @@ class SandboxSettings:
     """How bash runs. `mode` is "bwrap" (default) or "off" (explicit opt-out, warned);
     `network` is "none" (default), "allowlist" (HTTP(S) to `allow_domains` only, through
     agentd's proxy) or "full" (explicit opt-in, warned). The limits apply to
-    every command; 0 means no limit of that kind (see agentd/tools/limits.py)."""
+    every command; 0 means no limit of that kind (see agentd/tools/limits.py).
+    `uid`/`gid`: who commands run as when agentd is root (a number or a name; gid defaults
+    to the user's primary group); ignored otherwise (see agentd/tools/owner.py)."""
 
     mode: str = "bwrap"
     network: str = "none"
@@ -42,6 +44,8 @@ class SandboxSettings:
     file_size_mb: int = 256
     open_files: int = 1024
     processes: int = 256
+    uid: int | str = 65534
+    gid: int | str | None = None
 
 
 @dataclass
@@ -71,3 +75,7 @@ class ToolContext:
     redactor: Redactor | None = None
     owner: tuple[int, int] | None = None
     quota: TurnQuota | None = None
+    # The writable folders were handed to the sandbox's uid (agentd/tools/sandbox.hand_over);
+    # host-side writes (the file tools) reset it, so the next command hands over again.
+    handed_over: bool = False
+    told: set[str] = field(default_factory=set)  # notes already shown in this turn

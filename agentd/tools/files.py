@@ -89,6 +89,9 @@ def locate(ctx: ToolContext, path: str, *, for_write: bool) -> Place:
     if not _under_any(full, readable):
         raise PathError(f"path {shown} is outside the home ({ctx.home}) and the workdir "
                         f"({ctx.workdir}); use a path inside one of them")
+    if _hidden(ctx, full):
+        raise PathError(f"{shown} is the runtime's private data, not readable in this turn "
+                        f"(profile {ctx.profile})")
     roots = _writable(ctx) if for_write else readable
     if not _under_any(full, roots):
         where = " or ".join(str(p) for p in roots) or "nowhere but bash's private /tmp"
@@ -96,6 +99,14 @@ def locate(ctx: ToolContext, path: str, *, for_write: bool) -> Place:
                         f"it may write only {'under ' if roots else ''}{where}")
     root = max((r for r in roots if full.is_relative_to(r)), key=lambda r: len(r.parts))
     return Place(full, root, full.relative_to(root).parts, shown)
+
+
+def _hidden(ctx: ToolContext, path: Path) -> bool:
+    """Whether `path` (as spelled, or as an open fd really is) is runtime data this profile
+    may not read (`<home>/.agentd` for untrusted and readonly turns)."""
+    from agentd.tools.sandbox import hidden_paths
+
+    return _under_any(path, hidden_paths(ctx))
 
 
 def _under_any(path: Path, roots: list[Path]) -> bool:
@@ -208,20 +219,24 @@ def read_file(ctx: ToolContext, path: str, offset: int | None = None,
     try:
         place = locate(ctx, path, for_write=False)
         with _open_root(place) as root:
-            return _read_open(root, place, start, count)
+            return _read_open(ctx, root, place, start, count)
     except PathError as e:
         return _fail(str(e))
     except OSError as e:
         return _fail(f"cannot read {path}: {e.strerror or e}")
 
 
-def _read_open(root: Root, place: Place, start: int, count: int) -> ToolResult:
+def _read_open(ctx: ToolContext, root: Root, place: Place, start: int,
+               count: int) -> ToolResult:
     """Open the file beneath `root` (regular files only: a FIFO or device is never opened
     for reading) and stream the asked-for lines."""
     real = place.path
     try:
         with root.open_regular("/".join(place.parts), follow=True) as (fd, st), \
                 open(fd, "rb", closefd=False) as f:
+            if _hidden(ctx, homefs.fd_path(fd)):  # a link inside the home to .agentd/
+                return _fail(f"{place.shown} leads to the runtime's private data, not "
+                             f"readable in this turn (profile {ctx.profile})")
             if b"\0" in f.read(BINARY_SNIFF):
                 return _fail(_binary(real, st.st_size))
             f.seek(0)

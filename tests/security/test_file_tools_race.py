@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from attack import MODEL, run_attack
-from conftest import requires_bwrap
+from conftest import requires_bwrap, sandbox_workdir
 from fakellm import FakeLLM
 
 from agentd import homefs
@@ -128,7 +128,7 @@ def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_a_racing_swap_never_puts_a_write_outside(tmp_path: Path, outside: Path,
                                                   resolver: str) -> None:
-    home, work = tmp_path / "home", tmp_path / "work"
+    home, work = tmp_path / "home", sandbox_workdir(tmp_path / "work")
     home.mkdir()
     (work / "d").mkdir(parents=True)
     (work / "d" / "e.txt").write_text("v\n")
@@ -266,14 +266,14 @@ def _no_set_id(path: Path) -> None:
 def test_a_set_uid_file_planted_in_the_sandbox_stays_harmless(fake: FakeLLM, home: Path,
                                                               workdir: Path) -> None:
     """mknod(S_IFREG|04755) in the sandbox, then the host-side write tool fills the file:
-    it must not come out a set-uid root binary. (edit can't be driven the same way: the
-    mknod'ed file is empty, the sandbox's own writes clear the bit and its chmod u+s is
-    refused; tests/test_files.py covers edit on a set-id file.)"""
+    it must not come out a set-uid root binary. Two layers: seccomp refuses the set-id
+    mknod, and the write tool never keeps set-id bits (pinned with a host-planted set-uid
+    file in tests/test_files.py, since the sandbox can no longer plant one)."""
     a = run_attack(
         fake, home, workdir, MKNOD.format(path="x"),
         {"name": "write", "arguments": {"path": "x", "content": "#!/bin/sh\nid\n"}})
-    assert a.errors == [False, False], a.results
-    assert "-rwsr-xr-x" in a.results[0]  # the plant worked: the file was set-uid
+    assert a.errors == [True, False], a.results
+    assert "Operation not permitted" in a.results[0]  # seccomp refused the plant
     _no_set_id(workdir / "x")
     assert (workdir / "x").read_text() == "#!/bin/sh\nid\n"
 
@@ -286,6 +286,6 @@ def test_a_set_uid_file_planted_in_the_outbox_by_an_untrusted_turn(fake: FakeLLM
     steps = [[_bash(MKNOD.format(path="outbox/x"))],
              [{"name": "write", "arguments": {"path": "outbox/x", "content": "#!/bin/sh\n"}}]]
     report, shown = _turn(fake, home, home, "untrusted", steps, Events(), scratch)
-    assert [c["is_error"] for c in report.tool_calls] == [False, False], shown
-    assert "-rwsr-xr-x" in shown[0]
+    assert [c["is_error"] for c in report.tool_calls] == [True, False], shown
+    assert "Operation not permitted" in shown[0]  # seccomp refused the plant
     _no_set_id(home / "outbox" / "x")
