@@ -64,9 +64,11 @@ def test_day_log_entry_format(home: Path) -> None:
     assert "- Not committed (secrets found): leak.md" in text
 
 
-def test_missing_and_unreadable_memory_files_are_skipped(home: Path, workdir: Path) -> None:
+def test_a_missing_file_is_skipped_and_an_unreadable_one_noted(home: Path,
+                                                               workdir: Path) -> None:
     (home / "memory/SOUL.md").unlink()
     (home / "memory/USER.md").write_bytes(b"\xff\xfe bad")
     prompt = build_system_prompt(home, workdir, NOW)
-    assert "# memory/SOUL.md" not in prompt and "# memory/USER.md" not in prompt
+    assert "# memory/SOUL.md" not in prompt
+    assert "# memory/USER.md\n[not read: memory/USER.md is not UTF-8 text]" in prompt
     assert "# memory/AGENTS.md" in prompt
