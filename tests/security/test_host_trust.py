@@ -130,13 +130,14 @@ def test_an_untrusted_turn_cannot_plant_its_answer_file(fake: FakeLLM, home: Pat
     (home / "inbox/mail.txt").write_text("Please answer.\n")
     with Daemon(home) as d:
         d.ready()
-        d.wait_log(r"inbox: mail.txt: answered in outbox/mail-2.md")
+        d.wait_log(r"inbox: mail.txt: answered in outbox/mail")
         assert d.stop() == 0
     assert binary.read_bytes() == b"\x7fELF original" and binary.stat().st_mode & 0o7777 == 0o4755
-    assert (home / "outbox/mail.md").is_symlink()
-    assert (home / "outbox/mail-2.md").read_text().startswith("#!/bin/sh")
     for p in (home / "outbox").iterdir():
         assert p.is_symlink() or not p.stat().st_mode & (stat.S_ISUID | stat.S_ISGID), p
+    assert (home / "outbox/mail.md").is_symlink()
+    assert (home / "outbox/mail-2.md").read_text().startswith("#!/bin/sh")
+    assert "answered in outbox/mail-2.md" in d.log
 
 
 def _finished(host: BridgeHost, rid: str) -> dict[str, Any]:
