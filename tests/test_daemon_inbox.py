@@ -133,6 +133,9 @@ def test_kill_9_mid_turn_then_restart_processes_the_file_exactly_once(
     assert "Agentd-Trigger: recovery" in subjects
     recovery = git(home, "log", "-1", "--grep", "Recovery", "--format=%H")
     assert "outbox/progress.md" in git(home, "show", "--stat", recovery.strip())
+    day_log = "".join(p.read_text() for p in (home / "memory/daily").glob("*.md"))
+    assert ('· recovery · -\n- Task (untrusted, from inbox): "A file arrived in inbox/'
+            in day_log)  # the killed turn's text is a stranger's: fenced in its entry too
     assert uncommitted(home) == []
     assert not (home / ".git/index.lock").exists()
     assert len(model_requests(fake)) == 3  # the killed turn's two calls, then one more
