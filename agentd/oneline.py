@@ -6,18 +6,22 @@ names that are not UTF-8).
 `one_line` is for the owner's own text: runs of whitespace (newlines included) become one
 space, as always, and any other control character is escaped. `quoted` is for strangers'
 text: a double-quoted literal in which newlines and every control character are escaped
-(`\\n`, `\\u2028`), so it reads as data and cannot close its own quotes.
+(`\\n`, `\\x1b`, `\\u2028`), so it reads as data and cannot close its own quotes. The
+C0 and C1 controls are escaped as agentd.termsafe shows them on a terminal.
 """
 
 from __future__ import annotations
 
 import re
 
-# C0, DEL, C1 (U+0085 included), the line and paragraph separators, bidi controls, and
-# lone surrogates (os.fsdecode's stand-ins for bytes that are not UTF-8).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e"
-                      "\u2066-\u2069\ud800-\udfff]")
-_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+from agentd.termsafe import terminal_safe
+
+# What terminal_safe leaves because a terminal shows it as layout: newline and tab; and
+# what starts a new line or hides text for other readers (a model, an editor): U+2028 and
+# U+2029, bidi controls, and lone surrogates (os.fsdecode's stand-ins for non-UTF-8 bytes).
+_LAYOUT = re.compile("[\n\t\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
+_SHORT = {"\n": "\\n", "\t": "\\t"}
 
 
 def _code(m: re.Match[str]) -> str:
@@ -26,8 +30,9 @@ def _code(m: re.Match[str]) -> str:
 
 
 def escape(text: str) -> str:
-    """Every control character as a visible escape; all other text unchanged."""
-    return _CONTROL.sub(_code, text)
+    """Every control character as a visible escape (`\\n`, `\\x1b`, `\\u2028`); all
+    other text unchanged."""
+    return _LAYOUT.sub(_code, terminal_safe(text))
 
 
 def _cut(text: str, limit: int) -> str:
