@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agentd.daylog import recent_days
 from agentd.homefs import Refused, Root
+from agentd.oneline import escape
 from agentd.skills import discover
 
 BASE = """\
@@ -78,7 +79,7 @@ def build_system_prompt(home: Path, workdir: Path, now: datetime | None = None,
         parts += [_section(root, f"memory/{n}", f"memory/{n}", b) for n, b in STABLE_FILES]
         skills = discover(home, warnings)
         if skills:
-            lines = [f"- {s.name}: {s.description} ({s.path.relative_to(home)})"
+            lines = [f"- {s.name}: {s.description} ({escape(str(s.path.relative_to(home)))})"
                      + ("" if s.available else f" [unavailable: {s.missing}]")
                      for s in skills]
             parts.append("# Skills (read the SKILL.md before using one)\n" + "\n".join(lines))

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from agentd.homefs import Root
+from agentd.oneline import one_line
 
-DESCRIPTION_LIMIT = 200
+DESCRIPTION_LIMIT = 200  # name and description go into every prompt: one line each
+NAME_LIMIT = 64
 READ_LIMIT = 256 * 1024  # a SKILL.md is a page; only its front matter is parsed here
 SKILLS = "skills"
 
@@ -78,17 +80,16 @@ def _missing(meta: dict[str, Any]) -> str:
 
 
 def load_skill(text: str, path: Path) -> Skill:
-    """One skill from its SKILL.md's text; raises ValueError (with a line) when malformed."""
+    """One skill from its SKILL.md's text; raises ValueError (with a line) when malformed.
+    The name and description are one-lined with controls escaped: they reach every prompt."""
     meta = parse_front_matter(text)
     if not meta:
         raise ValueError("line 1: no front matter (a '---' block with name and description)")
-    desc = " ".join(str(meta.get("description") or "").split())
+    desc = one_line(str(meta.get("description") or ""), DESCRIPTION_LIMIT)
     if not desc:
         raise ValueError("line 2: front matter has no description")
-    if len(desc) > DESCRIPTION_LIMIT:
-        desc = desc[: DESCRIPTION_LIMIT - 1] + "…"
-    return Skill(str(meta.get("name") or path.parent.name), desc, path,
-                 missing=_missing(meta))
+    name = one_line(str(meta.get("name") or path.parent.name), NAME_LIMIT)
+    return Skill(name, desc, path, missing=_missing(meta))
 
 
 def bundled_skills_dir() -> Path:
