@@ -1,7 +1,11 @@
 """The system prompt. Stable parts first (instructions, identity, skills), volatile parts
 last (curated memory, day logs, the time), so a provider's prompt cache keeps hitting.
 Every file has a character budget; an over-long one is cut with a marker saying how to
-read the rest."""
+read the rest.
+
+The files are the agent's (the workdir's AGENTS.md too), read on the host: through
+agentd.homefs, so a symlink (to /proc/self/environ, say) or a FIFO is never followed or
+opened, only shown as a line saying why, and a huge file costs a few times its budget."""
 
 from __future__ import annotations
 
