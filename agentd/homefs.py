@@ -299,11 +299,21 @@ class Root:
         data = self.read_bytes(rel, limit, follow, tail)
         if len(data) < limit:
             return data.decode("utf-8")
-        if tail:  # the cut is at the start: drop a partial character there
-            while data and (data[0] & 0xC0) == 0x80:
-                data = data[1:]
-            return data.decode("utf-8")
-        return _decode_cut(data)
+        return _decode_tail(data) if tail else _decode_cut(data)
+
+    def read_ends(self, rel: str | Path, limit: int = READ_LIMIT,
+                  follow: bool = False) -> tuple[str, int, str]:
+        """(head, bytes skipped, tail) of a regular file, each end at most `limit` bytes,
+        from one open: a prompt file is clipped to its head and tail, and the host reads
+        no more of a huge one than it shows. A file of at most 2×`limit` bytes comes whole,
+        as (text, 0, "")."""
+        with self.open_regular(rel, follow) as (fd, st):
+            if st.st_size <= 2 * limit:
+                data = _pread(fd, 2 * limit, 0)  # capped again: it may have grown since
+                return (_decode_cut(data) if len(data) == 2 * limit
+                        else data.decode("utf-8")), 0, ""
+            head, tail = _pread(fd, limit, 0), _pread(fd, limit, st.st_size - limit)
+            return _decode_cut(head), st.st_size - 2 * limit, _decode_tail(tail)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -448,6 +458,25 @@ def _decode_cut(data: bytes) -> str:
             if e.start < len(data) - 4:
                 raise
     return data.decode("utf-8")
+
+
+def _decode_tail(data: bytes) -> str:
+    """Decode a capped read of a file's tail: a character cut at the start is dropped."""
+    while data and (data[0] & 0xC0) == 0x80:
+        data = data[1:]
+    return data.decode("utf-8")
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    """Up to `size` bytes at `offset`, however many short reads it takes."""
+    chunks, left = [], size
+    while left > 0:
+        chunk = os.pread(fd, min(left, 1 << 16), offset + size - left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _kind(mode: int) -> str:

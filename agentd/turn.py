@@ -138,7 +138,8 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     models = ", ".join(report.models) or report.model
     now = datetime.now().astimezone()
     log = append_entry(home, now, req.trigger, models, clean(req.task),
-                       clean(_outcome(report.result)), files, list(changes.blocked))
+                       clean(_outcome(report.result)), files, list(changes.blocked),
+                       source=None if req.profile == "trusted" else req.trigger)
     if not files:
         return  # nothing but the day log changed: it rides along with the next commit
     daily = {f for f in changes.files if f.startswith(DAILY + "/")}

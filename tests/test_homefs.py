@@ -42,6 +42,15 @@ def test_reads_a_regular_file(tree: tuple[Root, Path, Path]) -> None:
     assert root.read_text("memory/MEMORY.md") == "remember ünïcode"
 
 
+def test_read_ends_reads_a_big_file_only_at_its_ends(tree: tuple[Root, Path, Path]) -> None:
+    root, inside, _ = tree
+    (inside / "small.md").write_text("é" * 10)
+    assert root.read_ends("small.md", 10) == ("é" * 10, 0, "")
+    (inside / "big.md").write_bytes("é".encode() * 1000)  # 2000 bytes, cut mid-character
+    head, skipped, tail = root.read_ends("big.md", 101)
+    assert (head, tail) == ("é" * 50, "é" * 50) and skipped == 2000 - 202
+
+
 @pytest.mark.parametrize("link", ["{secret}", "../secret.txt", "/proc/self/environ",
                                   "/proc/self/fd/0"])
 def test_a_runtime_file_is_never_read_through_a_symlink(tree: tuple[Root, Path, Path],

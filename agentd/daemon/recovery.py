@@ -140,9 +140,11 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
         changes = history.pending(home, scan)
         files = changes.files
         task = str(marker.get("task") or "")
+        stranger = marker.get("profile") != "trusted"  # unknown: fenced, to be safe
         append_entry(home, datetime.now().astimezone(), "recovery", "-", task,
                      "interrupted: the daemon was killed during this turn; its changes were "
-                     "committed on the next start", files, list(changes.blocked))
+                     "committed on the next start", files, list(changes.blocked),
+                     source=str(marker.get("trigger")) if stranger else None)
         files = history.pending(home, scan).files
         sha = history.commit(home, files, f"Recovery: {task}", {
             "Agentd-Run": run_id, "Agentd-Trigger": "recovery"},
