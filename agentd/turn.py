@@ -25,6 +25,7 @@ from agentd.quota import TurnQuota, check_home
 from agentd.redact import Redactor, from_settings
 from agentd.session import SessionLog, load_messages, new_id
 from agentd.tools import SandboxSettings, ToolContext
+from agentd.tools.owner import sandbox_owner
 from agentd.turnlock import OnWait, turn_lock
 from agentd.usage import append_ledger, cost, price_for
 
@@ -199,8 +200,9 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
     system = build_system_prompt(home, req.workdir)
     messages.append(Message("user", req.task))
     log.append(messages[-1])
-    ctx = ToolContext(home=home, workdir=req.workdir, sandbox=sandbox_for(settings, req),
-                      profile=req.profile, scratch=req.scratch, redactor=redactor)
+    sandbox = sandbox_for(settings, req)
+    ctx = ToolContext(home=home, workdir=req.workdir, sandbox=sandbox, profile=req.profile,
+                      scratch=req.scratch, redactor=redactor, owner=sandbox_owner(sandbox))
     if req.profile == "untrusted":
         ctx.quota = await asyncio.to_thread(TurnQuota, ctx, settings.quota, home_used)
     books = _Books(events, log, report, home, settings, req.trigger, ctx.quota)

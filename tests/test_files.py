@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
@@ -636,3 +637,29 @@ def test_edit_can_delete_and_handles_unicode(ctx: ToolContext) -> None:
     assert target.read_text() == "# Tîtle 😀\nkeep\n"
     assert not edit_file(ctx, "u.md", "😀", "✓").is_error
     assert target.read_text() == "# Tîtle ✓\nkeep\n"
+
+
+@requires_root
+def test_a_turn_gives_what_the_file_tools_create_to_the_sandbox_uid(
+        fake: object, home: Path, workdir: Path) -> None:
+    """Through the real turn: as root, a file and folder made by `write` belong to the
+    sandbox uid, so the next bash command of the same turn can change them."""
+    from conftest import agentd
+
+    from agentd.config import load_settings
+    from agentd.tools.owner import sandbox_owner
+
+    who = sandbox_owner(load_settings(home).sandbox)
+    assert who is not None
+    bash = [{"tool_calls": [{"name": "bash", "arguments": {"command": c}}]}
+            for c in ("true", "echo y >> new/n.md")]  # the first one hands the folders over
+    write = {"tool_calls": [{"name": "write", "arguments": {"path": "new/n.md",
+                                                            "content": "x"}}]}
+    fake.push(bash[0], write, bash[1], {"text": "done"})  # type: ignore[attr-defined]
+    r = agentd("run", "--json", "--home", str(home), "--workdir", str(workdir),
+               "--model", "openai:gpt-5.4-mini", "go")
+    assert r.exit_code == 0, r.stdout
+    assert [c["is_error"] for c in json.loads(r.stdout)["tool_calls"]] == [False] * 3
+    for p in (workdir / "new", workdir / "new" / "n.md"):
+        assert (p.stat().st_uid, p.stat().st_gid) == who
+    assert (workdir / "new" / "n.md").read_text() == "xy\n"

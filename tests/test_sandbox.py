@@ -494,7 +494,7 @@ def test_hand_over_gives_the_tree_but_keeps_the_runtimes_own(tmp_path: Path) -> 
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7070) == (0, 65534, 0o070)
     (home / "memory" / "late.md").write_text("root wrote this\n")
     assert sb.hand_over(ctx) == [] and (home / "memory" / "late.md").stat().st_uid == 0
-    ctx.handed_over = False  # what a host-side write (the file tools) does
+    ctx.handed_over = False  # a new turn (a fresh ToolContext) hands over again
     sb.hand_over(ctx)
     assert (home / "memory" / "late.md").stat().st_uid == 65534
 

@@ -75,7 +75,7 @@ class ToolContext:
     redactor: Redactor | None = None
     owner: tuple[int, int] | None = None
     quota: TurnQuota | None = None
-    # The writable folders were handed to the sandbox's uid (agentd/tools/sandbox.hand_over);
-    # host-side writes (the file tools) reset it, so the next command hands over again.
+    # The writable folders were handed to the sandbox's uid (agentd/tools/sandbox.hand_over)
+    # at the turn's first command; the file tools create for `owner`, so once is enough.
     handed_over: bool = False
     told: set[str] = field(default_factory=set)  # notes already shown in this turn

@@ -86,9 +86,6 @@ async def _run(ctx: ToolContext, call: ToolCall) -> ToolResult:
     if call.name == "read":
         return await asyncio.to_thread(files.read_file, ctx, a["path"], a.get("offset"),
                                        a.get("limit"))
-    # A host-side write may leave files (and new folders) owned by agentd's uid: the next
-    # bash command hands the writable folders over to the sandbox's uid again.
-    ctx.handed_over = False
     if call.name == "write":
         return await asyncio.to_thread(files.write_file, ctx, a["path"], a["content"])
     return await asyncio.to_thread(files.edit_file, ctx, a["path"], a["old_text"],

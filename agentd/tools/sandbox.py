@@ -340,7 +340,8 @@ def _in_order(steps: list[Callable[[], None]]) -> Callable[[], None]:
 def hand_over(ctx: ToolContext) -> list[str]:
     """Give the profile's writable folders to the sandbox uid; a note for the model when
     the workdir stays read-only. Call it before the turn's first command (run_bash does);
-    once done, it is a no-op until a host-side write resets `ctx.handed_over`. Raises
+    once done, it is a no-op for the turn (the file tools give what they create to
+    `ctx.owner`, the same uid). Raises
     ValueError (a symlinked protected path, a bad outbox) or OSError (a chown failed).
     Nothing to do when agentd isn't root or the sandbox isn't bwrap."""
     who = owner.sandbox_owner(ctx.sandbox) if ctx.sandbox.mode == "bwrap" else None
