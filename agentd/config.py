@@ -130,6 +130,15 @@ class DaemonSettings:
 
 
 @dataclass
+class GitSettings:
+    """`[git]`: what one commit may take. Bigger files stay on disk, uncommitted and named
+    in the commit and the day log: one turn must not bloat the home's history for good."""
+
+    max_file_mb: int = 10
+    max_commit_mb: int = 50
+
+
+@dataclass
 class Settings:
     model: str | None = None
     max_steps: int = 30
@@ -144,6 +153,7 @@ class Settings:
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    git: GitSettings = field(default_factory=GitSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
         return self.providers.get(name)
@@ -212,6 +222,8 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             _fill(s.daemon, _typed("daemon", value, dict), "daemon")
         elif key == "bridge":
             parse_bridge(s, value)
+        elif key == "git":
+            _fill(s.git, _typed("git", value, dict), "git")
         else:
             raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
     _check_daemon(s)
@@ -226,6 +238,8 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             raise AgentdError(f"sandbox.{key} must not be negative")
     if s.max_steps < 1:
         raise AgentdError("max_steps must be at least 1")
+    if s.git.max_file_mb < 1 or s.git.max_commit_mb < 1:
+        raise AgentdError("git.max_file_mb and git.max_commit_mb must be at least 1")
     for name, ep in s.providers.items():
         if ep.protocol not in ("openai", "anthropic"):
             raise AgentdError(f"providers.{name}.protocol must be \"openai\" or \"anthropic\"")

@@ -20,8 +20,9 @@ def _one_line(text: str, limit: int) -> str:
 
 
 def append_entry(home: Path, when: datetime, trigger: str, model: str, task: str,
-                 outcome: str, files: list[str], blocked: list[str] | None = None) -> Path:
-    """Append one entry; creates the day's file with a heading on first use."""
+                 outcome: str, files: list[str], notes: list[str] | None = None) -> Path:
+    """Append one entry; creates the day's file with a heading on first use. `notes` are
+    lines such as "Not committed (secrets found): a.md" (agentd.history's Changes.notes)."""
     path = day_path(home, when)
     path.parent.mkdir(parents=True, exist_ok=True)
     first = next((x for x in task.splitlines() if x.strip()), "")
@@ -31,12 +32,18 @@ def append_entry(home: Path, when: datetime, trigger: str, model: str, task: str
     if files:
         lines.append(f"- Files: {', '.join(files[:30])}"
                      + (f" (+{len(files) - 30} more)" if len(files) > 30 else ""))
-    if blocked:
-        lines.append(f"- Not committed (secrets found): {', '.join(blocked)}")
+    lines += [f"- {_one_line(note, 500)}" for note in notes or []]
     header = "" if path.exists() else f"# {when:%Y-%m-%d}\n"
     with path.open("a", encoding="utf-8") as f:
         f.write(header + "\n" + "\n".join(lines) + "\n")
     return path
+
+
+def append_notes(path: Path, notes: list[str]) -> None:
+    """More note lines for the entry just appended to `path` (what the commit itself had to
+    hold back, found after the entry was written)."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(f"- {_one_line(note, 500)}\n" for note in notes))
 
 
 def recent(home: Path, now: datetime) -> list[tuple[str, str]]:
