@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -79,6 +80,7 @@ EXCLUDE = (f"{EXCLUDE_MARK}\n/.agentd/\n.env*\n*.pem\n/inbox/*\n!/inbox/.gitkeep
 ATTRIBUTES_MARK = "# agentd: no filter, textconv, ident or encoding runs on agent files"
 ATTRIBUTES = f"{ATTRIBUTES_MARK}\n* !filter !diff !merge !ident !working-tree-encoding\n"
 
+INCLUDE = re.compile(rb"^\s*\[\s*include(if)?\b", re.I | re.M)
 STALE_LOCK_AGE = 5.0  # seconds; a younger lock may belong to a git that is just starting
 
 # The fixed environment; git_env() adds the repository and the config above.
@@ -200,6 +202,31 @@ def bwrap_for(home: Path) -> str | None:
     return sb.find_bwrap()
 
 
+_config_ok: dict[Path, tuple[int, int, int]] = {}
+
+
+def check_config(home: Path) -> None:
+    """Refuse a repository whose config includes other files. Git takes filters, textconv
+    and other commands only from config, and the only config it reads is the home's own
+    `.git/config` (and `config.worktree`), which the agent cannot write; an
+    `[include]`/`[includeIf]` could bring in a file it can. Re-read only when changed."""
+    for name in ("config", "config.worktree"):
+        path = home / ".git" / name
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if _config_ok.get(path) == key:
+            continue
+        if INCLUDE.search(path.read_bytes()):
+            raise AgentdError(f"{path} includes other config files ([include] or "
+                              "[includeIf]); agentd runs no git there, since an included file "
+                              "could be one the agent writes: move its settings into "
+                              f".git/{name} itself")
+        _config_ok[path] = key
+
+
 def run(home: Path, *args: str, stdin: bytes | None = None, worktree: bool = False,
         sandbox: bool = True, timeout: float = TIMEOUT) -> Result:
     """Run `git ARGS` on `home`, confined. Raises AgentdError only when git could not run
@@ -212,6 +239,7 @@ def run_command(home: Path, command: list[str], *, stdin: bytes | None = None,
                 worktree: bool = False, sandbox: bool = True,
                 timeout: float = TIMEOUT) -> Result:
     """Like run(), for a fixed command line made of git calls (history's commit script)."""
+    check_config(home)
     env = git_env(home)
     bwrap = bwrap_for(home) if sandbox else None
     if bwrap is None:

@@ -48,10 +48,11 @@ TRAILER = re.compile(r"^(Agentd-[A-Za-z]+): (.*)$", re.M)
 BODY_FILES = 1000  # files listed in a commit body
 MSG_FILE = "AGENTD_COMMIT_MSG"  # in .git: the message for the commit script
 
-# Stage exactly the listed paths (NUL-separated on stdin), then commit with the message in
-# "$1" unless nothing is staged: one sandbox launch for the whole commit.
+# Stage exactly the listed paths (NUL-separated on stdin; "$2" = add, since an empty list
+# would mean "everything" to `git add -A`), then commit with the message in "$1": one
+# sandbox launch for the whole commit.
 COMMIT_SCRIPT = """\
-git add -A --pathspec-from-file=- --pathspec-file-nul || exit 90
+if [ "$2" = add ]; then git add -A --pathspec-from-file=- --pathspec-file-nul || exit 90; fi
 exec git commit -q --no-verify --no-gpg-sign --cleanup=verbatim -F "$1"
 """
 ADD_FAILED = 90
@@ -194,8 +195,9 @@ def _commit_index(home: Path, message: str, paths: list[str],
     with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(message)
     try:
-        return gitexec.run_command(home, ["sh", "-c", COMMIT_SCRIPT, "sh", str(msg)],
-                                   stdin=_nul(paths), sandbox=sandbox)
+        return gitexec.run_command(
+            home, ["sh", "-c", COMMIT_SCRIPT, "sh", str(msg), "add" if paths else "-"],
+            stdin=_nul(paths), sandbox=sandbox)
     finally:
         msg.unlink(missing_ok=True)
 
@@ -214,20 +216,17 @@ def commit(home: Path, files: list[str], subject: str, trailers: dict[str, str],
         return None
     with _repo(home):
         ok, late = screen(home, files, Limits.of(home))
-        if held is not None:
-            held.update(late)
-        if not ok:
-            return None
-        result = _commit_index(home, _message(subject, ok, _notes(note, late), trailers), ok)
-        if result.code == ADD_FAILED:
+        result = _commit_index(home, _message(subject, ok, _notes(note, late), trailers),
+                               ok) if ok else None
+        if result is not None and result.code == ADD_FAILED:
             _systemic(result)
             late |= _refused(home, ok)
             ok = [f for f in ok if f not in late]
             result = _commit_index(home, _message(subject, ok, _notes(note, late), trailers),
-                                   ok)
-            if held is not None:
-                held.update(late)
-        return _committed(home, result)
+                                   ok) if ok else None
+        if held is not None:
+            held.update(late)
+        return _committed(home, result) if result is not None else None
 
 
 def _committed(home: Path, result: gitexec.Result) -> str | None:

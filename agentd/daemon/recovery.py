@@ -101,7 +101,8 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
         task = str(marker.get("task") or "")
         append_entry(home, datetime.now().astimezone(), "recovery", "-", task,
                      "interrupted: the daemon was killed during this turn; its changes were "
-                     "committed on the next start", files, changes.notes())
+                     "committed on the next start", [history.display(f) for f in files],
+                     changes.notes())
         files = history.pending(home, scan).files
         sha = history.commit(home, files, f"Recovery: {task}", {
             "Agentd-Run": run_id, "Agentd-Trigger": "recovery"},
