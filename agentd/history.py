@@ -35,7 +35,6 @@ from agentd.gitscreen import (
     Limits,
     Scan,
     display,
-    excluded,
     held_notes,
     scan_secrets,
     screen,
@@ -321,7 +320,8 @@ def undo(home: Path, ref: str | None, run_id: str,
     """
     with _repo(home):
         sha, parents, msg = _find(home, ref)
-        if [p for p in _status(home) if not p.startswith(keep + "/") and not excluded(p)]:
+        committable, _held = screen(home, _status(home), Limits.of(home))
+        if [p for p in committable if not p.startswith(keep + "/")]:
             raise AgentdError("the home has uncommitted changes: run a turn or commit them "
                               "first, then undo")
         if not parents:
