@@ -71,6 +71,7 @@ CONFIG: tuple[tuple[str, str], ...] = (
     ("diff.mnemonicPrefix", "false"),
     ("apply.whitespace", "nowarn"),
     ("gc.autoDetach", "false"),  # auto-gc in the foreground, not a daemon the sandbox kills
+    ("maintenance.auto", "false"),  # agentd.history runs gc itself, only when it is due
 )
 
 # agentd's blocks in .git/info (the agent cannot write .git): excludes keep git status

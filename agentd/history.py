@@ -46,6 +46,7 @@ __all__ = ["Changes", "Entry", "Scan", "clear_stale_locks", "commit", "display",
 TRAILER = re.compile(r"^(Agentd-[A-Za-z]+): (.*)$", re.M)
 BODY_FILES = 1000  # files listed in a commit body
 MSG_FILE = "AGENTD_COMMIT_MSG"  # in .git: the message for the commit script
+GC_LOOSE_IN_17 = 27  # git's gc.auto default (6700) / 256 directories, rounded up
 
 # Stage exactly the listed paths (NUL-separated on stdin; "$2" = add, since an empty list
 # would mean "everything" to `git add -A`), then commit with the message in "$1": one
@@ -234,7 +235,18 @@ def _committed(home: Path, result: gitexec.Result) -> str | None:
     if result.code == 1 and b"to commit" in result.out:
         return None
     _must(result, "commit")
+    if _gc_due(home):
+        _git(home, "gc", "--auto", "--quiet")
     return _head(home)
+
+
+def _gc_due(home: Path) -> bool:
+    """git's own estimate (`gc.auto`, 6700 loose objects: over 27 in objects/17), without
+    launching `git maintenance` after every commit as `git commit` would."""
+    try:
+        return len(os.listdir(home / ".git" / "objects" / "17")) > GC_LOOSE_IN_17
+    except FileNotFoundError:
+        return False
 
 
 def _head(home: Path) -> str:

@@ -271,12 +271,11 @@ def test_weakened_literal_pathspecs_commit_the_secret(fake: FakeLLM, home: Path,
 @requires_bwrap
 def test_a_git_killed_mid_commit_leaves_no_stuck_home(fake: FakeLLM, home: Path,
                                                       workdir: Path) -> None:
-    """kill -9 of a git holding `.git/index.lock` (here a commit waiting for its editor);
-    the next turn, whatever triggered it, clears the stale lock and commits."""
+    """kill -9 of a git holding `.git/index.lock` (a `git add` stuck in its fsmonitor
+    hook); the next turn, whatever triggered it, clears the stale lock and commits."""
     (home / "manual.md").write_text("typed by hand\n")
-    git(home, "add", "manual.md")
-    proc = subprocess.Popen(["git", "-C", str(home), "-c", "core.editor=sleep 600 #",
-                             "-c", "user.name=t", "-c", "user.email=t@t", "commit"],
+    proc = subprocess.Popen(["git", "-C", str(home), "-c", "core.fsmonitor=sleep 600 #",
+                             "add", "manual.md"],
                             start_new_session=True, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = home / ".git" / "index.lock"
