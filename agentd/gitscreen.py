@@ -33,6 +33,8 @@ SCAN_LIMIT = 2_000_000  # bytes of a changed file scanned for secrets
 PRIVATE_NAMES = (".env*", "*.pem")
 HFS_IGNORED = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
 GIT_NAME = re.compile(r"(?i)^(\.git|git~1)[ .]*(:.*)?$")
+GITMODULES = re.compile(r"(?i)^(\.gitmodules|gitmod~\d+)[ .]*(:.*)?$")  # refused as symlinks
+NOTE_NAMES = 50
 
 # Why a path is held back (the note's wording); sizes are added where they apply.
 NESTED = "a nested git repository"
@@ -73,11 +75,14 @@ class Changes:
 
 
 def held_notes(held: dict[str, str]) -> list[str]:
-    """`Not committed (<why>): a, b` lines, one per reason."""
+    """`Not committed (<why>): a, b` lines, one per reason, each naming at most NOTE_NAMES
+    paths (a turn can make a million)."""
     by_why: dict[str, list[str]] = {}
     for path, why in held.items():
         by_why.setdefault(why, []).append(display(path))
-    return [f"Not committed ({why}): {', '.join(paths)}" for why, paths in by_why.items()]
+    return [f"Not committed ({why}): {', '.join(paths[:NOTE_NAMES])}"
+            + (f" (+{len(paths) - NOTE_NAMES} more)" if len(paths) > NOTE_NAMES else "")
+            for why, paths in by_why.items()]
 
 
 def excluded(rel: str) -> bool:
@@ -93,6 +98,13 @@ def _name_problem(rel: str) -> str | None:
     if any(fnmatch(p, pat) for p in parts for pat in PRIVATE_NAMES):
         return PRIVATE
     return None
+
+
+def _symlinked_gitmodules(home: Path, rel: str) -> bool:
+    """git refuses a symlink named .gitmodules (in any spelling); found here, it costs no
+    bisection (agentd.history) at every turn while it stays."""
+    name = rel.rsplit("/", 1)[-1]
+    return bool(GITMODULES.match(HFS_IGNORED.sub("", name))) and os.path.islink(home / rel)
 
 
 def _nested_root(home: Path, rel: str, seen: dict[str, bool]) -> str | None:
@@ -152,6 +164,8 @@ def screen(home: Path, paths: list[str], limits: Limits) -> tuple[list[str], dic
         why, size = _name_problem(rel), 0
         if why is None:
             why, size = _file_problem(home / rel, limits, total)
+        if why is None and _symlinked_gitmodules(home, rel):
+            why = REFUSED
         if why:
             held[rel] = why
         else:

@@ -44,8 +44,10 @@ __all__ = ["Changes", "Entry", "Scan", "clear_stale_locks", "commit", "display",
            "init_repo", "log", "pending", "show", "subject_line", "undo"]
 
 TRAILER = re.compile(r"^(Agentd-[A-Za-z]+): (.*)$", re.M)
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # what a diff shown on a terminal escapes
 BODY_FILES = 1000  # files listed in a commit body
 MSG_FILE = "AGENTD_COMMIT_MSG"  # in .git: the message for the commit script
+BISECT_RUNS = 100  # git launches spent finding paths git refuses, per commit
 GC_LOOSE_IN_17 = 27  # git's gc.auto default (6700) / 256 directories, rounded up
 
 # Stage exactly the listed paths (NUL-separated on stdin; "$2" = add, since an empty list
@@ -163,17 +165,22 @@ def _systemic(result: gitexec.Result) -> None:
         raise AgentdError(f"git add failed: {result.why()}")
 
 
-def _refused(home: Path, paths: list[str]) -> dict[str, str]:
+def _refused(home: Path, paths: list[str], budget: list[int]) -> dict[str, str]:
     """The paths git refuses to add, found by adding halves (what succeeds stays staged).
-    A path that no longer exists anywhere is simply not a change."""
+    A path that no longer exists anywhere is simply not a change. `budget` bounds the git
+    launches (a turn could plant thousands of offenders): past it, a failing group is held
+    back whole."""
+    budget[0] -= 1
     result = _add(home, paths)
     if result.ok:
         return {}
     _systemic(result)
     if len(paths) == 1:
         return {} if b"did not match any files" in result.err else {paths[0]: REFUSED}
+    if budget[0] <= 0:
+        return dict.fromkeys(paths, REFUSED)
     mid = len(paths) // 2
-    return _refused(home, paths[:mid]) | _refused(home, paths[mid:])
+    return _refused(home, paths[:mid], budget) | _refused(home, paths[mid:], budget)
 
 
 def _message(subject: str, files: list[str], notes: list[str], trailers: dict[str, str]) -> str:
@@ -220,7 +227,7 @@ def commit(home: Path, files: list[str], subject: str, trailers: dict[str, str],
                                ok) if ok else None
         if result is not None and result.code == ADD_FAILED:
             _systemic(result)
-            late |= _refused(home, ok)
+            late |= _refused(home, ok, [BISECT_RUNS])
             ok = [f for f in ok if f not in late]
             result = _commit_index(home, _message(subject, ok, _notes(note, late), trailers),
                                    ok) if ok else None
@@ -318,8 +325,9 @@ def show(home: Path, ref: str | None) -> str:
     """The commit of a run, with its diff."""
     with _repo(home, prepare=False):
         sha, _, _ = _find(home, ref)
-        return _must(_git(home, "show", "--stat", "--patch", "--no-color", "--no-ext-diff",
-                          "--no-textconv", sha), "show").decode("utf-8", "replace")
+        out = _must(_git(home, "show", "--stat", "--patch", "--no-color", "--no-ext-diff",
+                         "--no-textconv", sha), "show").decode("utf-8", "replace")
+        return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), out)
 
 
 def undo(home: Path, ref: str | None, run_id: str,

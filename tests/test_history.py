@@ -346,3 +346,31 @@ def test_held_back_files_stay_out_of_undo(home: Path) -> None:
     _sha, subject = history.undo(home, "r1", "undo-1")
     assert subject == "note" and not (home / "n.md").exists() and (home / "git~1").exists()
     assert git(home, "status", "--porcelain", "--untracked-files=all") == "?? git~1\n"
+
+
+def test_paths_git_refuses_are_found_in_halves_within_a_budget(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names only git knows it refuses (NTFS spellings with a backslash) are found by adding
+    halves; past the budget of git launches a failing group is held back whole."""
+    bad = [f"d{i}\\.git" for i in range(20)]
+    for name in [*bad, "good.md"]:
+        (home / name).write_text("x\n")
+    changes = history.pending(home)
+    assert set(changes.files) == {*bad, "good.md"}  # the screen leaves these to git
+    held: dict[str, str] = {}
+    assert history.commit(home, changes.files, "t", {}, held=held)
+    assert held == dict.fromkeys(bad, "a path git refuses")
+    assert "good.md" in git(home, "ls-files")
+    monkeypatch.setattr(history, "BISECT_RUNS", 2)
+    (home / "good2.md").write_text("y\n")
+    held = {}
+    history.commit(home, [*bad, "good2.md"], "t2", {}, held=held)
+    assert set(bad) <= set(held)
+
+
+def test_show_escapes_terminal_control_sequences(home: Path) -> None:
+    (home / "t.md").write_text("title\x1b]0;owned\x07\x1b[2J\n")
+    history.commit(home, ["t.md"], "escape", {"Agentd-Run": "esc"})
+    shown = history.show(home, "esc")
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "+title\\x1b]0;owned\\x07\\x1b[2J" in shown

@@ -210,18 +210,23 @@ def _touch_all(home: Path, names: list[str]) -> str:
 def test_names_git_refuses_are_held_back_never_fatal(fake: FakeLLM, home: Path,
                                                      workdir: Path) -> None:
     a = run_attack(fake, home, workdir, _touch_all(home, list(NAMES)),
-                   f"cd {home} && ln -s /etc/passwd .gitmodules && echo ok > fine.md")
+                   f"cd {home} && ln -s /etc/passwd .gitmodules && touch 'x\\.git' && "
+                   "echo ok > fine.md")
     assert "MADE" in a.results[0]
     files = tracked(home)
     for name, committed in NAMES.items():
         assert (name in files) == committed, name
-    assert "fine.md" in files and ".gitmodules" not in files  # refused by git itself
+    assert "fine.md" in files and ".gitmodules" not in files and "x\\.git" not in files
     msg = body(home)
     assert ("Not committed (a path git refuses): " in msg and "outbox/.GIT" in msg
-            and "git~1" in msg and "- new\\nline" in msg and "- bad\\xff" in msg)
-    assert "Not committed (a path git refuses): .gitmodules" in msg  # found by bisection
+            and "git~1" in msg and ".gitmodules" in msg)
+    assert "- new\\nline" in msg and "- bad\\xff" in msg  # committed, shown escaped
     log = day_log(home)
     assert "outbox/.GIT" in log and ".gitmodules" in log and "new\nline" not in log
+    # `x\.git` (an NTFS spelling) is left to git, which refuses it at commit time: found by
+    # adding in halves, named in the commit body, and then in the day log
+    assert "Not committed (a path git refuses): x\\.git" in msg
+    assert "- Not committed (a path git refuses): x\\.git" in day_log(home)
     still_commits(fake, home, workdir)
 
 
