@@ -4,26 +4,30 @@ around it unless the sandbox is off.
 The agent can write any byte, name and inode type under the home (but not `.git`,
 `agentd.toml` or `.agentd/`), and agentd's git then runs on that tree, often as root. So:
 
-- git reads no config but the home's `.git/config` (which only the owner can write) and
-  ours: no system or global file, `HOME` pointing nowhere, and our settings passed as
-  command-line config (`GIT_CONFIG_COUNT`), which outranks the repository's. They switch off
-  hooks, fsmonitor, pagers, signing, protocols and submodule recursion, and turn on the
-  NTFS/HFS name protections. `GIT_DIR` and `GIT_WORK_TREE` are explicit, so git never
-  discovers a repository by walking up from anywhere, and never reads a nested one's config.
-- Filters and textconv cannot be switched off by config, only left undefined; agentd's
-  `.git/info/attributes` unsets them for every path (see agentd/history.py), and diff,
-  show and log run with `--no-ext-diff --no-textconv`.
+- git reads no config but the home's `.git/config` (which only the owner can write; an
+  `[include]` in it is refused, since it could pull in a file the agent writes) and ours:
+  no system or global file, `HOME` pointing nowhere, and our settings passed as
+  command-line config (`GIT_CONFIG_COUNT`), which outranks the repository's. They switch
+  off hooks, fsmonitor, pagers, signing, protocols, auto-maintenance and submodule
+  recursion, and turn on the NTFS/HFS name protections. `GIT_DIR` and `GIT_WORK_TREE` are
+  explicit, so git never discovers a repository by walking up from anywhere, and never
+  reads a nested one's config.
+- Filters and textconv cannot be switched off by config, only left undefined; agentd's own
+  `.git/info/attributes` (write_info), which outranks every `.gitattributes`, unsets them
+  for every path, and diff, show and log run with `--no-ext-diff --no-textconv`.
 - `GIT_LITERAL_PATHSPECS=1`: a file named `:(glob)**` is a file, not pathspec magic.
 - The environment is built from nothing (never inherited), so no `GIT_*` variable of
   agentd's own environment (GIT_EXTERNAL_DIFF, GIT_DIR, GIT_INDEX_FILE, …) reaches git.
 - git itself runs in bubblewrap like bash does (agentd.tools.sandbox): no network, no
   capabilities, the seccomp filter, every tmpfs mask, the home read-only and only
   `<home>/.git` writable. A git feature nobody thought of still runs confined. Without
-  `CAP_DAC_OVERRIDE`, a file the agent made unreadable can't be read: agentd.history holds
+  `CAP_DAC_OVERRIDE`, a file the agent made unreadable can't be read: agentd.gitscreen holds
   such files back instead of failing.
 - With `[sandbox] mode = "off"` in agentd.toml, or no bubblewrap installed, git runs on the
   host with the same confined environment (bash is then unsandboxed too, or refuses).
   Only `agentd init`, before any agent code ran, runs git unsandboxed on purpose.
+- A stale `.git/index.lock` (or ref lock) left by a killed git is removed only when no git
+  process works in the home (clear_stale_locks; agentd.history calls it under its git lock).
 """
 
 from __future__ import annotations
