@@ -56,7 +56,7 @@ def test_only_today_and_yesterday_logs(home: Path, workdir: Path) -> None:
 
 def test_day_log_entry_format(home: Path) -> None:
     append_entry(home, NOW, "cron:report", "openai:x", "first line\nsecond", "ok, 2 steps",
-                 ["memory/MEMORY.md"], ["leak.md"])
+                 ["memory/MEMORY.md"], ["Not committed (secrets found): leak.md"])
     text = day_path(home, NOW).read_text()
     assert text.startswith("# 2026-11-23\n")
     assert "## 14:30 · cron:report · openai:x\n- Task: first line\n" in text
