@@ -6,6 +6,12 @@ Each line is an ordinary turn through `run_turn`, so it gets the same books as a
 `/model` switch provider mid-conversation and `--resume` pick the conversation up later,
 on any provider, since the transcript is provider-neutral.
 
+Each turn takes the home's turn lock (agentd/turnlock.py) for that turn only, never for
+the whole chat: a chat sits at its prompt for as long as a person thinks, and holding the
+lock then would stall the daemon's heartbeat, cron, inbox and bridge turns for all that
+time. A line typed while another turn runs in the home (the daemon's, an `agentd run`)
+waits for it, saying so once; Ctrl-C while waiting gives that line up, and the chat goes on.
+
 Ctrl-C while a turn runs cancels that turn's task (not a KeyboardInterrupt thrown at a
 random line): the loop gives the interrupted tool call an error result, `run_turn` still
 writes the day log and commits, and the chat goes on. Ctrl-C at the prompt ends the chat
@@ -31,7 +37,9 @@ from agentd.home import runtime_dir
 from agentd.llm.router import choose_model, make_provider
 from agentd.render import LiveRenderer, history_table, summary
 from agentd.session import load_messages, new_id
+from agentd.termsafe import terminal_safe
 from agentd.turn import TurnReport, TurnRequest, run_turn
+from agentd.turnlock import turn_lock, waiting_message
 
 T = TypeVar("T")
 
@@ -116,6 +124,7 @@ class Chat:
                  model: str, session: str, console: Console):
         self.home, self.settings, self.workdir, self.base = home, settings, workdir, base
         self.model, self.session, self.console = model, session, console
+        self._started = False  # whether the current turn got past the turn lock
 
     def error(self, message: str) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -155,8 +164,8 @@ class Chat:
                 self.console.print(history_table(history.log(self.home, 10)))
             elif name == "undo":
                 sha, subject = history.undo(self.home, None, new_id())
-                self.console.print(f"undone: {subject} (new commit {sha[:8]})",
-                                   markup=False)
+                self.console.print(f"undone: {terminal_safe(subject)} (new commit "
+                                   f"{sha[:8]})", markup=False)
             else:
                 self.error(f"unknown command /{name}: /help lists them")
         except AgentdError as e:
@@ -172,6 +181,15 @@ class Chat:
         self.model = spec
         self.console.print(f"model: {spec} from the next turn on", style="dim", markup=False)
 
+    async def _locked_turn(self, req: TurnRequest, renderer: LiveRenderer) -> TurnReport:
+        """The turn under the home's lock, held by this turn alone (see the module doc)."""
+        def waiting(holder: str) -> None:
+            print(waiting_message(holder), file=sys.stderr, flush=True)
+
+        async with turn_lock(self.home, req.trigger, on_wait=waiting):
+            self._started = True
+            return await run_turn(self.home, self.settings, req, renderer, self.base)
+
     def turn(self, task: str) -> TurnReport | None:
         """One turn in the current session; errors are printed and the chat goes on."""
         sessions = runtime_dir(self.home, "sessions")
@@ -180,9 +198,9 @@ class Chat:
                           model=self.model, session=self.session, new_session=fresh)
         renderer = LiveRenderer(self.console)
         report: TurnReport | None = None
+        self._started = False
         try:
-            report = asyncio.run(interruptible(
-                run_turn(self.home, self.settings, req, renderer, self.base)))
+            report = asyncio.run(interruptible(self._locked_turn(req, renderer)))
         except KeyboardInterrupt:  # Ctrl-C just outside the handler's window
             pass
         except AgentdError as e:
@@ -191,8 +209,9 @@ class Chat:
             return None
         renderer.finish()
         if report is None:
-            self.console.print("interrupted: the turn stopped; what it did so far is kept",
-                               style="yellow")
+            self.console.print("interrupted: the turn stopped; what it did so far is kept"
+                               if self._started else "interrupted while waiting for the "
+                               "other turn: this line was not sent", style="yellow")
             return None
         self.console.print(summary(report), style="dim", highlight=False, markup=False)
         if not report.ok:

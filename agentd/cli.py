@@ -16,6 +16,7 @@ import click
 from agentd import __version__
 from agentd.cli_base import AgentdGroup, home_only
 from agentd.errors import AgentdError
+from agentd.termsafe import tty_safe
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -80,6 +81,8 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     """Run one turn on PROMPT. Piped stdin is attached as context:
 
       git diff | agentd run "review this"
+
+    While another turn runs in the home (the daemon's, a chat's), this one waits for it.
     """
     import asyncio
     import json
@@ -106,7 +109,8 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
             from agentd.render import LiveRenderer
 
             events = renderer = LiveRenderer(Console(highlight=False))
-        report = asyncio.run(run_turn(home, settings, req, events, base=Path.cwd()))
+        report = asyncio.run(run_turn(home, settings, req, events, base=Path.cwd(),
+                                      on_wait=_say_waiting))
     except AgentdError as e:
         if as_json:  # scripts still get their one JSON object
             click.echo(json.dumps({"status": "error", "exit_code": e.exit_code,
@@ -119,7 +123,7 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
         click.echo(json.dumps(to_json(report, code), ensure_ascii=False))
     elif quiet:
         if report.result.text:
-            click.echo(report.result.text)
+            click.echo(tty_safe(report.result.text))
     else:
         from agentd.render import summary
 
@@ -129,6 +133,13 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     if not report.ok:
         click.echo(f"error: {report.result.error}", err=True)
     sys.exit(code)
+
+
+def _say_waiting(holder: str) -> None:
+    """Another turn holds the home's lock: say so once, on stderr (Ctrl-C gives up, 130)."""
+    from agentd.turnlock import waiting_message
+
+    click.echo(waiting_message(holder), err=True)
 
 
 @cli.command()
@@ -179,7 +190,7 @@ def show(run_id: str, home_opt: str | None) -> None:
     diff."""
     from agentd import history
 
-    click.echo(history.show(home_only(home_opt), run_id))
+    click.echo(tty_safe(history.show(home_only(home_opt), run_id)))
 
 
 @cli.command()

@@ -4,12 +4,15 @@ agentd/cli.py."""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 
 from agentd.cli_base import AgentdGroup, home_only
 from agentd.errors import AgentdError
+from agentd.termsafe import tty_safe
 
 
 @click.command()
@@ -70,28 +73,59 @@ def status(home_opt: str | None, as_json: bool) -> None:
     if problem:
         click.echo(f"warning: {problem}", err=True)
     info = st.collect(home, settings)
-    click.echo(json.dumps(info, default=str) if as_json else st.render(info))
+    click.echo(json.dumps(info, default=str) if as_json else tty_safe(st.render(info)))
     sys.exit(0 if info["running"] else 3)
 
 
 @click.command()
 @click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
-@click.option("--install", is_flag=True, help="Write it to ~/.config/systemd/user/.")
-def service(home_opt: str | None, install: bool) -> None:
-    """Print a systemd user unit that runs this home's daemon (or --install it)."""
+@click.option("--install", is_flag=True, help="Write it instead: to ~/.config/systemd/user/, "
+              "or with --system to /etc/systemd/system/ (as root).")
+@click.option("--system", "system", is_flag=True, help="A system unit instead: the daemon "
+              "runs as a dedicated user, confined by systemd's sandboxing; its header "
+              "lists the install steps.")
+@click.option("--user", "user", metavar="NAME", help="With --system: the dedicated user "
+              "(default agentd).")
+def service(home_opt: str | None, install: bool, system: bool, user: str | None) -> None:
+    """Print a systemd unit that runs this home's daemon (or --install it): a user unit
+    (systemctl --user), or with --system a hardened system unit for a dedicated user."""
     from agentd.config import parse_duration
     from agentd.daemon import service as svc
     from agentd.daemon.status import settings_for
 
+    if user is not None and not system:
+        raise click.UsageError("--user NAME goes with --system")
     home = home_only(home_opt)
     stop_timeout = parse_duration(settings_for(home)[0].daemon.stop_timeout)
-    if not install:
+    if system:
+        _system_service(home, stop_timeout, install, user or svc.SYSTEM_USER)
+    elif not install:
         click.echo(svc.unit_text(home, stop_timeout), nl=False)
+    else:
+        path = svc.install_unit(home, stop_timeout)
+        click.echo(f"wrote {path}\nenable it: systemctl --user daemon-reload && systemctl "
+                   f"--user enable --now {path.name}\n(keys go in ~/.config/agentd/env; to "
+                   "run it while logged out: loginctl enable-linger)")
+
+
+def _system_service(home: Path, stop_timeout: float, install: bool, user: str) -> None:
+    """`agentd service --system`: print the unit (the install steps are in its header), or
+    write it to /etc/systemd/system and print the steps that remain."""
+    from agentd.daemon import service as svc
+
+    text = svc.system_unit_text(home, stop_timeout, user)  # refuses a bad path or name
+    for warning in svc.system_warnings(home):
+        click.echo(f"warning: {warning}", err=True)
+    if not install:
+        click.echo(text, nl=False)
         return
-    path = svc.install_unit(home, stop_timeout)
-    click.echo(f"wrote {path}\nenable it: systemctl --user daemon-reload && systemctl --user "
-               f"enable --now {path.name}\n(keys go in ~/.config/agentd/env; to run it while "
-               "logged out: loginctl enable-linger)")
+    if os.geteuid() != 0:
+        raise AgentdError(f"--install --system writes {svc.SYSTEM_UNIT_DIR}: run it as root "
+                          "(or save the printed unit there yourself)", 1)
+    path = svc.install_system_unit(home, stop_timeout, user)
+    steps = [f"  {step}" for step in svc.install_steps(home, user, written=True)]
+    click.echo("\n".join([f"wrote {path}", "then, as root:", *steps,
+                          *svc.install_note(home, user)]))
 
 
 @click.group(cls=AgentdGroup, invoke_without_command=True)
@@ -109,7 +143,7 @@ def cron(ctx: click.Context, home_opt: str | None) -> None:
         if problem:
             click.echo(f"warning: {problem}", err=True)
         info = st.collect(home, settings)
-        click.echo("\n".join(st.cron_lines(info["cron"])))
+        click.echo(tty_safe("\n".join(st.cron_lines(info["cron"]))))
 
 
 @cron.command("run")

@@ -130,6 +130,15 @@ class DaemonSettings:
 
 
 @dataclass
+class QuotaSettings:
+    """`[quota]`: the disk limits of untrusted turns (agentd/quota.py); 0 means no limit."""
+
+    untrusted_outbox_mb: int = 20  # per turn: what it creates or changes in outbox/, scratch
+    untrusted_outbox_files: int = 100  # per turn, likewise
+    home_mb: int = 1024  # a home over this (.git included) refuses untrusted turns
+
+
+@dataclass
 class GitSettings:
     """`[git]`: what one commit may take. Bigger files stay on disk, uncommitted and named
     in the commit and the day log: one turn must not bloat the home's history for good."""
@@ -153,6 +162,7 @@ class Settings:
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
     git: GitSettings = field(default_factory=GitSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
@@ -172,12 +182,15 @@ def _typed(where: str, value: Any, kind: type | tuple[type, ...]) -> Any:
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     names = {int: "number", float: "number", str: "string", bool: "true/false", dict: "table",
              list: "list"}
+    if kind == (int, str):
+        return "number or name"
     return names.get(kind, "value") if isinstance(kind, type) else "value"
 
 
-_KINDS: dict[str, type] = {
+_KINDS: dict[str, type | tuple[type, ...]] = {
     "str": str, "int": int, "float": float, "bool": bool, "str | None": str, "int | None": int,
-    "float | None": float, "list[str]": list,
+    "float | None": float, "list[str]": list, "int | str": (int, str),
+    "int | str | None": (int, str),
 }
 
 
@@ -222,6 +235,8 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             _fill(s.daemon, _typed("daemon", value, dict), "daemon")
         elif key == "bridge":
             parse_bridge(s, value)
+        elif key == "quota":
+            _fill(s.quota, _typed("quota", value, dict), "quota")
         elif key == "git":
             _fill(s.git, _typed("git", value, dict), "git")
         else:
@@ -230,12 +245,16 @@ def parse_settings(data: dict[str, Any]) -> Settings:
     if s.sandbox.mode not in ("bwrap", "off"):
         raise AgentdError(f"sandbox.mode must be \"bwrap\" or \"off\", not {s.sandbox.mode!r}")
     _check_network(s)
+    _check_owner(s)
     if s.sandbox.tmp_size_mb < 1:
         raise AgentdError("sandbox.tmp_size_mb must be at least 1")
     for key in ("cpu_seconds", "memory_mb", "file_size_mb", "open_files", "processes",
                 "output_limit"):
         if getattr(s.sandbox, key) < 0:
             raise AgentdError(f"sandbox.{key} must not be negative")
+    for key, value in vars(s.quota).items():
+        if value < 0:
+            raise AgentdError(f"quota.{key} must not be negative (0 means no limit)")
     if s.max_steps < 1:
         raise AgentdError("max_steps must be at least 1")
     if s.git.max_file_mb < 1 or s.git.max_commit_mb < 1:
@@ -260,6 +279,17 @@ def _check_network(s: Settings) -> None:
     if net == "allowlist" and not domains:
         raise AgentdError('sandbox.network = "allowlist" needs sandbox.allow_domains, e.g. '
                           '["pypi.org", "*.github.com"]')
+
+
+def _check_owner(s: Settings) -> None:
+    """[sandbox] uid and gid name a real, non-root user and group (checked even when agentd
+    is not root, so a typo shows before the day it matters)."""
+    from agentd.tools.owner import resolve_owner
+
+    try:
+        resolve_owner(s.sandbox.uid, s.sandbox.gid)
+    except ValueError as e:
+        raise AgentdError(str(e)) from None
 
 
 def _check_daemon(s: Settings) -> None:

@@ -10,6 +10,7 @@ only whether they are set.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import urllib.error
@@ -108,7 +109,8 @@ def check_sandbox(home: Path, settings: Settings) -> list[Check]:
         out.append(Check("bubblewrap", FAIL, "not installed, so bash refuses to run",
                          "`apt-get install bubblewrap`", required=True))
         return out
-    ctx = ToolContext(home=home, workdir=home, sandbox=s)
+    # readonly: the probes observe the real sandbox without handing the home over
+    ctx = ToolContext(home=home, workdir=home, sandbox=s, profile="readonly")
     reason = sb.check_sandbox(ctx)
     if reason:
         out.append(Check("bubblewrap", FAIL, reason, _userns_fix(), required=True))
@@ -129,9 +131,48 @@ def check_sandbox(home: Path, settings: Settings) -> list[Check]:
                          "bwrap must run with --cap-drop ALL", required=True))
     out.append(Check("user namespaces", OK, "available (bwrap's --unshare-user launch works; "
                      "nested ones are disabled inside)"))
+    out += check_sandbox_user(ctx)
     if s.network == "allowlist":
         out.append(check_allowlist(ctx))
     return out
+
+
+ROOT_ONLY = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssl/private")
+
+
+def check_sandbox_user(ctx: ToolContext) -> list[Check]:
+    """Who commands really run as (observed inside), and whether root-only host files are
+    readable from there: they must not be when agentd is root."""
+    import asyncio
+
+    from agentd.tools.bash import run_bash
+    from agentd.tools.owner import describe, sandbox_owner
+
+    who = sandbox_owner(ctx.sandbox)
+    files = [f for f in ROOT_ONLY if Path(f).exists()]
+    names = " ".join(shlex.quote(f) for f in files)
+    probe = asyncio.run(run_bash(ctx, f'id -u; for f in {names}; do [ -r "$f" ] && echo "$f"; '
+                                      "done; true", 20))
+    seen = probe.content.split()
+    uid, readable = (seen[0], seen[1:]) if seen and seen[0].isdigit() else ("?", [])
+    if who is None:
+        user = Check("sandbox user", OK, f"uid {uid} inside: agentd is not root, so commands "
+                     "run as your own user")
+    elif uid == str(who[0]):
+        user = Check("sandbox user", OK, f"{describe(who)} inside, no capabilities (agentd "
+                     "is root; the writable folders are handed over to it each turn)")
+    else:
+        user = Check("sandbox user", FAIL, f"uid {uid} inside, not {who[0]}: "
+                     f"{probe.content.strip()[:200]}", "see [sandbox] uid in agentd.toml",
+                     required=True)
+    if readable:
+        secret = Check("root-only files", FAIL, "readable from the sandbox: " +
+                       ", ".join(readable), "run agentd as root with the default [sandbox] "
+                       "uid, or as a normal user", required=who is not None)
+    else:
+        secret = Check("root-only files", OK, "unreadable from the sandbox (checked: " +
+                       (", ".join(files) or "none present") + ")")
+    return [user, secret]
 
 
 def check_allowlist(ctx: ToolContext) -> Check:

@@ -50,7 +50,7 @@ AUTHOR_NAME = "agentd"
 AUTHOR_EMAIL = "agentd@localhost"
 NOWHERE = "/nonexistent"  # HOME and XDG_CONFIG_HOME: no ~/.gitconfig, no ~/.config/git
 TIMEOUT = 300.0  # seconds; sizes are capped before git sees a file, so this is generous
-TMP_BYTES = 16 * 1024 * 1024  # git's private /tmp in the sandbox
+TMP_BYTES = 16 * 1024 * 1024  # each tmpfs in git's sandbox (/tmp, /dev/shm, the masks)
 
 # Command-line scope config: it outranks the home's .git/config, and git reads no other.
 CONFIG: tuple[tuple[str, str], ...] = (
@@ -140,10 +140,11 @@ def git_argv(home: Path, command: list[str], *, bwrap: str, seccomp_fd: int,
             "--new-session", "--cap-drop", "ALL", "--clearenv"]
     for key, value in env.items():
         argv += ["--setenv", key, value]
-    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    for masked in sb.MASKED_DIRS:
-        argv += ["--tmpfs", masked]
-    argv += ["--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+    size = ["--size", str(TMP_BYTES)]  # for the next --tmpfs only
+    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
+             *size, "--tmpfs", "/dev/shm", "--proc", "/proc"]
+    for masked in (*sb.MASKED_DIRS, "/tmp"):
+        argv += [*size, "--tmpfs", masked]
     argv += ["--bind" if worktree else "--ro-bind", h, h]
     if worktree:
         runtime = str(home / ".agentd")

@@ -28,6 +28,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from agentd import gitexec
+from agentd.oneline import escape
 
 SCAN_LIMIT = 2_000_000  # bytes of a changed file scanned for secrets
 PRIVATE_NAMES = (".env*", "*.pem")
@@ -47,11 +48,10 @@ Scan = Callable[[str], list[str]]
 
 
 def display(path: str) -> str:
-    """A path as it may be shown: control characters and undecodable bytes escaped, so a
-    name can't forge a line in a commit message or the day log."""
-    raw = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode()
-                   for c in raw)
+    """A path as it may be shown: every control character, newline and undecodable byte
+    escaped (agentd.oneline's one spelling), so a name can't forge a line in a commit
+    message or the day log."""
+    return escape(path)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from agentd import gitexec
 from agentd.errors import AgentdError
 from agentd.gitscreen import (
     REFUSED,
+    UNREADABLE,
     Changes,
     Limits,
     Scan,
@@ -44,7 +45,7 @@ __all__ = ["Changes", "Entry", "Scan", "clear_stale_locks", "commit", "display",
            "init_repo", "log", "pending", "show", "subject_line", "undo"]
 
 TRAILER = re.compile(r"^(Agentd-[A-Za-z]+): (.*)$", re.M)
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # what a diff shown on a terminal escapes
+UNOPENED = re.compile(rb"^warning: could not open directory '(.*)': Permission denied$", re.M)
 BODY_FILES = 1000  # files listed in a commit body
 MSG_FILE = "AGENTD_COMMIT_MSG"  # in .git: the message for the commit script
 BISECT_RUNS = 100  # git launches spent finding paths git refuses, per commit
@@ -121,23 +122,28 @@ def init_repo(path: Path, message: str) -> str:
     return sha
 
 
-def _status(home: Path) -> list[str]:
+def _status(home: Path) -> tuple[list[str], list[str]]:
     """Changed paths, from `git status` (untracked files one by one; a nested repository as
-    `dir/`; submodules never looked into)."""
+    `dir/`; submodules never looked into), and the folders git could not open (made
+    unreadable by the agent: without CAP_DAC_OVERRIDE git only warns and skips them)."""
     result = _git(home, "status", "--porcelain", "-z", "--untracked-files=all",
                   "--no-renames", "--ignore-submodules=all")
     if not result.ok:
         raise AgentdError(f"git status failed in {home}: {result.why()}; is it a git "
                           "repository? (`agentd init` makes one)")
     entries = result.out.decode("utf-8", "surrogateescape").split("\0")
-    return sorted({e[3:] for e in entries if len(e) > 3})
+    unopened = [m.decode("utf-8", "surrogateescape").rstrip("/") + "/"
+                for m in UNOPENED.findall(result.err)]
+    return sorted({e[3:] for e in entries if len(e) > 3}), unopened
 
 
 def pending(home: Path, scan: Scan | None = None) -> Changes:
     """What a commit would take now, and what is held back (secrets, nested repositories,
     sizes, names)."""
     with _repo(home):
-        ok, held = screen(home, _status(home), Limits.of(home))
+        paths, unopened = _status(home)
+        ok, held = screen(home, paths, Limits.of(home))
+        held |= dict.fromkeys(unopened, UNREADABLE)
         changes = Changes(held=held)
         scan_secrets(home, ok, scan, changes)
         return changes
@@ -325,9 +331,8 @@ def show(home: Path, ref: str | None) -> str:
     """The commit of a run, with its diff."""
     with _repo(home, prepare=False):
         sha, _, _ = _find(home, ref)
-        out = _must(_git(home, "show", "--stat", "--patch", "--no-color", "--no-ext-diff",
-                         "--no-textconv", sha), "show").decode("utf-8", "replace")
-        return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), out)
+        return _must(_git(home, "show", "--stat", "--patch", "--no-color", "--no-ext-diff",
+                          "--no-textconv", sha), "show").decode("utf-8", "replace")
 
 
 def undo(home: Path, ref: str | None, run_id: str,
@@ -340,7 +345,7 @@ def undo(home: Path, ref: str | None, run_id: str,
     """
     with _repo(home):
         sha, parents, msg = _find(home, ref)
-        committable, _held = screen(home, _status(home), Limits.of(home))
+        committable, _held = screen(home, _status(home)[0], Limits.of(home))
         if [p for p in committable if not p.startswith(keep + "/")]:
             raise AgentdError("the home has uncommitted changes: run a turn or commit them "
                               "first, then undo")

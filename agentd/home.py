@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -21,22 +22,34 @@ _UMASK = _read_umask()
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a file so a reader (or a crash) never sees it half-written.
+    """Write a runtime-private file so a reader (or a crash) never sees it half-written.
 
-    Writes a temporary file beside the target, fsyncs it, then renames it over the target.
-    Keeps the target's permission bits when it already exists, else honours the umask.
+    Only for folders the agent cannot write: files under `.agentd/` (read-only inside the
+    sandbox) and generated unit files. Trees the agent can write (its notes, the outbox,
+    the inbox, the workdir) are hostile to the host and go through agentd/homefs.py, which
+    resolves every path beneath a held folder fd.
+
+    Writes an exclusive temporary file beside the target, fsyncs it, then renames it over
+    the target, so a symlink at the name is replaced, never followed. Keeps the permission
+    bits of a regular file it replaces, set-uid, set-gid and sticky bits never (lstat, so a
+    link's target is not consulted); else honours the umask.
     """
     if isinstance(data, str):
         data = data.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK
+    try:
+        old = os.lstat(path)
+    except FileNotFoundError:
+        old = None
+    keep = old is not None and stat.S_ISREG(old.st_mode)
+    mode = stat.S_IMODE(old.st_mode) & 0o777 if old and keep else 0o666 & ~_UMASK
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+            os.fchmod(f.fileno(), mode)  # on the fd: the temp name is never looked up again
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -140,12 +153,15 @@ DEFAULT_CONFIG = '''\
 # mode = "bwrap"
 # timeout = 120        # seconds per command; the whole process tree is killed after it
 # output_limit = 30000 # characters of command output shown to the model (head + tail kept)
-# tmp_size_mb = 256    # size of the sandbox's private /tmp
+# tmp_size_mb = 256    # size of the sandbox's private /tmp (and of /dev/shm and each mask)
 # network = "none"     # "allowlist": HTTP(S) only to allow_domains, through agentd's proxy
 #                      # (needs agentd as root); "full": everything (warned on every turn)
 # allow_domains = ["pypi.org", "files.pythonhosted.org", "*.github.com"]
-# Limits per command (0 = no limit). Processes need a pids cgroup when agentd runs as
-# root; `agentd doctor` says which limits this host enforces.
+# When agentd runs as root, commands run as this user (a name or a number; gid defaults to
+# its primary group), and the home's writable parts are handed over to it each turn.
+# uid = 65534          # nobody; better: a dedicated user, e.g. "agentd-sandbox"
+# gid = 65534
+# Limits per command (0 = no limit). `agentd doctor` says which limits this host enforces.
 # cpu_seconds = 300    # CPU time per process
 # memory_mb = 2048     # address space per process
 # file_size_mb = 256   # largest file a command may write
@@ -217,6 +233,15 @@ DEFAULT_CONFIG = '''\
 # [throttling]
 # cooldown = "5m"
 # max_retry_wait = "30s"
+
+# Disk limits of untrusted turns (webhooks, inbox files, non-owner chat senders), which
+# may write only outbox/ and a scratch folder. Per turn: what the turn creates or changes
+# there; past it, its newest files are removed before the commit and the model is told.
+# A home (.git included) over home_mb refuses untrusted turns. 0 = no limit.
+# [quota]
+# untrusted_outbox_mb = 20
+# untrusted_outbox_files = 100
+# home_mb = 1024
 
 # Past `threshold` of the model's context window, older messages are summarised in what
 # is sent (the transcript keeps them); about `keep` of the window stays verbatim, and old

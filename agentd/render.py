@@ -14,6 +14,7 @@ from agentd.history import Entry
 from agentd.llm.types import Message, ToolCall
 from agentd.loop import Events
 from agentd.skills import Skill
+from agentd.termsafe import terminal_safe
 from agentd.turn import TurnReport
 
 PREVIEW_LINES = 6
@@ -41,7 +42,7 @@ class LiveRenderer(Events):
         self._mid_line = False
 
     def text(self, delta: str) -> None:
-        self.console.print(delta, end="", markup=False, highlight=False)
+        self.console.print(terminal_safe(delta), end="", markup=False, highlight=False)
         self._mid_line = not delta.endswith("\n")
 
     def _newline(self) -> None:
@@ -53,12 +54,13 @@ class LiveRenderer(Events):
         self._newline()
         line = Text("▸ ", style="cyan")
         line.append(call.name, style="bold cyan")
-        line.append(" " + describe_call(call))
+        line.append(" " + terminal_safe(describe_call(call)))
         self.console.print(line, overflow="ellipsis", no_wrap=True)
 
     def tool_result(self, call: ToolCall, result: Message) -> None:
         style = "red" if result.is_error else "dim"
-        self.console.print(Text(preview(result.text), style=style), highlight=False)
+        self.console.print(Text(terminal_safe(preview(result.text)), style=style),
+                           highlight=False)
 
     def finish(self) -> None:
         self._newline()
@@ -96,9 +98,9 @@ def history_table(entries: list[Entry]) -> Table:
     for e in entries:
         t = e.trailers
         files = ", ".join(e.files[:3]) + (f" +{len(e.files) - 3}" if len(e.files) > 3 else "")
-        table.add_row(f"{e.when:%Y-%m-%d %H:%M}", t.get("Agentd-Run", e.sha[:8]),
-                      t.get("Agentd-Trigger", "-"), t.get("Agentd-Model", "-"), e.subject,
-                      files)
+        cells = (t.get("Agentd-Run", e.sha[:8]), t.get("Agentd-Trigger", "-"),
+                 t.get("Agentd-Model", "-"), e.subject, files)
+        table.add_row(f"{e.when:%Y-%m-%d %H:%M}", *(Text(terminal_safe(c)) for c in cells))
     return table
 
 
@@ -109,6 +111,7 @@ def skills_table(skills: list[Skill]) -> Table:
         table.add_column(col, overflow="fold")
     for s in skills:
         status = "available" if s.available else f"unavailable: {s.missing}"
-        table.add_row(s.name, s.source, status, s.description,
+        table.add_row(*(Text(terminal_safe(c)) for c in (s.name, s.source, status,
+                                                          s.description)),
                       style=None if s.available else "dim")
     return table

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DESCRIPTION_LIMIT = 200
+from agentd.homefs import Root
+from agentd.oneline import one_line
+
+DESCRIPTION_LIMIT = 200  # name and description go into every prompt: one line each
+NAME_LIMIT = 64
+READ_LIMIT = 256 * 1024  # a SKILL.md is a page; only its front matter is parsed here
+SKILLS = "skills"
 
 
 @dataclass
@@ -73,46 +79,71 @@ def _missing(meta: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def load_skill(skill_md: Path) -> Skill:
-    """One skill from its SKILL.md; raises ValueError (with a line) when malformed."""
-    try:
-        text = skill_md.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8 text") from None
+def load_skill(text: str, path: Path) -> Skill:
+    """One skill from its SKILL.md's text; raises ValueError (with a line) when malformed.
+    The name and description are one-lined with controls escaped: they reach every prompt."""
     meta = parse_front_matter(text)
     if not meta:
         raise ValueError("line 1: no front matter (a '---' block with name and description)")
-    desc = " ".join(str(meta.get("description") or "").split())
+    desc = one_line(str(meta.get("description") or ""), DESCRIPTION_LIMIT)
     if not desc:
         raise ValueError("line 2: front matter has no description")
-    if len(desc) > DESCRIPTION_LIMIT:
-        desc = desc[: DESCRIPTION_LIMIT - 1] + "…"
-    return Skill(str(meta.get("name") or skill_md.parent.name), desc, skill_md,
-                 missing=_missing(meta))
+    name = one_line(str(meta.get("name") or path.parent.name), NAME_LIMIT)
+    return Skill(name, desc, path, missing=_missing(meta))
 
 
 def bundled_skills_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "skills"
 
 
+def _read(root: Root, name: str) -> str:
+    """A skill folder's SKILL.md, read through homefs: the folder and the file are the
+    agent's, so a symlink (to /proc/self/environ, say) or a FIFO is refused, never read."""
+    try:
+        return root.read_text(f"{SKILLS}/{name}/SKILL.md", limit=READ_LIMIT)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+
+
 def discover(home: Path, warn: list[str] | None = None) -> list[Skill]:
     """Skills in `<home>/skills`, sorted by name; problems are appended to `warn`.
 
-    `source` says whether a skill is an unchanged copy of one bundled with agentd
-    (`agentd init` copies them) or the home's own.
+    A symlinked skill folder or SKILL.md is skipped with a warning naming it: agentd reads
+    only the home's own regular files. `source` says whether a skill is an unchanged copy of
+    one bundled with agentd (`agentd init` copies them) or the home's own.
     """
     found: dict[str, Skill] = {}
     bundled = bundled_skills_dir()
-    for skill_md in sorted((home / "skills").glob("*/SKILL.md")):
+    with Root(home) as root:
         try:
-            skill = load_skill(skill_md)
-        except (OSError, ValueError) as e:
-            if warn is not None:
-                warn.append(f"skipped skill {skill_md}: {e}")
-            continue
-        twin = bundled / skill_md.parent.name / "SKILL.md"
-        if twin.is_file():
-            same = twin.read_bytes() == skill_md.read_bytes()
-            skill.source = "bundled" if same else "home, overrides bundled"
-        found[skill.name] = skill
+            entries = root.listdir(SKILLS) if root.exists(SKILLS) else []
+        except OSError as e:
+            entries = []
+            _warn(warn, f"skills not read: {e}")
+        for name, kind in entries:
+            rel = f"{SKILLS}/{name}/SKILL.md"
+            if kind == "link" and not name.startswith("."):
+                _warn(warn, f"skipped skill {SKILLS}/{name}: it is a symlink, which agentd "
+                      "does not follow; make it a real folder")
+                continue
+            if kind != "dir" or name.startswith("."):
+                continue
+            try:
+                text = _read(root, name)
+                skill = load_skill(text, home / rel)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as e:
+                _warn(warn, f"skipped skill {rel}: {e}")
+                continue
+            twin = bundled / name / "SKILL.md"
+            if twin.is_file():
+                same = twin.read_bytes() == text.encode()
+                skill.source = "bundled" if same else "home, overrides bundled"
+            found[skill.name] = skill
     return sorted(found.values(), key=lambda s: s.name)
+
+
+def _warn(warn: list[str] | None, message: str) -> None:
+    if warn is not None:
+        warn.append(message)

@@ -1,6 +1,7 @@
 """One turn in a home, whatever triggered it: pick the model, build the prompt, run the loop,
 and keep the books (session transcript, usage ledger). The CLI, the daemon and the bridge
-all come through here."""
+all come through here, and every turn runs under the home's turn lock (agentd/turnlock.py)
+and, when untrusted, within its disk quota (agentd/quota.py)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,18 @@ from typing import Any
 
 from agentd import history
 from agentd.config import Settings
-from agentd.daylog import DAILY, append_entry, append_notes
+from agentd.daylog import DAILY, append_entry, append_held
 from agentd.home import runtime_dir
 from agentd.llm.router import build_provider, choose_model
-from agentd.llm.types import Message, ToolCall, Usage
+from agentd.llm.types import Message, Provider, ToolCall, Usage
 from agentd.loop import Events, TurnResult, run_loop
 from agentd.prompt import build_system_prompt
+from agentd.quota import TurnQuota, check_home
 from agentd.redact import Redactor, from_settings
 from agentd.session import SessionLog, load_messages, new_id
 from agentd.tools import SandboxSettings, ToolContext
+from agentd.tools.owner import sandbox_owner
+from agentd.turnlock import OnWait, turn_lock
 from agentd.usage import append_ledger, cost, price_for
 
 
@@ -61,13 +65,15 @@ class TurnReport:
 
 class _Books(Events):
     """Writes every message to the transcript and every model call to the ledger, then
-    forwards to the caller's events."""
+    forwards to the caller's events. After each tool call of an untrusted turn it holds
+    the turn to its disk quota, telling the model in that call's result what was removed."""
 
     def __init__(self, outer: Events, log: SessionLog, report: TurnReport, home: Path,
-                 settings: Settings, trigger: str):
+                 settings: Settings, trigger: str, quota: TurnQuota | None = None):
         self.outer, self.log, self.report = outer, log, report
         self.ledger = runtime_dir(home) / "usage.jsonl"
         self.settings, self.trigger = settings, trigger
+        self.quota = quota
         self._priced = True
         self.report.cost = 0.0
 
@@ -78,6 +84,10 @@ class _Books(Events):
         self.outer.tool_call(call)
 
     def tool_result(self, call: ToolCall, result: Message) -> None:
+        note = self.quota.enforce() if self.quota is not None else None
+        if note:  # the model reads this result next, and the transcript keeps it
+            result.text = f"{result.text}\n\n{note}" if result.text else note
+            result.is_error = True
         self.report.tool_calls.append({"name": call.name, "arguments": call.arguments,
                                        "is_error": result.is_error})
         self.outer.tool_result(call, result)
@@ -128,12 +138,12 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     changes = history.pending(home, scan)
     files = [f for f in changes.files if not f.startswith(DAILY + "/")]
     report.blocked, report.held = changes.blocked, dict(changes.held)
-    notes = [clean(n) for n in changes.notes()]
+    source = None if req.profile == "trusted" else req.trigger
     models = ", ".join(report.models) or report.model
     now = datetime.now().astimezone()
     log = append_entry(home, now, req.trigger, models, clean(req.task),
-                       clean(_outcome(report.result)), [history.display(f) for f in files],
-                       notes)
+                       clean(_outcome(report.result)), files, list(changes.blocked),
+                       source=source, held=changes.held)
     if not files:
         return  # nothing but the day log changed: it rides along with the next commit
     daily = {f for f in changes.files if f.startswith(DAILY + "/")}
@@ -142,16 +152,19 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     report.commit = history.commit(
         home, files + sorted(daily), clean(req.task),
         {"Agentd-Run": report.run_id, "Agentd-Model": models, "Agentd-Trigger": req.trigger},
-        "\n".join(notes), held=late)
+        "\n".join(clean(n) for n in changes.notes()), held=late)
     if late:  # git refused these at commit time; this line rides along with the next commit
         report.held |= late
-        append_notes(log, [clean(n) for n in history.held_notes(late)])
+        append_held(home, now, late, source)
 
 
 async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Events,
-                   base: Path | None = None) -> TurnReport:
-    """Run one turn. Config problems raise AgentdError before anything is spent; everything
-    after that ends up in the report, the transcript, the day log and one git commit."""
+                   base: Path | None = None, on_wait: OnWait | None = None) -> TurnReport:
+    """Run one turn. Config problems raise AgentdError before anything is spent. Then the
+    turn waits for the home's turn lock (`on_wait` is told once, with who holds it, if it
+    has to), and an untrusted turn is refused (AgentdError) when the home is over its disk
+    cap. Everything after that ends up in the report, the transcript, the day log and one
+    git commit."""
     spec = choose_model(req.model, settings)
     run_id = new_id()
     path = runtime_dir(home, "sessions") / f"{req.session or run_id}.jsonl"
@@ -161,21 +174,43 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
         from agentd.llm.replay import RecordingProvider
 
         provider = RecordingProvider(provider, req.record)
+    try:
+        async with turn_lock(home, req.trigger, on_wait=on_wait):
+            home_used = 0
+            if req.profile == "untrusted":
+                home_used = await asyncio.to_thread(check_home, home, settings.quota)
+            report = TurnReport(run_id, spec, TurnResult("ok"), 0.0, 0.0, session=path)
+            await _run_locked(home, settings, req, events, provider, report, home_used)
+            return report
+    finally:
+        close = getattr(provider, "aclose", None)
+        if close:
+            await close()
+
+
+async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: Events,
+                      provider: Provider, report: TurnReport, home_used: int) -> None:
+    """The turn itself, under the lock: the loop, then the books and the commit, which
+    happen even when the loop is interrupted."""
+    path = report.session
+    assert path is not None
     resuming = bool(req.session) and not req.new_session
     messages = load_messages(path) if resuming else []
     redactor = from_settings(settings)
     await asyncio.to_thread(commit_manual_edits, home, redactor.find)
     started = time.monotonic()
-    report = TurnReport(run_id, spec, TurnResult("ok"), 0.0, 0.0, session=path)
     log = SessionLog(path, None if resuming else {
-        "id": req.session or run_id, "trigger": req.trigger, "model": spec,
+        "id": req.session or report.run_id, "trigger": req.trigger, "model": report.model,
         "workdir": str(req.workdir)}, redactor=redactor)
     system = build_system_prompt(home, req.workdir)
     messages.append(Message("user", req.task))
     log.append(messages[-1])
-    ctx = ToolContext(home=home, workdir=req.workdir, sandbox=sandbox_for(settings, req),
-                      profile=req.profile, scratch=req.scratch, redactor=redactor)
-    books = _Books(events, log, report, home, settings, req.trigger)
+    sandbox = sandbox_for(settings, req)
+    ctx = ToolContext(home=home, workdir=req.workdir, sandbox=sandbox, profile=req.profile,
+                      scratch=req.scratch, redactor=redactor, owner=sandbox_owner(sandbox))
+    if req.profile == "untrusted":
+        ctx.quota = await asyncio.to_thread(TurnQuota, ctx, settings.quota, home_used)
+    books = _Books(events, log, report, home, settings, req.trigger, ctx.quota)
     try:
         report.result = await run_loop(provider, system, messages, ctx,
                                        req.max_steps or settings.max_steps, books)
@@ -183,14 +218,12 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
         report.result = TurnResult("interrupted", error="interrupted by the user")
         raise
     finally:
-        close = getattr(provider, "aclose", None)
-        if close:
-            await close()
         report.seconds = round(time.monotonic() - started, 3)
         r = report.result
-        log.end(run=run_id, status=r.status, error=r.error, steps=r.steps,
+        log.end(run=report.run_id, status=r.status, error=r.error, steps=r.steps,
                 seconds=report.seconds, cost=report.cost)
+        if ctx.quota is not None:  # the excess goes before the commit, never into it
+            await asyncio.to_thread(ctx.quota.enforce)
         await asyncio.to_thread(finish_turn, home, req, report, redactor)
         if req.scratch is None and ctx.scratch is not None:  # made for this turn only
             shutil.rmtree(ctx.scratch, ignore_errors=True)
-    return report

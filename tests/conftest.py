@@ -20,6 +20,8 @@ from fakellm import FakeLLM
 
 from agentd.cli import cli
 from agentd.home import init_home
+from agentd.tools import SandboxSettings
+from agentd.tools.owner import sandbox_owner
 from agentd.tools.sandbox import find_bwrap
 
 # CI (`.ci/run` sets AGENTD_CI=1) must run every security test: a missing bubblewrap or a
@@ -85,11 +87,22 @@ def home(tmp_path: Path) -> Path:
     return h.resolve()
 
 
+# Who sandboxed commands run as here: (65534, 65534) when the tests run as root, else None.
+SANDBOX_OWNER = sandbox_owner(SandboxSettings())
+
+
+def sandbox_workdir(path: Path) -> Path:
+    """A workdir outside the home that bash may write, as a user would set one up: as root,
+    agentd binds a workdir it doesn't own read-only unless it belongs to the sandbox uid."""
+    path.mkdir(parents=True, exist_ok=True)
+    if SANDBOX_OWNER is not None:
+        os.chown(path, *SANDBOX_OWNER)
+    return path.resolve()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    w = tmp_path / "work"
-    w.mkdir()
-    return w.resolve()
+    return sandbox_workdir(tmp_path / "work")
 
 
 @pytest.fixture

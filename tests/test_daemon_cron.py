@@ -22,6 +22,7 @@ from daemonkit import (
     wait_for,
 )
 from fakellm import FakeLLM
+from hostile import SECRET, plant, secret_file
 
 from agentd.daemon import state
 
@@ -161,3 +162,25 @@ def test_cron_run_now_in_the_foreground_with_a_continued_session(fake: FakeLLM,
     assert missing.exit_code == 2 and "no cron job 'nope'" in missing.stderr
     assert "journal" in missing.stderr
     assert uncommitted(home) == []
+
+
+def test_planted_cron_and_heartbeat_files_are_refused_by_name(fake: FakeLLM, home: Path,
+                                                             tmp_path: Path) -> None:
+    """A cron file that is a symlink (to a valid job outside the home) or a FIFO, and a
+    HEARTBEAT.md linked to /proc/self/environ: each costs one error naming it; nothing is
+    read, nothing runs, and the daemon keeps ticking (a FIFO read would hang it)."""
+    configure(home, {"model": "openai:test"}, heartbeat={"every": "0.3s"})
+    outside = secret_file(tmp_path / "outside")
+    outside.write_text(f"---\nevery: 0.5s\n---\n{SECRET}\n")
+    plant(home / "cron/leak.md", "symlink", outside)
+    plant(home / "cron/pipe.md", "fifo", outside)
+    plant(home / "memory/HEARTBEAT.md", "environ", outside)
+    with Daemon(home) as d:
+        d.ready()
+        d.wait_log(r"cron: error: cron/leak.md: it is a symlink, which agentd does not follow")
+        d.wait_log(r"cron: error: cron/pipe.md: it is not a regular file")
+        d.wait_log(r"heartbeat: error: memory/HEARTBEAT.md: not read: memory/HEARTBEAT.md is "
+                   r"\(or goes through\) a symlink")
+        d.wait_log(r"heartbeat: nothing due \(0 items\)", n=2)
+        assert d.stop() == 0
+    assert model_requests(fake) == [] and SECRET not in d.log

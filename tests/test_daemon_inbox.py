@@ -1,7 +1,8 @@
 """The inbox in a real daemon: a dropped file becomes one turn and one answer in outbox/;
-editor temporaries and half-written files are left alone; binary, oversized, empty files
-and symlinks are refused with a note; a daemon killed mid-turn (kill -9) picks the file up
-again on restart and processes it exactly once, with the home left consistent."""
+editor temporaries and half-written files are left alone; binary, oversized, empty files,
+symlinks and FIFOs are refused with a note (a planted inbox/.done link is never followed);
+a daemon killed mid-turn (kill -9) picks the file up again on restart and processes it
+exactly once, with the home left consistent."""
 
 from __future__ import annotations
 
@@ -132,6 +133,9 @@ def test_kill_9_mid_turn_then_restart_processes_the_file_exactly_once(
     assert "Agentd-Trigger: recovery" in subjects
     recovery = git(home, "log", "-1", "--grep", "Recovery", "--format=%H")
     assert "outbox/progress.md" in git(home, "show", "--stat", recovery.strip())
+    day_log = "".join(p.read_text() for p in (home / "memory/daily").glob("*.md"))
+    assert ('· recovery · -\n- Task (untrusted, from inbox): "A file arrived in inbox/'
+            in day_log)  # the killed turn's text is a stranger's: fenced in its entry too
     assert uncommitted(home) == []
     assert not (home / ".git/index.lock").exists()
     assert len(model_requests(fake)) == 3  # the killed turn's two calls, then one more
@@ -163,3 +167,29 @@ def test_an_inbox_turn_is_untrusted(fake: FakeLLM, home: Path) -> None:
     results = [m for m in fake.requests[-1].body["messages"] if m["role"] == "tool"]
     assert [r["content"].startswith("error") or "[exit code" in r["content"]
             for r in results] == [True, True, False]
+
+
+def test_a_fifo_and_a_planted_done_link_are_not_followed(fake: FakeLLM, home: Path,
+                                                         tmp_path: Path) -> None:
+    """A FIFO in inbox/ is refused without being opened (reading it would hang the daemon),
+    and an inbox/.done that is a symlink to a host folder is replaced by a real folder
+    before anything is moved: the host folder stays empty."""
+    _home(home)
+    outside = tmp_path / "cron.d"
+    outside.mkdir()
+    (home / "inbox/.done").symlink_to(outside)
+    os.mkfifo(home / "inbox/pipe.txt")
+    fake.push({"text": "Answered."})
+    with Daemon(home) as d:
+        d.ready()
+        d.wait_log(r"inbox: warning: pipe.txt: refused: it is not a regular file")
+        d.wait_log(r"inbox: warning: inbox/.done was a symlink; agentd replaced it with a real "
+                   r"folder")
+        (home / "inbox/question.txt").write_text("A question.\n")
+        d.wait_log(r"inbox: question.txt: answered in outbox/question.md")
+        assert d.stop() == 0
+    assert list(outside.iterdir()) == []
+    done = home / "inbox/.done"
+    assert done.is_dir() and not done.is_symlink()
+    assert sorted(p.name for p in done.iterdir()) == ["pipe.txt", "question.txt"]
+    assert "not a regular file" in (home / "outbox/pipe.md").read_text()

@@ -33,6 +33,10 @@ def test_healthy_host(fake: FakeLLM, home: Path) -> None:
                  "limit: memory", "limit: processes"):
         assert c[name]["status"] == "ok", c[name]
     assert "Seccomp: 2" in c["seccomp"]["detail"]
+    assert c["sandbox user"]["status"] == "ok" and c["root-only files"]["status"] == "ok"
+    if os.geteuid() == 0:
+        assert c["sandbox user"]["detail"].startswith("uid 65534 (nobody)")
+        assert "/etc/shadow" in c["root-only files"]["detail"]
     assert c["key: openai"]["detail"] == "OPENAI_API_KEY is set"
     assert c["key: ollama"]["detail"] == "needs no key"
     assert not any(name.startswith("reach:") for name in c)
@@ -40,6 +44,12 @@ def test_healthy_host(fake: FakeLLM, home: Path) -> None:
     table = agentd("doctor", "--home", str(home))
     assert table.exit_code == 0 and "nothing required is broken" in table.stdout
     assert "KEYVALUE" not in table.stdout + json.dumps(c)  # key values are never shown
+
+
+def test_unknown_sandbox_user_is_a_config_error(home: Path) -> None:
+    (home / "agentd.toml").write_text('[sandbox]\nuid = "no-such-user-here"\n')
+    code, c = checks(home)
+    assert code == 1 and "no user named 'no-such-user-here'" in c["config"]["detail"]
 
 
 def test_missing_key_is_a_warning(home: Path) -> None:
@@ -105,6 +115,10 @@ def test_unprocessed_limits_are_reported(home: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(limits, "pids_base", lambda: None)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
+    c = checks(home)[1]  # root without a pids cgroup: the sandbox uid's RLIMIT_NPROC holds
+    assert c["limit: processes"]["status"] == "ok"
+    assert "more than uid 65534 runs now (RLIMIT_NPROC)" in c["limit: processes"]["detail"]
+    (home / "agentd.toml").write_text('[sandbox]\nmode = "off"\n')  # unsandboxed root
     c = checks(home)[1]
     assert c["limit: processes"]["status"] == "warn"
     assert "NOT enforced" in c["limit: processes"]["detail"]

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
+import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import requires_root, sandbox_workdir
 
-from agentd.tools import ToolContext
+from agentd import homefs
+from agentd.tools import ToolContext, ToolResult
 from agentd.tools.files import (
     DEFAULT_LIMIT,
     MAX_LINE_CHARS,
     MAX_OUTPUT_CHARS,
     PathError,
     edit_file,
+    locate,
     read_file,
-    resolve_path,
     write_file,
 )
 
@@ -30,8 +36,7 @@ def ctx(tmp_path: Path) -> ToolContext:
     (home / ".git" / "config").write_text("[core]\n")
     (home / ".agentd").mkdir()
     (home / "agentd.toml").write_text("# settings\n")
-    work.mkdir()
-    return ToolContext(home=home.resolve(), workdir=work.resolve())
+    return ToolContext(home=home.resolve(), workdir=sandbox_workdir(work))
 
 
 @pytest.fixture
@@ -46,27 +51,38 @@ def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-# --- resolve_path ---------------------------------------------------------------------------
+# --- locate ---------------------------------------------------------------------------------
 
 
 def test_relative_paths_resolve_against_the_workdir(ctx: ToolContext) -> None:
-    assert resolve_path(ctx, "a/b.txt", for_write=True) == ctx.workdir / "a" / "b.txt"
-    assert resolve_path(ctx, "./x/../y", for_write=False) == ctx.workdir / "y"
-    assert resolve_path(ctx, ".", for_write=False) == ctx.workdir
+    assert locate(ctx, "a/b.txt", for_write=True).path == ctx.workdir / "a" / "b.txt"
+    assert locate(ctx, "./x/../y", for_write=False).path == ctx.workdir / "y"
+    assert locate(ctx, ".", for_write=False).path == ctx.workdir
+    assert locate(ctx, ".", for_write=False).parts == ()
 
 
 def test_absolute_paths_inside_both_roots(ctx: ToolContext) -> None:
     for root in (ctx.home, ctx.workdir):
-        assert resolve_path(ctx, str(root / "n.md"), for_write=True) == root / "n.md"
+        place = locate(ctx, str(root / "n.md"), for_write=True)
+        assert (place.path, place.root, place.parts) == (root / "n.md", root, ("n.md",))
     # From the workdir into the home by a relative path is fine too.
     rel = os.path.relpath(ctx.home / "memory" / "x.md", ctx.workdir)
-    assert resolve_path(ctx, rel, for_write=True) == ctx.home / "memory" / "x.md"
+    assert locate(ctx, rel, for_write=True).path == ctx.home / "memory" / "x.md"
+
+
+def test_the_deepest_root_holds_the_path(ctx: ToolContext) -> None:
+    """A workdir inside the home: its files are opened beneath the workdir, the rest beneath
+    the home. Nothing on the disk is consulted to decide."""
+    ctx.workdir = ctx.home / "proj"
+    assert locate(ctx, "a.md", for_write=True).root == ctx.home / "proj"
+    assert locate(ctx, "../b.md", for_write=True).root == ctx.home
+    assert not (ctx.home / "proj").exists()
 
 
 @pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "..", "/"])
 def test_paths_outside_both_roots_are_refused(ctx: ToolContext, path: str) -> None:
     with pytest.raises(PathError, match=r"is outside the home .* and the workdir"):
-        resolve_path(ctx, path, for_write=False)
+        locate(ctx, path, for_write=False)
     result = read_file(ctx, path)
     assert result.is_error and "outside the home" in result.content
     assert str(ctx.home) in result.content and str(ctx.workdir) in result.content
@@ -93,6 +109,14 @@ def test_nul_in_path_is_refused(ctx: ToolContext, path: str) -> None:
         assert result.is_error and "NUL" in result.content
 
 
+@pytest.mark.parametrize("path", ["a\ud800b", "\udcff"])
+def test_lone_surrogates_in_a_path_are_refused(ctx: ToolContext, path: str) -> None:
+    for result in (read_file(ctx, path), write_file(ctx, path, "x"),
+                   edit_file(ctx, path, "a", "b")):
+        assert result.is_error and "not valid Unicode" in result.content
+    assert list(ctx.workdir.iterdir()) == []
+
+
 @pytest.mark.parametrize("path", ["", "   "])
 def test_empty_path_is_refused(ctx: ToolContext, path: str) -> None:
     result = read_file(ctx, path)
@@ -102,9 +126,10 @@ def test_empty_path_is_refused(ctx: ToolContext, path: str) -> None:
 def test_symlink_in_workdir_to_etc_is_refused(ctx: ToolContext) -> None:
     (ctx.workdir / "etc").symlink_to("/etc")
     result = read_file(ctx, "etc/passwd")
-    assert result.is_error and "resolves to /etc/passwd" in result.content
+    assert result.is_error and "leads outside" in result.content
+    assert "(etc is a symlink to /etc)" in result.content  # the model learns the real path
     result = write_file(ctx, "etc/agentd-test-should-not-exist", "x")
-    assert result.is_error and "outside the home" in result.content
+    assert result.is_error and "leads outside" in result.content
     assert not Path("/etc/agentd-test-should-not-exist").exists()
 
 
@@ -114,42 +139,72 @@ def test_symlinked_parent_directory_pointing_outside(ctx: ToolContext, outside: 
                    write_file(ctx, "link/secret.txt", "pwned"),
                    edit_file(ctx, "link/secret.txt", "top", "no"),
                    read_file(ctx, "link/secret.txt")):
-        assert result.is_error and "outside the home" in result.content
+        assert result.is_error and "leads outside" in result.content
+        assert f"link is a symlink to {outside}" in result.content
     assert not (outside / "new").exists()
     assert (outside / "secret.txt").read_text() == "top secret\n"
 
 
-def test_file_symlinks_are_judged_by_their_target(ctx: ToolContext, outside: Path) -> None:
+def test_symlinks_are_followed_only_within_their_folder(ctx: ToolContext,
+                                                        outside: Path) -> None:
+    """Deliberately stricter than before: a link is followed only beneath the folder the
+    path was matched to, so a link from the workdir into the home (or an absolute link) is
+    refused too, with its target in the message so the model can use that path instead."""
     (ctx.workdir / "out").symlink_to(outside / "secret.txt")
     (ctx.workdir / "dangling").symlink_to(outside / "not-yet.txt")
-    (ctx.workdir / "inside").symlink_to(ctx.home / "agentd.toml")
-    (ctx.workdir / "ok").symlink_to(ctx.home / "notes.md")
-    assert read_file(ctx, "out").is_error
-    assert write_file(ctx, "dangling", "x").is_error
-    assert not (outside / "not-yet.txt").exists()
-    # A link into the home is followed, and the protection still applies to its target.
-    assert not read_file(ctx, "inside").is_error
-    assert "protected" in write_file(ctx, "inside", "x").content
-    assert not write_file(ctx, "ok", "hello\n").is_error
-    assert (ctx.home / "notes.md").read_text() == "hello\n"
+    (ctx.workdir / "to-home").symlink_to(ctx.home / "notes.md")
+    assert "leads outside" in read_file(ctx, "out").content
+    assert "leads outside" in write_file(ctx, "dangling", "x").content
+    assert "leads outside" in edit_file(ctx, "out", "top", "x").content
+    result = write_file(ctx, "to-home", "x")
+    assert result.is_error and f"to-home is a symlink to {ctx.home / 'notes.md'}" in \
+        result.content
+    assert not (outside / "not-yet.txt").exists() and not (ctx.home / "notes.md").exists()
+    assert (outside / "secret.txt").read_text() == "top secret\n"
+    assert (ctx.workdir / "out").is_symlink() and (ctx.workdir / "dangling").is_symlink()
+
+
+def test_a_link_inside_the_folder_is_followed(ctx: ToolContext) -> None:
+    """CLAUDE.md -> AGENTS.md stays a link: write and edit change the file it points to."""
+    (ctx.workdir / "docs").mkdir()
+    (ctx.workdir / "AGENTS.md").write_text("rules\n")
+    (ctx.workdir / "CLAUDE.md").symlink_to("AGENTS.md")
+    (ctx.workdir / "d").symlink_to("docs")
+    assert read_file(ctx, "CLAUDE.md").content == "     1\trules"
+    assert not edit_file(ctx, "CLAUDE.md", "rules", "new rules").is_error
+    assert not write_file(ctx, "d/x.md", "in docs\n").is_error
+    assert (ctx.workdir / "CLAUDE.md").is_symlink()
+    assert (ctx.workdir / "AGENTS.md").read_text() == "new rules\n"
+    assert (ctx.workdir / "docs" / "x.md").read_text() == "in docs\n"
+    assert not write_file(ctx, "CLAUDE.md", "whole\n").is_error
+    assert (ctx.workdir / "CLAUDE.md").is_symlink()
+    assert (ctx.workdir / "AGENTS.md").read_text() == "whole\n"
+    # A dangling link inside the folder is replaced by the new file.
+    (ctx.workdir / "later.md").symlink_to("not-there.md")
+    assert not write_file(ctx, "later.md", "now\n").is_error
+    assert not (ctx.workdir / "later.md").is_symlink()
+    assert not (ctx.workdir / "not-there.md").exists()
+    assert "does not exist" in edit_file(ctx, "not-there.md", "a", "b").content
 
 
 def test_symlink_loop_is_an_error_not_an_exception(ctx: ToolContext) -> None:
-    (ctx.workdir / "a").symlink_to(ctx.workdir / "b")
-    (ctx.workdir / "b").symlink_to(ctx.workdir / "a")
+    (ctx.workdir / "a").symlink_to("b")
+    (ctx.workdir / "b").symlink_to("a")
     for result in (read_file(ctx, "a"), write_file(ctx, "a", "x"), edit_file(ctx, "a", "x", "y")):
-        assert result.is_error
+        assert result.is_error and "can't be followed safely" in result.content
 
 
 def test_hardlink_to_outside_file_is_not_modified(ctx: ToolContext, outside: Path) -> None:
+    """Deliberately different from before (a refusal): the name is replaced by rename, so
+    the other name, outside, keeps its bytes, and the model's write simply works."""
     os.link(outside / "secret.txt", ctx.workdir / "linked.txt")
-    result = write_file(ctx, "linked.txt", "overwritten")
-    assert result.is_error and "hard links" in result.content
-    result = edit_file(ctx, "linked.txt", "top", "no")
-    assert result.is_error and "hard links" in result.content
+    os.link(outside / "secret.txt", ctx.workdir / "linked2.txt")
+    assert not write_file(ctx, "linked.txt", "overwritten").is_error
+    assert not edit_file(ctx, "linked2.txt", "top", "no").is_error
     assert (outside / "secret.txt").read_text() == "top secret\n"
-    assert (ctx.workdir / "linked.txt").read_text() == "top secret\n"
-    assert read_file(ctx, "linked.txt").content == "     1\ttop secret"  # reading is harmless
+    assert os.stat(outside / "secret.txt").st_nlink == 1
+    assert (ctx.workdir / "linked.txt").read_text() == "overwritten"
+    assert (ctx.workdir / "linked2.txt").read_text() == "no secret\n"
 
 
 @pytest.mark.parametrize("rel", [".git/config", ".git/hooks/pre-commit", ".git",
@@ -174,6 +229,166 @@ def test_similar_names_are_not_protected(ctx: ToolContext) -> None:
     for rel in (".gitignore", ".agentd-notes.md", "agentd.toml.bak", "sub/.git/config"):
         assert not write_file(ctx, str(ctx.home / rel), "x").is_error, rel
     assert not write_file(ctx, ".git/config", "x").is_error  # the workdir's own repo
+
+
+# --- hostile trees: what the agent can plant where the host-side tools act ------------------
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways homefs resolves: openat2, and the O_NOFOLLOW walk of older kernels."""
+    if request.param == "openat2" and not homefs.openat2_available():
+        pytest.skip("this kernel has no openat2")
+    monkeypatch.setattr(homefs, "_have_openat2", request.param == "openat2")
+    return str(request.param)
+
+
+def test_a_symlink_at_the_name_to_outside_is_never_written_through(
+        ctx: ToolContext, outside: Path, resolver: str) -> None:
+    (ctx.workdir / "notes.md").symlink_to(outside / "secret.txt")
+    (ctx.home / "MEMORY.md").symlink_to("/etc/passwd")
+    for result in (write_file(ctx, "notes.md", "pwned"),
+                   edit_file(ctx, "notes.md", "top", "pwned"),
+                   write_file(ctx, str(ctx.home / "MEMORY.md"), "pwned"),
+                   read_file(ctx, str(ctx.home / "MEMORY.md"))):
+        assert result.is_error and "symlink" in result.content
+    assert (outside / "secret.txt").read_text() == "top secret\n"
+    assert "pwned" not in Path("/etc/passwd").read_text()
+
+
+def test_a_symlinked_folder_leading_outside_is_refused(ctx: ToolContext, outside: Path,
+                                                        resolver: str) -> None:
+    (ctx.home / "memory").symlink_to(outside)
+    for result in (write_file(ctx, str(ctx.home / "memory/new/x.md"), "x"),
+                   write_file(ctx, str(ctx.home / "memory/secret.txt"), "x"),
+                   edit_file(ctx, str(ctx.home / "memory/secret.txt"), "top", "x")):
+        assert result.is_error and "symlink" in result.content
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert (outside / "secret.txt").read_text() == "top secret\n"
+
+
+def _finishes(call: Callable[[], ToolResult]) -> ToolResult:
+    """Run a tool call in a thread; fail (instead of hanging the suite) if it blocks."""
+    done, box = threading.Event(), []
+
+    def run() -> None:
+        box.append(call())
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(10), "the tool blocked on a FIFO"
+    return box[0]
+
+
+def test_a_fifo_is_refused_or_replaced_without_hanging(ctx: ToolContext,
+                                                       resolver: str) -> None:
+    os.mkfifo(ctx.workdir / "pipe")
+    for call in (lambda: read_file(ctx, "pipe"), lambda: edit_file(ctx, "pipe", "a", "b")):
+        result = _finishes(call)
+        assert result.is_error and "not a regular file" in result.content
+    assert stat.S_ISFIFO(os.lstat(ctx.workdir / "pipe").st_mode)
+    result = _finishes(lambda: write_file(ctx, "pipe", "now a file\n"))
+    assert not result.is_error  # replaced by rename, never opened
+    assert (ctx.workdir / "pipe").read_text() == "now a file\n"
+
+
+def _setuid_file(path: Path, how: str) -> None:
+    if how == "chmod":
+        path.write_text("old\n")
+        os.chmod(path, 0o6755 | stat.S_ISVTX)
+    else:  # what the sandbox did in the attack: no chmod at all
+        try:
+            os.mknod(path, stat.S_IFREG | 0o4755)
+        except PermissionError:
+            pytest.skip("mknod of a set-uid file is not permitted here")
+        os.truncate(path, 0)
+        with path.open("w") as f:
+            f.write("old\n")
+    assert os.stat(path).st_mode & stat.S_ISUID
+
+
+@pytest.mark.parametrize("how", ["chmod", "mknod"])
+def test_set_id_bits_never_survive_a_write_or_edit(ctx: ToolContext, how: str,
+                                                   resolver: str) -> None:
+    for name, call in (("w", lambda: write_file(ctx, "w", "#!/bin/sh\nid\n")),
+                       ("e", lambda: edit_file(ctx, "e", "old", "#!/bin/sh\nid"))):
+        target = ctx.workdir / name
+        _setuid_file(target, how)
+        assert not call().is_error
+        mode = os.stat(target).st_mode
+        assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX), oct(mode)
+        assert stat.S_IMODE(mode) == 0o755 and target.read_text().startswith("#!/bin/sh")
+
+
+@pytest.mark.parametrize(("alias", "target", "path"), [
+    ("g", ".git", "g/config"), ("g", ".git", "g/hooks/pre-commit"),
+    ("g", ".git/", "g/new/deep"), ("a", ".agentd", "a/sessions/x.jsonl"),
+    ("t", "agentd.toml", "t"), ("d", ".", "d/agentd.toml"), ("d", ".", "d/.git/config")])
+def test_protected_names_through_a_symlink_alias(ctx: ToolContext, alias: str, target: str,
+                                                 path: str, resolver: str) -> None:
+    """`ln -s .git g; write g/config`: the check is on the real folder, not the spelling."""
+    (ctx.home / alias).symlink_to(target)
+    before = {p: p.read_bytes() for p in ctx.home.rglob("*") if p.is_file()}
+    for tool in (lambda p: write_file(ctx, p, "pwned"), lambda p: edit_file(ctx, p, "[", "x")):
+        result = tool(str(ctx.home / path))
+        assert result.is_error
+        assert ("protected" in result.content if resolver == "openat2"
+                else "symlink" in result.content), result.content
+    assert {p: p.read_bytes() for p in ctx.home.rglob("*") if p.is_file()} == before
+    assert not (ctx.home / ".git" / "hooks").exists()
+    assert not (ctx.home / ".git" / "new").exists()
+
+
+def test_protected_names_when_the_workdir_is_the_home(ctx: ToolContext) -> None:
+    ctx.workdir = ctx.home
+    for path in (".git/config", "./.git/../.git/config", "agentd.toml", ".agentd/x"):
+        assert "protected" in write_file(ctx, path, "x").content, path
+    assert (ctx.home / ".git" / "config").read_text() == "[core]\n"
+
+
+@pytest.mark.parametrize("path", ["../outside.txt", "a/../../outside.txt", "/tmp/x.txt",
+                                  "//etc/passwd", "/..", "~/x", "~", "x\0y"])
+def test_write_and_edit_refuse_paths_out_of_bounds(ctx: ToolContext, path: str) -> None:
+    for result in (write_file(ctx, path, "x"), edit_file(ctx, path, "a", "b")):
+        assert result.is_error
+        assert any(m in result.content for m in ("outside the home", "~ is not expanded",
+                                                 "NUL")), result.content
+    assert not (ctx.workdir.parent / "outside.txt").exists()
+
+
+def test_dotdot_is_folded_on_the_text_not_through_a_link(ctx: ToolContext,
+                                                         outside: Path) -> None:
+    """`link/../x` means the workdir's x (like `cd -L`), never a file next to the link's
+    target, and never a reason to look at the disk before choosing the folder."""
+    (ctx.workdir / "link").symlink_to(outside)
+    assert not write_file(ctx, "link/../secret.txt", "mine").is_error
+    assert (ctx.workdir / "secret.txt").read_text() == "mine"
+    assert (outside / "secret.txt").read_text() == "top secret\n"
+
+
+def test_a_root_swapped_for_a_symlink_is_refused(ctx: ToolContext, outside: Path) -> None:
+    """The folder the path is matched to is opened without following any link on its way:
+    a workdir inside the home, swapped by the agent for a link out, is not written through."""
+    (ctx.home / "proj").mkdir()
+    ctx.workdir = ctx.home / "proj"
+    assert not write_file(ctx, "a.md", "x").is_error
+    (ctx.home / "proj").rename(ctx.home / "proj.old")
+    (ctx.home / "proj").symlink_to(outside)
+    for result in (write_file(ctx, "a.md", "x"), edit_file(ctx, "secret.txt", "top", "x"),
+                   read_file(ctx, "secret.txt")):
+        assert result.is_error and "no longer a real folder" in result.content
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+
+
+@requires_root
+def test_created_files_and_folders_belong_to_the_sandbox_owner(ctx: ToolContext) -> None:
+    ctx.owner = (65534, 65534)
+    assert not write_file(ctx, "new/deeper/f.md", "x").is_error
+    (ctx.workdir / "mine.md").write_text("a\n")
+    assert not edit_file(ctx, "mine.md", "a", "b").is_error
+    for rel in ("new", "new/deeper", "new/deeper/f.md", "mine.md"):
+        st = os.stat(ctx.workdir / rel)
+        assert (st.st_uid, st.st_gid) == (65534, 65534), rel
 
 
 # --- read -----------------------------------------------------------------------------------
@@ -422,3 +637,29 @@ def test_edit_can_delete_and_handles_unicode(ctx: ToolContext) -> None:
     assert target.read_text() == "# Tîtle 😀\nkeep\n"
     assert not edit_file(ctx, "u.md", "😀", "✓").is_error
     assert target.read_text() == "# Tîtle ✓\nkeep\n"
+
+
+@requires_root
+def test_a_turn_gives_what_the_file_tools_create_to_the_sandbox_uid(
+        fake: object, home: Path, workdir: Path) -> None:
+    """Through the real turn: as root, a file and folder made by `write` belong to the
+    sandbox uid, so the next bash command of the same turn can change them."""
+    from conftest import agentd
+
+    from agentd.config import load_settings
+    from agentd.tools.owner import sandbox_owner
+
+    who = sandbox_owner(load_settings(home).sandbox)
+    assert who is not None
+    bash = [{"tool_calls": [{"name": "bash", "arguments": {"command": c}}]}
+            for c in ("true", "echo y >> new/n.md")]  # the first one hands the folders over
+    write = {"tool_calls": [{"name": "write", "arguments": {"path": "new/n.md",
+                                                            "content": "x"}}]}
+    fake.push(bash[0], write, bash[1], {"text": "done"})  # type: ignore[attr-defined]
+    r = agentd("run", "--json", "--home", str(home), "--workdir", str(workdir),
+               "--model", "openai:gpt-5.4-mini", "go")
+    assert r.exit_code == 0, r.stdout
+    assert [c["is_error"] for c in json.loads(r.stdout)["tool_calls"]] == [False] * 3
+    for p in (workdir / "new", workdir / "new" / "n.md"):
+        assert (p.stat().st_uid, p.stat().st_gid) == who
+    assert (workdir / "new" / "n.md").read_text() == "xy\n"

@@ -262,13 +262,15 @@ def test_git_argv_binds_only_dot_git_writable(tmp_path: Path) -> None:
     argv = gitexec.git_argv(home, ["git", "status"], bwrap="/usr/bin/bwrap", seccomp_fd=7,
                             env=env)
     h, g = str(home), f"{home}/.git"
+    size = ["--size", str(16 * 1024 * 1024)]
     assert argv == [
         "/usr/bin/bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
         "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
         "--setenv", "GIT_DIR", g,
-        "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-        "--tmpfs", "/home", "--tmpfs", "/root", "--tmpfs", "/run", "--tmpfs", "/var/tmp",
-        "--size", str(16 * 1024 * 1024), "--tmpfs", "/tmp",
+        "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
+        *size, "--tmpfs", "/dev/shm", "--proc", "/proc",
+        *size, "--tmpfs", "/home", *size, "--tmpfs", "/root", *size, "--tmpfs", "/run",
+        *size, "--tmpfs", "/var/tmp", *size, "--tmpfs", "/tmp",
         "--ro-bind", h, h, "--bind", g, g, "--seccomp", "7", "--chdir", h, "--",
         "git", "status"]
     undo = gitexec.git_argv(home, ["git", "apply"], bwrap="bwrap", seccomp_fd=7, env={},
@@ -329,7 +331,7 @@ def test_a_live_gits_lock_is_left_alone(home: Path) -> None:
 
 def test_display_escapes_what_could_forge_a_line() -> None:
     assert history.display("a\nAgentd-Run: x") == "a\\nAgentd-Run: x"
-    assert history.display("bad\udcff\x1b[31m") == "bad\\xff\\x1b[31m"
+    assert history.display("bad\udcff\x1b[31m") == "bad\\udcff\\x1b[31m"
     assert history.display("ünï cødé -x :(glob)**") == "ünï cødé -x :(glob)**"
     assert history.subject_line("\x1b]0;owned\x07 task") == "\\x1b]0;owned\\x07 task"
 
@@ -366,11 +368,3 @@ def test_paths_git_refuses_are_found_in_halves_within_a_budget(
     held = {}
     history.commit(home, [*bad, "good2.md"], "t2", {}, held=held)
     assert set(bad) <= set(held)
-
-
-def test_show_escapes_terminal_control_sequences(home: Path) -> None:
-    (home / "t.md").write_text("title\x1b]0;owned\x07\x1b[2J\n")
-    history.commit(home, ["t.md"], "escape", {"Agentd-Run": "esc"})
-    shown = history.show(home, "esc")
-    assert "\x1b" not in shown and "\x07" not in shown
-    assert "+title\\x1b]0;owned\\x07\\x1b[2J" in shown

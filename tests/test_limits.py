@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import requires_bwrap
+from conftest import requires_bwrap, requires_root_bwrap
 
 from agentd.config import parse_settings
 from agentd.errors import AgentdError
@@ -39,10 +39,18 @@ def test_nproc_fallback_only_for_non_root(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert resource.RLIMIT_NPROC not in dict(lim.rlimits(SandboxSettings(), cgroup=False))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(lim, "_user_tasks", lambda: 40)
+    monkeypatch.setattr(lim, "_user_tasks", lambda uid=None: 40)
     got = dict(lim.rlimits(SandboxSettings(processes=10), cgroup=False))
     hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
     assert got[resource.RLIMIT_NPROC] == (50 if hard == resource.RLIM_INFINITY else min(50, hard))
+    # agentd as root dropping to the sandbox uid: that uid's tasks are what counts
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    counted: list[int | None] = []
+    monkeypatch.setattr(lim, "_user_tasks", lambda uid=None: counted.append(uid) or 5)
+    got = dict(lim.rlimits(SandboxSettings(processes=10), cgroup=False, uid=65534))
+    assert counted == [65534] and got[resource.RLIMIT_NPROC] == min(15, hard)
+    assert resource.RLIMIT_NPROC not in dict(lim.rlimits(SandboxSettings(), cgroup=True,
+                                                         uid=65534))
 
 
 def test_settings_are_validated() -> None:
@@ -66,7 +74,10 @@ def test_status_tells_the_truth_about_processes(monkeypatch: pytest.MonkeyPatch)
         assert procs.enforced and "pids cgroup" in procs.how
     monkeypatch.setattr(lim, "pids_base", lambda: None)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    procs = {r.name: r for r in lim.limits_status()}["processes"]
+    procs = {r.name: r for r in lim.limits_status()}["processes"]  # root: drops to nobody
+    assert procs.enforced and "more than uid 65534 runs now (RLIMIT_NPROC)" in procs.how
+    off = SandboxSettings(mode="off")  # root, unsandboxed: nothing counts its processes
+    procs = {r.name: r for r in lim.limits_status(off)}["processes"]
     assert not procs.enforced and "NOT enforced" in procs.how
     off = {r.name: r for r in lim.limits_status(SandboxSettings(memory_mb=0))}["memory"]
     assert not off.enforced
@@ -90,7 +101,8 @@ def test_cgroup_is_joined_and_removed(tmp_path: Path, monkeypatch: pytest.Monkey
     work = tmp_path / "w"
     work.mkdir()
     ctx = ToolContext(home=work, workdir=work, sandbox=SandboxSettings(processes=33))
-    before = {p.name for p in base.iterdir() if p.name.startswith("agentd-")}
+    mine = f"agentd-{os.getpid()}-"  # not those of another agentd on this machine
+    before = {p.name for p in base.iterdir() if p.name.startswith(mine)}
     seen: list[str] = []
     real_open = lim.open_cgroup
 
@@ -106,7 +118,7 @@ def test_cgroup_is_joined_and_removed(tmp_path: Path, monkeypatch: pytest.Monkey
                                        "wait; echo ok", 10))
     lines = result.content.split()
     assert lines[-1] == "ok" and int(lines[0]) >= 5 and seen[-1] == "33"  # bwrap x2, bash x3
-    after = {p.name for p in base.iterdir() if p.name.startswith("agentd-")}
+    after = {p.name for p in base.iterdir() if p.name.startswith(mine)}
     assert after == before  # removed again
 
 
@@ -119,3 +131,37 @@ def test_close_kills_leftovers(tmp_path: Path) -> None:
     assert cg.pids() == [proc.pid]
     cg.close()
     assert proc.wait(5) == -9 and not cg.path.exists()
+
+
+@requires_root_bwrap
+def test_nproc_binds_the_sandbox_uid_where_there_is_no_cgroup(tmp_path: Path) -> None:
+    """Root without a pids cgroup: RLIMIT_NPROC now holds, because the command runs as the
+    sandbox uid (it is ignored for root). Spawned by hand with the real pieces, no cgroup."""
+    from conftest import sandbox_workdir
+
+    from agentd.tools import owner
+    from agentd.tools import sandbox as sb
+
+    s = SandboxSettings(processes=20)
+    who = owner.sandbox_owner(s)
+    assert who is not None
+    work = sandbox_workdir(tmp_path / "w")
+    rl = lim.rlimits(s, cgroup=False, uid=who[0])
+    assert dict(rl)[resource.RLIMIT_NPROC] == min(
+        20 + lim._user_tasks(who[0]), resource.getrlimit(resource.RLIMIT_NPROC)[1])
+    script = ("import os, time\nn = 0\ntry:\n    while n < 200:\n        if os.fork() == 0:\n"
+              "            time.sleep(30); os._exit(0)\n        n += 1\n"
+              "except BlockingIOError:\n    print('stopped at', n)\n")
+    (work / "bomb.py").write_text(script)
+    launch = sb.prepare(ToolContext(home=work, workdir=work, sandbox=s), "python3 bomb.py",
+                        with_limits=False)  # the drop only; the rlimits are added below
+    assert launch.preexec is not None and launch.cgroup is None
+    steps = [lim.preexec(rl, None), launch.preexec]
+    try:
+        out = subprocess.run(launch.argv, env=launch.env, capture_output=True, text=True,
+                             timeout=60, pass_fds=launch.pass_fds,
+                             preexec_fn=lambda: [step() for step in steps] and None)
+    finally:
+        launch.cleanup()
+    assert out.stdout.startswith("stopped at "), (out.stdout, out.stderr)
+    assert int(out.stdout.split()[-1]) <= 20

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import sandbox_workdir
 
 from agentd.tools import ToolContext
 from agentd.tools import sandbox as sb
@@ -15,9 +16,7 @@ from agentd.tools import sandbox as sb
 def ctx(tmp_path: Path) -> ToolContext:
     home = (tmp_path / "home").resolve()
     (home / ".git").mkdir(parents=True)
-    workdir = (tmp_path / "work").resolve()
-    workdir.mkdir()
-    return ToolContext(home=home, workdir=workdir)
+    return ToolContext(home=home, workdir=sandbox_workdir(tmp_path / "work"))
 
 
 
@@ -41,14 +40,20 @@ def test_profiles_choose_the_writable_binds(ctx: ToolContext, tmp_path: Path) ->
     ctx.profile, ctx.scratch = "untrusted", tmp_path / "scratch"
     ctx.scratch.mkdir()
     (ctx.home / "outbox").mkdir()
+    (ctx.home / ".agentd").mkdir()
     argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
-    binds = argv[argv.index("--size") + 4 : argv.index("--seccomp")]
+    binds = argv[argv.index("/tmp", argv.index("/var/tmp")) + 1 : argv.index("--seccomp")]
+    hide = ["--size", str(256 << 20), "--tmpfs", f"{h}/.agentd", "--remount-ro", f"{h}/.agentd"]
     assert binds == ["--ro-bind", h, h, "--ro-bind", w, w,
                      "--bind", f"{h}/outbox", f"{h}/outbox",
-                     "--bind", str(ctx.scratch), str(ctx.scratch)]
+                     "--bind", str(ctx.scratch), str(ctx.scratch), *hide]
     assert sb.sandbox_env(ctx)["HOME"] == str(ctx.scratch)
+    assert sb.hidden_paths(ctx) == [ctx.home / ".agentd"]
     ctx.profile = "readonly"
     argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
-    assert argv[argv.index("--size") + 4 : argv.index("--seccomp")] == [
-        "--ro-bind", h, h, "--ro-bind", w, w]
+    assert argv[argv.index("/tmp", argv.index("/var/tmp")) + 1 : argv.index("--seccomp")] == [
+        "--ro-bind", h, h, "--ro-bind", w, w, *hide]
     assert sb.sandbox_env(ctx)["HOME"] == "/tmp"
+    ctx.profile = "trusted"  # sees it, read-only
+    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    assert argv[argv.index(f"{h}/.agentd") - 1] == "--ro-bind" and sb.hidden_paths(ctx) == []

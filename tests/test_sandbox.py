@@ -10,19 +10,24 @@ import asyncio
 import itertools
 import os
 import re
+import shutil
 import socket
+import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import requires_bwrap
+from conftest import requires_bwrap, requires_root_bwrap, sandbox_workdir
 
 from agentd.tools import SandboxSettings, ToolContext, ToolResult
+from agentd.tools import owner as own
 from agentd.tools import sandbox as sb
 from agentd.tools.bash import HARD_CAP_BYTES, effective_timeout, format_output, run_bash
 
 SECRET = "sk-test-SECRETVALUE123"
+SIZE = str(256 * 1024 * 1024)  # every tmpfs is capped at tmp_size_mb
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -32,9 +37,7 @@ def ctx(tmp_path: Path) -> ToolContext:
     home = (tmp_path / "home").resolve()
     (home / ".git" / "hooks").mkdir(parents=True)
     (home / "agentd.toml").write_text("model = 'x'\n")
-    workdir = (tmp_path / "work").resolve()
-    workdir.mkdir()
-    return ToolContext(home=home, workdir=workdir)
+    return ToolContext(home=home, workdir=sandbox_workdir(tmp_path / "work"))
 
 
 def run(ctx: ToolContext, command: str, timeout: float | None = None) -> ToolResult:
@@ -58,13 +61,15 @@ def test_bwrap_argv_is_pinned(ctx: ToolContext) -> None:
         "--setenv", "TERM", "dumb",
         "--setenv", "TMPDIR", "/tmp",
         "--setenv", "AGENTD_HOME", h,
-        "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-        "--tmpfs", "/home", "--tmpfs", "/root", "--tmpfs", "/run", "--tmpfs", "/var/tmp",
-        "--size", str(256 * 1024 * 1024), "--tmpfs", "/tmp",
+        "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
+        "--size", SIZE, "--tmpfs", "/dev/shm", "--proc", "/proc",
+        "--size", SIZE, "--tmpfs", "/home", "--size", SIZE, "--tmpfs", "/root",
+        "--size", SIZE, "--tmpfs", "/run", "--size", SIZE, "--tmpfs", "/var/tmp",
+        "--size", SIZE, "--tmpfs", "/tmp",
         "--bind", h, h, "--bind", w, w,
         "--ro-bind", f"{h}/.git", f"{h}/.git",
         "--ro-bind", f"{h}/agentd.toml", f"{h}/agentd.toml",
-        "--tmpfs", f"{h}/.agentd", "--remount-ro", f"{h}/.agentd",
+        "--size", SIZE, "--tmpfs", f"{h}/.agentd", "--remount-ro", f"{h}/.agentd",
         "--seccomp", "7",
         "--chdir", w, "--", "/bin/bash", "-c", "echo hi",
     ]  # fmt: skip
@@ -73,16 +78,17 @@ def test_bwrap_argv_is_pinned(ctx: ToolContext) -> None:
 def test_binds_come_after_the_tmpfs_masks(ctx: ToolContext) -> None:
     argv = sb.bwrap_argv(ctx, "true", bwrap="/opt/bwrap", seccomp_fd=3)
     assert argv[0] == "/opt/bwrap"
-    last_mask = argv.index("/tmp")
+    last_mask = next(i for i, a in enumerate(argv) if argv[i - 1 : i + 1] == ["--tmpfs", "/tmp"])
     binds = [i for i, a in enumerate(argv) if a == "--bind"]
-    protections = [i for i, a in enumerate(argv) if a in ("--ro-bind", "--remount-ro")][1:]
+    protections = [i for i, a in enumerate(argv)
+                   if a in ("--ro-bind", "--remount-ro") and i > last_mask]
     assert last_mask < min(binds) and max(binds) < min(protections)
     assert max(protections) < argv.index("--seccomp") < argv.index("--chdir") < argv.index("--")
     assert argv[argv.index("--") :] == ["--", "/bin/bash", "-c", "true"]
 
 
 def test_missing_protected_paths_are_masked_too(tmp_path: Path) -> None:
-    home, work = tmp_path / "h", tmp_path / "w"
+    home, work = tmp_path / "h", sandbox_workdir(tmp_path / "w")
     home.mkdir()
     bare = ToolContext(home=home, workdir=work)
     argv = sb.bwrap_argv(bare, "true", seccomp_fd=3)
@@ -90,9 +96,9 @@ def test_missing_protected_paths_are_masked_too(tmp_path: Path) -> None:
     assert argv[start - 6 : start] == ["--bind", str(home), str(home), "--bind", str(work),
                                        str(work)]
     assert argv[start : argv.index("--seccomp")] == [
-        "--tmpfs", f"{home}/.git", "--remount-ro", f"{home}/.git",
+        "--size", SIZE, "--tmpfs", f"{home}/.git", "--remount-ro", f"{home}/.git",
         "--ro-bind", "/dev/null", f"{home}/agentd.toml",
-        "--tmpfs", f"{home}/.agentd", "--remount-ro", f"{home}/.agentd",
+        "--size", SIZE, "--tmpfs", f"{home}/.agentd", "--remount-ro", f"{home}/.agentd",
     ]  # fmt: skip
     (home / ".agentd").mkdir()
     argv = sb.bwrap_argv(bare, "true", seccomp_fd=3)
@@ -108,14 +114,17 @@ def test_a_symlinked_protected_path_is_refused(ctx: ToolContext) -> None:
     assert reason is not None and "agentd.toml is a symlink" in reason
 
 
-def test_tmp_size_follows_settings(ctx: ToolContext) -> None:
+def test_every_tmpfs_is_capped_by_tmp_size(ctx: ToolContext, tmp_path: Path) -> None:
     ctx.sandbox.tmp_size_mb = 8
-    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
-    assert argv[argv.index("--size") + 1 : argv.index("--size") + 4] == [
-        str(8 * 1024 * 1024),
-        "--tmpfs",
-        "/tmp",
-    ]
+    bare = ToolContext(home=tmp_path / "bare", workdir=tmp_path / "bare",
+                       sandbox=ctx.sandbox)  # missing .git/.agentd: tmpfs mount points
+    for c in (ctx, bare):
+        argv = sb.bwrap_argv(c, "true", seccomp_fd=3)
+        tmpfs = [i for i, a in enumerate(argv) if a == "--tmpfs"]
+        assert len(tmpfs) >= 7  # /dev/shm, 4 masks, /tmp, .agentd (and .git when missing)
+        for i in tmpfs:  # bwrap's --size applies to the next --tmpfs only
+            assert argv[i - 2 : i] == ["--size", str(8 * 1024 * 1024)], argv[i + 1]
+        assert argv.count("--size") == len(tmpfs)
 
 
 def test_environments_are_allow_lists(ctx: ToolContext) -> None:
@@ -359,3 +368,171 @@ def test_find_bwrap_prefers_usr_bin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     assert sb.find_bwrap() is None
 
+
+
+# --- (c) the unprivileged sandbox: owner, reach, hand-over ----------------------------------
+
+
+def test_resolve_owner_takes_numbers_and_names() -> None:
+    import grp
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    assert own.resolve_owner(65534) == (65534, nobody.pw_gid)
+    assert own.resolve_owner("nobody") == (nobody.pw_uid, nobody.pw_gid)
+    assert own.resolve_owner("65534", "nogroup") == (65534, grp.getgrnam("nogroup").gr_gid)
+    assert own.resolve_owner(4242) == (4242, 4242)  # no passwd entry: the same number
+    assert own.resolve_owner(4242, 77) == (4242, 77)
+    for bad, message in (((0,), "must not be 0"), (("root",), "must not be 0"),
+                         ((65534, 0), "sandbox.gid must not be 0"),
+                         (("no-such-user-x",), "no user named"),
+                         ((65534, "no-such-group-x"), "no group named"),
+                         ((2**32,), "out of range")):
+        with pytest.raises(ValueError, match=message):
+            own.resolve_owner(*bad)
+
+
+def test_sandbox_owner_only_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = SandboxSettings(uid="nobody", gid=123)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert own.sandbox_owner(s) is None
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert own.sandbox_owner(s) == (65534, 123)
+    assert own.sandbox_owner(SandboxSettings(mode="off")) is None
+
+
+def test_config_accepts_uid_and_gid() -> None:
+    from agentd.config import parse_settings
+    from agentd.errors import AgentdError
+
+    s = parse_settings({"sandbox": {"uid": "nobody", "gid": 65534}}).sandbox
+    assert (s.uid, s.gid) == ("nobody", 65534)
+    assert parse_settings({}).sandbox.uid == 65534
+    with pytest.raises(AgentdError, match="no user named 'nosuchuserx'"):
+        parse_settings({"sandbox": {"uid": "nosuchuserx"}})
+    with pytest.raises(AgentdError, match=r"sandbox\.uid must be a number or name"):
+        parse_settings({"sandbox": {"uid": 1.5}})
+
+
+def test_reach_plan_covers_the_topmost_folder_the_uid_cannot_search(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    (private / "deep" / "home" / "work").mkdir(parents=True)
+    private.chmod(0o700)
+    (private / "deep").chmod(0o700)
+    os.chown(private, 0, 0)
+    home, work = private / "deep" / "home", private / "deep" / "home" / "work"
+    plan = own.reach_plan([home, work, tmp_path], (4242, 4242))
+    blocked = next(str(p) for p in [*reversed(tmp_path.parents), tmp_path, private]
+                   if not own.can_search(p, (4242, 4242)))
+    if blocked == str(private):
+        assert plan == [(str(private), [str(home)])]  # work comes along inside home
+    else:  # pytest's own 0700 folder comes first: everything below it, bound back
+        assert plan == [(blocked, [str(tmp_path)])]
+    assert own.reach_plan([Path("/usr/share")], (4242, 4242)) == []
+
+
+@pytest.fixture
+def opt_private() -> Iterator[Path]:
+    """A 0700 root folder outside every tmpfs mask (as /srv/agentd or /root would be)."""
+    folder = Path("/opt") / f"agentd-private-{os.getpid()}-{next(_counter)}"
+    folder.mkdir(mode=0o700)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+@requires_root_bwrap
+def test_a_home_under_a_private_root_folder_is_reached_and_its_siblings_stay_hidden(
+        opt_private: Path) -> None:
+    home = opt_private / "home"
+    (home / ".git").mkdir(parents=True)
+    (opt_private / "sibling-secret.txt").write_text("SIBLING\n")
+    ctx = ToolContext(home=home, workdir=home)
+    assert own.reach_plan([home], own.sandbox_owner(ctx.sandbox) or (0, 0)) == [
+        (str(opt_private), [str(home)])]
+    r = run(ctx, f"id -u; ls -A {opt_private}; cat {opt_private}/sibling-secret.txt; "
+                 "echo made > notes.md && cat notes.md")
+    assert r.content.splitlines()[:2] == ["65534", "home"], r.content
+    assert "No such file or directory" in r.content and "SIBLING" not in r.content
+    assert (home / "notes.md").read_text() == "made\n"
+    assert (home / "notes.md").stat().st_uid == 65534
+    assert sorted(p.name for p in opt_private.iterdir()) == ["home", "sibling-secret.txt"]
+
+
+@requires_root_bwrap
+def test_hand_over_gives_the_tree_but_keeps_the_runtimes_own(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for d in (".git/hooks", ".agentd/sessions", "memory/daily", "outbox"):
+        (home / d).mkdir(parents=True)
+    (home / "agentd.toml").write_text("")
+    (home / "memory" / "MEMORY.md").write_text("m\n")
+    setuid = home / "memory" / "tool"
+    setuid.write_text("x")
+    setuid.chmod(0o4755)
+    setgid_dir = home / "memory" / "shared"
+    setgid_dir.mkdir()
+    setgid_dir.chmod(0o2775)
+    outside = tmp_path / "outside.txt"  # root's, linked to from inside in two ways
+    outside.write_text("root's\n")
+    (home / "memory" / "link").symlink_to(outside)
+    os.link(outside, home / "memory" / "hard")
+    os.mknod(home / "memory" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    ctx = ToolContext(home=home, workdir=home)
+    assert sb.hand_over(ctx) == [] and ctx.handed_over
+    after = _tree(home)
+    nobody = (65534, 65534)
+    for name in ("memory", "memory/MEMORY.md", "memory/daily", "outbox", "memory/tool",
+                 "memory/shared", "memory/link"):
+        assert after[name][:2] == nobody, name
+    for name in (".git", ".git/hooks", ".agentd", ".agentd/sessions", "agentd.toml",
+                 "memory/hard", "memory/null"):
+        assert after[name][:2] == (0, 0), name  # runtime's own, a hard link, a device
+    assert not after["memory/tool"][2] & 0o6000 and not after["memory/shared"][2] & 0o6000
+    assert (outside.stat().st_uid, outside.stat().st_nlink) == (0, 2)  # never followed
+    st = home.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7070) == (0, 65534, 0o070)
+    (home / "memory" / "late.md").write_text("root wrote this\n")
+    assert sb.hand_over(ctx) == [] and (home / "memory" / "late.md").stat().st_uid == 0
+    ctx.handed_over = False  # a new turn (a fresh ToolContext) hands over again
+    sb.hand_over(ctx)
+    assert (home / "memory" / "late.md").stat().st_uid == 65534
+
+
+@requires_root_bwrap
+def test_untrusted_hand_over_touches_only_outbox_and_scratch(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "memory").mkdir(parents=True)
+    (home / "outbox").mkdir()
+    (home / "outbox" / "old.md").write_text("x")
+    ctx = ToolContext(home=home, workdir=home, profile="untrusted")
+    try:
+        sb.hand_over(ctx)
+        assert ctx.scratch is not None and ctx.scratch.stat().st_uid == 65534
+        assert (home / "outbox" / "old.md").stat().st_uid == 65534
+        assert (home / "memory").stat().st_uid == 0 and home.stat().st_uid == 0
+        assert (home / ".agentd").stat().st_uid == 0  # created as root, not left to bwrap
+    finally:
+        if ctx.scratch is not None:
+            shutil.rmtree(ctx.scratch)
+
+
+def test_nothing_is_handed_over_when_not_root(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    home = tmp_path / "home"
+    home.mkdir()
+    before = home.stat()
+    ctx = ToolContext(home=home, workdir=tmp_path)
+    assert sb.hand_over(ctx) == [] and not ctx.handed_over
+    assert home.stat() == before and sb.workdir_writable(ctx)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
+    """path → (uid, gid, mode) of everything under root, symlinks not followed."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            st = Path(folder, name).lstat()
+            out[str(Path(folder, name).relative_to(root))] = (st.st_uid, st.st_gid, st.st_mode)
+    return out

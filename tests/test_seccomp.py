@@ -7,11 +7,12 @@ import asyncio
 import errno
 import re
 import socket
+import stat
 import struct
 from pathlib import Path
 
 import pytest
-from conftest import requires_bwrap
+from conftest import requires_bwrap, sandbox_workdir
 
 from agentd.tools import ToolContext, ToolResult
 from agentd.tools import seccomp as sc
@@ -19,6 +20,7 @@ from agentd.tools.bash import run_bash
 
 EPERM = sc.RET_ERRNO | errno.EPERM
 ENOSYS = sc.RET_ERRNO | errno.ENOSYS
+NOFAMILY = sc.RET_ERRNO | errno.EAFNOSUPPORT
 ARCHES = list(sc.SYSCALLS)
 
 
@@ -26,20 +28,34 @@ ARCHES = list(sc.SYSCALLS)
 def test_program_shape(arch: str) -> None:
     blob = sc.program(arch)
     insns = sc.decode(blob)
+    nr = sc.SYSCALLS[arch]
     assert len(blob) % 8 == 0 and len(insns) == len(blob) // 8
     x32 = 1 if arch == "x86_64" else 0
-    chmods = len(sc.CHMODS) - (arch == "aarch64")  # aarch64 has no plain chmod
-    # arch check (2) + load nr (1) + x32 + denied list + 4 dispatches + chmods + allow
-    # + socket (3) + clone (3) + two chmod-mode checks (3 each) + nosys + deny
-    assert len(insns) == 3 + x32 + len(sc.DENIED) + 4 + chmods + 1 + 3 + 3 + 6 + 2
+    checked = sum(name in nr for name in (*sc.CHMODS, *sc.MKNODS))  # aarch64 lacks some
+    mode_blocks = 2 * len(set(sc.CHMODS.values()))  # load, JSET
+    mknod_blocks = 5 * len(set(sc.MKNODS.values()))  # load, JSET, AND, JEQ, JEQ
+    socket = 1 + len(sc.SOCKET_FAMILIES) + 2  # load, allowed families, AF_UNIX, EAFNOSUPPORT
+    # arch check (2) + load nr (1) + x32 + denied list + socket/socketpair/clone dispatch
+    # + ENOSYS calls + mode-checked calls + allow, then the blocks, clone (2), and the
+    # shared allow/nosys/deny
+    assert len(insns) == (3 + x32 + len(sc.DENIED) + 3 + len(sc.NOSYS_CALLS) + checked + 1
+                          + mode_blocks + mknod_blocks + socket + 2 + 3)
     assert insns[0] == (sc.LD_W_ABS, 0, 0, sc.ARCH)
     assert insns[1][0] == sc.JEQ_K and insns[1][3] == sc.AUDIT_ARCH[arch]
-    assert insns[-1] == (sc.RET_K, 0, 0, EPERM) and insns[-2] == (sc.RET_K, 0, 0, ENOSYS)
+    assert insns[-3:] == [(sc.RET_K, 0, 0, sc.RET_ALLOW), (sc.RET_K, 0, 0, ENOSYS),
+                          (sc.RET_K, 0, 0, EPERM)]
     for i, (code, jt, jf, _) in enumerate(insns):  # every jump lands inside the program
         if code in (sc.JEQ_K, sc.JGE_K, sc.JSET_K):
             assert i + 1 + max(jt, jf) < len(insns)
     # the same bytes the kernel reads: u16 code, u8 jt, u8 jf, u32 k, little-endian
     assert blob[:8] == struct.pack("<HBBI", sc.LD_W_ABS, 0, 0, 4)
+
+
+def _with(arg: int, value: int) -> list[int]:
+    """Syscall arguments with `value` at index `arg` and zeros before it."""
+    args = [0] * (arg + 1)
+    args[arg] = value
+    return args
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -51,25 +67,37 @@ def test_every_decision(arch: str) -> None:
 
     for name in sc.DENIED:
         assert ret(name) == EPERM, name
-    assert ret("socket", socket.AF_UNIX) == EPERM
-    assert ret("socketpair", socket.AF_UNIX) == EPERM
-    assert ret("socket", socket.AF_INET) == sc.RET_ALLOW
-    assert ret("socket", socket.AF_INET6) == sc.RET_ALLOW
+    for call in ("socket", "socketpair"):
+        assert ret(call, socket.AF_UNIX) == EPERM
+        assert ret(call, socket.AF_INET) == sc.RET_ALLOW
+        assert ret(call, socket.AF_INET6) == sc.RET_ALLOW
+        for family in (socket.AF_VSOCK, socket.AF_PACKET, socket.AF_NETLINK, socket.AF_ALG,
+                       31, 0, 46, 0xFFFF):  # 31 = AF_BLUETOOTH; 46 = AF_MAX on 6.x
+            assert ret(call, family) == NOFAMILY, (call, family)
     assert ret("socket", (0xFFFF << 32) | socket.AF_INET) == sc.RET_ALLOW  # int: low word
     assert ret("clone", 0x11 | 0x01200000) == sc.RET_ALLOW  # fork(): SIGCHLD|CHILD_*TID
     assert ret("clone", 0x003D0F00) == sc.RET_ALLOW  # pthread_create's flags
     for flag in (0x20000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
                  0x40000000):  # every CLONE_NEW*
         assert ret("clone", flag | 0x11) == EPERM, hex(flag)
-    assert ret("clone3") == ENOSYS
+    assert ret("clone3") == ENOSYS and ret("openat2") == ENOSYS
     for name, arg in sc.CHMODS.items():
         if name not in nr:
             continue
         for mode, verdict in ((0o755, sc.RET_ALLOW), (0o4755, EPERM), (0o2755, EPERM),
-                              (0o1777, sc.RET_ALLOW)):
-            args = [0, 0, 0]
-            args[arg] = mode
-            assert sc.run(blob, audit, nr[name], *args) == verdict, (name, oct(mode))
+                              (0o1777, sc.RET_ALLOW), (0o100644, sc.RET_ALLOW)):
+            assert sc.run(blob, audit, nr[name], *_with(arg, mode)) == verdict, (name, mode)
+    for name, arg in sc.MKNODS.items():
+        if name not in nr:
+            continue
+        for mode, verdict in ((stat.S_IFIFO | 0o644, sc.RET_ALLOW),
+                              (stat.S_IFREG | 0o644, sc.RET_ALLOW), (0o644, sc.RET_ALLOW),
+                              (stat.S_IFSOCK | 0o644, sc.RET_ALLOW),
+                              (stat.S_IFREG | 0o4755, EPERM), (stat.S_IFREG | 0o2755, EPERM),
+                              (stat.S_IFIFO | 0o6666, EPERM),
+                              (stat.S_IFCHR | 0o666, EPERM), (stat.S_IFBLK | 0o660, EPERM)):
+            assert sc.run(blob, audit, nr[name], *_with(arg, mode)) == verdict, (name, mode)
+    assert {"openat", "mknodat"} <= set(nr)  # the calls every architecture has
     for allowed in (0, 1, 2, 59, 60, 231):  # read, write, open, execve, exit, exit_group
         assert sc.run(blob, audit, allowed) == sc.RET_ALLOW
     assert sc.run(blob, 0x40000003, 41) == EPERM  # i386 ABI: everything refused
@@ -105,10 +133,9 @@ def test_unknown_architecture_is_refused() -> None:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> ToolContext:
-    home, work = tmp_path / "home", tmp_path / "work"
+    home = tmp_path / "home"
     home.mkdir()
-    work.mkdir()
-    return ToolContext(home=home.resolve(), workdir=work.resolve())
+    return ToolContext(home=home.resolve(), workdir=sandbox_workdir(tmp_path / "work"))
 
 
 def run(ctx: ToolContext, command: str) -> ToolResult:
@@ -131,6 +158,14 @@ def test_refused_calls_inside(ctx: ToolContext) -> None:
         "try: socket.socketpair(); print('PAIR-OPEN')\n"
         "except PermissionError: print('PAIR-EPERM')\n"
         "s = socket.socket(socket.AF_INET); print('INET-OK'); s.close()\n"
+        "for fam in ('AF_VSOCK', 'AF_PACKET', 'AF_NETLINK'):\n"
+        "    try: socket.socket(getattr(socket, fam), socket.SOCK_DGRAM); print(fam, 'OPEN')\n"
+        "    except OSError as e: print(fam + '-' + str(e.errno))\n"
+        "import stat\n"
+        "try: os.mknod('m', stat.S_IFREG | 0o4755); print('MKNOD-SUID-OPEN')\n"
+        "except PermissionError: print('MKNOD-SUID-EPERM')\n"
+        "os.mkfifo('fifo'); print('FIFO-OK')\n"
+        "print(socket.getaddrinfo('localhost', 80)[0][4][1])\n"
         "try: os.unshare(os.CLONE_NEWNET) if hasattr(os, 'unshare') else print('UNSHARE-EPERM')\n"
         "except PermissionError: print('UNSHARE-EPERM')\n"
     )
@@ -140,10 +175,13 @@ def test_refused_calls_inside(ctx: ToolContext) -> None:
                       "&& echo CHMOD-OK; chmod u+s t || echo SUID-DENIED; "
                       "chmod g+s . || echo SGID-DENIED")
     assert not (ctx.workdir / "t").stat().st_mode & 0o6000
-    for word in ("UNIX-EPERM", "PAIR-EPERM", "INET-OK", "UNSHARE-EPERM", "USERNS-DENIED",
+    for word in ("AF_VSOCK-97", "AF_PACKET-97", "AF_NETLINK-97", "MKNOD-SUID-EPERM", "FIFO-OK",
+                 "\n80\n",  # getaddrinfo copes without netlink
+                 "UNIX-EPERM", "PAIR-EPERM", "INET-OK", "UNSHARE-EPERM", "USERNS-DENIED",
                  "NETNS-DENIED", "CHMOD-OK", "SUID-DENIED", "SGID-DENIED"):
         assert word in result.content, result.content
     assert "UNIX-OPEN" not in result.content and "PAIR-OPEN" not in result.content
+    assert "OPEN" not in result.content
 
 
 @requires_bwrap

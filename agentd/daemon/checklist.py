@@ -26,6 +26,7 @@ from pathlib import Path
 
 from agentd.config import parse_duration
 from agentd.errors import AgentdError
+from agentd.homefs import Refused, Root
 
 HEARTBEAT = "memory/HEARTBEAT.md"
 MAX_BYTES = 256 * 1024
@@ -134,10 +135,15 @@ def parse(data: bytes) -> tuple[list[Item], list[str]]:
 
 
 def load(home: Path) -> tuple[list[Item], list[str]]:
+    """The checklist's items and problems. The file is agent-written: it is read through
+    homefs, so a symlink (to /proc/self/environ, say) or a FIFO is a problem, never read."""
     try:
-        data = (home / HEARTBEAT).read_bytes()
+        with Root(home) as root:
+            data = root.read_bytes(HEARTBEAT, limit=MAX_BYTES + 1)
     except FileNotFoundError:
         return [], []
+    except Refused as e:
+        return [], [f"not read: {e}"]
     except OSError as e:
         return [], [f"cannot read: {e.strerror}"]
     return parse(data)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
-from pathlib import Path
 from typing import Any
 
 from agentd.config import check_timezone, parse_duration
@@ -196,15 +195,6 @@ def parse(name: str, data: bytes) -> CronJob:
             job.value = job.at.isoformat(timespec="minutes")
     except AgentdError as e:
         raise ValueError(str(e)) from None
-    return job
-
-
-def load(path: Path, tz: tzinfo) -> CronJob:
-    """Parse a cron file and build its trigger once, so a bad crontab is reported when the
-    file is read, not when it would have fired."""
-    job = parse(path.stem, path.read_bytes())
-    if job.kind == "schedule":
-        cron_trigger(job.value, tz)
     return job
 
 

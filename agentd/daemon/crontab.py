@@ -15,6 +15,7 @@ jobs run once; their file stays, listed as done, until someone deletes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
@@ -27,6 +28,7 @@ from agentd.daemon.heartbeat import zone
 from agentd.daemon.log import EventLog
 from agentd.daemon.queue import Job, TurnQueue
 from agentd.daemon.runner import deliver, is_silent, run_job_turn
+from agentd.homefs import Root
 from agentd.loop import Events
 
 if TYPE_CHECKING:
@@ -34,6 +36,29 @@ if TYPE_CHECKING:
     from agentd.turn import TurnReport
 
 CRON = "cron"
+
+
+def job_files(root: Root) -> list[tuple[str, str]]:
+    """(job name, kind) of every `cron/*.md`, nothing followed: kind is "file" for a regular
+    file, else "link", "dir" or "other" (a job that is not a file never runs). Empty when
+    cron/ is missing; Refused when it is a symlink."""
+    if not root.exists(CRON):
+        return []
+    return [(n[:-3], kind) for n, kind in root.listdir(CRON)
+            if n.endswith(".md") and not n.startswith(".")]
+
+
+def read_job(root: Root, name: str) -> cron.CronJob:
+    """cron/<name>.md parsed. The file is agent-written: read through homefs (a symlink or
+    FIFO is refused with OSError, never followed or opened; at most MAX_BYTES+1 read)."""
+    return cron.parse(name, root.read_bytes(f"{CRON}/{name}.md", limit=cron.MAX_BYTES + 1))
+
+
+def not_a_file(kind: str) -> str:
+    """Why a cron entry of this kind (from `job_files`) is not a job."""
+    what = {"link": "a symlink, which agentd does not follow", "dir": "a folder"}.get(
+        kind, "not a regular file")
+    return f"it is {what}; make it a regular file"
 
 
 def state_path(home: Path) -> Path:
@@ -94,23 +119,24 @@ async def run_now(home: Path, settings: Settings, name: str, log: EventLog,
                   events: Events | None = None) -> TurnReport | None:
     """`agentd cron run NAME`: the job's turn now, in the foreground, exactly as the daemon
     runs it; waits while the daemon (or another `cron run`) is in a turn."""
-    from agentd.daemon.runner import TurnLock
     from agentd.errors import AgentdError
+    from agentd.turnlock import turn_lock
 
-    path = home / CRON / f"{name.removesuffix('.md')}.md"
-    try:
-        job = cron.parse(path.stem, path.read_bytes())
-    except FileNotFoundError:
-        known = ", ".join(p.stem for p in sorted((home / CRON).glob("*.md"))) or "none"
-        raise AgentdError(f"no cron job {name!r} in {home / CRON} (jobs: {known})") from None
-    except (OSError, ValueError) as e:
-        raise AgentdError(f"cron/{path.name}: {e}") from None
-    lock = TurnLock(home)
-    await lock.acquire(lambda: log(CRON, "waiting for the turn the daemon is running…"))
-    try:
+    stem = name.removesuffix(".md")
+    with Root(home) as root:
+        try:
+            job = read_job(root, stem)
+        except FileNotFoundError:
+            known = ", ".join(n for n, kind in job_files(root) if kind == "file") or "none"
+            raise AgentdError(f"no cron job {name!r} in {home / CRON} (jobs: {known})") from None
+        except (OSError, ValueError) as e:
+            raise AgentdError(f"cron/{stem}.md: {e}") from None
+
+    def waiting(holder: str) -> None:
+        log(CRON, f"another turn is running in this home ({holder}); waiting…")
+
+    async with turn_lock(home, CRON, job.name, waiting):
         return await execute(home, settings, job, log, events)
-    finally:
-        lock.release()
 
 
 class CronTable:
@@ -121,23 +147,32 @@ class CronTable:
         self.jobs: dict[str, cron.CronJob] = {}
         self.errors: dict[str, str] = {}
         self._seen: dict[str, tuple[int, int, int]] = {}
+        self.problem: str | None = None  # why cron/ itself could not be read
 
     def _scan(self) -> tuple[dict[str, tuple[int, int, int]], dict[str, Any]]:
-        """(signatures of all files, parse results of the changed ones) — in a thread."""
+        """(signatures of all files, parse results of the changed ones) — in a thread.
+        Nothing is followed: a symlinked or special cron file is an error naming it; a
+        symlinked cron/ folder has no jobs (`problem` says why)."""
         sigs: dict[str, tuple[int, int, int]] = {}
-        for p in sorted((self.home / CRON).glob("*.md")):
+        kinds: dict[str, str] = {}
+        with Root(self.home) as root:
             try:
-                st = p.stat()
-            except OSError:
-                continue
-            if p.is_file():
-                sigs[p.stem] = (st.st_mtime_ns, st.st_size, st.st_ino)
-        parsed: dict[str, Any] = {}
-        for name, sig in sigs.items():
-            if self._seen.get(name) != sig:
-                path = self.home / CRON / f"{name}.md"
+                files, self.problem = job_files(root), None
+            except OSError as e:
+                files, self.problem = [], f"cron/ not read: {e}"
+            for name, kind in files:
+                with contextlib.suppress(OSError):
+                    st = root.lstat(f"{CRON}/{name}.md")
+                    sigs[name], kinds[name] = (st.st_mtime_ns, st.st_size, st.st_ino), kind
+            parsed: dict[str, Any] = {}
+            for name, sig in sigs.items():
+                if self._seen.get(name) == sig:
+                    continue
+                if kinds[name] != "file":
+                    parsed[name] = not_a_file(kinds[name])
+                    continue
                 try:
-                    job = cron.parse(name, path.read_bytes())
+                    job = read_job(root, name)
                     parsed[name] = (job, cron.trigger_for(job, job_zone(job, self.settings()),
                                                           datetime.now().astimezone()))
                 except (OSError, ValueError) as e:
@@ -145,7 +180,10 @@ class CronTable:
         return sigs, parsed
 
     async def sync(self, starting: bool = False) -> None:
+        told = self.problem
         sigs, parsed = await asyncio.to_thread(self._scan)
+        if self.problem and self.problem != told:
+            self.log.error(CRON, f"{self.problem}; no job runs until it is a real folder")
         for name in [n for n in self._seen if n not in sigs]:
             self._remove(name)
             self.log(CRON, f"{name}: removed (cron/{name}.md is gone)")

@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,12 +32,20 @@ from typing import TYPE_CHECKING, Any
 from agentd.daemon import state
 from agentd.daemon.log import EventLog
 from agentd.daemon.queue import Job, TurnQueue
-from agentd.daemon.runner import commit_delivery, run_job_turn, unique_path
+from agentd.daemon.runner import (
+    OUTBOX,
+    commit_delivery,
+    free_names,
+    prepare_outbox,
+    run_job_turn,
+    write_new,
+)
+from agentd.homefs import Root
 
 if TYPE_CHECKING:
     from agentd.config import Settings
 
-INBOX, DONE, OUTBOX = "inbox", ".done", "outbox"
+INBOX, DONE = "inbox", ".done"
 SETTLE = 0.15
 ATTEMPTS = 3
 RETRY_AFTER = 60.0
@@ -95,6 +104,7 @@ class Inbox:
         self.claims = state.daemon_dir(home, "inbox")
         self._settling: dict[str, tuple[int, int] | None] = {}
         self._told: set[str] = set()  # "still being written" said once per file
+        self._problem: str | None = None  # why inbox/ itself was not read, said once
         self._task: asyncio.Task[None] | None = None
 
     def _claim_path(self, name: str) -> Path:
@@ -109,11 +119,9 @@ class Inbox:
         now, the second one SETTLE later)."""
         for name in names:
             if not ignored(name) and name not in self._settling:
-                try:
-                    st = (self.dir / name).lstat()
+                st = self._lstat(name)
+                if st is not None:
                     self._settling[name] = (st.st_size, st.st_mtime_ns)
-                except OSError:
-                    continue
         if self._settling and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._settle())
 
@@ -122,11 +130,11 @@ class Inbox:
         def listing() -> list[str]:
             now = time.time()
             out = []
-            for entry in os.scandir(self.dir) if self.dir.is_dir() else []:
-                c = self.claim(entry.name)
+            for name in self._names():
+                c = self.claim(name)
                 if c and c.get("stage") == "retry" and c.get("after", 0) > now:
                     continue
-                out.append(entry.name)
+                out.append(name)
             return out
 
         self.notice(await asyncio.to_thread(listing))
@@ -138,17 +146,15 @@ class Inbox:
                 if self.queue.has(f"inbox:{name}"):
                     del self._settling[name]
                     continue
-                path = self.dir / name
-                try:
-                    st = path.lstat()
-                except OSError:
+                st = await asyncio.to_thread(self._lstat, name)
+                if st is None:
                     del self._settling[name]  # gone (moved away, deleted)
                     continue
                 sig = (st.st_size, st.st_mtime_ns)
                 self._settling[name] = sig
                 if sig != before:
                     continue
-                if await asyncio.to_thread(open_for_writing, path):
+                if await asyncio.to_thread(open_for_writing, self.dir / name):
                     if name not in self._told:
                         self._told.add(name)
                         self.log("inbox", f"{name}: still being written; waiting")
@@ -160,17 +166,15 @@ class Inbox:
     async def process(self, name: str) -> None:
         await asyncio.to_thread(self._prepare_outbox)
         c = await asyncio.to_thread(self.claim, name)
-        path = self.dir / name
         if c and c.get("stage") == "answered":
             await asyncio.to_thread(self._finish, name, c)
             return
-        if not path.exists() and not path.is_symlink():
+        if await asyncio.to_thread(self._lstat, name) is None:
             await asyncio.to_thread(self._claim_path(name).unlink, True)
             return
-        answer = (c or {}).get("outbox") or str(
-            unique_path(self.home / OUTBOX, Path(name).stem or name).relative_to(self.home))
+        answer = (c or {}).get("outbox") or await asyncio.to_thread(self._free_answer, name)
         attempts = (c or {}).get("attempts", 0) + 1
-        text, refusal = await asyncio.to_thread(self._read, path)
+        text, refusal = await asyncio.to_thread(self._read, name)
         if refusal is None and attempts > ATTEMPTS:
             why = (c or {}).get("error") or "the daemon stopped during each"
             refusal = f"gave up after {ATTEMPTS} attempts ({why})"
@@ -200,24 +204,55 @@ class Inbox:
         if not self.queue.depth:
             await self.scan()  # files a full queue turned away
 
-    def _prepare_outbox(self) -> None:
-        (self.home / OUTBOX).mkdir(exist_ok=True)
+    # -- the files: inbox/ and outbox/ are writable by the agent, so every look at them goes
+    # through homefs (nothing followed, regular files only, no write through a planted name)
 
-    def _read(self, path: Path) -> tuple[str, str | None]:
+    def _names(self) -> list[str]:
+        """What is in inbox/ (every kind: `_read` refuses what is not a regular file)."""
+        problem = None
+        try:
+            with Root(self.home) as root:
+                names = [n for n, _ in root.listdir(INBOX)] if root.exists(INBOX) else []
+        except OSError as e:
+            names, problem = [], f"inbox/ not read: {e}"
+        if problem and problem != self._problem:
+            self.log.warn("inbox", f"{problem}; no file is taken until it is a real folder")
+        self._problem = problem
+        return names
+
+    def _lstat(self, name: str) -> os.stat_result | None:
+        try:
+            with Root(self.home) as root:
+                return root.lstat(f"{INBOX}/{name}")
+        except OSError:
+            return None
+
+    def _free_answer(self, name: str) -> str:
+        with Root(self.home) as root:
+            first = f"{OUTBOX}/{Path(name).stem or name}.md"
+            return next((n for n in free_names(first) if not root.exists(n)), first)
+
+    def _prepare_outbox(self) -> None:
+        with Root(self.home) as root:
+            prepare_outbox(root, self.log, "inbox")
+
+    def _read(self, name: str) -> tuple[str, str | None]:
         """(text, why it is refused or None)."""
         limit = self.settings().daemon.inbox_max_bytes
+        rel = f"{INBOX}/{name}"
         try:
-            st = path.lstat()
-            if path.is_symlink():
-                return "", "it is a symlink (links are not followed: copy the file in)"
-            if not path.is_file():
-                return "", "it is not a regular file"
-            if st.st_size > limit:
-                return "", (f"it is {st.st_size:,} bytes, over the {limit:,}-byte limit "
-                            "([daemon] inbox_max_bytes)")
-            data = path.read_bytes()[:limit + 1]
+            with Root(self.home) as root:
+                st = root.lstat(rel)
+                if stat.S_ISLNK(st.st_mode):
+                    return "", "it is a symlink (links are not followed: copy the file in)"
+                if not stat.S_ISREG(st.st_mode):
+                    return "", "it is not a regular file"
+                data = root.read_bytes(rel, limit=limit + 1)
         except OSError as e:
-            return "", f"it cannot be read ({e.strerror})"
+            return "", f"it cannot be read ({e.strerror or e})"
+        if len(data) > limit:
+            return "", (f"it is {max(st.st_size, len(data)):,} bytes, over the {limit:,}-byte "
+                        "limit ([daemon] inbox_max_bytes)")
         if not data.strip():
             return "", "it is empty"
         if b"\0" in data:
@@ -236,9 +271,11 @@ class Inbox:
         self._answer(name, claim, note, None)
 
     def _answer(self, name: str, claim: dict[str, Any], body: str, run_id: str | None) -> None:
-        from agentd.home import atomic_write
-
-        atomic_write(self.home / claim["outbox"], body.rstrip() + "\n")
+        """Write the answer as a new file (the claimed name, or the next free one if the
+        turn put something there), then finish."""
+        with Root(self.home) as root:
+            prepare_outbox(root, self.log, "inbox")
+            claim["outbox"] = write_new(root, claim["outbox"], body.rstrip() + "\n")
         claim.update(stage="answered", run=run_id)
         state.write(self._claim_path(name), claim)
         self._finish(name, claim)
@@ -246,16 +283,25 @@ class Inbox:
     def _finish(self, name: str, claim: dict[str, Any]) -> None:
         """Commit the answer, move the input to inbox/.done/, drop the claim; each step may
         already have happened before a crash, so each is safe to repeat."""
-        out = self.home / claim["outbox"]
-        if out.exists():
-            commit_delivery(self.home, [out], f"Inbox answer: {name}", "inbox", claim.get("run"))
-        src = self.dir / name
-        if src.exists() or src.is_symlink():
-            done = self.dir / DONE
-            done.mkdir(exist_ok=True)
-            stem, dot, ext = name.rpartition(".")
-            target = (unique_path(done, stem, dot + ext) if stem else unique_path(done, name, ""))
-            os.replace(src, target)
+        with Root(self.home) as root:
+            if root.exists(claim["outbox"]):
+                commit_delivery(self.home, [claim["outbox"]], f"Inbox answer: {name}", "inbox",
+                                claim.get("run"))
+            if root.exists(f"{INBOX}/{name}"):
+                self._move_done(root, name)
         self._claim_path(name).unlink(missing_ok=True)
         what = "refusal noted" if claim.get("refused") else "answered"
         self.log("inbox", f"{name}: {what} in {claim['outbox']}; input moved to inbox/{DONE}/")
+
+    def _move_done(self, root: Root, name: str) -> None:
+        """inbox/<name> into a real inbox/.done/ (a planted symlink there is replaced, so the
+        move never lands outside the home), under a free name: nothing there is replaced."""
+        note = root.ensure_dir(f"{INBOX}/{DONE}")
+        if note:
+            self.log.warn("inbox", note)
+        for target in free_names(f"{INBOX}/{DONE}/{name}"):
+            try:
+                root.rename(f"{INBOX}/{name}", target)
+                return
+            except FileExistsError:
+                continue

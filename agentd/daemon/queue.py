@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from agentd.daemon.log import EventLog
 
 if TYPE_CHECKING:
-    from agentd.daemon.runner import TurnLock
+    from agentd.turnlock import TurnLock
 
 PRIORITY = {"person": 0, "webhook": 0, "heartbeat": 1, "cron": 2, "inbox": 3}
 
@@ -123,16 +123,25 @@ class TurnQueue:
             self.running = job
             self.on_change()
             try:
-                if self.lock:
-                    await self.lock.acquire(lambda: self.log(
-                        "queue", "waiting for a turn running outside the daemon to finish"))
-                await job.run()
+                await self._run(job)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug in one job must not stop the queue
                 self.log.error(job.kind, f"{job.name}: failed: {type(e).__name__}: {e}")
             finally:
-                if self.lock:
-                    self.lock.release()
                 self.running = None
                 self.on_change()
+
+    async def _run(self, job: Job) -> None:
+        """Run `job` holding the home's turn lock, for its delivery too. The lock is marked
+        held for this task, so the `run_turn` inside does not wait for it again."""
+        if self.lock is None:
+            await job.run()
+            return
+
+        def waiting(holder: str) -> None:
+            self.log("queue", f"{job.name}: another turn is running in this home ({holder}); "
+                     "waiting for it to finish")
+
+        async with self.lock.hold(job.kind, job.name, waiting):
+            await job.run()

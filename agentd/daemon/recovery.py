@@ -24,7 +24,7 @@ from typing import Any
 from agentd import gitexec
 from agentd.daemon import state
 from agentd.daemon.log import EventLog
-from agentd.daemon.runner import TurnLock
+from agentd.turnlock import TurnLock
 
 
 def clear_index_lock(home: Path, log: EventLog,
@@ -85,7 +85,7 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
     if not isinstance(marker, dict):
         return None
     lock = TurnLock(home)
-    if not lock.try_acquire():
+    if not lock.try_acquire("recovery"):
         return None  # a turn is running right now (`agentd cron run`): not ours to close
     try:
         session = _session_of(home, marker)
@@ -99,10 +99,12 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
         changes = history.pending(home, scan)
         files = changes.files
         task = str(marker.get("task") or "")
+        stranger = marker.get("profile") != "trusted"  # unknown: fenced, to be safe
         append_entry(home, datetime.now().astimezone(), "recovery", "-", task,
                      "interrupted: the daemon was killed during this turn; its changes were "
-                     "committed on the next start", [history.display(f) for f in files],
-                     changes.notes())
+                     "committed on the next start", files, list(changes.blocked),
+                     source=str(marker.get("trigger")) if stranger else None,
+                     held=changes.held)
         files = history.pending(home, scan).files
         sha = history.commit(home, files, f"Recovery: {task}", {
             "Agentd-Run": run_id, "Agentd-Trigger": "recovery"},

@@ -1,30 +1,35 @@
 """Running a daemon turn through agentd.turn, and delivering what it says.
 
 Every daemon turn (heartbeat, cron, inbox, and `agentd cron run` in a terminal) goes
-through `run_job_turn`: it holds the home's turn lock (one turn at a time, across the daemon
-and the CLI), leaves a marker in `.agentd/daemon/turn.json` while the turn runs (so a daemon
-killed mid-turn is recognised and its leftovers committed as a recovery commit on the next
-start), and appends one row per run to `.agentd/daemon/runs.jsonl` for `agentd status`.
+through `run_job_turn`: it runs under the home's turn lock (agentd/turnlock.py: one turn at
+a time, across the daemon, the bridge and the CLI), leaves a marker in
+`.agentd/daemon/turn.json` while the turn runs (so a daemon killed mid-turn is recognised
+and its leftovers committed as a recovery commit on the next start), and appends one row
+per run to `.agentd/daemon/runs.jsonl` for `agentd status`.
 
 An answer of `[SILENT]` means "nothing worth reporting" and is not delivered; anything else
-is written to `outbox/` and committed together with the turn's day-log entry.
+is written to `outbox/` and committed together with the turn's day-log entry. outbox/ is
+writable by every turn, untrusted ones included, so delivery goes through agentd.homefs: a
+new file under a free name, never written over or through what a turn planted there.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import fcntl
+import errno
 import os
 import time
+from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from agentd.daemon import state
 from agentd.daemon.log import EventLog
 from agentd.errors import AgentdError
+from agentd.homefs import Root
 from agentd.loop import Events
+from agentd.turnlock import TurnLock as TurnLock  # moved there; still importable from here
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -32,6 +37,8 @@ if TYPE_CHECKING:
     from agentd.turn import TurnReport, TurnRequest
 
 SILENT = "[SILENT]"
+OUTBOX = "outbox"
+MAX_NAMES = 10000  # x.md … x-9999.md: a folder that full is refused, not looped over
 
 
 def is_silent(text: str) -> bool:
@@ -39,39 +46,6 @@ def is_silent(text: str) -> bool:
     a word of politeness around it)."""
     t = text.strip()
     return t == SILENT or (len(t) < 200 and (t.startswith(SILENT) or t.endswith(SILENT)))
-
-
-class TurnLock:
-    """`.agentd/daemon/turn.lock`: held for the length of a turn, by the daemon's worker and
-    by `agentd cron run`, so a home never runs two scheduled turns at once."""
-
-    def __init__(self, home: Path):
-        self.path = state.daemon_dir(home) / "turn.lock"
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    async def acquire(self, on_wait: Any = None) -> None:
-        """Wait for the lock without blocking the loop (and stay cancellable)."""
-        waited = False
-        while not self.try_acquire():
-            if not waited and on_wait:
-                on_wait()
-            waited = True
-            await asyncio.sleep(0.2)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class LogEvents(Events):
@@ -99,14 +73,16 @@ def _record(home: Path, row: dict[str, Any]) -> None:
 async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: str,
                        name: str, log: EventLog, events: Events | None = None,
                        profile: str | None = None) -> TurnReport | None:
-    """Run one turn for a daemon job; None when it could not start (a config problem,
-    logged). The caller holds the turn lock."""
+    """Run one turn for a daemon job; None when it could not start (a config problem, a
+    refusal, logged). The caller normally holds the turn lock (the queue's worker, `cron
+    run`); `run_turn` takes it otherwise."""
     from agentd.turn import run_turn
 
     marker = state.daemon_dir(home) / "turn.json"
     started = time.time()
     state.write(marker, {"kind": kind, "name": name, "trigger": req.trigger, "task": req.task,
-                         "session": req.session, "started": started, "pid": os.getpid()})
+                         "profile": profile or req.profile, "session": req.session,
+                         "started": started, "pid": os.getpid()})
     log(kind, f"{name}: turn started" + (f" ({req.model})" if req.model else ""))
     row: dict[str, Any] = {"ts": started, "kind": kind, "name": name}
     try:
@@ -131,26 +107,46 @@ async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: s
     return report
 
 
-def unique_path(folder: Path, stem: str, suffix: str = ".md") -> Path:
-    """`folder/stem.md`, else `stem-2.md`, `stem-3.md`…: never overwrite an earlier answer."""
-    path = folder / f"{stem}{suffix}"
-    n = 2
-    while path.exists() or path.is_symlink():
-        path = folder / f"{stem}-{n}{suffix}"
-        n += 1
-    return path
+def free_names(rel: str) -> Iterator[str]:
+    """`rel`, then `stem-2.ext`, `stem-3.ext`… (bounded): the names a new answer or a moved
+    inbox file may take, so an earlier one is never overwritten."""
+    p = PurePosixPath(rel)
+    yield rel
+    for n in range(2, MAX_NAMES):
+        yield str(p.with_name(f"{p.stem}-{n}{p.suffix}"))
 
 
-def commit_delivery(home: Path, paths: list[Path], subject: str, kind: str,
+def write_new(root: Root, rel: str, text: str) -> str:
+    """Write `text` to a new file at `rel`, else at the next free name beside it; returns
+    the name used. Exclusive: whatever is already there (an earlier answer, or a symlink
+    the agent planted in outbox/) is never written over or through."""
+    for name in free_names(rel):
+        try:
+            root.write_text(name, text, exclusive=True)
+            return name
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+    raise FileExistsError(errno.EEXIST, f"no free name for {rel}")
+
+
+def prepare_outbox(root: Root, log: EventLog, kind: str) -> None:
+    """outbox/ as a real folder: a symlink there is replaced (its target untouched)."""
+    note = root.ensure_dir(OUTBOX)
+    if note:
+        log.warn(kind, note)
+
+
+def commit_delivery(home: Path, files: list[str], subject: str, kind: str,
                     run_id: str | None) -> str | None:
-    """Commit delivered files with the day-log entry of the turn that produced them."""
+    """Commit delivered files (relative to the home) with the day-log entry of the turn
+    that produced them."""
     from agentd import history
     from agentd.daylog import DAILY
 
     daily = [f for f in history.pending(home).files if f.startswith(DAILY + "/")]
-    files = [str(p.relative_to(home)) for p in paths] + daily
     trailers = {"Agentd-Trigger": kind} | ({"Agentd-Run": run_id} if run_id else {})
-    return history.commit(home, files, subject, trailers)
+    return history.commit(home, files + daily, subject, trailers)
 
 
 def deliver(home: Path, kind: str, name: str, report: TurnReport, log: EventLog) -> Path | None:
@@ -162,11 +158,10 @@ def deliver(home: Path, kind: str, name: str, report: TurnReport, log: EventLog)
         log(kind, f"{name}: [SILENT], nothing delivered")
         return None
     stem = f"{kind}-{name}-" if name != kind else f"{kind}-"
-    path = unique_path(home / "outbox", stem + datetime.now().strftime("%Y%m%d-%H%M%S"))
-    from agentd.home import atomic_write
-
-    atomic_write(path, text + "\n")
-    commit_delivery(home, [path], f"{kind.capitalize()} report: {name}", kind, report.run_id)
+    with Root(home) as root:
+        prepare_outbox(root, log, kind)
+        rel = write_new(root, f"{OUTBOX}/{stem}{datetime.now():%Y%m%d-%H%M%S}.md", text + "\n")
+    commit_delivery(home, [rel], f"{kind.capitalize()} report: {name}", kind, report.run_id)
     first = " ".join(text.split())
-    log(kind, f"{name}: delivered {path.relative_to(home)}: {first[:120]}")
-    return path
+    log(kind, f"{name}: delivered {rel}: {first[:120]}")
+    return home / rel

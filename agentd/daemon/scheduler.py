@@ -32,10 +32,10 @@ from agentd.daemon.inbox import Inbox
 from agentd.daemon.log import EventLog, route_library_logs
 from agentd.daemon.queue import TurnQueue
 from agentd.daemon.recovery import recover
-from agentd.daemon.runner import TurnLock
 from agentd.daemon.status import status_path
 from agentd.daemon.watcher import Batch, Watcher
 from agentd.errors import AgentdError
+from agentd.turnlock import TurnLock
 
 RESCAN = 60.0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd.daemon import cron, crontab, service, state
+from agentd.homefs import Root
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -73,26 +74,36 @@ def cron_rows(home: Path, settings: Settings, live: dict[str, Any] | None) -> li
     """Every cron file: schedule, next run (the daemon's, else computed), last result."""
     results = state.read(crontab.state_path(home), {}) or {}
     live_next = {j["name"]: j.get("next") for j in (live or {}).get("cron", [])}
-    rows = []
-    for path in sorted((home / "cron").glob("*.md")):
-        name = path.stem
-        row: dict[str, Any] = {"name": name, **{k: v for k, v in (results.get(name) or {})
-                                                 .items() if k.startswith("last")}}
+    with Root(home) as root:
         try:
-            job = cron.parse(name, path.read_bytes())
-            tz = crontab.job_zone(job, settings)
-            row.update(schedule=f"{job.kind} {job.value}", enabled=job.enabled)
-            entry = results.get(name) or {}
-            trig = cron.trigger_for(job, tz, crontab.anchor_of(entry, tz) or datetime.now(tz))
-            if live is not None:
-                row["next"] = live_next.get(name)
-            elif job.enabled and not (job.kind == "at" and entry.get("last_run")):
-                nxt = trig.get_next_fire_time(None, datetime.now(tz))
-                row["next"] = nxt.isoformat() if nxt else None
-        except (OSError, ValueError) as e:
-            row["error"] = str(e)
-        rows.append(row)
-    return rows
+            files = crontab.job_files(root)
+        except OSError as e:
+            return [{"name": "cron/", "error": str(e)}]
+        return [_cron_row(root, name, kind, results, settings, live, live_next)
+                for name, kind in files]
+
+
+def _cron_row(root: Root, name: str, kind: str, results: dict[str, Any], settings: Settings,
+              live: dict[str, Any] | None, live_next: dict[str, Any]) -> dict[str, Any]:
+    """One cron file's row; the file is read through homefs (see crontab.read_job)."""
+    row: dict[str, Any] = {"name": name, **{k: v for k, v in (results.get(name) or {})
+                                             .items() if k.startswith("last")}}
+    if kind != "file":
+        return {**row, "error": crontab.not_a_file(kind)}
+    try:
+        job = crontab.read_job(root, name)
+        tz = crontab.job_zone(job, settings)
+        row.update(schedule=f"{job.kind} {job.value}", enabled=job.enabled)
+        entry = results.get(name) or {}
+        trig = cron.trigger_for(job, tz, crontab.anchor_of(entry, tz) or datetime.now(tz))
+        if live is not None:
+            row["next"] = live_next.get(name)
+        elif job.enabled and not (job.kind == "at" and entry.get("last_run")):
+            nxt = trig.get_next_fire_time(None, datetime.now(tz))
+            row["next"] = nxt.isoformat() if nxt else None
+    except (OSError, ValueError) as e:
+        row["error"] = str(e)
+    return row
 
 
 def collect(home: Path, settings: Settings) -> dict[str, Any]:

@@ -4,8 +4,10 @@ watchdog's inotify observer (one watch per folder) on exactly the folders the da
 the home itself (for agentd.toml, not recursive), memory/ (HEARTBEAT.md), cron/, inbox/
 and skills/ (recursive). Never .git/ or .agentd/, so our own commits and bookkeeping do not
 wake us. If inotify cannot start (watch or instance limits: ENOSPC, EMFILE) or `[daemon]
-watch = "poll"`, a PollingObserver (a stat scan every 0.5 s) takes over; network
-filesystems and VM bind mounts need it, since their changes never reach inotify.
+watch = "poll"`, a polling observer (an lstat scan every 0.5 s) takes over; network
+filesystems and VM bind mounts need it, since their changes never reach inotify. The
+folders are the agent's: a symlinked one is not watched and nothing is followed (inotify's
+IN_DONT_FOLLOW, lstat when polling), so a `skills/x -> /` never walks the host.
 
 Editors save in odd ways: vim writes a new file and renames it over the old one (after
 probing with a file named 4913), gedit renames from .goutputstream-*. So moves count by
@@ -19,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agentd.config import CONFIG_NAME
 from agentd.daemon.inbox import ignored
+from agentd.homefs import Root
 
 CHANGES = {"created", "modified", "moved", "deleted", "closed"}
 DEBOUNCE = 0.1
@@ -66,8 +71,12 @@ class Watcher:
     def start(self) -> str:
         """Start watching; returns "inotify" or "polling"."""
         self._loop = asyncio.get_running_loop()
-        for d in ("memory", "cron", "inbox", "skills"):
-            (self.home / d).mkdir(parents=True, exist_ok=True)
+        with Root(self.home) as root:  # the agent's folders: a symlink there is not followed
+            for d in ("memory", "cron", "inbox", "skills"):
+                try:
+                    root.makedirs(d)
+                except OSError as e:
+                    self.warn(f"{d}/ not watched as a folder: {e}")
         if self.mode != "poll":
             from watchdog.observers import Observer
 
@@ -78,9 +87,11 @@ class Watcher:
             except OSError as e:
                 self.warn(f"inotify unavailable ({e}); polling every {POLL_INTERVAL:g}s instead "
                           "(raise fs.inotify.max_user_watches/max_user_instances to fix)")
-        from watchdog.observers.polling import PollingObserver
+        from watchdog.observers.polling import PollingObserverVFS
 
-        self._observer = self._run(PollingObserver(timeout=POLL_INTERVAL))
+        # lstat: a symlinked folder under skills/ is never walked (it could be / or a loop)
+        self._observer = self._run(PollingObserverVFS(os.lstat, os.scandir,
+                                                      polling_interval=POLL_INTERVAL))
         self.kind = "polling"
         return self.kind
 
@@ -97,14 +108,21 @@ class Watcher:
         handler = Handler()
         try:
             observer.schedule(handler, str(self.home), recursive=False)
-            for d in ("memory", "cron", "inbox"):
-                observer.schedule(handler, str(self.home / d), recursive=False)
-            observer.schedule(handler, str(self.home / "skills"), recursive=True)
+            for d in ("memory", "cron", "inbox", "skills"):
+                if self._real_dir(d):  # a symlinked one is not watched (nor read: homefs)
+                    observer.schedule(handler, str(self.home / d), recursive=d == "skills")
             observer.start()
         except OSError:
             observer.stop()
             raise
         return observer
+
+    def _real_dir(self, rel: str) -> bool:
+        try:
+            with Root(self.home) as root:
+                return stat.S_ISDIR(root.lstat(rel).st_mode)
+        except OSError:
+            return False
 
     def _from_thread(self, *paths: str) -> None:
         hits = [t for p in paths if p and (t := topic_of(self.home, str(p)))]

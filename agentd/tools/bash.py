@@ -50,7 +50,14 @@ def effective_timeout(ctx: ToolContext, timeout: float | None) -> float:
 
 
 async def run_bash(ctx: ToolContext, command: str, timeout: float | None = None) -> ToolResult:
-    """Run `command` with bash in the sandbox (or directly when mode is explicitly "off")."""
+    """Run `command` with bash in the sandbox (or directly when mode is explicitly "off").
+    The first command of a turn first hands the writable folders to the sandbox's uid
+    (when agentd is root), and says so if the workdir stays read-only."""
+    try:
+        handed = await asyncio.to_thread(sandbox.hand_over, ctx)
+    except (ValueError, OSError) as exc:
+        return ToolResult(f"bash refused to run: cannot hand the writable folders to the "
+                          f"sandbox's user: {exc}", is_error=True)
     reason = await asyncio.to_thread(sandbox.check_sandbox, ctx)
     if reason is not None:
         return ToolResult(f"bash refused to run: {reason}", is_error=True)
@@ -75,7 +82,7 @@ async def run_bash(ctx: ToolContext, command: str, timeout: float | None = None)
             await proxy.stop()
         await asyncio.to_thread(launch.cleanup)
     text = format_output(raw, ctx.sandbox.output_limit) or "(no output)"
-    notes: list[str] = []
+    notes = [f"[{note}]" for note in handed]
     if proxy is not None and proxy.refusals:
         more = len(proxy.refusals) - 3
         notes += [f"[network refused {r}]" for r in proxy.refusals[:3]]

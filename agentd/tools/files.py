@@ -1,22 +1,39 @@
-"""The read, write and edit tools: file access confined to the home and the workdir.
+"""The read, write and edit tools: file access confined to the folders the turn may use.
 
-The model chooses the paths, so every path is resolved (symlinks followed) before it is
-checked: a link inside the workdir cannot smuggle a read or write outside it. The runtime's
-own state (the home's git repository, `.agentd/`, `agentd.toml`) is readable but never
-writable through these tools. Every failure is an error result with a one-line hint.
+The model chooses every path, and the agent controls every name, inode type and mode bit
+under the home and the workdir, while these tools run on the host (often as root). So no
+file operation here follows a path by name: a path is normalised lexically (nothing on the
+disk is consulted), matched to the deepest allowed folder that contains it (read: the home,
+the workdir, the scratch folder; write and edit: the profile's writable folders), and then
+opened beneath that folder's held fd through agentd/homefs.py. Symlinks inside the folder
+are followed; one leading out of it, even into another allowed folder, is refused with the
+link's target in the message, so the model can use that path instead.
+
+Writes go through `homefs` too: an exclusive temp file plus `renameat` in the held parent
+folder, so whatever sits at the name by then (a symlink swapped in, a FIFO, a hard link to a
+file elsewhere) is replaced, never written through, and no set-uid, set-gid or sticky bit is
+kept. The runtime's own names in the home (`homefs.PROTECTED_NAMES`) stay readable but are
+refused for writing, judged on the real path of the held parent folder, so a symlink alias
+inside the home can't reach them either. Every failure is an error result with a one-line
+hint.
 """
 
 from __future__ import annotations
 
 import codecs
+import errno
 import os
+import posixpath
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agentd.config import CONFIG_NAME
-from agentd.home import atomic_write
+from agentd import homefs
+from agentd.homefs import Refused, Root
 from agentd.tools import ToolContext, ToolResult
 
 DEFAULT_LIMIT = 2000  # lines per read
@@ -25,96 +42,137 @@ MAX_OUTPUT_CHARS = 50_000  # total read output; the rest is one offset away
 BINARY_SNIFF = 8192  # a NUL byte in this prefix means binary, as git and grep decide
 CHUNK = 64 * 1024  # reads of skipped line tails: memory stays bounded on huge lines
 MAX_EDIT_BYTES = 10 * 1024 * 1024  # edit loads the file whole; beyond this use bash
+_DIR = os.O_PATH | os.O_DIRECTORY
 
 
 class PathError(ValueError):
     """A path the tools refuse; `str()` is one line telling the model what to do instead."""
 
 
-def resolve_path(ctx: ToolContext, path: str, *, for_write: bool) -> Path:
-    """Turn the model's path into a real absolute path inside the home or the workdir.
+@dataclass(frozen=True)
+class Place:
+    """Where a model's path points, found without touching the disk.
+
+    `path` is the normalised absolute path (what the model is shown), `root` the deepest
+    allowed folder holding it, `parts` the components beneath that root (empty: the root).
+    """
+
+    path: Path
+    root: Path
+    parts: tuple[str, ...]
+    shown: str  # the model's own spelling, plus where it lands when that differs
+
+
+def locate(ctx: ToolContext, path: str, *, for_write: bool) -> Place:
+    """Normalise the model's path lexically and pick the folder it must stay beneath.
 
     Relative paths are taken from the workdir, where bash runs too. `~` is refused rather
-    than expanded: the user's home directory is not a place the agent may touch. Resolution
-    follows symlinks (also for a file not created yet: its deepest existing parent is
-    resolved), so the containment check applies to where the bytes really are.
+    than expanded: the user's home directory is not a place the agent may touch. `..` is
+    folded away on the text alone (like `cd -L`), never by following a link on the disk.
     """
     if not isinstance(path, str) or not path.strip():
         raise PathError("path is empty; give a file path relative to the workdir or absolute")
     if "\0" in path:
         raise PathError("path contains a NUL byte; give a plain file path")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PathError(f"path is not valid Unicode ({e.reason}); remove lone surrogates "
+                        "from it") from None
     if path.startswith("~"):
         raise PathError(f"~ is not expanded in {path!r}; use a path inside the home "
                         f"({ctx.home}) or the workdir ({ctx.workdir})")
-    joined = ctx.workdir / path
-    try:
-        real = joined.resolve()
-    except (OSError, RuntimeError) as e:  # symlink loop, unreadable parent
-        raise PathError(f"cannot resolve {path}: {e}") from None
-    shown = path if str(real) in (path, str(joined)) else f"{path} (resolves to {real})"
-    roots = [ctx.home, ctx.workdir, *([ctx.scratch] if ctx.scratch else [])]
-    if not any(real.is_relative_to(root) for root in roots):
+    norm = posixpath.normpath(posixpath.join(str(ctx.workdir), path))
+    full = Path("/" + norm.lstrip("/"))  # POSIX keeps a leading "//"; it means "/" here
+    shown = path if ".." not in path.split("/") else f"{path} (resolves to {full})"
+    readable = [ctx.home, ctx.workdir, *([ctx.scratch] if ctx.scratch else [])]
+    if not _under_any(full, readable):
         raise PathError(f"path {shown} is outside the home ({ctx.home}) and the workdir "
                         f"({ctx.workdir}); use a path inside one of them")
-    if for_write:
-        _check_writable(ctx, real, shown)
-    return real
+    if _hidden(ctx, full):
+        raise PathError(f"{shown} is the runtime's private data, not readable in this turn "
+                        f"(profile {ctx.profile})")
+    roots = _writable(ctx) if for_write else readable
+    if not _under_any(full, roots):
+        where = " or ".join(str(p) for p in roots) or "nowhere but bash's private /tmp"
+        raise PathError(f"{shown} is read-only in this turn (profile {ctx.profile}); "
+                        f"it may write only {'under ' if roots else ''}{where}")
+    root = max((r for r in roots if full.is_relative_to(r)), key=lambda r: len(r.parts))
+    return Place(full, root, full.relative_to(root).parts, shown)
 
 
-def _check_writable(ctx: ToolContext, real: Path, shown: str) -> None:
-    """Refuse what the profile keeps read-only (the same set bash gets, so the write and
-    edit tools can't bypass it), the runtime's own files, and files hard-linked elsewhere."""
+def _hidden(ctx: ToolContext, path: Path) -> bool:
+    """Whether `path` (as spelled, or as an open fd really is) is runtime data this profile
+    may not read (`<home>/.agentd` for untrusted and readonly turns)."""
+    from agentd.tools.sandbox import hidden_paths
+
+    return _under_any(path, hidden_paths(ctx))
+
+
+def _under_any(path: Path, roots: list[Path]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def _writable(ctx: ToolContext) -> list[Path]:
+    """The same writable set bash gets, so the write and edit tools can't bypass it."""
     from agentd.tools.sandbox import ensure_scratch, writable_paths
 
     try:
         ensure_scratch(ctx)
-        writable = [p.resolve() for p in writable_paths(ctx)]
+        return writable_paths(ctx)
     except (ValueError, OSError) as e:
         raise PathError(f"cannot write: {e}") from None
-    if not any(real.is_relative_to(p) for p in writable):
-        where = " or ".join(str(p) for p in writable) or "nowhere but bash's private /tmp"
-        raise PathError(f"{shown} is read-only in this turn (profile {ctx.profile}); "
-                        f"it may write only {'under ' if writable else ''}{where}")
-    for name in (".git", ".agentd"):
-        if real.is_relative_to((ctx.home / name).resolve()):
-            raise PathError(f"{shown} is inside {ctx.home / name}, which is protected: "
-                            "the runtime owns it; write somewhere else in the home or workdir")
-    if real == (ctx.home / CONFIG_NAME).resolve():
-        raise PathError(f"{shown} is protected: the runtime owns it; ask the user to edit it")
+
+
+@contextmanager
+def _open_root(place: Place) -> Iterator[Root]:
+    """Hold the place's root folder open. The runtime resolved it, so it has no symlink on
+    the way: it is opened from `/` following none, and an agent that swapped a folder on
+    the way for a link (e.g. `outbox`, or a workdir inside the home) is refused."""
+    slash = os.open("/", _DIR | os.O_CLOEXEC)
     try:
-        st = os.stat(real)
-    except OSError:
-        return  # not there yet (or unreadable: the write itself will say so)
-    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-        # Another name for these bytes may live outside the home and workdir.
-        raise PathError(f"{shown} has {st.st_nlink} hard links (one may be outside the home "
-                        "and workdir); refusing to modify it; write a new file instead")
+        fd = homefs.open_beneath(slash, str(place.root).lstrip("/") or ".", _DIR)
+    except (Refused, FileNotFoundError, NotADirectoryError):
+        raise PathError(f"{place.root} is no longer a real folder (a symlink or a missing "
+                        f"folder on the way); {place.shown} can't be used in this turn; "
+                        "check it with bash") from None
+    finally:
+        os.close(slash)
+    with Root.from_fd(fd) as root:
+        yield root
+
+
+def _link_note(root: Root, parts: tuple[str, ...]) -> str:
+    """' (x is a symlink to T)' for the first symlink on the way, read through held folder
+    fds only, so the model learns which real path to use instead; '' if none is found."""
+    for i, part in enumerate(parts):
+        try:
+            with root.dir("/".join(parts[:i])) as d:
+                if stat.S_ISLNK(os.stat(part, dir_fd=d, follow_symlinks=False).st_mode):
+                    target = os.readlink(part, dir_fd=d)
+                    return f" ({'/'.join(parts[: i + 1])} is a symlink to {target})"
+        except OSError:
+            return ""
+    return ""
+
+
+def _refusal(e: OSError, place: Place, root: Root) -> str:
+    """One line for a path homefs would not follow: out of the root, or a loop."""
+    note = _link_note(root, place.parts)
+    if e.errno == errno.EXDEV:
+        return (f"{place.shown} leads outside {place.root} through a symlink{note}; symlinks "
+                "are followed only within that folder; use the real path instead")
+    return (f"{place.shown} goes through a symlink that can't be followed safely (a loop, "
+            f"or a link leading out of {place.root}){note}; use the real path instead")
 
 
 def _fail(message: str) -> ToolResult:
     return ToolResult(message, is_error=True)
 
 
-def _regular_file(real: Path, missing_hint: str) -> str | None:
-    """Why `real` can't be opened as a file, or None. A FIFO would block the read forever."""
-    try:
-        st = real.stat()
-    except FileNotFoundError:
-        return f"{real} does not exist; {missing_hint}"
-    if stat.S_ISDIR(st.st_mode):
-        return f"{real} is a directory; use bash to list it, e.g. `ls -la {real}`"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{real} is not a regular file; use bash to inspect it"
-    return None
-
-
-def _binary(real: Path) -> str:
-    try:
-        size: int | str = real.stat().st_size
-    except OSError:
-        size = "?"
-    return (f"{real} looks binary ({size} bytes); use bash, e.g. `file {real}` or "
-            f"`xxd {real} | head`")
+def _binary(path: Path, size: int) -> str:
+    return (f"{path} looks binary ({size} bytes); use bash, e.g. `file {path}` or "
+            f"`xxd {path} | head`")
 
 
 def _read_line(f: BinaryIO, keep: int) -> tuple[bytes, int] | None:
@@ -159,21 +217,43 @@ def read_file(ctx: ToolContext, path: str, offset: int | None = None,
     if count < 1:
         return _fail(f"limit must be at least 1 (got {limit})")
     try:
-        real = resolve_path(ctx, path, for_write=False)
-        problem = _regular_file(real, "check the path, e.g. with `ls`")
-        if problem:
-            return _fail(problem)
-        with real.open("rb") as f:
-            if b"\0" in f.read(BINARY_SNIFF):
-                return _fail(_binary(real))
-            f.seek(0)
-            return _read_lines(f, real, start, count)
+        place = locate(ctx, path, for_write=False)
+        with _open_root(place) as root:
+            return _read_open(ctx, root, place, start, count)
     except PathError as e:
         return _fail(str(e))
-    except UnicodeDecodeError:
-        return _fail(_binary(real))
     except OSError as e:
         return _fail(f"cannot read {path}: {e.strerror or e}")
+
+
+def _read_open(ctx: ToolContext, root: Root, place: Place, start: int,
+               count: int) -> ToolResult:
+    """Open the file beneath `root` (regular files only: a FIFO or device is never opened
+    for reading) and stream the asked-for lines."""
+    real = place.path
+    try:
+        with root.open_regular("/".join(place.parts), follow=True) as (fd, st), \
+                open(fd, "rb", closefd=False) as f:
+            if _hidden(ctx, homefs.fd_path(fd)):  # a link inside the home to .agentd/
+                return _fail(f"{place.shown} leads to the runtime's private data, not "
+                             f"readable in this turn (profile {ctx.profile})")
+            if b"\0" in f.read(BINARY_SNIFF):
+                return _fail(_binary(real, st.st_size))
+            f.seek(0)
+            try:
+                return _read_lines(f, real, start, count)
+            except UnicodeDecodeError:
+                return _fail(_binary(real, st.st_size))
+    except FileNotFoundError:
+        return _fail(f"{real} does not exist; check the path, e.g. with `ls`")
+    except OSError as e:
+        if not _refused(e):
+            raise
+        if e.errno == errno.EISDIR:
+            return _fail(f"{real} is a directory; use bash to list it, e.g. `ls -la {real}`")
+        if e.errno == errno.EINVAL:
+            return _fail(f"{real} is not a regular file; use bash to inspect it")
+        return _fail(_refusal(e, place, root))
 
 
 def _read_lines(f: BinaryIO, real: Path, start: int, count: int) -> ToolResult:
@@ -206,23 +286,178 @@ def _read_lines(f: BinaryIO, real: Path, start: int, count: int) -> ToolResult:
     return ToolResult("\n".join(out))
 
 
+# --- where a write lands -------------------------------------------------------------------
+
+
+def _check_protected(ctx: ToolContext, real: Path, place: Place) -> None:
+    """Refuse the runtime's own names in the home, judged on a real path that came from a
+    held folder fd (never on the model's spelling, which a symlink alias would dodge)."""
+    for name in homefs.PROTECTED_NAMES:
+        owned = ctx.home / name
+        if real == owned:
+            raise PathError(f"{place.shown} is protected: the runtime owns it; write "
+                            "somewhere else (the user edits it)")
+        if real.is_relative_to(owned):
+            raise PathError(f"{place.shown} is inside {owned}, which is protected: the "
+                            "runtime owns it; write somewhere else in the home or workdir")
+
+
+def _parent_fd(ctx: ToolContext, root: Root, place: Place, create: bool) -> int:
+    """A held O_PATH fd of the folder that holds the file, beneath `root` (symlinks inside
+    it followed). With `create`, missing folders are made, each one only after its would-be
+    real path was checked against the protected names (also without `create`: a protected
+    name is refused as such, not as missing), and owned by `ctx.owner`."""
+    parents = place.parts[:-1]
+    try:
+        return homefs.open_beneath(root.fd, "/".join(parents), _DIR, follow=True)
+    except FileNotFoundError:
+        pass
+    fd = homefs.open_beneath(root.fd, "", _DIR)
+    try:
+        for i, part in enumerate(parents):
+            sub = "/".join(parents[: i + 1])
+            try:
+                nxt = homefs.open_beneath(root.fd, sub, _DIR, follow=True)
+            except FileNotFoundError:
+                _check_protected(ctx, homefs.fd_path(fd) / part, place)
+                if not create:
+                    raise
+                _mkdir_at(fd, part, ctx.owner)
+                nxt = homefs.open_beneath(root.fd, sub, _DIR, follow=True)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _mkdir_at(dirfd: int, name: str, owner: tuple[int, int] | None) -> None:
+    """mkdir in a held folder; a racing creator is fine (the next open judges it)."""
+    try:
+        os.mkdir(name, 0o777, dir_fd=dirfd)
+    except FileExistsError:
+        return
+    if owner:
+        os.chown(name, *owner, dir_fd=dirfd, follow_symlinks=False)
+
+
+@dataclass
+class _Target:
+    """The folder (held) and the name a write replaces, and what is there now (or None)."""
+
+    folder: Root
+    name: str
+    st: os.stat_result | None
+
+
+def _lstat_at(dirfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _write_target(ctx: ToolContext, root: Root, place: Place, create: bool) -> _Target:
+    """Find the real folder and name a write or edit of `place` changes.
+
+    A symlink at the name is followed when it stays beneath the root (the file it points to
+    is the one changed, as `read` shows it); one leading out is refused; a dangling one is
+    replaced by the new file. The protected names are checked on the held folder's real
+    path plus the final name, after every link was followed.
+    """
+    if not place.parts:
+        raise PathError(f"{place.path} is a directory; give a file path inside it")
+    folder = Root.from_fd(_parent_fd(ctx, root, place, create))
+    name = place.parts[-1]
+    try:
+        _check_protected(ctx, folder.path / name, place)
+        st = _lstat_at(folder.fd, name)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            folder.close()
+            folder, name, st = _follow_final(ctx, root, place, create)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise PathError(f"{place.path} is a directory; give a file path inside it")
+    except BaseException:
+        folder.close()
+        raise
+    return _Target(folder, name, st)
+
+
+def _follow_final(ctx: ToolContext, root: Root, place: Place,
+                  create: bool) -> tuple[Root, str, os.stat_result | None]:
+    """The real folder and name behind a symlink at the final name, beneath the root."""
+    rel = "/".join(place.parts)
+    try:
+        fd = homefs.open_beneath(root.fd, rel, os.O_PATH, follow=True)
+    except FileNotFoundError:
+        if not create:
+            raise
+        # A dangling link inside the root: the new file replaces the link itself.
+        folder = Root.from_fd(_parent_fd(ctx, root, place, create))
+        return folder, place.parts[-1], None
+    try:
+        real = homefs.fd_path(fd)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    try:
+        inner = real.relative_to(root.path)
+    except ValueError:  # moved away after it was opened
+        raise PathError(f"{place.shown} moved while it was being written; try again") from None
+    if not inner.parts:  # a link to the root itself
+        raise PathError(f"{place.path} is a directory; give a file path inside it")
+    folder = Root.from_fd(homefs.open_beneath(root.fd, str(inner.parent), _DIR))
+    try:
+        _check_protected(ctx, folder.path / inner.name, place)
+    except PathError:
+        folder.close()
+        raise
+    return folder, inner.name, st
+
+
 def write_file(ctx: ToolContext, path: str, content: str) -> ToolResult:
     """Create or replace a whole file, atomically, creating its parent folders."""
     if not isinstance(content, str):
         return _fail(f"content must be a string, not {type(content).__name__}")
     try:
-        real = resolve_path(ctx, path, for_write=True)
-        if real.is_dir():
-            return _fail(f"{real} is a directory; give a file path inside it")
         data = content.encode("utf-8")
-        atomic_write(real, data)
-    except PathError as e:
-        return _fail(str(e))
     except UnicodeEncodeError as e:
         return _fail(f"content is not valid Unicode ({e.reason}); remove lone surrogates")
+    try:
+        place = locate(ctx, path, for_write=True)
+        refusal = ctx.quota.refuse_write(place.path, len(data)) if ctx.quota else None
+        if refusal:
+            return _fail(refusal)
+        with _open_root(place) as root:
+            try:
+                target = _write_target(ctx, root, place, create=True)
+                with target.folder:
+                    target.folder.write_bytes(target.name, data, owner=ctx.owner)
+            except OSError as e:
+                if not _refused(e):
+                    raise
+                return _fail(_write_refusal(e, place, root))
+    except PathError as e:
+        return _fail(str(e))
     except OSError as e:
         return _fail(f"cannot write {path}: {e.strerror or e}")
-    return ToolResult(f"wrote {len(data)} bytes to {real}")
+    return ToolResult(f"wrote {len(data)} bytes to {place.path}")
+
+
+def _refused(e: OSError) -> bool:
+    """A homefs refusal, or a symlink met by an O_NOFOLLOW open (the walk without openat2,
+    when a racer put the link there after homefs looked)."""
+    return isinstance(e, Refused) or e.errno in (errno.ELOOP, errno.EXDEV)
+
+
+def _write_refusal(e: OSError, place: Place, root: Root) -> str:
+    """A homefs refusal during a write or edit, as one line for the model."""
+    if e.errno in (errno.EXDEV, errno.ELOOP):
+        return _refusal(e, place, root)
+    if e.errno == errno.EINVAL:
+        return f"{place.path} is not a regular file; use bash to inspect it"
+    return f"{place.shown}: {e}"
 
 
 def edit_file(ctx: ToolContext, path: str, old_text: str, new_text: str) -> ToolResult:
@@ -233,36 +468,66 @@ def edit_file(ctx: ToolContext, path: str, old_text: str, new_text: str) -> Tool
         return _fail("old_text is empty; copy the exact text to replace from the file "
                      "(to replace a whole file, use write)")
     try:
-        real = resolve_path(ctx, path, for_write=True)
-        problem = _regular_file(real, "use write to create it")
-        if problem:
-            return _fail(problem)
-        if real.stat().st_size > MAX_EDIT_BYTES:
-            return _fail(f"{real} is larger than {MAX_EDIT_BYTES} bytes; edit it with bash "
-                         "(e.g. sed) or rewrite it with write")
-        data = real.read_bytes()
-        if b"\0" in data:
-            return _fail(_binary(real))
-        text = data.decode("utf-8")
-        if old_text not in text and "\r\n" in text and "\n" in old_text:
-            # The model usually types bare newlines; match a CRLF file in its own style.
-            old_text, new_text = (re.sub(r"(?<!\r)\n", "\r\n", t) for t in (old_text, new_text))
-        first = text.find(old_text)
-        if first < 0:
-            return _fail(f"old_text not found in {real}; read the file and copy the text exactly")
-        matches = text.count(old_text)
-        if matches == 1 and text.find(old_text, first + 1) >= 0:
-            matches = 2  # overlapping occurrences are just as ambiguous
-        if matches > 1:
-            return _fail(f"old_text matches {matches} times in {real}; include more "
-                         "surrounding lines to make it unique")
-        atomic_write(real, text[:first] + new_text + text[first + len(old_text):])
+        place = locate(ctx, path, for_write=True)
+        with _open_root(place) as root:
+            try:
+                target = _write_target(ctx, root, place, create=False)
+            except FileNotFoundError:
+                return _fail(f"{place.path} does not exist; use write to create it")
+            except OSError as e:
+                if not _refused(e):
+                    raise
+                return _fail(_write_refusal(e, place, root))
+            with target.folder:
+                if target.st is None:
+                    return _fail(f"{place.path} does not exist; use write to create it")
+                try:
+                    return _edit_in(ctx, target, place, old_text, new_text)
+                except OSError as e:
+                    if not _refused(e):
+                        raise
+                    return _fail(_write_refusal(e, place, root))
     except PathError as e:
         return _fail(str(e))
-    except UnicodeDecodeError:
-        return _fail(_binary(real))
-    except UnicodeEncodeError as e:
-        return _fail(f"new_text is not valid Unicode ({e.reason}); remove lone surrogates")
     except OSError as e:
         return _fail(f"cannot edit {path}: {e.strerror or e}")
+
+
+def _edit_in(ctx: ToolContext, target: _Target, place: Place, old_text: str,
+             new_text: str) -> ToolResult:
+    """Read the file from the held folder (regular files only, size-capped), make the one
+    replacement, and write it back by rename into the same folder."""
+    real = place.path
+    with target.folder.open_regular(target.name) as (fd, st):
+        if st.st_size > MAX_EDIT_BYTES:
+            return _fail(f"{real} is larger than {MAX_EDIT_BYTES} bytes; edit it with bash "
+                         "(e.g. sed) or rewrite it with write")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_EDIT_BYTES + 1)
+    if len(data) > MAX_EDIT_BYTES:
+        return _fail(f"{real} is larger than {MAX_EDIT_BYTES} bytes; edit it with bash "
+                     "(e.g. sed) or rewrite it with write")
+    if b"\0" in data:
+        return _fail(_binary(real, len(data)))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _fail(_binary(real, len(data)))
+    if old_text not in text and "\r\n" in text and "\n" in old_text:
+        # The model usually types bare newlines; match a CRLF file in its own style.
+        old_text, new_text = (re.sub(r"(?<!\r)\n", "\r\n", t) for t in (old_text, new_text))
+    first = text.find(old_text)
+    if first < 0:
+        return _fail(f"old_text not found in {real}; read the file and copy the text exactly")
+    matches = text.count(old_text)
+    if matches == 1 and text.find(old_text, first + 1) >= 0:
+        matches = 2  # overlapping occurrences are just as ambiguous
+    if matches > 1:
+        return _fail(f"old_text matches {matches} times in {real}; include more "
+                     "surrounding lines to make it unique")
+    try:
+        out = (text[:first] + new_text + text[first + len(old_text):]).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return _fail(f"new_text is not valid Unicode ({e.reason}); remove lone surrogates")
+    target.folder.write_bytes(target.name, out, owner=ctx.owner)
     return ToolResult(f"edited {real} (line {text.count(chr(10), 0, first) + 1})")

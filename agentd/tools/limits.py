@@ -39,8 +39,11 @@ def _capped(res: int, value: int) -> int:
     return value if hard == resource.RLIM_INFINITY else min(value, hard)
 
 
-def rlimits(s: SandboxSettings, *, cgroup: bool) -> list[tuple[int, int]]:
-    """(resource, limit) pairs for a command; a setting of 0 means no limit of that kind."""
+def rlimits(s: SandboxSettings, *, cgroup: bool, uid: int | None = None
+            ) -> list[tuple[int, int]]:
+    """(resource, limit) pairs for a command; a setting of 0 means no limit of that kind.
+    `uid`: the user the command will run as when it is not ours (agentd is root and drops
+    to the sandbox uid), so RLIMIT_NPROC applies and counts that user's tasks."""
     out = [(resource.RLIMIT_CORE, 0)]
     for res, value, scale in (
         (resource.RLIMIT_CPU, s.cpu_seconds, 1),
@@ -50,16 +53,18 @@ def rlimits(s: SandboxSettings, *, cgroup: bool) -> list[tuple[int, int]]:
     ):
         if value > 0:
             out.append((res, _capped(res, value * scale)))
-    if s.processes > 0 and not cgroup and os.geteuid() != 0:
+    runs_as = os.geteuid() if uid is None else uid
+    if s.processes > 0 and not cgroup and runs_as != 0:
         # RLIMIT_NPROC counts all of this user's tasks: allow `processes` more than now.
         out.append((resource.RLIMIT_NPROC,
-                    _capped(resource.RLIMIT_NPROC, s.processes + _user_tasks())))
+                    _capped(resource.RLIMIT_NPROC, s.processes + _user_tasks(runs_as))))
     return out
 
 
-def _user_tasks() -> int:
-    """Threads of processes owned by our real uid: what RLIMIT_NPROC counts."""
-    uid, total = str(os.getuid()), 0
+def _user_tasks(uid: int | None = None) -> int:
+    """Threads of processes owned by `uid` (default: our real uid): what RLIMIT_NPROC
+    counts."""
+    uid_text, total = str(os.getuid() if uid is None else uid), 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -68,7 +73,7 @@ def _user_tasks() -> int:
                 line.split(":", 1) for line in Path(entry.path, "status").read_text().splitlines()
                 if ":" in line
             )
-            if fields.get("Uid", "").split()[:1] == [uid]:
+            if fields.get("Uid", "").split()[:1] == [uid_text]:
                 total += int(fields.get("Threads", "1"))
     return total
 
@@ -204,9 +209,15 @@ class LimitStatus:
 
 def limits_status(s: SandboxSettings | None = None) -> list[LimitStatus]:
     """What is and is not enforced on this host, for `agentd doctor`."""
+    from agentd.tools.owner import sandbox_owner
+
     s = s or SandboxSettings()
     base = pids_base()
-    root = os.geteuid() == 0
+    try:
+        who = sandbox_owner(s)
+    except ValueError:
+        who = None
+    root = os.geteuid() == 0 and who is None
 
     def rl(name: str, value: int, unit: str, how: str) -> LimitStatus:
         if value <= 0:
@@ -218,7 +229,8 @@ def limits_status(s: SandboxSettings | None = None) -> list[LimitStatus]:
     elif base:
         procs = LimitStatus("processes", True, f"{s.processes} (pids cgroup under {base})")
     elif not root:
-        procs = LimitStatus("processes", True, f"{s.processes} more than the user runs now "
+        user = f"uid {who[0]}" if who else "the user"
+        procs = LimitStatus("processes", True, f"{s.processes} more than {user} runs now "
                             "(RLIMIT_NPROC)")
     else:
         procs = LimitStatus("processes", False, "NOT enforced: running as root, where "
@@ -233,5 +245,6 @@ def limits_status(s: SandboxSettings | None = None) -> list[LimitStatus]:
         procs,
         LimitStatus("core dumps", True, "off (RLIMIT_CORE = 0)"),
         LimitStatus("output", True, f"{s.output_limit} chars shown; killed past 8 MiB"),
-        LimitStatus("/tmp size", True, f"{s.tmp_size_mb} MiB (tmpfs)"),
+        LimitStatus("/tmp size", True, f"{s.tmp_size_mb} MiB (tmpfs; the same cap for "
+                    "/dev/shm and each masked folder)"),
     ]

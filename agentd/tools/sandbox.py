@@ -2,11 +2,18 @@
 
 Why it is shaped like this (verified with bwrap 0.8.0 on Debian 12, running as root):
 
+- As root, commands run as an unprivileged uid (`[sandbox] uid`, default 65534 `nobody`),
+  dropped to between fork and exec; the profile's writable folders are handed to that uid
+  once per turn (`hand_over`). Why and how: agentd/tools/owner.py.
 - The whole filesystem is read-only (`--ro-bind / /`); only what the profile allows is
   bound writable (trusted: the home and the workdir; untrusted: `<home>/outbox` and a
   scratch folder; readonly: nothing). Everything that may hold other people's secrets or
-  sockets is masked with an empty tmpfs: `/home`, `/root`, `/run`, `/var/tmp`, and `/tmp`
-  (size-capped), so the home and workdir are bound again on top, read-only or not.
+  sockets is masked with an empty tmpfs: `/home`, `/root`, `/run`, `/var/tmp`, and `/tmp`,
+  so the home and workdir are bound again on top, read-only or not.
+- Every tmpfs is capped at `tmp_size_mb` (`--size` applies to the next `--tmpfs` only):
+  the masks, /tmp, and /dev/shm, mounted over the /dev that `--dev` makes (a tmpfs at half
+  the RAM, which is then remounted read-only: its device nodes are separate mounts and stay
+  usable).
 - `--unshare-all` plus an explicit `--unshare-user` (needed for `--disable-userns`, which
   makes a nested `unshare -U` fail) cuts network, pid, ipc, uts and cgroup namespaces;
   `network = "full"` adds `--share-net` (explicit opt-in, warned on every turn);
@@ -28,10 +35,14 @@ Why it is shaped like this (verified with bwrap 0.8.0 on Debian 12, running as r
   mount point behind: an empty `.git`/`.agentd` folder or an empty agentd.toml, which loads
   as the defaults). bwrap 0.8.0 follows a symlink at a mount destination, so a symlink there
   can't be masked: we refuse instead.
+- Untrusted and readonly turns don't see `<home>/.agentd` at all (an empty read-only tmpfs
+  over it): the owner's transcripts, the bridge's runs, the daemon log and the usage ledger
+  are nobody else's business. The file tools refuse it too (`hidden_paths`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -40,12 +51,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentd.tools import PROFILES, SandboxSettings, ToolContext, limits, netproxy, seccomp
+from agentd.homefs import PROTECTED_DIRS, PROTECTED_NAMES
+from agentd.tools import PROFILES, SandboxSettings, ToolContext, limits, netproxy, owner, seccomp
 
 BASH = "/bin/bash"
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PROTECTED_NAMES = (".git", "agentd.toml", ".agentd")
-PROTECTED_DIRS = (".git", ".agentd")
 MASKED_DIRS = ("/home", "/root", "/run", "/var/tmp")
 NETWORKS = ("none", "allowlist", "full")
 INSTALL_HINT = (
@@ -53,6 +63,8 @@ INSTALL_HINT = (
     'or opt out with sandbox = "off" in agentd.toml / --no-sandbox'
 )
 PROBE_TIMEOUT = 10.0
+HIDDEN_NAMES = (".agentd",)  # not even readable by untrusted and readonly turns
+log = logging.getLogger("agentd.sandbox")
 
 # argv tuples whose trivial launch succeeded; only successes are cached, so a fixed install
 # is picked up at once and a broken one is re-probed (and refused) every time.
@@ -80,6 +92,8 @@ def sandbox_env(ctx: ToolContext) -> dict[str, str]:
     or the private /tmp (readonly), so tools that write dotfiles still work.
     """
     home = {"untrusted": str(ctx.scratch), "readonly": "/tmp"}.get(ctx.profile, str(ctx.workdir))
+    if ctx.profile == "trusted" and not workdir_writable(ctx):
+        home = "/tmp"  # not the agentd home: dotfiles there would end up in its history
     return {
         "PATH": SANE_PATH,
         "HOME": home,
@@ -110,7 +124,7 @@ def writable_paths(ctx: ToolContext) -> list[Path]:
         raise ValueError(f"unknown sandbox profile {ctx.profile!r} (one of "
                          f"{', '.join(PROFILES)})")
     if ctx.profile == "trusted":
-        return [ctx.home, ctx.workdir]
+        return [ctx.home, ctx.workdir] if workdir_writable(ctx) else [ctx.home]
     if ctx.profile == "readonly":
         return []
     if ctx.scratch is None:
@@ -121,6 +135,24 @@ def writable_paths(ctx: ToolContext) -> list[Path]:
             raise ValueError(f"{path} must be a real folder (not a symlink) for the "
                              "untrusted profile")
     return paths
+
+
+def workdir_writable(ctx: ToolContext) -> bool:
+    """Whether a trusted turn may change its workdir. As root, a workdir outside the home
+    is the user's own tree, not agentd's to give away: writable only when its folder is
+    already owned by the sandbox uid (see agentd/tools/owner.py)."""
+    who = owner.sandbox_owner(ctx.sandbox)
+    if who is None or ctx.workdir.is_relative_to(ctx.home):
+        return True
+    return owner.owned_by(ctx.workdir, who)
+
+
+def hidden_paths(ctx: ToolContext) -> list[Path]:
+    """What the profile may not even read: `<home>/.agentd` for untrusted and readonly
+    turns (bash sees an empty folder there; the file tools refuse it)."""
+    if ctx.profile == "trusted":
+        return []
+    return [ctx.home / name for name in HIDDEN_NAMES]
 
 
 def protected_paths(home: Path) -> list[Path]:
@@ -141,7 +173,7 @@ def protected_paths(home: Path) -> list[Path]:
     return found
 
 
-def _protections(home: Path) -> list[str]:
+def _protections(home: Path, size: list[str]) -> list[str]:
     """Mounts keeping the runtime's paths read-only, whether they exist yet or not."""
     argv: list[str] = []
     existing = protected_paths(home)
@@ -151,9 +183,20 @@ def _protections(home: Path) -> list[str]:
         if path in existing:
             argv += ["--ro-bind", p, p]
         elif name in PROTECTED_DIRS:
-            argv += ["--tmpfs", p, "--remount-ro", p]
+            argv += [*size, "--tmpfs", p, "--remount-ro", p]
         else:
             argv += ["--ro-bind", "/dev/null", p]
+    return argv
+
+
+def _hidings(ctx: ToolContext, size: list[str]) -> list[str]:
+    """An empty read-only tmpfs over each hidden folder that exists (in a read-only home
+    nothing can create one, and there is no mount point for a missing one)."""
+    argv: list[str] = []
+    existing = protected_paths(ctx.home)  # refuses a symlinked one
+    for path in hidden_paths(ctx):
+        if path in existing:
+            argv += [*size, "--tmpfs", str(path), "--remount-ro", str(path)]
     return argv
 
 
@@ -163,7 +206,8 @@ def bwrap_argv(
     """The complete bwrap command line for `command`; pure except for checking which paths
     exist. `seccomp_fd` is an fd holding seccomp.program() that the child inherits. Mount
     order matters: tmpfs masks first, then the home and workdir (they may live under /tmp
-    or /root), then the writable folders inside them, then the read-only protections."""
+    or /root), then the writable folders inside them, then the read-only protections (or,
+    in a read-only home, the hidden folders)."""
     writable = writable_paths(ctx)
     s = ctx.sandbox
     if s.network not in NETWORKS:
@@ -177,17 +221,20 @@ def bwrap_argv(
         env |= netproxy.proxy_env()
     for key, value in env.items():
         argv += ["--setenv", key, value]
-    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    for masked in MASKED_DIRS:
-        argv += ["--tmpfs", masked]
-    argv += ["--size", str(s.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+    size = ["--size", str(s.tmp_size_mb * 1024 * 1024)]
+    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
+             *size, "--tmpfs", "/dev/shm", "--proc", "/proc"]
+    for masked in (*MASKED_DIRS, "/tmp"):
+        argv += [*size, "--tmpfs", masked]
     for path in (ctx.home, ctx.workdir):
         argv += ["--bind" if path in writable else "--ro-bind", str(path), str(path)]
     for path in writable:
         if path not in (ctx.home, ctx.workdir):
             argv += ["--bind", str(path), str(path)]
     if ctx.home in writable:
-        argv += _protections(ctx.home)
+        argv += _protections(ctx.home, size)
+    else:
+        argv += _hidings(ctx, size)
     argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--chdir", str(ctx.workdir), "--", BASH, "-c", command]
     return argv
@@ -257,32 +304,84 @@ def prepare(ctx: ToolContext, command: str, *, with_limits: bool = True) -> Laun
             os.close(fd)
             raise
         env, cwd, fds = launcher_env(), None, [fd]
+    who = owner.sandbox_owner(s)
     launch = Launch(argv, env, cwd, tuple(fds), _fds=list(fds))
+    steps: list[Callable[[], None]] = []
     try:
         if s.mode != "off" and s.network == "allowlist":
             launch.netns = netproxy.Namespace()
+            steps.append(launch.netns.enter)
         if with_limits:
             launch.cgroup = limits.open_cgroup(s)
             procs_fd = launch.cgroup.procs_fd if launch.cgroup else None
-            launch.preexec = limits.preexec(limits.rlimits(s, cgroup=procs_fd is not None),
-                                            procs_fd)
+            steps.append(limits.preexec(limits.rlimits(
+                s, cgroup=procs_fd is not None, uid=who[0] if who else None), procs_fd))
+        if who is not None:
+            plan = owner.reach_plan([ctx.home, ctx.workdir, *writable_paths(ctx)], who)
+            steps.append(owner.child_steps(plan, who))
     except BaseException:
         launch.cleanup()
         raise
-    if launch.netns is not None:
-        launch.preexec = _join_then(launch.netns, launch.preexec)
+    launch.preexec = _in_order(steps) if steps else None
     return launch
 
 
-def _join_then(netns: netproxy.Namespace, then: Callable[[], None] | None) -> Callable[[], None]:
-    """preexec_fn: enter the command's network namespace first, then apply the limits."""
+def _in_order(steps: list[Callable[[], None]]) -> Callable[[], None]:
+    """preexec_fn: the steps that need root first (enter the network namespace, set the
+    limits and join the cgroup), then the mounts and the drop to the sandbox uid, last."""
 
     def child() -> None:
-        netns.enter()
-        if then is not None:
-            then()
+        for step in steps:
+            step()
 
     return child
+
+
+def hand_over(ctx: ToolContext) -> list[str]:
+    """Give the profile's writable folders to the sandbox uid; a note for the model when
+    the workdir stays read-only. Call it before the turn's first command (run_bash does);
+    once done, it is a no-op for the turn (the file tools give what they create to
+    `ctx.owner`, the same uid). Raises
+    ValueError (a symlinked protected path, a bad outbox) or OSError (a chown failed).
+    Nothing to do when agentd isn't root or the sandbox isn't bwrap."""
+    who = owner.sandbox_owner(ctx.sandbox) if ctx.sandbox.mode == "bwrap" else None
+    if ctx.handed_over or who is None:
+        return []
+    ensure_scratch(ctx)
+    writable = writable_paths(ctx)
+    _keep_protected(ctx.home, who)
+    report = owner.hand_over_tree(ctx.home, who, keep_root=True, skip=PROTECTED_NAMES,
+                                  descend=ctx.home in writable)
+    for path in writable:  # the home's own (outbox, a workdir inside) went with it above
+        if not path.is_relative_to(ctx.home) or ctx.home not in writable:
+            owner.hand_over_tree(path, who, report=report)
+    if report.skipped:
+        log.warning("hand-over to %s left %d entries alone: %s", owner.describe(who),
+                    len(report.skipped), "; ".join(report.skipped[:5]))
+    ctx.handed_over = True
+    notes = []
+    if ctx.profile == "trusted" and ctx.workdir not in writable:
+        notes.append(f"running as root: the workdir {ctx.workdir} is read-only to the sandbox "
+                     f"(uid {who[0]}); chown it to {who[0]} or run agentd as a normal user")
+    fresh = [note for note in notes if note not in ctx.told]  # once per turn
+    ctx.told.update(fresh)
+    return fresh
+
+
+def _keep_protected(home: Path, who: owner.Owner) -> None:
+    """The runtime's own paths stay agentd's: a missing one is created now (else bwrap would
+    leave its mount point behind, owned by the sandbox uid), and one an earlier command
+    left owned by that uid is taken back. Refuses a symlinked one (ValueError)."""
+    existing = protected_paths(home)
+    for name in PROTECTED_NAMES:
+        path = home / name
+        if path not in existing:
+            if name in PROTECTED_DIRS:
+                path.mkdir(mode=0o755)
+            else:
+                path.touch(mode=0o644)
+        elif path.lstat().st_uid == who[0]:
+            os.lchown(path, os.geteuid(), os.getegid())
 
 
 def check_sandbox(ctx: ToolContext) -> str | None:
@@ -298,8 +397,10 @@ def check_sandbox(ctx: ToolContext) -> str | None:
         return INSTALL_HINT
     try:
         seccomp.program()
+        hand_over(ctx)  # as root, the launch needs it (a no-op when already done)
         ensure_scratch(ctx)
-        key = tuple(bwrap_argv(ctx, "true", bwrap=bwrap, seccomp_fd=-1))
+        who = owner.sandbox_owner(ctx.sandbox)
+        key = (*bwrap_argv(ctx, "true", bwrap=bwrap, seccomp_fd=-1), f"as {who}")
     except (ValueError, OSError) as exc:
         return str(exc)
     if key in _probed_ok:

@@ -8,13 +8,24 @@ userfaultfd, perf, keyrings, the new mount API) is where sandbox escapes come fr
 AF_UNIX sockets are the one thing a read-only bind of `/` leaves reachable (docker.sock,
 dbus, ssh-agent in a host directory the agent can see).
 
-Policy: allow by default; EPERM for the calls below; EPERM for `socket`/`socketpair` with
-AF_UNIX and for `clone` asking for any new namespace; ENOSYS for `clone3` (its flags sit
-behind a pointer BPF can't read; libc falls back to `clone` on ENOSYS, as under Docker).
-EPERM for the chmod family setting setuid/setgid bits: when agentd runs as root, a
-`chmod u+s` copy of bash left in the writable workdir would be a root shell for any host
-user who can reach it (writing to such a file without CAP_FSETID clears the bits, so chmod
-is the way to make one).
+Policy: allow by default; EPERM for the calls below; EPERM for `clone` asking for any new
+namespace; ENOSYS for `clone3` and `openat2` (their flags and mode sit behind a pointer BPF
+can't read; libc falls back to `clone`/`openat` on ENOSYS, as under Docker).
+Sockets: an allow-list of families. AF_INET and AF_INET6 are allowed (the network namespace
+decides where they reach); AF_UNIX gets EPERM (host sockets such as docker.sock, dbus or
+ssh-agent sit in folders the sandbox can see); every other family gets EAFNOSUPPORT, the
+kernel's own answer for a family it lacks, so programs fall back quietly. That covers
+AF_VSOCK (vsock has no network namespace: on a VM it reaches the hypervisor's ports),
+AF_PACKET, AF_ALG, AF_BLUETOOTH and AF_NETLINK: nothing an agent runs needs netlink inside
+a namespace that holds only `lo` (glibc's getaddrinfo copes without it; `ip` does not, and
+has nothing to show there), and netlink is a large kernel attack surface.
+No set-id file can be made: EPERM for the chmod family setting setuid/setgid bits, for
+`open`/`openat`/`creat` whose mode has them (a new file takes those bits from the mode),
+and for `mknod`/`mknodat` of a character or block device or with set-id bits (FIFOs,
+sockets and plain files stay allowed: `mkfifo` is ordinary, and a device node would be a
+way to raw disks or kernel memory if the sandbox ever held CAP_MKNOD). A set-id file left
+in the home is dangerous even when made as an unprivileged uid: host-side code running as
+root that copies a file's mode would make it a set-uid *root* binary.
 Fail closed on ABI confusion: a syscall made through another ABI than the host's (i386
 `int 0x80` on x86_64, arm32 on aarch64) or the x32 range (nr >= 0x40000000) gets EPERM for
 everything, because its numbers would mean other calls. An unsupported host architecture
@@ -36,17 +47,27 @@ LD_W_ABS = 0x20
 JEQ_K = 0x15
 JGE_K = 0x35
 JSET_K = 0x45
+AND_K = 0x54  # BPF_ALU | BPF_AND | BPF_K: acc &= k
 RET_K = 0x06
 
 RET_ALLOW = 0x7FFF0000
 RET_ERRNO = 0x00050000
 DENY = RET_ERRNO | errno.EPERM
 NOSYS = RET_ERRNO | errno.ENOSYS
+NOFAMILY = RET_ERRNO | errno.EAFNOSUPPORT
 
-AF_UNIX = 1
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+SOCKET_FAMILIES = (AF_INET, AF_INET6)  # the only families socket()/socketpair() may open
 S_ISUID_ISGID = 0o6000
-# chmod-like calls and the index of their mode argument
-CHMODS = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2}
+S_IFMT, S_IFCHR, S_IFBLK = 0o170000, 0o020000, 0o060000
+# Calls whose mode argument (by index) must not carry set-id bits: the chmod family, and
+# the calls that create a file with that mode.
+CHMODS = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2,
+          "open": 2, "openat": 3, "creat": 1}
+# mknod-like calls and the index of their mode argument: no devices, no set-id bits.
+MKNODS = {"mknod": 1, "mknodat": 2}
+# ENOSYS: arguments behind a pointer (clone3's flags, openat2's mode); libc falls back.
+NOSYS_CALLS = ("clone3", "openat2")
 X32_SYSCALL_BIT = 0x40000000
 # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET. (CLONE_NEWTIME is
 # 0x80, which clone() reads as part of the exit signal; it only works via clone3/unshare.)
@@ -83,6 +104,7 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "finit_module": 313, "delete_module": 176,
         "open_by_handle_at": 304, "name_to_handle_at": 303,
         "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
+        "open": 2, "openat": 257, "creat": 85, "openat2": 437, "mknod": 133, "mknodat": 259,
     },
     "aarch64": {
         "socket": 198, "socketpair": 199, "clone": 220, "clone3": 435,
@@ -96,6 +118,7 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "finit_module": 273, "delete_module": 106,
         "open_by_handle_at": 265, "name_to_handle_at": 264,
         "fchmod": 52, "fchmodat": 53, "fchmodat2": 452,  # no plain chmod on aarch64
+        "openat": 56, "openat2": 437, "mknodat": 33,  # nor open, creat or mknod
     },
 }  # fmt: skip
 
@@ -145,23 +168,34 @@ def instructions(arch: str) -> list[Insn]:
     a.op(JEQ_K, nr["socket"], "socket", 0)
     a.op(JEQ_K, nr["socketpair"], "socket", 0)
     a.op(JEQ_K, nr["clone"], "clone", 0)
-    a.op(JEQ_K, nr["clone3"], "nosys", 0)
-    for name, arg in CHMODS.items():
-        if name in nr:
-            a.op(JEQ_K, nr[name], f"mode{arg}", 0)
+    for name in NOSYS_CALLS:
+        a.op(JEQ_K, nr[name], "nosys", 0)
+    for table, prefix in ((CHMODS, "mode"), (MKNODS, "mknod")):
+        for name, arg in table.items():
+            if name in nr:
+                a.op(JEQ_K, nr[name], f"{prefix}{arg}", 0)
     a.op(RET_K, RET_ALLOW)
     for arg in sorted(set(CHMODS.values())):
         a.label(f"mode{arg}")
+        a.op(LD_W_ABS, ARG0_LO + 8 * arg)  # mode_t is 32 bits: the low word is all of it
+        a.op(JSET_K, S_ISUID_ISGID, "deny", "allow")
+    for arg in sorted(set(MKNODS.values())):
+        a.label(f"mknod{arg}")
         a.op(LD_W_ABS, ARG0_LO + 8 * arg)
         a.op(JSET_K, S_ISUID_ISGID, "deny", 0)
-        a.op(RET_K, RET_ALLOW)
+        a.op(AND_K, S_IFMT)
+        a.op(JEQ_K, S_IFCHR, "deny", 0)
+        a.op(JEQ_K, S_IFBLK, "deny", "allow")
     a.label("socket")
     a.op(LD_W_ABS, ARG0_LO)  # the domain is an int: the kernel reads the low 32 bits only
+    for family in SOCKET_FAMILIES:
+        a.op(JEQ_K, family, "allow", 0)
     a.op(JEQ_K, AF_UNIX, "deny", 0)
-    a.op(RET_K, RET_ALLOW)
+    a.op(RET_K, NOFAMILY)
     a.label("clone")
     a.op(LD_W_ABS, ARG0_LO)  # every namespace flag is in the low 32 bits
-    a.op(JSET_K, CLONE_NS_FLAGS, "deny", 0)
+    a.op(JSET_K, CLONE_NS_FLAGS, "deny", "allow")
+    a.label("allow")  # BPF jumps only forward: the shared verdicts come last
     a.op(RET_K, RET_ALLOW)
     a.label("nosys")
     a.op(RET_K, NOSYS)
@@ -205,6 +239,9 @@ def run(blob: bytes, arch: int, nr: int, *args: int) -> int:
             pc += 1
         elif code == RET_K:
             return k
+        elif code == AND_K:
+            acc &= k
+            pc += 1
         elif code in (JEQ_K, JGE_K, JSET_K):
             hit = {JEQ_K: acc == k, JGE_K: acc >= k, JSET_K: bool(acc & k)}[code]
             pc += 1 + (jt if hit else jf)

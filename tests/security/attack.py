@@ -25,7 +25,7 @@ Call = str | dict[str, Any]  # a bash command, or {"name": ..., "arguments": {..
 
 @dataclass
 class Attack:
-    cli: Result
+    cli: Result | None  # None for a turn driven through run_turn (run_untrusted)
     data: dict[str, Any]  # the --json summary
     results: list[str]  # what the model received for each tool call, in order
     errors: list[bool]  # is_error per tool call
@@ -55,6 +55,31 @@ def run_attack(fake: FakeLLM, home: Path, workdir: Path, *calls: Call) -> Attack
     errors = [c["is_error"] for c in data["tool_calls"]]
     session = Path(data["session"]).read_text()
     return Attack(r, data, results, errors, session)
+
+
+def run_untrusted(fake: FakeLLM, home: Path, workdir: Path, *calls: Call) -> Attack:
+    """Like run_attack, as a stranger's turn: the real loop through agentd.turn.run_turn
+    with the "untrusted" profile, as the daemon runs webhook and inbox turns."""
+    import asyncio
+
+    from agentd.config import load_settings
+    from agentd.loop import Events
+    from agentd.turn import TurnRequest, run_turn
+
+    tool_calls = [{"name": "bash", "arguments": {"command": c}} if isinstance(c, str) else c
+                  for c in calls]
+    fake.push(*({"tool_calls": [tc]} for tc in tool_calls), {"text": "done"})
+    before = len(fake.requests)
+    req = TurnRequest("attack", workdir, trigger="webhook:attack", model=MODEL,
+                      profile="untrusted")
+    report = asyncio.run(run_turn(home, load_settings(home), req, Events()))
+    assert report.ok, report.result
+    posts = [q for q in fake.requests[before:] if q.method == "POST"]
+    results = [m["content"] for m in posts[-1].body["messages"] if m["role"] == "tool"]
+    assert len(results) == len(calls)
+    errors = [c["is_error"] for c in report.tool_calls]
+    assert report.session is not None
+    return Attack(None, {"status": "ok"}, results, errors, report.session.read_text())
 
 
 def set_sandbox(home: Path, **values: Any) -> None:

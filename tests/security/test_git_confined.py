@@ -133,7 +133,8 @@ def test_untrusted_turn_nested_repository_in_outbox(fake: FakeLLM, home: Path, w
     assert report.held == {"outbox/evil/": "a nested git repository"}
     assert "outbox/answer.md" in tracked(home)
     assert not [p for p in tracked(home) if p.startswith("outbox/evil")]
-    assert "Not committed (a nested git repository): outbox/evil/" in day_log(home)
+    assert ('Not committed (a nested git repository) (named by the untrusted turn): '
+            '"outbox/evil/"') in day_log(home)
     untrusted_turn(fake, home, workdir, f"echo more > {home}/outbox/more.md")
     assert "outbox/more.md" in tracked(home) and not filter_ran(home, tmp_path)
 
@@ -220,7 +221,7 @@ def test_names_git_refuses_are_held_back_never_fatal(fake: FakeLLM, home: Path,
     msg = body(home)
     assert ("Not committed (a path git refuses): " in msg and "outbox/.GIT" in msg
             and "git~1" in msg and ".gitmodules" in msg)
-    assert "- new\\nline" in msg and "- bad\\xff" in msg  # committed, shown escaped
+    assert "- new\\nline" in msg and "- bad\\udcff" in msg  # committed, shown escaped
     log = day_log(home)
     assert "outbox/.GIT" in log and ".gitmodules" in log and "new\nline" not in log
     # `x\.git` (an NTFS spelling) is left to git, which refuses it at commit time: found by
@@ -346,8 +347,12 @@ def test_big_files_are_never_committed(fake: FakeLLM, home: Path, workdir: Path)
 @requires_bwrap
 def test_untrusted_turn_cannot_bloat_history(fake: FakeLLM, home: Path,
                                              workdir: Path) -> None:
-    """The default limits: one untrusted turn writing 600 MB into outbox/ commits at most
-    `max_commit_mb`, and no file over `max_file_mb`."""
+    """git's default limits hold on their own: with the untrusted disk quota off, one
+    untrusted turn writing 92 MB into outbox/ commits at most `max_commit_mb`, and no file
+    over `max_file_mb`."""
+    with (home / "agentd.toml").open("a") as f:
+        f.write("\n[quota]\nuntrusted_outbox_mb = 0\nuntrusted_outbox_files = 0\n")
+    git(home, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "quota off")
     report = untrusted_turn(fake, home, workdir,
                             f"cd {home}/outbox && head -c 20M /dev/zero > huge.bin && "
                             "for i in $(seq 1 8); do head -c 9M /dev/zero > p$i.bin; done")
@@ -364,9 +369,10 @@ def test_unreadable_and_odd_files_are_held_back(fake: FakeLLM, home: Path,
     """git has no CAP_DAC_OVERRIDE in its sandbox: a file the agent made unreadable is held
     back with a note, never fatal; a FIFO never hangs the commit."""
     run_attack(fake, home, workdir,
-               f"cd {home} && echo s > locked.md && chmod 000 locked.md && mkfifo pipe && "
-               "echo ok > fine.md")
+               f"cd {home} && echo s > locked.md && chmod 000 locked.md && mkdir shut && "
+               "echo x > shut/in.md && chmod 000 shut && mkfifo pipe && echo ok > fine.md")
     files = tracked(home)
-    assert "fine.md" in files and "locked.md" not in files and "pipe" not in files
-    assert "Not committed (unreadable): locked.md" in body(home)
+    assert "fine.md" in files and "pipe" not in files
+    assert "locked.md" not in files and "shut/in.md" not in files
+    assert "Not committed (unreadable): locked.md, shut/" in body(home)
     still_commits(fake, home, workdir)

@@ -3,6 +3,7 @@ Every limit here is set small so the attack ends in seconds and can't hurt the m
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,8 +17,11 @@ pytestmark = requires_bwrap
 
 
 def _cgroups_left() -> list[str]:
+    """This process's command cgroups still there (other agentd processes on the machine,
+    e.g. a parallel test run, have their own: agentd-<their pid>-N)."""
     base = limits.pids_base()
-    return [p.name for p in base.iterdir() if p.name.startswith("agentd-")] if base else []
+    mine = f"agentd-{os.getpid()}-"
+    return [p.name for p in base.iterdir() if p.name.startswith(mine)] if base else []
 
 
 def test_8_fork_bomb_is_bounded(fake: FakeLLM, home: Path, workdir: Path) -> None:

@@ -40,12 +40,15 @@ def test_12_file_tool_traversal(fake: FakeLLM, home: Path, workdir: Path,
                                        "new_text": "pwned"}},
         {"name": "write", "arguments": {"path": "a\u0000b", "content": "x"}},
         {"name": "read", "arguments": {"path": "~/.ssh/id_rsa"}})
-    assert a.errors == [True, True, False, True, True, True, True, True]
+    # The hard-linked name is edited by rename: the name gets the new bytes, the victim
+    # (the other name, outside) keeps its own.
+    assert a.errors == [True, True, False, True, True, False, True, True]
     assert "outside the home" in a.results[0] and "outside the home" in a.results[1]
-    assert "resolves to /etc/passwd" in a.results[3]
-    assert "outside the home" in a.results[4] and "hard links" in a.results[5]
+    assert "pw is a symlink to /etc/passwd" in a.results[3]
+    assert "leads outside" in a.results[4] and a.results[5].startswith("edited")
     assert "NUL byte" in a.results[6] and "~ is not expanded" in a.results[7]
     assert "root:" not in a.seen and victim.read_text() == "original\n"
+    assert (workdir / "hard").read_text() == "pwned\n" and os.stat(victim).st_nlink == 1
 
 
 def test_13_the_model_cannot_choose_the_workdir(fake: FakeLLM, home: Path,
