@@ -11,7 +11,8 @@ path is screened before git sees it:
 - agentd's own paths (`.agentd/`, inbox files) are never committed, and `.env*`/`*.pem`
   are held back, whatever `.gitignore` says: a `.gitignore` can negate
   `.git/info/exclude`, so the exclude file keeps `git status` quiet and this enforces it;
-- a file whose content matches a secret is held back; it stays on disk, unstaged.
+- a file whose content matches a secret is held back; it stays on disk, unstaged (files
+  are read for the scan through agentd.homefs, like all of agentd's reads of the home).
 
 Names are shown escaped (`display`): control characters and undecodable bytes never reach
 a commit message, the day log or a terminal as themselves.
@@ -28,6 +29,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from agentd import gitexec
+from agentd.homefs import Root
 from agentd.oneline import escape
 
 SCAN_LIMIT = 2_000_000  # bytes of a changed file scanned for secrets
@@ -193,26 +195,22 @@ def _file_problem(path: Path, limits: Limits, total: int) -> tuple[str | None, i
     return None, st.st_size
 
 
-def _read_head(path: Path) -> str | None:
-    """Up to SCAN_LIMIT bytes of a regular file, never following a symlink or opening a
-    FIFO or device; None when it can't be read that way."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return f.read(SCAN_LIMIT).decode("utf-8", errors="replace")
-
-
 def scan_secrets(home: Path, paths: list[str], scan: Scan | None, changes: Changes) -> None:
     """Sort screened paths into `changes.files` and, when their content matches a secret,
-    `changes.blocked`."""
-    for rel in paths:
-        text = _read_head(home / rel) if scan else None
-        hits = scan(text) if scan and text is not None else []
-        if hits:
-            changes.blocked[rel] = sorted(set(hits))
-        else:
-            changes.files.append(rel)
+    `changes.blocked`. Files are read through agentd.homefs (a regular file beneath the
+    home, no symlink followed, at most SCAN_LIMIT bytes): a symlink is committed as the
+    link it is, and its target is never read."""
+    if scan is None:
+        changes.files += paths
+        return
+    with Root(home) as root:
+        for rel in paths:
+            try:
+                text = root.read_bytes(rel, SCAN_LIMIT).decode("utf-8", errors="replace")
+            except OSError:  # gone, a symlink, not a regular file
+                text = None
+            hits = scan(text) if text is not None else []
+            if hits:
+                changes.blocked[rel] = sorted(set(hits))
+            else:
+                changes.files.append(rel)
