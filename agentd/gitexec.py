@@ -127,13 +127,12 @@ def git_env(home: Path) -> dict[str, str]:
 
 
 def git_argv(home: Path, command: list[str], *, bwrap: str, seccomp_fd: int,
-             env: dict[str, str], worktree: bool = False) -> list[str]:
+             env: dict[str, str]) -> list[str]:
     """The bwrap command line running `command` (git, or the fixed commit script) on `home`.
 
     Pure. Shaped like bash's (agentd.tools.sandbox.bwrap_argv) minus everything writable:
-    the home is bound read-only and only `<home>/.git` writable on top. `worktree=True` is
-    for `git apply --index` in undo, which must write the reverted files: the home is then
-    writable too, but `.agentd/` stays read-only.
+    the home is bound read-only and only `<home>/.git` writable on top. git never writes the
+    worktree: undo's reverted files are written through agentd.homefs (agentd.gitundo).
     """
     h, dotgit = str(home), str(home / ".git")
     argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
@@ -145,12 +144,8 @@ def git_argv(home: Path, command: list[str], *, bwrap: str, seccomp_fd: int,
              *size, "--tmpfs", "/dev/shm", "--proc", "/proc"]
     for masked in (*sb.MASKED_DIRS, "/tmp"):
         argv += [*size, "--tmpfs", masked]
-    argv += ["--bind" if worktree else "--ro-bind", h, h]
-    if worktree:
-        runtime = str(home / ".agentd")
-        argv += ["--ro-bind", runtime, runtime]
-    argv += ["--bind", dotgit, dotgit, "--seccomp", str(seccomp_fd), "--chdir", h, "--",
-             *command]
+    argv += ["--ro-bind", h, h, "--bind", dotgit, dotgit, "--seccomp", str(seccomp_fd),
+             "--chdir", h, "--", *command]
     return argv
 
 
@@ -233,17 +228,15 @@ def check_config(home: Path) -> None:
         _config_ok[path] = key
 
 
-def run(home: Path, *args: str, stdin: bytes | None = None, worktree: bool = False,
-        sandbox: bool = True, timeout: float = TIMEOUT) -> Result:
+def run(home: Path, *args: str, stdin: bytes | None = None, sandbox: bool = True,
+        timeout: float = TIMEOUT) -> Result:
     """Run `git ARGS` on `home`, confined. Raises AgentdError only when git could not run
     at all (no git, the sandbox failed, a timeout); git's own failures are in the Result."""
-    return run_command(home, [GIT, *args], stdin=stdin, worktree=worktree, sandbox=sandbox,
-                       timeout=timeout)
+    return run_command(home, [GIT, *args], stdin=stdin, sandbox=sandbox, timeout=timeout)
 
 
 def run_command(home: Path, command: list[str], *, stdin: bytes | None = None,
-                worktree: bool = False, sandbox: bool = True,
-                timeout: float = TIMEOUT) -> Result:
+                sandbox: bool = True, timeout: float = TIMEOUT) -> Result:
     """Like run(), for a fixed command line made of git calls (history's commit script)."""
     check_config(home)
     env = git_env(home)
@@ -252,7 +245,7 @@ def run_command(home: Path, command: list[str], *, stdin: bytes | None = None,
         return _spawn(command, env, str(home), (), stdin, timeout)
     fd = sb.seccomp_memfd()
     try:
-        argv = git_argv(home, command, bwrap=bwrap, seccomp_fd=fd, env=env, worktree=worktree)
+        argv = git_argv(home, command, bwrap=bwrap, seccomp_fd=fd, env=env)
         result = _spawn(argv, sb.launcher_env(), None, (fd,), stdin, timeout)
     finally:
         os.close(fd)

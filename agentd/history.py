@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from agentd import gitexec
+from agentd import gitexec, gitundo
 from agentd.errors import AgentdError
 from agentd.gitscreen import (
     REFUSED,
@@ -100,9 +100,8 @@ def clear_stale_locks(home: Path, min_age: float = gitexec.STALE_LOCK_AGE) -> li
         return gitexec.clear_stale_locks(home, min_age)
 
 
-def _git(home: Path, *args: str, stdin: bytes | None = None,
-         worktree: bool = False) -> gitexec.Result:
-    return gitexec.run(home, *args, stdin=stdin, worktree=worktree)
+def _git(home: Path, *args: str, stdin: bytes | None = None) -> gitexec.Result:
+    return gitexec.run(home, *args, stdin=stdin)
 
 
 def _must(result: gitexec.Result, what: str) -> bytes:
@@ -337,31 +336,22 @@ def show(home: Path, ref: str | None) -> str:
 
 def undo(home: Path, ref: str | None, run_id: str,
          keep: str = "memory/daily") -> tuple[str, str]:
-    """Revert a turn's commit as a new commit, leaving `keep` (the append-only day log)
-    alone: undoing a change must not erase the record that it happened. The reverse patch
-    is applied atomically, so on a conflict nothing changes.
+    """Revert a turn's commit as a new commit (see agentd.gitundo), leaving `keep` (the
+    append-only day log) alone: undoing a change must not erase the record that it
+    happened. On a conflict nothing changes.
 
     Returns (new sha, the subject of the undone commit).
     """
     with _repo(home):
         sha, parents, msg = _find(home, ref)
-        committable, _held = screen(home, _status(home)[0], Limits.of(home))
-        if [p for p in committable if not p.startswith(keep + "/")]:
-            raise AgentdError("the home has uncommitted changes: run a turn or commit them "
-                              "first, then undo")
         if not parents:
             raise AgentdError("that is the home's first commit; it cannot be undone")
-        names = _must(_git(home, "diff", "--name-only", "-z", "--no-renames", sha + "^", sha),
-                      "diff").decode("utf-8", "surrogateescape").split("\0")
-        files = [f for f in names if f and not f.startswith(keep + "/")]
+        files = gitundo.changed_files(home, sha, keep)
         if not files:
             raise AgentdError(f"{sha[:8]} changed only the day log: nothing to undo")
-        patch = _must(_git(home, "diff", "--binary", "--no-ext-diff", "--no-textconv",
-                           "--no-renames", sha, sha + "^", "--", *files), "diff")
-        applied = _git(home, "apply", "--index", "-", stdin=patch, worktree=True)
-        if not applied.ok:
-            raise AgentdError(f"cannot undo {sha[:8]}: later changes touch the same lines "
-                              f"({', '.join(display(f) for f in files)}); nothing changed")
+        gitundo.check_clean(home, _status(home)[0], keep, files)
+        gitundo.apply_reverse(home, sha, files)
+        gitundo.write_worktree(home, files)
         subject = display(msg.split("\n", 1)[0])
         message = (f"{subject_line('Undo: ' + subject)}\n\nReverts {sha}.\n\n"
                    f"Agentd-Run: {display(run_id)}\nAgentd-Trigger: undo\n")
