@@ -139,6 +139,15 @@ class QuotaSettings:
 
 
 @dataclass
+class GitSettings:
+    """`[git]`: what one commit may take. Bigger files stay on disk, uncommitted and named
+    in the commit and the day log: one turn must not bloat the home's history for good."""
+
+    max_file_mb: int = 10
+    max_commit_mb: int = 50
+
+
+@dataclass
 class Settings:
     model: str | None = None
     max_steps: int = 30
@@ -154,6 +163,7 @@ class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
+    git: GitSettings = field(default_factory=GitSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
         return self.providers.get(name)
@@ -227,6 +237,8 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             parse_bridge(s, value)
         elif key == "quota":
             _fill(s.quota, _typed("quota", value, dict), "quota")
+        elif key == "git":
+            _fill(s.git, _typed("git", value, dict), "git")
         else:
             raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
     _check_daemon(s)
@@ -245,6 +257,8 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             raise AgentdError(f"quota.{key} must not be negative (0 means no limit)")
     if s.max_steps < 1:
         raise AgentdError("max_steps must be at least 1")
+    if s.git.max_file_mb < 1 or s.git.max_commit_mb < 1:
+        raise AgentdError("git.max_file_mb and git.max_commit_mb must be at least 1")
     for name, ep in s.providers.items():
         if ep.protocol not in ("openai", "anthropic"):
             raise AgentdError(f"providers.{name}.protocol must be \"openai\" or \"anthropic\"")

@@ -42,9 +42,9 @@ def _names(files: list[str], stranger: bool) -> str:
 
 def _entry(when: datetime, trigger: str, model: str, task: str, outcome: str,
                 files: list[str], blocked: list[str] | None = None,
-                source: str | None = None) -> list[str]:
+                source: str | None = None, held: dict[str, str] | None = None) -> list[str]:
     """One entry. `source` names where an untrusted turn's text came from (its trigger);
-    None for the owner's turns."""
+    None for the owner's turns. `held`: paths git did not take, and why (agentd.gitscreen)."""
     first = next((x for x in task.splitlines() if x.strip()), "")
     lines = [f"## {when:%H:%M} · {one_line(trigger, 80)} · {one_line(model, 200)}"]
     if source is None:
@@ -58,18 +58,28 @@ def _entry(when: datetime, trigger: str, model: str, task: str, outcome: str,
     if blocked:
         lines.append(f"- Not committed (secrets found){label}: "
                      f"{_names(blocked, source is not None)}")
-    return lines
+    return lines + _held(held or {}, source)
+
+
+def _held(held: dict[str, str], source: str | None) -> list[str]:
+    """`- Not committed (<why>): a, b`, one line per reason."""
+    by_why: dict[str, list[str]] = {}
+    for path, why in held.items():
+        by_why.setdefault(why, []).append(path)
+    label = "" if source is None else " (named by the untrusted turn)"
+    return [f"- Not committed ({escape(why)}){label}: {_names(paths, source is not None)}"
+            for why, paths in by_why.items()]
 
 
 def append_entry(home: Path, when: datetime, trigger: str, model: str, task: str,
                  outcome: str, files: list[str], blocked: list[str] | None = None,
-                 source: str | None = None) -> Path:
+                 source: str | None = None, held: dict[str, str] | None = None) -> Path:
     """Append one entry (see `_entry`); creates the day's file with a heading on first use.
     A symlink or file in place of memory/ or memory/daily/ is replaced by a real folder, and
     anything but our own plain file at the log's name by a new file (targets untouched);
     the entry says so. Returns the log's path."""
     rel = day_rel(when)
-    lines = _entry(when, trigger, model, task, outcome, files, blocked, source)
+    lines = _entry(when, trigger, model, task, outcome, files, blocked, source, held)
     with Root(home) as root:
         moved = [n for n in (root.ensure_dir("memory"), root.ensure_dir(DAILY)) if n]
         text = "\n" + "\n".join(lines + _noted(moved)) + "\n"
@@ -77,6 +87,14 @@ def append_entry(home: Path, when: datetime, trigger: str, model: str, task: str
         if replaced:  # known only once written: the planted file was replaced
             root.append_text(rel, "\n".join(_noted([replaced])) + "\n")
     return home / rel
+
+
+def append_held(home: Path, when: datetime, held: dict[str, str],
+                source: str | None = None) -> None:
+    """More `Not committed` lines for the entry just appended: what the commit itself had to
+    hold back (git refused a path), known only after the entry was written."""
+    with Root(home) as root:
+        root.append_text(day_rel(when), "\n".join(_held(held, source)) + "\n")
 
 
 def _noted(notes: list[str]) -> list[str]:

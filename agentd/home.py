@@ -210,6 +210,12 @@ DEFAULT_CONFIG = '''\
 # watch = "auto"             # "auto": inotify, polling if it fails; "poll": always poll
 #                            # (network filesystems, VM bind mounts)
 
+# What one turn's commit may take. Larger files stay on disk, uncommitted, and are named in
+# the commit and the day log, so no turn can bloat the home's history for good.
+[git]
+# max_file_mb = 10           # largest file committed
+# max_commit_mb = 50         # most one commit adds
+
 # Spending caps in USD (none by default), checked before every model call against the
 # usage ledger (.agentd/usage.jsonl; see `agentd usage`); days and months in local time.
 # Free models (ollama) never hit a money cap; a model without a price (cost unknown)

@@ -15,7 +15,7 @@ from typing import Any
 
 from agentd import history
 from agentd.config import Settings
-from agentd.daylog import DAILY, append_entry
+from agentd.daylog import DAILY, append_entry, append_held
 from agentd.home import runtime_dir
 from agentd.llm.router import build_provider, choose_model
 from agentd.llm.types import Message, Provider, ToolCall, Usage
@@ -55,7 +55,8 @@ class TurnReport:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     session: Path | None = None
     commit: str | None = None
-    blocked: dict[str, list[str]] = field(default_factory=dict)
+    blocked: dict[str, list[str]] = field(default_factory=dict)  # path -> secret names
+    held: dict[str, str] = field(default_factory=dict)  # path -> why not committed
 
     @property
     def ok(self) -> bool:
@@ -130,27 +131,31 @@ def commit_manual_edits(home: Path, scan: history.Scan | None) -> str | None:
 
 def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
                 redactor: Redactor | None) -> None:
-    """Append the day log entry, then commit the turn's files (not the held-back ones)."""
+    """Append the day log entry, then commit the turn's files (not the held-back ones, which
+    the entry and the commit body name)."""
     scan = redactor.find if redactor else None
     clean = redactor.redact if redactor else str
     changes = history.pending(home, scan)
     files = [f for f in changes.files if not f.startswith(DAILY + "/")]
-    report.blocked = changes.blocked
+    report.blocked, report.held = changes.blocked, dict(changes.held)
+    source = None if req.profile == "trusted" else req.trigger
     models = ", ".join(report.models) or report.model
     now = datetime.now().astimezone()
     log = append_entry(home, now, req.trigger, models, clean(req.task),
                        clean(_outcome(report.result)), files, list(changes.blocked),
-                       source=None if req.profile == "trusted" else req.trigger)
+                       source=source, held=changes.held)
     if not files:
         return  # nothing but the day log changed: it rides along with the next commit
     daily = {f for f in changes.files if f.startswith(DAILY + "/")}
     daily.add(str(log.relative_to(home)))  # no second `git status`: we just wrote it
-    note = ("Not committed (secrets found): " + ", ".join(changes.blocked)
-            if changes.blocked else "")
+    late: dict[str, str] = {}
     report.commit = history.commit(
         home, files + sorted(daily), clean(req.task),
         {"Agentd-Run": report.run_id, "Agentd-Model": models, "Agentd-Trigger": req.trigger},
-        note)
+        "\n".join(clean(n) for n in changes.notes()), held=late)
+    if late:  # git refused these at commit time; this line rides along with the next commit
+        report.held |= late
+        append_held(home, now, late, source)
 
 
 async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Events,

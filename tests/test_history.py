@@ -6,14 +6,16 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import agentd, json_out
+from conftest import agentd, json_out, requires_bwrap
 from fakellm import FakeLLM
 
-from agentd import history
+from agentd import gitexec, history
+from agentd.errors import AgentdError
 
 
 def git(home: Path, *args: str) -> str:
@@ -225,3 +227,170 @@ def test_a_key_in_the_task_never_reaches_the_day_log_or_git(fake: FakeLLM, home:
     day_log = (home / f"memory/daily/{datetime.now():%Y-%m-%d}.md").read_text()
     assert key not in day_log and "[REDACTED:OPENAI_API_KEY]" in day_log
     assert key not in git(home, "log", "-p", "--all")
+
+
+# --- git confined: the environment, the sandbox's command line, locks, names -------------
+
+def test_git_env_is_built_from_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GIT_EXTERNAL_DIFF", "GIT_DIR", "GIT_INDEX_FILE", "GIT_CONFIG_PARAMETERS",
+                "GIT_SSH_COMMAND", "GIT_ASKPASS", "EDITOR", "OPENAI_API_KEY"):
+        monkeypatch.setenv(var, "/tmp/evil")
+    env = gitexec.git_env(home)
+    count = int(env["GIT_CONFIG_COUNT"])
+    config = {env[f"GIT_CONFIG_KEY_{i}"]: env[f"GIT_CONFIG_VALUE_{i}"] for i in range(count)}
+    assert {k: v for k, v in env.items() if not k.startswith("GIT_CONFIG_")} == {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent", "LC_ALL": "C",
+        "LANG": "C", "GIT_ATTR_NOSYSTEM": "1", "GIT_LITERAL_PATHSPECS": "1",
+        "GIT_TERMINAL_PROMPT": "0", "GIT_PROTOCOL_FROM_USER": "0", "GIT_ALLOW_PROTOCOL": "",
+        "GIT_PAGER": "cat", "PAGER": "cat", "GIT_AUTHOR_NAME": "agentd",
+        "GIT_AUTHOR_EMAIL": "agentd@localhost", "GIT_COMMITTER_NAME": "agentd",
+        "GIT_COMMITTER_EMAIL": "agentd@localhost", "GIT_DIR": f"{home}/.git",
+        "GIT_WORK_TREE": str(home)}
+    assert env["GIT_CONFIG_NOSYSTEM"] == "1" and env["GIT_CONFIG_GLOBAL"] == "/dev/null"
+    assert {"core.hooksPath": "/dev/null", "core.fsmonitor": "false",
+            "core.attributesFile": "/dev/null", "core.protectNTFS": "true",
+            "core.protectHFS": "true", "submodule.recurse": "false",
+            "diff.ignoreSubmodules": "all", "status.submoduleSummary": "false",
+            "protocol.allow": "never", "commit.gpgSign": "false"}.items() <= config.items()
+    assert "diff.external" not in config  # unset, and diff/show/log pass --no-ext-diff
+
+
+def test_git_argv_binds_only_dot_git_writable(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {"GIT_DIR": f"{home}/.git"}
+    argv = gitexec.git_argv(home, ["git", "status"], bwrap="/usr/bin/bwrap", seccomp_fd=7,
+                            env=env)
+    h, g = str(home), f"{home}/.git"
+    size = ["--size", str(16 * 1024 * 1024)]
+    assert argv == [
+        "/usr/bin/bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
+        "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
+        "--setenv", "GIT_DIR", g,
+        "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
+        *size, "--tmpfs", "/dev/shm", "--proc", "/proc",
+        *size, "--tmpfs", "/home", *size, "--tmpfs", "/root", *size, "--tmpfs", "/run",
+        *size, "--tmpfs", "/var/tmp", *size, "--tmpfs", "/tmp",
+        "--ro-bind", h, h, "--bind", g, g, "--seccomp", "7", "--chdir", h, "--",
+        "git", "status"]
+    assert "--share-net" not in argv
+
+
+@pytest.mark.parametrize("mode", [pytest.param("bwrap", marks=requires_bwrap), "off"])
+def test_git_reads_no_config_but_the_homes_and_ours(home: Path, mode: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether sandboxed or not: a ~/.gitconfig, an XDG config and the environment's
+    GIT_CONFIG_PARAMETERS are never read; our -c settings outrank the home's own."""
+    if mode == "off":
+        text = (home / "agentd.toml").read_text().replace("\n[sandbox]\n",
+                                                          '\n[sandbox]\nmode = "off"\n')
+        (home / "agentd.toml").write_text(text)
+    user_home = Path(os.environ["HOME"])
+    (user_home / ".gitconfig").write_text("[core]\n\thooksPath = /evil\n[user]\n\tname = x\n")
+    (user_home / ".config/git").mkdir(parents=True)
+    (user_home / ".config/git/config").write_text("[diff]\n\texternal = /evil\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(user_home / ".config"))
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", "'core.fsmonitor'='/evil'")
+    git(home, "config", "core.hooksPath", "/home-evil")
+    assert (gitexec.bwrap_for(home) is None) == (mode == "off")
+    out = gitexec.run(home, "config", "--list", "--show-scope").text()
+    assert "/evil" not in out and "global" not in out and "system" not in out
+    assert "command\tcore.hookspath=/dev/null" in out
+    value = gitexec.run(home, "config", "core.hooksPath").text()
+    assert value == "/dev/null\n"
+
+
+def test_an_include_in_git_config_is_refused(home: Path) -> None:
+    with (home / ".git/config").open("a") as f:
+        f.write('[includeIf "gitdir:/"]\n\tpath = ../outbox/evil.cfg\n')
+    with pytest.raises(AgentdError, match=r"includes other config files"):
+        history.pending(home)
+
+
+def test_a_live_gits_lock_is_left_alone(home: Path) -> None:
+    lock = home / ".git" / "index.lock"
+    lock.write_text("")
+    old = time.time() - 600
+    os.utime(lock, (old, old))
+    live = subprocess.Popen(["git", "hash-object", "--stdin"], cwd=home,
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        assert history.clear_stale_locks(home) == [] and lock.exists()
+    finally:
+        live.communicate(b"")
+    (home / ".git/refs/heads/main.lock").write_text("")
+    os.utime(home / ".git/refs/heads/main.lock", (old, old))
+    assert history.clear_stale_locks(home) == ["index.lock", "refs/heads/main.lock"]
+    assert not lock.exists()
+
+
+def test_display_escapes_what_could_forge_a_line() -> None:
+    assert history.display("a\nAgentd-Run: x") == "a\\nAgentd-Run: x"
+    assert history.display("bad\udcff\x1b[31m") == "bad\\udcff\\x1b[31m"
+    assert history.display("ünï cødé -x :(glob)**") == "ünï cødé -x :(glob)**"
+    assert history.subject_line("\x1b]0;owned\x07 task") == "\\x1b]0;owned\\x07 task"
+
+
+def test_held_back_files_stay_out_of_undo(home: Path) -> None:
+    """Files held back stay untracked on disk; they neither block nor join an undo."""
+    (home / "git~1").write_text("x\n")
+    (home / "n.md").write_text("note\n")
+    changes = history.pending(home)
+    assert changes.files == ["n.md"] and changes.held == {"git~1": "a path git refuses"}
+    history.commit(home, changes.files, "note", {"Agentd-Run": "r1"},
+                   "\n".join(changes.notes()))
+    assert "Not committed (a path git refuses): git~1" in git(home, "log", "-1")
+    _sha, subject = history.undo(home, "r1", "undo-1")
+    assert subject == "note" and not (home / "n.md").exists() and (home / "git~1").exists()
+    assert git(home, "status", "--porcelain", "--untracked-files=all") == "?? git~1\n"
+
+
+def test_paths_git_refuses_are_found_in_halves_within_a_budget(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names only git knows it refuses (NTFS spellings with a backslash) are found by adding
+    halves; past the budget of git launches a failing group is held back whole."""
+    bad = [f"d{i}\\.git" for i in range(20)]
+    for name in [*bad, "good.md"]:
+        (home / name).write_text("x\n")
+    changes = history.pending(home)
+    assert set(changes.files) == {*bad, "good.md"}  # the screen leaves these to git
+    held: dict[str, str] = {}
+    assert history.commit(home, changes.files, "t", {}, held=held)
+    assert held == dict.fromkeys(bad, "a path git refuses")
+    assert "good.md" in git(home, "ls-files")
+    monkeypatch.setattr(history, "BISECT_RUNS", 2)
+    (home / "good2.md").write_text("y\n")
+    held = {}
+    history.commit(home, [*bad, "good2.md"], "t2", {}, held=held)
+    assert set(bad) <= set(held)
+
+
+def test_undo_writes_the_worktree_itself(home: Path) -> None:
+    """git only writes .git; undo brings files back through homefs: content, the executable
+    bit and symlinks, owned by the sandbox uid when agentd is root (so bash can change
+    them), and never over a file that is on disk but not committed."""
+    (home / "tool.sh").write_text("#!/bin/sh\n")
+    (home / "tool.sh").chmod(0o755)
+    (home / "link").symlink_to("tool.sh")
+    (home / "data.bin").write_bytes(b"\0small")
+    history.commit(home, ["tool.sh", "link", "data.bin"], "add", {"Agentd-Run": "r1"})
+    for name in ("tool.sh", "link", "data.bin"):
+        (home / name).unlink()
+    history.commit(home, ["tool.sh", "link", "data.bin"], "remove", {"Agentd-Run": "r2"})
+    history.undo(home, "r2", "u1")
+    assert (home / "tool.sh").read_text() == "#!/bin/sh\n"
+    assert (home / "tool.sh").stat().st_mode & 0o777 == 0o755
+    assert os.readlink(home / "link") == "tool.sh"
+    assert (home / "data.bin").read_bytes() == b"\0small"
+    if os.geteuid() == 0:
+        assert (home / "tool.sh").stat().st_uid == 65534
+    assert git(home, "status", "--porcelain") == ""
+    history.undo(home, "r1", "u2")  # the files go again
+    assert not (home / "tool.sh").exists() and not (home / "link").is_symlink()
+    text = (home / "agentd.toml").read_text().replace("\n[git]\n", "\n[git]\nmax_file_mb = 1\n")
+    (home / "agentd.toml").write_text(text)
+    history.commit(home, ["agentd.toml"], "limits", {})
+    (home / "data.bin").write_bytes(b"\0" * (2 << 20))  # held back: over the limit
+    with pytest.raises(AgentdError, match=r"data.bin would be overwritten"):
+        history.undo(home, "u2", "u3")
+    assert (home / "data.bin").stat().st_size == 2 << 20

@@ -4,82 +4,41 @@
   lock): its transcript gets an "interrupted" end row, the day log an entry, and whatever
   it changed in the home one recovery commit (`Agentd-Trigger: recovery`), so the next
   turn's "manual edits" commit does not claim the agent's half-done work.
-- A stale `.git/index.lock` (a git process killed mid-write): removed only when no git
-  process is running in the home and the lock is older than a few seconds, under
-  agentd's own git lock, so no agentd process can be mid-commit either.
-- Inbox files are kept out of git (`.git/info/exclude`): they are strangers' content,
-  possibly large or binary; the transcript keeps what the agent read and outbox/ keeps
-  the answers.
+- A stale `.git/index.lock` (a git process killed mid-write): removed by
+  agentd.history.clear_stale_locks (also at the start of every turn, whatever triggered
+  it) only when no git process is running in the home, under agentd's own git lock.
+- Inbox files are never committed (agentd.gitscreen, and `.git/info/exclude`, which
+  agentd.gitexec keeps): they are strangers' content, possibly large or binary; the
+  transcript keeps what the agent read and outbox/ keeps the answers.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agentd import gitexec
 from agentd.daemon import state
 from agentd.daemon.log import EventLog
 from agentd.turnlock import TurnLock
 
-STALE_LOCK_AGE = 5.0
-EXCLUDE_MARK = "# agentd daemon: inbox files are processed, not committed"
-EXCLUDE = f"{EXCLUDE_MARK}\n/inbox/*\n!/inbox/.gitkeep\n"
 
+def clear_index_lock(home: Path, log: EventLog,
+                     min_age: float = gitexec.STALE_LOCK_AGE) -> bool:
+    """Remove a stale `.git/index.lock` (and ref locks); True when something was removed."""
+    from agentd import history
 
-def exclude_inbox(home: Path) -> None:
-    path = home / ".git" / "info" / "exclude"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        text = ""
-    if EXCLUDE_MARK not in text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            f.write(("\n" if text and not text.endswith("\n") else "") + EXCLUDE)
-
-
-def git_running_in(home: Path) -> bool:
-    """Whether a git process works in `home` (its cwd, or the home on its command line)."""
-    root = str(home)
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if not os.path.basename(argv[0].decode(errors="replace")).startswith("git"):
-                continue
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            continue
-        if cwd == root or cwd.startswith(root + "/") or any(root.encode() in a for a in argv):
-            return True
-    return False
-
-
-def clear_index_lock(home: Path, log: EventLog, min_age: float = STALE_LOCK_AGE) -> bool:
-    """Remove `.git/index.lock` if it is stale; True when removed."""
-    lock = home / ".git" / "index.lock"
-    gitlock = state.daemon_dir(home).parent / "git.lock"  # agentd.history's lock file
-    with gitlock.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        if git_running_in(home):
-            log.warn("recovery", ".git/index.lock is held by a running git process; left alone")
-            return False
-        if age < min_age:
-            time.sleep(min_age - age)  # a git that is just starting shows up by then
-            if not lock.exists() or git_running_in(home):
-                return False
-        lock.unlink(missing_ok=True)
-    log("recovery", f"removed a stale .git/index.lock ({age:.0f}s old, no git process running)")
-    return True
+    removed = history.clear_stale_locks(home, min_age)
+    if removed:
+        log("recovery", f"removed a stale .git/{', .git/'.join(removed)} (no git process "
+            "running)")
+    elif (home / ".git" / "index.lock").exists():
+        log.warn("recovery", ".git/index.lock is held by a running git process; left alone")
+    return bool(removed)
 
 
 def _session_of(home: Path, marker: dict[str, Any]) -> Path | None:
@@ -144,7 +103,8 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
         append_entry(home, datetime.now().astimezone(), "recovery", "-", task,
                      "interrupted: the daemon was killed during this turn; its changes were "
                      "committed on the next start", files, list(changes.blocked),
-                     source=str(marker.get("trigger")) if stranger else None)
+                     source=str(marker.get("trigger")) if stranger else None,
+                     held=changes.held)
         files = history.pending(home, scan).files
         sha = history.commit(home, files, f"Recovery: {task}", {
             "Agentd-Run": run_id, "Agentd-Trigger": "recovery"},
@@ -160,6 +120,5 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
 
 def recover(home: Path, log: EventLog) -> None:
     """Everything above, in order: the git lock first, since the commit needs it."""
-    exclude_inbox(home)
     clear_index_lock(home, log)
     recover_turn(home, log)
