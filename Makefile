@@ -22,7 +22,7 @@ test: $(BIN)/agentd
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/agentd
-	@for b in run sandbox tokens daemon $(wildcard bench/bridge.py); do \
+	@for b in run sandbox git tokens daemon $(wildcard bench/bridge.py); do \
 	  b=$$(basename $$b .py); echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 lint: $(BIN)/agentd

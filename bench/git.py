@@ -17,32 +17,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from timing import median_ms  # noqa: E402
 
 from agentd import gitexec  # noqa: E402
 from agentd.home import init_home  # noqa: E402
 from agentd.loop import TurnResult  # noqa: E402
 from agentd.tools.sandbox import find_bwrap  # noqa: E402
 from agentd.turn import TurnReport, TurnRequest, commit_manual_edits, finish_turn  # noqa: E402
-
-
-def median_ms(fn: Callable[[], object], n: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def set_mode(home: Path, mode: str) -> None:

@@ -46,32 +46,6 @@ def median_of(n: int, run: callable) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(rss)
 
 
-def git_overhead(n: int) -> tuple[float, float]:
-    """What a turn pays for git, in-process: the status check at its start when nothing
-    changed, and status + day-log entry + commit at its end when it changed one file."""
-    from agentd.history import pending
-    from agentd.home import init_home
-    from agentd.loop import TurnResult
-    from agentd.turn import TurnReport, TurnRequest, commit_manual_edits, finish_turn
-
-    home = Path(tempfile.mkdtemp(prefix="agentd-bench-git-")) / "home"
-    init_home(home)
-    pending(home)  # imports and first open
-    statuses, commits = [], []
-    for i in range(n):
-        t = time.perf_counter()
-        commit_manual_edits(home, None)
-        statuses.append(time.perf_counter() - t)
-        (home / "notes.md").write_text(f"turn {i}\n")
-        report = TurnReport(f"r{i}", "openai:x", TurnResult("ok", "done", 1), 0.1, 0.0)
-        t = time.perf_counter()
-        finish_turn(home, TurnRequest(f"turn {i}", home), report, None)
-        commits.append(time.perf_counter() - t)
-        assert report.commit
-    shutil.rmtree(home.parent, ignore_errors=True)
-    return statistics.median(statuses), statistics.median(commits)
-
-
 def main() -> None:
     n = int(os.environ.get("BENCH_RUNS", "10"))
     scratch = Path(tempfile.mkdtemp(prefix="agentd-bench-"))
@@ -105,7 +79,6 @@ def main() -> None:
     fixed_chars = len(first["messages"][0]["content"]) + len(json.dumps(first["tools"]))
     shutil.rmtree(scratch, ignore_errors=True)
 
-    status_s, commit_s = git_overhead(n * 3)
     rows = [
         ("agentd --help wall (median)", f"{help_wall:.3f} s", "target <= 0.10 s"),
         ("agentd --help peak RSS", f"{help_rss:.1f} MiB", ""),
@@ -114,11 +87,6 @@ def main() -> None:
         ("agentd run one-shot: peak RSS", f"{run_rss:.1f} MiB", "target <= 90 MiB"),
         ("fixed prompt (system + tools), fresh home", f"{fixed_chars / 4:.0f} tokens",
          f"{fixed_chars} chars; target < 1500 tokens"),
-    ]
-    rows += [
-        ("per turn, git status when nothing changed (median)", f"{status_s * 1000:.1f} ms", ""),
-        ("per turn, status + day log + commit of one file (median)",
-         f"{commit_s * 1000:.1f} ms", ""),
     ]
     width = max(len(r[0]) for r in rows)
     for name, value, note in rows:

@@ -30,25 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from timing import median_ms  # noqa: E402
 
 from agentd.tools import ToolContext, owner  # noqa: E402
 from agentd.tools import sandbox as sb  # noqa: E402
 from agentd.tools.bash import run_bash  # noqa: E402
-
-
-def median_ms(fn: Callable[[], object], n: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def main() -> None:
