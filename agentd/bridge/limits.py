@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agentd.bridge.http import BodyTooLarge, error_body, retry_after
+from agentd.bridge.http import BodyTooLarge, ascii_int, error_body, retry_after
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -182,10 +182,8 @@ class Guard:
 
 
 def _content_length(scope: Scope) -> int | None:
+    """The declared length (ASCII digits only); one too long to parse is over any cap."""
     for k, v in scope.get("headers", []):
         if k == b"content-length":
-            try:
-                return int(v)
-            except ValueError:
-                return None
+            return ascii_int(v) if len(v) <= 18 else (1 << 62 if v.isdigit() else None)
     return None
