@@ -60,11 +60,13 @@ class TurnReport:
 
 class _Books(Events):
     """Writes every message to the transcript and every model call to the ledger, then
-    forwards to the caller's events."""
+    forwards to the caller's events. Tool calls leave the turn redacted: a key the model
+    types into a command must not reach the terminal, `run --json`, the daemon log or a
+    bridge client (the tool itself still gets the call as the model made it)."""
 
     def __init__(self, outer: Events, log: SessionLog, report: TurnReport, home: Path,
-                 settings: Settings, trigger: str):
-        self.outer, self.log, self.report = outer, log, report
+                 settings: Settings, trigger: str, redactor: Redactor):
+        self.outer, self.log, self.report, self.redactor = outer, log, report, redactor
         self.ledger = runtime_dir(home) / "usage.jsonl"
         self.settings, self.trigger = settings, trigger
         self._priced = True
@@ -73,13 +75,18 @@ class _Books(Events):
     def text(self, delta: str) -> None:
         self.outer.text(delta)
 
+    def _shown(self, call: ToolCall) -> ToolCall:
+        return replace(call, name=self.redactor.redact(call.name),
+                       arguments=self.redactor.redact_data(call.arguments))
+
     def tool_call(self, call: ToolCall) -> None:
-        self.outer.tool_call(call)
+        self.outer.tool_call(self._shown(call))
 
     def tool_result(self, call: ToolCall, result: Message) -> None:
-        self.report.tool_calls.append({"name": call.name, "arguments": call.arguments,
+        shown = self._shown(call)
+        self.report.tool_calls.append({"name": shown.name, "arguments": shown.arguments,
                                        "is_error": result.is_error})
-        self.outer.tool_result(call, result)
+        self.outer.tool_result(shown, result)
 
     def message(self, msg: Message) -> None:
         self.log.append(msg)
@@ -169,7 +176,7 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
     log.append(messages[-1])
     ctx = ToolContext(home=home, workdir=req.workdir, sandbox=sandbox_for(settings, req),
                       profile=req.profile, scratch=req.scratch, redactor=redactor)
-    books = _Books(events, log, report, home, settings, req.trigger)
+    books = _Books(events, log, report, home, settings, req.trigger, redactor)
     try:
         report.result = await run_loop(provider, system, messages, ctx,
                                        req.max_steps or settings.max_steps, books)
