@@ -355,7 +355,7 @@ def test_a_hostile_mix_of_2000_requests_gets_no_5xx(home: Path, fake: FakeLLM,
             p.expect for p in probes if p.kind == k[0])}
         assert not wrong, (wrong, seen)
         assert not [c for c in codes if c >= 500], seen
-        assert seen["valid hook", 202] >= 20 and seen["valid chat", 200] >= 5, seen
+        assert seen["valid hook", 202] >= 10 and seen["valid chat", 200] >= 5, seen
         assert seen["valid hook", 429] > 0, seen
         assert serve.proc.poll() is None
         assert httpx2.get(f"{serve.url}/healthz").json() == {"ok": True}
