@@ -22,7 +22,9 @@ the daemon already embeds uvicorn in its one event loop, so rather than swap the
 
 uvicorn's `limit_concurrency` is off: it counted the idle connections too, and the cap
 here bounds requests in flight as well (one per connection). `raise_fd_limit` makes sure
-the process can hold that many sockets.
+the process can hold that many sockets. A reloaded agentd.toml (SIGHUP) changes
+`header_timeout` and `max_connections_per_ip` at once; `max_connections` and the trusted
+proxies at the next start.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ One loop: the daemon (with `[bridge] enabled = true`) or `agentd serve` creates 
 host process owns the signals (uvicorn's handlers are not installed) and stops the server
 itself. The socket is bound here, so "address in use" is one clear line, and port 0 picks
 a free port (tests). uvicorn's own logging is off: one line per event goes through the
-daemon's EventLog, and no request header (tokens) is ever logged.
+daemon's EventLog, and no request header (tokens) is ever logged. Below HTTP, uvicorn runs
+our subclass of its h11 protocol (connections.py): a deadline for request heads and caps
+on connections.
 """
 
 from __future__ import annotations

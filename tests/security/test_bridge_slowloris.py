@@ -169,3 +169,23 @@ def test_a_kept_alive_connection_gets_the_same_deadline(env: Path) -> None:
         s.close()
         assert s in closed and closed[s][1].startswith(b"HTTP/1.1 408 ")
         assert closed[s][0] - began < 2 + 2
+
+
+def test_a_low_hard_fd_limit_lowers_the_connection_cap_and_says_so(env: Path) -> None:
+    """With only 512 open files allowed (soft and hard), 1,000 connections cannot fit:
+    serve caps itself at what fits beside its own files, warns once, and stays reachable
+    with the cap's worth of half-heads open (they make room, not the process fail)."""
+    def tight() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+
+    bridge_home(env, header_timeout="60s")
+    with ServeProcess(env, preexec=tight) as serve:
+        assert ("only 512 open files allowed (ulimit -n, hard limit 512): serving at most "
+                "256 connections instead of max_connections = 1000") in serve.log
+        socks = [s for s, _ in attackers(serve.port, 300, per_address=50, first=40)]
+        assert healthz_seconds(serve.url) < 1.0
+        closed = closed_by_server(socks[:45], 5)  # the oldest made room for the newest
+        assert len(closed) == 45
+        assert all(still_open(s) for s in socks[-200:])
+        for s in socks:
+            s.close()
