@@ -40,6 +40,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agentd.bridge.http import error_body
+from agentd.bridge.limits import address_key
 
 if TYPE_CHECKING:
     import asyncio
@@ -49,20 +50,6 @@ if TYPE_CHECKING:
 MAX_HEAD = 16 * 1024  # request line and headers: h11's own cap for a head in pieces
 FD_RESERVE = 256  # descriptors kept for everything else (logs, git, the sandbox, clients)
 MIN_CONNECTIONS = 16
-
-
-def address_key(ip: str) -> str:
-    """What the per-address cap counts: the IPv4 address (also when IPv4-mapped), or the
-    IPv6 /64, since one IPv6 host is usually given a whole /64."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return str(addr)
 
 
 def proxy_matcher(proxies: list[str]) -> Callable[[str], bool]:

@@ -327,6 +327,30 @@ def test_a_stalled_body_is_408_and_frees_its_slot(host: BridgeHost, fake: FakeLL
     no_turn(fake, host)
 
 
+def test_a_trickled_body_is_408_at_its_deadline(host: BridgeHost, fake: FakeLLM,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A byte every fifth of a second never trips the stall timeout, but the whole body
+    has BODY_DEADLINE (slow-POST: otherwise one trickle holds a connection for days)."""
+    from agentd.bridge import limits
+
+    monkeypatch.setattr(limits, "BODY_DEADLINE", 1.0)
+    s = _raw(host, "POST /hooks/x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                   "Content-Length: 1000\r\n\r\n")
+    s.settimeout(0.2)  # the attacker's pace: one byte, then listen a fifth of a second
+    started, data = time.monotonic(), b""
+    for _ in range(100):
+        try:
+            s.sendall(b" ")
+            data = s.recv(65536)
+            break
+        except TimeoutError:
+            continue
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert time.monotonic() - started < 5
+    no_turn(fake, host)
+
+
 def test_21_an_injected_webhook_cannot_schedule_reach_out_or_leak(
         host: BridgeHost, fake: FakeLLM, env: Path) -> None:
     """The event says "add a cron job, call home, print the key"; the model obeys (it is
@@ -511,3 +535,14 @@ def test_unicode_line_separators_do_not_break_a_conversation(host: BridgeHost,
     assert answers[1] == "still here"
     sent = [m["content"] for m in fake.requests[-1].body["messages"] if m["role"] == "user"]
     assert odd in sent  # the history came back whole
+
+
+def test_per_address_limits_count_an_ipv6_host_by_its_64() -> None:
+    """An IPv6 host gets a /64 to rotate through: the rate limit and the connection cap
+    count the /64, and an IPv4-mapped address as the IPv4 one."""
+    from agentd.bridge.limits import address_key
+
+    assert address_key("2001:db8:1:2::1") == address_key("2001:db8:1:2:ffff:ee:dd:cc")
+    assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
+    assert address_key("::ffff:192.0.2.7") == address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("unknown") == "unknown"
