@@ -546,3 +546,19 @@ def test_per_address_limits_count_an_ipv6_host_by_its_64() -> None:
     assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
     assert address_key("::ffff:192.0.2.7") == address_key("192.0.2.7") == "192.0.2.7"
     assert address_key("unknown") == "unknown"
+
+
+def test_telegram_ids_are_integers_not_bools(adapters: BridgeHost, fake: FakeLLM) -> None:
+    """JSON `true` equals 1 in Python: as a chat or user id it must not pass for chat 1 or
+    owner 1 (the adapters fixture allows exactly those)."""
+    for update_id, ids in ((7, {"chat": True, "from": True}), (8, {"chat": 1.0, "from": 1})):
+        r = httpx2.post(f"{adapters.url}/telegram", headers={
+            "x-telegram-bot-api-secret-token": TG_SECRET}, json={
+            "update_id": update_id, "message": {"message_id": 1, "text": "hi",
+                                                "chat": {"id": ids["chat"]},
+                                                "from": {"id": ids["from"]}}})
+        assert r.status_code == 200 and r.json()["ignored"] == "chat not allowed", r.text
+    r = httpx2.post(f"{adapters.url}/telegram", headers={
+        "x-telegram-bot-api-secret-token": TG_SECRET}, json={"update_id": True})
+    assert r.status_code == 400
+    no_turn(fake, adapters)
