@@ -74,6 +74,9 @@ class BridgeSettings:
     max_event_chars: int = 50_000  # of a webhook's JSON handed to the model
     dedupe_ttl: str = "48h"  # how long delivery ids are remembered
     trusted_proxies: list[str] = field(default_factory=list)  # trust X-Forwarded-For from
+    header_timeout: str = "10s"  # to send a whole request head, else the connection closes
+    max_connections_per_ip: int = 50  # open at once from one address (an IPv6 /64)
+    max_connections: int = 1000  # open at once in all; the longest-idle make room
     hooks: dict[str, HookSettings] = field(default_factory=dict)
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
     slack: SlackSettings = field(default_factory=SlackSettings)
@@ -126,5 +129,10 @@ def parse_bridge(s: Settings, value: Any) -> None:
         raise AgentdError("bridge rates must be positive and bursts at least 1")
     if b.retry_after < 1 or b.max_event_chars < 100:
         raise AgentdError("bridge.retry_after must be at least 1, max_event_chars at least 100")
+    if not 1 <= parse_duration(b.header_timeout, "bridge.header_timeout") <= 600:
+        raise AgentdError("bridge.header_timeout must be between 1s and 10m")
+    if b.max_connections_per_ip < 1 or b.max_connections < 16:
+        raise AgentdError("bridge.max_connections_per_ip must be at least 1, "
+                          "max_connections at least 16")
     if parse_duration(b.dedupe_ttl, "bridge.dedupe_ttl") < 86400:
         raise AgentdError("bridge.dedupe_ttl must be at least 24h: senders retry for a day")

@@ -282,6 +282,9 @@ DEFAULT_CONFIG = '''\
 # max_event_chars = 50000  # of a webhook's JSON shown to the model
 # dedupe_ttl = "48h"       # how long delivery ids are remembered (at least 24h)
 # trusted_proxies = []     # addresses whose X-Forwarded-For is believed (a local proxy)
+# header_timeout = "10s"   # to send a request head whole, else closed (slow-header floods)
+# max_connections_per_ip = 50  # open at once per address (trusted proxies exempt)
+# max_connections = 1000   # in all; when full, the longest-idle connection makes room
 # [bridge.hooks.github]    # optional, per hook name
 # secret_file = ""         # its own secret instead of the shared one (or secret_env = "VAR")
 # callback_url = ""        # receives the result, signed like the request

@@ -21,7 +21,8 @@ PREVIEW_LINES = 6
 
 
 def describe_call(call: ToolCall) -> str:
-    """The one thing worth showing about a call: the command or the path."""
+    """The one thing worth showing about a call: the command or the path (redacted
+    already: the turn hands out tool calls with secrets replaced)."""
     a = call.arguments
     if call.name == "bash":
         return str(a.get("command", ""))

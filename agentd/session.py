@@ -61,7 +61,11 @@ def load_messages(path: Path) -> list[Message]:
     (agentd/compact.py); a malformed compaction row is ignored, which sends more, not less.
     """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # "\n" only: str.splitlines() also splits at U+0085, U+2028 and other separators
+        # that json.dumps(ensure_ascii=False) leaves raw inside a message's text.
+        lines = path.read_text(encoding="utf-8").split("\n")
+        if lines[-1] == "":
+            lines.pop()
     except FileNotFoundError:
         raise AgentdError(f"no session {path.stem}: see .agentd/sessions/") from None
     except (OSError, UnicodeDecodeError) as e:

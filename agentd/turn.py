@@ -65,12 +65,16 @@ class TurnReport:
 
 class _Books(Events):
     """Writes every message to the transcript and every model call to the ledger, then
-    forwards to the caller's events. After each tool call of an untrusted turn it holds
-    the turn to its disk quota, telling the model in that call's result what was removed."""
+    forwards to the caller's events. Tool calls leave the turn redacted: a key the model
+    types into a command must not reach the terminal, `run --json`, the daemon log or a
+    bridge client (the tool itself still gets the call as the model made it). After each
+    tool call of an untrusted turn it holds the turn to its disk quota, telling the model
+    in that call's result what was removed."""
 
     def __init__(self, outer: Events, log: SessionLog, report: TurnReport, home: Path,
-                 settings: Settings, trigger: str, quota: TurnQuota | None = None):
-        self.outer, self.log, self.report = outer, log, report
+                 settings: Settings, trigger: str, redactor: Redactor,
+                 quota: TurnQuota | None = None):
+        self.outer, self.log, self.report, self.redactor = outer, log, report, redactor
         self.ledger = runtime_dir(home) / "usage.jsonl"
         self.settings, self.trigger = settings, trigger
         self.quota = quota
@@ -80,17 +84,22 @@ class _Books(Events):
     def text(self, delta: str) -> None:
         self.outer.text(delta)
 
+    def _shown(self, call: ToolCall) -> ToolCall:
+        return replace(call, name=self.redactor.redact(call.name),
+                       arguments=self.redactor.redact_data(call.arguments))
+
     def tool_call(self, call: ToolCall) -> None:
-        self.outer.tool_call(call)
+        self.outer.tool_call(self._shown(call))
 
     def tool_result(self, call: ToolCall, result: Message) -> None:
         note = self.quota.enforce() if self.quota is not None else None
         if note:  # the model reads this result next, and the transcript keeps it
             result.text = f"{result.text}\n\n{note}" if result.text else note
             result.is_error = True
-        self.report.tool_calls.append({"name": call.name, "arguments": call.arguments,
+        shown = self._shown(call)
+        self.report.tool_calls.append({"name": shown.name, "arguments": shown.arguments,
                                        "is_error": result.is_error})
-        self.outer.tool_result(call, result)
+        self.outer.tool_result(shown, result)
 
     def message(self, msg: Message) -> None:
         self.log.append(msg)
@@ -210,7 +219,7 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
                       scratch=req.scratch, redactor=redactor, owner=sandbox_owner(sandbox))
     if req.profile == "untrusted":
         ctx.quota = await asyncio.to_thread(TurnQuota, ctx, settings.quota, home_used)
-    books = _Books(events, log, report, home, settings, req.trigger, ctx.quota)
+    books = _Books(events, log, report, home, settings, req.trigger, redactor, ctx.quota)
     try:
         report.result = await run_loop(provider, system, messages, ctx,
                                        req.max_steps or settings.max_steps, books)

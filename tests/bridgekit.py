@@ -8,8 +8,13 @@ import asyncio
 import base64
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -112,6 +117,45 @@ class BridgeHost:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServeProcess:
+    """A real `agentd serve` process on a free loopback port; `log` is its stderr. Stopping
+    it (SIGTERM) must end it cleanly. `preexec` runs in the child before agentd starts."""
+
+    def __init__(self, home: Path, preexec: Callable[[], None] | None = None):
+        self.log_path = home.parent / "serve.log"
+        with self.log_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agentd", "serve", "--home", str(home), "--port", "0"],
+                stderr=err, stdout=subprocess.DEVNULL, env=dict(os.environ),
+                preexec_fn=preexec)
+        try:
+            found = wait_for(lambda: self.proc.poll() is not None or re.search(
+                r"listening on http://127.0.0.1:(\d+)", self.log), 20, "agentd serve")
+        except BaseException:
+            self.stop()
+            raise
+        assert self.proc.poll() is None, self.log
+        self.port = int(found.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(30)
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        code = self.stop()
+        if exc[0] is None:
+            assert code == 0, self.log
 
 
 def signed(body: bytes, msg_id: str = "msg_1", key: bytes = SECRET_BYTES,

@@ -119,6 +119,10 @@ def test_help_does_not_import_the_bridge() -> None:
     ({"telegram": {"chats": ["abc"]}}, "bridge.telegram.chats[0] must be a number"),
     ({"slack": {"api_base": "slack.com"}}, "bridge.slack.api_base must be an http(s) URL"),
     ({"max_json_depth": 1}, "between 2 and 512"),
+    ({"header_timeout": "10"}, "bridge.header_timeout: '10' is not a duration"),
+    ({"header_timeout": "0.5s"}, "bridge.header_timeout must be between 1s and 10m"),
+    ({"max_connections_per_ip": 0}, "max_connections_per_ip must be at least 1"),
+    ({"max_connections": 8}, "max_connections at least 16"),
 ])
 def test_bridge_settings_are_strict(table: dict, message: str) -> None:
     with pytest.raises(AgentdError, match=re.escape(message)):

@@ -13,6 +13,8 @@ with a 4xx, never a crash, a stack trace, a secret or a file path.
 - adapters.py        POST /telegram and POST /slack/events, and their replies;
 - auth.py            Bearer, Standard Webhooks, Telegram and Slack checks (constant time);
 - limits.py          per-IP and per-sender rate limits, the body cap, the outermost guard;
+- connections.py     below HTTP: a deadline for request heads, connection caps per address
+                     and in all (uvicorn's protocol, subclassed), the fd limit;
 - http.py            error responses and strict JSON reading (content type, depth);
 - secrets.py         where the token and secrets come from, and redaction of what goes out;
 - store.py           delivery ids seen (idempotency) and run records, under .agentd/bridge/.

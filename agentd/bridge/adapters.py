@@ -51,6 +51,11 @@ def _task(text: str, trusted: bool, who: str) -> str:
     return wrap_untrusted(f"A chat message from {who}, who is not your owner,", text)[1]
 
 
+def _id(value: object) -> int | None:
+    """A Telegram id: a JSON integer, not a bool (`true == 1` would match chat 1)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def router(bridge: Bridge) -> APIRouter:
     api = APIRouter()
 
@@ -66,20 +71,20 @@ def router(bridge: Bridge) -> APIRouter:
             raise unauthorized()
         require_json(request.headers.get("content-type"))
         update = parse_json(body, bridge.settings().bridge.max_json_depth)
-        uid = update.get("update_id")
-        if not isinstance(uid, int) or isinstance(uid, bool):
+        uid = _id(update.get("update_id"))
+        if uid is None:
             raise ApiError(400, "update_id must be an integer", "invalid_update")
         msg = update.get("message")
         if not isinstance(msg, dict) or not isinstance(msg.get("text"), str):
             return JSONResponse({"ok": True, "ignored": "not a text message"})
         chat = msg.get("chat") if isinstance(msg.get("chat"), dict) else {}
         sender = msg.get("from") if isinstance(msg.get("from"), dict) else {}
-        chat_id, user_id = chat.get("id"), sender.get("id")
-        if not isinstance(chat_id, int) or chat_id not in t.chats:
+        chat_id, user_id = _id(chat.get("id")), _id(sender.get("id"))
+        if chat_id is None or chat_id not in t.chats:
             bridge.warn("telegram", f"tg-chat:{chat_id}", f"ignored a message from chat "
                         f"{str(chat_id)[:24]} (not in [bridge.telegram] chats)")
             return JSONResponse({"ok": True, "ignored": "chat not allowed"})
-        trusted = isinstance(user_id, int) and user_id in t.owners
+        trusted = user_id is not None and user_id in t.owners
         who = f"Telegram user {sender.get('username') or user_id}"
         spec = TurnSpec("person", f"telegram {chat_id}", _task(msg["text"], trusted, who),
                         f"chat:tg-{chat_id}", "trusted" if trusted else "untrusted",

@@ -15,6 +15,8 @@ import hmac
 import time
 from collections.abc import Mapping
 
+from agentd.bridge.http import ascii_int
+
 TOLERANCE = 300  # seconds a signed timestamp may be off (Standard Webhooks, Slack)
 MAX_SIGNATURES = 16  # a header listing more is refused rather than checked one by one
 
@@ -53,10 +55,12 @@ def signed_headers(keys: list[bytes], msg_id: str, body: bytes,
             "webhook-signature": " ".join(sign(k, msg_id, ts, body) for k in keys)}
 
 
-def _fresh(stamp: str, now: float) -> bool:
-    if not stamp.isdigit() or len(stamp) > 12:
-        return False
-    return abs(now - int(stamp)) <= TOLERANCE
+def _fresh(stamp: str, now: float) -> int | None:
+    """The signed timestamp when it is ASCII digits within TOLERANCE of `now`, else None."""
+    value = ascii_int(stamp)
+    if value is None or abs(now - value) > TOLERANCE:
+        return None
+    return value
 
 
 def verify_webhook(keys: list[bytes], headers: Mapping[str, str], body: bytes,
@@ -69,14 +73,15 @@ def verify_webhook(keys: list[bytes], headers: Mapping[str, str], body: bytes,
         return "missing webhook-id, webhook-timestamp or webhook-signature"
     if len(msg_id) > 256:
         return "webhook-id too long"
-    if not _fresh(stamp, time.time() if now is None else now):
-        return "timestamp outside the 5-minute window"
+    ts = _fresh(stamp, time.time() if now is None else now)
+    if ts is None:
+        return "timestamp not ASCII digits within the 5-minute window"
     sigs = [s for s in given.split() if s.startswith("v1,")]
     if not sigs or len(given.split()) > MAX_SIGNATURES:
         return "no v1 signature"
     ok = False
     for key in keys:
-        expected = sign(key, msg_id, int(stamp), body)
+        expected = sign(key, msg_id, ts, body)
         for sig in sigs:  # no early exit: the time does not depend on which one matched
             ok |= same(sig, expected)
     return None if ok else "bad signature"
@@ -98,6 +103,6 @@ def verify_slack(secret: str, headers: Mapping[str, str], body: bytes,
     given = headers.get("x-slack-signature", "")
     if not (stamp and given):
         return "missing X-Slack-Request-Timestamp or X-Slack-Signature"
-    if not _fresh(stamp, time.time() if now is None else now):
-        return "timestamp outside the 5-minute window"
+    if _fresh(stamp, time.time() if now is None else now) is None:
+        return "timestamp not ASCII digits within the 5-minute window"
     return None if same(given, slack_sign(secret, stamp, body)) else "bad signature"

@@ -6,12 +6,14 @@ taken from an exception, so no response carries a stack trace, a secret or a pat
 
 JSON is read only after the request is authenticated, from the raw bytes already capped by
 the body limit: the content type must be JSON (415), the bytes UTF-8 JSON without NaN or
-Infinity, nested at most `max_json_depth` deep (400).
+Infinity, nested at most `max_json_depth` deep, every string valid Unicode (no lone
+surrogate escapes) (400). Headers read as numbers take ASCII digits only (`ascii_int`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -59,6 +61,20 @@ def require_json(content_type: str | None) -> None:
                        "unsupported_media_type")
 
 
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def ascii_int(text: str | bytes | None) -> int | None:
+    """A header's value as a number: 1-18 ASCII digits, nothing else (no sign, space or
+    `_`), else None. `int()` and `str.isdigit()` also take other scripts' digits ("١٢",
+    "¹²", the latter then failing in `int()`), which must be a refusal, not a crash."""
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    if text is None or not _DIGITS.fullmatch(text):
+        return None
+    return int(text)
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -72,6 +88,18 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, d)
             stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
     return deepest
+
+
+def _encodable(value: Any) -> bool:
+    """False when a string of the document (key or value) cannot be written as UTF-8: a
+    `\\ud800` escape decodes to a lone surrogate, which every later write (the run
+    record, the transcript, git) would fail on. Only `\\u` escapes make one (raw surrogate
+    bytes are not UTF-8), so documents without them are not walked."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_json(body: bytes, max_depth: int, want: type | None = dict) -> Any:
@@ -88,6 +116,9 @@ def parse_json(body: bytes, max_depth: int, want: type | None = dict) -> Any:
     if _depth(value) > max_depth:
         raise ApiError(400, f"the JSON is nested too deeply (limit {max_depth})",
                        "json_too_deep")
+    if b"\\u" in body and not _encodable(value):
+        raise ApiError(400, "the JSON holds invalid Unicode (an unpaired surrogate escape "
+                       "such as \\ud800)", "invalid_unicode")
     if want is not None and not isinstance(value, want):
         raise ApiError(400, "the body must be a JSON object", "invalid_json")
     return value

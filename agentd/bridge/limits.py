@@ -13,7 +13,8 @@ authentication and any parsing:
    sends is read and thrown away (LINGER_BYTES, LINGER_SECONDS at most), because closing a
    socket with unread data makes the kernel send a reset that can destroy the 413 before
    the client reads it;
-4. a body that stalls for BODY_TIMEOUT between two pieces → 408, the slot freed;
+4. a body that stalls for BODY_TIMEOUT between two pieces, or is still arriving after
+   BODY_DEADLINE (a trickle of one byte every few seconds) → 408, the slot freed;
 5. anything that still escapes the app becomes a JSON 500 without details, logged as one
    line; the server never dies of a request.
 
@@ -23,13 +24,14 @@ Per-sender buckets (after auth) are taken by the endpoints with `Buckets.take`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agentd.bridge.http import BodyTooLarge, error_body, retry_after
+from agentd.bridge.http import BodyTooLarge, ascii_int, error_body, retry_after
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -62,9 +64,23 @@ class Buckets:
         return wait
 
 
+def address_key(ip: str) -> str:
+    """What per-address limits count: the IPv4 address (also when IPv4-mapped), or the
+    IPv6 /64, since one IPv6 host is usually given a whole /64 to rotate through."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
+
+
 def client_ip(scope: Scope) -> str:
     client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+    return address_key(str(client[0])) if client else "unknown"
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any],
@@ -80,6 +96,7 @@ async def send_json(send: Send, status: int, body: dict[str, Any],
 
 TOO_LARGE = "the body is over the {} byte limit"
 BODY_TIMEOUT = 30.0  # seconds between two pieces of a request body (slow uploads hold a slot)
+BODY_DEADLINE = 120.0  # seconds for a whole body: 1 MiB at under 9 KB/s is an attack
 
 
 class BodyTooSlow(BaseException):
@@ -141,13 +158,15 @@ class Guard:
             return
         seen = 0
         started = body_done = False
+        deadline = time.monotonic() + BODY_DEADLINE
 
         async def capped() -> Message:
             nonlocal seen, body_done
             if body_done:  # later calls wait for a disconnect (streaming): no deadline
                 return await receive()
+            left = deadline - time.monotonic()
             try:
-                msg = await asyncio.wait_for(receive(), BODY_TIMEOUT)
+                msg = await asyncio.wait_for(receive(), min(BODY_TIMEOUT, max(0.0, left)))
             except TimeoutError:
                 raise BodyTooSlow() from None
             if msg["type"] == "http.request":
@@ -182,10 +201,8 @@ class Guard:
 
 
 def _content_length(scope: Scope) -> int | None:
+    """The declared length (ASCII digits only); one too long to parse is over any cap."""
     for k, v in scope.get("headers", []):
         if k == b"content-length":
-            try:
-                return int(v)
-            except ValueError:
-                return None
+            return ascii_int(v) if len(v) <= 18 else (1 << 62 if v.isdigit() else None)
     return None

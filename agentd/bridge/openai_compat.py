@@ -111,7 +111,8 @@ def usage_json(u: Usage) -> dict[str, Any]:
 
 
 class ChatEvents(LogEvents):
-    """Forwards the turn's text (and, if asked, a line per tool call) to the response."""
+    """Forwards the turn's text (and, if asked, a line per tool call, its arguments
+    redacted by the turn) to the response, which redacts the stream once more."""
 
     def __init__(self, bridge: Bridge, name: str, sink: asyncio.Queue[str | None],
                  show_tools: bool):

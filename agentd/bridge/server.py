@@ -5,7 +5,9 @@ One loop: the daemon (with `[bridge] enabled = true`) or `agentd serve` creates 
 host process owns the signals (uvicorn's handlers are not installed) and stops the server
 itself. The socket is bound here, so "address in use" is one clear line, and port 0 picks
 a free port (tests). uvicorn's own logging is off: one line per event goes through the
-daemon's EventLog, and no request header (tokens) is ever logged.
+daemon's EventLog, and no request header (tokens) is ever logged. Below HTTP, uvicorn runs
+our subclass of its h11 protocol (connections.py): a deadline for request heads and caps
+on connections.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from agentd.bridge import adapters, hooks, openai_compat
+from agentd.bridge.connections import Connections, protocol_class, raise_fd_limit
 from agentd.bridge.core import Bridge
 from agentd.bridge.http import ApiError, error_body
 from agentd.bridge.limits import Guard
@@ -104,6 +107,7 @@ class BridgeServer:
         self.bridge, self.host, self.port = bridge, host, port
         self.task: asyncio.Task[None] | None = None
         self.server: Any = None
+        self.connections: Connections | None = None
 
     async def start(self) -> None:
         import uvicorn
@@ -129,8 +133,8 @@ class BridgeServer:
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(self.bridge), lifespan="off", log_config=None, access_log=False,
-            server_header=False, http="h11", ws="none", timeout_keep_alive=5,
-            timeout_graceful_shutdown=GRACE, limit_concurrency=1000,
+            server_header=False, http=self._protocol(), ws="none", timeout_keep_alive=5,
+            timeout_graceful_shutdown=GRACE, limit_concurrency=None,  # see connections.py
             proxy_headers=bool(b.trusted_proxies),
             forwarded_allow_ips=",".join(b.trusted_proxies) or None)
         _quiet_uvicorn(self.bridge.log)
@@ -142,6 +146,17 @@ class BridgeServer:
                 self.task.result()
                 raise AgentdError("bridge: the HTTP server did not start")
             await asyncio.sleep(0.01)
+
+    def _protocol(self) -> type:
+        """uvicorn's h11 protocol with the head deadline and connection caps, sized to
+        the file descriptors the process may open."""
+        bridge = self.bridge
+        total, warning = raise_fd_limit(bridge.settings().bridge.max_connections)
+        if warning:
+            bridge.log.warn("bridge", warning)
+        self.connections = Connections(bridge.settings, total,
+                                       lambda key, msg: bridge.warn("bridge", key, msg))
+        return protocol_class(self.connections)
 
     async def stop(self) -> None:
         """Stop accepting; requests in flight get GRACE seconds. The queue's worker (the

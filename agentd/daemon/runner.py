@@ -49,7 +49,8 @@ def is_silent(text: str) -> bool:
 
 
 class LogEvents(Events):
-    """A daemon turn's progress as log lines: one per tool call."""
+    """A daemon turn's progress as log lines: one per tool call (its arguments come
+    redacted from the turn, agentd/turn.py)."""
 
     def __init__(self, log: EventLog, kind: str, name: str):
         self.log, self.kind, self.name = log, kind, name

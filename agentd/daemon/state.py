@@ -75,11 +75,11 @@ def tail_lines(path: Path, n: int) -> list[dict[str, Any]]:
     except OSError:
         return []
     rows = []
-    for line in chunk.splitlines()[-n:]:
+    for line in chunk.split("\n")[-n - 1:]:  # not splitlines(): rows may hold U+2028
         try:
             row = json.loads(line)
         except ValueError:
             continue
         if isinstance(row, dict):
             rows.append(row)
-    return rows
+    return rows[-n:]
