@@ -176,11 +176,11 @@ def _fds_and_children() -> tuple[int, int]:
     return fds, len(children)
 
 
-def test_soak_500_commits_leak_nothing(home: Path) -> None:
-    """500 turns' worth of status + commit in one process: no stray git process, no fd."""
+def test_soak_200_commits_leak_nothing(home: Path) -> None:
+    """200 turns' worth of status + commit in one process: no stray git process, no fd."""
     history.pending(home)  # warm up imports
     fds0, kids0 = _fds_and_children()
-    for i in range(500):
+    for i in range(200):
         (home / "notes.md").write_text(f"turn {i}\n")
         changes = history.pending(home)
         assert history.commit(home, changes.files, f"turn {i}", {"Agentd-Run": f"r{i}"})
