@@ -25,6 +25,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fakellm import FakeLLM  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from agentd.tools import SandboxSettings  # noqa: E402
+from agentd.tools.owner import sandbox_owner  # noqa: E402
+
+# As root, bash runs as the sandbox uid: give it the workdirs, as a root user would.
+SANDBOX_OWNER = sandbox_owner(SandboxSettings())
+
 # The `agentd` script installed beside this interpreter (make bench: the .venv's).
 _SCRIPT = Path(sys.executable).parent / "agentd"
 AGENTD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "agentd"]
@@ -68,6 +75,8 @@ def main() -> None:
         def one_shot() -> tuple[float, float]:
             wd = scratch / f"w{next(counter)}"
             wd.mkdir()
+            if SANDBOX_OWNER:
+                os.chown(wd, *SANDBOX_OWNER)
             wall, rss, code = timed([*AGENTD, "run", "-q", "--home", str(scratch / "home"),
                                      "-m", "openai:mock-model", "create hello.txt containing hi"],
                                     run_env, wd)
