@@ -39,7 +39,7 @@ from agentd.render import LiveRenderer, history_table, summary
 from agentd.session import load_messages, new_id
 from agentd.termsafe import terminal_safe
 from agentd.turn import TurnReport, TurnRequest, run_turn
-from agentd.turnlock import turn_lock, waiting_message
+from agentd.turnlock import run_locked, turn_lock, waiting_message
 
 T = TypeVar("T")
 
@@ -163,7 +163,9 @@ class Chat:
             elif name == "history":
                 self.console.print(history_table(history.log(self.home, 10)))
             elif name == "undo":
-                sha, subject = history.undo(self.home, None, new_id())
+                sha, subject = run_locked(
+                    self.home, "undo", lambda: history.undo(self.home, None, new_id()),
+                    lambda h: print(waiting_message(h), file=sys.stderr, flush=True))
                 self.console.print(f"undone: {terminal_safe(subject)} (new commit "
                                    f"{sha[:8]})", markup=False)
             else:

@@ -201,8 +201,11 @@ def undo(run_id: str | None, home_opt: str | None) -> None:
     with later changes, nothing changes."""
     from agentd import history
     from agentd.session import new_id
+    from agentd.turnlock import run_locked, waiting_message
 
-    sha, subject = history.undo(home_only(home_opt), run_id, new_id())
+    home = home_only(home_opt)
+    sha, subject = run_locked(home, "undo", lambda: history.undo(home, run_id, new_id()),
+                              lambda holder: click.echo(waiting_message(holder), err=True))
     click.echo(f"undone: {subject} (new commit {sha[:8]})")
 
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agentd.errors import AgentdError
 from agentd.home import runtime_dir
@@ -47,6 +47,7 @@ UNKNOWN = "holder unknown"
 HOLDER_WAIT_POLLS = 5  # polls to wait for the holder to name itself before saying "unknown"
 
 OnWait = Callable[[str], None]
+T = TypeVar("T")
 
 # The lock this chain of tasks holds, if any (see the module doc: re-entrancy).
 _HELD: contextvars.ContextVar[TurnLock | None] = contextvars.ContextVar("agentd_turn_lock",
@@ -149,6 +150,19 @@ async def turn_lock(home: Path, trigger: str, what: str = "",
         return
     async with TurnLock(home).hold(trigger, what, on_wait) as lock:
         yield lock
+
+
+def run_locked(home: Path, trigger: str, work: Callable[[], T],
+               on_wait: OnWait | None = None) -> T:
+    """`work()` (blocking: git, files) under the turn lock, from synchronous code such as
+    `agentd undo` or chat's `/undo`: changing the home while a turn runs is as unsafe for
+    them as for a second turn."""
+
+    async def locked() -> T:
+        async with turn_lock(home, trigger, on_wait=on_wait):
+            return await asyncio.to_thread(work)
+
+    return asyncio.run(locked())
 
 
 def waiting_message(holder: str) -> str:

@@ -323,3 +323,28 @@ def test_describe_holder_tolerates_foreign_notes() -> None:
     me = {"pid": os.getpid(), "trigger": "webhook:github", "what": "push"}
     assert describe_holder(me) == f"pid {os.getpid()}, trigger webhook:github: push"
     assert describe_holder({**me, "trigger": 5, "what": None}) == f"pid {os.getpid()}"
+
+
+def test_undo_waits_for_a_running_turn_and_says_so(fake: FakeLLM, home: Path) -> None:
+    """`agentd undo` changes git and files: it must not run in the middle of a turn."""
+    fake.push({"tool_calls": [{"name": "write", "arguments": {"path": "notes.md",
+                                                              "content": "n\n"}}]},
+              {"text": "done"})
+    r = agentd("run", "--home", str(home), "--workdir", str(home), "--model",
+               "openai:test", "add notes")
+    assert r.exit_code == 0, r.stderr
+    held = TurnLock(home)
+    assert held.try_acquire("cli", "a long turn")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "agentd", "undo", "--home", str(home)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the event: it says it waits
+        assert "another turn is running in this home" in line and "cli" in line
+        assert (home / "notes.md").exists()  # nothing undone while the turn holds the lock
+    finally:
+        held.release()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "undone: add notes" in out and not (home / "notes.md").exists()
