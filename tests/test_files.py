@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from conftest import requires_root, sandbox_workdir
 
-from agentd import homefs
 from agentd.tools import ToolContext, ToolResult
 from agentd.tools.files import (
     DEFAULT_LIMIT,
@@ -232,15 +231,6 @@ def test_similar_names_are_not_protected(ctx: ToolContext) -> None:
 
 
 # --- hostile trees: what the agent can plant where the host-side tools act ------------------
-
-
-@pytest.fixture(params=["openat2", "walk"])
-def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways homefs resolves: openat2, and the O_NOFOLLOW walk of older kernels."""
-    if request.param == "openat2" and not homefs.openat2_available():
-        pytest.skip("this kernel has no openat2")
-    monkeypatch.setattr(homefs, "_have_openat2", request.param == "openat2")
-    return str(request.param)
 
 
 def test_a_symlink_at_the_name_to_outside_is_never_written_through(

@@ -13,20 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from agentd import homefs
 from agentd.homefs import Refused, Root
 
 
-@pytest.fixture(params=["openat2", "walk"])
-def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "openat2" and not homefs.openat2_available():
-        pytest.skip("this kernel has no openat2")
-    monkeypatch.setattr(homefs, "_have_openat2", request.param == "openat2")
-    return str(request.param)
-
-
 @pytest.fixture
-def tree(tmp_path: Path, mode: str) -> Iterator[tuple[Root, Path, Path]]:
+def tree(tmp_path: Path, resolver: str) -> Iterator[tuple[Root, Path, Path]]:
     """(root, its path, a secret file outside it)."""
     inside = tmp_path / "home"
     (inside / "memory").mkdir(parents=True)
@@ -69,17 +60,17 @@ def test_a_symlinked_folder_on_the_way_is_refused(tree: tuple[Root, Path, Path])
 
 
 def test_follow_resolves_links_only_beneath_the_root(tree: tuple[Root, Path, Path],
-                                                     mode: str) -> None:
+                                                     resolver: str) -> None:
     root, inside, secret = tree
     (inside / "memory/real.md").write_text("ok")
     (inside / "alias.md").symlink_to("memory/real.md")
     (inside / "out.md").symlink_to(secret)
-    if mode == "openat2":
+    if resolver == "openat2":
         assert root.read_text("alias.md", follow=True) == "ok"
     else:  # the fallback refuses every link
         with pytest.raises(Refused):
             root.read_text("alias.md", follow=True)
-    with pytest.raises(Refused, match="outside" if mode == "openat2" else "symlink"):
+    with pytest.raises(Refused, match="outside" if resolver == "openat2" else "symlink"):
         root.read_text("out.md", follow=True)
 
 

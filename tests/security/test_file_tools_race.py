@@ -118,14 +118,6 @@ def outside(tmp_path: Path) -> Path:
 # --- directly, 1,000 times ---------------------------------------------------------------
 
 
-@pytest.fixture(params=["openat2", "walk"])
-def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "openat2" and not homefs.openat2_available():
-        pytest.skip("this kernel has no openat2")
-    monkeypatch.setattr(homefs, "_have_openat2", request.param == "openat2")
-    return str(request.param)
-
-
 def test_a_racing_swap_never_puts_a_write_outside(tmp_path: Path, outside: Path,
                                                   resolver: str) -> None:
     home, work = tmp_path / "home", sandbox_workdir(tmp_path / "work")
