@@ -158,42 +158,32 @@ class BudgetedProvider:
         return reply
 
     async def aclose(self) -> None:
-        close = getattr(self.inner, "aclose", None)
-        if close:
-            await close()
+        await self.inner.aclose()
 
 
 class BudgetSwitch:
     """The provider a turn talks to: its model chain, until a money cap refuses a call in
-    an interactive turn with a `budget_fallback`; from then on, for the rest of the turn,
-    the fallback model's chain."""
+    an interactive turn with a `budget_fallback` chain (`backup`); from then on, for the
+    rest of the turn, that chain."""
 
-    def __init__(self, primary: Provider, make_backup: Callable[[], Provider] | None):
-        self.primary, self.make_backup = primary, make_backup
-        self.backup: Provider | None = None
+    def __init__(self, primary: Provider, backup: Provider | None):
+        self.primary, self.backup = primary, backup
+        self.current = primary
         self.name = primary.name
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
                        on_text: TextSink | None = None) -> Message:
-        if self.backup is None:
-            try:
-                reply = await self.primary.complete(system, messages, tools, on_text)
-                self.name = self.primary.name
-                return reply
-            except BudgetExceeded as e:
-                if not e.switchable or self.make_backup is None:
-                    raise
-                self.backup = self.make_backup()
-        self.name = self.backup.name
-        return await self.backup.complete(system, messages, tools, on_text)
-
-    def upcoming(self) -> str:
-        """The model the next call will try first."""
-        inner = self.backup or self.primary
-        return getattr(inner, "upcoming", lambda: inner.name)()
+        try:
+            return await self.current.complete(system, messages, tools, on_text)
+        except BudgetExceeded as e:
+            if not e.switchable or self.backup is None or self.current is self.backup:
+                raise
+            self.current = self.backup
+            return await self.current.complete(system, messages, tools, on_text)
+        finally:
+            self.name = self.current.name
 
     async def aclose(self) -> None:
-        for p in (self.primary, self.backup):
-            close = getattr(p, "aclose", None)
-            if close:
-                await close()
+        await self.primary.aclose()
+        if self.backup is not None:
+            await self.backup.aclose()

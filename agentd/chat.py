@@ -31,10 +31,10 @@ from typing import Any, TypeVar
 from rich.console import Console
 
 from agentd import history
+from agentd.chain import choose_model, make_provider
 from agentd.config import Settings
 from agentd.errors import AgentdError
 from agentd.home import runtime_dir
-from agentd.llm.router import choose_model, make_provider
 from agentd.render import LiveRenderer, history_table, summary
 from agentd.session import load_messages, new_id
 from agentd.termsafe import terminal_safe

@@ -11,7 +11,10 @@ a `{"type": "compaction", "summary", "first_kept", "trim_until"}` row records wh
 summary starts to stand in for them, and `session.load_messages` resumes from it.
 
 The cut never falls between a tool call and its result: the first kept message is never
-a tool result. The summary call is booked in the ledger like any other model call.
+a tool result. The summary call is booked like any other model call, and both it and the
+compaction row go through the turn's own writers (its usage.Ledger and its
+session.SessionLog, handed over by chain.build_provider), so the turn's reported cost
+includes the summary and the transcript has one writer.
 
 The day log needs nothing here: turn.py writes it after every turn, so every earlier turn
 a summary stands in for is already in memory/daily/, and the current one will be.
@@ -20,11 +23,11 @@ a summary stands in for is already in memory/daily/, and the current one will be
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from agentd.config import Settings
 from agentd.llm.types import Message, Provider, ToolSpec
+from agentd.session import SessionLog
 from agentd.usage import Ledger, estimate_tokens
 
 DEFAULT_WINDOW = 32_768
@@ -100,9 +103,9 @@ class Compactor:
     """The compaction state of one turn: the summary in force and where the verbatim part
     starts, as positions in the loop's message list (which only ever grows)."""
 
-    def __init__(self, settings: Settings, session: Path | None, ledger: Ledger | None):
+    def __init__(self, settings: Settings, log: SessionLog | None, ledger: Ledger | None):
         self.settings, self.conf = settings, settings.compaction
-        self.session, self.ledger = session, ledger
+        self.log, self.ledger = log, ledger
         self.summary: Message | None = None
         self.cut = 0  # messages[cut:] are sent after the summary
         self.trim_until = 0  # tool outputs before this position are trimmed when sent
@@ -157,12 +160,10 @@ class Compactor:
     def _record(self, messages: list[Message], reply: Message) -> None:
         """Append the compaction row to the transcript, in the transcript's own numbering
         of messages: its tail is the tail of the loop's list, message for message."""
-        if self.session is None or not self.session.exists():
+        if self.log is None or not self.log.path.exists():
             return
-        from agentd.session import SessionLog
-
         rows = 0
-        with self.session.open(encoding="utf-8") as f:
+        with self.log.path.open(encoding="utf-8", newline="\n") as f:
             for line in f:
                 try:
                     rows += json.loads(line).get("type") == "message"
@@ -172,7 +173,7 @@ class Compactor:
         if shift + self.cut < 0:
             return  # the transcript does not match the conversation: record nothing
         usage = vars(reply.usage) if reply.usage else None
-        SessionLog(self.session, None).compaction(
+        self.log.compaction(
             self.summary.text.removeprefix(SUMMARY_HEAD) if self.summary else "",
             shift + self.cut, trim_until=shift + self.trim_until,
             tool_output=self.conf.tool_output, model=reply.model, usage=usage)

@@ -31,10 +31,14 @@ class SessionLog:
         self.path = path
         self.redactor = redactor or default_redactor()
         path.parent.mkdir(parents=True, exist_ok=True)
-        if header is not None:
-            self._write({"type": "session", **header})
+        # written with the first row: a turn that fails before it (a config error) leaves
+        # no file, and a log can be made before the turn knows it will run
+        self._header = None if header is None else {"type": "session", **header}
 
     def _write(self, row: dict[str, Any]) -> None:
+        if self._header is not None:
+            header, self._header = self._header, None
+            self._write(header)
         row = self.redactor.redact_data(row)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

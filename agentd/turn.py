@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from agentd import history
+from agentd.chain import build_provider, choose_model
 from agentd.config import Settings
 from agentd.daylog import DAILY, append_entry, append_held
 from agentd.home import runtime_dir
-from agentd.llm.router import build_provider, choose_model
 from agentd.llm.types import Message, Provider, ToolCall, Usage
 from agentd.loop import Events, TurnResult, run_loop
 from agentd.prompt import build_system_prompt
@@ -27,7 +27,7 @@ from agentd.session import SessionLog, load_messages, new_id
 from agentd.tools import SandboxSettings, ToolContext
 from agentd.tools.owner import sandbox_owner
 from agentd.turnlock import OnWait, turn_lock
-from agentd.usage import append_ledger, cost, price_for
+from agentd.usage import Ledger
 
 
 @dataclass
@@ -71,15 +71,11 @@ class _Books(Events):
     tool call of an untrusted turn it holds the turn to its disk quota, telling the model
     in that call's result what was removed."""
 
-    def __init__(self, outer: Events, log: SessionLog, report: TurnReport, home: Path,
-                 settings: Settings, trigger: str, redactor: Redactor,
-                 quota: TurnQuota | None = None):
+    def __init__(self, outer: Events, log: SessionLog, report: TurnReport, ledger: Ledger,
+                 redactor: Redactor, quota: TurnQuota | None = None):
         self.outer, self.log, self.report, self.redactor = outer, log, report, redactor
-        self.ledger = runtime_dir(home) / "usage.jsonl"
-        self.settings, self.trigger = settings, trigger
+        self.ledger = ledger
         self.quota = quota
-        self._priced = True
-        self.report.cost = 0.0
 
     def text(self, delta: str) -> None:
         self.outer.text(delta)
@@ -107,13 +103,7 @@ class _Books(Events):
             model = msg.model or self.report.model
             if model not in self.report.models:
                 self.report.models.append(model)
-            usage = msg.usage or Usage()
-            usd = cost(usage, price_for(model, self.settings.prices))
-            append_ledger(self.ledger, self.report.run_id, model, self.trigger, usage, usd)
-            if usd is None or self.report.cost is None:
-                self.report.cost = None
-            else:
-                self.report.cost = round(self.report.cost + usd, 9)
+            self.ledger.record(model, msg.usage or Usage())
         self.outer.message(msg)
 
 
@@ -177,8 +167,13 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
     spec = choose_model(req.model, settings)
     run_id = new_id()
     path = runtime_dir(home, "sessions") / f"{req.session or run_id}.jsonl"
+    resuming = bool(req.session) and not req.new_session
+    log = SessionLog(path, None if resuming else {
+        "id": req.session or run_id, "trigger": req.trigger, "model": spec,
+        "workdir": str(req.workdir)}, redactor=from_settings(settings))
+    ledger = Ledger(runtime_dir(home) / "usage.jsonl", run_id, req.trigger, settings.prices)
     provider = build_provider(spec, settings, base or req.workdir, runtime_dir(home),
-                              run_id=run_id, trigger=req.trigger, session=path)
+                              run_id=run_id, trigger=req.trigger, ledger=ledger, log=log)
     if req.record:
         from agentd.llm.replay import RecordingProvider
 
@@ -189,7 +184,8 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
             if req.profile == "untrusted":
                 home_used = await asyncio.to_thread(check_home, home, settings.quota)
             report = TurnReport(run_id, spec, TurnResult("ok"), 0.0, 0.0, session=path)
-            await _run_locked(home, settings, req, events, provider, report, home_used)
+            await _run_locked(home, settings, req, events, provider, report, home_used, log,
+                              ledger)
             return report
     finally:
         close = getattr(provider, "aclose", None)
@@ -198,19 +194,17 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
 
 
 async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: Events,
-                      provider: Provider, report: TurnReport, home_used: int) -> None:
+                      provider: Provider, report: TurnReport, home_used: int,
+                      log: SessionLog, ledger: Ledger) -> None:
     """The turn itself, under the lock: the loop, then the books and the commit, which
     happen even when the loop is interrupted."""
     path = report.session
     assert path is not None
     resuming = bool(req.session) and not req.new_session
     messages = load_messages(path) if resuming else []
-    redactor = from_settings(settings)
+    redactor = log.redactor
     await asyncio.to_thread(commit_manual_edits, home, redactor.find)
     started = time.monotonic()
-    log = SessionLog(path, None if resuming else {
-        "id": req.session or report.run_id, "trigger": req.trigger, "model": report.model,
-        "workdir": str(req.workdir)}, redactor=redactor)
     system = build_system_prompt(home, req.workdir)
     messages.append(Message("user", req.task))
     log.append(messages[-1])
@@ -219,7 +213,7 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
                       scratch=req.scratch, redactor=redactor, owner=sandbox_owner(sandbox))
     if req.profile == "untrusted":
         ctx.quota = await asyncio.to_thread(TurnQuota, ctx, settings.quota, home_used)
-    books = _Books(events, log, report, home, settings, req.trigger, redactor, ctx.quota)
+    books = _Books(events, log, report, ledger, redactor, ctx.quota)
     try:
         report.result = await run_loop(provider, system, messages, ctx,
                                        req.max_steps or settings.max_steps, books)
@@ -228,6 +222,7 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
         raise
     finally:
         report.seconds = round(time.monotonic() - started, 3)
+        report.cost = ledger.cost  # every call of the turn, compaction's summaries included
         r = report.result
         log.end(run=report.run_id, status=r.status, error=r.error, steps=r.steps,
                 seconds=report.seconds, cost=report.cost)

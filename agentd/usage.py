@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -191,17 +191,27 @@ def estimate_tokens(system: str, messages: list[Message], tools: list[ToolSpec])
 
 @dataclass
 class Ledger:
-    """Where a turn's model calls are booked: the ledger file, the run and its trigger.
-
-    The loop's replies are booked by turn.py as they arrive; this is for the calls the
-    runtime makes on its own, such as the summary of a compaction."""
+    """The one writer of a run's rows in the usage ledger: every model call of a turn,
+    the loop's replies and the runtime's own calls (a compaction's summary) alike, goes
+    through `record`, so the turn's reported `cost` counts them all."""
 
     path: Path
     run_id: str
     trigger: str
     prices: dict[str, Price]
+    costs: list[float | None] = field(default_factory=list)  # this run's calls, in order
 
     def record(self, model: str, usage: Usage) -> float | None:
+        """Book one call: a ledger row, priced from the table (None: price unknown)."""
         usd = cost(usage, price_for(model, self.prices))
         append_ledger(self.path, self.run_id, model, self.trigger, usage, usd)
+        self.costs.append(usd)
         return usd
+
+    @property
+    def cost(self) -> float | None:
+        """What this run's calls have cost so far; None once any of them had no known
+        price (a partial sum would read as the whole)."""
+        if any(c is None for c in self.costs):
+            return None
+        return round(sum(c for c in self.costs if c is not None), 9)

@@ -11,6 +11,7 @@ import asyncio
 import json
 from pathlib import Path
 
+from conftest import agentd, json_out
 from fakellm import FakeLLM
 
 from agentd.compact import SUMMARISER, SUMMARY_HEAD, Compactor, compacted, trim_output
@@ -109,6 +110,36 @@ def test_compaction_then_resume(fake: FakeLLM, home: Path, workdir: Path) -> Non
     assert "ALPHA-ALPHA" not in text_of(resumed) and "BRAVO-BRAVO" in text_of(resumed)
     assert "and now?" in text_of(resumed)
     assert_paired(resumed)
+    rows = [json.loads(x) for x in Path(report.session or "").read_text().splitlines()]
+    assert [r["type"] for r in rows].count("session") == 1 and rows[0]["type"] == "session"
+
+
+def test_a_compacting_turn_books_and_reports_every_call(fake: FakeLLM, home: Path,
+                                                         workdir: Path) -> None:
+    """The summary call goes through the turn's own ledger and transcript writers: one
+    ledger row per model call, all of this run, and the reported cost (in `run --json`
+    and the transcript's end row) is their sum, the summary's included."""
+    setup(home, workdir)
+    fake.push(read_call(workdir, "alpha.txt"), read_call(workdir, "bravo.txt"),
+              {"text": SUMMARY}, {"text": "read both"})
+    r = agentd("run", "--json", "--home", str(home), "-C", str(workdir),
+               "Read alpha.txt, then bravo.txt")
+    out = json_out(r)
+    assert r.exit_code == 0 and out["status"] == "ok" and out["steps"] == 3
+    ledger = [json.loads(x) for x in (home / ".agentd/usage.jsonl").read_text().splitlines()]
+    assert len(ledger) == len(posts(fake)) == 4
+    assert {row["run"] for row in ledger} == {out["run_id"]}
+    summary_row = ledger[2]  # booked before the call it made room for
+    assert summary_row["model"] == MODEL and summary_row["cost"] > 0
+    assert out["cost"] == round(sum(row["cost"] for row in ledger), 9)
+    loop_only = sum(row["cost"] for i, row in enumerate(ledger) if i != 2)
+    assert out["cost"] > round(loop_only, 9)
+
+    rows = [json.loads(x) for x in Path(out["session"]).read_text().splitlines()]
+    types = [row["type"] for row in rows]
+    assert types[0] == "session" and types.count("session") == 1
+    assert types.count("compaction") == 1 and types.count("end") == 1
+    assert rows[-1]["type"] == "end" and rows[-1]["cost"] == out["cost"]
 
 
 def test_below_the_threshold_nothing_changes(fake: FakeLLM, home: Path,
@@ -139,6 +170,9 @@ class Summariser:
                        on_text: object = None) -> Message:
         self.calls.append(messages)
         return Message("assistant", "the summary", model=self.name)
+
+    async def aclose(self) -> None:
+        pass
 
 
 def test_the_cut_never_separates_a_call_from_its_result() -> None:

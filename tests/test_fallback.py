@@ -6,6 +6,7 @@ retry waits are injected (agentd.llm.fallback.now / .sleep)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from conftest import agentd, json_out
 from fakellm import FakeLLM
 
 from agentd.llm import fallback
-from agentd.llm.fallback import Breaker, is_transient
-from agentd.llm.types import ProviderError
+from agentd.llm.fallback import Breaker
+from agentd.llm.types import Message, ProviderError
 
 PRIMARY, SECOND = "anthropic:claude-haiku-4-5", "openai:gpt-5.4-mini"
 T0 = 1_800_000_000.0
@@ -207,24 +208,60 @@ def test_breaker_is_shared_through_the_file_and_survives_garbage(tmp_path: Path,
         assert Breaker(path).until("c:d") == clock.t + 10
 
 
-@pytest.mark.parametrize(("status", "transient"), [
-    (429, True), (529, True), (500, True), (503, True), (408, True), (409, True),
-    (400, False), (401, False), (403, False), (404, False), (413, False), (422, False)])
-def test_transient_statuses(status: int, transient: bool) -> None:
-    assert is_transient(ProviderError("x:y", "m", status)) is transient
+class Scripted:
+    """A provider that raises the given errors in turn, then answers."""
+
+    def __init__(self, name: str, *errors: ProviderError) -> None:
+        self.name, self.errors, self.calls = name, list(errors), 0
+        self.closed = False
+
+    async def complete(self, system: str, messages: list[Message], tools: list,
+                       on_text: object = None) -> Message:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return Message("assistant", f"from {self.name}", model=self.name)
+
+    async def aclose(self) -> None:
+        self.closed = True
 
 
-def test_connection_failures_are_transient_and_other_errors_not() -> None:
-    class APIConnectionError(Exception): ...
+def chain_of(tmp_path: Path, *providers: Scripted) -> fallback.FallbackProvider:
+    members = [fallback.Member(p.name, p, retries=2) for p in providers]
+    return fallback.FallbackProvider(members, Breaker(tmp_path / "cooldowns.json"),
+                                     cooldown=300, max_wait=30)
 
-    class APITimeoutError(APIConnectionError): ...
 
-    def caused(cause: Exception | None, text: str = "m") -> ProviderError:
-        e = ProviderError("x:y", text)
-        e.__cause__ = cause
-        return e
+def test_the_chain_reads_only_transient_and_retry_after(tmp_path: Path, clock: Clock) -> None:
+    """A 503 the adapter calls permanent is raised at once, not retried, not fallen back
+    from; a status-less failure it calls transient is retried, waiting its retry_after."""
+    one = Scripted("a:one", ProviderError("a:one", "no", 503))
+    two = Scripted("b:two")
+    with pytest.raises(ProviderError, match="no"):
+        asyncio.run(chain_of(tmp_path, one, two).complete("", [], []))
+    assert (one.calls, two.calls, clock.slept) == (1, 0, [])
+    assert Breaker(tmp_path / "cooldowns.json").until("a:one") == 0
 
-    assert is_transient(caused(APITimeoutError()))
-    assert is_transient(caused(None, "the answer stream ended early"))
-    assert not is_transient(caused(ValueError("bad json")))
-    assert not is_transient(caused(None, "no API key: set $X"))
+    flaky = Scripted("a:one", ProviderError("a:one", "blip", transient=True, retry_after=3),
+                     ProviderError("a:one", "blip", transient=True))
+    reply = asyncio.run(chain_of(tmp_path, flaky, two).complete("", [], []))
+    assert reply.text == "from a:one" and flaky.calls == 3 and two.calls == 0
+    assert clock.slept[0] == 3 and clock.slept[1] <= 1.0  # then the backoff
+
+
+def test_a_transient_failure_moves_on_and_closes_every_member(tmp_path: Path,
+                                                              clock: Clock) -> None:
+    down = ProviderError("a:one", "down", 529, transient=True, retry_after=600)
+    one, two = Scripted("a:one", down, down, down), Scripted("b:two")
+    chain = chain_of(tmp_path, one, two)
+
+    async def go() -> Message:
+        try:
+            return await chain.complete("", [], [])
+        finally:
+            await chain.aclose()
+
+    assert asyncio.run(go()).text == "from b:two" and chain.name == "b:two"
+    assert one.calls == 1 and clock.slept == []  # 600 s is past max_wait: no retry
+    assert Breaker(tmp_path / "cooldowns.json").until("a:one") == T0 + 600
+    assert one.closed and two.closed

@@ -8,6 +8,7 @@ ProviderError line that says what to do, without the key.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -297,3 +298,86 @@ def test_timeout(fake: FakeLLM, make: Factory) -> None:
     fake.push({"delay": 0.5, "text": "too late"})
     err = fails(make(fake, timeout=0.1))
     assert "cannot reach" in str(err) and "no answer within 0.1s" in str(err)
+
+
+# -- what a failure means to a caller: ProviderError.transient and .retry_after ----------
+
+
+@both
+@pytest.mark.parametrize(("status", "transient"), [
+    (429, True), (529, True), (500, True), (503, True), (408, True), (409, True),
+    (400, False), (401, False), (403, False), (404, False), (413, False), (422, False)])
+def test_http_statuses_say_whether_to_try_again(fake: FakeLLM, make: Factory, status: int,
+                                                transient: bool) -> None:
+    fake.push({"error": status, "message": "x"})
+    err = fails(make(fake))
+    assert (err.status, err.transient, err.retry_after) == (status, transient, None)
+
+
+@both
+@pytest.mark.parametrize(("headers", "wait"), [
+    ({"retry-after": "2"}, 2.0), ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+    ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0), ({"retry-after": "soon"}, None)])
+def test_retry_after_is_read_by_the_adapter(fake: FakeLLM, make: Factory,
+                                            headers: dict[str, str], wait: float | None) -> None:
+    fake.push({"error": 429, "headers": headers})
+    err = fails(make(fake))
+    assert err.transient and err.retry_after == wait  # a date in the past: no wait
+
+
+@both
+def test_a_server_saying_do_not_retry_is_not_transient(fake: FakeLLM, make: Factory) -> None:
+    fake.push({"error": 503, "headers": {"x-should-retry": "false"}})
+    assert not fails(make(fake)).transient
+
+
+@both
+def test_unreachable_and_slow_servers_are_transient(fake: FakeLLM, make: Factory) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}" + ("" if make is anthropic_provider else "/v1")
+    assert fails(make(None, base_url=url)).transient
+    fake.push({"delay": 0.5, "text": "too late"})
+    assert fails(make(fake, timeout=0.1)).transient
+
+
+@both
+def test_a_malformed_body_or_a_missing_key_is_not_transient(fake: FakeLLM,
+                                                            make: Factory) -> None:
+    fake.push({"raw": "data: {not json\n\n", "content_type": "text/event-stream"})
+    assert not fails(make(fake)).transient
+    assert not fails(make(fake, api_key=None, key_env="AGENTD_TEST_UNSET_KEY")).transient
+
+
+CUT_OFF = {  # the stream starts, then the connection closes before the answer is done
+    "anthropic": 'event: message_start\ndata: {"type": "message_start", "message": {"id": '
+                 '"m", "type": "message", "role": "assistant", "model": "claude-test", '
+                 '"content": [], "stop_reason": null, "usage": {"input_tokens": 3, '
+                 '"output_tokens": 1}}}\n\n',
+    "openai": 'data: {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": '
+              '"gpt-test", "choices": [{"index": 0, "delta": {"content": "hal"}}]}\n\n',
+}
+
+
+@both
+def test_a_cut_off_stream_is_transient(fake: FakeLLM, make: Factory) -> None:
+    provider = make(fake)
+    fake.push({"raw": CUT_OFF[provider.label], "content_type": "text/event-stream"})
+    err = fails(provider)
+    assert "ended early" in str(err) and err.transient
+
+
+def test_error_events_inside_the_stream(fake: FakeLLM) -> None:
+    """Anthropic names the error's type (overloaded is transient, an invalid request not);
+    OpenAI sends a bare error object, which is the server's failure."""
+    for kind, transient in (("overloaded_error", True), ("invalid_request_error", False)):
+        event = {"type": "error", "error": {"type": kind, "message": "mid-stream"}}
+        fake.push({"raw": f"event: error\ndata: {json.dumps(event)}\n\n",
+                   "content_type": "text/event-stream"})
+        err = fails(anthropic_provider(fake))
+        assert "mid-stream" in str(err) and err.transient is transient
+    fake.push({"raw": 'data: {"error": {"message": "mid-stream"}}\n\n',
+               "content_type": "text/event-stream"})
+    err = fails(openai_provider(fake))
+    assert "mid-stream" in str(err) and err.transient

@@ -234,10 +234,10 @@ async def serve(home: Path, log: EventLog, port: int | None = None,
     import signal
     import threading
 
+    from agentd.chain import choose_model
     from agentd.config import load_settings
     from agentd.daemon.queue import TurnQueue
     from agentd.daemon.runner import TurnLock
-    from agentd.llm.router import choose_model
 
     current = [load_settings(home)]
     queue = TurnQueue(current[0].daemon.queue_limit, log, lock=TurnLock(home))

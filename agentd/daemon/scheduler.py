@@ -102,7 +102,7 @@ class Daemon:
 
     def _preflight(self) -> None:
         """Say at start what will make every turn or gate fail, not once per turn later."""
-        from agentd.llm.router import choose_model
+        from agentd.chain import choose_model
         from agentd.tools.sandbox import find_bwrap
 
         try:

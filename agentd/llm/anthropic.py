@@ -89,32 +89,39 @@ class AnthropicProvider(SDKProvider):
             raise ProviderError(self.name, "malformed response: the stream had no message",
                                 hint=f"is {self._url()} an Anthropic API?")
         if stop is None:  # no message_delta: the answer was cut off, tool JSON may be partial
-            raise ProviderError(self.name, "the answer stream ended early", hint="try again")
+            raise ProviderError(self.name, "the answer stream ended early", hint="try again",
+                                transient=True)
         tool_calls = [ToolCall(cid, name, *parse_arguments("".join(parts)))
                       for _, (cid, name, parts) in sorted(calls.items())]
         return Message("assistant", "".join(text), tool_calls, model=self.name, usage=usage,
                        stop_reason=stop)
 
     def _error(self, e: Exception) -> ProviderError:
-        """One line that says what failed and what to do; never the key, never a traceback."""
+        """One line that says what failed and what to do; never the key, never a traceback.
+        Timeouts, refused or broken connections, throttling, overload and server errors
+        are transient; a key, a request, a model name or a malformed response are not."""
         import anthropic
         import httpx2
 
         url = self._url()
         if isinstance(e, anthropic.APITimeoutError | httpx2.TimeoutException):
             return ProviderError(self.name, f"cannot reach {url}: no answer within "
-                                 f"{self.timeout:g}s", hint="is the server running?")
+                                 f"{self.timeout:g}s", hint="is the server running?",
+                                 transient=True)
         if isinstance(e, anthropic.APIConnectionError):
-            return ProviderError(self.name, f"cannot reach {url}: is the server running?")
+            return ProviderError(self.name, f"cannot reach {url}: is the server running?",
+                                 transient=True)
         if isinstance(e, anthropic.APIStatusError):
             detail = self._clean(e.api_message or str(e.body or e.message))
             if e.status_code < 400:  # an error event mid-stream, which the SDK does not retry
                 status = TRANSIENT_TYPES.get(str(e.type))
-                return ProviderError(self.name, detail, status, "try again later")
-            return ProviderError(self.name, detail, e.status_code, self._hint(e.status_code))
+                return ProviderError(self.name, detail, status, "try again later",
+                                     transient=status is not None)
+            return self._http_error(detail, e.status_code, e.response.headers)
         if isinstance(e, httpx2.TransportError):  # the SDK leaves these unwrapped mid-stream
             return ProviderError(self.name, f"the connection to {url} broke: "
-                                 f"{self._clean(str(e) or type(e).__name__)}", hint="try again")
+                                 f"{self._clean(str(e) or type(e).__name__)}", hint="try again",
+                                 transient=True)
         if isinstance(e, anthropic.APIResponseValidationError | ValueError):
             return ProviderError(self.name, f"malformed response from {url}: "
                                  f"{self._clean(str(e))}")

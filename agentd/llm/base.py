@@ -5,17 +5,47 @@ SDK errors into the same kind of one-line ProviderError. That bookkeeping lives 
 each adapter keeps only what its wire protocol makes different: building its SDK client
 (`_make_client`, where the SDK is imported, so importing an adapter stays cheap), the
 request and stream format, and which SDK exceptions mean what.
+
+An adapter is where an SDK's failure is understood, so it is where a ProviderError gets
+its `transient` and `retry_after` (llm/types.py): the status codes and headers below
+decide them for HTTP errors; connection failures and cut-off streams are transient.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agentd.llm.types import Message, ProviderError, TextSink
+
+TRANSIENT_STATUS = {408, 409, 425, 429}  # and every 5xx (529: Anthropic's "overloaded")
+
+
+def transient_status(status: int) -> bool:
+    """Would the same request succeed later: a timeout, a conflict, throttling, or the
+    server's own failure (5xx); not a key, a request or a model name (other 4xx)."""
+    return status in TRANSIENT_STATUS or status >= 500
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait (retry-after-ms, retry-after as seconds or as an
+    HTTP date), or None."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / scale)
+        except ValueError:
+            date = email.utils.parsedate_tz(value)
+            if date is not None:
+                return max(0.0, email.utils.mktime_tz(date) - time.time())
+    return None
 
 
 class SDKProvider:
@@ -82,6 +112,16 @@ class SDKProvider:
         if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.close()
         self._client = self._loop = None
+
+    def _http_error(self, detail: str, status: int, headers: Mapping[str, str] | None
+                    ) -> ProviderError:
+        """The error for an HTTP error response: transient by its status, unless the server
+        said `x-should-retry: false` (then another attempt is pointless), with the wait
+        its Retry-After asks for."""
+        h = headers or {}
+        transient = transient_status(status) and h.get("x-should-retry") != "false"
+        return ProviderError(self.name, detail, status, self._hint(status),
+                             transient=transient, retry_after=retry_after(h))
 
     def _url(self) -> str:
         """Where requests went: the SDK may have taken it from its own *_BASE_URL variable."""

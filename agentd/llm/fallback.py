@@ -5,17 +5,20 @@ the Anthropic SDK sleeps for whatever Retry-After a server sends, however long, 
 turn with a fallback should rather move on; and only here is the Retry-After seen, which
 sets how long the throttled model is skipped.
 
-For each call, each model of the chain in order:
+What a failure means is the adapter's call (ProviderError.transient and .retry_after,
+llm/types.py); this module reads those two fields and nothing else of an error. For each
+call, each model of the chain in order:
 - transient failures (408, 409, 429, 5xx, 529 overloaded, timeouts, refused or broken
-  connections) are retried up to the endpoint's `max_retries`, waiting as Retry-After
-  says when it says, else 0.5 s, 1 s, 2 s … (at most 8 s); a Retry-After longer than
-  `[throttling] max_retry_wait` is not waited for: the chain moves on at once;
+  connections, a cut-off stream) are retried up to the endpoint's `max_retries`, waiting
+  as Retry-After says when it says, else 0.5 s, 1 s, 2 s … (at most 8 s); a Retry-After
+  longer than `[throttling] max_retry_wait` is not waited for: the chain moves on at once;
 - a model that still fails is put in a cool-down (a circuit breaker) for `[throttling]
   cooldown`, or for the Retry-After when that is longer (at most an hour), recorded in
   `.agentd/cooldowns.json` so that later steps and turns, in any process, go straight
   to the next model until it has passed; then the model is tried first again;
-- anything else (401/403 a key, 400/404 a request or a model name, a budget refusal) is
-  raised at once: another model would not fix it, and the user has to.
+- anything else (401/403 a key, 400/404 a request or a model name, a budget refusal, a
+  server saying `x-should-retry: false`) is raised at once, never retried: another
+  attempt or model would not fix it, and the user has to.
 Models in a cool-down are not dropped, only tried last, so a chain whose every model is
 throttled still makes an attempt instead of failing without one.
 """
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import fcntl
 import json
 import random
@@ -37,50 +39,12 @@ from typing import Any
 from agentd.llm.types import Message, Provider, ProviderError, TextSink, ToolSpec
 
 MAX_COOLDOWN = 3600.0
-TRANSIENT_STATUS = {408, 409, 425, 429}
-_CONNECTION_ERRORS = {"APIConnectionError", "APITimeoutError", "TransportError",
-                      "TimeoutException"}
 
 now: Callable[[], float] = time.time  # tests move the clock …
 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # … and skip the waits
 
 Prepare = Callable[[Provider, str, str, list[Message], list[ToolSpec]],
                    Awaitable[list[Message]]]
-
-
-def is_transient(e: ProviderError) -> bool:
-    """Would the same request succeed later, or on another model?"""
-    if e.kind != "error":
-        return False
-    if e.status is not None:
-        return e.status in TRANSIENT_STATUS or e.status >= 500
-    cause = e.__cause__
-    if cause is None:  # raised by an adapter itself: only a cut-off stream is transient
-        return "ended early" in str(e)
-    names = {k.__name__ for k in type(cause).__mro__}
-    # an error object inside an OpenAI stream is the bare APIError: a server-side failure
-    return bool(names & _CONNECTION_ERRORS) or type(cause).__name__ == "APIError"
-
-
-def _headers(e: ProviderError) -> Any:
-    return getattr(getattr(e.__cause__, "response", None), "headers", None) or {}
-
-
-def retry_after(e: ProviderError) -> float | None:
-    """Seconds the server asked us to wait (retry-after-ms, retry-after as seconds or as an
-    HTTP date), or None."""
-    h = _headers(e)
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = h.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) / scale)
-        except ValueError:
-            date = email.utils.parsedate_tz(value)
-            if date is not None:
-                return max(0.0, email.utils.mktime_tz(date) - now())
-    return None
 
 
 def backoff(attempt: int) -> float:
@@ -165,9 +129,6 @@ class FallbackProvider:
         return ready + sorted((m for m in self.members if ends[m.spec]),
                               key=lambda m: ends[m.spec])
 
-    def upcoming(self) -> str:
-        return next((m.spec for m in self.order() if m.provider), self.name)
-
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
                        on_text: TextSink | None = None) -> Message:
         failures: list[ProviderError] = []
@@ -182,9 +143,9 @@ class FallbackProvider:
                     sent = await self.prepare(m.provider, m.spec, system, messages, tools)
                 reply = await self._attempts(m, system, sent, tools, on_text)
             except ProviderError as e:
-                if not is_transient(e):
+                if not e.transient:
                     raise
-                wait = retry_after(e) or 0.0
+                wait = e.retry_after or 0.0
                 self.breaker.trip(m.spec, max(self.cooldown, min(wait, MAX_COOLDOWN)),
                                   e.status, str(e))
                 failures.append(e)
@@ -197,8 +158,8 @@ class FallbackProvider:
         last = failures[-1] if failures else None
         tried = "; ".join([str(e) for e in failures] + notes)
         raise ProviderError(self.members[0].spec, f"no model of the chain answered: {tried}",
-                            last.status if last else None,
-                            "try again later" if last else "") from last
+                            last.status if last else None, "try again later" if last else "",
+                            transient=last is not None) from last
 
     async def _attempts(self, m: Member, system: str, messages: list[Message],
                         tools: list[ToolSpec], on_text: TextSink | None) -> Message:
@@ -207,11 +168,9 @@ class FallbackProvider:
             try:
                 return await m.provider.complete(system, messages, tools, on_text)
             except ProviderError as e:
-                if (not is_transient(e) or attempt == m.retries
-                        or _headers(e).get("x-should-retry") == "false"):
+                if not e.transient or attempt == m.retries:
                     raise
-                wait = retry_after(e)
-                wait = backoff(attempt) if wait is None else wait
+                wait = backoff(attempt) if e.retry_after is None else e.retry_after
                 if wait > self.max_wait:
                     raise
                 await sleep(wait)
@@ -219,6 +178,5 @@ class FallbackProvider:
 
     async def aclose(self) -> None:
         for m in self.members:
-            close = getattr(m.provider, "aclose", None)
-            if close:
-                await close()
+            if m.provider is not None:
+                await m.provider.aclose()

@@ -88,7 +88,8 @@ class OpenAIProvider(SDKProvider):
             raise ProviderError(self.name, "malformed response: the stream was empty",
                                 hint=f"is {self._url()} an OpenAI-compatible API?")
         if stop is None:  # no finish_reason: the answer was cut off, tool JSON may be partial
-            raise ProviderError(self.name, "the answer stream ended early", hint="try again")
+            raise ProviderError(self.name, "the answer stream ended early", hint="try again",
+                                transient=True)
         tool_calls: list[ToolCall] = []
         for _, (cid, name, parts) in sorted(calls.items()):
             if not cid or cid in {c.id for c in tool_calls}:  # ids must be unique
@@ -98,25 +99,34 @@ class OpenAIProvider(SDKProvider):
                        usage=usage or Usage(), stop_reason=stop)
 
     def _error(self, e: Exception) -> ProviderError:
-        """One line that says what failed and what to do; never the key, never a traceback."""
+        """One line that says what failed and what to do; never the key, never a traceback.
+        Timeouts, refused or broken connections, throttling, overload, server errors and
+        an error object inside the stream are transient; the rest is not."""
+        import httpx2
         import openai
 
         url = self._url()
         if isinstance(e, openai.APITimeoutError):
             return ProviderError(self.name, f"cannot reach {url}: no answer within "
-                                 f"{self.timeout:g}s", hint="is the server running?")
+                                 f"{self.timeout:g}s", hint="is the server running?",
+                                 transient=True)
         if isinstance(e, openai.APIConnectionError):
-            return ProviderError(self.name, f"cannot reach {url}: is the server running?")
+            return ProviderError(self.name, f"cannot reach {url}: is the server running?",
+                                 transient=True)
         if isinstance(e, openai.APIStatusError):
             body = e.body if isinstance(e.body, dict) else {}
             detail = body.get("message") or (e.body if isinstance(e.body, str) else e.message)
-            return ProviderError(self.name, self._clean(str(detail)), e.status_code,
-                                 self._hint(e.status_code))
-        if isinstance(e, openai.APIError):  # an error object inside the stream
-            return ProviderError(self.name, self._clean(e.message), hint="try again later")
-        if isinstance(e, ValueError):  # JSON or schema errors in the body
+            return self._http_error(self._clean(str(detail)), e.status_code, e.response.headers)
+        if isinstance(e, openai.APIResponseValidationError | ValueError):  # JSON or schema
             return ProviderError(self.name, f"malformed response from {url}: "
                                  f"{self._clean(str(e))}")
+        if isinstance(e, openai.APIError):  # an error object inside the stream: the server's
+            return ProviderError(self.name, self._clean(e.message), hint="try again later",
+                                 transient=True)
+        if isinstance(e, httpx2.TransportError):  # the SDK leaves these unwrapped mid-stream
+            return ProviderError(self.name, f"the connection to {url} broke: "
+                                 f"{self._clean(str(e) or type(e).__name__)}", hint="try again",
+                                 transient=True)
         return ProviderError(self.name, f"{type(e).__name__}: {self._clean(str(e))}")
 
 

@@ -16,6 +16,9 @@ from agentd.llm.types import Message, Provider, ProviderError, TextSink, ToolSpe
 
 
 class ReplayProvider:
+    """A recording's replies in order. Running out is not transient: replaying again would
+    run out again."""
+
     def __init__(self, path: Path):
         self.name = f"replay:{path.name}"
         self._replies = self._load(path)
@@ -24,7 +27,8 @@ class ReplayProvider:
     @staticmethod
     def _load(path: Path) -> list[Message]:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            # "\n" only: splitlines() would also cut at a U+2028 inside a transcript's text
+            lines = path.read_text(encoding="utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as e:
             raise AgentdError(f"cannot read recording {path}: {e}") from None
         replies = []
@@ -53,6 +57,9 @@ class ReplayProvider:
         return Message("assistant", reply.text, list(reply.tool_calls), model=self.name,
                        usage=reply.usage, stop_reason=reply.stop_reason)
 
+    async def aclose(self) -> None:
+        """Nothing to release: the recording was read whole when the provider was made."""
+
 
 class RecordingProvider:
     """Wraps a provider and appends each reply to a JSONL file as it arrives."""
@@ -70,6 +77,4 @@ class RecordingProvider:
         return reply
 
     async def aclose(self) -> None:
-        close = getattr(self.inner, "aclose", None)
-        if close:
-            await close()
+        await self.inner.aclose()

@@ -102,17 +102,28 @@ class ToolSpec:
 
 
 class ProviderError(Exception):
-    """A model call that failed for good (after any retries and fallbacks).
+    """A model call that failed.
 
     `str()` is the one line shown to the user: provider, HTTP status when there is one,
     and what to do about it. `kind` becomes the turn's status: "error", or "budget" for a
     call refused by a spending cap (agentd/budget.py).
+
+    The adapter that raises it knows its SDK and says what the failure means to a caller,
+    so nothing upstream has to guess from SDK class names or message text:
+    - `transient`: the same request may succeed later or on another model (throttling,
+      overload, a 5xx, a timeout, a broken connection, a cut-off stream). A fallback
+      chain (llm/fallback.py) retries these and moves on; anything else (a key, a bad
+      request, an unknown model, a budget refusal) is raised at once, since another
+      attempt would fail the same way;
+    - `retry_after`: seconds the server asked to wait before trying again, or None.
     """
 
     kind = "error"
 
-    def __init__(self, provider: str, message: str, status: int | None = None, hint: str = ""):
+    def __init__(self, provider: str, message: str, status: int | None = None, hint: str = "",
+                 *, transient: bool = False, retry_after: float | None = None):
         self.provider, self.status, self.hint = provider, status, hint
+        self.transient, self.retry_after = transient, retry_after
         code = f" {status}" if status else ""
         super().__init__(f"{provider}:{code} {message}" + (f" — {hint}" if hint else ""))
 
@@ -121,7 +132,8 @@ TextSink = Callable[[str], None]
 
 
 class Provider(Protocol):
-    """One model behind one wire protocol. `name` is the `provider:model` string."""
+    """One model behind one wire protocol, or a wrapper around others (a fallback chain,
+    a budget check). `name` is the `provider:model` string."""
 
     name: str
 
@@ -134,6 +146,11 @@ class Provider(Protocol):
     ) -> Message:
         """Send the conversation, stream text deltas to `on_text`, return the assistant
         message (with usage and the model name). Raises ProviderError on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; a wrapper closes what it wraps. Called once per turn, on
+        the event loop the calls ran on."""
         ...
 
 

@@ -1,13 +1,24 @@
-"""From a `provider:model` string to a Provider, and which model to use when none is named."""
+"""The models a turn talks to: which model when none is named, a `provider:model` string
+to a Provider, and the stack a turn calls through (fallbacks, budget, compaction, breaker).
+
+This is the home's side of the model providers: it reads agentd.toml's settings and the
+keys in the environment, and hands the adapters in agentd/llm/ plain arguments, so that
+package knows nothing of a home, its config, its ledger or its transcripts.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from agentd.config import Settings
+from agentd.budget import Budget, BudgetedProvider, BudgetSwitch, is_interactive
+from agentd.compact import Compactor
+from agentd.config import Settings, parse_duration
 from agentd.errors import AgentdError
+from agentd.llm.fallback import Breaker, FallbackProvider, Member
 from agentd.llm.types import Provider
+from agentd.session import SessionLog
+from agentd.usage import Ledger
 
 DEFAULT_MODELS = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-5.4-mini"}
 
@@ -28,7 +39,8 @@ def choose_model(cli_model: str | None, settings: Settings) -> str:
 
 def make_provider(spec: str, settings: Settings, base: Path,
                   max_retries: int | None = None) -> Provider:
-    """Build the provider for `spec` (`anthropic:claude-…`, `ollama:qwen3:8b`, `replay:f.jsonl`).
+    """Build the provider for `spec` (`anthropic:claude-…`, `ollama:qwen3:8b`, `replay:f.jsonl`)
+    from its endpoint in `settings` and its key in the environment.
 
     `base` is the folder a relative replay path is resolved against. `max_retries`
     overrides the endpoint's retries inside the SDK (build_provider retries itself).
@@ -64,29 +76,33 @@ def make_provider(spec: str, settings: Settings, base: Path,
 
 def build_provider(spec: str, settings: Settings, base: Path, state: Path, *, run_id: str,
                    trigger: str, session: Path | None = None,
-                   fallbacks: list[str] | None = None) -> Provider:
+                   fallbacks: list[str] | None = None, ledger: Ledger | None = None,
+                   log: SessionLog | None = None) -> Provider:
     """The provider a turn talks to: `spec` then its fallbacks (`fallbacks`, else the
     `fallbacks` of agentd.toml) as one chain that retries, cools throttled models down and
     moves on (llm/fallback.py); every call checked against the budget (budget.py), and
     compacted first when the conversation nears the model's window (compact.py). An
     interactive turn over a money cap continues on `budget_fallback`.
 
-    `state` is the home's `.agentd/` (ledger, cool-downs); `session` the transcript that
-    compactions are recorded in. Config errors (unknown provider, missing key of `spec`)
-    raise AgentdError here, before anything is spent; a fallback whose key is missing is
-    skipped when its turn comes, with the reason in the error.
-    """
-    from agentd.budget import Budget, BudgetedProvider, BudgetSwitch, is_interactive
-    from agentd.compact import Compactor
-    from agentd.config import parse_duration
-    from agentd.llm.fallback import Breaker, FallbackProvider, Member
-    from agentd.usage import Ledger
+    `state` is the home's `.agentd/` (cool-downs). The turn's own books are passed in, so
+    each has one writer: `ledger`, which compaction's summary calls are booked through
+    beside the turn's (so its cost includes them), and `log`, the transcript compactions
+    are recorded in. Without a `ledger`, one for `run_id` and `trigger` in
+    `state/usage.jsonl` is made; without a `log`, `session` (a transcript path) is
+    continued, and with neither, compactions are not recorded.
 
-    ledger = Ledger(state / "usage.jsonl", run_id, trigger, settings.prices)
+    Config errors (unknown provider, missing key of `spec`) raise AgentdError here,
+    before anything is spent; a fallback whose key is missing is skipped when its turn
+    comes, with the reason in the error.
+    """
+    if ledger is None:
+        ledger = Ledger(state / "usage.jsonl", run_id, trigger, settings.prices)
+    if log is None and session is not None:
+        log = SessionLog(session, None)
     backup = settings.budget_fallback if is_interactive(trigger) else None
     backup = backup if backup != spec else None
     budget = Budget(settings.budget, ledger.path, trigger, settings.prices, bool(backup))
-    compactor = Compactor(settings, session, ledger)
+    compactor = Compactor(settings, log, ledger)
     breaker = Breaker(state / "cooldowns.json")
     t = settings.throttling
     cooldown = parse_duration(t.cooldown, "throttling.cooldown")
@@ -110,4 +126,4 @@ def build_provider(spec: str, settings: Settings, base: Path, state: Path, *, ru
 
     primary = chain([spec, *(settings.fallbacks if fallbacks is None else fallbacks)])
     second = chain([backup], required=False) if backup else None  # built now: typos fail now
-    return BudgetSwitch(primary, (lambda: second) if second else None)
+    return BudgetSwitch(primary, second)
