@@ -192,6 +192,7 @@ def test_an_unknown_fallback_provider_is_a_config_error(fake: FakeLLM, home: Pat
     r = agentd("run", "--home", str(home), "-C", str(workdir), "hi")
     assert r.exit_code == 2 and "unknown provider 'opneai'" in r.stderr
     assert fake.requests == []  # before anything is spent
+    assert list((home / ".agentd").glob("sessions/*")) == []  # and before a transcript
 
 
 def test_breaker_is_shared_through_the_file_and_survives_garbage(tmp_path: Path,
