@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -326,9 +327,11 @@ def test_retry_after_is_read_by_the_adapter(fake: FakeLLM, make: Factory,
 
 
 @both
-def test_a_server_saying_do_not_retry_is_not_transient(fake: FakeLLM, make: Factory) -> None:
+def test_a_server_saying_do_not_retry_means_not_here_soon(fake: FakeLLM, make: Factory
+                                                          ) -> None:
     fake.push({"error": 503, "headers": {"x-should-retry": "false"}})
-    assert not fails(make(fake)).transient
+    err = fails(make(fake))
+    assert err.transient and err.retry_after == math.inf  # another model, not this one
 
 
 @both

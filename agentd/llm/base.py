@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -115,13 +116,16 @@ class SDKProvider:
 
     def _http_error(self, detail: str, status: int, headers: Mapping[str, str] | None
                     ) -> ProviderError:
-        """The error for an HTTP error response: transient by its status, unless the server
-        said `x-should-retry: false` (then another attempt is pointless), with the wait
-        its Retry-After asks for."""
+        """The error for an HTTP error response: transient by its status, with the wait its
+        Retry-After asks for. A server saying `x-should-retry: false` on a transient status
+        (OpenAI's quota errors do) means "not here, not soon": the wait is infinite, so a
+        chain moves on to its next model at once (and cools this one down) instead of
+        retrying it, and a chain of one raises it at once."""
         h = headers or {}
-        transient = transient_status(status) and h.get("x-should-retry") != "false"
+        transient = transient_status(status)
+        wait = math.inf if transient and h.get("x-should-retry") == "false" else retry_after(h)
         return ProviderError(self.name, detail, status, self._hint(status),
-                             transient=transient, retry_after=retry_after(h))
+                             transient=transient, retry_after=wait)
 
     def _url(self) -> str:
         """Where requests went: the SDK may have taken it from its own *_BASE_URL variable."""

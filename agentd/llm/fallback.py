@@ -16,9 +16,11 @@ call, each model of the chain in order:
   cooldown`, or for the Retry-After when that is longer (at most an hour), recorded in
   `.agentd/cooldowns.json` so that later steps and turns, in any process, go straight
   to the next model until it has passed; then the model is tried first again;
-- anything else (401/403 a key, 400/404 a request or a model name, a budget refusal, a
-  server saying `x-should-retry: false`) is raised at once, never retried: another
-  attempt or model would not fix it, and the user has to.
+- a transient failure whose server said `x-should-retry: false` (an infinite
+  retry_after) is not retried on that model: the chain cools it down and moves on;
+- anything else (401/403 a key, 400/404 a request or a model name, a budget refusal) is
+  raised at once, never retried: another attempt or model would not fix it, and the user
+  has to.
 Models in a cool-down are not dropped, only tried last, so a chain whose every model is
 throttled still makes an attempt instead of failing without one.
 """
