@@ -47,13 +47,11 @@ def start(home_opt: str | None, json_logs: bool) -> None:
               "turn (default: daemon.stop_timeout, 5m), then interrupt it.")
 def stop(home_opt: str | None, now: bool, timeout: float | None) -> None:
     """Stop the daemon: it lets a running turn finish and commit first."""
-    from agentd.config import parse_duration
     from agentd.daemon import service
     from agentd.daemon.status import settings_for
 
     home = home_only(home_opt)
-    wait = timeout if timeout is not None else parse_duration(
-        settings_for(home)[0].daemon.stop_timeout)
+    wait = timeout if timeout is not None else settings_for(home)[0].daemon.stop_timeout.seconds
     pid = service.stop(home, wait, now, say=lambda m: click.echo(m, err=True))
     click.echo("agentd is not running" if pid is None else f"agentd stopped (pid {pid})")
 
@@ -89,14 +87,13 @@ def status(home_opt: str | None, as_json: bool) -> None:
 def service(home_opt: str | None, install: bool, system: bool, user: str | None) -> None:
     """Print a systemd unit that runs this home's daemon (or --install it): a user unit
     (systemctl --user), or with --system a hardened system unit for a dedicated user."""
-    from agentd.config import parse_duration
     from agentd.daemon import service as svc
     from agentd.daemon.status import settings_for
 
     if user is not None and not system:
         raise click.UsageError("--user NAME goes with --system")
     home = home_only(home_opt)
-    stop_timeout = parse_duration(settings_for(home)[0].daemon.stop_timeout)
+    stop_timeout = settings_for(home)[0].daemon.stop_timeout.seconds
     if system:
         _system_service(home, stop_timeout, install, user or svc.SYSTEM_USER)
     elif not install:
@@ -197,10 +194,11 @@ def usage_cmd(home_opt: str | None, days: int, by: str, as_json: bool) -> None:
     import json
 
     from agentd.config import load_settings
+    from agentd.home import Home
     from agentd.usage_report import render, report
 
     home = home_only(home_opt)
-    data = report(home / ".agentd" / "usage.jsonl", load_settings(home), days, by)
+    data = report(Home(home).ledger, load_settings(home), days, by)
     if as_json:
         click.echo(json.dumps(data))
         return

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from agentd.config import CONFIG_NAME, Settings, load_settings
 from agentd.errors import AgentdError
-from agentd.home import is_home
+from agentd.home import Home, is_home
 
 if TYPE_CHECKING:
     from agentd.tools import ToolContext
@@ -281,9 +281,9 @@ def run_checks(home_opt: str | None, cwd: Path, online: bool = False) -> list[Ch
     try:
         settings = load_settings(home)
     except AgentdError as e:
-        checks.append(Check("config", FAIL, str(e), f"fix {home / CONFIG_NAME}", required=True))
+        checks.append(Check("config", FAIL, str(e), f"fix {Home(home).config}", required=True))
         return checks
-    checks.append(Check("config", OK, f"{home / CONFIG_NAME} parses"))
+    checks.append(Check("config", OK, f"{Home(home).config} parses"))
     checks += check_sandbox(home, settings)
     checks += check_limits(settings)
     checks += check_keys(settings)

@@ -78,7 +78,6 @@ def build_provider(spec: str, settings: Settings, base: Path, state: Path, *, ru
     """
     from agentd.budget import Budget, BudgetedProvider, BudgetSwitch, is_interactive
     from agentd.compact import Compactor
-    from agentd.config import parse_duration
     from agentd.llm.fallback import Breaker, FallbackProvider, Member
     from agentd.usage import Ledger
 
@@ -89,8 +88,8 @@ def build_provider(spec: str, settings: Settings, base: Path, state: Path, *, ru
     compactor = Compactor(settings, session, ledger)
     breaker = Breaker(state / "cooldowns.json")
     t = settings.throttling
-    cooldown = parse_duration(t.cooldown, "throttling.cooldown")
-    max_wait = parse_duration(t.max_retry_wait, "throttling.max_retry_wait")
+    cooldown = t.cooldown.seconds
+    max_wait = t.max_retry_wait.seconds
 
     def member(s: str, required: bool) -> Member:
         label = s.partition(":")[0]
