@@ -152,6 +152,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 GITIGNORE = f"{RUNTIME}/\n.env*\n*.pem\n__pycache__/\n"
 HOME_DIRS = ("memory/daily", "skills", "cron", "inbox", "outbox")
+DEFAULT_HOME = "~/.agentd"  # the home when none is named or found
 
 
 def bundled_dir(name: str) -> Path:
@@ -163,22 +164,30 @@ def is_home(path: Path) -> bool:
     return (path / CONFIG_NAME).is_file()
 
 
-def find_home(explicit: str | None, cwd: Path) -> tuple[Path, str | None]:
-    """Pick the home: --home, else $AGENTD_HOME, else the nearest parent holding agentd.toml,
-    else ~/.agentd (created on first use). Returns (home, notice-or-None)."""
+def locate_home(explicit: str | None, cwd: Path) -> Path | None:
+    """The home to use, creating nothing: --home, else $AGENTD_HOME (either returned even
+    when it is not a home, for the caller to say so), else the nearest parent holding
+    agentd.toml, else ~/.agentd if it is a home; None when there is none."""
     given = explicit or os.environ.get("AGENTD_HOME")
     if given:
-        home = Path(given).expanduser().resolve()
-        if not is_home(home):
-            src = "--home" if explicit else "$AGENTD_HOME"
-            raise AgentdError(f"{home} ({src}) is not an agentd home: run `agentd init {home}`")
-        return home, None
+        return Path(given).expanduser().resolve()
     for folder in (cwd, *cwd.parents):
         if is_home(folder):
-            return folder.resolve(), None
-    home = Path("~/.agentd").expanduser().resolve()
-    if is_home(home):
+            return folder.resolve()
+    default = Path(DEFAULT_HOME).expanduser().resolve()
+    return default if is_home(default) else None
+
+
+def find_home(explicit: str | None, cwd: Path) -> tuple[Path, str | None]:
+    """Pick the home as `locate_home` does, creating ~/.agentd on first use. Returns (home,
+    notice-or-None)."""
+    home = locate_home(explicit, cwd)
+    if home is not None and not is_home(home):
+        src = "--home" if explicit else "$AGENTD_HOME"
+        raise AgentdError(f"{home} ({src}) is not an agentd home: run `agentd init {home}`")
+    if home is not None:
         return home, None
+    home = Path(DEFAULT_HOME).expanduser().resolve()
     init_home(home)
     return home, f"created a new home at {home} (edit {home / CONFIG_NAME} to configure it)"
 
