@@ -150,6 +150,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
+
 GITIGNORE = f"{RUNTIME}/\n.env*\n*.pem\n__pycache__/\n"
 HOME_DIRS = ("memory/daily", "skills", "cron", "inbox", "outbox")
 DEFAULT_HOME = "~/.agentd"  # the home when none is named or found
@@ -161,7 +162,7 @@ def bundled_dir(name: str) -> Path:
 
 
 def is_home(path: Path) -> bool:
-    return (path / CONFIG_NAME).is_file()
+    return Home(path).config.is_file()
 
 
 def locate_home(explicit: str | None, cwd: Path) -> Path | None:
@@ -215,7 +216,7 @@ def init_home(path: Path) -> bool:
         shutil.copytree(skill_md.parent, path / "skills" / skill_md.parent.name)
     for d in HOME_DIRS:
         (path / d / ".gitkeep").touch()
-    atomic_write(path / CONFIG_NAME, DEFAULT_CONFIG)
+    atomic_write(Home(path).config, DEFAULT_CONFIG)
     atomic_write(path / ".gitignore", GITIGNORE)
     history.init_repo(path, "agentd init: a new home")
     return True
