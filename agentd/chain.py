@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agentd.budget import Budget, BudgetedProvider, BudgetSwitch, is_interactive
 from agentd.compact import Compactor
-from agentd.config import Settings, parse_duration
+from agentd.config import Settings
 from agentd.errors import AgentdError
 from agentd.llm.fallback import Breaker, FallbackProvider, Member
 from agentd.llm.types import Provider
@@ -105,8 +105,8 @@ def build_provider(spec: str, settings: Settings, base: Path, state: Path, *, ru
     compactor = Compactor(settings, log, ledger)
     breaker = Breaker(state / "cooldowns.json")
     t = settings.throttling
-    cooldown = parse_duration(t.cooldown, "throttling.cooldown")
-    max_wait = parse_duration(t.max_retry_wait, "throttling.max_retry_wait")
+    cooldown = t.cooldown.seconds
+    max_wait = t.max_retry_wait.seconds
 
     def member(s: str, required: bool) -> Member:
         label = s.partition(":")[0]

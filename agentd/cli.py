@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from agentd import __version__
-from agentd.cli_base import AgentdGroup, home_only
+from agentd.cli_base import AgentdGroup, home_only, home_option
 from agentd.errors import AgentdError
 from agentd.termsafe import tty_safe
 
@@ -60,8 +60,7 @@ def _read_stdin() -> str:
 
 @cli.command()
 @click.argument("prompt", required=False)
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home (default: "
-              "$AGENTD_HOME, else the nearest parent holding agentd.toml, else ~/.agentd).")
+@home_option
 @click.option("--model", "-m", metavar="PROVIDER:MODEL",
               help="e.g. anthropic:claude-sonnet-5-5, openai:gpt-5.4-mini, ollama:qwen3:8b, "
                    "replay:run.jsonl.")
@@ -143,8 +142,7 @@ def _say_waiting(holder: str) -> None:
 
 
 @cli.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home (default: "
-              "$AGENTD_HOME, else the nearest parent holding agentd.toml, else ~/.agentd).")
+@home_option
 @click.option("--model", "-m", metavar="PROVIDER:MODEL",
               help="The model to start with; /model switches it mid-chat.")
 @click.option("--workdir", "-C", type=click.Path(file_okay=False, path_type=Path),
@@ -168,7 +166,7 @@ def chat(home_opt: str | None, model: str | None, workdir: Path | None, resume: 
 
 
 @cli.command("history")
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.option("-n", "count", default=20, show_default=True, type=click.IntRange(min=1),
               help="How many commits.")
 def history_cmd(home_opt: str | None, count: int) -> None:
@@ -184,7 +182,7 @@ def history_cmd(home_opt: str | None, count: int) -> None:
 
 @cli.command()
 @click.argument("run_id", metavar="RUN")
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 def show(run_id: str, home_opt: str | None) -> None:
     """Show the commit of RUN (a run id from `agentd history`, or a commit sha) with its
     diff."""
@@ -195,7 +193,7 @@ def show(run_id: str, home_opt: str | None) -> None:
 
 @cli.command()
 @click.argument("run_id", metavar="[RUN]", required=False)
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 def undo(run_id: str | None, home_opt: str | None) -> None:
     """Revert RUN's commit (default: the last agent turn) as a new commit. On a conflict
     with later changes, nothing changes."""
@@ -210,7 +208,7 @@ def undo(run_id: str | None, home_opt: str | None) -> None:
 
 
 @cli.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 def skills(home_opt: str | None) -> None:
     """List the home's skills: source, status and description."""
     from rich.console import Console
@@ -259,7 +257,7 @@ _register_daemon_commands()
 
 
 @cli.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home (default: as for run).")
+@home_option
 @click.option("--online", is_flag=True, help="Also contact each provider's base URL (one GET).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: ok and the checks.")
 def doctor(home_opt: str | None, online: bool, as_json: bool) -> None:

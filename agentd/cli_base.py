@@ -1,14 +1,21 @@
 """What every `agentd` command module shares: the group class that turns failures into one
-line, and finding the home."""
+line, the `--home` option, and finding the home."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from agentd.errors import AgentdError
+
+F = TypeVar("F", bound=Callable[..., object])
+
+HOME_HELP = ("The agent's home (default: $AGENTD_HOME, else the nearest parent folder "
+             "holding agentd.toml, else ~/.agentd).")
 
 
 class AgentdGroup(click.Group):
@@ -37,7 +44,15 @@ class AgentdGroup(click.Group):
             ctx.exit(70)
 
 
+def home_option(command: F) -> F:
+    """`--home PATH`, passed as `home_opt`: one declaration, so every command says the same
+    thing about how the home is found (agentd/home.py: find_home)."""
+    return click.option("--home", "home_opt", metavar="PATH", help=HOME_HELP)(command)
+
+
 def home_only(home_opt: str | None) -> Path:
+    """The home that `--home` names, or the one found from here; says so when it was just
+    created."""
     from agentd.home import find_home
 
     home, notice = find_home(home_opt, Path.cwd())

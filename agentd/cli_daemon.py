@@ -10,13 +10,13 @@ from pathlib import Path
 
 import click
 
-from agentd.cli_base import AgentdGroup, home_only
+from agentd.cli_base import AgentdGroup, home_only, home_option
 from agentd.errors import AgentdError
 from agentd.termsafe import tty_safe
 
 
 @click.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
 @click.option("--lock-fd", type=int, hidden=True)  # `agentd start` hands over its lock
 def daemon(home_opt: str | None, json_logs: bool, lock_fd: int | None) -> None:
@@ -28,7 +28,7 @@ def daemon(home_opt: str | None, json_logs: bool, lock_fd: int | None) -> None:
 
 
 @click.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.option("--json-logs", is_flag=True, help="Log JSON lines to .agentd/daemon.log.")
 def start(home_opt: str | None, json_logs: bool) -> None:
     """Start the daemon in the background (pid file and log in .agentd/)."""
@@ -40,26 +40,24 @@ def start(home_opt: str | None, json_logs: bool) -> None:
 
 
 @click.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.option("--now", is_flag=True, help="Kill it at once (SIGKILL); the next start commits "
               "what a running turn left.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Seconds to wait for a running "
               "turn (default: daemon.stop_timeout, 5m), then interrupt it.")
 def stop(home_opt: str | None, now: bool, timeout: float | None) -> None:
     """Stop the daemon: it lets a running turn finish and commit first."""
-    from agentd.config import parse_duration
     from agentd.daemon import service
     from agentd.daemon.status import settings_for
 
     home = home_only(home_opt)
-    wait = timeout if timeout is not None else parse_duration(
-        settings_for(home)[0].daemon.stop_timeout)
+    wait = timeout if timeout is not None else settings_for(home)[0].daemon.stop_timeout.seconds
     pid = service.stop(home, wait, now, say=lambda m: click.echo(m, err=True))
     click.echo("agentd is not running" if pid is None else f"agentd stopped (pid {pid})")
 
 
 @click.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def status(home_opt: str | None, as_json: bool) -> None:
     """Is the daemon running; next heartbeat, cron jobs, queue, last runs, today's tokens
@@ -78,7 +76,7 @@ def status(home_opt: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.option("--install", is_flag=True, help="Write it instead: to ~/.config/systemd/user/, "
               "or with --system to /etc/systemd/system/ (as root).")
 @click.option("--system", "system", is_flag=True, help="A system unit instead: the daemon "
@@ -89,14 +87,13 @@ def status(home_opt: str | None, as_json: bool) -> None:
 def service(home_opt: str | None, install: bool, system: bool, user: str | None) -> None:
     """Print a systemd unit that runs this home's daemon (or --install it): a user unit
     (systemctl --user), or with --system a hardened system unit for a dedicated user."""
-    from agentd.config import parse_duration
     from agentd.daemon import service as svc
     from agentd.daemon.status import settings_for
 
     if user is not None and not system:
         raise click.UsageError("--user NAME goes with --system")
     home = home_only(home_opt)
-    stop_timeout = parse_duration(settings_for(home)[0].daemon.stop_timeout)
+    stop_timeout = settings_for(home)[0].daemon.stop_timeout.seconds
     if system:
         _system_service(home, stop_timeout, install, user or svc.SYSTEM_USER)
     elif not install:
@@ -129,7 +126,7 @@ def _system_service(home: Path, stop_timeout: float, install: bool, user: str) -
 
 
 @click.group(cls=AgentdGroup, invoke_without_command=True)
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.pass_context
 def cron(ctx: click.Context, home_opt: str | None) -> None:
     """List cron jobs (cron/*.md): schedule, next run, last result. `cron run NAME` runs
@@ -148,7 +145,7 @@ def cron(ctx: click.Context, home_opt: str | None) -> None:
 
 @cron.command("run")
 @click.argument("name")
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final answer.")
 @click.pass_obj
 def cron_run(parent_home: str | None, name: str, home_opt: str | None, quiet: bool) -> None:
@@ -185,7 +182,7 @@ def cron_run(parent_home: str | None, name: str, home_opt: str | None, quiet: bo
 
 
 @click.command("usage")
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.option("--days", default=14, show_default=True, type=click.IntRange(min=1, max=3660),
               help="How many days back, today included.")
 @click.option("--by", type=click.Choice(["model", "trigger", "day"]), default="model",
@@ -197,10 +194,11 @@ def usage_cmd(home_opt: str | None, days: int, by: str, as_json: bool) -> None:
     import json
 
     from agentd.config import load_settings
+    from agentd.home import Home
     from agentd.usage_report import render, report
 
     home = home_only(home_opt)
-    data = report(home / ".agentd" / "usage.jsonl", load_settings(home), days, by)
+    data = report(Home(home).ledger, load_settings(home), days, by)
     if as_json:
         click.echo(json.dumps(data))
         return
@@ -210,7 +208,7 @@ def usage_cmd(home_opt: str | None, days: int, by: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--home", "home_opt", metavar="PATH", help="The agent's home.")
+@home_option
 @click.option("--port", type=click.IntRange(0, 65535), help="Listen on this port (default: "
               "[bridge] port, 8787; 0 picks a free one).")
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line.")

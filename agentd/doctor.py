@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from agentd.config import CONFIG_NAME, Settings, load_settings
 from agentd.errors import AgentdError
-from agentd.home import is_home
+from agentd.home import Home, is_home, locate_home
 
 if TYPE_CHECKING:
     from agentd.tools import ToolContext
@@ -38,18 +38,6 @@ class Check:
     detail: str
     fix: str = ""
     required: bool = False  # a failed required check makes doctor exit 1
-
-
-def locate_home(explicit: str | None, cwd: Path) -> Path | None:
-    """The home `agentd run` would use, without creating one (unlike home.find_home)."""
-    given = explicit or os.environ.get("AGENTD_HOME")
-    if given:
-        return Path(given).expanduser().resolve()
-    for folder in (cwd, *cwd.parents):
-        if is_home(folder):
-            return folder.resolve()
-    default = Path("~/.agentd").expanduser().resolve()
-    return default if is_home(default) else None
 
 
 def _write_problem(folder: Path) -> str | None:
@@ -281,9 +269,9 @@ def run_checks(home_opt: str | None, cwd: Path, online: bool = False) -> list[Ch
     try:
         settings = load_settings(home)
     except AgentdError as e:
-        checks.append(Check("config", FAIL, str(e), f"fix {home / CONFIG_NAME}", required=True))
+        checks.append(Check("config", FAIL, str(e), f"fix {Home(home).config}", required=True))
         return checks
-    checks.append(Check("config", OK, f"{home / CONFIG_NAME} parses"))
+    checks.append(Check("config", OK, f"{Home(home).config} parses"))
     checks += check_sandbox(home, settings)
     checks += check_limits(settings)
     checks += check_keys(settings)

@@ -19,9 +19,6 @@ its own reads and writes of those trees go through this module and nowhere else:
 - Writes go to an exclusive temp file in the same directory fd, then `renameat` over the
   name: a symlink, FIFO or hard link at the name is replaced, never written through. No
   set-uid, set-gid or sticky bit is ever written or kept.
-
-`PROTECTED_NAMES` is the one list of the home's runtime-owned names, shared with the
-sandbox (read-only mounts) and the file tools (refusals).
 """
 
 from __future__ import annotations
@@ -35,9 +32,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-CONFIG_NAME = "agentd.toml"
-PROTECTED_NAMES = (".git", CONFIG_NAME, ".agentd")  # the runtime owns these in a home
-PROTECTED_DIRS = (".git", ".agentd")
 READ_LIMIT = 1 << 20  # default cap for a runtime read (prompt files, cron files, skills)
 MODE_BITS = 0o777  # all a written file keeps: never set-uid, set-gid or sticky
 

@@ -147,7 +147,7 @@ def test_the_default_agentd_toml_documents_the_bridge_defaults() -> None:
     """Uncommenting every documented [bridge] line gives exactly the built-in defaults."""
     import tomllib
 
-    from agentd.home import DEFAULT_CONFIG
+    from agentd.config import DEFAULT_CONFIG
 
     section = DEFAULT_CONFIG.split("\n[bridge]\n", 1)[1]
     lines = ["[bridge]"] + [re.sub(r"\s+#.*$", "", line[2:]) for line in section.splitlines()
@@ -156,7 +156,7 @@ def test_the_default_agentd_toml_documents_the_bridge_defaults() -> None:
     hook = data["bridge"].pop("hooks")["github"]
     documented = parse_settings(data).bridge
     assert documented == parse_settings({}).bridge
-    from agentd.config_bridge import HookSettings
+    from agentd.config import HookSettings
 
     assert HookSettings(**hook) == HookSettings()
 

@@ -29,7 +29,6 @@ proxies at the next start.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import resource
@@ -74,13 +73,6 @@ def proxy_matcher(proxies: list[str]) -> Callable[[str], bool]:
     return match
 
 
-@functools.lru_cache(maxsize=8)
-def _seconds(duration: str) -> float:
-    from agentd.config import parse_duration
-
-    return parse_duration(duration, "bridge.header_timeout")
-
-
 def raise_fd_limit(connections: int) -> tuple[int, str | None]:
     """Raise the soft RLIMIT_NOFILE so `connections` sockets fit next to FD_RESERVE others
     (only as far as needed: child processes inherit it). Returns the connection cap that
@@ -115,7 +107,7 @@ class Connections:
 
     @property
     def header_timeout(self) -> float:
-        return _seconds(self.settings().bridge.header_timeout)
+        return self.settings().bridge.header_timeout.seconds
 
     def admit(self, ip: str) -> str | None:
         """Count a new connection from `ip`, making room if needed; None when admitted,

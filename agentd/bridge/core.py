@@ -23,7 +23,6 @@ from agentd.bridge.http import ApiError, retry_after
 from agentd.bridge.limits import Buckets
 from agentd.bridge.secrets import Secrets, scrub
 from agentd.bridge.store import Runs, SeenIds, lock, new_run_id
-from agentd.config import parse_duration
 from agentd.daemon.log import EventLog
 from agentd.daemon.queue import Job, TurnQueue
 from agentd.home import runtime_dir
@@ -59,7 +58,7 @@ class Bridge:
         b = settings().bridge
         folder = runtime_dir(home, "bridge")
         self._lock: int | None = lock(folder / "bridge.lock")
-        self.seen = SeenIds(folder, parse_duration(b.dedupe_ttl))
+        self.seen = SeenIds(folder, b.dedupe_ttl.seconds)
         self.runs = Runs(folder)
         self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
         self.sender_buckets = Buckets(b.sender_rate, b.sender_burst)

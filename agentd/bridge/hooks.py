@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from agentd.bridge.auth import bearer_ok, signed_headers, verify_webhook
 from agentd.bridge.core import Bridge, TurnSpec
 from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
-from agentd.config_bridge import HOOK_NAME
+from agentd.config import HOOK_NAME
 
 CALLBACK_TRIES = (0, 2, 10)  # seconds before each attempt
 

@@ -22,7 +22,6 @@ from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentd.config import parse_duration
 from agentd.daemon import cron, state
 from agentd.daemon.heartbeat import zone
 from agentd.daemon.log import EventLog
@@ -223,7 +222,7 @@ class CronTable:
         if not job.enabled:
             self.log(CRON, f"{job.name}: disabled (enabled: false)")
             return
-        grace = parse_duration(s.daemon.catch_up)
+        grace = s.daemon.catch_up.seconds
         if job.kind == "at":
             when = cron.localize(job.at or now, tz)
             if entry.get("last_run"):

@@ -16,7 +16,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentd.config import parse_duration, parse_hours
+from agentd.config import parse_hours
 from agentd.daemon import state
 from agentd.daemon.checklist import HEARTBEAT, Due, Item, build_task, load
 from agentd.daemon.log import EventLog
@@ -66,7 +66,7 @@ async def run_gate(home: Path, settings: Settings, command: str) -> tuple[bool, 
     from agentd.tools.bash import run_bash
 
     ctx = ToolContext(home=home, workdir=home, sandbox=settings.sandbox)
-    limit = parse_duration(settings.heartbeat.gate_timeout)
+    limit = settings.heartbeat.gate_timeout.seconds
     res = await run_bash(ctx, command, limit)
     out = res.content.strip()
     if not res.is_error:
@@ -165,7 +165,7 @@ class Heartbeat:
     async def _check(self, s: Settings, now: datetime) -> str:
         items, problems = await asyncio.to_thread(load, self.home)
         entries = await asyncio.to_thread(load_state, self.home)
-        slack = parse_duration(s.heartbeat.every) / 2
+        slack = s.heartbeat.every.seconds / 2
         due, gates = await evaluate(self.home, s, items, entries, time.time(), slack,
                                     problems)
         self.report_problems(problems)

@@ -24,6 +24,7 @@ from typing import Any
 from agentd import gitexec
 from agentd.daemon import state
 from agentd.daemon.log import EventLog
+from agentd.home import Home
 from agentd.turnlock import TurnLock
 
 
@@ -44,9 +45,9 @@ def clear_index_lock(home: Path, log: EventLog,
 def _session_of(home: Path, marker: dict[str, Any]) -> Path | None:
     """The killed turn's transcript: its continued session, else the newest one opened
     after the turn started for the same task."""
-    sessions = state.daemon_dir(home).parent / "sessions"
+    sessions = Home(home).sessions
     if marker.get("session"):
-        p = sessions / f"{marker['session']}.jsonl"
+        p = Home(home).session(marker["session"])
         return p if p.exists() else None
     since = float(marker.get("started") or 0) - 1
     candidates = sorted((p for p in sessions.glob("*.jsonl") if p.stat().st_mtime >= since),
@@ -80,7 +81,7 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
     from agentd import history
     from agentd.daylog import append_entry
 
-    marker_path = state.daemon_dir(home) / "turn.json"
+    marker_path = Home(home).turn_marker
     marker = state.read(marker_path)
     if not isinstance(marker, dict):
         return None

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agentd.config import Settings, load_settings, parse_duration
+from agentd.config import Settings, load_settings
 from agentd.daemon import checklist, service, state
 from agentd.daemon.crontab import CronTable
 from agentd.daemon.heartbeat import Heartbeat, load_state, zone
@@ -50,7 +50,7 @@ class Daemon:
         s = self.settings
         self.queue = TurnQueue(s.daemon.queue_limit, log, self.changed, TurnLock(home))
         self.scheduler = AsyncIOScheduler(timezone=zone(s.heartbeat.timezone), job_defaults={
-            "misfire_grace_time": int(parse_duration(s.daemon.catch_up)), "coalesce": True,
+            "misfire_grace_time": int(s.daemon.catch_up.seconds), "coalesce": True,
             "max_instances": 1})
         self.heartbeat = Heartbeat(home, self.current, self.queue, log, self.changed)
         self.cron = CronTable(home, self.current, self.scheduler, self.queue, log, self.changed)
@@ -156,7 +156,7 @@ class Daemon:
         hb = self.settings.heartbeat
         if not hb.enabled:
             return
-        every = parse_duration(hb.every)
+        every = hb.every.seconds
         tz = zone(hb.timezone)
         now = datetime.now(tz)
         last = (load_state(self.home).get("_tick") or {}).get("last")

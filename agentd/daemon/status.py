@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd.daemon import cron, crontab, service, state
+from agentd.home import Home
 from agentd.homefs import Root
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ CHUNK = 64 * 1024
 
 
 def status_path(home: Path) -> Path:
-    return state.daemon_dir(home) / "status.json"
+    return Home(home).daemon_status
 
 
 def usage_today(home: Path, now: float | None = None) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def usage_today(home: Path, now: float | None = None) -> dict[str, Any]:
                                                    microsecond=0).timestamp()
     total: dict[str, Any] = {"calls": 0, "input": 0, "output": 0, "cache_read": 0,
                              "cache_write": 0, "cost": 0.0, "unpriced": 0}
-    path = home / ".agentd" / "usage.jsonl"
+    path = Home(home).ledger
     try:
         f = path.open("rb")
     except OSError:
@@ -113,14 +114,14 @@ def collect(home: Path, settings: Settings) -> dict[str, Any]:
         live = None
     return {"home": str(home), "running": pid is not None, "pid": pid or None,
             "daemon": live, "cron": cron_rows(home, settings, live),
-            "runs": state.tail_lines(state.daemon_dir(home) / "runs.jsonl", 8),
+            "runs": state.tail_lines(Home(home).runs_log, 8),
             "today": usage_today(home), "budgets": _budgets(home, settings)}
 
 
 def _budgets(home: Path, settings: Settings) -> list[dict[str, Any]]:
     from agentd.usage_report import budget_today
 
-    return budget_today(home / ".agentd" / "usage.jsonl", settings)
+    return budget_today(Home(home).ledger, settings)
 
 
 def _when(value: Any) -> str:

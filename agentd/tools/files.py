@@ -12,7 +12,7 @@ link's target in the message, so the model can use that path instead.
 Writes go through `homefs` too: an exclusive temp file plus `renameat` in the held parent
 folder, so whatever sits at the name by then (a symlink swapped in, a FIFO, a hard link to a
 file elsewhere) is replaced, never written through, and no set-uid, set-gid or sticky bit is
-kept. The runtime's own names in the home (`homefs.PROTECTED_NAMES`) stay readable but are
+kept. The runtime's own names in the home (`home.PROTECTED_NAMES`) stay readable but are
 refused for writing, judged on the real path of the held parent folder, so a symlink alias
 inside the home can't reach them either. Every failure is an error result with a one-line
 hint.
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agentd import homefs
+from agentd.home import PROTECTED_NAMES
 from agentd.homefs import Refused, Root
 from agentd.tools import ToolContext, ToolResult
 
@@ -292,7 +293,7 @@ def _read_lines(f: BinaryIO, real: Path, start: int, count: int) -> ToolResult:
 def _check_protected(ctx: ToolContext, real: Path, place: Place) -> None:
     """Refuse the runtime's own names in the home, judged on a real path that came from a
     held folder fd (never on the model's spelling, which a symlink alias would dodge)."""
-    for name in homefs.PROTECTED_NAMES:
+    for name in PROTECTED_NAMES:
         owned = ctx.home / name
         if real == owned:
             raise PathError(f"{place.shown} is protected: the runtime owns it; write "

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentd.homefs import PROTECTED_DIRS, PROTECTED_NAMES
+from agentd.home import PROTECTED_DIRS, PROTECTED_NAMES
 from agentd.tools import PROFILES, SandboxSettings, ToolContext, limits, netproxy, owner, seccomp
 
 BASH = "/bin/bash"

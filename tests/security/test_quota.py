@@ -21,9 +21,8 @@ from conftest import requires_bwrap
 from daemonkit import wait_for
 from fakellm import FakeLLM
 
-from agentd.config import QuotaSettings, load_settings, parse_settings
+from agentd.config import DEFAULT_CONFIG, QuotaSettings, load_settings, parse_settings
 from agentd.errors import AgentdError
-from agentd.home import DEFAULT_CONFIG
 from agentd.llm.types import Message
 from agentd.loop import Events
 from agentd.quota import MB, tree_bytes

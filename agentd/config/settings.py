@@ -6,23 +6,24 @@ typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentd.config_bridge import BridgeSettings, parse_bridge
-from agentd.config_costs import (
+from agentd.config.bridge import BridgeSettings, parse_bridge
+from agentd.config.costs import (
     BudgetSettings,
     CompactionSettings,
     ThrottleSettings,
-    parse_costs,
+    check_costs,
+    model_spec,
+    parse_budget,
 )
+from agentd.config.tables import CONFIG_NAME, fill, typed
+from agentd.config.values import Duration, check_timezone, parse_hours
 from agentd.errors import AgentdError
 from agentd.tools import SandboxSettings
-
-CONFIG_NAME = "agentd.toml"
 
 
 @dataclass
@@ -54,68 +55,16 @@ BUILTIN_ENDPOINTS: dict[str, Endpoint] = {
 }
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, where: str = "duration") -> float:
-    """Seconds in "90s", "15m", "2h", "1d" (or "1h30m", "0.5s"). One syntax everywhere:
-    agentd.toml, cron files and HEARTBEAT.md. A bare number is refused: minutes or seconds
-    would be a guess."""
-    s = str(text).strip().lower().replace(" ", "")
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not s or pos != len(s):
-        raise AgentdError(f"{where}: {text!r} is not a duration (use 90s, 15m, 2h or 1d)")
-    if total < 0.1:
-        raise AgentdError(f"{where}: {text!r} is shorter than 0.1s")
-    return total
-
-
-def parse_hours(text: str, where: str = "active_hours") -> tuple[int, int] | None:
-    """"08:00-22:00" → (480, 1320), minutes after midnight; the end may be before the start
-    (a window across midnight). Empty → None: always active."""
-    if not text.strip():
-        return None
-    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
-    if not m:
-        raise AgentdError(f"{where}: {text!r} is not HH:MM-HH:MM (e.g. \"08:00-22:00\")")
-    h1, m1, h2, m2 = (int(g) for g in m.groups())
-    if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59 or (h1 == 24 and m1) or (h2 == 24 and m2):
-        raise AgentdError(f"{where}: {text!r} has an impossible time")
-    start, end = h1 * 60 + m1, h2 * 60 + m2
-    if start == end:
-        raise AgentdError(f"{where}: {text!r} is an empty window; leave it empty for always")
-    return start, end
-
-
-def check_timezone(name: str, where: str = "timezone") -> None:
-    """An IANA zone name ("Europe/Berlin"); empty means this machine's zone."""
-    if not name:
-        return
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise AgentdError(f"{where}: unknown time zone {name!r} (e.g. \"Europe/Berlin\", "
-                          "\"UTC\")") from None
-
-
 @dataclass
 class HeartbeatSettings:
     """`[heartbeat]`: the periodic wake-up that reads memory/HEARTBEAT.md (see the daemon)."""
 
     enabled: bool = True
-    every: str = "30m"
+    every: Duration = Duration("30m")
     active_hours: str = ""
     timezone: str = ""
     model: str = ""
-    gate_timeout: str = "30s"
+    gate_timeout: Duration = Duration("30s")
 
 
 @dataclass
@@ -123,8 +72,8 @@ class DaemonSettings:
     """`[daemon]`: the queue, cron catch-up, `agentd stop`, the inbox and file watching."""
 
     queue_limit: int = 100
-    catch_up: str = "6h"
-    stop_timeout: str = "5m"
+    catch_up: Duration = Duration("6h")
+    stop_timeout: Duration = Duration("5m")
     inbox_max_bytes: int = 200_000
     watch: str = "auto"
 
@@ -169,41 +118,8 @@ class Settings:
         return self.providers.get(name)
 
 
-def _typed(where: str, value: Any, kind: type | tuple[type, ...]) -> Any:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) and kind is not bool:
-        raise AgentdError(f"{where} must be a {_kind_name(kind)}, not {value!r}")
-    if not isinstance(value, kind):
-        raise AgentdError(f"{where} must be a {_kind_name(kind)}, not {value!r}")
-    return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {int: "number", float: "number", str: "string", bool: "true/false", dict: "table",
-             list: "list"}
-    if kind == (int, str):
-        return "number or name"
-    return names.get(kind, "value") if isinstance(kind, type) else "value"
-
-
-_KINDS: dict[str, type | tuple[type, ...]] = {
-    "str": str, "int": int, "float": float, "bool": bool, "str | None": str, "int | None": int,
-    "float | None": float, "list[str]": list, "int | str": (int, str),
-    "int | str | None": (int, str),
-}
-
-
-def _fill(obj: Any, table: dict[str, Any], where: str) -> Any:
-    """Copy a TOML table onto a dataclass instance, checking names and types."""
-    hints = {f.name: f for f in fields(obj)}
-    for key, value in table.items():
-        if key not in hints:
-            known = ", ".join(hints)
-            raise AgentdError(f"unknown setting {where}.{key} in {CONFIG_NAME} (known: {known})")
-        kind = _KINDS[str(hints[key].type)]
-        setattr(obj, key, _typed(f"{where}.{key}", value, kind))
-    return obj
+# The tables that are plain settings dataclasses, filled key by key.
+_SECTIONS = ("sandbox", "heartbeat", "daemon", "quota", "git", "throttling", "compaction")
 
 
 def parse_settings(data: dict[str, Any]) -> Settings:
@@ -211,36 +127,34 @@ def parse_settings(data: dict[str, Any]) -> Settings:
     s = Settings(providers={k: Endpoint(**vars(v)) for k, v in BUILTIN_ENDPOINTS.items()})
     for key, value in data.items():
         if key == "model":
-            s.model = _typed("model", value, str) or None
+            s.model = typed("model", value, str) or None
         elif key == "max_steps":
-            s.max_steps = _typed("max_steps", value, int)
-        elif key == "sandbox":
-            _fill(s.sandbox, _typed("sandbox", value, dict), "sandbox")
+            s.max_steps = typed("max_steps", value, int)
+        elif key in _SECTIONS:
+            fill(getattr(s, key), typed(key, value, dict), key)
         elif key == "providers":
-            for name, table in _typed("providers", value, dict).items():
+            for name, table in typed("providers", value, dict).items():
                 ep = s.providers.get(name) or Endpoint()
-                s.providers[name] = _fill(ep, _typed(f"providers.{name}", table, dict),
-                                          f"providers.{name}")
+                s.providers[name] = fill(ep, typed(f"providers.{name}", table, dict),
+                                         f"providers.{name}")
         elif key == "prices":
-            for model, table in _typed("prices", value, dict).items():
-                t = _typed(f"prices.{model}", table, dict)
+            for model, table in typed("prices", value, dict).items():
+                t = typed(f"prices.{model}", table, dict)
                 if "input" not in t or "output" not in t:
                     raise AgentdError(f"prices.{model} needs input and output (USD per MTok)")
-                s.prices[model] = _fill(Price(0.0, 0.0), t, f"prices.{model}")
-        elif key in ("fallbacks", "budget_fallback", "budget", "throttling", "compaction"):
-            parse_costs(s, key, value)
-        elif key == "heartbeat":
-            _fill(s.heartbeat, _typed("heartbeat", value, dict), "heartbeat")
-        elif key == "daemon":
-            _fill(s.daemon, _typed("daemon", value, dict), "daemon")
+                s.prices[model] = fill(Price(0.0, 0.0), t, f"prices.{model}")
+        elif key == "fallbacks":
+            models = typed("fallbacks", value, list)
+            s.fallbacks = [model_spec(f"fallbacks[{i}]", m) for i, m in enumerate(models)]
+        elif key == "budget_fallback":
+            s.budget_fallback = model_spec("budget_fallback", value) if value else None
+        elif key == "budget":
+            parse_budget(s.budget, value)
         elif key == "bridge":
-            parse_bridge(s, value)
-        elif key == "quota":
-            _fill(s.quota, _typed("quota", value, dict), "quota")
-        elif key == "git":
-            _fill(s.git, _typed("git", value, dict), "git")
+            parse_bridge(s.bridge, value)
         else:
             raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
+    check_costs(s.budget, s.compaction)
     _check_daemon(s)
     if s.sandbox.mode not in ("bwrap", "off"):
         raise AgentdError(f"sandbox.mode must be \"bwrap\" or \"off\", not {s.sandbox.mode!r}")
@@ -294,16 +208,13 @@ def _check_owner(s: Settings) -> None:
 
 def _check_daemon(s: Settings) -> None:
     """Validate [heartbeat] and [daemon] when the file is read, not when the daemon first
-    needs a value: a typo is reported by `agentd run` too, and a hot reload can refuse it."""
+    needs a value: a typo is reported by `agentd run` too, and a hot reload can refuse it.
+    (Their durations were parsed as they were read; see tables.fill.)"""
     hb, d = s.heartbeat, s.daemon
-    parse_duration(hb.every, "heartbeat.every")
-    parse_duration(hb.gate_timeout, "heartbeat.gate_timeout")
     parse_hours(hb.active_hours, "heartbeat.active_hours")
     check_timezone(hb.timezone, "heartbeat.timezone")
     if hb.model and ":" not in hb.model:
         raise AgentdError(f"heartbeat.model {hb.model!r} is not PROVIDER:MODEL")
-    parse_duration(d.catch_up, "daemon.catch_up")
-    parse_duration(d.stop_timeout, "daemon.stop_timeout")
     if d.queue_limit < 1:
         raise AgentdError("daemon.queue_limit must be at least 1")
     if d.inbox_max_bytes < 1:

@@ -1,7 +1,7 @@
 """`[bridge]` of agentd.toml: the chat bridge (agentd/bridge/), with its optional
 `[bridge.hooks.<name>]`, `[bridge.telegram]` and `[bridge.slack]` tables.
 
-Apart from config.py only to keep each module short (like config_costs.py). Secrets are
+Apart from settings.py only to keep each module short (like costs.py). Secrets are
 never settings: agentd.toml names the files holding them (or the environment has them), so
 the file can be committed and shown to the agent.
 """
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from agentd.config.tables import fill, typed, typed_list
+from agentd.config.values import Duration
 from agentd.errors import AgentdError
-
-if TYPE_CHECKING:
-    from agentd.config import Settings
 
 HOOK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -72,9 +71,9 @@ class BridgeSettings:
     retry_after: int = 30  # seconds, when the queue is full
     show_tools: bool = False  # stream tool steps as text in chat completions
     max_event_chars: int = 50_000  # of a webhook's JSON handed to the model
-    dedupe_ttl: str = "48h"  # how long delivery ids are remembered
+    dedupe_ttl: Duration = Duration("48h")  # how long delivery ids are remembered
     trusted_proxies: list[str] = field(default_factory=list)  # trust X-Forwarded-For from
-    header_timeout: str = "10s"  # to send a whole request head, else the connection closes
+    header_timeout: Duration = Duration("10s")  # to send a request head whole, else closed
     max_connections_per_ip: int = 50  # open at once from one address (an IPv6 /64)
     max_connections: int = 1000  # open at once in all; the longest-idle make room
     hooks: dict[str, HookSettings] = field(default_factory=dict)
@@ -82,41 +81,32 @@ class BridgeSettings:
     slack: SlackSettings = field(default_factory=SlackSettings)
 
 
-def _list(where: str, value: Any, kind: type) -> list[Any]:
-    from agentd.config import _typed
-
-    items = _typed(where, value, list)
-    return [_typed(f"{where}[{i}]", v, kind) for i, v in enumerate(items)]
-
-
-def parse_bridge(s: Settings, value: Any) -> None:
-    """Fill `s.bridge` from the `[bridge]` table; raise AgentdError naming a bad key."""
-    from agentd.config import _fill, _typed, parse_duration
-
-    b = s.bridge
-    table = dict(_typed("bridge", value, dict))
-    for name, hook in _typed("bridge.hooks", table.pop("hooks", {}), dict).items():
+def parse_bridge(b: BridgeSettings, value: Any) -> None:
+    """Fill `b` from the `[bridge]` table; raise AgentdError naming a bad key."""
+    table = dict(typed("bridge", value, dict))
+    for name, hook in typed("bridge.hooks", table.pop("hooks", {}), dict).items():
         if not HOOK_NAME.fullmatch(name):
             raise AgentdError(f"bridge.hooks.{name}: a hook name is 1-64 letters, digits, _ "
                               "or -")
-        h = _fill(HookSettings(), _typed(f"bridge.hooks.{name}", hook, dict),
+        h = fill(HookSettings(), typed(f"bridge.hooks.{name}", hook, dict),
                   f"bridge.hooks.{name}")
         if h.callback_url and not h.callback_url.startswith(("http://", "https://")):
             raise AgentdError(f"bridge.hooks.{name}.callback_url must be an http(s) URL")
         b.hooks[name] = h
     for key, kind in (("telegram", int), ("slack", str)):
-        sub = dict(_typed(f"bridge.{key}", table.pop(key, {}), dict))
+        sub = dict(typed(f"bridge.{key}", table.pop(key, {}), dict))
         target = getattr(b, key)
         for lst in ("chats", "owners") if key == "telegram" else ("users", "owners"):
             if lst in sub:
-                setattr(target, lst, _list(f"bridge.{key}.{lst}", sub.pop(lst), kind))
-        _fill(target, sub, f"bridge.{key}")
+                setattr(target, lst, typed_list(f"bridge.{key}.{lst}", sub.pop(lst), kind))
+        fill(target, sub, f"bridge.{key}")
         if not target.api_base.startswith(("http://", "https://")):
             raise AgentdError(f"bridge.{key}.api_base must be an http(s) URL")
         target.api_base = target.api_base.rstrip("/")
     if "trusted_proxies" in table:
-        b.trusted_proxies = _list("bridge.trusted_proxies", table.pop("trusted_proxies"), str)
-    _fill(b, table, "bridge")
+        b.trusted_proxies = typed_list("bridge.trusted_proxies", table.pop("trusted_proxies"),
+                                       str)
+    fill(b, table, "bridge")
     if not b.host.strip():
         raise AgentdError("bridge.host must not be empty (127.0.0.1 by default)")
     if not 0 <= b.port <= 65535:
@@ -129,10 +119,10 @@ def parse_bridge(s: Settings, value: Any) -> None:
         raise AgentdError("bridge rates must be positive and bursts at least 1")
     if b.retry_after < 1 or b.max_event_chars < 100:
         raise AgentdError("bridge.retry_after must be at least 1, max_event_chars at least 100")
-    if not 1 <= parse_duration(b.header_timeout, "bridge.header_timeout") <= 600:
+    if not 1 <= b.header_timeout.seconds <= 600:
         raise AgentdError("bridge.header_timeout must be between 1s and 10m")
     if b.max_connections_per_ip < 1 or b.max_connections < 16:
         raise AgentdError("bridge.max_connections_per_ip must be at least 1, "
                           "max_connections at least 16")
-    if parse_duration(b.dedupe_ttl, "bridge.dedupe_ttl") < 86400:
+    if b.dedupe_ttl.seconds < 86400:
         raise AgentdError("bridge.dedupe_ttl must be at least 24h: senders retry for a day")

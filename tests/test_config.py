@@ -1,0 +1,119 @@
+"""The config package and the home's layout: durations parsed once and named when bad
+(through the real CLI), `Home`'s paths, one `--home` option, and imports that run one way."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import agentd
+
+from agentd.config import CONFIG_NAME, Duration, parse_settings
+from agentd.home import PROTECTED_DIRS, PROTECTED_NAMES, RUNTIME, Home, runtime_dir
+
+PACKAGE = Path(__file__).resolve().parent.parent / "agentd"
+
+
+@pytest.mark.parametrize(("toml", "named"), [
+    ('[heartbeat]\nevery = "soon"\n', "heartbeat.every: 'soon' is not a duration"),
+    ('[daemon]\ncatch_up = "6"\n', "daemon.catch_up: '6' is not a duration"),
+    ('[throttling]\ncooldown = "5 minutes"\n', "throttling.cooldown: '5 minutes' is not"),
+    ('[bridge]\ndedupe_ttl = "0.05s"\n', "bridge.dedupe_ttl: '0.05s' is shorter than 0.1s"),
+    ("[heartbeat]\ngate_timeout = 30\n", "heartbeat.gate_timeout must be a string, not 30"),
+])
+def test_a_bad_duration_stops_agentd_run_with_one_line_naming_it(
+        home: Path, toml: str, named: str) -> None:
+    (home / CONFIG_NAME).write_text(toml)
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    r = subprocess.run([sys.executable, "-m", "agentd", "run", "--home", str(home), "hi"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"error: {named}"), r.stderr
+
+
+def test_durations_are_parsed_once_and_keep_their_text() -> None:
+    s = parse_settings({"heartbeat": {"every": "1h30m"}, "daemon": {"catch_up": "2d"},
+                        "throttling": {"max_retry_wait": "90s"}})
+    assert s.heartbeat.every.seconds == 5400.0 and s.daemon.catch_up.seconds == 172800.0
+    assert s.throttling.max_retry_wait.seconds == 90.0
+    assert f"longer ago than catch_up ({s.daemon.catch_up})" == (
+        "longer ago than catch_up (2d)")  # messages quote what the person wrote
+    assert json.loads(json.dumps({"every": s.heartbeat.every})) == {"every": "1h30m"}
+    defaults = parse_settings({})
+    assert isinstance(defaults.bridge.header_timeout, Duration)
+    assert [defaults.heartbeat.gate_timeout.seconds, defaults.throttling.cooldown.seconds,
+            defaults.daemon.stop_timeout.seconds, defaults.bridge.dedupe_ttl.seconds] == [
+                30.0, 300.0, 300.0, 172800.0]
+
+
+def test_home_spells_the_layout(tmp_path: Path) -> None:
+    h = Home(tmp_path)
+    run = tmp_path / ".agentd"
+    assert RUNTIME == ".agentd"
+    assert h.config == tmp_path / "agentd.toml"
+    assert h.ledger == run / "usage.jsonl" and h.cooldowns == run / "cooldowns.json"
+    assert h.git_lock == run / "git.lock" and h.pid_file == run / "daemon.pid"
+    assert h.daemon_log == run / "daemon.log"
+    assert h.daemon_status == run / "daemon/status.json"
+    assert h.runs_log == run / "daemon/runs.jsonl" and h.turn_marker == run / "daemon/turn.json"
+    assert not run.exists()  # asking for a file's path creates nothing
+    assert h.session("abc") == run / "sessions/abc.jsonl" and (run / "sessions").is_dir()
+    assert h.daemon == run / "daemon" and h.daemon.is_dir()
+    assert h.bridge == run / "bridge" and h.bridge.is_dir()
+    assert runtime_dir(tmp_path, "x", "y") == run / "x/y" and (run / "x/y").is_dir()
+    assert set(PROTECTED_NAMES) == {".git", "agentd.toml", ".agentd"}
+    assert set(PROTECTED_DIRS) == {".git", ".agentd"}
+
+
+def _home_help(*command: str) -> str:
+    r = agentd(*command, "--help")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    m = re.search(r"--home PATH (.*?) (?=-[-a-zA-Z])", text)  # up to the next option
+    assert m, text
+    return m.group(1)
+
+
+def test_every_command_says_the_same_about_home() -> None:
+    commands = [["run"], ["chat"], ["history"], ["show"], ["undo"], ["skills"], ["doctor"],
+                ["daemon"], ["start"], ["stop"], ["status"], ["service"], ["cron"],
+                ["cron", "run"], ["usage"], ["serve"]]
+    helps = {" ".join(c): _home_help(*c) for c in commands}
+    assert set(helps.values()) == {
+        "The agent's home (default: $AGENTD_HOME, else the nearest parent folder holding "
+        "agentd.toml, else ~/.agentd)."}, helps
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every `from agentd... import ...` in a file, TYPE_CHECKING and
+    function-level imports included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("agentd"):
+            found.append((node.module or "", [a.name for a in node.names]))
+    return found
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    private = [f"{p.relative_to(PACKAGE.parent)}: from {mod} import {name}"
+               for p in PACKAGE.rglob("*.py") for mod, names in _imports(p)
+               for name in names if name.startswith("_") and not name.startswith("__")]
+    assert private == []
+
+
+def test_the_config_package_imports_one_way() -> None:
+    order = ["values", "tables", "bridge", "costs", "settings"]  # each only from before it
+    allowed_below = {"bridge": {"values", "tables"}, "costs": {"values", "tables"}}
+    for i, name in enumerate(order):
+        below = allowed_below.get(name, set(order[:i]))
+        for mod, _ in _imports(PACKAGE / "config" / f"{name}.py"):
+            if mod.startswith("agentd.config"):
+                assert mod.removeprefix("agentd.config.") in below, (name, mod)
+    assert not [m for m, _ in _imports(PACKAGE / "config" / "template.py")]
