@@ -24,7 +24,7 @@ from daemonkit import (
 from fakellm import FakeLLM
 from hostile import SECRET, plant, secret_file
 
-from agentd.daemon import state
+from agentd.jobs import state
 
 SILENT = {"text": "[SILENT]"}
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from agentd import gitexec
-from agentd.daemon import state
-from agentd.daemon.log import EventLog
+from agentd.jobs import state
+from agentd.jobs.log import EventLog
 from agentd.turnlock import TurnLock
 
 
