@@ -6,11 +6,12 @@ Each line is an ordinary turn through `run_turn`, so it gets the same books as a
 `/model` switch provider mid-conversation and `--resume` pick the conversation up later,
 on any provider, since the transcript is provider-neutral.
 
-Each turn takes the home's turn lock (agentd/turnlock.py) for that turn only, never for
-the whole chat: a chat sits at its prompt for as long as a person thinks, and holding the
-lock then would stall the daemon's heartbeat, cron, inbox and bridge turns for all that
-time. A line typed while another turn runs in the home (the daemon's, an `agentd run`)
-waits for it, saying so once; Ctrl-C while waiting gives that line up, and the chat goes on.
+Each turn takes the home's turn lock (agentd/turnlock.py), in `run_turn` like every
+turn, for that turn only, never for the whole chat: a chat sits at its prompt for as long
+as a person thinks, and holding the lock then would stall the daemon's heartbeat, cron,
+inbox and bridge turns for all that time. A line typed while another turn runs in the
+home (the daemon's, an `agentd run`) waits for it, saying so once; Ctrl-C while waiting
+gives that line up, and the chat goes on.
 
 Ctrl-C while a turn runs cancels that turn's task (not a KeyboardInterrupt thrown at a
 random line): the loop gives the interrupted tool call an error result, `run_turn` still
@@ -39,7 +40,7 @@ from agentd.render import LiveRenderer, history_table, summary
 from agentd.session import load_messages, new_id
 from agentd.termsafe import terminal_safe
 from agentd.turn import TurnReport, TurnRequest, run_turn
-from agentd.turnlock import run_locked, turn_lock, waiting_message
+from agentd.turnlock import run_locked, waiting_message
 
 T = TypeVar("T")
 
@@ -66,6 +67,10 @@ def find_session(home: Path, resume: str) -> str:
         raise AgentdError(f"no session {resume!r} in {sessions}: `agentd chat --resume` "
                           "takes the last one")
     return sid
+
+
+def _say_waiting(holder: str) -> None:
+    print(waiting_message(holder), file=sys.stderr, flush=True)
 
 
 def read_line() -> str | None:
@@ -165,7 +170,7 @@ class Chat:
             elif name == "undo":
                 sha, subject = run_locked(
                     self.home, "undo", lambda: history.undo(self.home, None, new_id()),
-                    lambda h: print(waiting_message(h), file=sys.stderr, flush=True))
+                    _say_waiting)
                 self.console.print(f"undone: {terminal_safe(subject)} (new commit "
                                    f"{sha[:8]})", markup=False)
             else:
@@ -183,26 +188,22 @@ class Chat:
         self.model = spec
         self.console.print(f"model: {spec} from the next turn on", style="dim", markup=False)
 
-    async def _locked_turn(self, req: TurnRequest, renderer: LiveRenderer) -> TurnReport:
-        """The turn under the home's lock, held by this turn alone (see the module doc)."""
-        def waiting(holder: str) -> None:
-            print(waiting_message(holder), file=sys.stderr, flush=True)
-
-        async with turn_lock(self.home, req.trigger, on_wait=waiting):
-            self._started = True
-            return await run_turn(self.home, self.settings, req, renderer, self.base)
+    def _begun(self) -> None:
+        self._started = True
 
     def turn(self, task: str) -> TurnReport | None:
-        """One turn in the current session; errors are printed and the chat goes on."""
-        sessions = runtime_dir(self.home, "sessions")
-        fresh = not (sessions / f"{self.session}.jsonl").exists()
+        """One turn in the current session (started by its first turn, continued by the
+        next: `run_turn` decides, from whether its transcript exists); errors are printed
+        and the chat goes on."""
         req = TurnRequest(task, self.workdir, trigger=f"chat:{self.session}",
-                          model=self.model, session=self.session, new_session=fresh)
+                          model=self.model, session=self.session)
         renderer = LiveRenderer(self.console)
         report: TurnReport | None = None
         self._started = False
         try:
-            report = asyncio.run(interruptible(self._locked_turn(req, renderer)))
+            report = asyncio.run(interruptible(run_turn(
+                self.home, self.settings, req, renderer, self.base, on_wait=_say_waiting,
+                on_start=self._begun)))
         except KeyboardInterrupt:  # Ctrl-C just outside the handler's window
             pass
         except AgentdError as e:

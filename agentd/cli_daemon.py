@@ -154,7 +154,7 @@ def cron_run(parent_home: str | None, name: str, home_opt: str | None, quiet: bo
 
     from agentd.config import load_settings
     from agentd.daemon.crontab import run_now
-    from agentd.daemon.log import EventLog
+    from agentd.jobs.log import EventLog
     from agentd.loop import Events
 
     home = home_only(home_opt or parent_home)

@@ -21,7 +21,7 @@ class Events:
 
 
 @dataclass
-class TurnResult:
+class LoopResult:
     status: str  # "ok" | "max_steps" | "empty" | "error" | "budget" | "interrupted"
     text: str = ""
     steps: int = 0
@@ -30,9 +30,9 @@ class TurnResult:
 
 
 async def run_loop(provider: Provider, system: str, messages: list[Message], ctx: ToolContext,
-                   max_steps: int, events: Events) -> TurnResult:
+                   max_steps: int, events: Events) -> LoopResult:
     """Run the loop on `messages` (appended to in place) and say how it ended."""
-    r = TurnResult("ok")
+    r = LoopResult("ok")
     for r.steps in range(1, max_steps + 1):
         try:
             reply = await provider.complete(system, messages, SPECS, events.text)

@@ -20,7 +20,8 @@ def new_id() -> str:
 
 
 class SessionLog:
-    """Appends to a transcript; `header` starts a new one, None continues an existing one.
+    """Appends to a transcript. `header` is its first row when this log starts it; a turn
+    resuming an existing transcript says so (`continues`), and None never writes one.
 
     Every row is redacted (agentd/redact.py) before it is written, so a key the model typed
     or a provider echoed in an error never lands on disk. Without an explicit `redactor`,
@@ -42,6 +43,10 @@ class SessionLog:
         row = self.redactor.redact_data(row)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def continues(self) -> None:
+        """The transcript exists already (the turn resumes it): write no header."""
+        self._header = None
 
     def append(self, msg: Message) -> None:
         self._write({"type": "message", "ts": round(time.time(), 3), **msg.to_dict()})

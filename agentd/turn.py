@@ -1,13 +1,28 @@
-"""One turn in a home, whatever triggered it: pick the model, build the prompt, run the loop,
-and keep the books (session transcript, usage ledger). The CLI, the daemon and the bridge
-all come through here, and every turn runs under the home's turn lock (agentd/turnlock.py)
-and, when untrusted, within its disk quota (agentd/quota.py)."""
+"""One turn in a home, whatever triggered it: `agentd run`, a chat line, the heartbeat, a
+cron job, an inbox file, a bridge request. Each builds a `TurnRequest` (what to run) and
+calls `run_turn`, which, in this order:
+
+1. picks the model and waits for the home's turn lock (agentd/turnlock.py; at once when the
+   caller already holds it, as the daemon's queue worker does);
+2. commits what the person changed by hand since the last turn, apart ("Manual edits");
+3. resumes the request's session when its transcript exists, else starts it (decided here
+   only), and builds the system prompt;
+4. runs the loop (agentd/loop.py), writing every message to the transcript and every model
+   call to the usage ledger through one writer each (`_Books`);
+5. delivers the answer where the request says (a new file in outbox/: agentd/outbox.py);
+6. writes the day-log entry and makes the turn's one git commit: the agent's files, the
+   answer and the entry together;
+7. returns a `TurnReport` (what happened).
+
+Steps 5 and 6 happen even when the loop is interrupted. An untrusted turn also runs within
+its disk quota (agentd/quota.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +34,8 @@ from agentd.config import Settings
 from agentd.daylog import DAILY, append_entry, append_held
 from agentd.home import runtime_dir
 from agentd.llm.types import Message, Provider, ToolCall, Usage
-from agentd.loop import Events, TurnResult, run_loop
+from agentd.loop import Events, LoopResult, run_loop
+from agentd.outbox import Delivery, deliver
 from agentd.prompt import build_system_prompt
 from agentd.quota import TurnQuota, check_home
 from agentd.redact import Redactor, from_settings
@@ -32,23 +48,46 @@ from agentd.usage import Ledger
 
 @dataclass
 class TurnRequest:
+    """What to run: every trigger builds one and hands it to `run_turn`. The bridge keeps it
+    on disk (`to_json`) for a turn it accepted but had not run before a restart."""
+
     task: str
     workdir: Path
-    trigger: str = "cli"
-    model: str | None = None
-    max_steps: int | None = None
-    record: Path | None = None
-    session: str | None = None  # continue this session's transcript instead of a new one
-    new_session: bool = False  # `session` is a fresh id: start its transcript (chat's 1st turn)
+    trigger: str = "cli"  # cli, chat:<id>, heartbeat, cron, inbox, webhook:<name>, …
+    model: str | None = None  # PROVIDER:MODEL, or None: the home's chain (agentd.toml)
+    session: str | None = None  # this session's transcript, continued if it exists (else
+    # started); None: a new transcript named after the run
     profile: str = "trusted"  # what the tools may change (agentd/tools: ToolContext.profile)
+    delivery: Delivery | None = None  # where the answer goes, beyond the report
+    # run-only knobs, never persisted:
+    max_steps: int | None = None
+    record: Path | None = None  # write the model's replies there, for replay:FILE
     scratch: Path | None = None  # untrusted: a writable folder; None: a fresh one per turn
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.delivery
+        return {"task": self.task, "workdir": str(self.workdir), "trigger": self.trigger,
+                "model": self.model, "session": self.session, "profile": self.profile,
+                "delivery": d.to_json() if d else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TurnRequest:
+        """The request `to_json` wrote; TypeError, KeyError or ValueError when it is not."""
+        if not isinstance(data, dict) or not isinstance(data.get("task"), str):
+            raise ValueError("not a turn request")
+        d = data["delivery"]
+        return cls(data["task"], Path(data["workdir"]), data["trigger"], data["model"],
+                   data["session"], data["profile"],
+                   Delivery.from_json(d) if d is not None else None)
 
 
 @dataclass
 class TurnReport:
+    """What happened: the loop's result plus the books (cost, models, commit, delivery)."""
+
     run_id: str
     model: str
-    result: TurnResult
+    result: LoopResult
     seconds: float
     cost: float | None
     models: list[str] = field(default_factory=list)
@@ -57,6 +96,8 @@ class TurnReport:
     commit: str | None = None
     blocked: dict[str, list[str]] = field(default_factory=dict)  # path -> secret names
     held: dict[str, str] = field(default_factory=dict)  # path -> why not committed
+    delivered: str | None = None  # the answer's file in the home (TurnRequest.delivery)
+    notes: list[str] = field(default_factory=list)  # for the caller's log (delivery)
 
     @property
     def ok(self) -> bool:
@@ -115,7 +156,7 @@ def sandbox_for(settings: Settings, req: TurnRequest) -> SandboxSettings:
     return replace(settings.sandbox, network="none")
 
 
-def _outcome(r: TurnResult) -> str:
+def _outcome(r: LoopResult) -> str:
     detail = r.error if r.status != "ok" else (r.text.strip().splitlines() or [""])[0]
     return f"{r.status}, {r.steps} step{'s' * (r.steps != 1)}" + (f": {detail}" if detail
                                                                    else "")
@@ -126,6 +167,26 @@ def commit_manual_edits(home: Path, scan: history.Scan | None) -> str | None:
     changes = history.pending(home, scan)
     manual = [f for f in changes.files if not f.startswith(DAILY + "/")]
     return history.commit(home, manual, "Manual edits", {"Agentd-Trigger": "manual"})
+
+
+def trailers(req: TurnRequest, report: TurnReport) -> dict[str, str]:
+    """The turn commit's trailers, which make history machine-readable (`agentd history`,
+    `agentd undo` find a turn by them)."""
+    return {"Agentd-Run": report.run_id, "Agentd-Model": ", ".join(report.models) or
+            report.model, "Agentd-Trigger": req.trigger}
+
+
+def deliver_answer(home: Path, req: TurnRequest, report: TurnReport) -> None:
+    """Write the answer where the request says, before the commit that is to hold it. A
+    failure to write is a note in the report, never a lost commit."""
+    if req.delivery is None:
+        return
+    try:
+        report.delivered, note = deliver(home, req.delivery, report.result)
+    except OSError as e:
+        note = f"the answer was not delivered to {req.delivery.outbox}: {e}"
+    if note:
+        report.notes.append(note)
 
 
 def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
@@ -149,8 +210,7 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     daily.add(str(log.relative_to(home)))  # no second `git status`: we just wrote it
     late: dict[str, str] = {}
     report.commit = history.commit(
-        home, files + sorted(daily), clean(req.task),
-        {"Agentd-Run": report.run_id, "Agentd-Model": models, "Agentd-Trigger": req.trigger},
+        home, files + sorted(daily), clean(req.task), trailers(req, report),
         "\n".join(clean(n) for n in changes.notes()), held=late)
     if late:  # git refused these at commit time; this line rides along with the next commit
         report.held |= late
@@ -158,19 +218,19 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
 
 
 async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Events,
-                   base: Path | None = None, on_wait: OnWait | None = None) -> TurnReport:
-    """Run one turn. Config problems raise AgentdError before anything is spent. Then the
-    turn waits for the home's turn lock (`on_wait` is told once, with who holds it, if it
-    has to), and an untrusted turn is refused (AgentdError) when the home is over its disk
-    cap. Everything after that ends up in the report, the transcript, the day log and one
-    git commit."""
+                   base: Path | None = None, on_wait: OnWait | None = None,
+                   on_start: Callable[[], None] | None = None) -> TurnReport:
+    """Run one turn (see the module doc). Config problems raise AgentdError before anything
+    is spent. Then the turn waits for the home's turn lock (`on_wait` is told once, with who
+    holds it, if it has to; `on_start` once it holds it), and an untrusted turn is refused
+    (AgentdError) when the home is over its disk cap. Everything after that ends up in the
+    report, the transcript, the outbox, the day log and one git commit."""
     spec = choose_model(req.model, settings)
     run_id = new_id()
     path = runtime_dir(home, "sessions") / f"{req.session or run_id}.jsonl"
-    resuming = bool(req.session) and not req.new_session
-    log = SessionLog(path, None if resuming else {
-        "id": req.session or run_id, "trigger": req.trigger, "model": spec,
-        "workdir": str(req.workdir)}, redactor=from_settings(settings))
+    log = SessionLog(path, {"id": req.session or run_id, "trigger": req.trigger,
+                            "model": spec, "workdir": str(req.workdir)},
+                     redactor=from_settings(settings))
     ledger = Ledger(runtime_dir(home) / "usage.jsonl", run_id, req.trigger, settings.prices)
     provider = build_provider(spec, settings, base or req.workdir, runtime_dir(home),
                               run_id=run_id, trigger=req.trigger, ledger=ledger, log=log)
@@ -180,28 +240,30 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
         provider = RecordingProvider(provider, req.record)
     try:
         async with turn_lock(home, req.trigger, on_wait=on_wait):
+            if on_start is not None:
+                on_start()
             home_used = 0
             if req.profile == "untrusted":
                 home_used = await asyncio.to_thread(check_home, home, settings.quota)
-            report = TurnReport(run_id, spec, TurnResult("ok"), 0.0, 0.0, session=path)
+            report = TurnReport(run_id, spec, LoopResult("ok"), 0.0, 0.0, session=path)
             await _run_locked(home, settings, req, events, provider, report, home_used, log,
                               ledger)
             return report
     finally:
-        close = getattr(provider, "aclose", None)
-        if close:
-            await close()
+        await provider.aclose()
 
 
 async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: Events,
                       provider: Provider, report: TurnReport, home_used: int,
                       log: SessionLog, ledger: Ledger) -> None:
-    """The turn itself, under the lock: the loop, then the books and the commit, which
-    happen even when the loop is interrupted."""
+    """The turn itself, under the lock: the loop, then the delivery, the day log and the
+    commit, which happen even when the loop is interrupted."""
     path = report.session
     assert path is not None
-    resuming = bool(req.session) and not req.new_session
+    resuming = path.exists()  # the one place a session is resumed or started
     messages = load_messages(path) if resuming else []
+    if resuming:
+        log.continues()
     redactor = log.redactor
     await asyncio.to_thread(commit_manual_edits, home, redactor.find)
     started = time.monotonic()
@@ -218,7 +280,7 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
         report.result = await run_loop(provider, system, messages, ctx,
                                        req.max_steps or settings.max_steps, books)
     except asyncio.CancelledError:
-        report.result = TurnResult("interrupted", error="interrupted by the user")
+        report.result = LoopResult("interrupted", error="interrupted by the user")
         raise
     finally:
         report.seconds = round(time.monotonic() - started, 3)
@@ -228,6 +290,7 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
                 seconds=report.seconds, cost=report.cost)
         if ctx.quota is not None:  # the excess goes before the commit, never into it
             await asyncio.to_thread(ctx.quota.enforce)
+        await asyncio.to_thread(deliver_answer, home, req, report)
         await asyncio.to_thread(finish_turn, home, req, report, redactor)
         if req.scratch is None and ctx.scratch is not None:  # made for this turn only
             shutil.rmtree(ctx.scratch, ignore_errors=True)

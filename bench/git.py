@@ -30,7 +30,7 @@ from timing import median_ms  # noqa: E402
 
 from agentd import gitexec  # noqa: E402
 from agentd.home import init_home  # noqa: E402
-from agentd.loop import TurnResult  # noqa: E402
+from agentd.loop import LoopResult  # noqa: E402
 from agentd.tools.sandbox import find_bwrap  # noqa: E402
 from agentd.turn import TurnReport, TurnRequest, commit_manual_edits, finish_turn  # noqa: E402
 
@@ -53,7 +53,7 @@ def measure(home: Path, n: int) -> tuple[float, float]:
     def turn_end() -> None:
         i = next(counter)
         (home / "notes.md").write_text(f"turn {i}\n")
-        report = TurnReport(f"r{i}", "openai:x", TurnResult("ok", "done", 1), 0.1, 0.0)
+        report = TurnReport(f"r{i}", "openai:x", LoopResult("ok", "done", 1), 0.1, 0.0)
         finish_turn(home, TurnRequest(f"turn {i}", home), report, None)
         assert report.commit
 

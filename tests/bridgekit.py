@@ -22,7 +22,7 @@ from typing import Any
 from daemonkit import configure, wait_for
 
 from agentd.bridge.auth import sign, slack_sign
-from agentd.daemon.log import EventLog
+from agentd.jobs.log import EventLog
 
 TOKEN = "test-bridge-token-0123456789abcdef"
 SECRET_BYTES = b"webhook-secret-bytes-0123456789"

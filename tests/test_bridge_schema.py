@@ -23,9 +23,9 @@ from agentd.bridge.core import Bridge
 from agentd.bridge.secrets import load
 from agentd.bridge.server import create_app
 from agentd.config import load_settings
-from agentd.daemon.log import EventLog
-from agentd.daemon.queue import TurnQueue
-from agentd.daemon.runner import TurnLock
+from agentd.jobs.log import EventLog
+from agentd.jobs.queue import TurnQueue
+from agentd.turnlock import TurnLock
 
 
 class WithWorker:

@@ -76,6 +76,7 @@ def test_two_turns_share_a_session_across_a_model_switch(fake: FakeLLM, home: Pa
     assert messages(path) == [("user", "hello"), ("assistant", "hi from claude"),
                               ("user", "second"), ("assistant", "hi from gpt")]
     assert rows(path)[0]["id"] == sid and rows(path)[0]["trigger"] == f"chat:{sid}"
+    assert [x["type"] for x in rows(path)].count("session") == 1  # started once, resumed
     assert [x["status"] for x in rows(path) if x["type"] == "end"] == ["ok", "ok"]
     first, second = posts(fake)
     assert first.path == "/v1/messages" and first.body["model"] == "claude-sonnet-5-5"

@@ -24,7 +24,7 @@ from daemonkit import (
 from fakellm import FakeLLM
 from hostile import SECRET, plant, secret_file
 
-from agentd.daemon import state
+from agentd.jobs import state
 
 SILENT = {"text": "[SILENT]"}
 
@@ -158,6 +158,16 @@ def test_cron_run_now_in_the_foreground_with_a_continued_session(fake: FakeLLM,
     assert [o.read_text() for o in outs] == ["Entry one.\n", "Entry two.\n"]
     listing = agentd("cron", "--home", str(home)).stdout
     assert "journal: every 1d" in listing and "ok: Entry two." in listing
+    assert len(git(home, "log", "--format=%s", "--grep=Scheduled job").splitlines()) == 2
+    # resumed or started is decided from the transcript: removed, the next run starts anew
+    transcript = home / ".agentd/sessions/cron-journal.jsonl"
+    assert [json.loads(x)["type"] for x in transcript.read_text().split("\n") if x].count(
+        "session") == 1
+    transcript.unlink()
+    fake.push({"text": "Entry three."})
+    assert agentd("cron", "run", "journal", "--home", str(home), "-q").exit_code == 0
+    assert [m["role"] for m in model_requests(fake)[2].body["messages"]] == ["system", "user"]
+    assert json.loads(transcript.read_text().split("\n")[0])["type"] == "session"
     missing = agentd("cron", "run", "nope", "--home", str(home))
     assert missing.exit_code == 2 and "no cron job 'nope'" in missing.stderr
     assert "journal" in missing.stderr

@@ -7,7 +7,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from daemonkit import Daemon, configure, git, last_user_text, model_requests, uncommitted
+from daemonkit import (
+    Daemon,
+    commit_settings,
+    configure,
+    git,
+    last_user_text,
+    model_requests,
+    uncommitted,
+)
 from fakellm import FakeLLM
 
 HEARTBEAT = "memory/HEARTBEAT.md"
@@ -53,8 +61,53 @@ def test_a_firing_gate_makes_exactly_one_call_with_only_its_item(fake: FakeLLM,
     assert "Never due" not in task and "[SILENT]" in task
     (report,) = (home / "outbox").glob("heartbeat-*.md")
     assert report.read_text() == "Disk / is 91% full: clean up builds/.\n"
-    assert "Heartbeat report" in git(home, "log", "-3", "--format=%s")
+    assert "Heartbeat, " in git(home, "log", "-3", "--format=%s")
     assert uncommitted(home) == []
+
+
+def test_a_delivering_turn_makes_one_commit_with_its_files_answer_and_day_log(
+        fake: FakeLLM, home: Path) -> None:
+    """The agent's files, the outbox answer and the day-log entry: one commit, the turn's."""
+    configure(home, {"model": "openai:test"}, heartbeat={"every": "0.3s"})
+    _items(home, "- Keep notes.\n  every: 1h\n")
+    commit_settings(home)
+    before = int(git(home, "rev-list", "--count", "HEAD"))
+    fake.push({"tool_calls": [{"name": "write", "arguments": {"path": "notes.md",
+                                                              "content": "noted\n"}}]},
+              {"text": "Notes kept in notes.md."})
+    with Daemon(home) as d:
+        d.ready()
+        d.wait_log(r"heartbeat: delivered outbox/heartbeat-")
+        d.wait_log(r"heartbeat: turn ok")
+        assert d.stop() == 0
+    assert int(git(home, "rev-list", "--count", "HEAD")) == before + 1
+    files = git(home, "show", "--name-only", "--format=", "HEAD").split()
+    (answer,) = [f for f in files if f.startswith("outbox/heartbeat-")]
+    assert (home / answer).read_text() == "Notes kept in notes.md.\n"
+    assert "notes.md" in files and any(f.startswith("memory/daily/") for f in files)
+    assert "Agentd-Trigger: heartbeat" in git(home, "log", "-1", "--format=%B")
+    assert git(home, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_a_gates_output_is_redacted_before_the_model_sees_it(fake: FakeLLM,
+                                                              home: Path) -> None:
+    """A gate runs bash outside the tool dispatch; its output still goes through the
+    home's redactor: a configured key's value and a key shape never reach the model."""
+    token = "ghp_" + "A1b2C3d4E5" * 4
+    configure(home, {"model": "openai:test"}, heartbeat={"every": "0.3s"})
+    _items(home, "- Report the alert.\n  every: 1h\n  when: `test -f alert && cat alert`\n")
+    (home / "alert").write_text(f"key sk-test-KEYVALUE leaked, and {token}\n")
+    fake.push({"text": "[SILENT]"})
+    with Daemon(home) as d:
+        d.ready()
+        d.wait_log(r"heartbeat: \[SILENT\], nothing delivered")
+        assert d.stop() == 0
+    (req,) = model_requests(fake)
+    task = last_user_text(req)
+    assert "key [REDACTED:OPENAI_API_KEY] leaked, and [REDACTED:github-token]" in task
+    assert "sk-test-KEYVALUE" not in task and token not in task
+    session = "".join(p.read_text() for p in (home / ".agentd/sessions").glob("*.jsonl"))
+    assert "[REDACTED:github-token]" in session and token not in session
 
 
 def test_silent_answer_delivers_nothing_and_interval_holds(fake: FakeLLM, home: Path) -> None:

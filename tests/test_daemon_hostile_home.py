@@ -14,8 +14,8 @@ from conftest import agentd
 from hostile import KINDS, SECRET, bounded, environ_sample, plant, secret_file
 
 from agentd.daemon import checklist
-from agentd.daemon.runner import write_new
 from agentd.homefs import Root
+from agentd.outbox import write_new
 
 JOB = f"---\nevery: 1m\n---\n{SECRET}\n"  # a valid job: were it read, it would be scheduled
 WHY = {"symlink": "symlink", "environ": "symlink", "fifo": "not a regular file"}

@@ -52,7 +52,11 @@ def test_a_dropped_file_is_answered_in_outbox(fake: FakeLLM, home: Path) -> None
     task = last_user_text(req)
     assert "What is 6 × 7?" in task and "untrusted" in task and "outbox/question.md" in task
     assert "vim swap" not in task
-    assert "Inbox answer: question.txt" in git(home, "log", "-3", "--format=%s")
+    # one commit, the turn's: its answer and its day-log entry (the input is never committed)
+    assert git(home, "log", "-1", "--format=%s").startswith("A file arrived in inbox/")
+    files = git(home, "show", "--name-only", "--format=", "HEAD").split()
+    assert "outbox/question.md" in files and any(f.startswith("memory/daily/") for f in files)
+    assert "Inbox answer" not in git(home, "log", "--format=%s")
     assert "question.txt" not in git(home, "log", "--name-only", "--format=")  # not in git
     assert uncommitted(home) == []
 

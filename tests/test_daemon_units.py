@@ -18,12 +18,12 @@ from agentd.config import parse_duration, parse_hours, parse_settings
 from agentd.daemon import checklist, cron, recovery
 from agentd.daemon.heartbeat import Item, in_active_hours, is_due
 from agentd.daemon.inbox import ignored, open_for_writing
-from agentd.daemon.log import EventLog
-from agentd.daemon.queue import Job, TurnQueue
-from agentd.daemon.runner import is_silent
 from agentd.daemon.status import usage_today
 from agentd.daemon.watcher import topic_of
 from agentd.errors import AgentdError
+from agentd.jobs.log import EventLog
+from agentd.jobs.queue import QueuedTurn, TurnQueue
+from agentd.outbox import is_silent
 
 UTC = ZoneInfo("UTC")
 MONDAY_NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -202,10 +202,10 @@ def test_queue_priorities_bounds_and_duplicates() -> None:
     async def main() -> None:
         q = TurnQueue(3, log)
 
-        def job(kind: str, name: str) -> Job:
+        def job(kind: str, name: str) -> QueuedTurn:
             async def run() -> None:
                 ran.append(f"{kind}:{name}")
-            return Job(kind, name, run)
+            return QueuedTurn(kind, name, run)
 
         assert q.put(job("inbox", "a.txt"))
         assert q.put(job("cron", "daily"))
@@ -240,8 +240,8 @@ def test_a_failing_job_does_not_stop_the_queue() -> None:
         async def fine() -> None:
             ran.append("fine")
 
-        q.put(Job("cron", "boom", boom))
-        q.put(Job("cron", "fine", fine))
+        q.put(QueuedTurn("cron", "boom", boom))
+        q.put(QueuedTurn("cron", "fine", fine))
         worker = asyncio.create_task(q.work())
         while q.depth or q.busy:
             await asyncio.sleep(0.01)

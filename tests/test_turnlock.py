@@ -102,10 +102,8 @@ def _subjects(home: Path, n: int) -> list[str]:
 
 FIRST = {  # how each kind of first turn is started, what it is called, what it commits
     "run": (["run", "-q", "-C", "{workdir}", "turn A"], "cli", ["turn A"]),
-    "cron run": (["cron", "run", "nap", "-q"], "cron: nap",
-                 ["Scheduled job cron/nap.md", "Cron report: nap"]),
-    "daemon": (["daemon"], "inbox: question.txt",
-               ["A file arrived in inbox/", "Inbox answer: question.txt"]),
+    "cron run": (["cron", "run", "nap", "-q"], "cron: nap", ["Scheduled job cron/nap.md"]),
+    "daemon": (["daemon"], "inbox: question.txt", ["A file arrived in inbox/"]),
 }
 
 
@@ -148,7 +146,7 @@ def test_a_second_turn_waits_says_so_and_runs_after(fake: FakeLLM, home: Path, w
     assert b.stderr.count("another turn is running") == 1
     assert (home / "outbox/a.txt").read_text() == "A\n"
     assert (home / "b.txt").read_text() == "B\n"
-    # separate commits, in order: all of the first turn's (its delivery too), then B's
+    # one commit per turn, in order: the first turn's (its delivery too), then B's
     names = git(home, "log", "-1", "--name-only", "--format=").split()
     assert "b.txt" in names and "outbox/a.txt" not in names
     subjects = _subjects(home, len(commits) + 1)

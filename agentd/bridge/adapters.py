@@ -24,9 +24,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from agentd.bridge.auth import telegram_ok, verify_slack
-from agentd.bridge.core import Bridge, TurnSpec
+from agentd.bridge.core import Bridge
 from agentd.bridge.hooks import wrap_untrusted
 from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
+from agentd.outbox import Delivery
+from agentd.turn import TurnRequest
 
 TELEGRAM_MAX = 4096
 SLACK_MAX = 3900
@@ -86,12 +88,12 @@ def router(bridge: Bridge) -> APIRouter:
             return JSONResponse({"ok": True, "ignored": "chat not allowed"})
         trusted = user_id is not None and user_id in t.owners
         who = f"Telegram user {sender.get('username') or user_id}"
-        spec = TurnSpec("person", f"telegram {chat_id}", _task(msg["text"], trusted, who),
-                        f"chat:tg-{chat_id}", "trusted" if trusted else "untrusted",
-                        session=f"chat-tg-{chat_id}",
-                        reply={"via": "telegram", "chat_id": chat_id,
-                               "reply_to": msg.get("message_id")})
-        rid, fresh = bridge.accept("telegram", str(chat_id), spec, f"tg:{uid}",
+        req = TurnRequest(_task(msg["text"], trusted, who), bridge.home, f"chat:tg-{chat_id}",
+                          session=f"chat-tg-{chat_id}",
+                          profile="trusted" if trusted else "untrusted",
+                          delivery=Delivery(reply={"via": "telegram", "chat_id": chat_id,
+                                                   "reply_to": msg.get("message_id")}))
+        rid, fresh = bridge.accept("telegram", str(chat_id), req, f"tg:{uid}",
                                    f"tg:{user_id}")
         return JSONResponse({"ok": True, "run": rid, "duplicate": not fresh})
 
@@ -132,11 +134,12 @@ def router(bridge: Bridge) -> APIRouter:
         key = f"slack-{channel}" + (f"-{thread}".replace(".", "_") if thread else "")
         key = re.sub(r"[^A-Za-z0-9_-]", "_", key)[:64]
         trusted = user in s.owners
-        spec = TurnSpec("person", f"slack {channel}", _task(text, trusted, f"Slack user {user}"),
-                        f"chat:{key}", "trusted" if trusted else "untrusted",
-                        session=f"chat-{key}", reply={"via": "slack", "channel": channel,
-                                                      "thread_ts": thread})
-        rid, fresh = bridge.accept("slack", channel, spec, f"slack:{eid}", f"slack:{user}")
+        req = TurnRequest(_task(text, trusted, f"Slack user {user}"), bridge.home,
+                          f"chat:{key}", session=f"chat-{key}",
+                          profile="trusted" if trusted else "untrusted",
+                          delivery=Delivery(reply={"via": "slack", "channel": channel,
+                                                   "thread_ts": thread}))
+        rid, fresh = bridge.accept("slack", channel, req, f"slack:{eid}", f"slack:{user}")
         return JSONResponse({"ok": True, "run": rid, "duplicate": not fresh})
 
     return api

@@ -2,17 +2,19 @@
 (the daemon's, or `agentd serve`'s own), so a bridge turn never runs beside another turn of
 the home, keeps the run records, and sends answers back (Telegram, Slack, callbacks).
 
-A person waiting on a chat is a "person" job (first in line); webhooks are "webhook" jobs
-(same priority, arrival order). A turn goes through `daemon.runner.run_job_turn`, like
-every daemon turn: the turn lock, the in-flight marker for crash recovery, a row in
-runs.jsonl for `agentd status`, one log line per tool call.
+Each endpoint builds an agentd.turn.TurnRequest (what to run; its `delivery.reply` says
+where the answer goes: Telegram, Slack, a callback). A person waiting on a chat is a
+"person" turn in the queue (first in line); webhooks are "webhook" turns (same priority,
+arrival order). A turn goes through `agentd.jobs.records.run_job_turn`, like every daemon
+turn: the turn lock, the in-flight marker for crash recovery, a row in runs.jsonl for
+`agentd status`, one log line per tool call. An accepted request is kept on disk
+(`TurnRequest.to_json`) until it runs, so a restart runs it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -23,31 +25,19 @@ from agentd.bridge.http import ApiError, retry_after
 from agentd.bridge.limits import Buckets
 from agentd.bridge.secrets import Secrets, scrub
 from agentd.bridge.store import Runs, SeenIds, lock, new_run_id
-from agentd.daemon.log import EventLog
-from agentd.daemon.queue import Job, TurnQueue
 from agentd.home import runtime_dir
+from agentd.jobs.log import EventLog, LogEvents
+from agentd.jobs.queue import QueuedTurn, TurnQueue
+from agentd.jobs.records import run_job_turn
 from agentd.loop import Events
 from agentd.redact import Redactor, from_settings
+from agentd.turn import TurnRequest
 
 if TYPE_CHECKING:
     from agentd.config import Settings
     from agentd.turn import TurnReport
 
 Deliver = Callable[["Bridge", dict[str, Any], str, dict[str, Any]], Awaitable[None]]
-
-
-@dataclasses.dataclass
-class TurnSpec:
-    """Everything needed to run (or, after a restart, re-run) one bridge turn."""
-
-    kind: str  # the queue's priority kind: "person" or "webhook"
-    name: str  # what logs and `agentd status` show
-    task: str
-    trigger: str  # chat:<key> (interactive for budgets) or webhook:<name>
-    profile: str = "trusted"
-    session: str | None = None  # the transcript a conversation continues
-    model: str | None = None
-    reply: dict[str, Any] | None = None  # {"via": "telegram" | "slack" | "callback", ...}
 
 
 class Bridge:
@@ -99,11 +89,12 @@ class Bridge:
         again = 0
         for run in self.runs.pending():
             try:
-                spec = TurnSpec(**run["spec"])
-            except TypeError:  # written by another version
+                req = TurnRequest.from_json(run["spec"])
+            except (TypeError, KeyError, ValueError):  # written by another version
                 self.runs.update(run["id"], status="failed", error="unreadable after a restart")
                 continue
-            if self.queue.depth >= self.queue.limit or not self._put(spec, run["id"]):
+            name = f"{run.get('kind')} {run.get('name')}"
+            if self.queue.depth >= self.queue.limit or not self._put(name, req, run["id"]):
                 break  # the rest wait for the next start
             again += 1
         if again:
@@ -168,46 +159,50 @@ class Bridge:
             raise ApiError(503, "the agent is shutting down", "shutting_down", retry_after(30))
         return self.queue.depth < self.queue.limit
 
-    def submit(self, spec: TurnSpec, events: Events | None = None
+    def submit(self, name: str, req: TurnRequest, events: Events | None = None
                ) -> asyncio.Future[TurnReport | None]:
-        """Queue a turn someone waits for (a chat); ApiError 503 when the queue is full."""
+        """Queue a turn someone waits for (a chat; `name` is what logs and `agentd status`
+        show); ApiError 503 when the queue is full."""
         if not self.has_room():
             raise self.busy()
         fut: asyncio.Future[TurnReport | None] = asyncio.get_running_loop().create_future()
-        if not self._put(spec, None, events, fut):
+        if not self._put(name, req, None, events, fut):
             raise self.busy()
         self._futures.add(fut)
         fut.add_done_callback(self._futures.discard)
         return fut
 
-    def accept(self, kind: str, name: str, spec: TurnSpec, dedupe: str | None,
+    def accept(self, kind: str, name: str, req: TurnRequest, dedupe: str | None,
                sender: str) -> tuple[str, bool]:
-        """Queue a turn nobody waits for (webhook, Telegram, Slack): (run id, True), or
-        (the earlier run id, False) for a delivery already seen. Raises 429 or 503."""
+        """Queue a turn nobody waits for (webhook, Telegram, Slack; the run is `kind`
+        `name`, e.g. "hook github"): (run id, True), or (the earlier run id, False) for a
+        delivery already seen. Raises 429 or 503."""
         if dedupe and (earlier := self.seen.get(dedupe)):
             return earlier, False
         self.check_sender(sender)
         if not self.has_room():
             raise self.busy()
-        rid = self.runs.new(kind, name, dataclasses.asdict(spec))
+        rid = self.runs.new(kind, name, req.to_json())
         if dedupe:
             self.seen.add(dedupe, rid)
-        if not self._put(spec, rid):
+        if not self._put(f"{kind} {name}", req, rid):
             if dedupe:
                 self.seen.forget(dedupe)
             self.runs.update(rid, status="refused")
             raise self.busy()
         return rid, True
 
-    def _put(self, spec: TurnSpec, rid: str | None, events: Events | None = None,
+    def _put(self, name: str, req: TurnRequest, rid: str | None, events: Events | None = None,
              fut: asyncio.Future[TurnReport | None] | None = None) -> bool:
+        kind = "webhook" if req.trigger.startswith("webhook:") else "person"
         key = f"bridge:{rid or new_run_id()}"
-        return self.queue.put(Job(spec.kind, spec.name,
-                                  lambda: self._execute(spec, rid, events, fut), key=key))
+        return self.queue.put(QueuedTurn(
+            kind, name, lambda: self._execute(kind, name, req, rid, events, fut), key=key))
 
     # -- running ---------------------------------------------------------------------------
 
-    async def _execute(self, spec: TurnSpec, rid: str | None, events: Events | None,
+    async def _execute(self, kind: str, name: str, req: TurnRequest, rid: str | None,
+                       events: Events | None,
                        fut: asyncio.Future[TurnReport | None] | None) -> None:
         if self.closing or (fut is not None and fut.done()):
             return  # shutting down: a webhook's run stays queued for the next start
@@ -217,7 +212,8 @@ class Bridge:
             self.runs.update(rid, status="running", started=round(time.time(), 3))
         report: TurnReport | None = None
         try:
-            report = await self._turn(spec, events)
+            report = await run_job_turn(self.home, self.settings(), req, kind, name, self.log,
+                                        events or LogEvents(self.log, kind, name))
         except asyncio.CancelledError:
             if rid:
                 self.runs.update(rid, status="interrupted", finished=round(time.time(), 3))
@@ -226,20 +222,7 @@ class Bridge:
             if fut is not None and not fut.done():
                 fut.set_result(report)
         if rid:
-            await self._finish(spec, rid, report)
-
-    async def _turn(self, spec: TurnSpec, events: Events | None) -> TurnReport | None:
-        from agentd.daemon.runner import LogEvents, run_job_turn
-        from agentd.turn import TurnRequest
-
-        new = False
-        if spec.session:
-            new = not (runtime_dir(self.home, "sessions") / f"{spec.session}.jsonl").exists()
-        req = TurnRequest(spec.task, self.home, trigger=spec.trigger, model=spec.model,
-                          session=spec.session, new_session=new, profile=spec.profile)
-        return await run_job_turn(self.home, self.settings(), req, spec.kind, spec.name,
-                                  self.log, events or LogEvents(self.log, spec.kind, spec.name),
-                                  profile=spec.profile)
+            await self._finish(req, rid, report)
 
     def answer(self, report: TurnReport | None) -> tuple[str, str]:
         """(status, text) to send back: the final answer, or what went wrong; redacted."""
@@ -252,7 +235,7 @@ class Bridge:
             text = f"{text}\n\n{note}" if text else note
         return ("done" if r.status == "ok" else "failed"), self.redactor.redact(text)
 
-    async def _finish(self, spec: TurnSpec, rid: str, report: TurnReport | None) -> None:
+    async def _finish(self, req: TurnRequest, rid: str, report: TurnReport | None) -> None:
         status, text = self.answer(report)
         info: dict[str, Any] = {"status": status, "finished": round(time.time(), 3)}
         if report is not None:
@@ -263,9 +246,10 @@ class Bridge:
             if report.result.error:
                 info["error"] = scrub(report.result.error, self.redactor)
         self.runs.update(rid, result=text, **info)
-        via = (spec.reply or {}).get("via")
+        reply = (req.delivery.reply if req.delivery else None) or {}
+        via = reply.get("via")
         if via in self.deliverers:
-            send = self.deliverers[via](self, spec.reply or {}, text, {"id": rid, **info})
+            send = self.deliverers[via](self, reply, text, {"id": rid, **info})
             if self.closing:  # the process is about to end: deliver before the worker does
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(send, 20)

@@ -23,9 +23,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from agentd.bridge.auth import bearer_ok, signed_headers, verify_webhook
-from agentd.bridge.core import Bridge, TurnSpec
+from agentd.bridge.core import Bridge
 from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
 from agentd.config import HOOK_NAME
+from agentd.outbox import Delivery
+from agentd.turn import TurnRequest
 
 CALLBACK_TRIES = (0, 2, 10)  # seconds before each attempt
 
@@ -79,10 +81,10 @@ def router(bridge: Bridge) -> APIRouter:
         settings = b.hooks.get(name)
         task = build_task(name, msg_id, event, settings.prompt if settings else "",
                           b.max_event_chars)
-        spec = TurnSpec("webhook", f"hook {name}", task, f"webhook:{name}", "untrusted",
-                        reply={"via": "callback", "hook": name} if settings and
-                        settings.callback_url else None)
-        rid, fresh = bridge.accept("hook", name, spec, f"hook:{name}:{msg_id}", f"hook:{name}")
+        reply = {"via": "callback", "hook": name} if settings and settings.callback_url else None
+        req = TurnRequest(task, bridge.home, f"webhook:{name}", profile="untrusted",
+                          delivery=Delivery(reply=reply) if reply else None)
+        rid, fresh = bridge.accept("hook", name, req, f"hook:{name}:{msg_id}", f"hook:{name}")
         if not fresh:
             return JSONResponse({"id": rid, "status": "duplicate"}, 200)
         bridge.log("hook", f"{name}: accepted {msg_id[:64]} as run {rid}")

@@ -29,10 +29,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentd.bridge.auth import bearer_ok
-from agentd.bridge.core import Bridge, TurnSpec
+from agentd.bridge.core import Bridge
 from agentd.bridge.http import ApiError, error_body, parse_json, require_json, unauthorized
 from agentd.bridge.secrets import StreamRedactor, scrub
-from agentd.daemon.runner import LogEvents
+from agentd.jobs.log import LogEvents
+from agentd.turn import TurnRequest
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -177,9 +178,9 @@ def router(bridge: Bridge) -> APIRouter:
                                                       show not in ("0", "false", "no"))
         sink: asyncio.Queue[str | None] = asyncio.Queue()
         events = ChatEvents(bridge, f"chat {key}", sink, show_tools and stream)
-        spec = TurnSpec("person", f"chat {key}", text, f"chat:{key}", "trusted",
-                        session=f"chat-{key}", model=None if model == AGENT else model)
-        fut = bridge.submit(spec, events)
+        turn = TurnRequest(text, bridge.home, f"chat:{key}",
+                           model=None if model == AGENT else model, session=f"chat-{key}")
+        fut = bridge.submit(f"chat {key}", turn, events)
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if stream:
             fut.add_done_callback(lambda _: sink.put_nowait(None))

@@ -30,12 +30,12 @@ from agentd.bridge.core import Bridge
 from agentd.bridge.http import ApiError, error_body
 from agentd.bridge.limits import Guard
 from agentd.bridge.secrets import is_loopback, load
-from agentd.daemon.log import EventLog
 from agentd.errors import AgentdError
+from agentd.jobs.log import EventLog
 
 if TYPE_CHECKING:
     from agentd.config import Settings
-    from agentd.daemon.queue import TurnQueue
+    from agentd.jobs.queue import TurnQueue
 
 GRACE = 5  # seconds in-flight requests get when the server stops
 
@@ -236,8 +236,8 @@ async def serve(home: Path, log: EventLog, port: int | None = None,
 
     from agentd.chain import choose_model
     from agentd.config import load_settings
-    from agentd.daemon.queue import TurnQueue
-    from agentd.daemon.runner import TurnLock
+    from agentd.jobs.queue import TurnQueue
+    from agentd.turnlock import TurnLock
 
     current = [load_settings(home)]
     queue = TurnQueue(current[0].daemon.queue_limit, log, lock=TurnLock(home))
@@ -287,7 +287,7 @@ async def serve(home: Path, log: EventLog, port: int | None = None,
 
 
 def main(home: Path, port: int | None = None, json_logs: bool = False) -> int:
-    from agentd.daemon.log import route_library_logs
+    from agentd.jobs.log import route_library_logs
 
     log = EventLog(json_lines=json_logs)
     route_library_logs(log)

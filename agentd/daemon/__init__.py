@@ -4,8 +4,6 @@ One asyncio process per home (`agentd daemon`, or `agentd start` in the backgrou
 
 - scheduler.py  wires everything: APScheduler 3.x (AsyncIOScheduler, no job store: the
                 schedules are rebuilt from the markdown files at start), signals, hot reload;
-- queue.py      one bounded priority queue, one turn at a time;
-- runner.py     runs a queued turn through agentd.turn and delivers its answer;
 - heartbeat.py  memory/HEARTBEAT.md: items with zero-token conditions (intervals, gates);
 - cron.py       cron/<name>.md: the file format and its APScheduler triggers;
 - crontab.py    the live table of cron jobs: scheduling, catch-up, last results;
@@ -14,7 +12,9 @@ One asyncio process per home (`agentd daemon`, or `agentd start` in the backgrou
 - recovery.py   what a killed daemon left behind: the turn in flight, a stale git lock;
 - service.py    pid file, start/stop, the systemd unit;
 - status.py     the status file the daemon writes and `agentd status`/`agentd cron` read;
-- state.py, log.py  small JSON state files under .agentd/daemon/, one log line per event.
+
+The queue, the turn records, the event log and the state files are agentd/jobs/ (shared
+with the bridge); each trigger here builds an agentd.turn.TurnRequest for its turn.
 
 Nothing here imports the LLM SDKs until a turn actually runs, so an idle daemon stays small.
 """

@@ -22,13 +22,15 @@ from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentd.daemon import cron, state
+from agentd.daemon import cron
 from agentd.daemon.heartbeat import zone
-from agentd.daemon.log import EventLog
-from agentd.daemon.queue import Job, TurnQueue
-from agentd.daemon.runner import deliver, is_silent, run_job_turn
 from agentd.homefs import Root
+from agentd.jobs import state
+from agentd.jobs.log import EventLog
+from agentd.jobs.queue import QueuedTurn, TurnQueue
+from agentd.jobs.records import run_job_turn
 from agentd.loop import Events
+from agentd.outbox import OUTBOX, Delivery, is_silent
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -81,10 +83,10 @@ def build_task(job: cron.CronJob, when: datetime) -> str:
 
 async def execute(home: Path, settings: Settings, job: cron.CronJob, log: EventLog,
                   events: Events | None = None) -> TurnReport | None:
-    """Run one job now (the caller holds the turn lock): the turn, its delivery, and its
-    last result. The daemon and `agentd cron run` both come through here."""
-    from agentd.home import runtime_dir
-    from agentd.turn import TurnRequest
+    """Run one job now (the caller holds the turn lock): the turn (which delivers its
+    answer to outbox/), and its last result. The daemon and `agentd cron run` both come
+    through here."""
+    from agentd.turn import TurnRequest  # not loaded by an idle daemon
 
     started = time.time()
     tz = job_zone(job, settings)
@@ -93,22 +95,20 @@ async def execute(home: Path, settings: Settings, job: cron.CronJob, log: EventL
         data.setdefault(job.name, {})["last_run"] = started
 
     await asyncio.to_thread(state.update, state_path(home), begin)
-    session = f"cron-{job.name}" if job.session == "continue" else None
-    fresh = session is not None and not (runtime_dir(home, "sessions")
-                                         / f"{session}.jsonl").exists()
-    req = TurnRequest(build_task(job, datetime.now(tz)), home, trigger="cron", model=job.model,
-                      session=session, new_session=fresh)
+    now = datetime.now(tz)
+    answer = f"{OUTBOX}/{CRON}-{job.name}-{datetime.now():%Y%m%d-%H%M%S}.md"
+    req = TurnRequest(build_task(job, now), home, trigger="cron", model=job.model,
+                      session=f"cron-{job.name}" if job.session == "continue" else None,
+                      delivery=Delivery(answer))
     report = await run_job_turn(home, settings, req, CRON, job.name, log, events)
-    delivered = None
-    if report is not None:
-        delivered = await asyncio.to_thread(deliver, home, CRON, job.name, report, log)
+    delivered = report.delivered if report else None
     r = report.result if report else None
     result = {"last_status": r.status if r else "error",
               "last_summary": ((r.error or (" ".join(r.text.split())[:160]
                                             if not is_silent(r.text) else "[SILENT]"))
                                if r else "the turn could not start (see the log)"),
               "last_run_id": report.run_id if report else None,
-              "last_output": str(delivered.relative_to(home)) if delivered else None}
+              "last_output": delivered}
     await asyncio.to_thread(state.update, state_path(home),
                             lambda d: d.setdefault(job.name, {}).update(result))
     return report
@@ -273,7 +273,7 @@ class CronTable:
         job = self.jobs.get(name)
         if job is None:
             return
-        if not self.queue.put(Job("cron", name, lambda: self._run(name))):
+        if not self.queue.put(QueuedTurn("cron", name, lambda: self._run(name))):
             if self.queue.has(f"cron:{name}"):
                 self.log(CRON, f"{name}: previous run still waiting; this one skipped")
             else:

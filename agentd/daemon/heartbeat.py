@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agentd.config import parse_hours
-from agentd.daemon import state
 from agentd.daemon.checklist import HEARTBEAT, Due, Item, build_task, load
-from agentd.daemon.log import EventLog
-from agentd.daemon.queue import Job, TurnQueue
-from agentd.daemon.runner import deliver, is_silent, run_job_turn
+from agentd.jobs import state
+from agentd.jobs.log import EventLog
+from agentd.jobs.queue import QueuedTurn, TurnQueue
+from agentd.jobs.records import run_job_turn
+from agentd.outbox import OUTBOX, Delivery, is_silent
+from agentd.redact import from_settings
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -61,14 +63,16 @@ def is_due(item: Item, entry: dict[str, float], now: float, slack: float) -> boo
 
 async def run_gate(home: Path, settings: Settings, command: str) -> tuple[bool, str, str]:
     """(fired, output, problem). The gate runs like the agent's bash tool: sandboxed, with
-    the home as its folder, bounded by `gate_timeout`."""
+    the home as its folder, bounded by `gate_timeout`, and its output redacted like every
+    tool result (agentd/redact.py): it goes into the task, the transcript and the log."""
     from agentd.tools import ToolContext
     from agentd.tools.bash import run_bash
 
-    ctx = ToolContext(home=home, workdir=home, sandbox=settings.sandbox)
+    redactor = from_settings(settings)
+    ctx = ToolContext(home=home, workdir=home, sandbox=settings.sandbox, redactor=redactor)
     limit = settings.heartbeat.gate_timeout.seconds
     res = await run_bash(ctx, command, limit)
-    out = res.content.strip()
+    out = redactor.redact(res.content).strip()
     if not res.is_error:
         out = "" if out == "(no output)" else out
         return True, out[:GATE_OUTPUT], ""
@@ -179,7 +183,7 @@ class Heartbeat:
             return "idle"
         task = build_task(due, now)
         names = ", ".join(f"line {d.item.line}" for d in due)
-        job = Job("heartbeat", "heartbeat", lambda: self._run(due, task))
+        job = QueuedTurn("heartbeat", "heartbeat", lambda: self._run(due, task))
         if not self.queue.put(job):
             return self._skip("could not queue")
         self.log("heartbeat", f"{len(due)} item{'s' * (len(due) != 1)} due ({names}); "
@@ -189,7 +193,7 @@ class Heartbeat:
         return "queued"
 
     async def _run(self, due: list[Due], task: str) -> None:
-        from agentd.turn import TurnRequest
+        from agentd.turn import TurnRequest  # not loaded by an idle daemon
 
         s = self.settings()
         started = time.time()
@@ -199,10 +203,10 @@ class Heartbeat:
                 entries.setdefault(d.item.key, {})["run"] = started
 
         await asyncio.to_thread(state.update, state_path(self.home), mark)
-        req = TurnRequest(task, self.home, trigger="heartbeat", model=s.heartbeat.model or None)
+        answer = f"{OUTBOX}/heartbeat-{datetime.now():%Y%m%d-%H%M%S}.md"
+        req = TurnRequest(task, self.home, trigger="heartbeat", model=s.heartbeat.model or None,
+                          delivery=Delivery(answer))
         report = await run_job_turn(self.home, s, req, "heartbeat", "heartbeat", self.log)
         if report is not None:
-            await asyncio.to_thread(deliver, self.home, "heartbeat", "heartbeat", report,
-                                    self.log)
             self.last = {"ts": time.time(), "result": report.result.status
                          + (" [SILENT]" if is_silent(report.result.text) else "")}

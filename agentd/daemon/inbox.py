@@ -9,12 +9,15 @@ empty files and files over `[daemon] inbox_max_bytes` are refused with a note in
 
 Exactly once: before its turn, a file is claimed in `.agentd/daemon/inbox/` (with the
 outbox name chosen for it). A daemon killed mid-turn leaves the claim and the file in
-place, and the next start runs it again; once the answer is written the claim says so, so
-a crash after that point only finishes the move and never runs the turn twice. A provider
-error retries the file later (3 attempts in all); then it is refused with the error.
+place, and the next start runs it again. The turn writes the answer itself, before its one
+commit (agentd/turn.py, agentd/outbox.py), and the claim says "answered" the moment the file
+exists, still before that commit: a crash after that point never runs the turn twice (the
+next start's recovery commits what the killed turn left, agentd/daemon/recovery.py) and only
+finishes the move. A provider error retries the file later (3 attempts in all); then it is
+refused with the error.
 
 The content reaches the model marked as untrusted (data to work on, not instructions), and
-the turn asks for the "untrusted" sandbox profile (see runner.with_profile).
+the turn runs with the "untrusted" sandbox profile.
 """
 
 from __future__ import annotations
@@ -29,18 +32,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentd.daemon import state
-from agentd.daemon.log import EventLog
-from agentd.daemon.queue import Job, TurnQueue
-from agentd.daemon.runner import (
-    OUTBOX,
-    commit_delivery,
-    free_names,
-    prepare_outbox,
-    run_job_turn,
-    write_new,
-)
 from agentd.homefs import Root
+from agentd.jobs import state
+from agentd.jobs.log import EventLog
+from agentd.jobs.queue import QueuedTurn, TurnQueue
+from agentd.jobs.records import run_job_turn
+from agentd.outbox import OUTBOX, Delivery, free_names, prepare, write_new
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -161,7 +158,7 @@ class Inbox:
                     continue
                 del self._settling[name]
                 self._told.discard(name)
-                self.queue.put(Job("inbox", name, lambda n=name: self.process(n)))
+                self.queue.put(QueuedTurn("inbox", name, lambda n=name: self.process(n)))
 
     async def process(self, name: str) -> None:
         await asyncio.to_thread(self._prepare_outbox)
@@ -184,23 +181,25 @@ class Inbox:
         claim = {"name": name, "stage": "claimed", "attempts": attempts, "outbox": answer,
                  "sha256": hashlib.sha256(text.encode()).hexdigest(), "started": time.time()}
         await asyncio.to_thread(state.write, self._claim_path(name), claim)
-        from agentd.turn import TurnRequest
+        from agentd.turn import TurnRequest  # not loaded by an idle daemon
 
-        req = TurnRequest(build_task(name, text, answer), self.home, trigger="inbox")
-        report = await run_job_turn(self.home, self.settings(), req, "inbox", name, self.log,
-                                    profile="untrusted")
-        if report is None or report.result.status == "error":
-            error = report.result.error if report else "the turn could not start"
+        def answered(rel: str) -> None:  # in the turn, as soon as the answer is written
+            claim.update(stage="answered", outbox=rel)
+            state.write(self._claim_path(name), claim)
+
+        req = TurnRequest(build_task(name, text, answer), self.home, trigger="inbox",
+                          profile="untrusted",
+                          delivery=Delivery(answer, always=True, on_written=answered))
+        report = await run_job_turn(self.home, self.settings(), req, "inbox", name, self.log)
+        if claim["stage"] != "answered":  # could not start, a provider error, no answer
+            error = (report.result.error or "; ".join(report.notes) if report else
+                     "the turn could not start")
             claim.update(stage="retry", after=time.time() + RETRY_AFTER * attempts, error=error)
             await asyncio.to_thread(state.write, self._claim_path(name), claim)
             self.log.warn("inbox", f"{name}: will retry in {RETRY_AFTER * attempts:.0f}s "
                           f"(attempt {attempts} of {ATTEMPTS})")
             return
-        r = report.result
-        body = r.text.strip() or "(the agent gave no answer)"
-        if r.status != "ok":
-            body += f"\n\n(agentd: the turn ended early: {r.error})"
-        await asyncio.to_thread(self._answer, name, claim, body, report.run_id)
+        await asyncio.to_thread(self._finish, name, claim, False)  # the turn committed it
         if not self.queue.depth:
             await self.scan()  # files a full queue turned away
 
@@ -234,7 +233,9 @@ class Inbox:
 
     def _prepare_outbox(self) -> None:
         with Root(self.home) as root:
-            prepare_outbox(root, self.log, "inbox")
+            note = prepare(root)
+        if note:
+            self.log.warn("inbox", note)
 
     def _read(self, name: str) -> tuple[str, str | None]:
         """(text, why it is refused or None)."""
@@ -268,25 +269,20 @@ class Inbox:
                 "the home and drop a note asking about it.\n")
         claim = {"name": name, "stage": "claimed", "outbox": answer, "refused": why}
         self.log.warn("inbox", f"{name}: refused: {why}")
-        self._answer(name, claim, note, None)
-
-    def _answer(self, name: str, claim: dict[str, Any], body: str, run_id: str | None) -> None:
-        """Write the answer as a new file (the claimed name, or the next free one if the
-        turn put something there), then finish."""
+        self._prepare_outbox()
         with Root(self.home) as root:
-            prepare_outbox(root, self.log, "inbox")
-            claim["outbox"] = write_new(root, claim["outbox"], body.rstrip() + "\n")
-        claim.update(stage="answered", run=run_id)
+            claim["outbox"] = write_new(root, answer, note)
+        claim["stage"] = "answered"
         state.write(self._claim_path(name), claim)
         self._finish(name, claim)
 
-    def _finish(self, name: str, claim: dict[str, Any]) -> None:
-        """Commit the answer, move the input to inbox/.done/, drop the claim; each step may
-        already have happened before a crash, so each is safe to repeat."""
+    def _finish(self, name: str, claim: dict[str, Any], commit: bool = True) -> None:
+        """Move the input to inbox/.done/ and drop the claim; each step may already have
+        happened before a crash, so each is safe to repeat. A refusal's note (no turn made
+        it) is committed here, as is an answer a crash left out of its turn's commit."""
         with Root(self.home) as root:
-            if root.exists(claim["outbox"]):
-                commit_delivery(self.home, [claim["outbox"]], f"Inbox answer: {name}", "inbox",
-                                claim.get("run"))
+            if commit and root.exists(claim["outbox"]):
+                _commit_note(self.home, claim["outbox"], f"Inbox answer: {name}")
             if root.exists(f"{INBOX}/{name}"):
                 self._move_done(root, name)
         self._claim_path(name).unlink(missing_ok=True)
@@ -305,3 +301,13 @@ class Inbox:
                 return
             except FileExistsError:
                 continue
+
+
+def _commit_note(home: Path, rel: str, subject: str) -> None:
+    """Commit an outbox file that no turn's commit holds, with pending day-log lines; a
+    no-op when it is committed already."""
+    from agentd import history
+    from agentd.daylog import DAILY
+
+    daily = [f for f in history.pending(home).files if f.startswith(DAILY + "/")]
+    history.commit(home, [rel, *daily], subject, {"Agentd-Trigger": "inbox"})

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from agentd import gitexec
-from agentd.daemon import state
-from agentd.daemon.log import EventLog
 from agentd.home import Home
+from agentd.jobs import state
+from agentd.jobs.log import EventLog
 from agentd.turnlock import TurnLock
 
 

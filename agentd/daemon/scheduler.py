@@ -25,16 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from agentd.config import Settings, load_settings
-from agentd.daemon import checklist, service, state
+from agentd.daemon import checklist, service
 from agentd.daemon.crontab import CronTable
 from agentd.daemon.heartbeat import Heartbeat, load_state, zone
 from agentd.daemon.inbox import Inbox
-from agentd.daemon.log import EventLog, route_library_logs
-from agentd.daemon.queue import TurnQueue
 from agentd.daemon.recovery import recover
 from agentd.daemon.status import status_path
 from agentd.daemon.watcher import Batch, Watcher
 from agentd.errors import AgentdError
+from agentd.jobs import state
+from agentd.jobs.log import EventLog, route_library_logs
+from agentd.jobs.queue import TurnQueue
 from agentd.turnlock import TurnLock
 
 RESCAN = 60.0

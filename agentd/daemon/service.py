@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agentd.daemon import state
 from agentd.errors import AgentdError
 from agentd.home import runtime_dir
+from agentd.jobs import state
 
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
 READY_TIMEOUT = 20.0

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agentd.daemon.log import EventLog
+from agentd.jobs.log import EventLog
 
 if TYPE_CHECKING:
     from agentd.turnlock import TurnLock
@@ -32,8 +32,9 @@ PRIORITY = {"person": 0, "webhook": 0, "heartbeat": 1, "cron": 2, "inbox": 3}
 
 
 @dataclass
-class Job:
-    """A turn waiting to run. `run` does the whole thing (turn, delivery, bookkeeping)."""
+class QueuedTurn:
+    """An entry of the queue: a turn waiting to run. `run` does the whole thing (the turn
+    through agentd.jobs.records.run_job_turn, and what the trigger does after it)."""
 
     kind: str  # a PRIORITY key
     name: str  # what the log and `agentd status` show: the cron job, the inbox file
@@ -63,8 +64,8 @@ class TurnQueue:
         self.lock = lock
         self.log = log
         self.on_change = on_change
-        self.running: Job | None = None
-        self._heap: list[tuple[int, int, Job]] = []
+        self.running: QueuedTurn | None = None
+        self._heap: list[tuple[int, int, QueuedTurn]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._closed = False
@@ -77,14 +78,14 @@ class TurnQueue:
     def busy(self) -> bool:
         return self.running is not None
 
-    def waiting(self) -> list[Job]:
+    def waiting(self) -> list[QueuedTurn]:
         return [job for _, _, job in sorted(self._heap)]
 
     def has(self, key: str) -> bool:
         return (self.running is not None and self.running.key == key) or any(
             j.key == key for _, _, j in self._heap)
 
-    def put(self, job: Job) -> bool:
+    def put(self, job: QueuedTurn) -> bool:
         """Queue `job`; False (and one log line) when closed, full, or a duplicate."""
         if self._closed:
             self.log(job.kind, f"{job.name}: not queued, the daemon is stopping")
@@ -100,7 +101,7 @@ class TurnQueue:
         self.on_change()
         return True
 
-    def close(self) -> list[Job]:
+    def close(self) -> list[QueuedTurn]:
         """Refuse new jobs and drop the waiting ones (returned); the running one finishes."""
         self._closed = True
         dropped = [job for _, _, job in sorted(self._heap)]
@@ -132,7 +133,7 @@ class TurnQueue:
                 self.running = None
                 self.on_change()
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: QueuedTurn) -> None:
         """Run `job` holding the home's turn lock, for its delivery too. The lock is marked
         held for this task, so the `run_turn` inside does not wait for it again."""
         if self.lock is None:

@@ -12,7 +12,12 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+from agentd.loop import Events
+
+if TYPE_CHECKING:
+    from agentd.llm.types import ToolCall
 
 
 class EventLog:
@@ -46,6 +51,20 @@ class EventLog:
 
     def warn(self, event: str, msg: str, **fields: Any) -> None:
         self(event, msg, level="warning", **fields)
+
+
+class LogEvents(Events):
+    """A queued turn's progress as log lines: one per tool call (its arguments come
+    redacted from the turn, agentd/turn.py)."""
+
+    def __init__(self, log: EventLog, kind: str, name: str):
+        self.log, self.kind, self.name = log, kind, name
+
+    def tool_call(self, call: ToolCall) -> None:
+        a = call.arguments
+        what = str(a.get("command") or a.get("path") or "")
+        what = " ".join(what.split())
+        self.log(self.kind, f"{self.name}: ▸ {call.name} {what[:100]}")
 
 
 class _Bridge(logging.Handler):

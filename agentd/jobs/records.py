@@ -1,0 +1,84 @@
+"""The records of a queued turn (the daemon's heartbeat, cron and inbox turns, `agentd cron
+run`, the bridge's turns): the turn itself is agentd.turn.run_turn; around it,
+
+- a marker in `.agentd/daemon/turn.json` while the turn runs, so a process killed mid-turn
+  is recognised and its leftovers committed as a recovery commit on the next start
+  (agentd/daemon/recovery.py);
+- one row per run in `.agentd/daemon/runs.jsonl`, for `agentd status`;
+- log lines: started, one per tool call (`LogEvents`), delivered, ended.
+
+The caller normally holds the turn lock (the queue's worker, `cron run`), so the marker is
+written under it; `run_turn` takes the lock otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentd.errors import AgentdError
+from agentd.jobs import state
+from agentd.jobs.log import EventLog, LogEvents
+from agentd.loop import Events
+from agentd.outbox import is_silent
+
+if TYPE_CHECKING:
+    from agentd.config import Settings
+    from agentd.turn import TurnReport, TurnRequest
+
+
+def _record(home: Path, row: dict[str, Any]) -> None:
+    state.append_line(state.daemon_dir(home) / "runs.jsonl", row)
+
+
+async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: str,
+                       name: str, log: EventLog, events: Events | None = None
+                       ) -> TurnReport | None:
+    """Run one queued turn with its records; None when it could not start (a config
+    problem, a refusal: logged and recorded)."""
+    from agentd.turn import run_turn  # git, the sandbox: not loaded by an idle daemon
+
+    marker = state.daemon_dir(home) / "turn.json"
+    started = time.time()
+    state.write(marker, {"kind": kind, "name": name, "trigger": req.trigger, "task": req.task,
+                         "profile": req.profile, "session": req.session,
+                         "started": started, "pid": os.getpid()})
+    log(kind, f"{name}: turn started" + (f" ({req.model})" if req.model else ""))
+    row: dict[str, Any] = {"ts": started, "kind": kind, "name": name}
+    try:
+        report = await run_turn(home, settings, req, events or LogEvents(log, kind, name),
+                                base=home)
+    except AgentdError as e:
+        log.error(kind, f"{name}: turn not started: {e}")
+        _record(home, {**row, "status": "error", "error": str(e), "seconds": 0})
+        return None
+    finally:
+        marker.unlink(missing_ok=True)
+    r = report.result
+    row.update(status=r.status, error=r.error, steps=r.steps, seconds=report.seconds,
+               cost=report.cost, run=report.run_id, model=", ".join(report.models) or
+               report.model, silent=r.status == "ok" and is_silent(r.text))
+    _record(home, row)
+    _log_delivery(log, kind, name, req, report)
+    cost = "?" if report.cost is None else f"${report.cost:.4f}"
+    detail = f": {r.error}" if r.error else ""
+    log(kind, f"{name}: turn {r.status} ({r.steps} step{'s' * (r.steps != 1)}, "
+        f"{report.seconds:.1f}s, {cost}){detail}", level="info" if report.ok else "error",
+        run=report.run_id)
+    return report
+
+
+def _log_delivery(log: EventLog, kind: str, name: str, req: TurnRequest,
+                  report: TurnReport) -> None:
+    """What became of the answer of a turn that delivers to outbox/."""
+    for note in report.notes:
+        log.warn(kind, note)
+    if req.delivery is None or req.delivery.outbox is None:
+        return
+    text = report.result.text.strip()
+    if report.delivered:
+        log(kind, f"{name}: delivered {report.delivered}: {' '.join(text.split())[:120]}")
+    elif report.ok and is_silent(text):
+        log(kind, f"{name}: [SILENT], nothing delivered")
