@@ -74,36 +74,30 @@ def make_provider(spec: str, settings: Settings, base: Path,
                           max_retries=retries, label=label, key_env=ep.key_env or "")
 
 
-def build_provider(spec: str, settings: Settings, base: Path, state: Path, *, run_id: str,
-                   trigger: str, session: Path | None = None,
-                   fallbacks: list[str] | None = None, ledger: Ledger | None = None,
-                   log: SessionLog | None = None) -> Provider:
+def build_provider(spec: str, settings: Settings, base: Path, cooldowns: Path, *,
+                   ledger: Ledger, log: SessionLog,
+                   fallbacks: list[str] | None = None) -> Provider:
     """The provider a turn talks to: `spec` then its fallbacks (`fallbacks`, else the
     `fallbacks` of agentd.toml) as one chain that retries, cools throttled models down and
     moves on (llm/fallback.py); every call checked against the budget (budget.py), and
     compacted first when the conversation nears the model's window (compact.py). An
     interactive turn over a money cap continues on `budget_fallback`.
 
-    `state` is the home's `.agentd/` (cool-downs). The turn's own books are passed in, so
-    each has one writer: `ledger`, which compaction's summary calls are booked through
-    beside the turn's (so its cost includes them), and `log`, the transcript compactions
-    are recorded in. Without a `ledger`, one for `run_id` and `trigger` in
-    `state/usage.jsonl` is made; without a `log`, `session` (a transcript path) is
-    continued, and with neither, compactions are not recorded.
+    `cooldowns` is the home's cool-down file. The turn's own books are passed in, so each
+    has one writer: `ledger` (the run and trigger it books for), through which compaction's
+    summary calls are booked beside the turn's (so its cost includes them), and `log`, the
+    transcript compactions are recorded in.
 
     Config errors (unknown provider, missing key of `spec`) raise AgentdError here,
     before anything is spent; a fallback whose key is missing is skipped when its turn
     comes, with the reason in the error.
     """
-    if ledger is None:
-        ledger = Ledger(state / "usage.jsonl", run_id, trigger, settings.prices)
-    if log is None and session is not None:
-        log = SessionLog(session, None)
+    trigger = ledger.trigger
     backup = settings.budget_fallback if is_interactive(trigger) else None
     backup = backup if backup != spec else None
     budget = Budget(settings.budget, ledger.path, trigger, settings.prices, bool(backup))
     compactor = Compactor(settings, log, ledger)
-    breaker = Breaker(state / "cooldowns.json")
+    breaker = Breaker(cooldowns)
     t = settings.throttling
     cooldown = t.cooldown.seconds
     max_wait = t.max_retry_wait.seconds

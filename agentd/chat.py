@@ -35,7 +35,7 @@ from agentd import history
 from agentd.chain import choose_model, make_provider
 from agentd.config import Settings
 from agentd.errors import AgentdError
-from agentd.home import runtime_dir
+from agentd.home import Home
 from agentd.render import LiveRenderer, history_table, summary
 from agentd.session import load_messages, new_id
 from agentd.termsafe import terminal_safe
@@ -55,7 +55,7 @@ A line starting with a space is sent as it is, even if it then starts with /."""
 
 def find_session(home: Path, resume: str) -> str:
     """The id `--resume` means: `resume` itself, or the newest transcript when empty."""
-    sessions = runtime_dir(home, "sessions")
+    sessions = Home(home).sessions
     if not resume:
         found = sorted(sessions.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
         if not found:
@@ -231,7 +231,7 @@ def start_chat(home: Path, settings: Settings, workdir: Path, base: Path,
         note = f"new session {sid}"
     else:
         sid = find_session(home, resume)
-        count = len(load_messages(runtime_dir(home, "sessions") / f"{sid}.jsonl"))
+        count = len(load_messages(Home(home).session(sid)))
         note = f"resuming session {sid} ({count} messages)"
     spec = choose_model(model, settings)
     make_provider(spec, settings, base)

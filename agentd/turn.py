@@ -32,7 +32,7 @@ from agentd import history
 from agentd.chain import build_provider, choose_model
 from agentd.config import Settings
 from agentd.daylog import DAILY, append_entry, append_held
-from agentd.home import runtime_dir
+from agentd.home import Home
 from agentd.llm.types import Message, Provider, ToolCall, Usage
 from agentd.loop import Events, LoopResult, run_loop
 from agentd.outbox import Delivery, deliver
@@ -227,13 +227,14 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
     report, the transcript, the outbox, the day log and one git commit."""
     spec = choose_model(req.model, settings)
     run_id = new_id()
-    path = runtime_dir(home, "sessions") / f"{req.session or run_id}.jsonl"
+    layout = Home(home)
+    path = layout.session(req.session or run_id)
     log = SessionLog(path, {"id": req.session or run_id, "trigger": req.trigger,
                             "model": spec, "workdir": str(req.workdir)},
                      redactor=from_settings(settings))
-    ledger = Ledger(runtime_dir(home) / "usage.jsonl", run_id, req.trigger, settings.prices)
-    provider = build_provider(spec, settings, base or req.workdir, runtime_dir(home),
-                              run_id=run_id, trigger=req.trigger, ledger=ledger, log=log)
+    ledger = Ledger(layout.ledger, run_id, req.trigger, settings.prices)
+    provider = build_provider(spec, settings, base or req.workdir, layout.cooldowns,
+                              ledger=ledger, log=log)
     if req.record:
         from agentd.llm.replay import RecordingProvider
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agentd.errors import AgentdError
-from agentd.home import runtime_dir
+from agentd.home import Home
 
 LOCK_NAME = "turn.lock"
 HOLDER_NAME = "turn.holder.json"
@@ -59,7 +59,7 @@ class TurnLock:
 
     def __init__(self, home: Path):
         self.key = os.path.realpath(home)  # the same home however it was spelled
-        folder = runtime_dir(home, "daemon")
+        folder = Home(home).daemon
         self.path = folder / LOCK_NAME
         self.holder_path = folder / HOLDER_NAME
         self._fd: int | None = None

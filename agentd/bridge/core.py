@@ -25,7 +25,7 @@ from agentd.bridge.http import ApiError, retry_after
 from agentd.bridge.limits import Buckets
 from agentd.bridge.secrets import Secrets, scrub
 from agentd.bridge.store import Runs, SeenIds, lock, new_run_id
-from agentd.home import runtime_dir
+from agentd.home import Home
 from agentd.jobs.log import EventLog, LogEvents
 from agentd.jobs.queue import QueuedTurn, TurnQueue
 from agentd.jobs.records import run_job_turn
@@ -46,7 +46,7 @@ class Bridge:
         self.home, self.settings, self.queue, self.log = home, settings, queue, log
         self.secrets = secrets
         b = settings().bridge
-        folder = runtime_dir(home, "bridge")
+        folder = Home(home).bridge
         self._lock: int | None = lock(folder / "bridge.lock")
         self.seen = SeenIds(folder, b.dedupe_ttl.seconds)
         self.runs = Runs(folder)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd.errors import AgentdError
+from agentd.home import Home
 from agentd.jobs import state
 from agentd.jobs.log import EventLog, LogEvents
 from agentd.loop import Events
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 
 def _record(home: Path, row: dict[str, Any]) -> None:
-    state.append_line(state.daemon_dir(home) / "runs.jsonl", row)
+    state.append_line(Home(home).runs_log, row)
 
 
 async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: str,
@@ -40,7 +41,7 @@ async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: s
     problem, a refusal: logged and recorded)."""
     from agentd.turn import run_turn  # git, the sandbox: not loaded by an idle daemon
 
-    marker = state.daemon_dir(home) / "turn.json"
+    marker = Home(home).turn_marker
     started = time.time()
     state.write(marker, {"kind": kind, "name": name, "trigger": req.trigger, "task": req.task,
                          "profile": req.profile, "session": req.session,
