@@ -12,7 +12,8 @@ One asyncio process per home (`agentd daemon`, or `agentd start` in the backgrou
 - inbox.py      files dropped in inbox/ become turns; answers land in outbox/;
 - watcher.py    watchdog (inotify, polling as a fallback), debounced onto the event loop;
 - recovery.py   what a killed daemon left behind: the turn in flight, a stale git lock;
-- service.py    pid file, start/stop, the systemd unit;
+- service.py    pid file, start/stop;
+- units.py      the systemd units (user, and hardened system) and how to install them;
 - status.py     the status file the daemon writes and `agentd status`/`agentd cron` read;
 - state.py, log.py  small JSON state files under .agentd/daemon/, one log line per event.
 
