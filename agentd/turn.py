@@ -160,7 +160,8 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     late: dict[str, str] = {}
     report.commit = history.commit(
         home, files + sorted(daily), clean(req.task),
-        {"Agentd-Run": report.run_id, "Agentd-Model": models, "Agentd-Trigger": req.trigger},
+        {"Agentd-Run": report.run_id, "Agentd-Model": models, "Agentd-Trigger": req.trigger}
+        | ({"Agentd-Status": "interrupted"} if report.result.status == "interrupted" else {}),
         "\n".join(clean(n) for n in changes.notes()), held=late)
     if late:  # git refused these at commit time; this line rides along with the next commit
         report.held |= late

@@ -10,6 +10,8 @@
 - Inbox files are never committed (agentd.gitscreen, and `.git/info/exclude`, which
   agentd.gitexec keeps): they are strangers' content, possibly large or binary; the
   transcript keeps what the agent read and outbox/ keeps the answers.
+- The command cgroups and scratch folders of dead agentd processes (this daemon's
+  predecessor, a killed `agentd run`): agentd.tools.sandbox.sweep_leftovers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from agentd import gitexec
 from agentd.daemon import state
 from agentd.daemon.log import EventLog
+from agentd.tools.sandbox import sweep_leftovers
 from agentd.turnlock import TurnLock
 
 
@@ -119,6 +122,10 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
 
 
 def recover(home: Path, log: EventLog) -> None:
-    """Everything above, in order: the git lock first, since the commit needs it."""
+    """Everything above, in order: the git lock first, since the commit needs it; and what
+    dead agentd processes left on this host (cgroups, scratch folders)."""
     clear_index_lock(home, log)
     recover_turn(home, log)
+    if removed := sweep_leftovers():
+        log("recovery", f"removed {len(removed)} cgroups and scratch folders of dead agentd "
+            "processes")

@@ -11,7 +11,8 @@ never unlinked, only emptied, so two starters can never lock two different files
 `agentd stop` sends SIGTERM: the daemon stops scheduling, lets the running turn finish and
 commit, and exits. If that takes longer than the timeout, a second SIGTERM interrupts the
 turn (which still commits what it did), and after 15 more seconds SIGKILL; `--now` sends
-SIGKILL at once, and the next start commits the leftovers as a recovery commit.
+SIGKILL at once, and the next start commits the leftovers as a recovery commit. After a
+SIGKILL, `stop` removes the command cgroup and scratch folder the daemon left.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from agentd.daemon import state
 from agentd.errors import AgentdError
 from agentd.home import runtime_dir
+from agentd.tools import leftovers
 
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
 READY_TIMEOUT = 20.0
@@ -155,7 +157,7 @@ def stop(home: Path, timeout: float, now: bool = False,
         raise AgentdError("the daemon is still starting; try again in a moment", 1)
     if now:
         os.kill(pid, signal.SIGKILL)
-        _wait_gone(home, 10)
+        _killed(home, pid)
         return pid
     os.kill(pid, signal.SIGTERM)
     info = state.read(state.daemon_dir(home) / "status.json", {})
@@ -173,5 +175,18 @@ def stop(home: Path, timeout: float, now: bool = False,
     say("not stopping: killing it (the next start commits its leftovers)")
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    _wait_gone(home, 10)
+    _killed(home, pid)
     return pid
+
+
+def _killed(home: Path, pid: int) -> None:
+    """After a SIGKILL: wait for the daemon to be gone (its pid file unlocked, then the
+    process itself: the lock goes a moment before), then remove the cgroups and scratch
+    folders it had no chance to (its turn's leftovers are committed by the next start)."""
+    from agentd.tools.sandbox import sweep_leftovers  # heavy: only on this rare path
+
+    _wait_gone(home, 10)
+    deadline = time.monotonic() + 5
+    while leftovers.start_time(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sweep_leftovers()

@@ -17,6 +17,7 @@ Why it is shaped like this (verified with bwrap 0.8.0 on Debian 12, running as r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentd.homefs import PROTECTED_DIRS, PROTECTED_NAMES
-from agentd.tools import SandboxSettings, ToolContext, limits, netproxy, owner, seccomp
+from agentd.tools import SandboxSettings, ToolContext, leftovers, limits, netproxy, owner, seccomp
 from agentd.tools.bwrap import (
     BASH,
     SANE_PATH,
@@ -42,6 +43,7 @@ INSTALL_HINT = (
     'or opt out with sandbox = "off" in agentd.toml / --no-sandbox'
 )
 PROBE_TIMEOUT = 10.0
+SCRATCH_PREFIX = "agentd-scratch-"
 log = logging.getLogger("agentd.sandbox")
 
 # argv tuples whose trivial launch succeeded; only successes are cached, so a fixed install
@@ -67,10 +69,28 @@ def ensure_scratch(ctx: ToolContext) -> None:
     if ctx.profile != "untrusted":
         return
     if ctx.scratch is None:
-        ctx.scratch = Path(tempfile.mkdtemp(prefix="agentd-scratch-")).resolve()
+        prefix = f"{SCRATCH_PREFIX}{leftovers.tag()}-"  # whose it is: sweep_leftovers
+        ctx.scratch = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
     outbox = ctx.home / "outbox"
     if not outbox.exists() and not outbox.is_symlink():
         outbox.mkdir()
+
+
+def sweep_leftovers() -> list[Path]:
+    """Remove what dead agentd processes left on this host: their command cgroups (and
+    anything still running in them) and their scratch folders in this temp dir. Returns
+    what it removed. Cheap (two directory listings); called as each agentd starts."""
+    removed = limits.sweep_cgroups()
+    tmp = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(tmp):
+            owner_tag = entry.name.removeprefix(SCRATCH_PREFIX).rpartition("-")[0]
+            if (entry.name.startswith(SCRATCH_PREFIX) and owner_tag.count("-") == 1
+                    and entry.is_dir(follow_symlinks=False)
+                    and leftovers.owner_dead(owner_tag)):
+                shutil.rmtree(entry.path, ignore_errors=True)  # never follows a symlink
+                removed.append(tmp / entry.name)
+    return removed
 
 
 def seccomp_memfd() -> int:
