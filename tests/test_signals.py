@@ -294,3 +294,28 @@ def test_the_sweep_never_touches_what_a_live_process_owns(
         for name in keep + drop:
             with contextlib.suppress(OSError):
                 (base / name).rmdir()
+
+
+@requires_bwrap
+def test_stop_now_leaves_no_cgroup_scratch_or_process(fake: FakeLLM, home: Path) -> None:
+    """`agentd stop --now` SIGKILLs the daemon mid-command, then removes what it left."""
+    marker = f"30.{os.getpid()}66"
+    configure(home, {"model": MODEL}, heartbeat={"enabled": False})
+    git(home, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "settings")
+    fake.push({"tool_calls": [{"name": "bash", "arguments": {"command": f"sleep {marker}"}}]},
+              {"text": "never asked"})
+    r = subprocess.run([*AGENTD, "start", "--home", str(home)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.split("(pid ")[1].split(")")[0])
+    try:
+        (home / "inbox/job.txt").write_text("Please take a nap.\n")
+        wait_for(lambda: sleepers(marker), 30, "the inbox turn's command")
+        assert scratch_of(pid) and cgroups_of(pid)
+        r = subprocess.run([*AGENTD, "stop", "--now", "--home", str(home)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert leftovers.start_time(pid) is None
+    assert cgroups_of(pid) == [] and scratch_of(pid) == [] and sleepers(marker) == []
