@@ -48,6 +48,18 @@ class Interrupted(AgentdError):
                          exit_code(sig))
 
 
+def _leave_hung_up_terminal(ttys: list[int]) -> None:
+    """SIGHUP because the terminal closed: from now on a write to it fails (EIO), and a
+    failing write while the turn unwinds (the renderer shows the interrupted tool call)
+    would cut its books short. So what was the terminal becomes /dev/null; a terminal
+    still there (`kill -HUP`) answers tcgetattr and is kept."""
+    for fd in ttys:
+        if not os.isatty(fd):  # it was a terminal when the turn started: now hung up
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+
+
 async def interruptible(coro: Coroutine[Any, Any, T], goes_on: tuple[signal.Signals, ...] = ()
                         ) -> tuple[T | None, signal.Signals | None]:
     """Await `coro` as a task that SIGINT, SIGTERM or SIGHUP cancels. Returns (its result,
@@ -61,12 +73,15 @@ async def interruptible(coro: Coroutine[Any, Any, T], goes_on: tuple[signal.Sign
     task = asyncio.ensure_future(coro)
     fired: list[signal.Signals] = []
     first_at = 0.0
+    ttys = [fd for fd in (1, 2) if os.isatty(fd)]
 
     def on_signal(sig: signal.Signals) -> None:
         nonlocal first_at
         if not fired:
             fired.append(sig)
             first_at = time.monotonic()
+            if sig == signal.SIGHUP:
+                _leave_hung_up_terminal(ttys)
             task.cancel()
         elif time.monotonic() - first_at > UNWIND_GRACE:
             os.write(2, f"error: interrupted by {sig.name} again, {UNWIND_GRACE:.0f}s into "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -157,6 +159,37 @@ def test_a_signal_mid_tool_call_commits_the_work_as_interrupted(
     assert_interrupted_commit(home, "find things", "cli")
     assert cgroups_of(run.pid) == [] and sleepers(marker) == []
     assert len([r for r in fake.requests if r.method == "POST"]) == 2
+
+
+@requires_bwrap
+def test_closing_the_terminal_commits_the_work_as_interrupted(
+        fake: FakeLLM, home: Path, workdir: Path) -> None:
+    """The real SIGHUP: `agentd run` on a pseudo-terminal that is its controlling terminal,
+    whose other side closes. Writing to it fails from then on, which must not cut the
+    turn's books short."""
+    marker = f"30.{os.getpid()}44"
+    scripted_turn(fake, home, workdir, marker)
+    launch = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+              "os.execv(sys.executable, [sys.executable, '-m', 'agentd', *sys.argv[1:]])")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", launch, "run", "--home", str(home), "-C",
+                             str(workdir), "-m", MODEL, "find things"], stdin=slave,
+                            stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    try:
+        def started() -> bool:
+            while select.select([master], [], [], 0)[0]:  # keep the terminal drained
+                os.read(master, 65536)
+            return (workdir / "started").exists()
+        wait_for(started, 30, "the command to start")
+        os.close(master)  # the terminal window closes
+        assert proc.wait(60) == 128 + signal.SIGHUP
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert_interrupted_commit(home, "find things", "cli")
+    assert cgroups_of(proc.pid) == [] and sleepers(marker) == []
 
 
 @requires_bwrap
