@@ -19,6 +19,7 @@ agentd/tools/leftovers.py). Exit statuses are the shell's: 128 + the signal's nu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -84,8 +85,9 @@ async def interruptible(coro: Coroutine[Any, Any, T], goes_on: tuple[signal.Sign
                 _leave_hung_up_terminal(ttys)
             task.cancel()
         elif time.monotonic() - first_at > UNWIND_GRACE:
-            os.write(2, f"error: interrupted by {sig.name} again, {UNWIND_GRACE:.0f}s into "
-                        "unwinding: stopping now\n".encode())
+            with contextlib.suppress(OSError):
+                os.write(2, f"error: interrupted by {sig.name} again, {UNWIND_GRACE:.0f}s "
+                            "into unwinding: stopping now\n".encode())
             os._exit(exit_code(sig))
 
     installed: dict[signal.Signals, Any] = {}  # signal -> the handler to put back

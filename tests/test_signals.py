@@ -352,3 +352,51 @@ def test_stop_now_leaves_no_cgroup_scratch_or_process(fake: FakeLLM, home: Path)
             os.kill(pid, signal.SIGKILL)
     assert leftovers.start_time(pid) is None
     assert cgroups_of(pid) == [] and scratch_of(pid) == [] and sleepers(marker) == []
+
+
+STUCK = """
+import asyncio, os, signal, sys
+from agentd import interrupt
+interrupt.UNWIND_GRACE = float(sys.argv[1])
+
+async def turn():
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:  # books that never finish (a hung git, say)
+        print("unwinding", flush=True)
+        await asyncio.shield(asyncio.sleep(float(sys.argv[2])))
+        print("books written", flush=True)
+        raise
+
+async def main():
+    asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+    return await interrupt.interruptible(turn())
+
+result, sig = asyncio.run(main())
+print("returned", sig.name, flush=True)
+"""
+
+
+def _stuck(grace: float, books: float) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", STUCK, str(grace), str(books)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_signal_is_ignored_while_the_books_are_written() -> None:
+    proc = _stuck(grace=60, books=2.0)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "unwinding\n"
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=30)
+    assert out == "books written\nreturned SIGTERM\n" and err == "" and proc.returncode == 0
+
+
+def test_past_the_grace_a_second_signal_ends_a_stuck_unwinding() -> None:
+    proc = _stuck(grace=0, books=60)  # any later signal is past a grace of 0 s
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "unwinding\n"
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 129 and "books written" not in out
+    assert err == "error: interrupted by SIGHUP again, 0s into unwinding: stopping now\n"
