@@ -13,10 +13,11 @@ inbox and bridge turns for all that time. A line typed while another turn runs i
 home (the daemon's, an `agentd run`) waits for it, saying so once; Ctrl-C while waiting
 gives that line up, and the chat goes on.
 
-Ctrl-C while a turn runs cancels that turn's task (not a KeyboardInterrupt thrown at a
-random line): the loop gives the interrupted tool call an error result, `run_turn` still
-writes the day log and commits, and the chat goes on. Ctrl-C at the prompt ends the chat
-with exit status 130, like an interrupted `agentd run`; `/exit` and end of input give 0.
+Ctrl-C while a turn runs cancels that turn's task (agentd/interrupt.py): the loop gives the
+interrupted tool call an error result, `run_turn` still writes the day log and commits, and
+the chat goes on. SIGTERM or SIGHUP do the same, then end the chat (exit 143 or 129).
+Ctrl-C at the prompt ends the chat with exit status 130, like an interrupted `agentd run`;
+`/exit` and end of input give 0.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from rich.console import Console
 
@@ -36,13 +36,12 @@ from agentd.chain import choose_model, make_provider
 from agentd.config import Settings
 from agentd.errors import AgentdError
 from agentd.home import Home
+from agentd.interrupt import Interrupted, interruptible
 from agentd.render import LiveRenderer, history_table, summary
 from agentd.session import load_messages, new_id
 from agentd.termsafe import terminal_safe
 from agentd.turn import TurnReport, TurnRequest, run_turn
 from agentd.turnlock import run_locked, waiting_message
-
-T = TypeVar("T")
 
 HELP = """\
 /model PROVIDER:MODEL  use that model from the next turn on (e.g. openai:gpt-5.4-mini)
@@ -86,40 +85,6 @@ def read_line() -> str | None:
             return None
     line = sys.stdin.readline()
     return line.rstrip("\r\n") if line else None
-
-
-async def interruptible(coro: Coroutine[Any, Any, T]) -> T | None:
-    """Await `coro` as a task that Ctrl-C cancels; None when it did.
-
-    The handler lives on the event loop only while the turn runs, so the turn unwinds
-    through its own `finally` (error result for the tool call, day log, commit). Further
-    Ctrl-Cs while it unwinds are ignored, so the bookkeeping is never cut short.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(coro)
-    interrupted = False
-
-    def on_sigint() -> None:
-        nonlocal interrupted
-        if not interrupted:
-            interrupted = True
-            task.cancel()
-
-    try:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-        installed = True
-    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
-        installed = False
-    try:
-        return await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if interrupted and not (current and current.cancelling()):
-            return None
-        raise
-    finally:
-        if installed:
-            loop.remove_signal_handler(signal.SIGINT)
 
 
 class Chat:
@@ -200,10 +165,11 @@ class Chat:
         renderer = LiveRenderer(self.console)
         report: TurnReport | None = None
         self._started = False
+        sig = None
         try:
-            report = asyncio.run(interruptible(run_turn(
+            report, sig = asyncio.run(interruptible(run_turn(
                 self.home, self.settings, req, renderer, self.base, on_wait=_say_waiting,
-                on_start=self._begun)))
+                on_start=self._begun), goes_on=(signal.SIGINT,)))
         except KeyboardInterrupt:  # Ctrl-C just outside the handler's window
             pass
         except AgentdError as e:
@@ -211,6 +177,8 @@ class Chat:
             self.error(str(e))
             return None
         renderer.finish()
+        if sig is not None and sig != signal.SIGINT:
+            raise Interrupted(sig)  # SIGTERM, SIGHUP: the chat ends once the turn unwound
         if report is None:
             self.console.print("interrupted: the turn stopped; what it did so far is kept"
                                if self._started else "interrupted while waiting for the "

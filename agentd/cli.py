@@ -82,10 +82,13 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
       git diff | agentd run "review this"
 
     While another turn runs in the home (the daemon's, a chat's), this one waits for it.
+    Ctrl-C, SIGTERM or SIGHUP stop the turn, which still commits what it did (exit 130,
+    143, 129).
     """
     import asyncio
     import json
 
+    from agentd.interrupt import Interrupted, interruptible
     from agentd.turn import TurnRequest, run_turn
 
     try:
@@ -108,8 +111,13 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
             from agentd.render import LiveRenderer
 
             events = renderer = LiveRenderer(Console(highlight=False))
-        report = asyncio.run(run_turn(home, settings, req, events, base=Path.cwd(),
-                                      on_wait=_say_waiting))
+        report, sig = asyncio.run(interruptible(run_turn(home, settings, req, events,
+                                                         base=Path.cwd(), on_wait=_say_waiting)))
+        if sig is not None:  # the turn unwound and committed what it did
+            if renderer is not None:
+                renderer.finish()
+            raise Interrupted(sig)
+        assert report is not None
     except AgentdError as e:
         if as_json:  # scripts still get their one JSON object
             click.echo(json.dumps({"status": "error", "exit_code": e.exit_code,
@@ -225,7 +233,8 @@ def skills(home_opt: str | None) -> None:
 
 def _prepare(home_opt: str | None, workdir: Path | None,
              no_sandbox: bool) -> tuple[Path, Settings, Path]:
-    """Resolve the home, its settings and the workdir; warn about the sandbox."""
+    """Resolve the home, its settings and the workdir; warn about the sandbox; remove what
+    dead agentd processes left on this host (agentd/tools/leftovers.py)."""
     from agentd.config import load_settings
 
     wd = (workdir or Path.cwd()).expanduser()
@@ -235,7 +244,9 @@ def _prepare(home_opt: str | None, workdir: Path | None,
     settings = load_settings(home)
     if no_sandbox:
         settings.sandbox.mode = "off"
-    from agentd.tools.sandbox import find_bwrap, turn_warnings
+    from agentd.tools.sandbox import find_bwrap, sweep_leftovers, turn_warnings
+
+    sweep_leftovers()
 
     for warning in turn_warnings(settings.sandbox):
         click.echo(f"warning: {warning}", err=True)

@@ -87,7 +87,7 @@ def status(home_opt: str | None, as_json: bool) -> None:
 def service(home_opt: str | None, install: bool, system: bool, user: str | None) -> None:
     """Print a systemd unit that runs this home's daemon (or --install it): a user unit
     (systemctl --user), or with --system a hardened system unit for a dedicated user."""
-    from agentd.daemon import service as svc
+    from agentd.daemon import units
     from agentd.daemon.status import settings_for
 
     if user is not None and not system:
@@ -95,11 +95,11 @@ def service(home_opt: str | None, install: bool, system: bool, user: str | None)
     home = home_only(home_opt)
     stop_timeout = settings_for(home)[0].daemon.stop_timeout.seconds
     if system:
-        _system_service(home, stop_timeout, install, user or svc.SYSTEM_USER)
+        _system_service(home, stop_timeout, install, user or units.SYSTEM_USER)
     elif not install:
-        click.echo(svc.unit_text(home, stop_timeout), nl=False)
+        click.echo(units.unit_text(home, stop_timeout), nl=False)
     else:
-        path = svc.install_unit(home, stop_timeout)
+        path = units.install_unit(home, stop_timeout)
         click.echo(f"wrote {path}\nenable it: systemctl --user daemon-reload && systemctl "
                    f"--user enable --now {path.name}\n(keys go in ~/.config/agentd/env; to "
                    "run it while logged out: loginctl enable-linger)")
@@ -108,21 +108,21 @@ def service(home_opt: str | None, install: bool, system: bool, user: str | None)
 def _system_service(home: Path, stop_timeout: float, install: bool, user: str) -> None:
     """`agentd service --system`: print the unit (the install steps are in its header), or
     write it to /etc/systemd/system and print the steps that remain."""
-    from agentd.daemon import service as svc
+    from agentd.daemon import units
 
-    text = svc.system_unit_text(home, stop_timeout, user)  # refuses a bad path or name
-    for warning in svc.system_warnings(home):
+    text = units.system_unit_text(home, stop_timeout, user)  # refuses a bad path or name
+    for warning in units.system_warnings(home):
         click.echo(f"warning: {warning}", err=True)
     if not install:
         click.echo(text, nl=False)
         return
     if os.geteuid() != 0:
-        raise AgentdError(f"--install --system writes {svc.SYSTEM_UNIT_DIR}: run it as root "
+        raise AgentdError(f"--install --system writes {units.SYSTEM_UNIT_DIR}: run it as root "
                           "(or save the printed unit there yourself)", 1)
-    path = svc.install_system_unit(home, stop_timeout, user)
-    steps = [f"  {step}" for step in svc.install_steps(home, user, written=True)]
+    path = units.install_system_unit(home, stop_timeout, user)
+    steps = [f"  {step}" for step in units.install_steps(home, user, written=True)]
     click.echo("\n".join([f"wrote {path}", "then, as root:", *steps,
-                          *svc.install_note(home, user)]))
+                          *units.install_note(home, user)]))
 
 
 @click.group(cls=AgentdGroup, invoke_without_command=True)

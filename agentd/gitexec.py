@@ -44,6 +44,7 @@ from pathlib import Path
 from agentd.config import CONFIG_NAME, Settings, load_settings
 from agentd.errors import AgentdError
 from agentd.tools import sandbox as sb
+from agentd.tools.bwrap import MASKED_DIRS, SANE_PATH
 
 GIT = "git"
 AUTHOR_NAME = "agentd"
@@ -90,7 +91,7 @@ STALE_LOCK_AGE = 5.0  # seconds; a younger lock may belong to a git that is just
 
 # The fixed environment; git_env() adds the repository and the config above.
 ENV: dict[str, str] = {
-    "PATH": sb.SANE_PATH,
+    "PATH": SANE_PATH,
     "HOME": NOWHERE,
     "XDG_CONFIG_HOME": NOWHERE,
     "LC_ALL": "C",
@@ -130,7 +131,7 @@ def git_argv(home: Path, command: list[str], *, bwrap: str, seccomp_fd: int,
              env: dict[str, str]) -> list[str]:
     """The bwrap command line running `command` (git, or the fixed commit script) on `home`.
 
-    Pure. Shaped like bash's (agentd.tools.sandbox.bwrap_argv) minus everything writable:
+    Pure. Shaped like bash's (agentd.tools.bwrap.bwrap_argv) minus everything writable:
     the home is bound read-only and only `<home>/.git` writable on top. git never writes the
     worktree: undo's reverted files are written through agentd.homefs (agentd.gitundo).
     """
@@ -142,7 +143,7 @@ def git_argv(home: Path, command: list[str], *, bwrap: str, seccomp_fd: int,
     size = ["--size", str(TMP_BYTES)]  # for the next --tmpfs only
     argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
              *size, "--tmpfs", "/dev/shm", "--proc", "/proc"]
-    for masked in (*sb.MASKED_DIRS, "/tmp"):
+    for masked in (*MASKED_DIRS, "/tmp"):
         argv += [*size, "--tmpfs", masked]
     argv += ["--ro-bind", h, h, "--bind", dotgit, dotgit, "--seccomp", str(seccomp_fd),
              "--chdir", h, "--", *command]

@@ -173,7 +173,8 @@ def trailers(req: TurnRequest, report: TurnReport) -> dict[str, str]:
     """The turn commit's trailers, which make history machine-readable (`agentd history`,
     `agentd undo` find a turn by them)."""
     return {"Agentd-Run": report.run_id, "Agentd-Model": ", ".join(report.models) or
-            report.model, "Agentd-Trigger": req.trigger}
+            report.model, "Agentd-Trigger": req.trigger} | (
+        {"Agentd-Status": "interrupted"} if report.result.status == "interrupted" else {})
 
 
 def deliver_answer(home: Path, req: TurnRequest, report: TurnReport) -> None:

@@ -41,6 +41,7 @@ from timing import median_ms  # noqa: E402
 from agentd.tools import ToolContext, owner  # noqa: E402
 from agentd.tools import sandbox as sb  # noqa: E402
 from agentd.tools.bash import run_bash  # noqa: E402
+from agentd.tools.bwrap import bwrap_argv  # noqa: E402
 
 
 def main() -> None:
@@ -68,7 +69,7 @@ def main() -> None:
         def full_argv() -> None:
             fd = sb.seccomp_memfd()
             try:
-                run(sb.bwrap_argv(ctx, "true", bwrap=bwrap, seccomp_fd=fd), pass_fds=(fd,))
+                run(bwrap_argv(ctx, "true", bwrap=bwrap, seccomp_fd=fd), pass_fds=(fd,))
             finally:
                 os.close(fd)
 

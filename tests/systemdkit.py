@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agentd.daemon.service import HOME_ROOTS, TMP_ROOTS
+from agentd.daemon.units import HOME_ROOTS, TMP_ROOTS
 
 SUBUID = 100000  # host uid of the namespace's root
 SERVICE_UID = 990  # the dedicated user inside the namespace

@@ -19,6 +19,7 @@ from conftest import open_fds, requires_root, requires_root_bwrap
 from agentd.config import parse_settings
 from agentd.errors import AgentdError
 from agentd.tools import SandboxSettings, ToolContext
+from agentd.tools import bwrap as bw
 from agentd.tools import netproxy as np
 from agentd.tools import sandbox as sb
 
@@ -273,14 +274,14 @@ def test_allowlist_needs_domains_in_one_line() -> None:
 def test_allowlist_argv_shares_our_namespace_and_sets_the_proxy(tmp_path: Path) -> None:
     ctx = ToolContext(home=tmp_path, workdir=tmp_path,
                       sandbox=SandboxSettings(network="allowlist", allow_domains=["pypi.org"]))
-    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    argv = bw.bwrap_argv(ctx, "true", seccomp_fd=3)
     assert argv[1:5] == ["--unshare-all", "--unshare-user", "--disable-userns", "--share-net"]
     env = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv) if a == "--setenv"}
     for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         assert env[key] == "http://127.0.0.1:3128"
     assert sb.turn_warnings(ctx.sandbox) == []
     ctx.sandbox.network = "none"
-    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    argv = bw.bwrap_argv(ctx, "true", seccomp_fd=3)
     assert "--share-net" not in argv and not any("PROXY" in a.upper() for a in argv)
 
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import sandbox_workdir
 
 from agentd.tools import ToolContext
+from agentd.tools import bwrap as bw
 from agentd.tools import sandbox as sb
 
 
@@ -21,16 +22,16 @@ def ctx(tmp_path: Path) -> ToolContext:
 
 
 def test_network_full_shares_the_net_and_is_warned(ctx: ToolContext) -> None:
-    assert "--share-net" not in sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    assert "--share-net" not in bw.bwrap_argv(ctx, "true", seccomp_fd=3)
     assert sb.turn_warnings(ctx.sandbox) == []
     ctx.sandbox.network = "full"
-    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    argv = bw.bwrap_argv(ctx, "true", seccomp_fd=3)
     assert argv[1:5] == ["--unshare-all", "--unshare-user", "--disable-userns", "--share-net"]
     assert sb.turn_warnings(ctx.sandbox) == [
         'sandbox network is "full": commands can reach this host\'s network and the internet']
     ctx.sandbox.network = "everything"
     with pytest.raises(ValueError, match="unknown sandbox network 'everything'"):
-        sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+        bw.bwrap_argv(ctx, "true", seccomp_fd=3)
     ctx.sandbox.mode = "off"
     assert sb.turn_warnings(ctx.sandbox) == ["sandbox is off: bash runs unsandboxed on this host"]
 
@@ -41,19 +42,19 @@ def test_profiles_choose_the_writable_binds(ctx: ToolContext, tmp_path: Path) ->
     ctx.scratch.mkdir()
     (ctx.home / "outbox").mkdir()
     (ctx.home / ".agentd").mkdir()
-    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    argv = bw.bwrap_argv(ctx, "true", seccomp_fd=3)
     binds = argv[argv.index("/tmp", argv.index("/var/tmp")) + 1 : argv.index("--seccomp")]
     hide = ["--size", str(256 << 20), "--tmpfs", f"{h}/.agentd", "--remount-ro", f"{h}/.agentd"]
     assert binds == ["--ro-bind", h, h, "--ro-bind", w, w,
                      "--bind", f"{h}/outbox", f"{h}/outbox",
                      "--bind", str(ctx.scratch), str(ctx.scratch), *hide]
-    assert sb.sandbox_env(ctx)["HOME"] == str(ctx.scratch)
-    assert sb.hidden_paths(ctx) == [ctx.home / ".agentd"]
+    assert bw.sandbox_env(ctx)["HOME"] == str(ctx.scratch)
+    assert bw.hidden_paths(ctx) == [ctx.home / ".agentd"]
     ctx.profile = "readonly"
-    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+    argv = bw.bwrap_argv(ctx, "true", seccomp_fd=3)
     assert argv[argv.index("/tmp", argv.index("/var/tmp")) + 1 : argv.index("--seccomp")] == [
         "--ro-bind", h, h, "--ro-bind", w, w, *hide]
-    assert sb.sandbox_env(ctx)["HOME"] == "/tmp"
+    assert bw.sandbox_env(ctx)["HOME"] == "/tmp"
     ctx.profile = "trusted"  # sees it, read-only
-    argv = sb.bwrap_argv(ctx, "true", seccomp_fd=3)
-    assert argv[argv.index(f"{h}/.agentd") - 1] == "--ro-bind" and sb.hidden_paths(ctx) == []
+    argv = bw.bwrap_argv(ctx, "true", seccomp_fd=3)
+    assert argv[argv.index(f"{h}/.agentd") - 1] == "--ro-bind" and bw.hidden_paths(ctx) == []

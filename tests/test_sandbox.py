@@ -22,6 +22,7 @@ import pytest
 from conftest import requires_bwrap, requires_root_bwrap, sandbox_workdir
 
 from agentd.tools import SandboxSettings, ToolContext, ToolResult
+from agentd.tools import bwrap as bw
 from agentd.tools import owner as own
 from agentd.tools import sandbox as sb
 from agentd.tools.bash import HARD_CAP_BYTES, effective_timeout, format_output, run_bash
@@ -49,7 +50,7 @@ def run(ctx: ToolContext, command: str, timeout: float | None = None) -> ToolRes
 
 def test_bwrap_argv_is_pinned(ctx: ToolContext) -> None:
     h, w = str(ctx.home), str(ctx.workdir)
-    assert sb.bwrap_argv(ctx, "echo hi", seccomp_fd=7) == [
+    assert bw.bwrap_argv(ctx, "echo hi", seccomp_fd=7) == [
         "/usr/bin/bwrap",
         "--unshare-all", "--unshare-user", "--disable-userns",
         "--die-with-parent", "--new-session", "--cap-drop", "ALL",
@@ -76,7 +77,7 @@ def test_bwrap_argv_is_pinned(ctx: ToolContext) -> None:
 
 
 def test_binds_come_after_the_tmpfs_masks(ctx: ToolContext) -> None:
-    argv = sb.bwrap_argv(ctx, "true", bwrap="/opt/bwrap", seccomp_fd=3)
+    argv = bw.bwrap_argv(ctx, "true", bwrap="/opt/bwrap", seccomp_fd=3)
     assert argv[0] == "/opt/bwrap"
     last_mask = next(i for i, a in enumerate(argv) if argv[i - 1 : i + 1] == ["--tmpfs", "/tmp"])
     binds = [i for i, a in enumerate(argv) if a == "--bind"]
@@ -91,7 +92,7 @@ def test_missing_protected_paths_are_masked_too(tmp_path: Path) -> None:
     home, work = tmp_path / "h", sandbox_workdir(tmp_path / "w")
     home.mkdir()
     bare = ToolContext(home=home, workdir=work)
-    argv = sb.bwrap_argv(bare, "true", seccomp_fd=3)
+    argv = bw.bwrap_argv(bare, "true", seccomp_fd=3)
     start = argv.index("--bind") + 6  # past `--bind h h --bind w w`
     assert argv[start - 6 : start] == ["--bind", str(home), str(home), "--bind", str(work),
                                        str(work)]
@@ -101,7 +102,7 @@ def test_missing_protected_paths_are_masked_too(tmp_path: Path) -> None:
         "--size", SIZE, "--tmpfs", f"{home}/.agentd", "--remount-ro", f"{home}/.agentd",
     ]  # fmt: skip
     (home / ".agentd").mkdir()
-    argv = sb.bwrap_argv(bare, "true", seccomp_fd=3)
+    argv = bw.bwrap_argv(bare, "true", seccomp_fd=3)
     assert argv[argv.index(f"{home}/.agentd") - 1] == "--ro-bind"
 
 
@@ -109,7 +110,7 @@ def test_a_symlinked_protected_path_is_refused(ctx: ToolContext) -> None:
     (ctx.home / "agentd.toml").unlink()
     (ctx.home / "agentd.toml").symlink_to(ctx.workdir / "evil.toml")
     with pytest.raises(ValueError, match="symlink"):
-        sb.bwrap_argv(ctx, "true", seccomp_fd=3)
+        bw.bwrap_argv(ctx, "true", seccomp_fd=3)
     reason = sb.check_sandbox(ctx)
     assert reason is not None and "agentd.toml is a symlink" in reason
 
@@ -119,7 +120,7 @@ def test_every_tmpfs_is_capped_by_tmp_size(ctx: ToolContext, tmp_path: Path) -> 
     bare = ToolContext(home=tmp_path / "bare", workdir=tmp_path / "bare",
                        sandbox=ctx.sandbox)  # missing .git/.agentd: tmpfs mount points
     for c in (ctx, bare):
-        argv = sb.bwrap_argv(c, "true", seccomp_fd=3)
+        argv = bw.bwrap_argv(c, "true", seccomp_fd=3)
         tmpfs = [i for i, a in enumerate(argv) if a == "--tmpfs"]
         assert len(tmpfs) >= 7  # /dev/shm, 4 masks, /tmp, .agentd (and .git when missing)
         for i in tmpfs:  # bwrap's --size applies to the next --tmpfs only
@@ -129,7 +130,7 @@ def test_every_tmpfs_is_capped_by_tmp_size(ctx: ToolContext, tmp_path: Path) -> 
 
 def test_environments_are_allow_lists(ctx: ToolContext) -> None:
     assert sb.launcher_env() == {"PATH": PATH}
-    assert sb.sandbox_env(ctx) == {
+    assert bw.sandbox_env(ctx) == {
         "PATH": PATH, "HOME": str(ctx.workdir), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
         "TERM": "dumb", "TMPDIR": "/tmp", "AGENTD_HOME": str(ctx.home),
     }  # fmt: skip
@@ -525,7 +526,7 @@ def test_nothing_is_handed_over_when_not_root(tmp_path: Path,
     before = home.stat()
     ctx = ToolContext(home=home, workdir=tmp_path)
     assert sb.hand_over(ctx) == [] and not ctx.handed_over
-    assert home.stat() == before and sb.workdir_writable(ctx)
+    assert home.stat() == before and bw.workdir_writable(ctx)
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int, int]]:

@@ -18,7 +18,7 @@ from conftest import IN_CI, agentd, requires_root_bwrap
 from daemonkit import AGENTD, commit_settings, configure, model_requests, wait_for
 from fakellm import FakeLLM
 
-from agentd.daemon import service as svc
+from agentd.daemon import units
 from agentd.home import init_home
 
 ANALYZE = shutil.which("systemd-analyze") or (
@@ -55,13 +55,13 @@ def directives(text: str) -> dict[str, list[str]]:
 
 def test_the_system_unit_runs_the_daemon_as_the_dedicated_user() -> None:
     home = Path("/srv/agent")
-    text = svc.system_unit_text(home, 300, python="/opt/agentd/bin/python")
+    text = units.system_unit_text(home, 300, python="/opt/agentd/bin/python")
     d = directives(text)
     assert d["User"] == d["Group"] == ["agentd"]
     assert d["ExecStart"] == ["/opt/agentd/bin/python -m agentd daemon --home /srv/agent"]
     assert d["WorkingDirectory"] == d["ReadWritePaths"] == ["/srv/agent"]
     assert d["ProtectHome"] == ["yes"] and "BindPaths" not in d
-    assert d["EnvironmentFile"] == [f"-/etc/agentd/{svc.unit_name(home)[:-8]}.env"]
+    assert d["EnvironmentFile"] == [f"-/etc/agentd/{units.unit_name(home)[:-8]}.env"]
     assert d["KillMode"] == ["mixed"] and d["TimeoutStopSec"] == ["330"]
     assert d["WantedBy"] == ["multi-user.target"]
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
@@ -74,32 +74,32 @@ def test_the_system_unit_runs_the_daemon_as_the_dedicated_user() -> None:
         assert key not in d, key
     assert d["RestrictNamespaces"] == ["cgroup ipc mnt net pid user uts"]  # no time ns
     # The install steps head the unit.
-    assert "useradd --system --user-group" in text and f"enable --now {svc.unit_name(home)}" \
+    assert "useradd --system --user-group" in text and f"enable --now {units.unit_name(home)}" \
         in text
 
 
 def test_a_home_the_unit_would_hide_is_bound_back_in() -> None:
     """ProtectHome=yes hides a home under /home even from ReadWritePaths= (the daemon dies
     at chdir, status 200): an empty tmpfs over the homes, and this one bound back."""
-    d = directives(svc.system_unit_text(Path("/home/ann/agent"), 300, user="ann-agent"))
+    d = directives(units.system_unit_text(Path("/home/ann/agent"), 300, user="ann-agent"))
     assert d["ProtectHome"] == ["tmpfs"] and d["BindPaths"] == ["/home/ann/agent"]
     assert d["User"] == ["ann-agent"]
-    d = directives(svc.system_unit_text(Path("/var/tmp/agent"), 300))
+    d = directives(units.system_unit_text(Path("/var/tmp/agent"), 300))
     assert d["ProtectHome"] == ["yes"] and d["BindPaths"] == ["/var/tmp/agent"]
-    assert svc.system_warnings(Path("/var/tmp/agent"), "/usr/bin/python3")[-1].startswith(
+    assert units.system_warnings(Path("/var/tmp/agent"), "/usr/bin/python3")[-1].startswith(
         "the home /var/tmp/agent is in a temporary folder")
-    warned = svc.system_warnings(Path("/srv/a"), "/root/.venv/bin/python")
+    warned = units.system_warnings(Path("/srv/a"), "/root/.venv/bin/python")
     assert any("agentd's Python (/root/.venv/bin/python) is hidden" in w for w in warned)
 
 
 def test_paths_and_names_a_unit_would_misread_are_refused() -> None:
     for bad in ("/srv/my agent", "/srv/a\nExecStartPre=/bin/evil", '/srv/"a', "/srv/a\\b"):
-        with pytest.raises(svc.AgentdError, match="can't go into a systemd unit"):
-            svc.system_unit_text(Path(bad), 300)
+        with pytest.raises(units.AgentdError, match="can't go into a systemd unit"):
+            units.system_unit_text(Path(bad), 300)
     for bad in ("Agentd", "a b", "root\nUser=root", "-x", ""):
-        with pytest.raises(svc.AgentdError, match="not a valid user name"):
-            svc.system_unit_text(Path("/srv/a"), 300, user=bad)
-    assert svc.unit_path("/srv/50%") == "/srv/50%%"  # no specifier expansion
+        with pytest.raises(units.AgentdError, match="not a valid user name"):
+            units.system_unit_text(Path("/srv/a"), 300, user=bad)
+    assert units.unit_path("/srv/50%") == "/srv/50%%"  # no specifier expansion
 
 
 def test_the_command(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,14 +117,14 @@ def test_the_command(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_install_writes_etc_systemd_system(home: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(svc, "SYSTEM_UNIT_DIR", tmp_path / "system")
+    monkeypatch.setattr(units, "SYSTEM_UNIT_DIR", tmp_path / "system")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     r = agentd("service", "--system", "--install", "--home", str(home))
     assert r.exit_code == 1 and "run it as root" in r.stderr
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     r = agentd("service", "--system", "--install", "--home", str(home))
     assert r.exit_code == 0, r.output
-    unit = tmp_path / "system" / svc.unit_name(home)
+    unit = tmp_path / "system" / units.unit_name(home)
     assert unit.stat().st_mode & 0o777 == 0o644
     assert "User=agentd" in unit.read_text()
     assert r.stdout.startswith(f"wrote {unit}\nthen, as root:\n  useradd --system")
@@ -150,7 +150,7 @@ def test_systemd_rates_the_unit_ok_or_better(tmp_path: Path, home: str) -> None:
     """The issue asks for "OK" or better; the README quotes this score. A unit that loses
     a directive must fail here rather than quietly score worse."""
     needs_analyze()
-    text = svc.system_unit_text(Path(home), 300, python=sys.executable)
+    text = units.system_unit_text(Path(home), 300, python=sys.executable)
     score, rating = exposure(write_unit(tmp_path, text))
     assert rating == rating_for(score)
     assert rating in ("PERFECT", "SAFE", "OK"), (score, rating)
@@ -163,7 +163,7 @@ def test_the_user_unit_is_rated_too(home: Path, tmp_path: Path) -> None:
     """For contrast, and to prove the rating test can fail: the plain user unit has no
     sandboxing at all."""
     needs_analyze()
-    score, rating = exposure(write_unit(tmp_path, svc.unit_text(home, 300)))
+    score, rating = exposure(write_unit(tmp_path, units.unit_text(home, 300)))
     assert rating not in ("PERFECT", "SAFE", "OK") and score > 5
 
 
@@ -172,7 +172,7 @@ def test_systemd_accepts_every_directive(tmp_path: Path) -> None:
     so on stderr: so stderr must be silent (a bad directive here would be ignored by
     systemd at runtime, silently weakening the unit)."""
     needs_analyze()
-    unit = write_unit(tmp_path, svc.system_unit_text(Path("/srv/agent"), 300,
+    unit = write_unit(tmp_path, units.system_unit_text(Path("/srv/agent"), 300,
                                                      python=sys.executable))
     r = subprocess.run([str(ANALYZE), "verify", "--man=no", str(unit)], capture_output=True,
                        text=True, timeout=60)
@@ -186,7 +186,7 @@ def test_systemd_accepts_every_directive(tmp_path: Path) -> None:
 
 def test_the_example_is_what_the_command_prints() -> None:
     example = Path(__file__).parent.parent / "examples/agentd-system.service"
-    assert example.read_text() == svc.system_unit_text(Path("/srv/agent"), 300,
+    assert example.read_text() == units.system_unit_text(Path("/srv/agent"), 300,
                                                        python="/opt/agentd/bin/python")
 
 
@@ -281,14 +281,14 @@ def test_the_daemon_runs_its_sandbox_under_the_system_unit(fake: FakeLLM) -> Non
             os.chown(path, systemdkit.SUBUID, systemdkit.SUBUID)
         dedicated = systemdkit.SUBUID + systemdkit.SERVICE_UID
         subprocess.run(["chown", "-R", f"{dedicated}:{dedicated}", str(home)], check=True)
-        name = svc.unit_name(home)
+        name = units.unit_name(home)
         dropin = "".join(f"{line}\n" for line in (
             "[Service]", "ExecStart=", f"ExecStart={code.python} -m agentd daemon --home {home}",
             *(f"Environment={k}={v}" for k, v in code.env.items()), f"EnvironmentFile={keys}",
             f"StandardOutput=append:{out}/daemon.log", f"StandardError=append:{out}/daemon.log",
             # "+": unconfined, so it reports even a unit that failed to set up its sandbox
             f"ExecStopPost=+/bin/sh -c 'echo $SERVICE_RESULT $EXIT_CODE $EXIT_STATUS >{out}/end'"))
-        files = systemdkit.unit_files(name, svc.system_unit_text(home, 300), dropin)
+        files = systemdkit.unit_files(name, units.system_unit_text(home, 300), dropin)
         fake.push({"text": "", "tool_calls": [{"name": "bash",
                                                "arguments": {"command": PROBE + "\n" + FORKS}}]},
                   {"text": "Checked."})

@@ -10,7 +10,8 @@ One asyncio process per home (`agentd daemon`, or `agentd start` in the backgrou
 - inbox.py      files dropped in inbox/ become turns; answers land in outbox/;
 - watcher.py    watchdog (inotify, polling as a fallback), debounced onto the event loop;
 - recovery.py   what a killed daemon left behind: the turn in flight, a stale git lock;
-- service.py    pid file, start/stop, the systemd unit;
+- service.py    pid file, start/stop;
+- units.py      the systemd units (user, and hardened system) and how to install them;
 - status.py     the status file the daemon writes and `agentd status`/`agentd cron` read;
 
 The queue, the turn records, the event log and the state files are agentd/jobs/ (shared

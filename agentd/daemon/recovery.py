@@ -10,6 +10,8 @@
 - Inbox files are never committed (agentd.gitscreen, and `.git/info/exclude`, which
   agentd.gitexec keeps): they are strangers' content, possibly large or binary; the
   transcript keeps what the agent read and outbox/ keeps the answers.
+- The command cgroups and scratch folders of dead agentd processes (this daemon's
+  predecessor, a killed `agentd run`): agentd.tools.sandbox.sweep_leftovers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from agentd import gitexec
 from agentd.home import Home
 from agentd.jobs import state
 from agentd.jobs.log import EventLog
+from agentd.tools.sandbox import sweep_leftovers
 from agentd.turnlock import TurnLock
 
 
@@ -120,6 +123,10 @@ def recover_turn(home: Path, log: EventLog) -> str | None:
 
 
 def recover(home: Path, log: EventLog) -> None:
-    """Everything above, in order: the git lock first, since the commit needs it."""
+    """Everything above, in order: the git lock first, since the commit needs it; and what
+    dead agentd processes left on this host (cgroups, scratch folders)."""
     clear_index_lock(home, log)
     recover_turn(home, log)
+    if removed := sweep_leftovers():
+        log("recovery", f"removed {len(removed)} cgroups and scratch folders of dead agentd "
+            "processes")

@@ -105,7 +105,7 @@ def locate(ctx: ToolContext, path: str, *, for_write: bool) -> Place:
 def _hidden(ctx: ToolContext, path: Path) -> bool:
     """Whether `path` (as spelled, or as an open fd really is) is runtime data this profile
     may not read (`<home>/.agentd` for untrusted and readonly turns)."""
-    from agentd.tools.sandbox import hidden_paths
+    from agentd.tools.bwrap import hidden_paths
 
     return _under_any(path, hidden_paths(ctx))
 
@@ -116,7 +116,8 @@ def _under_any(path: Path, roots: list[Path]) -> bool:
 
 def _writable(ctx: ToolContext) -> list[Path]:
     """The same writable set bash gets, so the write and edit tools can't bypass it."""
-    from agentd.tools.sandbox import ensure_scratch, writable_paths
+    from agentd.tools.bwrap import writable_paths
+    from agentd.tools.sandbox import ensure_scratch
 
     try:
         ensure_scratch(ctx)

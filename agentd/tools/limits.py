@@ -11,6 +11,10 @@ delegated to our children), and RLIMIT_NPROC only as the non-root fallback.
 The launched process joins its cgroup from `preexec_fn`, between fork and exec, so not one
 of its descendants can be created outside the cgroup (moving it after the spawn would race
 a fork bomb). The child only calls setrlimit and write(2) on an fd opened beforehand.
+
+A cgroup is named `agentd-<pid>-<start time>-<n>` after the agentd process that made it
+(agentd/tools/leftovers.py): the command's end removes it, and `sweep_cgroups()` removes
+those a killed agentd left, with whatever still runs in them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentd.tools import SandboxSettings
+from agentd.tools import SandboxSettings, leftovers
 
 MIB = 1024 * 1024
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -140,7 +144,7 @@ def _find_base() -> Path | None:
         if own is not None:
             candidates.append(Path(mount) / own.lstrip("/"))
     for base in candidates:
-        probe = base / f"agentd-probe-{os.getpid()}"
+        probe = base / f"agentd-probe-{leftovers.tag()}"
         try:
             probe.mkdir()
             ok = (probe / "pids.max").exists()
@@ -156,7 +160,7 @@ class PidsCgroup:
     """One command's pids cgroup: created before the spawn, emptied and removed after."""
 
     def __init__(self, base: Path, max_pids: int):
-        self.path = base / f"agentd-{os.getpid()}-{next(_seq)}"
+        self.path = base / f"agentd-{leftovers.tag()}-{next(_seq)}"
         self.path.mkdir()
         try:
             (self.path / "pids.max").write_text(str(max_pids))
@@ -168,9 +172,7 @@ class PidsCgroup:
             raise
 
     def pids(self) -> list[int]:
-        with contextlib.suppress(OSError):
-            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-        return []
+        return _pids(self.path)
 
     def close(self, wait: float = 2.0) -> None:
         """SIGKILL whatever is left in the cgroup and remove it: after this returns, no
@@ -178,20 +180,70 @@ class PidsCgroup:
         if self.procs_fd is not None:
             os.close(self.procs_fd)
             self.procs_fd = None
-        deadline = time.monotonic() + wait
-        while True:
-            for pid in self.pids():
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    return  # left for the next doctor run to notice; never hang a turn
-                time.sleep(0.01)
+        _remove(self.path, wait)
+
+
+def _pids(path: Path) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
+    return []
+
+
+def _remove(path: Path, wait: float) -> bool:
+    """SIGKILL the processes in the cgroup at `path`, then remove it; False when it is
+    still there after `wait` seconds (never hang a turn over it)."""
+    deadline = time.monotonic() + wait
+    while True:
+        for pid in _pids(path):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+
+def sweep_cgroups(base: Path | None = None) -> list[Path]:
+    """Remove the command cgroups (and probes) of agentd processes that are dead, killing
+    what still runs in them (a command of a `kill -9`ed agentd with the sandbox off).
+    Returns what it removed. A live agentd's cgroups are never touched, nor one holding a
+    process from another pid namespace (it lists as pid 0 here: not ours to judge)."""
+    base = base or pids_base()
+    if base is None:
+        return []
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(base):
+            owner = _owner(entry.name)
+            path = Path(entry.path)
+            if (owner is not None and entry.is_dir(follow_symlinks=False)
+                    and leftovers.owner_dead(owner) and 0 not in _pids(path)
+                    and _remove(path, 2.0)):
+                removed.append(path)
+    return removed
+
+
+def _owner(name: str) -> str | None:
+    """Whose cgroup this is, if agentd made it: `agentd-<pid>-<start>-<n>` and
+    `agentd-probe-<pid>-<start>`, or from an older agentd `agentd-<pid>-<n>` and
+    `agentd-probe-<pid>` (no start time)."""
+    if not name.startswith("agentd-"):
+        return None
+    rest = name.removeprefix("agentd-")
+    probe = rest.startswith("probe-")
+    nums = rest.removeprefix("probe-").split("-")
+    if not all(n.isdigit() for n in nums):
+        return None
+    if probe and len(nums) in (1, 2):
+        return "-".join(nums)
+    if not probe and len(nums) in (2, 3):
+        return "-".join(nums[:-1])
+    return None
 
 
 def open_cgroup(s: SandboxSettings) -> PidsCgroup | None:
