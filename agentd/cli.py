@@ -38,7 +38,7 @@ def cli() -> None:
 def init(path: Path) -> None:
     """Create a home at PATH (default: here): memory templates, bundled skills, a commented
     agentd.toml, and a git repository with a first commit."""
-    from agentd.home import init_home
+    from agentd.newhome import init_home
 
     if init_home(path):
         click.echo(f"created a home at {path.resolve()}: edit agentd.toml to choose a model, "

@@ -46,14 +46,14 @@ class AgentdGroup(click.Group):
 
 def home_option(command: F) -> F:
     """`--home PATH`, passed as `home_opt`: one declaration, so every command says the same
-    thing about how the home is found (agentd/home.py: find_home)."""
+    thing about how the home is found (agentd/newhome.py: find_home)."""
     return click.option("--home", "home_opt", metavar="PATH", help=HOME_HELP)(command)
 
 
 def home_only(home_opt: str | None) -> Path:
     """The home that `--home` names, or the one found from here; says so when it was just
     created."""
-    from agentd.home import find_home
+    from agentd.newhome import find_home
 
     home, notice = find_home(home_opt, Path.cwd())
     if notice:

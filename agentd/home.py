@@ -4,14 +4,12 @@ writing the runtime's own files into it safely."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentd.config import CONFIG_NAME, DEFAULT_CONFIG
-from agentd.errors import AgentdError
+from agentd.config import CONFIG_NAME
 
 RUNTIME = ".agentd"  # the runtime's bookkeeping: git-ignored, never writable by the sandbox
 # The names in a home that the runtime owns: the sandbox mounts them read-only and the file
@@ -151,14 +149,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
-GITIGNORE = f"{RUNTIME}/\n.env*\n*.pem\n__pycache__/\n"
-HOME_DIRS = ("memory/daily", "skills", "cron", "inbox", "outbox")
 DEFAULT_HOME = "~/.agentd"  # the home when none is named or found
-
-
-def bundled_dir(name: str) -> Path:
-    """The repository's top-level `memory/` or `skills/`: the templates `init` copies."""
-    return Path(__file__).resolve().parent.parent / name
 
 
 def is_home(path: Path) -> bool:
@@ -177,49 +168,6 @@ def locate_home(explicit: str | None, cwd: Path) -> Path | None:
             return folder.resolve()
     default = Path(DEFAULT_HOME).expanduser().resolve()
     return default if is_home(default) else None
-
-
-def find_home(explicit: str | None, cwd: Path) -> tuple[Path, str | None]:
-    """Pick the home as `locate_home` does, creating ~/.agentd on first use. Returns (home,
-    notice-or-None)."""
-    home = locate_home(explicit, cwd)
-    if home is not None and not is_home(home):
-        src = "--home" if explicit else "$AGENTD_HOME"
-        raise AgentdError(f"{home} ({src}) is not an agentd home: run `agentd init {home}`")
-    if home is not None:
-        return home, None
-    home = Path(DEFAULT_HOME).expanduser().resolve()
-    init_home(home)
-    return home, f"created a new home at {home} (edit {home / CONFIG_NAME} to configure it)"
-
-
-def init_home(path: Path) -> bool:
-    """Create a home at `path`. Returns False (and changes nothing) if one is already there.
-
-    Refuses a non-empty folder that is not a home, so `init` never mixes the agent's state
-    into an unrelated project.
-    """
-    from agentd import history
-
-    path = path.expanduser().resolve()
-    if is_home(path):
-        return False
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise AgentdError(f"{path} is not empty and is not an agentd home: "
-                          "choose a new or empty folder")
-    path.mkdir(parents=True, exist_ok=True)
-    for d in HOME_DIRS:
-        (path / d).mkdir(parents=True, exist_ok=True)
-    for template in sorted(bundled_dir("memory").glob("*.md")):
-        shutil.copy2(template, path / "memory" / template.name)
-    for skill_md in sorted(bundled_dir("skills").glob("*/SKILL.md")):
-        shutil.copytree(skill_md.parent, path / "skills" / skill_md.parent.name)
-    for d in HOME_DIRS:
-        (path / d / ".gitkeep").touch()
-    atomic_write(Home(path).config, DEFAULT_CONFIG)
-    atomic_write(path / ".gitignore", GITIGNORE)
-    history.init_repo(path, "agentd init: a new home")
-    return True
 
 
 def runtime_dir(home: Path, *parts: str) -> Path:

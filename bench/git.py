@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from timing import median_ms  # noqa: E402
 
 from agentd import gitexec  # noqa: E402
-from agentd.home import init_home  # noqa: E402
 from agentd.loop import LoopResult  # noqa: E402
+from agentd.newhome import init_home  # noqa: E402
 from agentd.tools.sandbox import find_bwrap  # noqa: E402
 from agentd.turn import TurnReport, TurnRequest, commit_manual_edits, finish_turn  # noqa: E402
 

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 from fakellm import FakeLLM  # noqa: E402
 
 from agentd.config import load_settings  # noqa: E402
-from agentd.home import init_home  # noqa: E402
 from agentd.loop import Events  # noqa: E402
+from agentd.newhome import init_home  # noqa: E402
 from agentd.turn import TurnRequest, run_turn  # noqa: E402
 
 MODELS = {"anthropic": "anthropic:claude-sonnet-5-5", "openai": "openai:gpt-5.4-mini"}

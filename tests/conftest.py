@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakellm import FakeLLM
 
 from agentd.cli import cli
-from agentd.home import init_home
+from agentd.newhome import init_home
 from agentd.tools import SandboxSettings
 from agentd.tools.owner import sandbox_owner
 from agentd.tools.sandbox import find_bwrap

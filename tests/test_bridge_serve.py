@@ -172,7 +172,7 @@ def test_one_bridge_per_home_and_a_taken_port_is_one_line(
             BridgeHost(home)
         port = first.url.rsplit(":", 1)[1]
         other = home.parent / "other"
-        from agentd.home import init_home
+        from agentd.newhome import init_home
 
         init_home(other)
         bridge_home(other)

@@ -307,7 +307,7 @@ def test_namespace_has_only_lo_and_leaves_nothing_behind() -> None:
 @requires_root_bwrap
 def test_doctor_reports_the_allowlist_it_observed(tmp_path: Path) -> None:
     from agentd.doctor import run_checks
-    from agentd.home import init_home
+    from agentd.newhome import init_home
 
     home = tmp_path / "home"
     init_home(home)

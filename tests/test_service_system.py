@@ -19,7 +19,7 @@ from daemonkit import AGENTD, commit_settings, configure, model_requests, wait_f
 from fakellm import FakeLLM
 
 from agentd.daemon import units
-from agentd.home import init_home
+from agentd.newhome import init_home
 
 ANALYZE = shutil.which("systemd-analyze") or (
     "/usr/bin/systemd-analyze" if os.access("/usr/bin/systemd-analyze", os.X_OK) else None)
