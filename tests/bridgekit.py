@@ -73,7 +73,8 @@ class BridgeHost:
         self.stream = io.StringIO()
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.daemon = Daemon(home, EventLog(self.stream), Parts(False, True, 0))
+        serve = Parts(background=False, bridge=True, port=0)
+        self.daemon = Daemon(home, EventLog(self.stream), serve)
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()

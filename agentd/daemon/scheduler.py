@@ -110,11 +110,7 @@ class Daemon:
         if self.parts.background:
             await self._start_background()
         self.worker = loop.create_task(self.queue.work())
-        hb = self.settings.heartbeat
-        self.log(self.name, f"started (pid {os.getpid()}) for {self.home}: " + (
-            ("heartbeat " + (f"every {hb.every}" if hb.enabled else "off")
-             + f", {len(self.cron.jobs)} cron job(s)") if self.parts.background
-            else "the bridge alone; heartbeat, cron and inbox are off"))
+        self.log(self.name, f"started (pid {os.getpid()}) for {self.home}: {self._runs()}")
         self._write_status()
         await self.stopping.wait()
         await self._shutdown()
@@ -130,6 +126,13 @@ class Daemon:
         self.log("watch", f"watching agentd.toml, memory/HEARTBEAT.md, cron/, inbox/, skills/ "
                  f"({self.watcher.start()})")
         await self.inbox.scan()
+
+    def _runs(self) -> str:
+        if not self.parts.background:
+            return "the bridge alone; heartbeat, cron and inbox are off"
+        hb = self.settings.heartbeat
+        return ("heartbeat " + (f"every {hb.every}" if hb.enabled else "off")
+                + f", {len(self.cron.jobs)} cron job(s)")
 
     def stop(self) -> None:
         """Stop as on SIGTERM (a running turn finishes); for hosts that own the signals."""
