@@ -44,6 +44,7 @@ from agentd.errors import AgentdError
 from agentd.turnlock import TurnLock
 
 RESCAN = 60.0
+STATUS_DELAY = 0.25  # seconds: a flood of webhooks rewrites (and fsyncs) it 4 times a second
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,7 +289,7 @@ class Daemon:
         """Something `agentd status` shows changed: rewrite the status file soon (once)."""
         if not self._status_due:
             self._status_due = True
-            asyncio.get_running_loop().call_later(0.05, self._write_status)
+            asyncio.get_running_loop().call_later(STATUS_DELAY, self._write_status)
 
     def _write_status(self) -> None:
         self._status_due = False
