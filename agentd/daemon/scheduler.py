@@ -54,7 +54,7 @@ class Parts:
     agentd.toml says, on `port` if given."""
 
     background: bool = True
-    bridge: bool | None = None  # None: as [bridge] enabled says
+    bridge: bool = False  # run it even without [bridge] enabled
     port: int | None = None  # instead of [bridge] port
 
     @property
@@ -102,8 +102,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload, "SIGHUP")
         await asyncio.to_thread(recover, self.home, self.log)
         self._preflight()
-        bridge = self.parts.bridge
-        if self.settings.bridge.enabled if bridge is None else bridge:
+        if self.parts.bridge or self.settings.bridge.enabled:
             from agentd.bridge.server import start_bridge  # AgentdError without a token
 
             self.bridge = await start_bridge(self.home, self.current, self.queue, self.log,
