@@ -215,7 +215,11 @@ def usage_cmd(home_opt: str | None, days: int, by: str, as_json: bool) -> None:
 def serve(home_opt: str | None, port: int | None, json_logs: bool) -> None:
     """Run the chat bridge alone, in the foreground: an OpenAI-compatible endpoint, signed
     webhooks, Telegram and Slack (see [bridge] in agentd.toml). Needs AGENTD_BRIDGE_TOKEN;
-    binds 127.0.0.1:8787. With the daemon, set [bridge] enabled = true instead."""
-    from agentd.bridge.server import main as run_bridge
+    binds 127.0.0.1:8787. It is the daemon with heartbeat, cron and inbox off (one per home:
+    `agentd status` shows it, `agentd stop` stops it); for both, set [bridge] enabled = true
+    and run the daemon. SIGTERM or Ctrl-C lets a running turn finish; SIGHUP reloads
+    agentd.toml."""
+    from agentd.daemon.scheduler import Parts, main
 
-    sys.exit(run_bridge(home_only(home_opt), port, json_logs))
+    parts = Parts(background=False, bridge=True, port=port)
+    sys.exit(main(home_only(home_opt), json_logs, parts=parts))

@@ -17,12 +17,15 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemonkit import configure, wait_for
 
 from agentd.bridge.auth import sign, slack_sign
 from agentd.jobs.log import EventLog
+
+if TYPE_CHECKING:
+    from agentd.bridge.server import BridgeServer
 
 TOKEN = "test-bridge-token-0123456789abcdef"
 SECRET_BYTES = b"webhook-secret-bytes-0123456789"
@@ -60,22 +63,22 @@ def add_table(home: Path, header: str, **values: Any) -> None:
 
 
 class BridgeHost:
-    """`agentd serve`'s `serve()` in a thread; `url` once it listens; `stop()` waits."""
+    """`agentd serve` (the daemon with heartbeat, cron and inbox off) in a thread; `url`
+    once it listens; `stop()` waits."""
 
     def __init__(self, home: Path):
-        from agentd.bridge.server import BridgeServer, serve
+        from agentd.daemon.scheduler import Daemon, Parts
 
         self.home = home
         self.stream = io.StringIO()
-        self.server: BridgeServer | None = None
         self.error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        serve = Parts(background=False, bridge=True, port=0)
+        self.daemon = Daemon(home, EventLog(self.stream), serve)
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            await serve(home, EventLog(self.stream), 0, self._stop, self._ready)
+            await self.daemon.run()
 
         def run() -> None:
             try:
@@ -83,24 +86,24 @@ class BridgeHost:
             except BaseException as e:
                 self.error = e
 
-        self._serve = serve
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
-        wait_for(lambda: self.server is not None or self.error is not None, 20, "the bridge")
+        wait_for(lambda: self.daemon.worker is not None or self.error is not None, 20,
+                 "the bridge")
         if self.error is not None:
             raise self.error
 
-    def _ready(self, server: Any) -> None:
-        self.server = server
+    @property
+    def server(self) -> BridgeServer:
+        assert self.daemon.bridge is not None
+        return self.daemon.bridge
 
     @property
     def url(self) -> str:
-        assert self.server is not None
         return f"http://127.0.0.1:{self.server.port}"
 
     @property
     def bridge(self) -> Any:
-        assert self.server is not None
         return self.server.bridge
 
     @property
@@ -108,8 +111,8 @@ class BridgeHost:
         return self.stream.getvalue()
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self.thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._loop is not None and self.thread.is_alive():
+            self._loop.call_soon_threadsafe(self.daemon.stop)
         self.thread.join(30)
 
     def __enter__(self) -> BridgeHost:

@@ -3,20 +3,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
-from bridgekit import TOKEN, bridge_env, bridge_home, signed
+from bridgekit import TOKEN, ServeProcess, bridge_env, bridge_home, signed
 from conftest import agentd
-from daemonkit import AGENTD, Daemon, commit_settings, wait_for
+from daemonkit import (
+    AGENTD,
+    Daemon,
+    commit_settings,
+    configure,
+    git,
+    model_requests,
+    request_threads,
+    settle_fake,
+    uncommitted,
+    wait_for,
+)
 from fakellm import FakeLLM
 
 from agentd.config import parse_settings
@@ -180,3 +193,130 @@ def test_one_bridge_per_home_and_a_taken_port_is_one_line(
         assert r.exit_code == 2
         assert r.stderr.startswith(f"error: bridge: cannot listen on 127.0.0.1:{port} (")
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _chat(url: str, text: str = "hi", timeout: float = 30) -> httpx2.Response:
+    return httpx2.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=timeout,
+                       json={"messages": [{"role": "user", "content": text}]})
+
+
+def test_serve_is_the_daemon_with_heartbeat_cron_and_inbox_off(
+        home: Path, fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Work the daemon would take at once (an inbox file, a cron job and a heartbeat item due
+    every half second) stays untouched while serve answers a chat that takes 1.5 s. It holds
+    the daemon's pid lock: status shows it and its bridge, start refuses, stop stops it."""
+    bridge_env(monkeypatch)
+    bridge_home(home)
+    toml = home / "agentd.toml"
+    toml.write_text(toml.read_text().replace('every = "1h"', 'every = "0.3s"', 1))
+    assert parse_settings(tomllib.loads(toml.read_text())).heartbeat.every == "0.3s"
+    with (home / "memory/HEARTBEAT.md").open("a") as f:
+        f.write("\n- Look around.\n  every: 0.5s\n")
+    (home / "cron/ping.md").write_text("---\nevery: 0.5s\n---\nPing.\n")
+    (home / "inbox/hello.txt").write_text("Hello.\n")
+    fake.push({"text": "served", "delay": 1.5})
+    with ServeProcess(home) as serve:
+        info = json.loads(agentd("status", "--home", str(home), "--json").stdout)
+        assert info["running"] and info["pid"] == serve.proc.pid
+        assert info["daemon"]["serve"] and info["daemon"]["bridge"]["url"] == serve.url
+        text = agentd("status", "--home", str(home)).stdout
+        assert f"agentd serve: running (pid {serve.proc.pid}, up " in text
+        assert "heartbeat, cron and inbox: off (agentd serve)" in text
+        assert f"bridge: listening on {serve.url}" in text
+        for command in ("start", "serve"):
+            r = agentd(command, "--home", str(home))
+            assert r.exit_code == 1 and r.stderr.count("\n") == 1
+            assert f"already running for {home} (pid {serve.proc.pid})" in r.stderr
+        assert _chat(serve.url).json()["choices"][0]["message"]["content"] == "served"
+        r = agentd("stop", "--home", str(home))
+        assert r.exit_code == 0 and f"agentd stopped (pid {serve.proc.pid})" in r.stdout
+        assert serve.proc.wait(20) == 0
+        log = serve.log
+    assert (f"serve: started (pid {serve.proc.pid}) for {home}: the bridge alone; heartbeat, "
+            "cron and inbox are off") in log
+    assert "serve: SIGTERM: stopping" in log and log.rstrip().endswith("serve: stopped")
+    assert not re.search(r" (heartbeat|cron|inbox|watch): ", log), log
+    assert len(model_requests(fake)) == 1
+    assert (home / "inbox/hello.txt").exists() and not (home / "outbox/hello.md").exists()
+    daemon_dir = home / ".agentd/daemon"
+    assert not (daemon_dir / "cron.json").exists()
+    assert not (daemon_dir / "heartbeat.json").exists()
+    assert not list(daemon_dir.glob("inbox/*"))  # the inbox's claims and retries
+    assert not (daemon_dir / "status.json").exists()
+
+
+def test_serve_reloads_agentd_toml_on_sighup(home: Path, fake: FakeLLM,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge_env(monkeypatch)
+    bridge_home(home)
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * 2000}]})
+    with ServeProcess(home) as serve:
+        def post() -> int:
+            return httpx2.post(f"{serve.url}/v1/chat/completions", content=big,
+                               headers={"content-type": "application/json"}).status_code
+
+        assert post() == 401  # under the 1 MiB cap: refused for its missing token
+        configure(home, bridge={"max_body": 1024})
+        serve.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config: SIGHUP: reloaded (bridge changed)" in serve.log, 10,
+                 "the reload")
+        assert post() == 413
+        configure(home, bridge={"port": 1})
+        serve.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "bridge.host and bridge.port take effect at the next start"
+                 in serve.log, 10, "the second reload")
+        assert httpx2.get(f"{serve.url}/healthz").json() == {"ok": True}
+
+
+def test_a_second_sigterm_interrupts_serves_turn_and_commits_its_work(
+        home: Path, fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    bridge_env(monkeypatch)
+    bridge_home(home)
+    commit_settings(home)
+    fake.push({"tool_calls": [{"name": "write", "arguments": {
+                "path": "notes/served.md", "content": "half done\n"}}]},
+              {"delay": 5, "text": "never"})
+    threads = request_threads()
+    with ServeProcess(home) as serve:
+        client = threading.Thread(target=_quiet_chat, args=(serve.url,))
+        client.start()
+        wait_for(lambda: len(model_requests(fake)) == 2, 20, "the turn's second model call")
+        serve.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "letting the running person turn" in serve.log, 10, "the first stop")
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(30) == 0
+        client.join(30)
+        log = serve.log
+    assert "serve: SIGTERM again: interrupting the running turn" in log
+    assert "serve: the running turn was interrupted; it committed what it did" in log
+    assert (home / "notes/served.md").read_text() == "half done\n"
+    sha = git(home, "log", "-1", "--format=%H", "--", "notes/served.md").strip()
+    assert "Agentd-Trigger: chat:" in git(home, "show", "-s", "--format=%B", sha)
+    assert uncommitted(home) == []
+    settle_fake(threads)
+
+
+def _quiet_chat(url: str) -> None:
+    """A chat whose turn is interrupted: the reply may be an error or a dropped line."""
+    with contextlib.suppress(httpx2.HTTPError):
+        _chat(url, "write it")
+
+
+def test_serve_beside_a_daemon_serving_the_bridge_is_one_line(
+        home: Path, fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge_env(monkeypatch)
+    bridge_home(home, enabled=True, port=0)
+    commit_settings(home)
+    with Daemon(home) as d:
+        d.ready()
+        url = listening(d.log_path)
+        text = agentd("status", "--home", str(home)).stdout
+        assert "agentd daemon: running" in text and f"bridge: listening on {url}" in text
+        r = subprocess.run([*AGENTD, "serve", "--home", str(home), "--port", "0"],
+                           capture_output=True, text=True, timeout=30, env=dict(os.environ))
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"error: agentd is already running for {home} (pid "
+                                   f"{d.proc.pid})")
+        assert d.stop() == 0

@@ -1,13 +1,13 @@
 """The FastAPI app, and uvicorn serving it inside the caller's event loop.
 
-One loop: the daemon (with `[bridge] enabled = true`) or `agentd serve` creates a
-`BridgeServer` in its own asyncio loop, next to the scheduler and the queue's worker; the
-host process owns the signals (uvicorn's handlers are not installed) and stops the server
-itself. The socket is bound here, so "address in use" is one clear line, and port 0 picks
-a free port (tests). uvicorn's own logging is off: one line per event goes through the
-daemon's EventLog, and no request header (tokens) is ever logged. Below HTTP, uvicorn runs
-our subclass of its h11 protocol (connections.py): a deadline for request heads and caps
-on connections.
+One loop: the daemon (with `[bridge] enabled = true`, or as `agentd serve`, which is the
+daemon with heartbeat, cron and inbox off) starts it with `start_bridge` in its asyncio
+loop, next to the queue's worker; the daemon owns the signals (uvicorn's handlers are not
+installed), stops the server, and closes it once the running turn is done. The socket is
+bound here, so "address in use" is one clear line, and port 0 picks a free port (tests).
+uvicorn's own logging is off: one line per event goes through the daemon's EventLog, and no
+request header (tokens) is ever logged. Below HTTP, uvicorn runs our subclass of its h11
+protocol (connections.py): a deadline for request heads and caps on connections.
 """
 
 from __future__ import annotations
@@ -147,6 +147,12 @@ class BridgeServer:
                 raise AgentdError("bridge: the HTTP server did not start")
             await asyncio.sleep(0.01)
 
+    @property
+    def url(self) -> str:
+        """Where it listens (the port chosen once started)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
     def _protocol(self) -> type:
         """uvicorn's h11 protocol with the head deadline and connection caps, sized to
         the file descriptors the process may open."""
@@ -169,7 +175,9 @@ class BridgeServer:
                 await asyncio.wait_for(self.task, GRACE + 5)
 
     async def close(self) -> None:
+        """After the queue's worker: the HTTP client (deliveries), the stores, the lock."""
         await self.bridge.close()
+        self.bridge.log("bridge", "stopped")
 
 
 def _quiet_uvicorn(log: EventLog) -> None:
@@ -186,8 +194,8 @@ def _quiet_uvicorn(log: EventLog) -> None:
         logger.propagate = False
 
 
-def describe(bridge: Bridge, host: str, port: int) -> str:
-    b, s = bridge.settings().bridge, bridge.secrets
+def describe(server: BridgeServer) -> str:
+    b, s = server.bridge.settings().bridge, server.bridge.secrets
     parts = ["chat (/v1)"]
     if s.webhook or s.hooks:
         parts.append("hooks")
@@ -195,8 +203,7 @@ def describe(bridge: Bridge, host: str, port: int) -> str:
         parts.append("telegram")
     if b.slack.enabled:
         parts.append("slack")
-    shown = f"[{host}]" if ":" in host else host
-    return f"listening on http://{shown}:{port} ({', '.join(parts)})"
+    return f"listening on {server.url} ({', '.join(parts)})"
 
 
 async def start_bridge(home: Path, settings: Callable[[], Settings], queue: TurnQueue,
@@ -220,75 +227,5 @@ async def start_bridge(home: Path, settings: Callable[[], Settings], queue: Turn
                  "front, tokens travel in the clear otherwise")
     if not (secrets.webhook or secrets.hooks):
         log("bridge", "webhooks are off: no AGENTD_WEBHOOK_SECRET or [bridge] secret_file")
-    log("bridge", describe(bridge, b.host, server.port), port=server.port)
+    log("bridge", describe(server), port=server.port)
     return server
-
-
-async def serve(home: Path, log: EventLog, port: int | None = None,
-                stop: asyncio.Event | None = None,
-                ready: Callable[[BridgeServer], None] | None = None) -> int:
-    """`agentd serve`: the bridge alone, with a queue of its own. Its turns still take the
-    home's turn lock, so they never run beside the daemon's or `agentd cron run`'s.
-    SIGTERM/SIGINT stop it (a running turn finishes; again: interrupted); SIGHUP reloads
-    agentd.toml (allow-lists, hooks, limits; the address and secrets need a restart)."""
-    import signal
-    import threading
-
-    from agentd.chain import choose_model
-    from agentd.config import load_settings
-    from agentd.jobs.queue import TurnQueue
-    from agentd.turnlock import TurnLock
-
-    current = [load_settings(home)]
-    queue = TurnQueue(current[0].daemon.queue_limit, log, lock=TurnLock(home))
-    server = await start_bridge(home, lambda: current[0], queue, log, port)
-    try:
-        choose_model(None, current[0])
-    except AgentdError as e:  # said once now, not once per request
-        log.warn("config", f"{e}; turns will fail until then")
-    loop = asyncio.get_running_loop()
-    worker = loop.create_task(queue.work())
-    stop = stop or asyncio.Event()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            log("bridge", "stopping" + ("; letting the running turn finish (signal again "
-                                        "interrupts it)" if queue.running else ""))
-            stop.set()
-        else:
-            worker.cancel()
-
-    def reload() -> None:
-        try:
-            current[0] = load_settings(home)
-            log("config", "agentd.toml reloaded")
-        except AgentdError as e:
-            log.error("config", f"agentd.toml is invalid: {e}; keeping the last good settings")
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        loop.add_signal_handler(signal.SIGHUP, reload)
-    if ready is not None:
-        ready(server)
-    await stop.wait()
-    await server.stop()
-    queue.close()
-    try:
-        await worker
-    except asyncio.CancelledError:
-        log("bridge", "the running turn was interrupted; it committed what it did")
-    await server.close()
-    log("bridge", "stopped")
-    return 0
-
-
-def main(home: Path, port: int | None = None, json_logs: bool = False) -> int:
-    from agentd.jobs.log import route_library_logs
-
-    log = EventLog(json_lines=json_logs)
-    route_library_logs(log)
-    return asyncio.run(serve(home, log, port))

@@ -12,13 +12,19 @@ Hot reload: agentd.toml (an invalid one keeps the last good settings and says wh
 HEARTBEAT.md (read on every tick; checked on change so problems show at once), skills
 (read by every turn's prompt; checked on change), cron/ (rescheduled within the watcher's
 debounce). SIGHUP reloads agentd.toml too; a rescan every minute backs up the watcher.
+
+`agentd serve` is this same process with the background work (heartbeat, cron, inbox, and
+the watcher and rescan behind them) off and the bridge on (`Parts`): the signals, reload,
+preflight, recovery, pid lock, status file and stop sequence are the daemon's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,13 +45,30 @@ from agentd.jobs.queue import TurnQueue
 from agentd.turnlock import TurnLock
 
 RESCAN = 60.0
+STATUS_DELAY = 0.25  # seconds: a flood of webhooks rewrites (and fsyncs) it 4 times a second
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """Which parts of the daemon run. `agentd daemon`: the background work (heartbeat, cron,
+    inbox) and the bridge if `[bridge] enabled`; `agentd serve`: the bridge alone, whatever
+    agentd.toml says, on `port` if given."""
+
+    background: bool = True
+    bridge: bool = False  # run it even without [bridge] enabled
+    port: int | None = None  # instead of [bridge] port
+
+    @property
+    def name(self) -> str:
+        """The process's name in its log lines and in `agentd status`."""
+        return "daemon" if self.background else "serve"
 
 
 class Daemon:
-    def __init__(self, home: Path, log: EventLog):
+    def __init__(self, home: Path, log: EventLog, parts: Parts = Parts()):
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        self.home, self.log = home, log
+        self.home, self.log, self.parts, self.name = home, log, parts, parts.name
         self.settings = load_settings(home)
         self.started = time.time()
         s = self.settings
@@ -74,15 +97,28 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload, "SIGHUP")
+        if threading.current_thread() is threading.main_thread():  # else its host's (tests)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload, "SIGHUP")
         await asyncio.to_thread(recover, self.home, self.log)
         self._preflight()
-        if self.settings.bridge.enabled:  # refuses to start (AgentdError) without a token
-            from agentd.bridge.server import start_bridge
+        if self.parts.bridge or self.settings.bridge.enabled:
+            from agentd.bridge.server import start_bridge  # AgentdError without a token
 
-            self.bridge = await start_bridge(self.home, self.current, self.queue, self.log)
+            self.bridge = await start_bridge(self.home, self.current, self.queue, self.log,
+                                             self.parts.port)
+        if self.parts.background:
+            await self._start_background()
+        self.worker = loop.create_task(self.queue.work())
+        self.log(self.name, f"started (pid {os.getpid()}) for {self.home}: {self._runs()}")
+        self._write_status()
+        await self.stopping.wait()
+        await self._shutdown()
+        return 0
+
+    async def _start_background(self) -> None:
+        """The heartbeat, cron and inbox, and the watcher and rescan behind them."""
         self.scheduler.start()
         self._schedule_heartbeat()
         self.scheduler.add_job(self._rescan, "interval", seconds=RESCAN, id="rescan")
@@ -91,15 +127,18 @@ class Daemon:
         self.log("watch", f"watching agentd.toml, memory/HEARTBEAT.md, cron/, inbox/, skills/ "
                  f"({self.watcher.start()})")
         await self.inbox.scan()
-        self.worker = loop.create_task(self.queue.work())
+
+    def _runs(self) -> str:
+        if not self.parts.background:
+            return "the bridge alone; heartbeat, cron and inbox are off"
         hb = self.settings.heartbeat
-        self.log("daemon", f"started (pid {os.getpid()}) for {self.home}: heartbeat "
-                 + (f"every {hb.every}" if hb.enabled else "off")
-                 + f", {len(self.cron.jobs)} cron job(s)")
-        self._write_status()
-        await self.stopping.wait()
-        await self._shutdown()
-        return 0
+        return ("heartbeat " + (f"every {hb.every}" if hb.enabled else "off")
+                + f", {len(self.cron.jobs)} cron job(s)")
+
+    def stop(self) -> None:
+        """Stop as on SIGTERM (a running turn finishes); for hosts that own the signals."""
+        assert self.stopping is not None
+        self.stopping.set()
 
     def _preflight(self) -> None:
         """Say at start what will make every turn or gate fail, not once per turn later."""
@@ -121,19 +160,19 @@ class Daemon:
         name = signal.Signals(sig).name
         if self._signals == 1:
             busy = self.queue.running
-            self.log("daemon", f"{name}: stopping" + (
+            self.log(self.name, f"{name}: stopping" + (
                 f"; letting the running {busy.kind} turn ({busy.name}) finish and commit "
                 f"({name} again interrupts it)" if busy else ""))
-            assert self.stopping is not None
-            self.stopping.set()
+            self.stop()
         elif self.worker is not None and not self.worker.done():
-            self.log("daemon", f"{name} again: interrupting the running turn")
+            self.log(self.name, f"{name} again: interrupting the running turn")
             self.worker.cancel()
 
     async def _shutdown(self) -> None:
         if self.bridge is not None:
             await self.bridge.stop()
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         self.watcher.stop()
         dropped = self.queue.close()
         if dropped:
@@ -143,11 +182,14 @@ class Daemon:
             try:
                 await self.worker
             except asyncio.CancelledError:
-                self.log("daemon", "the running turn was interrupted; it committed what it did")
+                self.log(self.name, "the running turn was interrupted; it committed what it "
+                         "did")
+        if self.bridge is not None:
+            await self.bridge.close()
         for t in list(self._tasks):
             t.cancel()
         status_path(self.home).unlink(missing_ok=True)
-        self.log("daemon", "stopped")
+        self.log(self.name, "stopped")
 
     # -- schedules -------------------------------------------------------------------------
 
@@ -215,10 +257,15 @@ class Daemon:
             return
         old, self.settings = self.settings, new
         changed = [k for k in ("model", "max_steps", "sandbox", "providers", "prices",
-                               "heartbeat", "daemon") if getattr(old, k) != getattr(new, k)]
+                               "heartbeat", "daemon", "bridge")
+                   if getattr(old, k) != getattr(new, k)]
         self.log("config", f"{why}: reloaded" + (f" ({', '.join(changed)} changed)"
                                                   if changed else " (no change)"))
         self.queue.limit = new.daemon.queue_limit
+        if (old.bridge.host, old.bridge.port) != (new.bridge.host, new.bridge.port):
+            self.log.warn("config", "bridge.host and bridge.port take effect at the next start")
+        if not self.parts.background:
+            return
         if old.heartbeat != new.heartbeat:
             self._schedule_heartbeat()
         if old.heartbeat.timezone != new.heartbeat.timezone:
@@ -242,7 +289,7 @@ class Daemon:
         """Something `agentd status` shows changed: rewrite the status file soon (once)."""
         if not self._status_due:
             self._status_due = True
-            asyncio.get_running_loop().call_later(0.05, self._write_status)
+            asyncio.get_running_loop().call_later(STATUS_DELAY, self._write_status)
 
     def _write_status(self) -> None:
         self._status_due = False
@@ -251,10 +298,12 @@ class Daemon:
         running = self.queue.running
         cron = [{"name": n, "next": (nx.isoformat() if (nx := self.cron.next_run(n)) else None)}
                 for n in sorted(self.cron.jobs)]
+        bridge = self.bridge
         state.write(status_path(self.home), {
             "pid": os.getpid(), "started": self.started, "updated": time.time(),
             "home": str(self.home), "stopping": bool(self.stopping and self.stopping.is_set()),
-            "watch": self.watcher.kind,
+            "watch": self.watcher.kind, "serve": not self.parts.background,
+            "bridge": {"url": bridge.url, "port": bridge.port} if bridge else None,
             "heartbeat": {"enabled": hb.enabled, "every": hb.every,
                           "active_hours": hb.active_hours, "timezone": hb.timezone,
                           "next": job.next_run_time.isoformat() if job and job.next_run_time
@@ -265,14 +314,16 @@ class Daemon:
                       "waiting": [j.describe() for j in self.queue.waiting()[:20]]}})
 
 
-def main(home: Path, json_logs: bool = False, lock_fd: int | None = None) -> int:
-    """`agentd daemon`: run in the foreground until SIGTERM/SIGINT."""
+def main(home: Path, json_logs: bool = False, lock_fd: int | None = None,
+         parts: Parts = Parts()) -> int:
+    """`agentd daemon` (and `agentd serve`, with its `parts`): run in the foreground until
+    SIGTERM/SIGINT, holding the home's pid lock (one of them per home)."""
     log = EventLog(json_lines=json_logs)
     route_library_logs(log)
     fd, stale = service.acquire(home, lock_fd)
     try:
         if stale:
-            log("daemon", f"replaced a stale pid file (pid {stale} is not running)")
-        return asyncio.run(Daemon(home, log).run())
+            log(parts.name, f"replaced a stale pid file (pid {stale} is not running)")
+        return asyncio.run(Daemon(home, log, parts).run())
     finally:
         service.release(fd)

@@ -166,21 +166,26 @@ def render(info: dict[str, Any]) -> str:
     lines = []
     if info["running"]:
         up = _span(time.time() - d["started"]) if d.get("started") else "?"
-        lines.append(f"agentd daemon: running (pid {info['pid']}, up {up}) · {info['home']}")
+        lines.append(f"agentd {'serve' if d.get('serve') else 'daemon'}: running (pid "
+                     f"{info['pid']}, up {up}) · {info['home']}")
     else:
         lines.append(f"agentd daemon: not running · {info['home']} (start it: agentd start)")
     if d:
         hb = d.get("heartbeat") or {}
         last = hb.get("last") or {}
         hours = f", active {hb['active_hours']}" if hb.get("active_hours") else ""
-        lines.append(f"heartbeat: every {hb.get('every')}{hours} · next {_when(hb.get('next'))}"
+        lines.append("heartbeat, cron and inbox: off (agentd serve)" if d.get("serve") else
+                     f"heartbeat: every {hb.get('every')}{hours} · next {_when(hb.get('next'))}"
                      + (f" · last {_when(last.get('ts'))}: {last.get('result')}" if last
                         else "") if hb.get("enabled") else "heartbeat: off")
+        if d.get("bridge"):
+            lines.append(f"bridge: listening on {d['bridge'].get('url')}")
         q = d.get("queue") or {}
         run = q.get("running")
         lines.append(f"queue: {q.get('depth', 0)} waiting" + (
             f" · running {run['kind']} {run['name']} since {_when(run.get('started'))}"
-            if run else " · idle") + f" · watching files by {d.get('watch', '?')}")
+            if run else " · idle") + (f" · watching files by {d['watch']}"
+                                      if d.get("watch") else ""))
     lines.append("cron:")
     lines += cron_lines(info["cron"])
     if info["runs"]:
