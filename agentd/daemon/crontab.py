@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.daemon import cron
 from agentd.daemon.heartbeat import zone
+from agentd.home import Home
 from agentd.homefs import Root
 from agentd.jobs import state
 from agentd.jobs.log import EventLog
@@ -63,7 +64,7 @@ def not_a_file(kind: str) -> str:
 
 
 def state_path(home: Path) -> Path:
-    return state.daemon_dir(home) / "cron.json"
+    return Home(home).daemon / "cron.json"
 
 
 def job_zone(job: cron.CronJob, settings: Settings) -> tzinfo:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from agentd.config import parse_hours
 from agentd.daemon.checklist import HEARTBEAT, Due, Item, build_task, load
+from agentd.home import Home
 from agentd.jobs import state
 from agentd.jobs.log import EventLog
 from agentd.jobs.queue import QueuedTurn, TurnQueue
@@ -106,7 +107,7 @@ async def evaluate(home: Path, settings: Settings, items: list[Item],
 
 
 def state_path(home: Path) -> Path:
-    return state.daemon_dir(home) / "heartbeat.json"
+    return Home(home).daemon / "heartbeat.json"
 
 
 def load_state(home: Path) -> dict[str, dict[str, float]]:

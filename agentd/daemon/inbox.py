@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentd.home import Home
 from agentd.homefs import Root
 from agentd.jobs import state
 from agentd.jobs.log import EventLog
@@ -98,7 +99,7 @@ class Inbox:
                  log: EventLog):
         self.home, self.settings, self.queue, self.log = home, settings, queue, log
         self.dir = home / INBOX
-        self.claims = state.daemon_dir(home, "inbox")
+        self.claims = Home(home).daemon / "inbox"  # state.write makes it
         self._settling: dict[str, tuple[int, int] | None] = {}
         self._told: set[str] = set()  # "still being written" said once per file
         self._problem: str | None = None  # why inbox/ itself was not read, said once
