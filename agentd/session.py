@@ -1,14 +1,15 @@
 """Session transcripts: `.agentd/sessions/<id>.jsonl`, appended message by message as the
-turn happens, so a crash loses at most the message being written."""
+turn happens, so a crash loses at most the message being written. Written and read as
+agentd.jsonl lines, so no text in a message (a U+2028, a lone surrogate) can break one."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+from agentd import jsonl
 from agentd.errors import AgentdError
 from agentd.llm.types import Message
 from agentd.redact import Redactor
@@ -35,9 +36,7 @@ class SessionLog:
             self._write({"type": "session", **header})
 
     def _write(self, row: dict[str, Any]) -> None:
-        row = self.redactor.redact_data(row)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        jsonl.append(self.path, self.redactor.redact_data(row))
 
     def append(self, msg: Message) -> None:
         self._write({"type": "message", "ts": round(time.time(), 3), **msg.to_dict()})
@@ -61,11 +60,7 @@ def load_messages(path: Path) -> list[Message]:
     (agentd/compact.py); a malformed compaction row is ignored, which sends more, not less.
     """
     try:
-        # "\n" only: str.splitlines() also splits at U+0085, U+2028 and other separators
-        # that json.dumps(ensure_ascii=False) leaves raw inside a message's text.
-        lines = path.read_text(encoding="utf-8").split("\n")
-        if lines[-1] == "":
-            lines.pop()
+        lines = jsonl.split(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AgentdError(f"no session {path.stem}: see .agentd/sessions/") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -74,7 +69,7 @@ def load_messages(path: Path) -> list[Message]:
     compaction: dict[str, Any] | None = None
     for n, line in enumerate(lines, 1):
         try:
-            row = json.loads(line)
+            row = jsonl.loads(line)
         except ValueError:
             if n == len(lines):
                 continue  # a torn last line
