@@ -39,6 +39,7 @@ from agentd.home import Home
 from agentd.interrupt import Interrupted, interruptible
 from agentd.render import LiveRenderer, history_table, summary
 from agentd.session import load_messages, new_id
+from agentd.surrogates import replace_surrogates
 from agentd.termsafe import terminal_safe
 from agentd.turn import TurnReport, TurnRequest, run_turn
 from agentd.turnlock import run_locked, waiting_message
@@ -79,11 +80,11 @@ def read_line() -> str | None:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (gives input() history and editing)
         try:
-            return input("you> ")
+            return replace_surrogates(input("you> "))
         except EOFError:
             print()
             return None
-    line = sys.stdin.readline()
+    line = sys.stdin.buffer.readline().decode("utf-8", "replace")  # bytes not UTF-8: U+FFFD
     return line.rstrip("\r\n") if line else None
 
 

@@ -16,6 +16,7 @@ import click
 from agentd import __version__
 from agentd.cli_base import AgentdGroup, home_only, home_option
 from agentd.errors import AgentdError
+from agentd.surrogates import replace_surrogates
 from agentd.termsafe import tty_safe
 
 if TYPE_CHECKING:
@@ -93,8 +94,8 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
 
     try:
         stdin = _read_stdin()
-        task = f"{prompt}\n\n<stdin>\n{stdin}\n</stdin>" if prompt and stdin else (
-            (prompt or stdin).strip())
+        task = replace_surrogates(f"{prompt}\n\n<stdin>\n{stdin}\n</stdin>" if prompt and stdin
+                                  else (prompt or stdin).strip())  # argv: \xff -> U+DCFF
         if not task:
             raise AgentdError('no prompt: give one as an argument (agentd run "...") or on '
                               "stdin")

@@ -23,11 +23,10 @@ a summary stands in for is already in memory/daily/, and the current one will be
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from agentd.config import Settings
 from agentd.llm.types import Message, Provider, ToolSpec
-from agentd.session import SessionLog
+from agentd.session import SUMMARY_HEAD, SessionLog, is_summary, summary_message, trim_output
 from agentd.usage import Ledger, estimate_tokens
 
 DEFAULT_WINDOW = 32_768
@@ -40,8 +39,6 @@ WINDOWS: tuple[tuple[str, int], ...] = (
     ("openai:", 128_000),
     ("ollama:", DEFAULT_WINDOW),
 )
-SUMMARY_HEAD = ("[agentd: the earlier conversation, summarised to fit the context window; "
-                "the session transcript keeps all of it]\n\n")
 SUMMARISER = """\
 You compact the conversation of an autonomous agent (with its user and its tools) so the \
 agent can continue it from your summary alone. Write the summary under these headings, in \
@@ -63,25 +60,6 @@ def context_window(spec: str, settings: Settings) -> int:
     if ep is not None and ep.context_window:
         return ep.context_window
     return next((n for prefix, n in WINDOWS if spec.startswith(prefix)), DEFAULT_WINDOW)
-
-
-def is_summary(m: Message) -> bool:
-    return m.role == "user" and m.text.startswith(SUMMARY_HEAD)
-
-
-def summary_message(text: str) -> Message:
-    return Message("user", SUMMARY_HEAD + text.strip())
-
-
-def trim_output(m: Message, limit: int) -> Message:
-    """A tool result cut to `limit` characters (head and tail) for sending."""
-    if m.role != "tool" or len(m.text) <= limit:
-        return m
-    head, tail = m.text[: limit * 2 // 3], m.text[-(limit // 3):]
-    cut = len(m.text) - len(head) - len(tail)
-    text = (f"{head}\n[… {cut} characters of this old output cut by compaction; run the "
-            f"command again if you need them …]\n{tail}")
-    return Message("tool", text, tool_call_id=m.tool_call_id, is_error=m.is_error)
 
 
 def render(messages: list[Message], clip: int = 1500) -> str:
@@ -177,20 +155,3 @@ class Compactor:
             self.summary.text.removeprefix(SUMMARY_HEAD) if self.summary else "",
             shift + self.cut, trim_until=shift + self.trim_until,
             tool_output=self.conf.tool_output, model=reply.model, usage=usage)
-
-
-def compacted(messages: list[Message], row: dict[str, Any]) -> list[Message]:
-    """A transcript's messages as they are sent after its compaction `row`: the summary,
-    then the kept messages, tool outputs before `trim_until` trimmed. A row that does not
-    fit the transcript (hand-edited, or from another file) leaves the messages whole."""
-    first, text = row.get("first_kept"), row.get("summary")
-    until, tool_output = row.get("trim_until", first), row.get("tool_output", 2000)
-    if (not isinstance(text, str) or not text.strip()
-            or not all(isinstance(n, int) and not isinstance(n, bool)
-                       for n in (first, until, tool_output))
-            or not 0 < first < len(messages) or messages[first].role == "tool"
-            or tool_output < 100):
-        return messages
-    kept = [trim_output(m, tool_output) if first + i < until else m
-            for i, m in enumerate(messages[first:])]
-    return [summary_message(text), *kept]

@@ -45,7 +45,7 @@ def _entry(when: datetime, trigger: str, model: str, task: str, outcome: str,
                 source: str | None = None, held: dict[str, str] | None = None) -> list[str]:
     """One entry. `source` names where an untrusted turn's text came from (its trigger);
     None for the owner's turns. `held`: paths git did not take, and why (agentd.gitscreen)."""
-    first = next((x for x in task.splitlines() if x.strip()), "")
+    first = next((x for x in task.split("\n") if x.strip()), "")  # U+2028 is not a line end
     lines = [f"## {when:%H:%M} · {one_line(trigger, 80)} · {one_line(model, 200)}"]
     if source is None:
         lines += [f"- Task: {one_line(first, 200)}", f"- Outcome: {one_line(outcome, 300)}"]

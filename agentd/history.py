@@ -149,7 +149,10 @@ def pending(home: Path, scan: Scan | None = None) -> Changes:
 
 
 def subject_line(task: str, limit: int = 72) -> str:
-    first = next((line for line in task.splitlines() if line.strip()), "agentd turn")
+    """The task's first non-blank line, as one escaped line (display()) of at most `limit`
+    characters. Lines end at "\\n" only: a U+2028 or U+0085 inside the task becomes a space
+    like any other whitespace, rather than cutting the subject short."""
+    first = next((line for line in task.split("\n") if line.strip()), "agentd turn")
     first = display(" ".join(first.split()))
     return first if len(first) <= limit else first[: limit - 1] + "…"
 

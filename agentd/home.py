@@ -23,7 +23,7 @@ class Home:
     """Where each thing lives in a home, spelled here and nowhere else.
 
     A folder property (`runtime`, `sessions`, `daemon`, `bridge`) makes the folder when
-    asked, as `runtime_dir` always did: whoever asks for a folder is about to use it, and
+    asked: whoever asks for a folder is about to use it, and
     all of them live under the git-ignored `.agentd/`. A file property is a path only, so
     a reader (`agentd status`, `agentd usage`) creates nothing.
     """
@@ -169,8 +169,3 @@ def locate_home(explicit: str | None, cwd: Path) -> Path | None:
     default = Path(DEFAULT_HOME).expanduser().resolve()
     return default if is_home(default) else None
 
-
-def runtime_dir(home: Path, *parts: str) -> Path:
-    """`<home>/.agentd/<parts>`, made: the older spelling of `Home(home).runtime`, kept
-    until its last callers move to `Home`."""
-    return _made(Home(home).runtime.joinpath(*parts))

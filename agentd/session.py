@@ -1,19 +1,24 @@
 """Session transcripts: `.agentd/sessions/<id>.jsonl`, appended message by message as the
-turn happens, so a crash loses at most the message being written."""
+turn happens, so a crash loses at most the message being written. Written and read as
+agentd.jsonl lines, so no text in a message (a U+2028, a lone surrogate) can break one."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+from agentd import jsonl
 from agentd.errors import AgentdError
 from agentd.llm.types import Message
 from agentd.redact import Redactor
 from agentd.redact import default as default_redactor
 
+# How a compacted conversation reads (agentd/compact.py writes the rows): its summary
+# stands first, as a user message that starts with this.
+SUMMARY_HEAD = ("[agentd: the earlier conversation, summarised to fit the context window; "
+                "the session transcript keeps all of it]\n\n")
 
 def new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
@@ -40,9 +45,7 @@ class SessionLog:
         if self._header is not None:
             header, self._header = self._header, None
             self._write(header)
-        row = self.redactor.redact_data(row)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        jsonl.append(self.path, self.redactor.redact_data(row))
 
     def continues(self) -> None:
         """The transcript exists already (the turn resumes it): write no header."""
@@ -70,11 +73,7 @@ def load_messages(path: Path) -> list[Message]:
     (agentd/compact.py); a malformed compaction row is ignored, which sends more, not less.
     """
     try:
-        # "\n" only: str.splitlines() also splits at U+0085, U+2028 and other separators
-        # that json.dumps(ensure_ascii=False) leaves raw inside a message's text.
-        lines = path.read_text(encoding="utf-8").split("\n")
-        if lines[-1] == "":
-            lines.pop()
+        lines = jsonl.split(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AgentdError(f"no session {path.stem}: see .agentd/sessions/") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -83,7 +82,7 @@ def load_messages(path: Path) -> list[Message]:
     compaction: dict[str, Any] | None = None
     for n, line in enumerate(lines, 1):
         try:
-            row = json.loads(line)
+            row = jsonl.loads(line)
         except ValueError:
             if n == len(lines):
                 continue  # a torn last line
@@ -96,7 +95,41 @@ def load_messages(path: Path) -> list[Message]:
         elif isinstance(row, dict) and row.get("type") == "compaction":
             compaction = row
     if compaction is not None:
-        from agentd.compact import compacted
-
         return compacted(messages, compaction)
     return messages
+
+
+def is_summary(m: Message) -> bool:
+    return m.role == "user" and m.text.startswith(SUMMARY_HEAD)
+
+
+def summary_message(text: str) -> Message:
+    return Message("user", SUMMARY_HEAD + text.strip())
+
+
+def trim_output(m: Message, limit: int) -> Message:
+    """A tool result cut to `limit` characters (head and tail) for sending."""
+    if m.role != "tool" or len(m.text) <= limit:
+        return m
+    head, tail = m.text[: limit * 2 // 3], m.text[-(limit // 3):]
+    cut = len(m.text) - len(head) - len(tail)
+    text = (f"{head}\n[… {cut} characters of this old output cut by compaction; run the "
+            f"command again if you need them …]\n{tail}")
+    return Message("tool", text, tool_call_id=m.tool_call_id, is_error=m.is_error)
+
+
+def compacted(messages: list[Message], row: dict[str, Any]) -> list[Message]:
+    """A transcript's messages as they are sent after its compaction `row`: the summary,
+    then the kept messages, tool outputs before `trim_until` trimmed. A row that does not
+    fit the transcript (hand-edited, or from another file) leaves the messages whole."""
+    first, text = row.get("first_kept"), row.get("summary")
+    until, tool_output = row.get("trim_until", first), row.get("tool_output", 2000)
+    if (not isinstance(text, str) or not text.strip()
+            or not all(isinstance(n, int) and not isinstance(n, bool)
+                       for n in (first, until, tool_output))
+            or not 0 < first < len(messages) or messages[first].role == "tool"
+            or tool_output < 100):
+        return messages
+    kept = [trim_output(m, tool_output) if first + i < until else m
+            for i, m in enumerate(messages[first:])]
+    return [summary_message(text), *kept]

@@ -157,7 +157,7 @@ def sandbox_for(settings: Settings, req: TurnRequest) -> SandboxSettings:
 
 
 def _outcome(r: LoopResult) -> str:
-    detail = r.error if r.status != "ok" else (r.text.strip().splitlines() or [""])[0]
+    detail = r.error if r.status != "ok" else r.text.strip().split("\n")[0]  # not at U+2028
     return f"{r.status}, {r.steps} step{'s' * (r.steps != 1)}" + (f": {detail}" if detail
                                                                    else "")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentd import jsonl
 from agentd.config import Price
 from agentd.llm.types import Message, ToolSpec, Usage
 
@@ -54,13 +55,12 @@ def cost(usage: Usage, price: Price | None) -> float | None:
 
 def append_ledger(path: Path, run_id: str, model: str, trigger: str, usage: Usage,
                   usd: float | None) -> None:
-    """One line per model call in `.agentd/usage.jsonl`; appends are atomic at this size."""
-    row = {"ts": round(time.time(), 3), "run": run_id, "model": model, "trigger": trigger,
-           "input": usage.input, "output": usage.output, "cache_read": usage.cache_read,
-           "cache_write": usage.cache_write, "cost": usd}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    """One line per model call in `.agentd/usage.jsonl` (an agentd.jsonl line: a trigger
+    holds a hook's or a session's name); appends are atomic at this size."""
+    jsonl.append(path, {
+        "ts": round(time.time(), 3), "run": run_id, "model": model, "trigger": trigger,
+        "input": usage.input, "output": usage.output, "cache_read": usage.cache_read,
+        "cache_write": usage.cache_write, "cost": usd})
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def parse_row(line: str | bytes) -> Row | None:
     crash on it: wrong types, negative or non-finite numbers and missing fields all mean
     "skip this line"."""
     try:
-        d = json.loads(line)
+        d = jsonl.loads(line)
     except (ValueError, RecursionError):
         return None
     if not isinstance(d, dict):
@@ -130,7 +130,7 @@ def read_ledger(path: Path, offset: int = 0) -> tuple[list[Row], int, int]:
         return [], 0, offset
     end = data.rfind(b"\n") + 1
     rows, skipped = [], 0
-    for line in data[:end].splitlines():
+    for line in data[:end].split(b"\n"):
         if not line.strip():
             continue
         row = parse_row(line)

@@ -14,11 +14,11 @@ from pathlib import Path
 from conftest import agentd, json_out
 from fakellm import FakeLLM
 
-from agentd.compact import SUMMARISER, SUMMARY_HEAD, Compactor, compacted, trim_output
+from agentd.compact import SUMMARISER, Compactor
 from agentd.config import Endpoint, Settings, load_settings
 from agentd.llm.types import Message, ToolCall
 from agentd.loop import Events
-from agentd.session import load_messages
+from agentd.session import SUMMARY_HEAD, compacted, load_messages, trim_output
 from agentd.turn import TurnReport, TurnRequest, run_turn
 
 MODEL = "anthropic:claude-sonnet-5-5"

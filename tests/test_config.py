@@ -15,7 +15,7 @@ import pytest
 from conftest import agentd
 
 from agentd.config import CONFIG_NAME, Duration, parse_settings
-from agentd.home import PROTECTED_DIRS, PROTECTED_NAMES, RUNTIME, Home, runtime_dir
+from agentd.home import PROTECTED_DIRS, PROTECTED_NAMES, RUNTIME, Home
 
 PACKAGE = Path(__file__).resolve().parent.parent / "agentd"
 
@@ -67,7 +67,6 @@ def test_home_spells_the_layout(tmp_path: Path) -> None:
     assert h.session("abc") == run / "sessions/abc.jsonl" and (run / "sessions").is_dir()
     assert h.daemon == run / "daemon" and h.daemon.is_dir()
     assert h.bridge == run / "bridge" and h.bridge.is_dir()
-    assert runtime_dir(tmp_path, "x", "y") == run / "x/y" and (run / "x/y").is_dir()
     assert set(PROTECTED_NAMES) == {".git", "agentd.toml", ".agentd"}
     assert set(PROTECTED_DIRS) == {".git", ".agentd"}
 

@@ -24,6 +24,7 @@ from daemonkit import (
 from fakellm import FakeLLM
 from hostile import SECRET, plant, secret_file
 
+from agentd.home import Home
 from agentd.jobs import state
 
 SILENT = {"text": "[SILENT]"}
@@ -129,7 +130,7 @@ def test_missed_runs_catch_up_once_within_the_window(fake: FakeLLM, home: Path) 
     _job(home, "hourly", 'schedule: "0 * * * *"', "Hourly check.")
     _job(home, "long-ago", f"at: {datetime.now() - timedelta(days=2):%Y-%m-%dT%H:%M}",
          "Too late.")
-    state.write(state.daemon_dir(home) / "cron.json", {
+    state.write(Home(home).daemon / "cron.json", {
         "hourly": {"spec": "schedule 0 * * * *", "seen": time.time() - 3 * 3600}})
     fake.push(SILENT)
     with Daemon(home) as d:

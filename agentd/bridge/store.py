@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+from agentd import jsonl
 from agentd.errors import AgentdError
 
 MAX_SEEN = 200_000
@@ -37,7 +37,8 @@ RESULT_CHARS = 100_000
 
 
 class _Lines:
-    """An append-only JSONL file, compacted by rewriting the live rows."""
+    """An append-only JSONL file (agentd.jsonl lines), compacted by rewriting the live
+    rows."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -48,10 +49,10 @@ class _Lines:
     def load(self) -> list[dict[str, Any]]:
         out = []
         try:
-            with self.path.open(encoding="utf-8") as f:
-                for line in f:
+            with self.path.open("rb") as f:
+                for line in f:  # binary: split at b"\n" only
                     try:
-                        row = json.loads(line)
+                        row = jsonl.loads(line)
                     except ValueError:
                         continue  # a torn last line after a crash
                     if isinstance(row, dict):
@@ -64,7 +65,7 @@ class _Lines:
     def append(self, row: dict[str, Any]) -> None:
         if self._f is None:
             self._f = self.path.open("a", encoding="utf-8")
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.write(jsonl.dumps(row) + "\n")
         self._f.flush()
         self.rows += 1
 
@@ -73,7 +74,7 @@ class _Lines:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(jsonl.dumps(row) + "\n")
         os.replace(tmp, self.path)
         self.rows = len(rows)
 
@@ -170,7 +171,7 @@ class Runs:
         if result is not None:
             path = self.folder / f"{rid}.json"
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"result": result[:RESULT_CHARS]}, ensure_ascii=False))
+            tmp.write_text(jsonl.dumps({"result": result[:RESULT_CHARS]}), encoding="utf-8")
             os.replace(tmp, path)
         run.update(fields)
         self.file.append({"id": rid, **fields})
@@ -181,7 +182,7 @@ class Runs:
             return None
         out = {k: v for k, v in run.items() if k != "spec"}
         with contextlib.suppress(OSError, ValueError):
-            out.update(json.loads((self.folder / f"{rid}.json").read_text(encoding="utf-8")))
+            out.update(jsonl.loads((self.folder / f"{rid}.json").read_bytes()))
         return out
 
     def pending(self) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ watchdog) are routed through the same writer at WARNING, so nothing prints in an
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -18,6 +17,9 @@ from agentd.loop import Events
 
 if TYPE_CHECKING:
     from agentd.llm.types import ToolCall
+
+from agentd import jsonl
+from agentd.surrogates import replace_surrogates
 
 
 class EventLog:
@@ -34,11 +36,11 @@ class EventLog:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
             row = {"ts": f"{stamp}.{int(now % 1 * 1000):03d}{time.strftime('%z')}",
                    "level": level, "event": event, "msg": msg, **fields}
-            line = json.dumps(row, ensure_ascii=False, default=str)
+            line = jsonl.dumps(row, default=str)
         else:
             tag = "" if level == "info" else f"{level}: "
             line = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))} {event}: {tag}{msg}"
-            line = line.replace("\n", " ⏎ ")
+            line = replace_surrogates(line.replace("\n", " ⏎ "))  # else the write fails
         with self._lock:
             try:
                 self.stream.write(line + "\n")

@@ -15,13 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agentd.home import atomic_write, runtime_dir
+from agentd import jsonl
+from agentd.home import atomic_write
+from agentd.surrogates import replace_surrogates
 
 TAIL_BYTES = 64 * 1024
-
-
-def daemon_dir(home: Path, *parts: str) -> Path:
-    return runtime_dir(home, "daemon", *parts)
 
 
 def read(path: Path, default: Any = None) -> Any:
@@ -34,7 +32,10 @@ def read(path: Path, default: Any = None) -> Any:
 
 
 def write(path: Path, data: Any) -> None:
-    atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n")
+    """Write `data` as JSON; a lone surrogate in it (a task typed with bytes that are not
+    UTF-8) is written as U+FFFD rather than failing the write."""
+    text = json.dumps(data, indent=1, ensure_ascii=False, default=str)
+    atomic_write(path, replace_surrogates(text) + "\n")
 
 
 @contextmanager
@@ -59,9 +60,8 @@ def update(path: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, An
 
 
 def append_line(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    """Append `row` to a JSONL file (runs.jsonl) as an agentd.jsonl line."""
+    jsonl.append(path, row, default=str)
 
 
 def tail_lines(path: Path, n: int) -> list[dict[str, Any]]:
@@ -75,9 +75,9 @@ def tail_lines(path: Path, n: int) -> list[dict[str, Any]]:
     except OSError:
         return []
     rows = []
-    for line in chunk.split("\n")[-n - 1:]:  # not splitlines(): rows may hold U+2028
+    for line in jsonl.split(chunk)[-n - 1:]:
         try:
-            row = json.loads(line)
+            row = jsonl.loads(line)
         except ValueError:
             continue
         if isinstance(row, dict):

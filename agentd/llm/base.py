@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agentd.llm.types import Message, ProviderError, TextSink
+from agentd.surrogates import replace_surrogates, replace_surrogates_in
 
 TRANSIENT_STATUS = {408, 409, 425, 429}  # and every 5xx (529: Anthropic's "overloaded")
 
@@ -94,8 +95,11 @@ class SDKProvider:
         comes out as one ProviderError (`_error`), never an SDK exception."""
         try:
             stream = await create(self._get_client())(**params)
+            sink = None if on_text is None else lambda t: on_text(replace_surrogates(t))
             async with stream:
-                return await self._read(stream, on_text)
+                reply = await self._read(stream, sink)
+            # A "\ud800" in the provider's JSON: no later write or request could encode it.
+            return Message.from_dict(replace_surrogates_in(reply.to_dict()))
         except ProviderError:
             raise
         except Exception as e:
