@@ -4,7 +4,9 @@ calls `run_turn`, which, in this order:
 
 1. picks the model and waits for the home's turn lock (agentd/turnlock.py; at once when the
    caller already holds it, as the daemon's queue worker does);
-2. commits what the person changed by hand since the last turn, apart ("Manual edits");
+2. closes out a turn that was killed outright (its work committed as the agent's:
+   agentd/inflight.py), then commits what the person changed by hand since the last turn,
+   apart ("Manual edits"), and marks this turn as in flight;
 3. resumes the request's session when its transcript exists, else starts it (decided here
    only), and builds the system prompt;
 4. runs the loop (agentd/loop.py), writing every message to the transcript and every model
@@ -28,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agentd import history
+from agentd import history, inflight
 from agentd.chain import build_provider, choose_model
 from agentd.config import Settings
 from agentd.daylog import DAILY, append_entry, append_held
@@ -267,7 +269,10 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
     if resuming:
         log.continues()
     redactor = log.redactor
+    await asyncio.to_thread(inflight.close_out, home, redactor.find)  # a killed turn's work
     await asyncio.to_thread(commit_manual_edits, home, redactor.find)
+    await asyncio.to_thread(inflight.begin, home, run_id=report.run_id, trigger=req.trigger,
+                            task=req.task, profile=req.profile, session=path)
     started = time.monotonic()
     system = build_system_prompt(home, req.workdir)
     messages.append(Message("user", req.task))
@@ -294,5 +299,6 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
             await asyncio.to_thread(ctx.quota.enforce)
         await asyncio.to_thread(deliver_answer, home, req, report)
         await asyncio.to_thread(finish_turn, home, req, report, redactor)
+        inflight.end(home)
         if req.scratch is None and ctx.scratch is not None:  # made for this turn only
             shutil.rmtree(ctx.scratch, ignore_errors=True)

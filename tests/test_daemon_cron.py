@@ -24,8 +24,8 @@ from daemonkit import (
 from fakellm import FakeLLM
 from hostile import SECRET, plant, secret_file
 
+from agentd import state
 from agentd.home import Home
-from agentd.jobs import state
 
 SILENT = {"text": "[SILENT]"}
 

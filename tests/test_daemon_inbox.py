@@ -124,7 +124,7 @@ def test_kill_9_mid_turn_then_restart_processes_the_file_exactly_once(
         d.ready()
         log = d.wait_log(r"inbox: job.txt: answered in outbox/job.md")
         assert f"replaced a stale pid file (pid {pid} is not running)" in log
-        assert "recovery: an interrupted inbox turn (job.txt) was closed out" in log
+        assert "recovery: an interrupted inbox turn was closed out" in log
         assert log.count("inbox: job.txt: turn started") == 1
         assert d.stop() == 0
     assert (home / "outbox/job.md").read_text() == "Report: progress noted.\n"

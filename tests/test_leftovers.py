@@ -55,6 +55,17 @@ def test_kill_9_leftovers_are_removed_by_the_next_run(fake: FakeLLM, home: Path,
     finally:
         after.close()
     assert cgroups_of(run.pid) == [] and sleepers(marker) == []
+    # the killed turn's work is the agent's: a recovery commit, never "Manual edits"
+    log = git(home, "log", "--format=%s%n%b%n--")
+    assert "Manual edits" not in log
+    sha = git(home, "log", "-1", "--format=%H", "--grep", "^Recovery: find things").strip()
+    assert sha, log
+    body = git(home, "show", "-s", "--format=%b", sha)
+    assert "Agentd-Trigger: recovery" in body and "Agentd-Status: killed" in body
+    assert "notes/found.md" in git(home, "show", "--name-only", "--format=", sha)
+    day = "".join(p.read_text() for p in (home / "memory/daily").glob("*.md"))
+    assert "· recovery · -" in day and "killed during this cli turn" in day
+    assert git(home, "status", "--porcelain", "--", "notes") == ""
 
 
 @requires_bwrap

@@ -22,11 +22,11 @@ from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentd import state
 from agentd.daemon import cron
 from agentd.daemon.heartbeat import zone
 from agentd.home import Home
 from agentd.homefs import Root
-from agentd.jobs import state
 from agentd.jobs.log import EventLog
 from agentd.jobs.queue import QueuedTurn, TurnQueue
 from agentd.jobs.records import run_job_turn

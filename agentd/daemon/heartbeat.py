@@ -16,10 +16,10 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agentd import state
 from agentd.config import parse_hours
 from agentd.daemon.checklist import HEARTBEAT, Due, Item, build_task, load
 from agentd.home import Home
-from agentd.jobs import state
 from agentd.jobs.log import EventLog
 from agentd.jobs.queue import QueuedTurn, TurnQueue
 from agentd.jobs.records import run_job_turn

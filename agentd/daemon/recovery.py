@@ -1,9 +1,9 @@
 """What a killed daemon leaves behind, put right on the next start (before anything runs).
 
-- A turn in flight (`.agentd/daemon/turn.json` still there, and nobody holding the turn
-  lock): its transcript gets an "interrupted" end row, the day log an entry, and whatever
-  it changed in the home one recovery commit (`Agentd-Trigger: recovery`), so the next
-  turn's "manual edits" commit does not claim the agent's half-done work.
+- A turn in flight (its marker still there, and nobody holding the turn lock) is closed
+  out by agentd/inflight.py: an "interrupted" end row, a day-log entry and one recovery
+  commit credited to the agent. Any next turn would do the same; the daemon does it at
+  once so that its log says so.
 - A stale `.git/index.lock` (a git process killed mid-write): removed by
   agentd.history.clear_stale_locks (also at the start of every turn, whatever triggered
   it) only when no git process is running in the home, under agentd's own git lock.
@@ -16,16 +16,11 @@
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from agentd import gitexec
 from agentd.home import Home
-from agentd.jobs import state
 from agentd.jobs.log import EventLog
 from agentd.tools.sandbox import sweep_leftovers
 from agentd.turnlock import TurnLock
@@ -45,28 +40,6 @@ def clear_index_lock(home: Path, log: EventLog,
     return bool(removed)
 
 
-def _session_of(home: Path, marker: dict[str, Any]) -> Path | None:
-    """The killed turn's transcript: its continued session, else the newest one opened
-    after the turn started for the same task."""
-    sessions = Home(home).sessions
-    if marker.get("session"):
-        p = Home(home).session(marker["session"])
-        return p if p.exists() else None
-    since = float(marker.get("started") or 0) - 1
-    candidates = sorted((p for p in sessions.glob("*.jsonl") if p.stat().st_mtime >= since),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
-    for p in candidates:
-        try:
-            with p.open(encoding="utf-8") as f:
-                head, first = json.loads(f.readline()), json.loads(f.readline())
-        except (OSError, ValueError):
-            continue
-        if head.get("trigger") == marker.get("trigger") and first.get("text") == marker.get(
-                "task"):
-            return p
-    return None
-
-
 def _scanner(home: Path) -> Callable[[str], list[str]]:
     """The same secret scan a turn's own commit uses, so a recovery never commits a key."""
     from agentd.config import load_settings
@@ -80,45 +53,23 @@ def _scanner(home: Path) -> Callable[[str], list[str]]:
 
 
 def recover_turn(home: Path, log: EventLog) -> str | None:
-    """Close out a turn the last daemon did not finish; returns the recovery commit's sha."""
-    from agentd import history
-    from agentd.daylog import append_entry
-
-    marker_path = Home(home).turn_marker
-    marker = state.read(marker_path)
-    if not isinstance(marker, dict):
+    """Close out a turn a killed process did not finish; returns the recovery commit's sha."""
+    if not Home(home).turn_marker.exists():
         return None
+    from agentd import inflight  # git and the day log: not loaded by a daemon with no marker
+
     lock = TurnLock(home)
     if not lock.try_acquire("recovery"):
         return None  # a turn is running right now (`agentd cron run`): not ours to close
     try:
-        session = _session_of(home, marker)
-        run_id = session.stem if session else "unknown"
-        if session:
-            with session.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"type": "end", "ts": round(time.time(), 3),
-                                    "status": "interrupted",
-                                    "error": "the daemon was killed during this turn"}) + "\n")
-        scan = _scanner(home)
-        changes = history.pending(home, scan)
-        files = changes.files
-        task = str(marker.get("task") or "")
-        stranger = marker.get("profile") != "trusted"  # unknown: fenced, to be safe
-        append_entry(home, datetime.now().astimezone(), "recovery", "-", task,
-                     "interrupted: the daemon was killed during this turn; its changes were "
-                     "committed on the next start", files, list(changes.blocked),
-                     source=str(marker.get("trigger")) if stranger else None,
-                     held=changes.held)
-        files = history.pending(home, scan).files
-        sha = history.commit(home, files, f"Recovery: {task}", {
-            "Agentd-Run": run_id, "Agentd-Trigger": "recovery"},
-            f"Left uncommitted by a {marker.get('kind')} turn ({marker.get('name')}) that "
-            "was killed; committed when the daemon started again.")
-        marker_path.unlink(missing_ok=True)
+        marker = inflight.close_out(home, _scanner(home))
     finally:
         lock.release()
-    log("recovery", f"an interrupted {marker.get('kind')} turn ({marker.get('name')}) was "
-        f"closed out" + (f"; its changes are in commit {sha[:8]}" if sha else ""))
+    if marker is None:
+        return None
+    sha = marker.get("commit")
+    log("recovery", f"an interrupted {marker.get('trigger')} turn was closed out"
+        + (f"; its changes are in commit {sha[:8]}" if sha else ""))
     return sha
 
 

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agentd import state
 from agentd.config import Settings, load_settings
 from agentd.daemon import checklist, service
 from agentd.daemon.crontab import CronTable
@@ -39,7 +40,6 @@ from agentd.daemon.recovery import recover
 from agentd.daemon.status import status_path
 from agentd.daemon.watcher import Batch, Watcher
 from agentd.errors import AgentdError
-from agentd.jobs import state
 from agentd.jobs.log import EventLog, route_library_logs
 from agentd.jobs.queue import TurnQueue
 from agentd.turnlock import TurnLock

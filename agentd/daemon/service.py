@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agentd import state
 from agentd.errors import AgentdError
 from agentd.home import Home
-from agentd.jobs import state
 from agentd.tools import leftovers
 
 LOG_ROTATE_BYTES = 10 * 1024 * 1024

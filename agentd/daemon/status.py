@@ -12,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentd import state
 from agentd.daemon import cron, crontab, service
 from agentd.home import Home
 from agentd.homefs import Root
-from agentd.jobs import state
 
 if TYPE_CHECKING:
     from agentd.config import Settings

@@ -1,26 +1,22 @@
 """The records of a queued turn (the daemon's heartbeat, cron and inbox turns, `agentd cron
-run`, the bridge's turns): the turn itself is agentd.turn.run_turn; around it,
+run`, the bridge's turns): the turn itself is agentd.turn.run_turn (which also marks itself
+in flight, agentd/inflight.py); around it,
 
-- a marker in `.agentd/daemon/turn.json` while the turn runs, so a process killed mid-turn
-  is recognised and its leftovers committed as a recovery commit on the next start
-  (agentd/daemon/recovery.py);
 - one row per run in `.agentd/daemon/runs.jsonl`, for `agentd status`;
 - log lines: started, one per tool call (`LogEvents`), delivered, ended.
 
-The caller normally holds the turn lock (the queue's worker, `cron run`), so the marker is
-written under it; `run_turn` takes the lock otherwise.
+The caller normally holds the turn lock (the queue's worker, `cron run`); `run_turn` takes
+it otherwise.
 """
-
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentd import state
 from agentd.errors import AgentdError
 from agentd.home import Home
-from agentd.jobs import state
 from agentd.jobs.log import EventLog, LogEvents
 from agentd.loop import Events
 from agentd.outbox import is_silent
@@ -41,11 +37,7 @@ async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: s
     problem, a refusal: logged and recorded)."""
     from agentd.turn import run_turn  # git, the sandbox: not loaded by an idle daemon
 
-    marker = Home(home).turn_marker
     started = time.time()
-    state.write(marker, {"kind": kind, "name": name, "trigger": req.trigger, "task": req.task,
-                         "profile": req.profile, "session": req.session,
-                         "started": started, "pid": os.getpid()})
     log(kind, f"{name}: turn started" + (f" ({req.model})" if req.model else ""))
     row: dict[str, Any] = {"ts": started, "kind": kind, "name": name}
     try:
@@ -55,8 +47,6 @@ async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: s
         log.error(kind, f"{name}: turn not started: {e}")
         _record(home, {**row, "status": "error", "error": str(e), "seconds": 0})
         return None
-    finally:
-        marker.unlink(missing_ok=True)
     r = report.result
     row.update(status=r.status, error=r.error, steps=r.steps, seconds=report.seconds,
                cost=report.cost, run=report.run_id, model=", ".join(report.models) or
