@@ -291,20 +291,26 @@ def test_a_full_queue_is_503_with_retry_after(env: Path, fake: FakeLLM,
     from daemonkit import configure
 
     configure(env, daemon={"queue_limit": 1})
-    fake.push({"text": "slow", "delay": 1.5}, {"text": "next"})
+    # The first turn is held mid-call until the checks are done (a fixed delay could run
+    # out on a loaded machine, and the queue would have room again).
+    held = threading.Event()
+    fake.push({"text": "slow", "hold": held}, {"text": "next"})
     with BridgeHost(env) as host:
-        assert hook(host, EVENT, signed(EVENT, "msg_a")).status_code == 202
-        wait_for(lambda: "turn started" in host.log, 10, "the first turn")
-        assert hook(host, EVENT, signed(EVENT, "msg_b")).status_code == 202
-        r = hook(host, EVENT, signed(EVENT, "msg_c"))
-        assert r.status_code == 503 and r.headers["retry-after"] == "30"
-        assert_clean(r, env)
-        chat = httpx2.post(f"{host.url}/v1/chat/completions", json={
-            "model": "agentd", "messages": [{"role": "user", "content": "hi"}]},
-            headers={"authorization": f"Bearer {TOKEN}"})
-        assert chat.status_code == 503 and chat.headers["retry-after"] == "30"
-        fake.push({"text": "retried"})
-        assert hook(host, EVENT, signed(EVENT, "msg_c")).status_code == 503  # still full
+        try:
+            assert hook(host, EVENT, signed(EVENT, "msg_a")).status_code == 202
+            wait_for(lambda: fake.requests, 20, "the first turn's model call")
+            assert hook(host, EVENT, signed(EVENT, "msg_b")).status_code == 202
+            r = hook(host, EVENT, signed(EVENT, "msg_c"))
+            assert r.status_code == 503 and r.headers["retry-after"] == "30"
+            assert_clean(r, env)
+            chat = httpx2.post(f"{host.url}/v1/chat/completions", json={
+                "model": "agentd", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {TOKEN}"})
+            assert chat.status_code == 503 and chat.headers["retry-after"] == "30"
+            fake.push({"text": "retried"})
+            assert hook(host, EVENT, signed(EVENT, "msg_c")).status_code == 503  # still full
+        finally:
+            held.set()
     with BridgeHost(env) as host:  # the refused delivery was not remembered: its retry runs
         assert hook(host, EVENT, signed(EVENT, "msg_c")).status_code == 202
 
