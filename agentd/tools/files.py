@@ -22,8 +22,8 @@ hint.
 from __future__ import annotations
 
 import codecs
-import errno
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,9 +37,7 @@ from agentd.tools.places import (
     hidden,
     locate,
     open_root,
-    refusal,
-    refused,
-    write_refusal,
+    refusals,
     write_target,
 )
 
@@ -101,14 +99,24 @@ def read_file(ctx: ToolContext, path: str, offset: int | None = None,
         return _fail(f"offset must be a line number from 1 (got {offset})")
     if count < 1:
         return _fail(f"limit must be at least 1 (got {limit})")
-    try:
+
+    def read() -> ToolResult:
         place = locate(ctx, path, for_write=False)
-        with open_root(place) as root:
+        with open_root(place) as root, refusals(place, root):
             return _read_open(ctx, root, place, start, count)
+
+    return _guarded("read", path, read)
+
+
+def _guarded(verb: str, path: str, act: Callable[[], ToolResult]) -> ToolResult:
+    """The file tools' one error boundary: a refused path (PathError, see `refusals`) or a
+    failed call on the host is an error result with one line, never an exception."""
+    try:
+        return act()
     except PathError as e:
         return _fail(str(e))
     except OSError as e:
-        return _fail(f"cannot read {path}: {e.strerror or e}")
+        return _fail(f"cannot {verb} {path}: {e.strerror or e}")
 
 
 def _read_open(ctx: ToolContext, root: Root, place: Place, start: int,
@@ -131,14 +139,6 @@ def _read_open(ctx: ToolContext, root: Root, place: Place, start: int,
                 return _fail(_binary(real, st.st_size))
     except FileNotFoundError:
         return _fail(f"{real} does not exist; check the path, e.g. with `ls`")
-    except OSError as e:
-        if not refused(e):
-            raise
-        if e.errno == errno.EISDIR:
-            return _fail(f"{real} is a directory; use bash to list it, e.g. `ls -la {real}`")
-        if e.errno == errno.EINVAL:
-            return _fail(f"{real} is not a regular file; use bash to inspect it")
-        return _fail(refusal(e, place, root))
 
 
 def _read_lines(f: BinaryIO, real: Path, start: int, count: int) -> ToolResult:
@@ -171,7 +171,6 @@ def _read_lines(f: BinaryIO, real: Path, start: int, count: int) -> ToolResult:
     return ToolResult("\n".join(out))
 
 
-
 def write_file(ctx: ToolContext, path: str, content: str) -> ToolResult:
     """Create or replace a whole file, atomically, creating its parent folders."""
     if not isinstance(content, str):
@@ -180,26 +179,19 @@ def write_file(ctx: ToolContext, path: str, content: str) -> ToolResult:
         data = content.encode("utf-8")
     except UnicodeEncodeError as e:
         return _fail(f"content is not valid Unicode ({e.reason}); remove lone surrogates")
-    try:
+
+    def write() -> ToolResult:
         place = locate(ctx, path, for_write=True)
         over_quota = ctx.quota.refuse_write(place.path, len(data)) if ctx.quota else None
         if over_quota:
             return _fail(over_quota)
-        with open_root(place) as root:
-            try:
-                target = write_target(ctx, root, place, create=True)
-                with target.folder:
-                    target.folder.write_bytes(target.name, data, owner=ctx.owner)
-            except OSError as e:
-                if not refused(e):
-                    raise
-                return _fail(write_refusal(e, place, root))
-    except PathError as e:
-        return _fail(str(e))
-    except OSError as e:
-        return _fail(f"cannot write {path}: {e.strerror or e}")
-    return ToolResult(f"wrote {len(data)} bytes to {place.path}")
+        with open_root(place) as root, refusals(place, root):
+            target = write_target(ctx, root, place, create=True)
+            with target.folder:
+                target.folder.write_bytes(target.name, data, owner=ctx.owner)
+        return ToolResult(f"wrote {len(data)} bytes to {place.path}")
 
+    return _guarded("write", path, write)
 
 
 def edit_file(ctx: ToolContext, path: str, old_text: str, new_text: str) -> ToolResult:
@@ -209,30 +201,20 @@ def edit_file(ctx: ToolContext, path: str, old_text: str, new_text: str) -> Tool
     if not old_text:
         return _fail("old_text is empty; copy the exact text to replace from the file "
                      "(to replace a whole file, use write)")
-    try:
+
+    def edit() -> ToolResult:
         place = locate(ctx, path, for_write=True)
-        with open_root(place) as root:
+        with open_root(place) as root, refusals(place, root):
             try:
                 target = write_target(ctx, root, place, create=False)
             except FileNotFoundError:
                 return _fail(f"{place.path} does not exist; use write to create it")
-            except OSError as e:
-                if not refused(e):
-                    raise
-                return _fail(write_refusal(e, place, root))
             with target.folder:
                 if target.st is None:
                     return _fail(f"{place.path} does not exist; use write to create it")
-                try:
-                    return _edit_in(ctx, target, place, old_text, new_text)
-                except OSError as e:
-                    if not refused(e):
-                        raise
-                    return _fail(write_refusal(e, place, root))
-    except PathError as e:
-        return _fail(str(e))
-    except OSError as e:
-        return _fail(f"cannot edit {path}: {e.strerror or e}")
+                return _edit_in(ctx, target, place, old_text, new_text)
+
+    return _guarded("edit", path, edit)
 
 
 def _edit_in(ctx: ToolContext, target: Target, place: Place, old_text: str,

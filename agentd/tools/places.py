@@ -3,7 +3,7 @@ disk is consulted), matched to the deepest allowed folder that holds it (read: t
 workdir, the scratch folder; write and edit: the profile's writable folders), that folder
 held open, and for a write the real folder and name it changes, checked against the
 runtime's protected names. Every refusal is one line for the model (`PathError`, or
-`refusal`/`write_refusal` for what homefs would not follow). See agentd.tools.files for the
+`refusals` for what homefs would not follow). See agentd.tools.files for the
 rules the tools keep."""
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _link_note(root: Root, parts: tuple[str, ...]) -> str:
     return ""
 
 
-def refusal(e: OSError, place: Place, root: Root) -> str:
+def _symlink_refusal(e: OSError, place: Place, root: Root) -> str:
     """One line for a path homefs would not follow: out of the root, or a loop."""
     note = _link_note(root, place.parts)
     if e.errno == errno.EXDEV:
@@ -145,21 +145,34 @@ def refusal(e: OSError, place: Place, root: Root) -> str:
             f"or a link leading out of {place.root}){note}; use the real path instead")
 
 
-
 def refused(e: OSError) -> bool:
     """A homefs refusal, or a symlink met by an O_NOFOLLOW open (the walk without openat2,
     when a racer put the link there after homefs looked)."""
     return isinstance(e, Refused) or e.errno in (errno.ELOOP, errno.EXDEV)
 
 
-def write_refusal(e: OSError, place: Place, root: Root) -> str:
-    """A homefs refusal during a write or edit, as one line for the model."""
+def refusal(e: OSError, place: Place, root: Root) -> str:
+    """A homefs refusal during a read, write or edit, as one line for the model."""
     if e.errno in (errno.EXDEV, errno.ELOOP):
-        return refusal(e, place, root)
+        return _symlink_refusal(e, place, root)
+    if e.errno == errno.EISDIR:
+        return f"{place.path} is a directory; use bash to list it, e.g. `ls -la {place.path}`"
     if e.errno == errno.EINVAL:
         return f"{place.path} is not a regular file; use bash to inspect it"
     return f"{place.shown}: {e}"
 
+
+@contextmanager
+def refusals(place: Place, root: Root) -> Iterator[None]:
+    """The file tools' one handler for what homefs refuses beneath `root` (a symlink out, a
+    loop, a folder or FIFO where a file was asked for): a PathError with one line for the
+    model. Other OSErrors pass through."""
+    try:
+        yield
+    except OSError as e:
+        if not refused(e):
+            raise
+        raise PathError(refusal(e, place, root)) from None
 
 
 # --- where a write lands -------------------------------------------------------------------
