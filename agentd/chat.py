@@ -35,7 +35,7 @@ from agentd.config import Settings
 from agentd.errors import AgentdError
 from agentd.home import runtime_dir
 from agentd.llm.router import choose_model, make_provider
-from agentd.render import LiveRenderer, history_table, summary
+from agentd.render import LiveRenderer, history_table, make_console, summary
 from agentd.session import load_messages, new_id
 from agentd.termsafe import terminal_safe
 from agentd.turn import TurnReport, TurnRequest, run_turn
@@ -234,7 +234,7 @@ def start_chat(home: Path, settings: Settings, workdir: Path, base: Path,
         note = f"resuming session {sid} ({count} messages)"
     spec = choose_model(model, settings)
     make_provider(spec, settings, base)
-    console = Console(highlight=False)
+    console = make_console()
     console.print(f"agentd chat · {note} · {spec} · /help for commands", style="dim",
                   markup=False)
     return Chat(home, settings, workdir, base, spec, sid, console).run()
