@@ -1,9 +1,9 @@
 """One renderer for a turn, wherever it is shown.
 
 `agentd run`, `agentd cron run` and `agentd chat` draw a turn on the owner's terminal with
-rich (`LiveRenderer`); the daemon writes the same turn as log lines (`call_line`, used by
-agentd.daemon.runner.LogEvents). The words are the same either way: a tool call is one line,
-`▸ name what`; a result is a trimmed preview; a turn ends with its `summary` line.
+rich (`LiveRenderer`); the daemon's LogEvents writes the same turn as log lines
+(`call_line`). The words are the same either way: a tool call is one line, `▸ name what`;
+a result is a trimmed preview; a turn ends with its `summary` line.
 
 Piped (stdout not a terminal), nothing is hard-wrapped: rich would wrap every line at 80
 columns there, so `make_console()` gives it a width no line reaches and lets text run on; a
