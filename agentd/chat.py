@@ -37,7 +37,7 @@ from agentd.config import Settings
 from agentd.errors import AgentdError
 from agentd.home import Home
 from agentd.interrupt import Interrupted, interruptible
-from agentd.render import LiveRenderer, history_table, summary
+from agentd.render import LiveRenderer, history_table, make_console, summary
 from agentd.session import load_messages, new_id
 from agentd.surrogates import replace_surrogates
 from agentd.termsafe import terminal_safe
@@ -204,7 +204,7 @@ def start_chat(home: Path, settings: Settings, workdir: Path, base: Path,
         note = f"resuming session {sid} ({count} messages)"
     spec = choose_model(model, settings)
     make_provider(spec, settings, base)
-    console = Console(highlight=False)
+    console = make_console()
     console.print(f"agentd chat · {note} · {spec} · /help for commands", style="dim",
                   markup=False)
     return Chat(home, settings, workdir, base, spec, sid, console).run()

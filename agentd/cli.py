@@ -107,11 +107,9 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
         renderer = None
         events = Events()
         if not (as_json or quiet):
-            from rich.console import Console
-
             from agentd.render import LiveRenderer
 
-            events = renderer = LiveRenderer(Console(highlight=False))
+            events = renderer = LiveRenderer()
         report, sig = asyncio.run(interruptible(run_turn(home, settings, req, events,
                                                          base=Path.cwd(), on_wait=_say_waiting)))
         if sig is not None:  # the turn unwound and committed what it did
@@ -133,11 +131,8 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
         if report.result.text:
             click.echo(tty_safe(report.result.text))
     else:
-        from agentd.render import summary
-
         assert renderer is not None
-        renderer.finish()
-        renderer.console.print(summary(report), style="dim", highlight=False)
+        renderer.done(report)
     if not report.ok:
         click.echo(f"error: {report.result.error}", err=True)
     sys.exit(code)
@@ -180,13 +175,11 @@ def chat(home_opt: str | None, model: str | None, workdir: Path | None, resume: 
               help="How many commits.")
 def history_cmd(home_opt: str | None, count: int) -> None:
     """What changed in the home, turn by turn: when, trigger, model, summary, files."""
-    from rich.console import Console
-
     from agentd import history
-    from agentd.render import history_table
+    from agentd.render import history_table, make_console
 
     home = home_only(home_opt)
-    Console().print(history_table(history.log(home, count)))
+    make_console().print(history_table(history.log(home, count)))
 
 
 @cli.command()
@@ -220,16 +213,14 @@ def undo(run_id: str | None, home_opt: str | None) -> None:
 @home_option
 def skills(home_opt: str | None) -> None:
     """List the home's skills: source, status and description."""
-    from rich.console import Console
-
-    from agentd.render import skills_table
+    from agentd.render import make_console, skills_table
     from agentd.skills import discover
 
     warnings: list[str] = []
     found = discover(home_only(home_opt), warnings)
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
-    Console().print(skills_table(found))
+    make_console().print(skills_table(found))
 
 
 def _prepare(home_opt: str | None, workdir: Path | None,

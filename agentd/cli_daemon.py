@@ -161,19 +161,14 @@ def cron_run(parent_home: str | None, name: str, home_opt: str | None, quiet: bo
     renderer = None
     events = Events()
     if not quiet:
-        from rich.console import Console
-
         from agentd.render import LiveRenderer
 
-        events = renderer = LiveRenderer(Console(highlight=False))
+        events = renderer = LiveRenderer()
     report = asyncio.run(run_now(home, load_settings(home), name, EventLog(), events))
     if report is None:
         raise AgentdError(f"cron job {name} could not start (see above)", 1)
     if renderer is not None:
-        from agentd.render import summary
-
-        renderer.finish()
-        renderer.console.print(summary(report), style="dim", highlight=False)
+        renderer.done(report)
     elif report.result.text:
         click.echo(report.result.text)
     if not report.ok:
@@ -202,9 +197,9 @@ def usage_cmd(home_opt: str | None, days: int, by: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data))
         return
-    from rich.console import Console
+    from agentd.render import make_console
 
-    Console(highlight=False).print(render(data))
+    make_console().print(render(data))
 
 
 @click.command()

@@ -119,7 +119,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
     Only for folders the agent cannot write: files under `.agentd/` (read-only inside the
     sandbox) and generated unit files. Trees the agent can write (its notes, the outbox,
-    the inbox, the workdir) are hostile to the host and go through agentd/homefs.py, which
+    the inbox, the workdir) are hostile to the host and go through agentd/homefs/, which
     resolves every path beneath a held folder fd.
 
     Writes an exclusive temporary file beside the target, fsyncs it, then renames it over

@@ -54,15 +54,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(params=["openat2", "walk"])
 def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways agentd/homefs.py resolves paths: openat2, and the O_NOFOLLOW walk of
+    """Both ways agentd/homefs resolves paths: openat2, and the O_NOFOLLOW walk of
     kernels before 5.6. CI's kernel must have openat2."""
-    from agentd import homefs
+    from agentd.homefs import beneath
 
-    if request.param == "openat2" and not homefs.openat2_available():
+    if request.param == "openat2" and not beneath.openat2_available():
         if IN_CI:
             pytest.fail("CI's kernel must have openat2 (Linux 5.6+)")
         pytest.skip("this kernel has no openat2: SECURITY TEST NOT RUN")
-    monkeypatch.setattr(homefs, "_have_openat2", request.param == "openat2")
+    monkeypatch.setattr(beneath, "_have_openat2", request.param == "openat2")
     return str(request.param)
 
 

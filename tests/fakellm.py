@@ -22,6 +22,8 @@ reply of the script, FIFO, whichever protocol asks. Reply dicts:
     {"raw": "not json", "status": 200, "content_type": "application/json"}   broken body
     {"empty": True}                                 an answer with no content at all
     {"delay": 0.2, ...}                             sleep first (any reply)
+    {"hold": threading.Event(), ...}                wait for the test to set it first (at
+                                                    most 60 s): a turn held mid-call
 
 An exhausted script answers 500 "fakellm: script exhausted" (with `x-should-retry: false`
 so the SDKs fail at once), so a test that under-scripts fails loudly. `auto=True` instead
@@ -422,6 +424,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, fake: FakeLLM, protocol: str, respond: Any, reply: Reply, body: Any,
                 raw: bytes) -> None:
         time.sleep(reply.get("delay", 0))
+        if "hold" in reply:
+            reply["hold"].wait(60)
         if "error" in reply:
             return self._error(protocol, reply["error"], reply.get("message", "fakellm error"),
                                reply.get("type"), reply.get("headers"))

@@ -104,10 +104,14 @@ def test_telegram_refusals_and_duplicates(host: BridgeHost, fake: FakeLLM,
     fake.push({"text": "x" * 5000})
     assert tg(host, 5, "long please").json()["duplicate"] is False
     assert tg(host, 5, "long please").json()["duplicate"] is True
-    calls = sent(api, 2)
-    time.sleep(0.3)
-    assert len(model_posts(fake)) == 1 and len(api.calls) == 2
-    assert [len(c[2]["text"]) for c in calls] == [4096, 904]
+    sent(api, 2)
+    # Before counting, a positive event: a later message, queued behind anything the
+    # duplicate queued (one worker, arrival order), gets its reply.
+    fake.push({"text": "sentinel"})
+    assert tg(host, 6, "and this?").json()["duplicate"] is False
+    wait_for(lambda: any(c[2]["text"] == "sentinel" for c in api.calls), 20, "the sentinel")
+    assert len(model_posts(fake)) == 2
+    assert [len(c[2]["text"]) for c in api.calls] == [4096, 904, 8]
 
 
 def slack_event(host: BridgeHost, event: dict[str, Any], event_id: str = "Ev1",
@@ -140,8 +144,11 @@ def test_slack_mention_is_answered_in_its_thread_once(host: BridgeHost, fake: Fa
     assert body == {"channel": "C1", "text": "hello from the agent",
                     "thread_ts": "1700000000.000100"}
     assert model_posts(fake)[0].body["messages"][1]["content"] == "status?"
-    time.sleep(0.3)
-    assert len(model_posts(fake)) == 1
+    fake.push({"text": "sentinel"})  # a later mention, queued behind any duplicate turn
+    assert slack_event(host, {**event, "ts": "1700000000.000200"}, "Ev2").status_code == 200
+    wait_for(lambda: any(c[2]["text"] == "sentinel" for c in api.calls), 20, "the sentinel")
+    assert len(model_posts(fake)) == 2
+    assert [c[2]["text"] for c in api.calls] == ["hello from the agent", "sentinel"]
 
 
 def test_slack_ignores_bots_strangers_and_channel_chatter(host: BridgeHost, fake: FakeLLM,

@@ -82,6 +82,43 @@ def test_agentd_serve_answers_and_stops_cleanly(home: Path, fake: FakeLLM, tmp_p
             proc.kill()
 
 
+def test_a_chat_whose_turn_outlasts_the_grace_still_gets_its_answer(
+        home: Path, fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping lets the running turn answer the client waiting on it, however long the
+    turn still takes: uvicorn's own grace for requests in flight (GRACE) starts after it.
+    (It used to cut the chat when the turn's commit outlasted GRACE on a loaded machine.)"""
+    import threading
+
+    from bridgekit import BridgeHost
+
+    from agentd.bridge import server
+
+    monkeypatch.setattr(server, "GRACE", 0.1)
+    bridge_env(monkeypatch)
+    bridge_home(home)
+    fake.push({"text": "late but whole", "delay": 1.5})
+    result: list[httpx2.Response | BaseException] = []
+
+    def ask(url: str) -> None:
+        try:
+            result.append(httpx2.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=60,
+                                      json={"model": "agentd", "messages": [
+                                          {"role": "user", "content": "hi"}]}))
+        except BaseException as e:
+            result.append(e)
+
+    with BridgeHost(home) as host:
+        t = threading.Thread(target=ask, args=(host.url,))
+        t.start()
+        wait_for(lambda: "turn started" in host.log, 20, "the turn")
+        host.stop()
+        t.join(60)
+    [r] = result
+    assert isinstance(r, httpx2.Response), r
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == (
+        "late but whole")
+
+
 def test_the_daemon_runs_the_bridge_in_its_loop(home: Path, fake: FakeLLM,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     bridge_env(monkeypatch)

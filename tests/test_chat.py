@@ -5,6 +5,7 @@ fake model server received, on the real SDKs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -13,12 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from click.testing import Result
 from conftest import agentd
+from daemonkit import wait_for
 from fakellm import FakeLLM
 
 ANTHROPIC, OPENAI = "anthropic:claude-sonnet-5-5", "openai:gpt-5.4"
@@ -265,18 +266,9 @@ def sleepers(marker: str) -> list[int]:
     return found
 
 
-def wait_for(check: Callable[[], object], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_ctrl_c_interrupts_the_turn_and_the_chat_goes_on(fake: FakeLLM, home: Path,
                                                          workdir: Path) -> None:
-    marker = "30.4242"  # a sleep no other process on this machine is running
+    marker = f"30.{os.getpid()}"  # a sleep no other process on this machine is running
     fake.push({"tool_calls": [{"name": "bash", "arguments": {"command": f"sleep {marker}"}}]},
               {"text": "after the interruption"})
     term = Terminal("chat", "--home", str(home), "-C", str(workdir), "-m", OPENAI,
@@ -285,13 +277,13 @@ def test_ctrl_c_interrupts_the_turn_and_the_chat_goes_on(fake: FakeLLM, home: Pa
         term.expect("you> ")
         term.type("take a nap\n")
         term.expect(f"▸ bash sleep {marker}")
-        assert wait_for(lambda: sleepers(marker)), "the sandboxed sleep never started"
+        wait_for(lambda: sleepers(marker), 10, "the sandboxed sleep to start")
         started = time.monotonic()
         term.type("\x03")  # Ctrl-C
         term.expect("interrupted: the turn stopped")
         assert time.monotonic() - started < 10
         term.expect("you> ")  # the chat goes on
-        assert wait_for(lambda: not sleepers(marker)), f"survivors: {sleepers(marker)}"
+        wait_for(lambda: not sleepers(marker), 10, "the sandboxed sleep to end")
         term.type("and now?\n")
         term.expect("after the interruption")
         term.expect("you> ")
@@ -324,9 +316,13 @@ def test_ctrl_c_at_the_prompt_ends_the_chat_with_130(fake: FakeLLM, home: Path,
     try:
         term.expect("you> ")
         # readline prints the prompt a moment before it waits for keys; a SIGINT in that
-        # gap is only noticed at the next key (CPython's readline), so type like a human
-        time.sleep(0.3)
-        term.type("\x03")
+        # gap is only noticed at the next key (CPython's readline): press it again until
+        # the chat ends, as a person would
+        for _ in range(40):
+            term.type("\x03")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                term.proc.wait(0.5)
+                break
         assert term.close() == 128 + signal.SIGINT
         assert "Traceback" not in term.out
     finally:

@@ -194,6 +194,15 @@ def test_last_fire_finds_the_latest_missed_run() -> None:
     assert cron.last_fire(t, MONDAY_NOON.replace(hour=10), MONDAY_NOON) is None
 
 
+async def drained(q: TurnQueue, timeout: float = 10.0) -> None:
+    """Wait until the queue has run everything it holds, or fail at the deadline."""
+    async def empty() -> None:
+        while q.depth or q.busy:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(empty(), timeout)
+
+
 def test_queue_priorities_bounds_and_duplicates() -> None:
     ran: list[str] = []
     out = io.StringIO()
@@ -214,11 +223,9 @@ def test_queue_priorities_bounds_and_duplicates() -> None:
         assert not q.put(job("inbox", "b.txt"))  # full: refused, logged
         assert q.depth == 3
         worker = asyncio.create_task(q.work())
-        while q.depth or q.busy:
-            await asyncio.sleep(0.01)
+        await drained(q)
         assert q.put(job("person", "alice"))
-        while q.depth or q.busy:
-            await asyncio.sleep(0.01)
+        await drained(q)
         assert q.close() == []
         await asyncio.wait_for(worker, 1)
 
@@ -243,8 +250,7 @@ def test_a_failing_job_does_not_stop_the_queue() -> None:
         q.put(QueuedTurn("cron", "boom", boom))
         q.put(QueuedTurn("cron", "fine", fine))
         worker = asyncio.create_task(q.work())
-        while q.depth or q.busy:
-            await asyncio.sleep(0.01)
+        await drained(q)
         q.close()
         await worker
 

@@ -19,12 +19,11 @@ from agentd.tools.files import (
     DEFAULT_LIMIT,
     MAX_LINE_CHARS,
     MAX_OUTPUT_CHARS,
-    PathError,
     edit_file,
-    locate,
     read_file,
     write_file,
 )
+from agentd.tools.places import PathError, locate
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The confined layer (agentd/homefs.py), on a real filesystem, with openat2 and with the
+"""The confined layer (agentd/homefs), on a real filesystem, with openat2 and with the
 component-walk fallback: symlinks, FIFOs, devices, set-id bits, hard links and hostile
 names planted where agentd reads and writes."""
 

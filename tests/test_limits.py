@@ -101,25 +101,25 @@ def test_cgroup_is_joined_and_removed(tmp_path: Path, monkeypatch: pytest.Monkey
     work = tmp_path / "w"
     work.mkdir()
     ctx = ToolContext(home=work, workdir=work, sandbox=SandboxSettings(processes=33))
-    mine = f"agentd-{os.getpid()}-"  # not those of another agentd on this machine
-    before = {p.name for p in base.iterdir() if p.name.startswith(mine)}
-    seen: list[str] = []
-    real_open = lim.open_cgroup
+    seen: list[tuple[Path, str]] = []  # only the cgroup this command got: other agentd
+    real_open = lim.open_cgroup  # processes on the machine have theirs in the same place
 
     def spy(s: SandboxSettings) -> lim.PidsCgroup | None:
         cg = real_open(s)
-        assert cg is not None
-        seen.append((cg.path / "pids.max").read_text().strip())
+        assert cg is not None and cg.path.parent == base
+        assert cg.path.name.startswith(f"agentd-{os.getpid()}-")
+        seen.append((cg.path, (cg.path / "pids.max").read_text().strip()))
         return cg
 
     monkeypatch.setattr(lim, "open_cgroup", spy)
-    mine = f"{base}/agentd-{os.getpid()}-*"
-    result = asyncio.run(run_bash(ctx, f"sleep 0.2 & sleep 0.2 & cat {mine}/pids.current; "
-                                       "wait; echo ok", 10))
-    lines = result.content.split()
-    assert lines[-1] == "ok" and int(lines[0]) >= 5 and seen[-1] == "33"  # bwrap x2, bash x3
-    after = {p.name for p in base.iterdir() if p.name.startswith(mine)}
-    assert after == before  # removed again
+    counts = (f"sleep 0.2 & sleep 0.2 & for d in {base}/agentd-{os.getpid()}-*; do "
+              'echo "$(basename $d) $(cat $d/pids.current)"; done; wait; echo ok')
+    result = asyncio.run(run_bash(ctx, counts, 10))
+    [(path, limit)] = seen
+    lines = dict(line.split() for line in result.content.splitlines()[:-1])
+    assert result.content.split()[-1] == "ok" and limit == "33"
+    assert int(lines[path.name]) >= 5  # bwrap x2, bash x3: the command is in its cgroup
+    assert not path.exists()  # removed again
 
 
 def test_close_kills_leftovers(tmp_path: Path) -> None:
@@ -137,15 +137,18 @@ def test_close_kills_leftovers(tmp_path: Path) -> None:
 def test_nproc_binds_the_sandbox_uid_where_there_is_no_cgroup(tmp_path: Path) -> None:
     """Root without a pids cgroup: RLIMIT_NPROC now holds, because the command runs as the
     sandbox uid (it is ignored for root). Spawned by hand with the real pieces, no cgroup."""
-    from conftest import sandbox_workdir
-
     from agentd.tools import owner
     from agentd.tools import sandbox as sb
 
-    s = SandboxSettings(processes=20)
+    # A uid of its own: RLIMIT_NPROC counts every task of the uid on the machine, and other
+    # agentd processes (a parallel test run) start and end commands as the default one.
+    private = 3_000_000 + os.getpid() % 1_000_000
+    s = SandboxSettings(processes=20, uid=private, gid=private)
     who = owner.sandbox_owner(s)
-    assert who is not None
-    work = sandbox_workdir(tmp_path / "w")
+    assert who == (private, private)
+    work = tmp_path / "w"
+    work.mkdir()
+    os.chown(work, private, private)
     rl = lim.rlimits(s, cgroup=False, uid=who[0])
     assert dict(rl)[resource.RLIMIT_NPROC] == min(
         20 + lim._user_tasks(who[0]), resource.getrlimit(resource.RLIMIT_NPROC)[1])

@@ -284,18 +284,16 @@ def _unique_sleep() -> str:
 _counter = itertools.count(1000)
 
 
-def _survivors(pattern: str) -> bool:
-    """pgrep for `pattern` on the host, allowing the kernel a moment to finish the kills."""
-    for _ in range(20):
-        if (
-            subprocess.run(
-                ["pgrep", "-f", re.escape(pattern)], capture_output=True
-            ).returncode
-            != 0
-        ):
-            return False
+def _survivors(pattern: str, wait: float = 10.0) -> bool:
+    """pgrep for `pattern` on the host, allowing the kernel time to finish the kills (it
+    returns as soon as none is left: the deadline only matters on a loaded machine)."""
+    deadline = time.monotonic() + wait
+    while subprocess.run(["pgrep", "-f", re.escape(pattern)],
+                         capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            return True
         time.sleep(0.05)
-    return True
+    return False
 
 
 @requires_bwrap

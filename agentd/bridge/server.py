@@ -165,9 +165,12 @@ class BridgeServer:
         return protocol_class(self.connections)
 
     async def stop(self) -> None:
-        """Stop accepting; requests in flight get GRACE seconds. The queue's worker (the
-        host's) finishes a running turn afterwards; then `close`."""
+        """Stop accepting; a running bridge turn's client gets its answer, then requests
+        in flight get GRACE seconds. The queue's worker (the host's) ends afterwards; then
+        `close`. (A second signal cancels the turn, which ends the wait.)"""
         self.bridge.stop()
+        while (job := self.bridge.queue.running) is not None and job.key.startswith("bridge:"):
+            await asyncio.sleep(0.05)  # else uvicorn cuts a chat whose turn outlasts GRACE
         if self.server is not None and self.task is not None:
             self.server.should_exit = True
             self.server.wake.set()

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agentd.loop import Events
+from agentd.render import call_line
 
 if TYPE_CHECKING:
     from agentd.llm.types import ToolCall
@@ -63,10 +64,7 @@ class LogEvents(Events):
         self.log, self.kind, self.name = log, kind, name
 
     def tool_call(self, call: ToolCall) -> None:
-        a = call.arguments
-        what = str(a.get("command") or a.get("path") or "")
-        what = " ".join(what.split())
-        self.log(self.kind, f"{self.name}: ▸ {call.name} {what[:100]}")
+        self.log(self.kind, f"{self.name}: {call_line(call, 100)}")
 
 
 class _Bridge(logging.Handler):

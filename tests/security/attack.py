@@ -107,8 +107,9 @@ def marker() -> str:
     return f"agentdattack{os.getpid()}x{next(_counter)}"
 
 
-def survivors(pattern: str, wait: float = 2.0) -> list[str]:
-    """Host processes whose command line matches, after giving the kernel time to reap."""
+def survivors(pattern: str, wait: float = 10.0) -> list[str]:
+    """Host processes whose command line matches, after giving the kernel time to reap (it
+    returns as soon as none is left: the deadline only matters on a loaded machine)."""
     deadline = time.monotonic() + wait
     while True:
         out = subprocess.run(["pgrep", "-af", re.escape(pattern)], capture_output=True,

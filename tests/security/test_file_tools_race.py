@@ -28,8 +28,8 @@ from attack import MODEL, run_attack
 from conftest import requires_bwrap, sandbox_workdir
 from fakellm import FakeLLM
 
-from agentd import homefs
 from agentd.config import load_settings
+from agentd.homefs.beneath import SYS_RENAMEAT2
 from agentd.llm.types import Message, ToolCall
 from agentd.loop import Events
 from agentd.tools import ToolContext, ToolResult
@@ -44,7 +44,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def _exchange(a: Path, b: Path) -> None:
     """Swap two names atomically (renameat2 RENAME_EXCHANGE)."""
-    if _libc.syscall(homefs.SYS_RENAMEAT2, AT_FDCWD, os.fsencode(a), AT_FDCWD,
+    if _libc.syscall(SYS_RENAMEAT2, AT_FDCWD, os.fsencode(a), AT_FDCWD,
                      os.fsencode(b), RENAME_EXCHANGE) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(a))
