@@ -61,6 +61,7 @@ class TurnRequest:
     # started); None: a new transcript named after the run
     profile: str = "trusted"  # what the tools may change (agentd/tools: ToolContext.profile)
     delivery: Delivery | None = None  # where the answer goes, beyond the report
+    title: str | None = None  # the commit's subject ("Cron: daily"); None: the task's 1st line
     # run-only knobs, never persisted:
     max_steps: int | None = None
     record: Path | None = None  # write the model's replies there, for replay:FILE
@@ -70,7 +71,7 @@ class TurnRequest:
         d = self.delivery
         return {"task": self.task, "workdir": str(self.workdir), "trigger": self.trigger,
                 "model": self.model, "session": self.session, "profile": self.profile,
-                "delivery": d.to_json() if d else None}
+                "delivery": d.to_json() if d else None, "title": self.title}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TurnRequest:
@@ -80,7 +81,7 @@ class TurnRequest:
         d = data["delivery"]
         return cls(data["task"], Path(data["workdir"]), data["trigger"], data["model"],
                    data["session"], data["profile"],
-                   Delivery.from_json(d) if d is not None else None)
+                   Delivery.from_json(d) if d is not None else None, data.get("title"))
 
 
 @dataclass
@@ -213,7 +214,7 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     daily.add(str(log.relative_to(home)))  # no second `git status`: we just wrote it
     late: dict[str, str] = {}
     report.commit = history.commit(
-        home, files + sorted(daily), clean(req.task), trailers(req, report),
+        home, files + sorted(daily), clean(req.title or req.task), trailers(req, report),
         "\n".join(clean(n) for n in changes.notes()), held=late)
     if late:  # git refused these at commit time; this line rides along with the next commit
         report.held |= late
@@ -272,7 +273,7 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
     await asyncio.to_thread(inflight.close_out, home, redactor.find)  # a killed turn's work
     await asyncio.to_thread(commit_manual_edits, home, redactor.find)
     await asyncio.to_thread(inflight.begin, home, run_id=report.run_id, trigger=req.trigger,
-                            task=req.task, profile=req.profile, session=path)
+                            task=req.title or req.task, profile=req.profile, session=path)
     started = time.monotonic()
     system = build_system_prompt(home, req.workdir)
     messages.append(Message("user", req.task))

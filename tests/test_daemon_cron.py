@@ -159,7 +159,7 @@ def test_cron_run_now_in_the_foreground_with_a_continued_session(fake: FakeLLM,
     assert [o.read_text() for o in outs] == ["Entry one.\n", "Entry two.\n"]
     listing = agentd("cron", "--home", str(home)).stdout
     assert "journal: every 1d" in listing and "ok: Entry two." in listing
-    assert len(git(home, "log", "--format=%s", "--grep=Scheduled job").splitlines()) == 2
+    assert len(git(home, "log", "--format=%s", "--grep=^Cron: ").splitlines()) == 2
     # resumed or started is decided from the transcript: removed, the next run starts anew
     transcript = home / ".agentd/sessions/cron-journal.jsonl"
     assert [json.loads(x)["type"] for x in transcript.read_text().split("\n") if x].count(

@@ -61,7 +61,7 @@ def test_a_firing_gate_makes_exactly_one_call_with_only_its_item(fake: FakeLLM,
     assert "Never due" not in task and "[SILENT]" in task
     (report,) = (home / "outbox").glob("heartbeat-*.md")
     assert report.read_text() == "Disk / is 91% full: clean up builds/.\n"
-    assert "Heartbeat, " in git(home, "log", "-3", "--format=%s")
+    assert "Heartbeat\n" in git(home, "log", "-3", "--format=%s")
     assert uncommitted(home) == []
 
 

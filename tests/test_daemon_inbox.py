@@ -53,10 +53,10 @@ def test_a_dropped_file_is_answered_in_outbox(fake: FakeLLM, home: Path) -> None
     assert "What is 6 × 7?" in task and "untrusted" in task and "outbox/question.md" in task
     assert "vim swap" not in task
     # one commit, the turn's: its answer and its day-log entry (the input is never committed)
-    assert git(home, "log", "-1", "--format=%s").startswith("A file arrived in inbox/")
+    assert git(home, "log", "-1", "--format=%s").startswith("Inbox: question.txt")
     files = git(home, "show", "--name-only", "--format=", "HEAD").split()
     assert "outbox/question.md" in files and any(f.startswith("memory/daily/") for f in files)
-    assert "Inbox answer" not in git(home, "log", "--format=%s")
+    assert "(refused)" not in git(home, "log", "--format=%s")
     assert "question.txt" not in git(home, "log", "--name-only", "--format=")  # not in git
     assert uncommitted(home) == []
 
@@ -133,12 +133,12 @@ def test_kill_9_mid_turn_then_restart_processes_the_file_exactly_once(
     assert [p.name for p in (home / "inbox/.done").iterdir()] == ["job.txt"]
     assert sorted(p.name for p in (home / "inbox").iterdir()) == [".done", ".gitkeep"]
     subjects = git(home, "log", "--format=%s%n%b")
-    assert "Recovery: A file arrived in inbox/" in subjects
+    assert "Recovery: Inbox: job.txt" in subjects
     assert "Agentd-Trigger: recovery" in subjects
     recovery = git(home, "log", "-1", "--grep", "Recovery", "--format=%H")
     assert "outbox/progress.md" in git(home, "show", "--stat", recovery.strip())
     day_log = "".join(p.read_text() for p in (home / "memory/daily").glob("*.md"))
-    assert ('· recovery · -\n- Task (untrusted, from inbox): "A file arrived in inbox/'
+    assert ('· recovery · -\n- Task (untrusted, from inbox): "Inbox: job.txt"'
             in day_log)  # the killed turn's text is a stranger's: fenced in its entry too
     assert uncommitted(home) == []
     assert not (home / ".git/index.lock").exists()

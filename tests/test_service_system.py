@@ -324,7 +324,7 @@ def test_the_daemon_runs_its_sandbox_under_the_system_unit(fake: FakeLLM) -> Non
         assert (home / "outbox/check.md").read_text() == "Checked.\n"
         history = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(home), "log",
                                   "--format=%s"], capture_output=True, text=True).stdout
-        assert history.startswith("Inbox answer: check.txt"), history
+        assert history.startswith("Inbox: check.txt"), history
     finally:
         shutil.rmtree(scratch)
 

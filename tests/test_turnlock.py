@@ -102,8 +102,8 @@ def _subjects(home: Path, n: int) -> list[str]:
 
 FIRST = {  # how each kind of first turn is started, what it is called, what it commits
     "run": (["run", "-q", "-C", "{workdir}", "turn A"], "cli", ["turn A"]),
-    "cron run": (["cron", "run", "nap", "-q"], "cron: nap", ["Scheduled job cron/nap.md"]),
-    "daemon": (["daemon"], "inbox: question.txt", ["A file arrived in inbox/"]),
+    "cron run": (["cron", "run", "nap", "-q"], "cron: nap", ["Cron: nap"]),
+    "daemon": (["daemon"], "inbox: question.txt", ["Inbox: question.txt"]),
 }
 
 

@@ -83,6 +83,7 @@ def router(bridge: Bridge) -> APIRouter:
                           b.max_event_chars)
         reply = {"via": "callback", "hook": name} if settings and settings.callback_url else None
         req = TurnRequest(task, bridge.home, f"webhook:{name}", profile="untrusted",
+                          title=f"Webhook: {name}",
                           delivery=Delivery(reply=reply) if reply else None)
         rid, fresh = bridge.accept("hook", name, req, f"hook:{name}:{msg_id}", f"hook:{name}")
         if not fresh:

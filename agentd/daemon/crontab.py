@@ -100,7 +100,7 @@ async def execute(home: Path, settings: Settings, job: cron.CronJob, log: EventL
     answer = f"{OUTBOX}/{CRON}-{job.name}-{datetime.now():%Y%m%d-%H%M%S}.md"
     req = TurnRequest(build_task(job, now), home, trigger="cron", model=job.model,
                       session=f"cron-{job.name}" if job.session == "continue" else None,
-                      delivery=Delivery(answer))
+                      delivery=Delivery(answer), title=f"Cron: {job.name}")
     report = await run_job_turn(home, settings, req, CRON, job.name, log, events)
     delivered = report.delivered if report else None
     r = report.result if report else None

@@ -206,7 +206,7 @@ class Heartbeat:
         await asyncio.to_thread(state.update, state_path(self.home), mark)
         answer = f"{OUTBOX}/heartbeat-{datetime.now():%Y%m%d-%H%M%S}.md"
         req = TurnRequest(task, self.home, trigger="heartbeat", model=s.heartbeat.model or None,
-                          delivery=Delivery(answer))
+                          delivery=Delivery(answer), title="Heartbeat")
         report = await run_job_turn(self.home, s, req, "heartbeat", "heartbeat", self.log)
         if report is not None:
             self.last = {"ts": time.time(), "result": report.result.status

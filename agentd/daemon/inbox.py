@@ -189,7 +189,7 @@ class Inbox:
             state.write(self._claim_path(name), claim)
 
         req = TurnRequest(build_task(name, text, answer), self.home, trigger="inbox",
-                          profile="untrusted",
+                          profile="untrusted", title=f"Inbox: {name}",
                           delivery=Delivery(answer, always=True, on_written=answered))
         report = await run_job_turn(self.home, self.settings(), req, "inbox", name, self.log)
         if claim["stage"] != "answered":  # could not start, a provider error, no answer
@@ -283,7 +283,7 @@ class Inbox:
         it) is committed here, as is an answer a crash left out of its turn's commit."""
         with Root(self.home) as root:
             if commit and root.exists(claim["outbox"]):
-                _commit_note(self.home, claim["outbox"], f"Inbox answer: {name}")
+                _commit_note(self.home, claim["outbox"], f"Inbox: {name} (refused)")
             if root.exists(f"{INBOX}/{name}"):
                 self._move_done(root, name)
         self._claim_path(name).unlink(missing_ok=True)
