@@ -133,9 +133,10 @@ def test_19_a_flood_of_mixed_requests(home: Path, fake: FakeLLM,
         settled(asyncio.run(flood(url, 1)))  # warms up: imports, the SDK, caches
         settled(asyncio.run(flood(url, 2)))
         before = rss_mib(proc.pid)
-        settled(asyncio.run(flood(url, 3)))
+        settled(asyncio.run(flood(url, 3)))  # two floods: a leak adds up, allocator noise
+        settled(asyncio.run(flood(url, 4)))  # (±2 MiB once warm) does not
         grew = rss_mib(proc.pid) - before
-        assert grew < 4, f"RSS grew {grew:.1f} MiB over a flood of 1,000 requests"
+        assert grew < 8, f"RSS grew {grew:.1f} MiB over two floods of 1,000 requests"
         assert proc.poll() is None
         assert httpx2.get(f"{url}/healthz").json() == {"ok": True}
         assert "internal error" not in log.read_text()
