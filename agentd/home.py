@@ -114,7 +114,7 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
+def atomic_write(path: Path, data: bytes | str, durable: bool = True) -> None:
     """Write a runtime-private file so a reader (or a crash) never sees it half-written.
 
     Only for folders the agent cannot write: files under `.agentd/` (read-only inside the
@@ -122,10 +122,12 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     the inbox, the workdir) are hostile to the host and go through agentd/homefs/, which
     resolves every path beneath a held folder fd.
 
-    Writes an exclusive temporary file beside the target, fsyncs it, then renames it over
-    the target, so a symlink at the name is replaced, never followed. Keeps the permission
-    bits of a regular file it replaces, set-uid, set-gid and sticky bits never (lstat, so a
-    link's target is not consulted); else honours the umask.
+    Writes an exclusive temporary file beside the target, fsyncs it (unless not `durable`:
+    a status file rewritten several times a second, whose loss in a power cut costs
+    nothing), then renames it over the target, so a symlink at the name is replaced, never
+    followed. Keeps the permission bits of a regular file it replaces, set-uid, set-gid
+    and sticky bits never (lstat, so a link's target is not consulted); else honours the
+    umask.
     """
     if isinstance(data, str):
         data = data.encode()
@@ -141,7 +143,8 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
             os.fchmod(f.fileno(), mode)  # on the fd: the temp name is never looked up again
         os.replace(tmp, path)
     except BaseException:

@@ -31,11 +31,11 @@ def read(path: Path, default: Any = None) -> Any:
         return default
 
 
-def write(path: Path, data: Any) -> None:
-    """Write `data` as JSON; a lone surrogate in it (a task typed with bytes that are not
-    UTF-8) is written as U+FFFD rather than failing the write."""
+def write(path: Path, data: Any, durable: bool = True) -> None:
+    """Write `data` as JSON (atomically; fsynced when `durable`); a lone surrogate in it (a
+    task typed with bytes that are not UTF-8) is written as U+FFFD rather than failing."""
     text = json.dumps(data, indent=1, ensure_ascii=False, default=str)
-    atomic_write(path, replace_surrogates(text) + "\n")
+    atomic_write(path, replace_surrogates(text) + "\n", durable)
 
 
 @contextmanager

@@ -24,7 +24,6 @@ from agentd.jobs.log import EventLog
 from agentd.jobs.queue import QueuedTurn, TurnQueue
 from agentd.jobs.records import run_job_turn
 from agentd.outbox import OUTBOX, Delivery, is_silent
-from agentd.redact import from_settings
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -66,6 +65,7 @@ async def run_gate(home: Path, settings: Settings, command: str) -> tuple[bool, 
     """(fired, output, problem). The gate runs like the agent's bash tool: sandboxed, with
     the home as its folder, bounded by `gate_timeout`, and its output redacted like every
     tool result (agentd/redact.py): it goes into the task, the transcript and the log."""
+    from agentd.redact import from_settings  # these three: only once a gate runs
     from agentd.tools import ToolContext
     from agentd.tools.bash import run_bash
 

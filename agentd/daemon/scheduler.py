@@ -45,7 +45,7 @@ from agentd.jobs.queue import TurnQueue
 from agentd.turnlock import TurnLock
 
 RESCAN = 60.0
-STATUS_DELAY = 0.25  # seconds: a flood of webhooks rewrites (and fsyncs) it 4 times a second
+STATUS_DELAY = 0.25  # seconds: a flood of webhooks rewrites it 4 times a second
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +311,8 @@ class Daemon:
             "cron": cron, "cron_errors": dict(self.cron.errors),
             "queue": {"depth": self.queue.depth, "limit": self.queue.limit,
                       "running": running.describe() if running else None,
-                      "waiting": [j.describe() for j in self.queue.waiting()[:20]]}})
+                      "waiting": [j.describe() for j in self.queue.waiting()[:20]]}},
+            durable=False)  # rewritten 4 times a second in a flood: no fsync on the loop
 
 
 def main(home: Path, json_logs: bool = False, lock_fd: int | None = None,

@@ -14,7 +14,6 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agentd.loop import Events
-from agentd.render import call_line
 
 if TYPE_CHECKING:
     from agentd.llm.types import ToolCall
@@ -64,6 +63,8 @@ class LogEvents(Events):
         self.log, self.kind, self.name = log, kind, name
 
     def tool_call(self, call: ToolCall) -> None:
+        from agentd.render import call_line  # not loaded by an idle daemon
+
         self.log(self.kind, f"{self.name}: {call_line(call, 100)}")
 
 
