@@ -57,6 +57,9 @@ class Proc:
         wait_for(seen, 30, what)
 
     def wait(self, timeout: float = 60) -> int:
+        """Its exit status, once its input (a pipe, if it has one) is closed."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         return self.proc.wait(timeout)
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from click.testing import Result
 from conftest import agentd
 from daemonkit import wait_for
 from fakellm import FakeLLM
+from prockit import sleepers
 
 ANTHROPIC, OPENAI = "anthropic:claude-sonnet-5-5", "openai:gpt-5.4"
 
@@ -251,19 +252,6 @@ class Terminal:
                 self.proc.kill()
             os.close(self.master)
         return code
-
-
-def sleepers(marker: str) -> list[int]:
-    """Pids of processes whose command line mentions `marker` (bwrap, bash or sleep)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if marker.encode() in (d / "cmdline").read_bytes():
-                    found.append(int(d.name))
-            except OSError:
-                pass
-    return found
 
 
 def test_ctrl_c_interrupts_the_turn_and_the_chat_goes_on(fake: FakeLLM, home: Path,

@@ -17,12 +17,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO
 
 import pytest
 from conftest import agentd
 from daemonkit import configure, git, model_requests, wait_for
 from fakellm import FakeLLM
+from prockit import Proc
 
 from agentd.turnlock import (
     HOLDER_NAME,
@@ -33,46 +33,6 @@ from agentd.turnlock import (
     turn_lock,
     waiting_message,
 )
-
-AGENTD = [sys.executable, "-m", "agentd"]
-
-
-class Proc:
-    """An `agentd` process whose stdout and stderr go to files the test can poll."""
-
-    def __init__(self, tmp: Path, name: str, *args: str, stdin: int = subprocess.DEVNULL):
-        self.out_path, self.err_path = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
-        self._files: list[IO[bytes]] = [self.out_path.open("wb"), self.err_path.open("wb")]
-        self.proc = subprocess.Popen([*AGENTD, *args], stdout=self._files[0],
-                                     stderr=self._files[1], stdin=stdin)
-
-    @property
-    def stdout(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def type(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def wait(self, timeout: float = 60) -> int:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        code = self.proc.wait(timeout)
-        for f in self._files:
-            f.close()
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for f in self._files:
-            f.close()
 
 
 def _home(home: Path) -> Path:
@@ -122,13 +82,13 @@ def test_a_second_turn_waits_says_so_and_runs_after(fake: FakeLLM, home: Path, w
               {"tool_calls": [_write(home / "outbox/a.txt", "A\n")]}, {"text": "A done"},
               {"tool_calls": [_write(home / "b.txt", "B\n")]}, {"text": "B done"})
     args, trigger, commits = FIRST[first]
-    a = Proc(tmp_path, "a", *(x.format(workdir=workdir) for x in args), "--home", str(home))
+    a = Proc(tmp_path, *(x.format(workdir=workdir) for x in args), "--home", str(home))
     b = None
     try:
         if first == "daemon":
             (home / "inbox/question.txt").write_text("Please take a nap.\n")
         wait_for((workdir / "started").exists, 30, "the first turn's tool call")
-        b = Proc(tmp_path, "b", "run", "-q", "--home", str(home), "-C", str(workdir),
+        b = Proc(tmp_path, "run", "-q", "--home", str(home), "-C", str(workdir),
                  "turn B")
         said = waiting_message(f"pid {a.proc.pid}, trigger {trigger}")
         wait_for(lambda: said in b.stderr, 30, "the second turn to say it waits")
@@ -140,9 +100,9 @@ def test_a_second_turn_waits_says_so_and_runs_after(fake: FakeLLM, home: Path, w
         assert a.wait() == 0, a.stderr
     finally:
         (workdir / "release").touch()  # the blocking command (unsandboxed) ends either way
-        a.kill()
+        a.close()
         if b is not None:
-            b.kill()
+            b.close()
     assert b.stderr.count("another turn is running") == 1
     assert (home / "outbox/a.txt").read_text() == "A\n"
     assert (home / "b.txt").read_text() == "B\n"
@@ -159,14 +119,14 @@ def test_ctrl_c_while_waiting_exits_130_and_runs_nothing(fake: FakeLLM, home: Pa
     _home(home)
     lock = TurnLock(home)
     assert lock.try_acquire("cron", "digest")
-    b = Proc(tmp_path, "b", "run", "--home", str(home), "-C", str(workdir), "turn B")
+    b = Proc(tmp_path, "run", "--home", str(home), "-C", str(workdir), "turn B")
     try:
         said = waiting_message(f"pid {os.getpid()}, trigger cron: digest")
         wait_for(lambda: said in b.stderr, 30, "the turn to say it waits")
         b.proc.send_signal(signal.SIGINT)
         assert b.wait() == 130
     finally:
-        b.kill()
+        b.close()
         lock.release()
     assert "Traceback" not in b.stderr and b.stderr.rstrip().endswith("error: interrupted")
     assert model_requests(fake) == []
@@ -182,7 +142,7 @@ def test_each_chat_turn_takes_the_lock_and_lets_it_go_at_the_prompt(
     fake.push({"text": "first answer"}, {"text": "second answer"})
     lock = TurnLock(home)
     assert lock.try_acquire("cron", "digest")
-    chat = Proc(tmp_path, "chat", "chat", "--home", str(home), "-C", str(workdir),
+    chat = Proc(tmp_path, "chat", "--home", str(home), "-C", str(workdir),
                 stdin=subprocess.PIPE)
     said = waiting_message(f"pid {os.getpid()}, trigger cron: digest")
     try:
@@ -203,7 +163,7 @@ def test_each_chat_turn_takes_the_lock_and_lets_it_go_at_the_prompt(
         chat.type("/exit")
         assert chat.wait() == 0, chat.stderr
     finally:
-        chat.kill()
+        chat.close()
         lock.release()
     assert "Traceback" not in chat.stderr
     assert not _asked(fake, "never sent")
