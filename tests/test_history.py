@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import agentd, json_out, requires_bwrap
+from daemonkit import wait_for
 from fakellm import FakeLLM
 
 from agentd import gitexec, history
@@ -314,7 +315,9 @@ def test_a_live_gits_lock_is_left_alone(home: Path) -> None:
     os.utime(lock, (old, old))
     live = subprocess.Popen(["git", "hash-object", "--stdin"], cwd=home,
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    try:
+    try:  # seen running first (/proc shows it): the check below is about agentd, not a race
+        wait_for(lambda: gitexec.git_running_in(home), 10, "the live git in /proc")
+        assert live.poll() is None
         assert history.clear_stale_locks(home) == [] and lock.exists()
     finally:
         live.communicate(b"")
