@@ -36,6 +36,9 @@ written at each `cache_control` breakpoint (the last block for a top-level one) 
 prefix has at least `cache_min` tokens, and read at the longest earlier-written prefix
 ending at a breakpoint or up to 20 blocks before one, like the real API. OpenAI: the
 longest common prefix with any earlier request, in steps of 128 tokens from `cache_min` on.
+
+`quirks={...}` makes the server behave like a real OpenAI-compatible local server that
+deviates from the API, as observed (see QUIRKS).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ from itertools import count
 from typing import Any
 
 Reply = dict[str, Any]
+
+# name -> what the server then does (each one observed on a real local server)
+QUIRKS: dict[str, str] = {}
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -75,8 +81,9 @@ class FakeLLM:
     """The server plus its script; use as a context manager so the port is released."""
 
     def __init__(self, *replies: Reply, auto: bool = False, cache: bool = False,
-                 cache_min: int = 1024):
+                 cache_min: int = 1024, quirks: frozenset[str] | set[str] = frozenset()):
         self.auto = auto
+        self.quirks = frozenset(quirks)  # behaviours of real local servers (QUIRKS below)
         self.cache, self.cache_min = cache, cache_min
         self._written: set[str] = set()  # Anthropic cache entries: prefix hashes
         self._prompts: list[list[str]] = []  # OpenAI: earlier requests, as prefix pieces
