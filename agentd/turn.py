@@ -35,7 +35,7 @@ from agentd.chain import build_provider, choose_model
 from agentd.config import Settings
 from agentd.daylog import DAILY, append_entry, append_held
 from agentd.home import Home
-from agentd.llm.types import Message, Provider, ToolCall, Usage
+from agentd.llm.types import Message, Provider, Sampling, ToolCall, Usage
 from agentd.loop import Events, LoopResult, run_loop
 from agentd.outbox import Delivery, deliver
 from agentd.prompt import build_system_prompt
@@ -62,6 +62,7 @@ class TurnRequest:
     profile: str = "trusted"  # what the tools may change (agentd/tools: ToolContext.profile)
     delivery: Delivery | None = None  # where the answer goes, beyond the report
     title: str | None = None  # the commit's subject ("Cron: daily"); None: the task's 1st line
+    sampling: Sampling | None = None  # a chat client's temperature / max_tokens / stop
     # run-only knobs, never persisted:
     max_steps: int | None = None
     record: Path | None = None  # write the model's replies there, for replay:FILE
@@ -71,7 +72,8 @@ class TurnRequest:
         d = self.delivery
         return {"task": self.task, "workdir": str(self.workdir), "trigger": self.trigger,
                 "model": self.model, "session": self.session, "profile": self.profile,
-                "delivery": d.to_json() if d else None, "title": self.title}
+                "delivery": d.to_json() if d else None, "title": self.title,
+                "sampling": self.sampling.to_json() if self.sampling else None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TurnRequest:
@@ -81,7 +83,9 @@ class TurnRequest:
         d = data["delivery"]
         return cls(data["task"], Path(data["workdir"]), data["trigger"], data["model"],
                    data["session"], data["profile"],
-                   Delivery.from_json(d) if d is not None else None, data.get("title"))
+                   Delivery.from_json(d) if d is not None else None, data.get("title"),
+                   Sampling.from_json(s) if isinstance(s := data.get("sampling"), dict)
+                   else None)
 
 
 @dataclass

@@ -36,6 +36,26 @@ class Usage:
         )
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """What a client asked of the model's sampling (the bridge's OpenAI endpoint passes a
+    chat client's `temperature`, `max_tokens` and `stop` through). None / () means the
+    provider's own setting; `max_tokens` never raises the configured output cap."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                "stop": list(self.stop)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sampling:
+        return cls(data.get("temperature"), data.get("max_tokens"),
+                   tuple(data.get("stop") or ()))
+
+
 @dataclass
 class ToolCall:
     """A tool call as the model asked for it.
