@@ -16,6 +16,9 @@ RUNTIME = ".agentd"  # the runtime's bookkeeping: git-ignored, never writable by
 # tools refuse to write them (agentd/tools/sandbox.py, agentd/tools/files.py).
 PROTECTED_NAMES = (".git", CONFIG_NAME, RUNTIME)
 PROTECTED_DIRS = (".git", RUNTIME)
+# What `agentd init` copies into a new home (memory/, skills/): package data, so a wheel
+# installed anywhere (pip, pipx, uv tool) makes the same home as a checkout.
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,23 @@ from pathlib import Path
 
 from agentd.config import CONFIG_NAME, DEFAULT_CONFIG
 from agentd.errors import AgentdError
-from agentd.home import DEFAULT_HOME, RUNTIME, Home, atomic_write, is_home, locate_home
+from agentd.home import (
+    DEFAULT_HOME,
+    RUNTIME,
+    TEMPLATES,
+    Home,
+    atomic_write,
+    is_home,
+    locate_home,
+)
 
 GITIGNORE = f"{RUNTIME}/\n.env*\n*.pem\n__pycache__/\n"
 HOME_DIRS = ("memory/daily", "skills", "cron", "inbox", "outbox")
 
 
 def bundled_dir(name: str) -> Path:
-    """The repository's top-level `memory/` or `skills/`: the templates `init` copies."""
-    return Path(__file__).resolve().parent.parent / name
+    """The package's `templates/memory` or `templates/skills`: what `init` copies."""
+    return TEMPLATES / name
 
 
 def find_home(explicit: str | None, cwd: Path) -> tuple[Path, str | None]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentd.home import TEMPLATES
 from agentd.homefs import Root
 from agentd.oneline import one_line
 
@@ -93,7 +94,7 @@ def load_skill(text: str, path: Path) -> Skill:
 
 
 def bundled_skills_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "skills"
+    return TEMPLATES / "skills"
 
 
 def _read(root: Root, name: str) -> str:

@@ -21,6 +21,7 @@ from agentd.daemon.inbox import ignored, open_for_writing
 from agentd.daemon.status import usage_today
 from agentd.daemon.watcher import topic_of
 from agentd.errors import AgentdError
+from agentd.home import TEMPLATES
 from agentd.jobs.log import EventLog
 from agentd.jobs.queue import QueuedTurn, TurnQueue
 from agentd.outbox import is_silent
@@ -97,7 +98,7 @@ def test_hostile_checklists_report_problems(data: bytes) -> None:
 
 
 def test_template_has_no_live_items() -> None:
-    template = Path(__file__).parent.parent / "memory" / "HEARTBEAT.md"
+    template = TEMPLATES / "memory" / "HEARTBEAT.md"
     assert checklist.parse(template.read_bytes()) == ([], [])
 
 
