@@ -13,7 +13,7 @@ from agentd.config import CONFIG_NAME
 
 RUNTIME = ".agentd"  # the runtime's bookkeeping: git-ignored, never writable by the sandbox
 # The names in a home that the runtime owns: the sandbox mounts them read-only and the file
-# tools refuse to write them (agentd/tools/sandbox.py, agentd/tools/files.py).
+# tools refuse to write them (agentd/tools/bwrap.py, agentd/tools/places.py).
 PROTECTED_NAMES = (".git", CONFIG_NAME, RUNTIME)
 PROTECTED_DIRS = (".git", RUNTIME)
 # What `agentd init` copies into a new home (memory/, skills/): package data, so a wheel
