@@ -23,9 +23,12 @@ from agentd.usage import Ledger
 DEFAULT_MODELS = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-5.4-mini"}
 
 
-def choose_model(cli_model: str | None, settings: Settings) -> str:
-    """--model > $AGENTD_MODEL > agentd.toml > the first provider whose key is set."""
-    for candidate in (cli_model, os.environ.get("AGENTD_MODEL"), settings.model):
+def choose_model(cli_model: str | None, settings: Settings, trigger: str = "cli") -> str:
+    """--model (or the job's own model) > $AGENTD_MODEL > `[models]` for the trigger's kind
+    > `model` in agentd.toml > the first provider whose key is set."""
+    kind = trigger.split(":", 1)[0]
+    for candidate in (cli_model, os.environ.get("AGENTD_MODEL"), settings.models.get(kind),
+                      settings.model):
         if candidate:
             return candidate
     for name in ("anthropic", "openai"):

@@ -78,7 +78,8 @@ def preview(text: str, lines: int = PREVIEW_LINES) -> str:
 def summary(report: TurnReport) -> str:
     u, r = report.result.usage, report.result
     usd = "cost unknown" if report.cost is None else f"${report.cost:.4f}"
-    models = ", ".join(report.models) or report.model
+    models = " → ".join(report.models) if report.escalations else (
+        ", ".join(report.models) or report.model)
     return (f"{models} · {r.steps} step{'s' * (r.steps != 1)} · tokens {u.input:,} in / "
             f"{u.output:,} out / {u.cache_read:,} cache read / {u.cache_write:,} cache write "
             f"· {usd} · {report.seconds:.1f} s")
@@ -133,7 +134,7 @@ def as_json(report: TurnReport, exit_code: int) -> dict[str, Any]:
     r = report.result
     return {"status": r.status, "exit_code": exit_code, "text": r.text, "error": r.error,
             "model": report.model, "models": report.models, "steps": r.steps,
-            "tool_calls": report.tool_calls,
+            "escalated": report.escalations, "tool_calls": report.tool_calls,
             "usage": {"input": r.usage.input, "output": r.usage.output,
                       "cache_read": r.usage.cache_read, "cache_write": r.usage.cache_write},
             "cost": report.cost, "seconds": report.seconds, "run_id": report.run_id,

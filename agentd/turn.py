@@ -34,13 +34,15 @@ from agentd import history, inflight
 from agentd.chain import build_provider, choose_model
 from agentd.config import Settings
 from agentd.daylog import DAILY, append_entry, append_held
+from agentd.escalate import chain_for, run_escalating
 from agentd.home import Home
 from agentd.llm.types import Message, Provider, Sampling, ToolCall, Usage
-from agentd.loop import Events, LoopResult, run_loop
+from agentd.loop import Events, LoopResult
 from agentd.outbox import Delivery, deliver
 from agentd.prompt import build_system_prompt
 from agentd.quota import TurnQuota, check_home
 from agentd.redact import Redactor, from_settings
+from agentd.savings import frontier, is_local, saved
 from agentd.session import SessionLog, load_messages, new_id
 from agentd.tools import SandboxSettings, ToolContext
 from agentd.tools.owner import sandbox_owner
@@ -105,6 +107,7 @@ class TurnReport:
     held: dict[str, str] = field(default_factory=dict)  # path -> why not committed
     delivered: str | None = None  # the answer's file in the home (TurnRequest.delivery)
     notes: list[str] = field(default_factory=list)  # for the caller's log (delivery)
+    escalations: list[str] = field(default_factory=list)  # "a:m → b:m (max_steps)"
 
     @property
     def ok(self) -> bool:
@@ -169,6 +172,15 @@ def _outcome(r: LoopResult) -> str:
                                                                    else "")
 
 
+def stayed_local(report: TurnReport, settings: Settings) -> str:
+    """The day log's note on a turn done wholly on local models, with what it saved."""
+    if not report.models or not all(is_local(m, settings) for m in report.models):
+        return ""
+    usd = saved(report.result.usage, report.cost or 0.0, settings)
+    return "; local" + (f", saved ${usd:,.4f} at {frontier(settings)} prices"
+                        if usd is not None else "")
+
+
 def commit_manual_edits(home: Path, scan: history.Scan | None) -> str | None:
     """Commit what the user changed by hand since the last turn, so history attributes it."""
     changes = history.pending(home, scan)
@@ -198,7 +210,7 @@ def deliver_answer(home: Path, req: TurnRequest, report: TurnReport) -> None:
 
 
 def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
-                redactor: Redactor | None) -> None:
+                redactor: Redactor | None, settings: Settings) -> None:
     """Append the day log entry, then commit the turn's files (not the held-back ones, which
     the entry and the commit body name)."""
     scan = redactor.find if redactor else None
@@ -209,8 +221,10 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     source = None if req.profile == "trusted" else req.trigger
     models = ", ".join(report.models) or report.model
     now = datetime.now().astimezone()
+    outcome = _outcome(report.result) + "".join(f"; escalated {e}" for e in report.escalations)
+    outcome += stayed_local(report, settings)
     log = append_entry(home, now, req.trigger, models, clean(req.task),
-                       clean(_outcome(report.result)), files, list(changes.blocked),
+                       clean(outcome), files, list(changes.blocked),
                        source=source, held=changes.held)
     if not files:
         return  # nothing but the day log changed: it rides along with the next commit
@@ -233,7 +247,7 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
     holds it, if it has to; `on_start` once it holds it), and an untrusted turn is refused
     (AgentdError) when the home is over its disk cap. Everything after that ends up in the
     report, the transcript, the outbox, the day log and one git commit."""
-    spec = choose_model(req.model, settings)
+    spec = choose_model(req.model, settings, req.trigger)
     run_id = new_id()
     layout = Home(home)
     path = layout.session(req.session or run_id)
@@ -241,12 +255,15 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
                             "model": spec, "workdir": str(req.workdir)},
                      redactor=from_settings(settings))
     ledger = Ledger(layout.ledger, run_id, req.trigger, settings.prices)
-    provider = build_provider(spec, settings, base or req.workdir, layout.cooldowns,
-                              ledger=ledger, log=log)
-    if req.record:
-        from agentd.llm.replay import RecordingProvider
+    providers: list[tuple[str, Provider]] = []  # the model, then who takes over (escalate.py)
+    for i, s in enumerate(chain_for(spec, settings.escalate_to)):
+        p = build_provider(s, settings, base or req.workdir, layout.cooldowns, ledger=ledger,
+                           log=log, fallbacks=None if i == 0 else [])
+        if req.record:
+            from agentd.llm.replay import RecordingProvider
 
-        provider = RecordingProvider(provider, req.record)
+            p = RecordingProvider(p, req.record)
+        providers.append((s, p))
     try:
         async with turn_lock(home, req.trigger, on_wait=on_wait):
             if on_start is not None:
@@ -255,15 +272,16 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
             if req.profile == "untrusted":
                 home_used = await asyncio.to_thread(check_home, home, settings.quota)
             report = TurnReport(run_id, spec, LoopResult("ok"), 0.0, 0.0, session=path)
-            await _run_locked(home, settings, req, events, provider, report, home_used, log,
-                              ledger)
+            await _run_locked(home, settings, req, events, providers, report, home_used,
+                              log, ledger)
             return report
     finally:
-        await provider.aclose()
+        for _, p in providers:
+            await p.aclose()
 
 
 async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: Events,
-                      provider: Provider, report: TurnReport, home_used: int,
+                      providers: list[tuple[str, Provider]], report: TurnReport, home_used: int,
                       log: SessionLog, ledger: Ledger) -> None:
     """The turn itself, under the lock: the loop, then the delivery, the day log and the
     commit, which happen even when the loop is interrupted."""
@@ -289,8 +307,9 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
         ctx.quota = await asyncio.to_thread(TurnQuota, ctx, settings.quota, home_used)
     books = _Books(events, log, report, ledger, redactor, ctx.quota)
     try:
-        report.result = await run_loop(provider, system, messages, ctx,
-                                       req.max_steps or settings.max_steps, books)
+        report.result = await run_escalating(providers, system, messages, ctx,
+                                             req.max_steps or settings.max_steps, books,
+                                             report.escalations)
     except asyncio.CancelledError:
         report.result = LoopResult("interrupted", error="interrupted by the user")
         raise
@@ -303,7 +322,7 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
         if ctx.quota is not None:  # the excess goes before the commit, never into it
             await asyncio.to_thread(ctx.quota.enforce)
         await asyncio.to_thread(deliver_answer, home, req, report)
-        await asyncio.to_thread(finish_turn, home, req, report, redactor)
+        await asyncio.to_thread(finish_turn, home, req, report, redactor, settings)
         inflight.end(home)
         if req.scratch is None and ctx.scratch is not None:  # made for this turn only
             shutil.rmtree(ctx.scratch, ignore_errors=True)

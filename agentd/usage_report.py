@@ -14,6 +14,7 @@ from typing import Any
 
 from agentd.budget import periods
 from agentd.config import Settings
+from agentd.savings import local_share
 from agentd.usage import Row, offset_since, read_ledger
 
 BY = ("model", "trigger", "day")
@@ -73,7 +74,14 @@ def report(ledger: Path, settings: Settings, days: int, by: str,
                                                                 "unknown_cost_calls")}
                             for k, v in sorted(kinds.items())},
             "budget": budget_status(rows, settings, now, today.timestamp(),
-                                    month.timestamp())}
+                                    month.timestamp()),
+            "local": _local(recent, settings)}
+
+
+def _local(rows: list[Row], settings: Settings) -> dict[str, Any] | None:
+    """The local-model line (savings.py), when any call of the period was local."""
+    share = local_share(rows, settings)
+    return {**share.to_json(), "summary": share.line()} if share.tokens else None
 
 
 def budget_status(rows: list[Row], settings: Settings, now: float, day: float,
@@ -142,6 +150,8 @@ def render(data: dict[str, Any]) -> Any:
         style = "bold red" if b["reached"] else ""
         parts.append(Text(f"{b['budget']} budget: ${b['spent']:,.2f} of ${b['cap']:,.2f}"
                           + (" — reached" if b["reached"] else ""), style=style))
+    if data.get("local"):
+        parts.append(Text(data["local"]["summary"]))
     if data["skipped_lines"]:
         n = data["skipped_lines"]
         parts.append(Text(f"skipped {n} malformed ledger line{'s' * (n != 1)}",

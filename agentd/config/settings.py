@@ -105,6 +105,8 @@ class Settings:
     prices: dict[str, Price] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
     budget_fallback: str | None = None
+    models: dict[str, str] = field(default_factory=dict)  # trigger kind -> PROVIDER:MODEL
+    escalate_to: list[str] = field(default_factory=list)  # who takes over a failed turn
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     throttling: ThrottleSettings = field(default_factory=ThrottleSettings)
     compaction: CompactionSettings = field(default_factory=CompactionSettings)
@@ -148,6 +150,11 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             s.fallbacks = [model_spec(f"fallbacks[{i}]", m) for i, m in enumerate(models)]
         elif key == "budget_fallback":
             s.budget_fallback = model_spec("budget_fallback", value) if value else None
+        elif key == "models":
+            s.models = parse_models(typed("models", value, dict))
+        elif key == "escalate_to":
+            models = typed("escalate_to", value, list)
+            s.escalate_to = [model_spec(f"escalate_to[{i}]", m) for i, m in enumerate(models)]
         elif key == "budget":
             parse_budget(s.budget, value)
         elif key == "bridge":
@@ -177,6 +184,18 @@ def parse_settings(data: dict[str, Any]) -> Settings:
         if ep.protocol not in ("openai", "anthropic"):
             raise AgentdError(f"providers.{name}.protocol must be \"openai\" or \"anthropic\"")
     return s
+
+
+TRIGGER_KINDS = ("cli", "chat", "heartbeat", "cron", "inbox", "webhook")
+
+
+def parse_models(table: dict[str, Any]) -> dict[str, str]:
+    """`[models]`: a model per trigger kind (`heartbeat = "ollama:qwen3:8b"`)."""
+    for kind in table:
+        if kind not in TRIGGER_KINDS:
+            raise AgentdError(f"models.{kind}: not a trigger kind (one of "
+                              f"{', '.join(TRIGGER_KINDS)})")
+    return {k: model_spec(f"models.{k}", v) for k, v in table.items()}
 
 
 def _check_network(s: Settings) -> None:
