@@ -160,9 +160,10 @@ def run_record(host: BridgeHost, rid: str) -> dict[str, Any]:
 
 def delivery(host: BridgeHost, rid: str, state: str) -> dict[str, Any]:
     """The run's delivery once it reaches `state` (`GET /runs/<id>`)."""
-    found = wait_for(lambda: (run_record(host, rid).get("delivery") or {}).get(
-        "state") == state and run_record(host, rid), 20, f"delivery {state}")
-    return found["delivery"]
+    def reached() -> dict[str, Any] | None:
+        d = run_record(host, rid).get("delivery") or {}
+        return d if d.get("state") == state else None
+    return wait_for(reached, 20, f"delivery {state}")
 
 
 def day_log(home: Path) -> str:
@@ -190,6 +191,19 @@ def test_a_transient_failure_is_retried_then_delivered(host: BridgeHost, fake: F
     assert f"reply to telegram chat {CHAT} (run {rid}): delivered after 3 attempts" in log
     wait_for(lambda: f"(run {rid}): delivered after 3 attempts" in day_log(home), 10,
              "the day log note")
+
+
+def test_slack_rate_limits_are_waited_out_and_a_sent_piece_is_not_sent_again(
+        host: BridgeHost, fake: FakeLLM, api: ScriptedApi) -> None:
+    api.answers += [OK, (429, {"ok": False, "error": "ratelimited"}, {"retry-after": "1"}),
+                    (200, {"ok": False, "error": "internal_error"}, {})]
+    fake.push({"text": "a" * 3000 + "\n" + "b" * 3000})  # two pieces (3,900 at most)
+    rid = slack_mention(host, "long one")
+    d = delivery(host, rid, "delivered")
+    assert d["attempts"] == 3
+    assert [c[2]["text"][0] for c in api.calls] == ["a", "b", "b", "b"]
+    assert api.calls[2][0] - api.calls[1][0] >= 0.9  # Slack's Retry-After, honoured
+    assert "attempt 2 of 4 failed: internal_error; retrying" in host.log
 
 
 def test_slack_not_in_channel_fails_at_once_with_slacks_words(

@@ -9,6 +9,10 @@ down, slow, rate-limiting or refusing. What went wrong decides what happens:
 - permanent (Slack `ok: false` with `not_in_channel`, `channel_not_found`, `invalid_auth`…;
   Telegram 400/403…): failed at once, since asking again gets the same answer.
 
+A timeout may hide a message that arrived, so a retry can repeat it: at least once, never
+silently lost. A long reply goes in pieces, each tried on its own: a piece that went
+through is not sent again.
+
 Each try that fails is a log line naming the platform, the chat, the run and the
 platform's own words (Slack's `error`, Telegram's `description`), redacted like every
 other line. The run record (`GET /runs/<id>`, `agentd status`) carries the delivery's
@@ -69,9 +73,9 @@ def _body(resp: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _seconds(value: object) -> float | None:
+def _seconds(value: Any) -> float | None:
     try:
-        return max(0.0, float(value))  # type: ignore[arg-type]
+        return max(0.0, float(value))
     except (TypeError, ValueError):
         return None
 
