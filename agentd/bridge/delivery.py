@@ -126,13 +126,17 @@ def _clean(bridge: Bridge, text: str) -> str:
 
 
 def _failure(bridge: Bridge, e: Exception) -> tuple[bool, str, float | None]:
-    """What a try raised, as (permanent?, the error, the wait the platform asked for); a
-    network error of any kind is transient."""
-    if isinstance(e, Permanent):
-        return True, _clean(bridge, str(e)), None
+    """What a try raised, as (permanent?, the error, the wait the platform asked for). A
+    network error of any kind (no connection, a timeout, a dropped answer) is transient;
+    anything else (a bad URL in the settings…) would fail the same way again."""
+    import httpx2  # loaded by the bridge already
+
     if isinstance(e, Transient):
         return False, _clean(bridge, str(e)), e.retry_after
-    return False, _clean(bridge, f"{type(e).__name__}: {e}".rstrip(": ")), None
+    if isinstance(e, Permanent):
+        return True, _clean(bridge, str(e)), None
+    why = _clean(bridge, f"{type(e).__name__}: {e}".rstrip(": "))
+    return not isinstance(e, httpx2.TransportError), why, None
 
 
 class _Record:

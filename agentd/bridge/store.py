@@ -211,7 +211,10 @@ def recent_deliveries(folder: Path, n: int) -> list[dict[str, Any]]:
         d = row.get("delivery")
         if isinstance(d, dict) and isinstance(row.get("id"), str):
             found.pop(row["id"], None)  # the latest state, at its latest place
-            found[row["id"]] = {"run": row["id"], **d}
+            found[row["id"]] = {"run": row["id"], **d,
+                                "ts": d["ts"] if isinstance(d.get("ts"), float | int) else 0,
+                                "attempts": d["attempts"] if isinstance(
+                                    d.get("attempts"), int) else 0}
     return list(found.values())[-n:]
 
 
