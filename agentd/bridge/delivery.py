@@ -42,6 +42,8 @@ MAX_WAIT = 60.0  # a platform asking to wait longer than this is not waited for
 SLACK_TRANSIENT = frozenset({"ratelimited", "rate_limited", "internal_error", "fatal_error",
                              "service_unavailable", "request_timeout"})
 ERROR_CHARS = 300
+POLL = 0.5  # how often a wait between tries looks whether agentd is stopping
+STOPPED = "agentd stopped before the reply was sent"
 
 
 class Transient(Exception):
@@ -171,12 +173,24 @@ class _Record:
             self.log("warning", f"day log not written: {type(e).__name__}")
 
 
+async def _pause(bridge: Bridge, seconds: float) -> bool:
+    """Wait `seconds`; False at once when the bridge starts closing, so a stop never waits
+    out a retry (the bridge has a flag for it, no event: looked at every POLL s)."""
+    end = time.monotonic() + seconds
+    while not bridge.closing:
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        await asyncio.sleep(min(left, POLL))
+    return False
+
+
 async def send(bridge: Bridge, t: Target, pieces: Sequence[Callable[[], Awaitable[None]]],
                delays: Sequence[float] | None = None) -> None:
     """Send the pieces of one reply in order, each tried up to len(delays) + 1 times (see
     the module doc); a piece already sent is not sent again. `attempts` in the record is
-    the most tries any piece took. Never raises but CancelledError (the process stops:
-    the record says failed)."""
+    the most tries any piece took. A stop ends the wait between tries: failed. Never
+    raises but CancelledError (the record says failed then too)."""
     delays = bridge.delivery_delays if delays is None else delays
     rec = _Record(bridge, t)
     try:
@@ -195,18 +209,20 @@ async def send(bridge: Bridge, t: Target, pieces: Sequence[Callable[[], Awaitabl
                     return await rec.final("failed", why)
                 wait = max(delays[tries - 1] if tries <= len(delays) else 0.0,
                            asked or 0.0)
-                if tries > len(delays) or bridge.closing or wait > MAX_WAIT:
-                    stop = ("agentd is stopping" if bridge.closing else
-                            f"asked to wait {wait:.0f}s" if wait > MAX_WAIT else "giving up")
+                if tries > len(delays) or wait > MAX_WAIT:
+                    stop = f"asked to wait {wait:.0f}s" if wait > MAX_WAIT else "giving up"
                     rec.log("error", f"failed after {tries} attempt{'s' * (tries > 1)}: "
                                      f"{why} ({stop})")
                     return await rec.final("failed", why)
                 rec.log("warning", f"attempt {tries} of {len(delays) + 1} failed: {why}; "
                                    f"retrying in {wait:.0f}s")
                 rec.set("retrying", why)
-                await asyncio.sleep(wait)
+                if not await _pause(bridge, wait):
+                    rec.log("error", f"failed after {tries} attempt{'s' * (tries > 1)}: "
+                                     f"{why} (agentd is stopping)")
+                    return await rec.final("failed", f"{STOPPED} (last error: {why})")
     except asyncio.CancelledError:
-        rec.set("failed", "agentd stopped before the reply was sent")
+        rec.set("failed", STOPPED)
         raise
     rec.log("info", "delivered" + (f" after {rec.attempts} attempts" if rec.attempts > 1
                                    else ""))

@@ -149,7 +149,8 @@ class Runs:
             d = run.get("delivery")
             if isinstance(d, dict) and d.get("state") == "retrying":  # the process stopped
                 run["delivery"] = {**d, "state": "failed", "ts": round(now, 3),
-                                   "error": "agentd stopped before the reply was sent"}
+                                   "error": "agentd stopped before the reply was sent "
+                                            "(it was retrying)"}
         self._compact()
         for old in self.folder.glob("*.json"):
             if old.stem not in self.runs:
