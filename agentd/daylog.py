@@ -97,5 +97,13 @@ def append_held(home: Path, when: datetime, held: dict[str, str],
         root.append_text(day_rel(when), "\n".join(_held(held, source)) + "\n")
 
 
+def append_note(home: Path, when: datetime, note: str) -> None:
+    """A `- Note (agentd):` line written after the turn's commit (a chat reply's delivery
+    state, agentd/bridge/delivery.py): no commit of its own, it rides along with the next."""
+    with Root(home) as root:
+        root.append_text(day_rel(when), "\n".join(_noted([note])) + "\n",
+                         header=f"# {when:%Y-%m-%d}\n")
+
+
 def _noted(notes: list[str]) -> list[str]:
     return [f"- Note (agentd): {escape(n)}" for n in notes]

@@ -11,6 +11,7 @@ with a 4xx, never a crash, a stack trace, a secret or a file path.
 - openai_compat.py   POST /v1/chat/completions, GET /v1/models (Bearer token);
 - hooks.py           POST /hooks/{name} (Standard Webhooks), GET /runs/{id};
 - adapters.py        POST /telegram and POST /slack/events, and their replies;
+- delivery.py        those replies retried or given up, logged, and their state recorded;
 - auth.py            Bearer, Standard Webhooks, Telegram and Slack checks (constant time);
 - limits.py          per-IP and per-sender rate limits, the body cap, the outermost guard;
 - connections.py     below HTTP: a deadline for request heads, connection caps per address

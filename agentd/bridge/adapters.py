@@ -2,7 +2,8 @@
 
 Both platforms want a 2xx within seconds and retry otherwise, so a message is
 acknowledged at once and answered later through the platform's API (Telegram's
-sendMessage, Slack's chat.postMessage; base URLs configurable, so tests run fake servers).
+sendMessage, Slack's chat.postMessage; base URLs configurable, so tests run fake servers);
+a reply that fails is retried or given up, and its state recorded: agentd/bridge/delivery.py.
 A 503 (queue full) or 429 is left to the platform's retry, and the delivery id is not
 kept for those, so the retry runs.
 
@@ -18,6 +19,7 @@ or `chat:slack-<channel>[-<thread>]`, so budgets treat it as a person waiting.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,6 +27,7 @@ from fastapi.responses import JSONResponse
 
 from agentd.bridge.auth import telegram_ok, verify_slack
 from agentd.bridge.core import Bridge
+from agentd.bridge.delivery import Target, check_slack, check_telegram, send
 from agentd.bridge.hooks import wrap_untrusted
 from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
 from agentd.outbox import Delivery
@@ -147,34 +150,40 @@ def router(bridge: Bridge) -> APIRouter:
 
 async def deliver_telegram(bridge: Bridge, reply: dict[str, Any], text: str,
                            info: dict[str, Any]) -> None:
+    """sendMessage, one piece per 4096 characters, the first a reply to the message;
+    retried and recorded by agentd.bridge.delivery."""
     base = bridge.settings().bridge.telegram.api_base
     url = f"{base}/bot{bridge.secrets.telegram_token}/sendMessage"
-    for i, part in enumerate(split(text, TELEGRAM_MAX)):
+
+    def piece(i: int, part: str) -> Callable[[], Awaitable[None]]:
         payload: dict[str, Any] = {"chat_id": reply["chat_id"], "text": part}
         if i == 0 and isinstance(reply.get("reply_to"), int):
             payload["reply_parameters"] = {"message_id": reply["reply_to"],
                                            "allow_sending_without_reply": True}
-        resp = await bridge.http.post(url, json=payload)
-        if resp.status_code != 200:
-            bridge.log.error("telegram", f"sendMessage to chat {reply['chat_id']} failed: "
-                             f"HTTP {resp.status_code}")
-            return
-    bridge.log("telegram", f"answered chat {reply['chat_id']} (run {info['id']})")
+
+        async def post() -> None:
+            check_telegram(await bridge.http.post(url, json=payload))
+        return post
+
+    await send(bridge, Target("telegram", str(reply["chat_id"]), info["id"]),
+               [piece(i, part) for i, part in enumerate(split(text, TELEGRAM_MAX))])
 
 
 async def deliver_slack(bridge: Bridge, reply: dict[str, Any], text: str,
                         info: dict[str, Any]) -> None:
+    """chat.postMessage, one piece per 3900 characters, in the thread if there is one;
+    retried and recorded by agentd.bridge.delivery."""
     url = f"{bridge.settings().bridge.slack.api_base}/chat.postMessage"
     headers = {"authorization": f"Bearer {bridge.secrets.slack_token}"}
-    for part in split(text, SLACK_MAX):
+
+    def piece(part: str) -> Callable[[], Awaitable[None]]:
         payload = {"channel": reply["channel"], "text": part}
         if reply.get("thread_ts"):
             payload["thread_ts"] = reply["thread_ts"]
-        resp = await bridge.http.post(url, json=payload, headers=headers)
-        ok = resp.status_code == 200 and resp.headers.get("content-type", "").startswith(
-            "application/json") and resp.json().get("ok") is True
-        if not ok:
-            bridge.log.error("slack", f"chat.postMessage to {reply['channel']} failed: "
-                             f"HTTP {resp.status_code}")
-            return
-    bridge.log("slack", f"answered {reply['channel']} (run {info['id']})")
+
+        async def post() -> None:
+            check_slack(await bridge.http.post(url, json=payload, headers=headers))
+        return post
+
+    await send(bridge, Target("slack", str(reply["channel"]), info["id"]),
+               [piece(part) for part in split(text, SLACK_MAX)])

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentd.bridge.delivery import DELAYS
 from agentd.bridge.http import ApiError, retry_after
 from agentd.bridge.limits import Buckets
 from agentd.bridge.secrets import Secrets, scrub
@@ -53,6 +54,7 @@ class Bridge:
         self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
         self.sender_buckets = Buckets(b.sender_rate, b.sender_burst)
         self.deliverers: dict[str, Deliver] = {}
+        self.delivery_delays: tuple[float, ...] = DELAYS  # chat replies' retries (tests: 0)
         self.closing = False
         self.http: Any = None  # an httpx AsyncClient once started
         self._futures: set[asyncio.Future[TurnReport | None]] = set()

@@ -10,7 +10,9 @@ in git); it is runtime state, git-ignored with the rest of `.agentd/`.
   started; kept `dedupe_ttl` (48 h) and at most MAX_SEEN (oldest dropped first), so a
   repeat within that time gets 200 and no second turn.
 - `Runs`: the runs started by webhooks, Telegram and Slack (`GET /runs/{id}`); status rows
-  in runs.jsonl, each finished run's result in runs/<id>.json. A run still `queued` when
+  in runs.jsonl, each finished run's result in runs/<id>.json; a chat reply's `delivery`
+  (agentd/bridge/delivery.py) is a field of its run, and one still `retrying` when the
+  process stopped is `failed` at the next start. A run still `queued` when
   the process stopped is queued again at the next start: its sender got a 2xx and will
   not send it again.
 - `lock`: `.agentd/bridge/bridge.lock`, held while a bridge serves the home, since two
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentd import jsonl
+from agentd import jsonl, state
 from agentd.errors import AgentdError
 
 MAX_SEEN = 200_000
@@ -144,6 +146,11 @@ class Runs:
         for run in self.runs.values():
             if run.get("status") != "queued":
                 run.pop("spec", None)
+            d = run.get("delivery")
+            if isinstance(d, dict) and d.get("state") == "retrying":  # the process stopped
+                run["delivery"] = {**d, "state": "failed", "ts": round(now, 3),
+                                   "error": "agentd stopped before the reply was sent "
+                                            "(it was retrying)"}
         self._compact()
         for old in self.folder.glob("*.json"):
             if old.stem not in self.runs:
@@ -194,6 +201,22 @@ class Runs:
 
     def close(self) -> None:
         self.file.close()
+
+
+def recent_deliveries(folder: Path, n: int) -> list[dict[str, Any]]:
+    """The latest `n` chat reply deliveries (`{"run", "state", "platform", "chat",
+    "attempts", "ts", "error"?}`), oldest first, for `agentd status`: read from the end of
+    runs.jsonl only (the last 64 KiB), so status stays quick whatever the file's size."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in state.tail_lines(folder / "runs.jsonl", 400):
+        d = row.get("delivery")
+        if isinstance(d, dict) and isinstance(row.get("id"), str):
+            found.pop(row["id"], None)  # the latest state, at its latest place
+            found[row["id"]] = {"run": row["id"], **d,
+                                "ts": d["ts"] if isinstance(d.get("ts"), float | int) else 0,
+                                "attempts": d["attempts"] if isinstance(
+                                    d.get("attempts"), int) else 0}
+    return list(found.values())[-n:]
 
 
 def lock(path: Path) -> int:

@@ -1,7 +1,8 @@
 """What `agentd status` and `agentd cron` show, from files only (no connection to the
 daemon): the pid lock says whether it runs, `.agentd/daemon/status.json` (rewritten by
 the daemon on every change) what it is doing, `runs.jsonl` and `cron.json` the last
-results, and `.agentd/usage.jsonl` today's tokens and cost.
+results, the bridge's runs.jsonl the latest chat replies' delivery states, and
+`.agentd/usage.jsonl` today's tokens and cost.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd import state
+from agentd.bridge.store import recent_deliveries
 from agentd.daemon import cron, crontab, service
 from agentd.home import Home
 from agentd.homefs import Root
@@ -116,6 +118,7 @@ def collect(home: Path, settings: Settings) -> dict[str, Any]:
     return {"home": str(home), "running": pid is not None, "pid": pid or None,
             "daemon": live, "cron": cron_rows(home, settings, live),
             "runs": state.tail_lines(Home(home).runs_log, 8),
+            "deliveries": recent_deliveries(Home(home).bridge, 5),
             "today": usage_today(home), "budgets": _budgets(home, settings)}
 
 
@@ -161,6 +164,18 @@ def cron_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def delivery_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The latest chat replies' delivery states (agentd/bridge/delivery.py), newest first."""
+    out = ["chat replies:"] if rows else []
+    for d in reversed(rows):
+        tries = d.get("attempts") or 0
+        out.append(f"  {_when(d.get('ts'))} {d.get('platform')} {d.get('chat')} (run "
+                   f"{d.get('run')}): {d.get('state')}" + (f", {tries} attempts" if tries > 1
+                                                           else "")
+                   + (f": {d['error']}" if d.get("error") else ""))
+    return out
+
+
 def render(info: dict[str, Any]) -> str:
     d = info.get("daemon") or {}
     lines = []
@@ -195,6 +210,7 @@ def render(info: dict[str, Any]) -> str:
             what = "[SILENT]" if r.get("silent") else (r.get("error") or "")
             lines.append(f"  {_when(r.get('ts'))} {r.get('kind')} {r.get('name')}: "
                          f"{r.get('status')}{cost} {what}".rstrip())
+    lines += delivery_lines(info.get("deliveries") or [])
     t = info["today"]
     cost = f"${t['cost']:.4f}" + (f" + {t['unpriced']} call(s) of unpriced models"
                                   if t["unpriced"] else "")
