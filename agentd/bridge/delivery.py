@@ -163,6 +163,8 @@ class _Record:
 
     async def final(self, state: str, error: str | None = None) -> None:
         self.set(state, error)
+        if state != "failed":  # a delivered reply leaves the home clean (after its commit)
+            return
         note = f"{self.where} (run {self.t.run}): {state}" + (
             f" after {self.attempts} attempts" if self.attempts > 1 else "") + (
             f": {quoted(error, ERROR_CHARS)}" if error else "")
