@@ -88,6 +88,7 @@ def test_an_unreadable_hermes_call_is_answered_with_its_text() -> None:
     rest, calls = text_tool_calls('<tool_call>{"name": "bash", "arguments": {oops}</tool_call>',
                                   NAMES)
     [(name, args, error, raw)] = calls
+    assert rest == ""
     assert (name, args, raw) == ("bash", {}, '{"name": "bash", "arguments": {oops}')
     assert error and "unreadable <tool_call>" in error and "oops" in error
 
