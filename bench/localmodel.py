@@ -1,6 +1,6 @@
 """A real local model through agentd: optional, not in CI, not part of `make bench`.
 
-    python bench/localmodel.py [--keep DIR] [--port 8765] [--runs-dir DIR]
+    python bench/localmodel.py [--keep DIR] [--port 8765]
 
 It builds llama-cpp-python's server into a throwaway venv (from source: 20+ minutes on a
 2-core machine; the CMAKE_ARGS below avoid the native build that crashes on these VMs),
