@@ -68,13 +68,14 @@ def make_provider(spec: str, settings: Settings, base: Path,
 
         return AnthropicProvider(model, api_key=key, base_url=ep.base_url,
                                  max_retries=retries, key_env=ep.key_env or "")
-    from agentd.llm.compat import overrides_of, resolve
+    from agentd.llm.compat import AUTO, overrides_of, resolve
     from agentd.llm.openai import OpenAIProvider
 
-    compat = resolve(ep.profile, label, ep.base_url, overrides_of(vars(ep)))
+    overrides = overrides_of(vars(ep))
+    compat = resolve(ep.profile, label, ep.base_url, overrides)
     return OpenAIProvider(model, api_key=key or "none", base_url=ep.base_url,
                           max_retries=retries, label=label, key_env=ep.key_env or "",
-                          compat=compat)
+                          compat=compat, probe=overrides if ep.profile == AUTO else None)
 
 
 def build_provider(spec: str, settings: Settings, base: Path, cooldowns: Path, *,

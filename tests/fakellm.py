@@ -104,6 +104,7 @@ class FakeLLM:
         self._written: set[str] = set()  # Anthropic cache entries: prefix hashes
         self._prompts: list[list[str]] = []  # OpenAI: earlier requests, as prefix pieces
         self.models = ["fake-model"]  # what GET /v1/models lists
+        self.owner = "fakellm"  # their owned_by, which real servers fill with their name
         self.requests: list[Recorded] = []
         self._script: deque[Reply] = deque(replies)
         self._lock = threading.Lock()
@@ -466,7 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, {"data": data, "has_more": False,
                                     "first_id": fake.models[0], "last_id": fake.models[-1]})
         self._json(200, {"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "fakellm"}
+            {"id": m, "object": "model", "created": 0, "owned_by": fake.owner}
             for m in fake.models]})
 
     def do_POST(self) -> None:

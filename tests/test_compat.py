@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.llm.compat import PROFILES, Compat, guess_profile, resolve
+from agentd.llm.compat import PROFILES, Compat, guess_profile, resolve, shape_problem
 from tests.conftest import agentd, json_out
 from tests.fakellm import FakeLLM
 
@@ -133,6 +133,52 @@ def test_raw_newlines_in_arguments_are_repaired_and_kept(
     calls = [c for x in lines for c in (x.get("tool_calls") or x.get("message", {})
                                         .get("tool_calls") or [])]
     assert [c["raw"] for c in calls] == [raw, '{"command']
+
+
+@pytest.mark.parametrize("owner, works", [("me", True), ("fakellm", False)])
+def test_auto_asks_the_server_who_it_is(server: list[FakeLLM], home: Path, workdir: Path,
+                                        owner: str, works: bool) -> None:
+    """llama-cpp-python names itself "me" in GET /models; a server that names no known
+    one keeps the profile guessed by name and port (here: openai)."""
+    fake = start(server, "tools-need-tool-choice", "no-null-content", "no-stream-with-tools",
+                 replies=(CALL, DONE) if works else (CALL,))
+    fake.owner = owner
+    out = run(home, workdir, fake, 'profile = "auto"')
+    assert (fake.requests[0].method, fake.requests[0].path) == ("GET", "/v1/models")
+    assert sum(r.method == "GET" for r in fake.requests) == 1  # asked once per turn
+    if works:
+        completed(out, workdir)
+    else:
+        assert out["status"] == "error" and "stream_with_tools = false" in out["error"]
+
+
+def test_auto_keeps_switches_set_beside_it(server: list[FakeLLM], home: Path,
+                                           workdir: Path) -> None:
+    fake = start(server, "no-null-content")
+    fake.owner = "me"
+    out = run(home, workdir, fake, 'profile = "auto"\nnull_content_as_empty = false')
+    assert "null_content_as_empty = true" in out["error"]
+
+
+def switch(detail: str, status: int | None, sent: dict[str, bool]) -> str | None:
+    found = shape_problem(detail, status, sent)
+    return found[1] if found else None
+
+
+def test_shape_problems_are_told_from_other_failures() -> None:
+    everything = {"tools": True, "stream": True, "tool_choice": True, "null_content": True}
+    assert shape_problem("Cannot use tools with stream", 500, {"tools": True, "stream": True}
+                         ) == ("streaming with tools", "stream_with_tools", False)
+    assert switch("registry.ollama.ai/library/gemma3:270m does not support tools", 400,
+                  {}) == "text_tool_calls"
+    assert switch('"auto" tool choice requires --enable-auto-tool-choice and '
+                  "--tool-call-parser to be set", 400, {}) == "text_tool_calls"
+    assert switch("tool_choice is not supported", 400, everything) == "send_tool_choice"
+    for detail, status, sent in (("Internal server error", 500, everything),
+                                 ("content null", 500, {"tools": True}),
+                                 ("mid-stream", None, {"tools": True, "stream": True}),
+                                 ("Cannot use tools with stream", 500, {"tools": True})):
+        assert switch(detail, status, sent) is None, detail
 
 
 def test_profiles_are_chosen_by_name_and_port() -> None:

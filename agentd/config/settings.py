@@ -23,7 +23,7 @@ from agentd.config.costs import (
 from agentd.config.tables import CONFIG_NAME, fill, typed
 from agentd.config.values import Duration, check_timezone, parse_hours
 from agentd.errors import AgentdError
-from agentd.llm.compat import PROFILES
+from agentd.llm.compat import AUTO, PROFILES
 from agentd.tools import SandboxSettings
 
 
@@ -183,9 +183,9 @@ def parse_settings(data: dict[str, Any]) -> Settings:
     for name, ep in s.providers.items():
         if ep.protocol not in ("openai", "anthropic"):
             raise AgentdError(f"providers.{name}.protocol must be \"openai\" or \"anthropic\"")
-        if ep.profile is not None and ep.profile not in PROFILES:
+        if ep.profile is not None and ep.profile not in (*PROFILES, AUTO):
             raise AgentdError(f"providers.{name}.profile must be one of "
-                              f"{', '.join(PROFILES)}, not {ep.profile!r}")
+                              f"{', '.join(PROFILES)} or {AUTO}, not {ep.profile!r}")
     return s
 
 

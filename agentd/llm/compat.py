@@ -3,6 +3,9 @@ switches, each for a deviation observed on a real server.
 
 A profile is picked per provider in agentd.toml (`[providers.NAME] profile = "…"`), else
 by name: the `ollama` provider, then the base URL's port (each server's default port).
+`profile = "auto"` also asks the server once (GET /models: each server names itself in
+`owned_by`), for servers on a port that does not tell them apart (8000 is both
+llama-cpp-python's and vLLM's).
 Each switch can be set on its own beside the profile and wins over it. The adapter
 (llm/openai.py) shapes its requests by these switches and, when a server rejects a
 request for its shape, names the switch that may fix it (`advice`).
@@ -61,6 +64,16 @@ PROFILES: dict[str, tuple[str, Compat]] = {
 # each server's default port, for a provider declared without a profile
 PORTS = {11434: "ollama", 1234: "lmstudio", 8080: "llama-server"}
 
+AUTO = "auto"  # the profile that asks the server who it is
+# what each server puts in `owned_by` of GET /models
+OWNERS = {"me": "llama-cpp-python", "llamacpp": "llama-server", "vllm": "vllm",
+          "library": "ollama", "organization_owner": "lmstudio"}
+
+
+def profile_of_owners(owners: list[str]) -> str | None:
+    """The profile of the server whose model list names these owners, if one is known."""
+    return next((OWNERS[o] for o in owners if o in OWNERS), None)
+
 
 def guess_profile(label: str, base_url: str | None) -> str:
     """The profile a provider gets when agentd.toml names none: by its name, else by its
@@ -84,10 +97,28 @@ def resolve(profile: str | None, label: str, base_url: str | None,
             overrides: dict[str, bool]) -> Compat:
     """The switches of a provider: its profile's (named, else guessed), then `overrides`
     (switches set one by one in agentd.toml). An unknown profile raises ValueError."""
-    name = profile or guess_profile(label, base_url)
+    name = profile if profile and profile != AUTO else guess_profile(label, base_url)
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})")
     return replace(PROFILES[name][1], **overrides)
+
+
+def shape_problem(detail: str, status: int | None, sent: dict[str, bool]
+                  ) -> tuple[str, str, bool] | None:
+    """(what was rejected, the switch, its value that may fix it) when a server's error
+    `detail` (HTTP `status`, or None inside a stream) points at the shape of a request that
+    `sent` describes (tools, stream, tool_choice, null_content: what it carried)."""
+    d = detail.lower()
+    if "does not support tools" in d or "enable-auto-tool-choice" in d:  # Ollama, vLLM
+        return "tools", "text_tool_calls", True
+    if sent.get("tool_choice") and "tool_choice" in d:
+        return "tool_choice", "send_tool_choice", False
+    if sent.get("null_content") and any(w in d for w in ("null", "none", "content")):
+        return "an assistant message with content null", "null_content_as_empty", True
+    if sent.get("tools") and sent.get("stream") and ("stream" in d if status else any(
+            w in d for w in ("tool", "function", "streaming", "stream was empty"))):
+        return "streaming with tools", "stream_with_tools", False
+    return None
 
 
 def advice(label: str, switch: str, value: bool) -> str:

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
 from agentd.llm.base import SDKProvider
-from agentd.llm.compat import Compat, advice, as_text_history, tools_prompt
+from agentd.llm.compat import (
+    PROFILES,
+    Compat,
+    advice,
+    as_text_history,
+    profile_of_owners,
+    shape_problem,
+    tools_prompt,
+)
 from agentd.llm.toolparse import parse_arguments, text_tool_calls
 from agentd.llm.types import (
     Message,
@@ -34,11 +43,13 @@ class OpenAIProvider(SDKProvider):
 
     def __init__(self, model: str, *, api_key: str | None, base_url: str | None,
                  max_retries: int = 2, timeout: float = 600.0, label: str = "openai",
-                 key_env: str = "OPENAI_API_KEY", compat: Compat | None = None) -> None:
+                 key_env: str = "OPENAI_API_KEY", compat: Compat | None = None,
+                 probe: dict[str, bool] | None = None) -> None:
         super().__init__(model, label=label, api_key=api_key, base_url=base_url,
                          max_retries=max_retries, timeout=timeout, key_env=key_env)
         self.compat = compat or Compat()
         self._sent: dict[str, bool] = {}  # the last request's shape, to explain a rejection
+        self._probe = probe  # profile = "auto": the switches set beside it, until it asked
 
     def _make_client(self) -> Any:
         import openai
@@ -51,6 +62,8 @@ class OpenAIProvider(SDKProvider):
         params: dict[str, Any] = {
             "model": self.model, "stream": True, "stream_options": {"include_usage": True},
         }
+        if self._probe is not None:
+            await self._detect()
         self._shape(params, system, messages, tools)
         if self.compat.text_tool_calls:
             return await self._text_calls(params, tools, on_text)
@@ -65,6 +78,20 @@ class OpenAIProvider(SDKProvider):
         return reply
 
     # -- compatibility profiles (llm/compat.py) --------------------------------------------
+
+    async def _detect(self) -> None:
+        """profile = "auto": ask the server's model list who it is, once; when it does not
+        say (or does not answer within 5 s), the profile guessed by name and port stays."""
+        overrides, self._probe = self._probe or {}, None
+        try:
+            client = self._get_client().with_options(timeout=5.0, max_retries=0)
+            page = await client.models.list()
+            owners = [str(getattr(m, "owned_by", "")) for m in page.data]
+        except Exception:  # the request itself will say what is wrong with the server
+            return
+        name = profile_of_owners(owners)
+        if name:
+            self.compat = replace(PROFILES[name][1], **overrides)
 
     def _shape(self, params: dict[str, Any], system: str, messages: list[Message],
                tools: list[ToolSpec]) -> None:
@@ -109,17 +136,7 @@ class OpenAIProvider(SDKProvider):
     def _shape_error(self, detail: str, status: int | None) -> ProviderError | None:
         """A rejection that repeats every time because of the request's shape, reported as
         such with the switch that may fix it; None when nothing points at the shape."""
-        d, sent = detail.lower(), self._sent
-        found: tuple[str, str, bool] | None = None
-        if "does not support tools" in d or "enable-auto-tool-choice" in d:
-            found = "tools", "text_tool_calls", True
-        elif sent.get("tool_choice") and "tool_choice" in d:
-            found = "tool_choice", "send_tool_choice", False
-        elif sent.get("null_content") and any(w in d for w in ("null", "none", "content")):
-            found = "an assistant message with content null", "null_content_as_empty", True
-        elif sent.get("tools") and sent.get("stream") and ("stream" in d if status else any(
-                w in d for w in ("tool", "function", "streaming", "stream was empty"))):
-            found = "streaming with tools", "stream_with_tools", False
+        found = shape_problem(detail, status, self._sent)
         if found is None:
             return None
         what, switch, value = found
