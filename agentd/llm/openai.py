@@ -65,7 +65,7 @@ class OpenAIProvider(SDKProvider):
         if self._probe is not None:
             await self._detect()
         self._shape(params, system, messages, tools)
-        if self.compat.text_tool_calls:
+        if self.compat.text_tool_calls and tools:
             return await self._text_calls(params, tools, on_text)
         if not params["stream"]:
             return await self._stream(_whole, params, on_text)
@@ -130,7 +130,8 @@ class OpenAIProvider(SDKProvider):
             on_text(rest)
         if calls:
             reply.text, reply.tool_calls = rest, calls
-            reply.stop_reason = "tool_calls"
+            if reply.stop_reason == "stop":  # a cut-off reply ("length") stays cut off
+                reply.stop_reason = "tool_calls"
         return reply
 
     def _shape_error(self, detail: str, status: int | None) -> ProviderError | None:
