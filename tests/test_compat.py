@@ -206,3 +206,14 @@ def test_a_bad_profile_or_switch_is_one_line(home: Path, workdir: Path) -> None:
         (home / "agentd.toml").write_text(toml)
     assert set(PROFILES) == {"openai", "llama-cpp-python", "llama-server", "ollama", "vllm",
                              "lmstudio"}
+
+
+def test_an_unreadable_text_call_goes_back_to_the_model(server: list[FakeLLM], home: Path,
+                                                        workdir: Path) -> None:
+    bad = '<tool_call>{"name": "bash", "arguments": {oops}</tool_call>'
+    fake = start(server, replies=({"text": bad}, DONE))
+    out = run(home, workdir, fake, "text_tool_calls = true")
+    assert out["status"] == "ok" and [c["is_error"] for c in out["tool_calls"]] == [True]
+    answer = fake.requests[1].body["messages"][-1]["content"]
+    assert answer.startswith("<tool_response>") and "unreadable <tool_call>" in answer
+    assert "{oops}" in answer

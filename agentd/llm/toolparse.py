@@ -22,6 +22,7 @@ QUOTE_CAP = 300  # characters of a malformed call quoted back to the model
 KEEP_CAP = 20_000  # characters of raw arguments kept in the transcript
 
 _FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?\s*```$", re.S)
+_STRING_OR_TRAILING_COMMA = re.compile(r'"(?:[^"\\]++|\\.)*+"|,(\s*[}\]])')
 _NAME = re.compile(r'"name"\s*:\s*"([\w.-]{1,64})"')
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.S)
 
@@ -33,27 +34,9 @@ def _unfence(text: str) -> str:
 
 
 def _drop_trailing_commas(text: str) -> str:
-    """`{"a": 1,}` → `{"a": 1}`: a comma before a closing bracket, outside strings."""
-    out: list[str] = []
-    in_string = escaped = False
-    for i, ch in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == ",":
-            j = i + 1
-            while j < len(text) and text[j].isspace():
-                j += 1
-            if text[j:j + 1] in ("}", "]"):
-                continue
-        out.append(ch)
-    return "".join(out)
+    """`{"a": 1,}` → `{"a": 1}`: a comma before a closing bracket, outside strings (a
+    string is matched whole first, so a ",}" inside one stays)."""
+    return _STRING_OR_TRAILING_COMMA.sub(lambda m: m.group(1) or m.group(0), text)
 
 
 def loads(text: str) -> Any:
