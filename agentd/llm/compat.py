@@ -17,7 +17,8 @@ The switches:
   fails inside an open stream); the final answer's text still reaches the terminal, in one
   piece. llama-cpp-python.
 - `null_content_as_empty`: send `content: ""` instead of `null` on an assistant message
-  with tool calls (llama-cpp-python answers null with HTTP 500).
+  with tool calls (llama-cpp-python answers null with HTTP 500, LM Studio with "'content'
+  field must be a string or an array of objects").
 - `text_tool_calls`: the server has no native tool calling: the tools are described in
   the system prompt, calls are read from the reply's text (Hermes/Qwen `<tool_call>`, a
   bare `{"name", "arguments"}` object) and results go back as user messages. For a model
