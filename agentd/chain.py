@@ -71,10 +71,14 @@ def make_provider(spec: str, settings: Settings, base: Path,
 
         return AnthropicProvider(model, api_key=key, base_url=ep.base_url,
                                  max_retries=retries, key_env=ep.key_env or "")
+    from agentd.llm.compat import AUTO, overrides_of, resolve
     from agentd.llm.openai import OpenAIProvider
 
+    overrides = overrides_of(vars(ep))
+    compat = resolve(ep.profile, label, ep.base_url, overrides)
     return OpenAIProvider(model, api_key=key or "none", base_url=ep.base_url,
-                          max_retries=retries, label=label, key_env=ep.key_env or "")
+                          max_retries=retries, label=label, key_env=ep.key_env or "",
+                          compat=compat, probe=overrides if ep.profile == AUTO else None)
 
 
 def build_provider(spec: str, settings: Settings, base: Path, cooldowns: Path, *,

@@ -24,6 +24,8 @@ reply of the script, FIFO, whichever protocol asks. Reply dicts:
     {"delay": 0.2, ...}                             sleep first (any reply)
     {"hold": threading.Event(), ...}                wait for the test to set it first (at
                                                     most 60 s): a turn held mid-call
+    {"stream_error": "message"}                     a streamed request gets a 200 stream
+                                                    whose first event is an error object
 
 An exhausted script answers 500 "fakellm: script exhausted" (with `x-should-retry: false`
 so the SDKs fail at once), so a test that under-scripts fails loudly. `auto=True` instead
@@ -58,6 +60,20 @@ Reply = dict[str, Any]
 
 # name -> what the server then does (each one observed on a real local server)
 QUIRKS: dict[str, str] = {}
+# -- quirks of llama-cpp-python and servers without tool calling (h-compat) ------------
+QUIRKS.update({
+    "tools-need-tool-choice": "ignores `tools` unless `tool_choice` is given: the model "
+                              "answers in text without calling (llama-cpp-python's "
+                              "chatml-function-calling)",
+    "no-null-content": "HTTP 500 on an assistant message whose content is null "
+                       "(llama-cpp-python)",
+    "no-stream-with-tools": "an error object inside the open stream of a request with "
+                            "tools and stream (llama-cpp-python)",
+    "text-tool-calls": "no native tool calling: `tools` are ignored and scripted calls are "
+                       "written as text, in the reply's `text_format`: hermes "
+                       "(<tool_call>…</tool_call>, the default), bare ({\"name\", "
+                       "\"arguments\"}) or fence (a bare object in a ```json fence)",
+})
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -88,6 +104,7 @@ class FakeLLM:
         self._written: set[str] = set()  # Anthropic cache entries: prefix hashes
         self._prompts: list[list[str]] = []  # OpenAI: earlier requests, as prefix pieces
         self.models = ["fake-model"]  # what GET /v1/models lists
+        self.owner = "fakellm"  # their owned_by, which real servers fill with their name
         self.requests: list[Recorded] = []
         self._script: deque[Reply] = deque(replies)
         self._lock = threading.Lock()
@@ -262,6 +279,48 @@ def _sse(event: str | None, data: Any) -> bytes:
     return f"{head}data: {payload}\n\n".encode()
 
 
+# -- quirks of real OpenAI-compatible servers (h-compat) -------------------------------
+
+
+def _quirk_reply(quirks: frozenset[str], reply: Reply, body: dict[str, Any]) -> Reply:
+    """The reply as a server with `quirks` would give it for this request (see QUIRKS)."""
+    messages = body.get("messages") or []
+    if "no-null-content" in quirks and any(
+            isinstance(m, dict) and m.get("role") == "assistant" and m.get("content") is None
+            for m in messages):
+        return {"error": 500, "message": 'TypeError: can only concatenate str (not '
+                '"NoneType") to str'}
+    tools = bool(body.get("tools"))
+    if "no-stream-with-tools" in quirks and tools and body.get("stream"):
+        return {"stream_error": "Expected a function call in the completion"}
+    if "tools-need-tool-choice" in quirks and tools and "tool_choice" not in body \
+            and reply.get("tool_calls"):
+        return {"text": "I would run a command, but I have no tools."}
+    if "text-tool-calls" in quirks and reply.get("tool_calls"):
+        return {"text": _calls_as_text(reply)}
+    return reply
+
+
+def _calls_as_text(reply: Reply) -> str:
+    """A reply's scripted tool calls written as text, in its `text_format`."""
+    objs = []
+    for c in reply["tool_calls"]:
+        args = c.get("arguments", {})
+        args_text = args if isinstance(args, str) else json.dumps(args)
+        objs.append(f'{{"name": {json.dumps(c["name"])}, "arguments": {args_text}}}')
+    kind = reply.get("text_format", "hermes")
+    lead = reply.get("text", "")
+    if kind == "hermes":
+        body = "\n".join(f"<tool_call>\n{o}\n</tool_call>" for o in objs)
+    elif kind == "bare":
+        body = objs[0] if len(objs) == 1 else "[" + ", ".join(objs) + "]"
+    elif kind == "fence":
+        body = "```json\n" + objs[0] + "\n```"
+    else:
+        raise ValueError(f"unknown text_format {kind!r}")
+    return f"{lead}\n{body}".strip()
+
+
 # -- Anthropic Messages ----------------------------------------------------------------
 
 
@@ -408,7 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, {"data": data, "has_more": False,
                                     "first_id": fake.models[0], "last_id": fake.models[-1]})
         self._json(200, {"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "fakellm"}
+            {"id": m, "object": "model", "created": 0, "owned_by": fake.owner}
             for m in fake.models]})
 
     def do_POST(self) -> None:
@@ -441,6 +500,12 @@ class _Handler(BaseHTTPRequestHandler):
                               reply.get("content_type", "application/json"),
                               reply.get("headers"))
         request = body if isinstance(body, dict) else {}
+        if protocol == "openai" and fake.quirks:
+            reply = _quirk_reply(fake.quirks, reply, request)
+            if "error" in reply:
+                return self._error(protocol, reply["error"], reply["message"], None)
+        if "stream_error" in reply and request.get("stream"):
+            return self._stream_error(reply["stream_error"])
         if fake.cache and "usage" not in reply:
             reply = {**reply, "usage": fake.cache_usage(protocol, request)}
         stream = bool(request.get("stream"))
@@ -455,6 +520,17 @@ class _Handler(BaseHTTPRequestHandler):
         for event in events:
             self.wfile.write(event)
             self.wfile.flush()
+        self.close_connection = True
+
+    def _stream_error(self, message: str) -> None:
+        """A 200 event stream whose first event is an error object, then the end."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.wfile.write(_sse(None, {"error": {"message": message, "type": "server_error",
+                                               "code": 500}}))
+        self.wfile.flush()
         self.close_connection = True
 
     def _error(self, protocol: str, status: int, message: str, kind: str | None,

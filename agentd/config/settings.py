@@ -23,6 +23,7 @@ from agentd.config.costs import (
 from agentd.config.tables import CONFIG_NAME, fill, typed
 from agentd.config.values import Duration, check_timezone, parse_hours
 from agentd.errors import AgentdError
+from agentd.llm.compat import AUTO, PROFILES
 from agentd.tools import SandboxSettings
 
 
@@ -36,6 +37,12 @@ class Endpoint:
     key_env: str | None = None
     context_window: int | None = None
     max_retries: int = 2
+    # the server's deviations from the API (agentd/llm/compat.py): a profile, then switches
+    profile: str | None = None
+    send_tool_choice: bool | None = None
+    stream_with_tools: bool | None = None
+    null_content_as_empty: bool | None = None
+    text_tool_calls: bool | None = None
 
 
 @dataclass
@@ -183,6 +190,9 @@ def parse_settings(data: dict[str, Any]) -> Settings:
     for name, ep in s.providers.items():
         if ep.protocol not in ("openai", "anthropic"):
             raise AgentdError(f"providers.{name}.protocol must be \"openai\" or \"anthropic\"")
+        if ep.profile is not None and ep.profile not in (*PROFILES, AUTO):
+            raise AgentdError(f"providers.{name}.profile must be one of "
+                              f"{', '.join(PROFILES)} or {AUTO}, not {ep.profile!r}")
     return s
 
 

@@ -20,6 +20,7 @@ CONFIG_NAME = "agentd.toml"
 # the TOML type it takes, and how the checked value becomes the field's value.
 _KINDS: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any] | None]] = {
     "str": (str, None), "int": (int, None), "float": (float, None), "bool": (bool, None),
+    "bool | None": (bool, None),
     "str | None": (str, None), "int | None": (int, None), "float | None": (float, None),
     "list[str]": (list, None), "int | str": ((int, str), None),
     "int | str | None": ((int, str), None), "Duration": (str, Duration),

@@ -65,6 +65,7 @@ DEFAULT_CONFIG = '''\
 # protocol = "openai"
 # base_url = "http://localhost:1234/v1"
 # key_env = "LMSTUDIO_API_KEY"   # omit when the server needs no key
+# profile = "lmstudio"   # the server's quirks (README "Local models"); guessed when omitted
 # context_window = 32768
 
 # The heartbeat (`agentd daemon`/`agentd start`): a periodic wake-up that reads

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentd.llm.base import SDKProvider, parse_arguments
+from agentd.llm.base import SDKProvider
+from agentd.llm.toolparse import parse_arguments
 from agentd.llm.types import (
     Message,
     ProviderError,

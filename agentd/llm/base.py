@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import math
 import os
 import time
@@ -154,20 +153,3 @@ class SDKProvider:
             text = text.replace(self._key, "***")
         line = " ".join(text.split())
         return line if len(line) <= 200 else line[:199] + "…"
-
-
-def parse_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
-    """(arguments, error) for a tool call's JSON text; never raises on what a model sent, so
-    a malformed call goes back to the model as data (ToolCall.error) instead of ending the turn.
-    """
-    if not raw.strip():
-        return {}, None  # a call without arguments may stream no JSON, or ""
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as e:
-        return {}, f"invalid JSON arguments: {e.msg} at char {e.pos}"
-    except RecursionError:
-        return {}, "invalid JSON arguments: nested too deeply"
-    if not isinstance(value, dict):
-        return {}, f"invalid JSON arguments: expected an object, got {type(value).__name__}"
-    return value, None

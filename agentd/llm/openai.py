@@ -10,9 +10,21 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
-from agentd.llm.base import SDKProvider, parse_arguments
+from agentd.llm.base import SDKProvider
+from agentd.llm.compat import (
+    PROFILES,
+    Compat,
+    advice,
+    as_text_history,
+    profile_of_owners,
+    shape_problem,
+    tools_prompt,
+)
+from agentd.llm.toolparse import parse_arguments, text_tool_calls
 from agentd.llm.types import (
     Message,
     ProviderError,
@@ -31,9 +43,13 @@ class OpenAIProvider(SDKProvider):
 
     def __init__(self, model: str, *, api_key: str | None, base_url: str | None,
                  max_retries: int = 2, timeout: float = 600.0, label: str = "openai",
-                 key_env: str = "OPENAI_API_KEY") -> None:
+                 key_env: str = "OPENAI_API_KEY", compat: Compat | None = None,
+                 probe: dict[str, bool] | None = None) -> None:
         super().__init__(model, label=label, api_key=api_key, base_url=base_url,
                          max_retries=max_retries, timeout=timeout, key_env=key_env)
+        self.compat = compat or Compat()
+        self._sent: dict[str, bool] = {}  # the last request's shape, to explain a rejection
+        self._probe = probe  # profile = "auto": the switches set beside it, until it asked
 
     def _make_client(self) -> Any:
         import openai
@@ -45,13 +61,88 @@ class OpenAIProvider(SDKProvider):
                        on_text: TextSink | None = None) -> Message:
         params: dict[str, Any] = {
             "model": self.model, "stream": True, "stream_options": {"include_usage": True},
-            "messages": to_openai(system, sanitize_history(messages)),
         }
-        if tools:
+        if self._probe is not None:
+            await self._detect()
+        self._shape(params, system, messages, tools)
+        if self.compat.text_tool_calls and tools:
+            return await self._text_calls(params, tools, on_text)
+        if not params["stream"]:
+            return await self._stream(_whole, params, on_text)
+        reply = await self._stream(lambda client: client.chat.completions.create, params,
+                                   on_text)
+        if tools and not reply.tool_calls and text_tool_calls(reply.text, _names(tools))[1]:
+            raise ProviderError(self.name, "the model wrote its tool call as text, which "
+                                "this server does not turn into a call",
+                                hint=advice(self.label, "text_tool_calls", True))
+        return reply
+
+    # -- compatibility profiles (llm/compat.py) --------------------------------------------
+
+    async def _detect(self) -> None:
+        """profile = "auto": ask the server's model list who it is, once; when it does not
+        say (or does not answer within 5 s), the profile guessed by name and port stays."""
+        overrides, self._probe = self._probe or {}, None
+        try:
+            client = self._get_client().with_options(timeout=5.0, max_retries=0)
+            page = await client.models.list()
+            owners = [str(getattr(m, "owned_by", "")) for m in page.data]
+        except Exception:  # the request itself will say what is wrong with the server
+            return
+        name = profile_of_owners(owners)
+        if name:
+            self.compat = replace(PROFILES[name][1], **overrides)
+
+    def _shape(self, params: dict[str, Any], system: str, messages: list[Message],
+               tools: list[ToolSpec]) -> None:
+        """Messages, tools, tool_choice and streaming as this server's switches want them;
+        what was sent is remembered so a rejection can name the switch that may fix it."""
+        sw = self.compat
+        history = sanitize_history(messages)
+        if sw.text_tool_calls:
+            system = f"{system}\n\n{tools_prompt(tools)}".strip() if tools else system
+            history = as_text_history(history)
+        params["messages"] = to_openai(system, history, sw.null_content_as_empty)
+        native = bool(tools) and not sw.text_tool_calls
+        if native:
             params["tools"] = [{"type": "function", "function": {
                 "name": t.name, "description": t.description, "parameters": t.parameters}}
                 for t in tools]
-        return await self._stream(lambda client: client.chat.completions.create, params, on_text)
+            if sw.send_tool_choice:
+                params["tool_choice"] = "auto"
+            if not sw.stream_with_tools:
+                params["stream"] = False
+                params.pop("stream_options", None)
+        self._sent = {"tools": native, "stream": params["stream"],
+                      "tool_choice": "tool_choice" in params,
+                      "null_content": any(m.get("role") == "assistant" and m.get("content")
+                                          is None for m in params["messages"])}
+
+    async def _text_calls(self, params: dict[str, Any], tools: list[ToolSpec],
+                          on_text: TextSink | None) -> Message:
+        """A server without native tool calling: the calls are read from the reply's text,
+        so the text reaches `on_text` only after that, without the calls in it."""
+        reply = await self._stream(lambda client: client.chat.completions.create, params,
+                                   None)
+        rest, found = text_tool_calls(reply.text, _names(tools))
+        calls = [ToolCall(f"call_{uuid.uuid4().hex[:16]}", *call) for call in found]
+        if rest and on_text:
+            on_text(rest)
+        if calls:
+            reply.text, reply.tool_calls = rest, calls
+            if reply.stop_reason == "stop":  # a cut-off reply ("length") stays cut off
+                reply.stop_reason = "tool_calls"
+        return reply
+
+    def _shape_error(self, detail: str, status: int | None) -> ProviderError | None:
+        """A rejection that repeats every time because of the request's shape, reported as
+        such with the switch that may fix it; None when nothing points at the shape."""
+        found = shape_problem(detail, status, self._sent)
+        if found is None:
+            return None
+        what, switch, value = found
+        return ProviderError(self.name, f"the server rejected the request's shape ({what}): "
+                             f"{detail}", status, advice(self.label, switch, value))
 
     async def _read(self, stream: Any, on_text: TextSink | None) -> Message:
         """Fold the chunks into one neutral message, passing text deltas on."""
@@ -85,6 +176,9 @@ class OpenAIProvider(SDKProvider):
                         slot[1] = slot[1] or tc.function.name or ""
                         slot[2].append(tc.function.arguments or "")
         if not chunks:
+            shape = self._shape_error("the stream was empty", None)
+            if shape:
+                raise shape
             raise ProviderError(self.name, "malformed response: the stream was empty",
                                 hint=f"is {self._url()} an OpenAI-compatible API?")
         if stop is None:  # no finish_reason: the answer was cut off, tool JSON may be partial
@@ -116,11 +210,19 @@ class OpenAIProvider(SDKProvider):
         if isinstance(e, openai.APIStatusError):
             body = e.body if isinstance(e.body, dict) else {}
             detail = body.get("message") or (e.body if isinstance(e.body, str) else e.message)
-            return self._http_error(self._clean(str(detail)), e.status_code, e.response.headers)
+            detail = self._clean(str(detail))
+            if e.status_code not in (401, 403, 404, 408, 409, 429):
+                shape = self._shape_error(detail, e.status_code)
+                if shape:
+                    return shape
+            return self._http_error(detail, e.status_code, e.response.headers)
         if isinstance(e, openai.APIResponseValidationError | ValueError):  # JSON or schema
             return ProviderError(self.name, f"malformed response from {url}: "
                                  f"{self._clean(str(e))}")
         if isinstance(e, openai.APIError):  # an error object inside the stream: the server's
+            shape = self._shape_error(self._clean(e.message), None)
+            if shape:
+                return shape
             return ProviderError(self.name, self._clean(e.message), hint="try again later",
                                  transient=True)
         if isinstance(e, httpx2.TransportError):  # the SDK leaves these unwrapped mid-stream
@@ -139,12 +241,46 @@ def _usage(u: Any) -> Usage:
                  read, write)
 
 
-def to_openai(system: str, messages: list[Message]) -> list[dict[str, Any]]:
-    """Neutral history → Chat Completions messages (system first, results as role tool)."""
+def _names(tools: list[ToolSpec]) -> set[str]:
+    return {t.name for t in tools}
+
+
+class _Whole:
+    """A completion that was not streamed, as a stream of one chunk, so `_read` folds both
+    (and `_stream` maps both errors) the same way."""
+
+    def __init__(self, completion: Any) -> None:
+        self.completion = completion
+
+    async def __aenter__(self) -> _Whole:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def __aiter__(self) -> Any:
+        c = self.completion
+        choices = [SimpleNamespace(finish_reason=ch.finish_reason, delta=ch.message)
+                   for ch in (c.choices or [])[:1]]
+        yield SimpleNamespace(usage=c.usage, choices=choices)
+
+
+def _whole(client: Any) -> Any:
+    """`create` for `_stream` that asks for the whole completion at once."""
+    async def once(**params: Any) -> _Whole:
+        return _Whole(await client.chat.completions.create(**params))
+    return once
+
+
+def to_openai(system: str, messages: list[Message],
+              null_as_empty: bool = False) -> list[dict[str, Any]]:
+    """Neutral history → Chat Completions messages (system first, results as role tool).
+    `null_as_empty`: "" instead of null beside tool calls, for servers that reject null."""
     out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     for m in messages:
         if m.role == "assistant":
-            msg: dict[str, Any] = {"role": "assistant", "content": m.text or None}
+            empty = "" if null_as_empty else None
+            msg: dict[str, Any] = {"role": "assistant", "content": m.text or empty}
             if m.tool_calls:
                 msg["tool_calls"] = [{"id": c.id, "type": "function", "function": {
                     "name": c.name, "arguments": json.dumps(c.arguments)}} for c in m.tool_calls]

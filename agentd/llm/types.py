@@ -62,13 +62,16 @@ class ToolCall:
 
     `arguments` is the parsed JSON object; when the model sent something that is not a JSON
     object, `arguments` is empty and `error` says what was wrong (the loop answers it with
-    an error result instead of running the tool).
+    an error result instead of running the tool). `raw` keeps the text the model sent when
+    it had to be repaired or could not be read (llm/toolparse.py), so the transcript holds
+    the evidence.
     """
 
     id: str
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    raw: str | None = None
 
 
 @dataclass
