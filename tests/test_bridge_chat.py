@@ -51,8 +51,9 @@ def test_non_streaming_reply_is_the_final_answer_with_the_turns_usage(
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (290, 15)
     assert r.usage.total_tokens == 305 and r.usage.prompt_tokens_details.cached_tokens == 160
     ledger = [json.loads(x) for x in (home / ".agentd/usage.jsonl").read_text().splitlines()]
-    assert {row["trigger"] for row in ledger} == {"chat:default"}
-    rows = session_rows(home, "default")
+    key = r.model_extra["agentd"]["session"]  # a new conversation: a new session
+    assert {row["trigger"] for row in ledger} == {f"chat:{key}"}
+    rows = session_rows(home, key)
     assert rows[0]["type"] == "session" and rows[1]["text"] == "who am I?"
 
 
