@@ -342,3 +342,30 @@ def test_sampling_parameters_reach_the_model(host: BridgeHost, fake: FakeLLM) ->
     body = [r for r in fake.requests if r.method == "POST"][-1].body
     assert body["temperature"] == 0.25 and body["stop"] in ("END", ["END"])
     assert body.get("max_completion_tokens", body.get("max_tokens")) == 77
+
+
+def test_the_index_reads_past_damage_stays_bounded_and_compacts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentd.bridge import conversations
+    from agentd.bridge.conversations import Conversations, fingerprint
+
+    monkeypatch.setattr(conversations, "MAX_SESSIONS", 3)
+    u, a = fingerprint("user", "hi"), fingerprint("assistant", "Hello  there")
+    assert fingerprint("assistant", " Hello\nthere ") == a != fingerprint("user", "Hello there")
+    good = json.dumps({"s": "old", "tail": [u, a]})
+    (tmp_path / "conversations.jsonl").write_text(
+        good + '\n[1]\n{"s": 5, "tail": []}\n{"s": "x", "tail": "no"}\n{"s": "torn", "ta')
+    index = Conversations(tmp_path)
+    assert index.find([u, a]) == "old" and index.find([a]) == "old"
+    assert index.find([]) is None and index.find([u]) is None
+    for n in range(5):
+        index.record(f"s{n}", [], [u, a])  # five sessions ending alike: the latest wins
+    assert index.find([u, a]) == "s4" and len(index.tails) == 3
+    index.record("s4", [u, a], [u, fingerprint("assistant", "again")])
+    assert index.find([u, a]) == "s3" and index.tails["s4"][:2] == [u, a]
+    monkeypatch.setattr(conversations, "MAX_SESSIONS", 5_000)
+    for n in range(1_100):
+        index.record("busy", [], [fingerprint("user", str(n)), a])
+    again = Conversations(tmp_path)
+    assert again.rows < 1_050 and again.tails == index.tails
+    assert len(again.tails["busy"]) == conversations.TAIL
