@@ -177,9 +177,10 @@ def router(bridge: Bridge) -> APIRouter:
         headers = {"x-agentd-session": key}
 
         def answered(sent: str) -> None:
-            """The client now holds `sent`: a history ending with it continues `key`."""
-            bridge.conversations.record(key, history, [fingerprint("user", text),
-                                                       fingerprint("assistant", sent)])
+            """The client now holds `sent`: a history ending with it continues `key` (an
+            empty answer is not part of a history, as a client sends it back)."""
+            said = [fingerprint("assistant", sent)] if sent.strip() else []
+            bridge.conversations.record(key, history, [fingerprint("user", text), *said])
 
         if stream:
             fut.add_done_callback(lambda _: sink.put_nowait(None))
