@@ -9,6 +9,8 @@ with a 4xx, never a crash, a stack trace, a secret or a file path.
                      caller's event loop (the daemon's, or `agentd serve`'s own);
 - core.py            the Bridge: turns through the home's queue, run records, replies;
 - openai_compat.py   POST /v1/chat/completions, GET /v1/models (Bearer token);
+- chat_request.py    a chat request's input, history, sampling and tools, checked;
+- conversations.py   which chat session a stateless client continues (its history);
 - hooks.py           POST /hooks/{name} (Standard Webhooks), GET /runs/{id};
 - adapters.py        POST /telegram and POST /slack/events, and their replies;
 - delivery.py        those replies retried or given up, logged, and their state recorded;

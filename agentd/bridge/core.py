@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentd.bridge.conversations import Conversations
 from agentd.bridge.delivery import DELAYS
 from agentd.bridge.http import ApiError, retry_after
 from agentd.bridge.limits import Buckets
@@ -51,6 +52,7 @@ class Bridge:
         self._lock: int | None = lock(folder / "bridge.lock")
         self.seen = SeenIds(folder, b.dedupe_ttl.seconds)
         self.runs = Runs(folder)
+        self.conversations = Conversations(folder)  # which chat session a client continues
         self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
         self.sender_buckets = Buckets(b.sender_rate, b.sender_burst)
         self.deliverers: dict[str, Deliver] = {}

@@ -1,17 +1,22 @@
 """`POST /v1/chat/completions` and `GET /v1/models`: the agent as an OpenAI-compatible
 model, so any OpenAI client or chat UI can talk to it. Bearer token.
 
-Each conversation key (the `X-Agentd-Session` header, else the request's `user` field,
-else "default") has its own transcript, `.agentd/sessions/chat-<key>.jsonl`, and turns with
-trigger `chat:<key>`; every conversation shares the home's memory and files. The
+Each conversation is a chat session with its own transcript,
+`.agentd/sessions/chat-<key>.jsonl`, and turns with trigger `chat:<key>`; every
+conversation shares the home's memory and files. The key is the `X-Agentd-Session` header,
+else the request's `user` field; without either, the history the client sends back names
+it: a history that is the tail of what a session exchanged continues that session, any
+other (a fresh one) starts a new session (agentd/bridge/conversations.py). Either way the
 transcript holds the history, so only the last user message of a request is new input:
 the earlier messages a client sends back are not read again (a client cannot rewrite what
 the agent was told). Requests of one key, like all turns of the home, run one at a time.
+The body is checked by agentd/bridge/chat_request.py (sampling, tools, message shapes).
 
 The reply is the agent's final answer; `usage` counts every token the turn spent (all its
 steps). Streaming sends the agent's text as it is written (with the text it writes between
 tool steps; `show_tools` or `X-Agentd-Show-Tools: 1` adds a line per tool call), a last
-chunk with usage when `stream_options.include_usage` is set, then `[DONE]`.
+chunk with usage when `stream_options.include_usage` is set, then `[DONE]`. Both name the
+session in an `X-Agentd-Session` response header.
 """
 
 from __future__ import annotations
@@ -22,16 +27,19 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentd.bridge.auth import bearer_ok
+from agentd.bridge.chat_request import check_tools, parse_messages, parse_sampling
+from agentd.bridge.conversations import fingerprint
 from agentd.bridge.core import Bridge
 from agentd.bridge.http import ApiError, error_body, parse_json, require_json, unauthorized
 from agentd.bridge.secrets import StreamRedactor, scrub
+from agentd.bridge.store import new_run_id
 from agentd.jobs.log import LogEvents
 from agentd.turn import TurnRequest
 
@@ -66,11 +74,12 @@ def chat_schema(models: list[str]) -> dict[str, Any]:
         "schema": body}}}}
 
 
-def conversation_key(header: str | None, user: Any) -> str:
-    """A safe file-name id for the conversation; distinct inputs stay distinct."""
+def conversation_key(header: str | None, user: Any) -> str | None:
+    """A safe file-name id for the conversation the client names (distinct inputs stay
+    distinct); None when it names none."""
     raw = (header or (user if isinstance(user, str) else "") or "").strip()
     if not raw:
-        return "default"
+        return None
     if KEY.fullmatch(raw):
         return raw
     safe = re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-")[:40] or "key"
@@ -82,26 +91,6 @@ def model_ids(settings: Settings) -> list[str]:
     ids = [AGENT, settings.model or "", *settings.fallbacks, settings.budget_fallback or "",
            settings.heartbeat.model]
     return list(dict.fromkeys(i for i in ids if i))
-
-
-def last_user_text(messages: Any) -> str:
-    if not isinstance(messages, list) or not messages or len(messages) > 10_000:
-        raise ApiError(400, "messages must be a non-empty list", "invalid_messages")
-    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-        raise ApiError(400, "each message must be an object with a role", "invalid_messages")
-    users = [m for m in messages if m["role"] == "user"]
-    if not users:
-        raise ApiError(400, "no user message: the last user message is the agent's input",
-                       "invalid_messages")
-    content = users[-1].get("content")
-    if isinstance(content, list):
-        if not all(isinstance(p, dict) and p.get("type") == "text"
-                   and isinstance(p.get("text"), str) for p in content):
-            raise ApiError(400, "only text content is supported", "unsupported_content")
-        content = "\n".join(p["text"] for p in content)
-    if not isinstance(content, str) or not content.strip():
-        raise ApiError(400, "the last user message has no text", "invalid_messages")
-    return content
 
 
 def usage_json(u: Usage) -> dict[str, Any]:
@@ -162,7 +151,9 @@ def router(bridge: Bridge) -> APIRouter:
         require_json(request.headers.get("content-type"))
         settings = bridge.settings()
         req = parse_json(body, settings.bridge.max_json_depth)
-        text = last_user_text(req.get("messages"))
+        text, history = parse_messages(req.get("messages"))
+        sampling = parse_sampling(req)
+        check_tools(req)
         model = req.get("model") or AGENT
         if not isinstance(model, str) or model not in model_ids(settings):
             raise ApiError(404, f"unknown model; GET /v1/models lists them ({AGENT} is the "
@@ -171,29 +162,41 @@ def router(bridge: Bridge) -> APIRouter:
         if not isinstance(stream, bool) or not isinstance(opts, dict) or req.get("n", 1) != 1:
             raise ApiError(400, "stream must be true/false, stream_options an object, n 1",
                            "invalid_request")
-        key = conversation_key(request.headers.get("x-agentd-session"), req.get("user"))
-        bridge.check_sender(f"chat:{key}")
+        named = conversation_key(request.headers.get("x-agentd-session"), req.get("user"))
+        bridge.check_sender(f"chat:{named or '*'}")  # one bucket for the unnamed ones
+        key = named or bridge.conversations.find(history) or new_run_id()
         show = request.headers.get("x-agentd-show-tools", "").lower()
         show_tools = show in ("1", "true", "yes") or (settings.bridge.show_tools and
                                                       show not in ("0", "false", "no"))
         sink: asyncio.Queue[str | None] = asyncio.Queue()
         events = ChatEvents(bridge, f"chat {key}", sink, show_tools and stream)
-        turn = TurnRequest(text, bridge.home, f"chat:{key}",
+        turn = TurnRequest(text, bridge.home, f"chat:{key}", sampling=sampling,
                            model=None if model == AGENT else model, session=f"chat-{key}")
         fut = bridge.submit(f"chat {key}", turn, events)
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        headers = {"x-agentd-session": key}
+
+        def answered(sent: str) -> None:
+            """The client now holds `sent`: a history ending with it continues `key` (an
+            empty answer is not part of a history, as a client sends it back)."""
+            said = [fingerprint("assistant", sent)] if sent.strip() else []
+            bridge.conversations.record(key, history, [fingerprint("user", text), *said])
+
         if stream:
             fut.add_done_callback(lambda _: sink.put_nowait(None))
             return StreamingResponse(
-                _sse(bridge, fut, sink, cid, created, model, bool(opts.get("include_usage"))),
+                _sse(bridge, fut, sink, cid, created, model, bool(opts.get("include_usage")),
+                     answered),
                 media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers})
         report = await fut
         status, code, message = _failure(bridge, report)
         if status:
-            return JSONResponse(error_body(status, message, code), status, headers=NO_RETRY)
+            return JSONResponse(error_body(status, message, code), status,
+                                headers={**NO_RETRY, **headers})
         assert report is not None
         _, answer = bridge.answer(report)
+        answered(answer)
         return JSONResponse({
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer,
@@ -201,7 +204,7 @@ def router(bridge: Bridge) -> APIRouter:
                          "logprobs": None, "finish_reason": "stop"}],
             "usage": usage_json(report.result.usage), "system_fingerprint": None,
             "agentd": {"run": report.run_id, "session": key, "steps": report.result.steps,
-                       "cost": report.cost}})
+                       "cost": report.cost}}, headers=headers)
 
     return api
 
@@ -221,13 +224,16 @@ def _failure(bridge: Bridge, report: TurnReport | None) -> tuple[int, str, str]:
 
 async def _sse(bridge: Bridge, fut: asyncio.Future[TurnReport | None],
                sink: asyncio.Queue[str | None], cid: str, created: int, model: str,
-               include_usage: bool) -> AsyncIterator[bytes]:
+               include_usage: bool, answered: Callable[[str], None]) -> AsyncIterator[bytes]:
+    """The turn's text as chunks; once it ended well, `answered` gets the whole text sent
+    (what the client will send back as the assistant's message)."""
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _data({"id": cid, "object": "chat.completion.chunk", "created": created,
                       "model": model, "choices": [{"index": 0, "delta": delta,
                                                    "logprobs": None, "finish_reason": finish}]})
 
     redactor = StreamRedactor(bridge.redactor, list(bridge.secrets.values.values()))
+    sent: list[str] = []
     yield chunk({"role": "assistant", "content": ""})
     while True:
         try:
@@ -237,6 +243,7 @@ async def _sse(bridge: Bridge, fut: asyncio.Future[TurnReport | None],
             continue
         out = redactor.feed(delta) if delta is not None else redactor.flush()
         if out:
+            sent.append(out)
             yield chunk({"content": out})
         if delta is None:
             break
@@ -246,6 +253,7 @@ async def _sse(bridge: Bridge, fut: asyncio.Future[TurnReport | None],
         yield _data(error_body(status, message, code))
     else:
         assert report is not None
+        answered("".join(sent))
         yield chunk({}, "stop")
         if include_usage:
             yield _data({"id": cid, "object": "chat.completion.chunk", "created": created,

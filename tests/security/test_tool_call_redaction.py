@@ -82,7 +82,7 @@ def test_the_daemon_log_runs_and_chat_show_tool_calls_redacted(host: BridgeHost,
     assert "hook x: ▸ bash echo [REDACTED:anthropic-key]" in host.log
     fake.push(*leaky_calls())
     with httpx2.stream("POST", f"{host.url}/v1/chat/completions", headers=AUTH, json={
-            "model": "agentd", "stream": True, "messages": [
+            "model": "agentd", "stream": True, "user": "default", "messages": [
                 {"role": "user", "content": "leak"}]}, timeout=60) as r:
         streamed = "".join(r.iter_text())
     assert "▸ bash echo [REDACTED:anthropic-key]" in streamed
