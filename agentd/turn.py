@@ -105,6 +105,7 @@ class TurnReport:
     held: dict[str, str] = field(default_factory=dict)  # path -> why not committed
     delivered: str | None = None  # the answer's file in the home (TurnRequest.delivery)
     notes: list[str] = field(default_factory=list)  # for the caller's log (delivery)
+    warnings: list[str] = field(default_factory=list)  # for the caller: stderr or its log
 
     @property
     def ok(self) -> bool:
@@ -279,7 +280,8 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
     await asyncio.to_thread(inflight.begin, home, run_id=report.run_id, trigger=req.trigger,
                             task=req.title or req.task, profile=req.profile, session=path)
     started = time.monotonic()
-    system = build_system_prompt(home, req.workdir)
+    system = build_system_prompt(home, req.workdir, warnings=report.warnings, task=req.task,
+                                 index_chars=settings.skills.index_chars)
     messages.append(Message("user", req.task))
     log.append(messages[-1])
     sandbox = sandbox_for(settings, req)

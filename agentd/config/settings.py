@@ -97,6 +97,13 @@ class GitSettings:
 
 
 @dataclass
+class SkillsSettings:
+    """`[skills]`: the prompt's skills index (agentd/skillindex.py)."""
+
+    index_chars: int = 6000  # past it, the skills most relevant to the task, and a count
+
+
+@dataclass
 class Settings:
     model: str | None = None
     max_steps: int = 30
@@ -113,13 +120,15 @@ class Settings:
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     git: GitSettings = field(default_factory=GitSettings)
+    skills: SkillsSettings = field(default_factory=SkillsSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
         return self.providers.get(name)
 
 
 # The tables that are plain settings dataclasses, filled key by key.
-_SECTIONS = ("sandbox", "heartbeat", "daemon", "quota", "git", "throttling", "compaction")
+_SECTIONS = ("sandbox", "heartbeat", "daemon", "quota", "git", "throttling", "compaction",
+             "skills")
 
 
 def _homes_of(key: str) -> str:
@@ -186,6 +195,8 @@ def _parse(data: dict[str, Any]) -> Settings:
             raise UnknownSetting("", key, [])
     check_costs(s.budget, s.compaction)
     _check_daemon(s)
+    if s.skills.index_chars < 1500:
+        raise AgentdError("skills.index_chars must be at least 1500 (one skill's line)")
     if s.sandbox.mode not in ("bwrap", "off"):
         raise AgentdError(f"sandbox.mode must be \"bwrap\" or \"off\", not {s.sandbox.mode!r}")
     _check_network(s)

@@ -138,6 +138,12 @@ DEFAULT_CONFIG = '''\
 # keep = 0.3
 # tool_output = 2000
 
+# The skills index in every prompt: name, description and path of each skills/ folder.
+# Past index_chars characters, it holds the skills most relevant to the turn's task and a
+# line saying how many more exist (`ls skills/`, `agentd skills`).
+# [skills]
+# index_chars = 6000
+
 # Prices in USD per million tokens, overriding the built-in table (agentd/usage.py).
 # [prices."openai:my-model"]
 # input = 1.0
