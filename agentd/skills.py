@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agentd.homefs import Root
-from agentd.oneline import one_line
+from agentd.oneline import escape, one_line
 
 DESCRIPTION_LIMIT = 1024  # the Agent Skills spec's limit; prompt.py budgets the index
 NAME_LIMIT = 64
@@ -168,5 +168,7 @@ def discover(home: Path, warn: list[str] | None = None) -> list[Skill]:
 
 
 def _warn(warn: list[str] | None, message: str) -> None:
+    """A warning, controls escaped: folder names are the agent's, and warnings reach a
+    terminal and the logs as single lines."""
     if warn is not None:
-        warn.append(message)
+        warn.append(escape(message))

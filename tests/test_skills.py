@@ -310,3 +310,11 @@ def test_the_bridge_logs_malformed_skills(home: Path, fake: FakeLLM,
                  "the warning in the bridge's log")
     assert re.search(r"person: warning: chat default: skipped skill skills/broken/SKILL.md: "
                      r"line 3: front matter is not valid YAML", host.log), host.log
+
+
+def test_skill_warnings_are_one_line_whatever_the_folder_is_called(home: Path) -> None:
+    _skill(home, "evil\n\x1b[2Jwarning: forged", "name: x\ndescription: [unclosed\n")
+    warnings: list[str] = []
+    discover(home, warnings)
+    (w,) = warnings
+    assert "\n" not in w and "\x1b" not in w and "evil\\n\\x1b[2Jwarning: forged" in w
