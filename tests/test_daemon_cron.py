@@ -314,3 +314,9 @@ def test_daylight_saving_time_as_cronie_does() -> None:
         "10-25 02:00 CEST", "10-25 02:30 CEST", "10-25 02:00 CET", "10-25 02:30 CET",
         "10-25 03:00 CET"]
     assert _fires("0 9 * * *", spring, 2) == ["03-29 09:00 CEST", "03-30 09:00 CEST"]
+    # the scheduler asks "is it due?" with `now` in the zone: during the first pass, the
+    # second pass's 02:00 is not due yet (compared by wall clock, it would be)
+    second = cron_trigger("*/30 * * * *", BERLIN).get_next_fire_time(
+        None, datetime(2026, 10, 25, 0, 31, tzinfo=UTC))
+    first_pass = datetime(2026, 10, 25, 2, 45, tzinfo=BERLIN)
+    assert second is not None and f"{second:%H:%M %Z}" == "02:00 CET" and second > first_pass

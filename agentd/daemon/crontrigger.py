@@ -3,7 +3,7 @@ reading a cron file does not import APScheduler)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 from apscheduler.triggers.base import BaseTrigger
 
@@ -26,7 +26,15 @@ class CronExprTrigger(BaseTrigger):
         if previous_fire_time:
             start = min(start, previous_fire_time.astimezone(UTC) + timedelta(microseconds=1))
         nxt = self.expr.next_after(start - timedelta(microseconds=1), self.timezone)
-        return nxt.astimezone(self.timezone) if nxt else None
+        if nxt is None:
+            return None
+        # In the zone's offset and name at that instant, but as a fixed offset: APScheduler
+        # compares it with `now` in the zone itself, and Python compares two times of one
+        # zone by wall clock, so the repeated hour's second pass would look already due.
+        local = nxt.astimezone(self.timezone)
+        offset = local.utcoffset()
+        assert offset is not None
+        return local.astimezone(timezone(offset, local.tzname()))
 
     def __str__(self) -> str:
         return "cron"
