@@ -117,6 +117,8 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
                 renderer.finish()
             raise Interrupted(sig)
         assert report is not None
+        for warning in report.warnings:  # a malformed skill, say: the agent's to fix
+            click.echo(f"warning: {warning}", err=True)
     except AgentdError as e:
         if as_json:  # scripts still get their one JSON object
             click.echo(json.dumps({"status": "error", "exit_code": e.exit_code,

@@ -1,5 +1,7 @@
 """The system prompt. Stable parts first (instructions, identity, skills), volatile parts
-last (curated memory, day logs, the time), so a provider's prompt cache keeps hitting.
+last (curated memory, day logs, the time), so a provider's prompt cache keeps hitting. The
+skills index is stable while every skill fits its budget; past it, it is ranked for the
+task (agentd/skillindex.py) and goes last, before the time, so the rest stays cached.
 Every file has a character budget; an over-long one is cut with a marker saying how to
 read the rest.
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from agentd.daylog import recent_days
 from agentd.homefs import Refused, Root
-from agentd.oneline import escape
+from agentd.skillindex import build_index
 from agentd.skills import discover
 
 BASE = """\
@@ -76,17 +78,23 @@ def _section(root: Root, rel: str, shown: str, budget: int, keep_tail: bool = Fa
 
 
 def build_system_prompt(home: Path, workdir: Path, now: datetime | None = None,
-                        warnings: list[str] | None = None) -> str:
+                        warnings: list[str] | None = None, task: str = "",
+                        index_chars: int | None = None) -> str:
+    """The prompt for a turn on `task`; skill problems are appended to `warnings`.
+    `index_chars`: the skills index's budget (default: `[skills] index_chars`'s)."""
+    from agentd.config import SkillsSettings
+
     now = now or datetime.now().astimezone()
     parts: list[str | None] = [BASE.format(home=home)]
+    ranked: str | None = None
     with Root(home) as root:
         parts += [_section(root, f"memory/{n}", f"memory/{n}", b) for n, b in STABLE_FILES]
         skills = discover(home, warnings)
         if skills:
-            lines = [f"- {s.name}: {s.description} ({escape(str(s.path.relative_to(home)))})"
-                     + ("" if s.available else f" [unavailable: {s.missing}]")
-                     for s in skills]
-            parts.append("# Skills (read the SKILL.md before using one)\n" + "\n".join(lines))
+            index, for_task = build_index(skills, home, task, index_chars or
+                                          SkillsSettings().index_chars)
+            ranked = index if for_task else None
+            parts.append(None if for_task else index)
         if workdir != home:
             with Root(workdir) as wd:
                 parts.append(_section(wd, "AGENTS.md", f"{workdir}/AGENTS.md",
@@ -94,5 +102,6 @@ def build_system_prompt(home: Path, workdir: Path, now: datetime | None = None,
         parts.append(_section(root, "memory/MEMORY.md", "memory/MEMORY.md", MEMORY_BUDGET))
         for rel in recent_days(now):
             parts.append(_section(root, rel, rel, DAYLOG_BUDGET, True, DAYLOG_LABEL))
+    parts.append(ranked)
     parts.append(f"Now: {now:%Y-%m-%d %H:%M %Z}. Workdir: {workdir}.")
     return "\n\n".join(p for p in parts if p)

@@ -5,12 +5,16 @@ Only the index (name, description, path) goes into the prompt; the model reads a
 body with `read` when it needs it. Requirements may be declared as `requires: {bins: [..],
 env: [..]}` or OpenClaw's `metadata: {openclaw: {requires: ...}}`; a skill whose
 requirements are missing is listed as unavailable with the reason. A malformed skill is
-skipped with a warning naming the file and line, never a crash.
+skipped with a warning naming the file and line, never a crash; a name that breaks the
+Agent Skills spec (lowercase a-z, 0-9 and single hyphens, at most 64 characters, the same
+as its folder) is used but warned about, and of two folders with one `name` the first (by
+folder) is used and the other named in a warning. A UTF-8 byte order mark is ignored.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +22,11 @@ from typing import Any
 
 from agentd.home import TEMPLATES
 from agentd.homefs import Root
-from agentd.oneline import one_line
+from agentd.oneline import escape, one_line
 
-DESCRIPTION_LIMIT = 200  # name and description go into every prompt: one line each
+DESCRIPTION_LIMIT = 1024  # the Agent Skills spec's limit; prompt.py budgets the index
 NAME_LIMIT = 64
+SPEC_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 READ_LIMIT = 256 * 1024  # a SKILL.md is a page; only its front matter is parsed here
 SKILLS = "skills"
 
@@ -83,7 +88,7 @@ def _missing(meta: dict[str, Any]) -> str:
 def load_skill(text: str, path: Path) -> Skill:
     """One skill from its SKILL.md's text; raises ValueError (with a line) when malformed.
     The name and description are one-lined with controls escaped: they reach every prompt."""
-    meta = parse_front_matter(text)
+    meta = parse_front_matter(text.removeprefix("\ufeff"))
     if not meta:
         raise ValueError("line 1: no front matter (a '---' block with name and description)")
     desc = one_line(str(meta.get("description") or ""), DESCRIPTION_LIMIT)
@@ -91,6 +96,17 @@ def load_skill(text: str, path: Path) -> Skill:
         raise ValueError("line 2: front matter has no description")
     name = one_line(str(meta.get("name") or path.parent.name), NAME_LIMIT)
     return Skill(name, desc, path, missing=_missing(meta))
+
+
+def name_problem(skill: Skill) -> str:
+    """Why a skill's name breaks the Agent Skills spec, or ""."""
+    folder = skill.path.parent.name
+    if len(skill.name) > NAME_LIMIT or not SPEC_NAME.fullmatch(skill.name):
+        return (f"name {skill.name!r} breaks the Agent Skills spec (lowercase a-z, 0-9 and "
+                "single hyphens, at most 64 characters)")
+    if skill.name != folder:
+        return f"name {skill.name!r} differs from its folder {folder!r} (the spec wants both equal)"
+    return ""
 
 
 def bundled_skills_dir() -> Path:
@@ -121,7 +137,7 @@ def discover(home: Path, warn: list[str] | None = None) -> list[Skill]:
         except OSError as e:
             entries = []
             _warn(warn, f"skills not read: {e}")
-        for name, kind in entries:
+        for name, kind in sorted(entries):
             rel = f"{SKILLS}/{name}/SKILL.md"
             if kind == "link" and not name.startswith("."):
                 _warn(warn, f"skipped skill {SKILLS}/{name}: it is a symlink, which agentd "
@@ -141,10 +157,19 @@ def discover(home: Path, warn: list[str] | None = None) -> list[Skill]:
             if twin.is_file():
                 same = twin.read_bytes() == text.encode()
                 skill.source = "bundled" if same else "home, overrides bundled"
+            if problem := name_problem(skill):
+                _warn(warn, f"skill {rel}: {problem}")
+            if skill.name in found:
+                first = found[skill.name].path.parent.name
+                _warn(warn, f"skipped skill {rel}: {SKILLS}/{first}/SKILL.md has the same "
+                      f"name {skill.name!r}; rename one")
+                continue
             found[skill.name] = skill
     return sorted(found.values(), key=lambda s: s.name)
 
 
 def _warn(warn: list[str] | None, message: str) -> None:
+    """A warning, controls escaped: folder names are the agent's, and warnings reach a
+    terminal and the logs as single lines."""
     if warn is not None:
-        warn.append(message)
+        warn.append(escape(message))

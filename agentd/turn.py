@@ -108,6 +108,7 @@ class TurnReport:
     delivered: str | None = None  # the answer's file in the home (TurnRequest.delivery)
     notes: list[str] = field(default_factory=list)  # for the caller's log (delivery)
     escalations: list[str] = field(default_factory=list)  # "a:m → b:m (max_steps)"
+    warnings: list[str] = field(default_factory=list)  # for the caller: stderr or its log
 
     @property
     def ok(self) -> bool:
@@ -297,7 +298,8 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
     await asyncio.to_thread(inflight.begin, home, run_id=report.run_id, trigger=req.trigger,
                             task=req.title or req.task, profile=req.profile, session=path)
     started = time.monotonic()
-    system = build_system_prompt(home, req.workdir)
+    system = build_system_prompt(home, req.workdir, warnings=report.warnings, task=req.task,
+                                 index_chars=settings.skills.index_chars)
     messages.append(Message("user", req.task))
     log.append(messages[-1])
     sandbox = sandbox_for(settings, req)

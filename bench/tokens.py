@@ -8,7 +8,10 @@
   files) against the fake LLM server with its honest prompt-cache model (cache=True), on
   both wire protocols: prompt tokens sent over the whole task, output tokens, and the
   share of prompt tokens read from the cache. Anthropic reads at the explicit
-  breakpoints agentd sets; OpenAI at the longest common prefix (>= 1,024 tokens).
+  breakpoints agentd sets; OpenAI at the longest common prefix (>= 1,024 tokens);
+- the system prompt with 0, 20 and 200 skills (descriptions 204 to 1,024 characters, as
+  in public skill folders): its size with the budgeted index, and what listing every
+  skill would cost. `python bench/tokens.py skills` prints only this part.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +34,7 @@ from fakellm import FakeLLM  # noqa: E402
 from agentd.config import load_settings  # noqa: E402
 from agentd.loop import Events  # noqa: E402
 from agentd.newhome import init_home  # noqa: E402
+from agentd.prompt import build_system_prompt  # noqa: E402
 from agentd.turn import TurnRequest, run_turn  # noqa: E402
 
 MODELS = {"anthropic": "anthropic:claude-sonnet-5-5", "openai": "openai:gpt-5.4-mini"}
@@ -108,7 +113,38 @@ def fixed_overhead(first: dict[str, Any]) -> tuple[int, int | None, int | None]:
     return (len(system) + len(tools)) // 4, o200k(system + tools), o200k(whole)
 
 
+def add_skills(home: Path, n: int) -> None:
+    """n skill folders with descriptions of 204 to 1,024 characters (the real spread)."""
+    words = ("Use this skill to prepare, check and file the monthly supplier statements; "
+             "do not use it for one-off invoices or payroll. ") * 12
+    for i in range(n):
+        d = home / "skills" / f"skill-{i:03d}"
+        d.mkdir(parents=True)
+        size = 204 + (i * 97) % 821
+        (d / "SKILL.md").write_text(f"---\nname: skill-{i:03d}\ndescription: {words[:size]}"
+                                    "\n---\nBody.\n")
+
+
+def skills_scaling(scratch: Path) -> None:
+    """The system prompt's size against the number of skills (no model call)."""
+    print("system prompt by number of skills (bundled skills removed; chars, ~tokens = /4):")
+    for n in (0, 20, 200):
+        home = scratch / f"skills-{n}"
+        init_home(home)
+        shutil.rmtree(home / "skills")
+        add_skills(home, n)
+        task = "File the monthly supplier statements for skill-007"
+        budget = load_settings(home).skills.index_chars
+        size = len(build_system_prompt(home, home, task=task))
+        unbudgeted = len(build_system_prompt(home, home, task=task, index_chars=10**9))
+        print(f"  {n:>3} skills: {size:>6,} chars (~{size // 4:,} tokens); listing every "
+              f"skill: {unbudgeted:,} chars; index budget {budget:,}")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["skills"]:
+        skills_scaling(Path(tempfile.mkdtemp(prefix="agentd-bench-tokens-")))
+        return
     scratch = Path(tempfile.mkdtemp(prefix="agentd-bench-tokens-"))
     os.environ.update({"HOME": str(scratch), "ANTHROPIC_API_KEY": "bench",
                        "OPENAI_API_KEY": "bench"})
@@ -128,6 +164,7 @@ def main() -> None:
                 overhead = fixed_overhead(r["first"])
             rows.append((protocol, name, r))
     assert overhead is not None
+    skills_scaling(scratch)
     chars4, tik, whole = overhead
     print(f"fixed prompt overhead (system + tools, fresh home): {chars4:,} tokens (chars/4)"
           + (f", {tik:,} o200k tokens; the whole first request of the trivial task "

@@ -30,16 +30,16 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condi
 
 def configure(home: Path, top: dict[str, str] | None = None,
               **tables: dict[str, Any]) -> None:
-    """Set keys in agentd.toml: top-level ones first, the rest under their table (the
-    default file already declares [heartbeat] and [daemon])."""
+    """Set keys in agentd.toml: top-level ones first, the rest under their table (appended
+    at the end unless a live `[table]` line exists: the default file's are commented)."""
     text = (home / "agentd.toml").read_text()
     lines = "".join(f"{k} = {_toml(v)}\n" for k, v in (top or {}).items())
     text = lines + text
     for table, values in tables.items():
         body = "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
-        header = f"[{table}]\n"
+        header = f"\n[{table}]\n"
         text = text.replace(header, header + body, 1) if header in text else (
-            text + "\n" + header + body)
+            text + header + body)
     (home / "agentd.toml").write_text(text)
 
 

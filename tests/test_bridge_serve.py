@@ -199,7 +199,7 @@ def test_the_default_agentd_toml_documents_the_bridge_defaults() -> None:
 
     from agentd.config import DEFAULT_CONFIG
 
-    section = DEFAULT_CONFIG.split("\n[bridge]\n", 1)[1]
+    section = DEFAULT_CONFIG.split("\n# [bridge]\n", 1)[1]
     lines = ["[bridge]"] + [re.sub(r"\s+#.*$", "", line[2:]) for line in section.splitlines()
                             if line.startswith("# ") and (" = " in line or line[2:3] == "[")]
     data = tomllib.loads("\n".join(lines))

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import agentd
+from fakellm import FakeLLM
 
-from agentd.config import CONFIG_NAME, Duration, parse_settings
+from agentd.config import CONFIG_NAME, Duration, load_settings, parse_settings
 from agentd.home import PROTECTED_DIRS, PROTECTED_NAMES, RUNTIME, Home
 
 PACKAGE = Path(__file__).resolve().parent.parent / "agentd"
@@ -116,3 +117,38 @@ def test_the_config_package_imports_one_way() -> None:
             if mod.startswith("agentd.config"):
                 assert mod.removeprefix("agentd.config.") in below, (name, mod)
     assert not [m for m, _ in _imports(PACKAGE / "config" / "template.py")]
+
+
+def test_a_person_appends_to_the_generated_file_and_it_loads(tmp_path: Path,
+                                                             fake: FakeLLM) -> None:
+    """`agentd init`'s file declares no live table, so a top-level `model = …` appended at
+    the end (as the init message invites), then a person's own `[bridge]` block, both load:
+    `agentd run` answers with that model and the bridge port is theirs."""
+    home = tmp_path / "fresh"
+    assert agentd("init", str(home)).exit_code == 0
+    assert not re.search(r"^\s*\[", (home / CONFIG_NAME).read_text(), re.M)
+    with (home / CONFIG_NAME).open("a") as f:
+        f.write('model = "openai:test"\n\n[bridge]\nport = 8799\nshow_tools = true\n')
+    fake.push({"text": "Hello from the appended model."})
+    r = agentd("run", "--home", str(home), "-q", "hi")
+    assert r.exit_code == 0 and r.stdout.strip() == "Hello from the appended model.", r.stderr
+    s = load_settings(home)
+    assert (s.model, s.bridge.port, s.bridge.show_tools) == ("openai:test", 8799, True)
+
+
+@pytest.mark.parametrize(("toml", "error"), [
+    ('[bridge]\nport = 8800\nmodel = "a:b"\n',
+     "unknown setting bridge.model: `model` belongs at the top of agentd.toml, before any "
+     "[table]"),
+    ('every = "1h"\n', "unknown setting every: `every` belongs in [heartbeat]"),
+    ('[heartbeat]\ncatch_up = "1h"\n', "unknown setting heartbeat.catch_up: `catch_up` "
+     "belongs in [daemon]"),
+    ("[bridge.slack]\nchats = [1]\n", "`chats` belongs in [bridge.telegram]"),
+    ("[bridge]\nnope = 1\n", "unknown setting bridge.nope in agentd.toml (known: enabled,"),
+])
+def test_a_key_in_the_wrong_table_is_told_where_it_belongs(home: Path, toml: str,
+                                                          error: str) -> None:
+    (home / CONFIG_NAME).write_text(toml)
+    r = agentd("run", "--home", str(home), "hi")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: ") and error in r.stderr, r.stderr

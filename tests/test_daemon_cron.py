@@ -6,9 +6,11 @@ invalid files cost one error line and nothing else; missed runs are caught up on
 from __future__ import annotations
 
 import json
+import random
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import agentd
@@ -25,6 +27,8 @@ from fakellm import FakeLLM
 from hostile import SECRET, plant, secret_file
 
 from agentd import state
+from agentd.daemon.cronexpr import compile_expr
+from agentd.daemon.crontrigger import cron_trigger
 from agentd.home import Home
 
 SILENT = {"text": "[SILENT]"}
@@ -100,13 +104,16 @@ def test_invalid_files_cost_one_error_line_each(fake: FakeLLM, home: Path) -> No
     _job(home, "bad-yaml", "every: [1h", "x")
     _job(home, "bad-key", "every: 1h\ncolour: blue", "x")
     _job(home, "bad-cron", 'schedule: "0 9 * *"', "x")
+    _job(home, "never", 'schedule: "0 0 31 4,6,9,11 *"', "x")
+    _job(home, "last-day", 'schedule: "0 0 L * *"', "x")
     (home / "cron" / "binary.md").write_bytes(b"\x00\x01\xff\xfe")
     with Daemon(home) as d:
         d.ready()
         log = d.log
         assert "cron: good: scheduled" in log
         for name, why in (("bad-yaml", "not valid YAML"), ("bad-key", "unknown key colour"),
-                          ("bad-cron", "needs 5 fields"), ("binary", "not a text file")):
+                          ("bad-cron", "needs 5 fields"), ("binary", "not a text file"),
+                          ("never", "can never fire"), ("last-day", "has no 'last day'")):
             assert len([x for x in log.splitlines() if f"cron/{name}.md" in x]) == 1, log
             assert f"cron: error: cron/{name}.md:" in log and why in log
         _job(home, "late", "every: soon", "x")
@@ -120,6 +127,9 @@ def test_invalid_files_cost_one_error_line_each(fake: FakeLLM, home: Path) -> No
 
         listing = wait_for(listing_with_late, 5, "the listing")
         assert "bad-cron: invalid: schedule '0 9 * *' needs 5 fields" in listing
+        assert ("never: invalid: schedule '0 0 31 4,6,9,11 *' can never fire: no month in it "
+                "has that day") in listing
+        assert "last-day: invalid: schedule '0 0 L * *': day-of-month 'L' is not cron" in listing
         assert "good: every 1h · next 20" in listing
         assert d.proc.poll() is None and d.stop() == 0
     assert model_requests(fake) == []
@@ -195,3 +205,118 @@ def test_planted_cron_and_heartbeat_files_are_refused_by_name(fake: FakeLLM, hom
         d.wait_log(r"heartbeat: nothing due \(0 items\)", n=2)
         assert d.stop() == 0
     assert model_requests(fake) == [] and SECRET not in d.log
+
+
+def _field(rng: random.Random, lo: int, hi: int, names: tuple[str, ...] = ()) -> str:
+    """One random crontab field: *, */n, n (or its name), a-b, a-b/n or a list."""
+    k, a = rng.random(), rng.randint(lo, hi - 1)
+    b = rng.randint(a + 1, hi)  # croniter reads a degenerate range `3-3` as `*`: not cron
+    if k < 0.25:
+        return "*"
+    if k < 0.4:
+        return f"*/{rng.randint(2, max(2, (hi - lo) // 2))}"
+    if k < 0.6:
+        return names[a - lo] if names and rng.random() < 0.3 else str(a)
+    if k < 0.75:
+        return f"{a}-{b}"
+    if k < 0.85:
+        return f"{a}-{b}/{rng.randint(2, 3)}"
+    return ",".join(sorted({str(rng.randint(lo, hi)) for _ in range(rng.randint(2, 4))},
+                           key=int))
+
+
+def _expressions(n: int) -> list[str]:
+    rng = random.Random(12)
+    months = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+              "dec")
+    out = ["0 0 */2 * 1", "5,35 9 */10 */2 0-6", "0 9 13 * 5", "0 9 * * 0", "0 9 * * 7",
+           "30 8 * * 0-2", "0 12 */3 * mon-fri", "0 0 1-7 * */2", "@weekly", "@monthly"]
+    while len(out) < n:
+        expr = " ".join([_field(rng, 0, 59), _field(rng, 0, 23), _field(rng, 1, 31),
+                         _field(rng, 1, 12, months), _field(rng, 0, 6, ("sun", "mon", "tue",
+                                                                        "wed", "thu", "fri",
+                                                                        "sat"))])
+        try:
+            compile_expr(expr)
+        except ValueError:
+            continue  # can never fire (the 31st of a short month): tested below
+        out.append(expr)
+    return out
+
+
+def test_fires_exactly_when_cronie_would() -> None:
+    """212 schedules (the issue's, then generated), the next 50 fire times of each from
+    two fixed starts, against croniter with cronie's day rule: a day field starting with
+    `*` counts as unrestricted, so `0 0 */2 * 1` is odd-dated Mondays only."""
+    from croniter import croniter
+
+    exprs = _expressions(212)
+    differ = []
+    for i, expr in enumerate(exprs):
+        start = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2027, 12, 31, 23, 59, tzinfo=UTC))[
+            i % 2]
+        theirs = croniter(expr, start, implement_cron_bug=True)
+        trigger, ours, prev = cron_trigger(expr, UTC), [], None
+        for _ in range(50):
+            prev = trigger.get_next_fire_time(prev, (prev or start) + timedelta(microseconds=1))
+            ours.append(prev)
+        if ours != [theirs.get_next(datetime) for _ in range(50)]:
+            differ.append(expr)
+    assert differ == []
+    first = cron_trigger("0 0 */2 * 1", UTC).get_next_fire_time(None, datetime(2026, 11, 1,
+                                                                               tzinfo=UTC))
+    assert first is not None and f"{first:%a %d}" == "Mon 09"  # not Mon 02, not Tue 03
+
+
+@pytest.mark.parametrize(("expr", "why"), [
+    ("0 0 30 2 *", "can never fire"), ("0 0 31 4,6,9,11 *", "can never fire"),
+    ("0 0 30-31 feb *", "can never fire"), ("0 0 L * *", "has no 'last day'"),
+    ("0 0 last * *", "has no 'last day'"), ("0 0 * * 5#2", "nth weekday"),
+    ("0 0 15W * *", "day-of-month '15W' is not 1-31"), ("0 0 ? * *", "'?' is not 1-31"),
+    ("5/10 * * * *", "cron steps a range or \\*, e.g. 5-59/10"),
+    ("0 9 * * 5-1", "backwards"), ("0 9 * * */0", "step '0'"),
+])
+def test_schedules_cron_would_refuse_or_never_fire_are_refused(expr: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        compile_expr(expr)
+    compile_expr("0 0 30 2 1")  # both day fields restricted: every Monday of February
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def _fires(expr: str, start: datetime, n: int) -> list[str]:
+    """What the scheduler sees: each fire time asked for just after the previous one,
+    with the clock (`now`) injected."""
+    trigger, prev, now, out = cron_trigger(expr, BERLIN), None, start, []
+    for _ in range(n):
+        prev = trigger.get_next_fire_time(prev, now)
+        assert prev is not None
+        out.append(prev.astimezone(BERLIN).strftime("%m-%d %H:%M %Z"))
+        now = prev.astimezone(UTC) + timedelta(seconds=1)  # local + 1s would drop the fold
+    return out
+
+
+def test_daylight_saving_time_as_cronie_does() -> None:
+    """Europe/Berlin skips 02:00-03:00 on 2026-03-29 and repeats 02:00-03:00 on 2026-10-25.
+    A fixed-time job due in the gap runs once at 03:00; a `*` job goes on after the gap;
+    in the repeated hour a fixed-time job runs once, a `*` job in both passes."""
+    spring, autumn = datetime(2026, 3, 28, 12, tzinfo=BERLIN), datetime(2026, 10, 24, 12,
+                                                                          tzinfo=BERLIN)
+    assert _fires("30 2 * * *", spring, 3) == ["03-29 03:00 CEST", "03-30 02:30 CEST",
+                                               "03-31 02:30 CEST"]
+    assert _fires("15,45 2 * * *", spring, 3) == ["03-29 03:00 CEST", "03-30 02:15 CEST",
+                                                  "03-30 02:45 CEST"]
+    assert _fires("*/30 * * * *", spring.replace(day=29, hour=1, minute=10), 3) == [
+        "03-29 01:30 CET", "03-29 03:00 CEST", "03-29 03:30 CEST"]
+    assert _fires("30 2 * * *", autumn, 2) == ["10-25 02:30 CEST", "10-26 02:30 CET"]
+    assert _fires("*/30 * * * *", autumn.replace(day=25, hour=1, minute=45), 5) == [
+        "10-25 02:00 CEST", "10-25 02:30 CEST", "10-25 02:00 CET", "10-25 02:30 CET",
+        "10-25 03:00 CET"]
+    assert _fires("0 9 * * *", spring, 2) == ["03-29 09:00 CEST", "03-30 09:00 CEST"]
+    # the scheduler asks "is it due?" with `now` in the zone: during the first pass, the
+    # second pass's 02:00 is not due yet (compared by wall clock, it would be)
+    second = cron_trigger("*/30 * * * *", BERLIN).get_next_fire_time(
+        None, datetime(2026, 10, 25, 0, 31, tzinfo=UTC))
+    first_pass = datetime(2026, 10, 25, 2, 45, tzinfo=BERLIN)
+    assert second is not None and f"{second:%H:%M %Z}" == "02:00 CET" and second > first_pass

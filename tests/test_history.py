@@ -283,7 +283,7 @@ def test_git_reads_no_config_but_the_homes_and_ours(home: Path, mode: str,
     """Whether sandboxed or not: a ~/.gitconfig, an XDG config and the environment's
     GIT_CONFIG_PARAMETERS are never read; our -c settings outrank the home's own."""
     if mode == "off":
-        text = (home / "agentd.toml").read_text().replace("\n[sandbox]\n",
+        text = (home / "agentd.toml").read_text().replace("\n# [sandbox]\n",
                                                           '\n[sandbox]\nmode = "off"\n')
         (home / "agentd.toml").write_text(text)
     user_home = Path(os.environ["HOME"])
@@ -390,7 +390,7 @@ def test_undo_writes_the_worktree_itself(home: Path) -> None:
     assert git(home, "status", "--porcelain") == ""
     history.undo(home, "r1", "u2")  # the files go again
     assert not (home / "tool.sh").exists() and not (home / "link").is_symlink()
-    text = (home / "agentd.toml").read_text().replace("\n[git]\n", "\n[git]\nmax_file_mb = 1\n")
+    text = (home / "agentd.toml").read_text().replace("\n# [git]\n", "\n[git]\nmax_file_mb = 1\n")
     (home / "agentd.toml").write_text(text)
     history.commit(home, ["agentd.toml"], "limits", {})
     (home / "data.bin").write_bytes(b"\0" * (2 << 20))  # held back: over the limit

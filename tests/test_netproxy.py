@@ -313,7 +313,7 @@ def test_doctor_reports_the_allowlist_it_observed(tmp_path: Path) -> None:
     init_home(home)
     config = home / "agentd.toml"
     config.write_text(config.read_text().replace(
-        "\n[sandbox]\n", '\n[sandbox]\nnetwork = "allowlist"\nallow_domains = ["pypi.org"]\n', 1))
+        "\n# [sandbox]\n", '\n[sandbox]\nnetwork = "allowlist"\nallow_domains = ["pypi.org"]\n', 1))
     checks = {c.name: c for c in run_checks(str(home), tmp_path)}
     c = checks["network allowlist"]
     assert c.status == "ok" and "only lo inside" in c.detail and "pypi.org" in c.detail

@@ -4,12 +4,15 @@ and broken front matter."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import agentd
+from daemonkit import configure, wait_for
+from fakellm import FakeLLM
 from hostile import KINDS, SECRET, bounded, environ_sample, plant, secret_file
 
 from agentd.prompt import build_system_prompt
@@ -181,3 +184,137 @@ def test_undo_skill_commands_work_in_the_sandbox(home: Path) -> None:
     assert "- wrong fact" not in mem.read_text()
     commit = asyncio.run(run_bash(ctx, "git -c user.name=x -c user.email=x@x commit -qam x"))
     assert commit.is_error  # only the runtime commits
+
+
+def test_a_byte_order_mark_and_a_spec_length_description(home: Path) -> None:
+    """A SKILL.md saved with a UTF-8 BOM parses; a description up to the spec's 1,024
+    characters reaches the prompt whole (its "when not to use" clause included)."""
+    long = "Use for quarterly reports. " * 36 + "Do not use for invoices."  # 996 chars
+    d = home / "skills/report"
+    d.mkdir()
+    (d / "SKILL.md").write_bytes(b"\xef\xbb\xbf" + f"---\nname: report\ndescription: {long}\n"
+                                 "---\nBody.\n".encode())
+    warnings: list[str] = []
+    (skill,) = [s for s in discover(home, warnings) if s.name == "report"]
+    assert warnings == [] and skill.description == long
+    assert f"- report: {long} (skills/report/SKILL.md)" in build_system_prompt(home, home)
+    _skill(home, "huge", "name: huge\ndescription: " + "x" * 1100 + "\n")
+    (huge,) = [s for s in discover(home) if s.name == "huge"]
+    assert len(huge.description) == 1024
+
+
+def test_two_folders_with_one_name_are_warned_about(home: Path) -> None:
+    _skill(home, "deploy", "name: deploy\ndescription: The real one.\n")
+    _skill(home, "deploy-old", "name: deploy\ndescription: A stale copy.\n")
+    warnings: list[str] = []
+    skills = [s for s in discover(home, warnings) if s.name == "deploy"]
+    assert [s.description for s in skills] == ["The real one."]
+    assert ("skipped skill skills/deploy-old/SKILL.md: skills/deploy/SKILL.md has the same "
+            "name 'deploy'; rename one") in warnings
+    r = agentd("skills", "--home", str(home))
+    assert "deploy-old/SKILL.md: skills/deploy/SKILL.md has the same name" in r.stderr
+
+
+@pytest.mark.parametrize(("folder", "name", "problem"), [
+    ("Deploy", "Deploy", "breaks the Agent Skills spec"),
+    ("my_skill", "my_skill", "breaks the Agent Skills spec"),
+    ("a--b", "a--b", "breaks the Agent Skills spec"),
+    ("-lead", "-lead", "breaks the Agent Skills spec"),
+    ("folder", "other-name", "differs from its folder 'folder'"),
+])
+def test_names_breaking_the_spec_are_warned_about_and_still_used(
+        home: Path, folder: str, name: str, problem: str) -> None:
+    _skill(home, folder, f"name: '{name}'\ndescription: d\n")
+    warnings: list[str] = []
+    assert name in [s.name for s in discover(home, warnings)]
+    assert warnings == [f"skill skills/{folder}/SKILL.md: name {name!r} {problem}"
+                        + (" (the spec wants both equal)" if "folder" in problem else
+                           " (lowercase a-z, 0-9 and single hyphens, at most 64 characters)")]
+
+
+def _many(home: Path, n: int) -> None:
+    """n skills about unrelated chores, each description ~250 characters."""
+    for i in range(n):
+        _skill(home, f"chore-{i:03d}", f"name: chore-{i:03d}\ndescription: Handles routine "
+               f"chore number {i} for the household ledger, with notes on when to use it "
+               "and when not to, kept deliberately long like the real descriptions of public "
+               "skills so that an index of many of them would overflow any sane budget.\n")
+
+
+def _index(prompt: str) -> str:
+    return prompt.split("# Skills (read the SKILL.md before using one)\n", 1)[1].split(
+        "\n\n", 1)[0]
+
+
+def test_the_index_keeps_its_budget_and_picks_what_fits_the_task(home: Path) -> None:
+    _many(home, 200)
+    _skill(home, "kubernetes-rollout", "name: kubernetes-rollout\ndescription: Roll out a "
+           "new image to a Kubernetes deployment and watch the pods.\n")
+    task = "Roll out the new image to the kubernetes deployment"
+    prompt = build_system_prompt(home, home, task=task, index_chars=4000)
+    index = _index(prompt)
+    assert len(index) + len("# Skills (read the SKILL.md before using one)\n") <= 4000
+    lines = index.splitlines()
+    assert lines[0].startswith("- kubernetes-rollout: Roll out")  # the most relevant first
+    shown = len(lines) - 1
+    assert lines[-1].startswith(f"({205 - shown} more skills of 205 not shown")
+    assert "`ls skills/`" in lines[-1] and "`agentd skills`" in lines[-1]
+    # ranked for the task, it comes after the stable part (memory, day logs), before the time
+    assert prompt.index("# memory/MEMORY.md") < prompt.index("# Skills") < prompt.index("Now: ")
+    other = build_system_prompt(home, home, task="Write the weekly memory curation",
+                                index_chars=4000)
+    assert other.split("# Skills")[0] == prompt.split("# Skills")[0]  # the cached prefix
+    assert "curate-memory" in _index(other).splitlines()[0]
+
+
+def test_an_index_that_fits_is_stable_and_early(home: Path) -> None:
+    _many(home, 3)
+    a = build_system_prompt(home, home, task="one thing")
+    b = build_system_prompt(home, home, task="something else entirely")
+    assert a == b and "more skills of" not in a
+    assert prompt_order(a) == ["# memory/SOUL.md", "# Skills", "# memory/MEMORY.md"]
+
+
+def prompt_order(prompt: str) -> list[str]:
+    heads = ("# memory/SOUL.md", "# Skills", "# memory/MEMORY.md")
+    return sorted((h for h in heads if h in prompt), key=prompt.index)
+
+
+def test_agentd_run_warns_about_malformed_skills_on_stderr(home: Path, fake: FakeLLM) -> None:
+    configure(home, {"model": "openai:test"})
+    _skill(home, "broken", "name: broken\ndescription: [unclosed\n")
+    _skill(home, "Bad_Name", "name: Bad_Name\ndescription: d\n")
+    fake.push({"text": "fine"})
+    r = agentd("run", "--home", str(home), "-q", "hi")
+    assert r.exit_code == 0 and r.stdout.strip() == "fine"
+    warned = [x for x in r.stderr.splitlines() if x.startswith("warning: ")]
+    assert [w.split(":")[1].strip() for w in warned] == ["skill skills/Bad_Name/SKILL.md",
+                                                         "skipped skill skills/broken/SKILL.md"]
+
+
+def test_the_bridge_logs_malformed_skills(home: Path, fake: FakeLLM,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import openai
+    from bridgekit import TOKEN, BridgeHost, bridge_env, bridge_home
+
+    bridge_env(monkeypatch)
+    bridge_home(home)
+    _skill(home, "broken", "name: broken\ndescription: [unclosed\n")
+    fake.push({"text": "served"})
+    with BridgeHost(home) as host:
+        client = openai.OpenAI(base_url=f"{host.url}/v1", api_key=TOKEN)
+        answer = client.chat.completions.create(
+            model="agentd", messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == "served"
+        wait_for(lambda: "skipped skill skills/broken/SKILL.md: line" in host.log, 10,
+                 "the warning in the bridge's log")
+    assert re.search(r"person: warning: chat default: skipped skill skills/broken/SKILL.md: "
+                     r"line 3: front matter is not valid YAML", host.log), host.log
+
+
+def test_skill_warnings_are_one_line_whatever_the_folder_is_called(home: Path) -> None:
+    _skill(home, "evil\n\x1b[2Jwarning: forged", "name: x\ndescription: [unclosed\n")
+    warnings: list[str] = []
+    discover(home, warnings)
+    (w,) = warnings
+    assert "\n" not in w and "\x1b" not in w and "evil\\n\\x1b[2Jwarning: forged" in w

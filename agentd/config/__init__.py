@@ -22,6 +22,7 @@ from agentd.config.settings import (
     Price,
     QuotaSettings,
     Settings,
+    SkillsSettings,
     load_settings,
     parse_settings,
 )
@@ -33,6 +34,6 @@ __all__ = [
     "BUILTIN_ENDPOINTS", "CONFIG_NAME", "DEFAULT_CONFIG", "HOOK_NAME", "BridgeSettings",
     "BudgetSettings", "CompactionSettings", "DaemonSettings", "Duration", "Endpoint",
     "GitSettings", "HeartbeatSettings", "HookSettings", "Price", "QuotaSettings", "Settings",
-    "ThrottleSettings", "check_timezone", "load_settings", "parse_duration", "parse_hours",
-    "parse_settings",
+    "SkillsSettings", "ThrottleSettings", "check_timezone", "load_settings", "parse_duration",
+    "parse_hours", "parse_settings",
 ]

@@ -7,11 +7,11 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from agentd.config.bridge import BridgeSettings, parse_bridge
+from agentd.config.bridge import BridgeSettings, HookSettings, parse_bridge
 from agentd.config.costs import (
     BudgetSettings,
     CompactionSettings,
@@ -20,7 +20,7 @@ from agentd.config.costs import (
     model_spec,
     parse_budget,
 )
-from agentd.config.tables import CONFIG_NAME, fill, typed
+from agentd.config.tables import CONFIG_NAME, UnknownSetting, fill, typed
 from agentd.config.values import Duration, check_timezone, parse_hours
 from agentd.errors import AgentdError
 from agentd.llm.compat import AUTO, PROFILES
@@ -104,6 +104,13 @@ class GitSettings:
 
 
 @dataclass
+class SkillsSettings:
+    """`[skills]`: the prompt's skills index (agentd/skillindex.py)."""
+
+    index_chars: int = 6000  # past it, the skills most relevant to the task, and a count
+
+
+@dataclass
 class Settings:
     model: str | None = None
     max_steps: int = 30
@@ -122,17 +129,49 @@ class Settings:
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     git: GitSettings = field(default_factory=GitSettings)
+    skills: SkillsSettings = field(default_factory=SkillsSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
         return self.providers.get(name)
 
 
 # The tables that are plain settings dataclasses, filled key by key.
-_SECTIONS = ("sandbox", "heartbeat", "daemon", "quota", "git", "throttling", "compaction")
+_SECTIONS = ("sandbox", "heartbeat", "daemon", "quota", "git", "throttling", "compaction",
+             "skills")
+
+
+def _homes_of(key: str) -> str:
+    """Where a misplaced key belongs, for the error: the top of the file, or its tables.
+    TOML puts a key in the last table above it, so `model = …` appended after a [bridge]
+    block arrives as bridge.model; saying so is the fix."""
+    top = [f.name for f in fields(Settings) if not is_dataclass(getattr(Settings(), f.name))
+           and f.name not in ("providers", "prices")]
+    if key in top:
+        return f"`{key}` belongs at the top of {CONFIG_NAME}, before any [table]"
+    tables: dict[str, Any] = {name: getattr(Settings(), name)
+                              for name in (*_SECTIONS, "budget", "bridge")}
+    tables |= {"bridge.telegram": tables["bridge"].telegram,
+               "bridge.slack": tables["bridge"].slack, "providers.NAME": Endpoint(),
+               "bridge.hooks.NAME": HookSettings()}
+    homes = [f"[{name}]" for name, obj in tables.items()
+             if key in {f.name for f in fields(obj)}]
+    return f"`{key}` belongs in {' or '.join(homes)}" if homes else ""
 
 
 def parse_settings(data: dict[str, Any]) -> Settings:
-    """Build Settings from a parsed agentd.toml (a dict); raise AgentdError on bad input."""
+    """Build Settings from a parsed agentd.toml (a dict); raise AgentdError on bad input.
+    An unknown key is named with where it belongs, when some table has it."""
+    try:
+        return _parse(data)
+    except UnknownSetting as e:
+        home = _homes_of(e.key)
+        if not home:
+            raise
+        name = f"{e.where}.{e.key}" if e.where else e.key
+        raise AgentdError(f"unknown setting {name}: {home}") from None
+
+
+def _parse(data: dict[str, Any]) -> Settings:
     s = Settings(providers={k: Endpoint(**vars(v)) for k, v in BUILTIN_ENDPOINTS.items()})
     for key, value in data.items():
         if key == "model":
@@ -167,9 +206,11 @@ def parse_settings(data: dict[str, Any]) -> Settings:
         elif key == "bridge":
             parse_bridge(s.bridge, value)
         else:
-            raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
+            raise UnknownSetting("", key, [])
     check_costs(s.budget, s.compaction)
     _check_daemon(s)
+    if s.skills.index_chars < 1500:
+        raise AgentdError("skills.index_chars must be at least 1500 (one skill's line)")
     if s.sandbox.mode not in ("bwrap", "off"):
         raise AgentdError(f"sandbox.mode must be \"bwrap\" or \"off\", not {s.sandbox.mode!r}")
     _check_network(s)

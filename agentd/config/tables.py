@@ -27,6 +27,16 @@ _KINDS: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any] | Non
 }
 
 
+class UnknownSetting(AgentdError):
+    """A key no table has. settings.py, which knows every table, adds where it belongs."""
+
+    def __init__(self, where: str, key: str, known: list[str]):
+        self.where, self.key = where, key
+        name = f"{where}.{key}" if where else repr(key)
+        listed = f" (known: {', '.join(known)})" if known else ""
+        super().__init__(f"unknown setting {name} in {CONFIG_NAME}{listed}")
+
+
 def typed(where: str, value: Any, kind: type | tuple[type, ...]) -> Any:
     """`value` if it is of `kind` (an int is a float too; a bool is never a number), else an
     AgentdError naming `where`."""
@@ -60,8 +70,7 @@ def fill(obj: Any, table: dict[str, Any], where: str) -> Any:
     hints = {f.name: f for f in fields(obj)}
     for key, value in table.items():
         if key not in hints:
-            known = ", ".join(hints)
-            raise AgentdError(f"unknown setting {where}.{key} in {CONFIG_NAME} (known: {known})")
+            raise UnknownSetting(where, key, list(hints))
         kind, convert = _KINDS[str(hints[key].type)]
         value = typed(f"{where}.{key}", value, kind)
         setattr(obj, key, convert(value, f"{where}.{key}") if convert else value)

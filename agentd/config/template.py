@@ -1,10 +1,17 @@
 """The agentd.toml that `agentd init` writes: every setting, commented out at its default,
 with a line on what it does. Kept beside the parsers so a new setting is documented next
 to where it is defined.
+
+Table headers are commented out too: TOML puts a key in the last table declared above it,
+so one live `[bridge]` header would swallow a `model = …` appended at the end, and a
+person's own `[bridge]` block would declare the table twice. With every line a comment,
+anything appended (or uncommented with its header) lands where it reads.
 """
 
 DEFAULT_CONFIG = '''\
-# agentd settings for this home. Each commented line shows the default.
+# agentd settings for this home. Each commented line shows the default. To change one,
+# uncomment it (with its [table] line) or append it at the end. Keys without a table
+# (model, max_steps, ...) must come before the first uncommented [table] line.
 
 # The model, as provider:model. When unset: $AGENTD_MODEL, else the first provider whose
 # key is set (ANTHROPIC_API_KEY → anthropic:claude-sonnet-5-5,
@@ -26,7 +33,7 @@ DEFAULT_CONFIG = '''\
 # is reached, e.g. a local model. Background turns (heartbeat, cron, inbox) stop instead.
 # budget_fallback = ""     # e.g. "ollama:qwen3:8b"
 
-[sandbox]
+# [sandbox]
 # "bwrap": bash runs under bubblewrap (root read-only, home and workdir writable, no network).
 # "off": bash runs unsandboxed on the host; agentd warns on every turn.
 # mode = "bwrap"
@@ -71,7 +78,7 @@ DEFAULT_CONFIG = '''\
 # The heartbeat (`agentd daemon`/`agentd start`): a periodic wake-up that reads
 # memory/HEARTBEAT.md. Items whose conditions hold (an interval, a shell gate) run together
 # in one turn; a tick with nothing due makes no model call. Durations: 90s, 15m, 2h, 1d.
-[heartbeat]
+# [heartbeat]
 # enabled = true
 # every = "30m"
 # active_hours = ""      # e.g. "08:00-22:00" (may wrap past midnight); empty: always
@@ -80,7 +87,7 @@ DEFAULT_CONFIG = '''\
 # gate_timeout = "30s"   # per gate command (also capped by sandbox.timeout)
 
 # The daemon: one queue, one turn at a time (person > heartbeat > cron > inbox).
-[daemon]
+# [daemon]
 # queue_limit = 100          # waiting turns; when full, a new one is dropped and logged
 #                            # (inbox files stay in inbox/ and are picked up later)
 # catch_up = "6h"            # a cron run missed while the daemon was down runs once on
@@ -92,7 +99,7 @@ DEFAULT_CONFIG = '''\
 
 # What one turn's commit may take. Larger files stay on disk, uncommitted, and are named in
 # the commit and the day log, so no turn can bloat the home's history for good.
-[git]
+# [git]
 # max_file_mb = 10           # largest file committed
 # max_commit_mb = 50         # most one commit adds
 
@@ -132,6 +139,12 @@ DEFAULT_CONFIG = '''\
 # keep = 0.3
 # tool_output = 2000
 
+# The skills index in every prompt: name, description and path of each skills/ folder.
+# Past index_chars characters, it holds the skills most relevant to the turn's task and a
+# line saying how many more exist (`ls skills/`, `agentd skills`).
+# [skills]
+# index_chars = 6000
+
 # Prices in USD per million tokens, overriding the built-in table (agentd/usage.py).
 # [prices."openai:my-model"]
 # input = 1.0
@@ -145,7 +158,7 @@ DEFAULT_CONFIG = '''\
 # file: the Bearer token comes from $AGENTD_BRIDGE_TOKEN or token_file, the shared webhook
 # secret from $AGENTD_WEBHOOK_SECRET or secret_file (files outside the home, e.g. in
 # ~/.config/agentd/, chmod 600). Without a token it refuses to start.
-[bridge]
+# [bridge]
 # enabled = false          # true: the daemon serves it as well
 # host = "127.0.0.1"       # any other address: put a TLS proxy in front
 # port = 8787

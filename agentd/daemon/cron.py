@@ -6,33 +6,26 @@ Front matter: exactly one of `schedule` (5-field crontab), `every` (90s, 15m, 2h
 the default, or `continue`). The body is the prompt. Unknown keys are errors, so a typo
 never silently changes what runs.
 
-Two differences between cron and APScheduler 3.x's CronTrigger are bridged here:
-- weekday numbers: cron's 0 and 7 are Sunday, APScheduler 3.x's 0 is Monday (and
-  `from_crontab` passes numbers through, so `0 9 * * 0` fires on Mondays). Every weekday
-  field is expanded to a set of days and written with names (`sun,mon`), ranges, lists
-  and steps included;
-- day-of-month with day-of-week: cron fires when EITHER matches if both are restricted
-  (`0 9 13 * 5`: the 13th, and every Friday); APScheduler 3.x requires both. Such a
-  schedule becomes an OrTrigger of the two halves.
+A `schedule` is read and timed by cronexpr.py, exactly as cronie would (its day rule,
+Sunday as 0 and 7, daylight saving time); one that can never fire is refused here.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 from agentd.config import check_timezone, parse_duration
+from agentd.daemon.cronexpr import compile_expr, weekdays
 from agentd.errors import AgentdError
 from agentd.skills import parse_front_matter
 
+__all__ = ["CronJob", "cron_trigger", "last_fire", "localize", "parse", "trigger_for",
+           "weekdays"]
 KEYS = ("schedule", "every", "at", "model", "timezone", "enabled", "session")
 MAX_BYTES = 64 * 1024
-DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-          "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
-          "@hourly": "0 * * * *"}
 _UNQUOTED_SCHEDULE = re.compile(r"^(schedule\s*:\s*)([^\s\"'].*?)\s*(#.*)?$", re.M)
 
 
@@ -55,55 +48,12 @@ class CronJob:
         return f"{self.kind} {self.value} {self.timezone}".strip()
 
 
-def weekdays(field: str) -> set[int]:
-    """A crontab weekday field as cron reads it, as day numbers with Sunday = 0."""
-    out: set[int] = set()
-    for part in field.lower().split(","):
-        body, _, step_s = part.partition("/")
-        if step_s and (not step_s.isdigit() or int(step_s) < 1):
-            raise ValueError(f"weekday step {step_s!r} is not a positive number")
-        step = int(step_s) if step_s else 1
-        if body == "*":
-            lo, hi = 0, 6
-        else:
-            a, dash, b = body.partition("-")
-            lo = _day(a)
-            hi = _day(b) if dash else (6 if step_s else lo)
-            if hi < lo:
-                raise ValueError(f"weekday range {body!r} runs backwards")
-        out |= {d % 7 for d in range(lo, hi + 1, step)}
-    return out
-
-
-def _day(token: str) -> int:
-    if token.isdigit() and int(token) <= 7:
-        return int(token)
-    if token[:3] in DAYS and len(token) == 3:
-        return DAYS.index(token[:3])
-    raise ValueError(f"weekday {token!r} is not 0-7 or sun-sat")
-
-
 def cron_trigger(expr: str, tz: tzinfo) -> Any:
-    """An APScheduler trigger that fires exactly when cron would fire `expr`."""
-    from apscheduler.triggers.combining import OrTrigger
-    from apscheduler.triggers.cron import CronTrigger
+    """An APScheduler trigger firing when cronie would fire `expr` (APScheduler is loaded
+    only here, when a job is timed)."""
+    from agentd.daemon.crontrigger import cron_trigger as trigger
 
-    expr = MACROS.get(expr.strip().lower(), expr)
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"schedule {expr!r} needs 5 fields (minute hour day-of-month month "
-                         f"weekday), not {len(fields)}")
-    minute, hour, dom, month, dow = fields
-    days = weekdays(dow)
-    names = "*" if len(days) == 7 else ",".join(DAYS[d] for d in sorted(days))
-    base = {"minute": minute, "hour": hour, "month": month, "timezone": tz}
-    try:
-        if dom != "*" and dow != "*":  # cron ORs the two day fields
-            return OrTrigger([CronTrigger(day=dom, **base),
-                              CronTrigger(day_of_week=names, **base)])
-        return CronTrigger(day=dom, day_of_week=names, **base)
-    except ValueError as e:
-        raise ValueError(f"schedule {expr!r}: {e}") from None
+    return trigger(expr, tz)
 
 
 def trigger_for(job: CronJob, tz: tzinfo, anchor: datetime | None = None) -> Any:
@@ -190,6 +140,8 @@ def parse(name: str, data: bytes) -> CronJob:
         check_timezone(job.timezone)
         if kind == "every":
             job.seconds = parse_duration(str(value), "every")
+        elif kind == "schedule":
+            compile_expr(job.value)  # refused here, with its reason, wherever it is read
         elif kind == "at":
             job.at = _at(value)
             job.value = job.at.isoformat(timespec="minutes")
@@ -200,12 +152,13 @@ def parse(name: str, data: bytes) -> CronJob:
 
 def last_fire(trigger: Any, since: datetime, now: datetime) -> datetime | None:
     """The latest time in (since, now] at which `trigger` fires, else None. Steps through
-    fire times; callers bound `since` (the catch-up window) so this stays short."""
-    last = None
-    t = since + timedelta(microseconds=1)
+    fire times (in UTC: a local time plus a step loses its DST fold); callers bound `since`
+    (the catch-up window) so this stays short."""
+    last, end = None, now.astimezone(UTC)
+    t = since.astimezone(UTC) + timedelta(microseconds=1)
     for _ in range(5000):
         nxt = trigger.get_next_fire_time(None, t)
-        if nxt is None or nxt > now:
+        if nxt is None or nxt.astimezone(UTC) > end:
             break
-        last, t = nxt, nxt + timedelta(microseconds=1)
+        last, t = nxt, nxt.astimezone(UTC) + timedelta(microseconds=1)
     return last

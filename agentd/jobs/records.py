@@ -47,6 +47,8 @@ async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: s
         log.error(kind, f"{name}: turn not started: {e}")
         _record(home, {**row, "status": "error", "error": str(e), "seconds": 0})
         return None
+    for warning in report.warnings:  # a malformed skill, say: the agent's to fix
+        log.warn(kind, f"{name}: {warning}", run=report.run_id)
     r = report.result
     row.update(status=r.status, error=r.error, steps=r.steps, seconds=report.seconds,
                cost=report.cost, run=report.run_id, model=", ".join(report.models) or

@@ -323,7 +323,7 @@ def test_rewritten_gitignore_commits_no_runtime_files(fake: FakeLLM, home: Path,
 def _set_git_limits(home: Path, **limits: int) -> None:
     path = home / "agentd.toml"
     lines = "".join(f"{k} = {v}\n" for k, v in limits.items())
-    path.write_text(path.read_text().replace("\n[git]\n", f"\n[git]\n{lines}", 1))
+    path.write_text(path.read_text().replace("\n# [git]\n", f"\n[git]\n{lines}", 1))
     git(home, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "limits")
 
 
