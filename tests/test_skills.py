@@ -308,7 +308,7 @@ def test_the_bridge_logs_malformed_skills(home: Path, fake: FakeLLM,
         assert answer.choices[0].message.content == "served"
         wait_for(lambda: "skipped skill skills/broken/SKILL.md: line" in host.log, 10,
                  "the warning in the bridge's log")
-    assert re.search(r"person: warning: chat default: skipped skill skills/broken/SKILL.md: "
+    assert re.search(r"person: warning: chat \S+: skipped skill skills/broken/SKILL.md: "
                      r"line 3: front matter is not valid YAML", host.log), host.log
 
 
