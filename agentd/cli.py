@@ -75,9 +75,14 @@ def _read_stdin() -> str:
               help="Write the model's replies to FILE, for replay:FILE later.")
 @click.option("--no-sandbox", is_flag=True, help="Run bash unsandboxed on this host "
               "(warned on every turn).")
+@click.option("--continue", "-c", "cont", is_flag=True, help="Continue the most recent "
+              "conversation started here by `agentd run` or `agentd chat` (the transcript "
+              "written last), on its model unless -m.")
+@click.option("--session", "session_name", metavar="NAME", help="Continue session NAME, or "
+              "start it under that name (`agentd sessions` lists them).")
 def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Path | None,
         max_steps: int | None, as_json: bool, quiet: bool, record: Path | None,
-        no_sandbox: bool) -> None:
+        no_sandbox: bool, cont: bool, session_name: str | None) -> None:
     """Run one turn on PROMPT. Piped stdin is attached as context:
 
       git diff | agentd run "review this"
@@ -100,7 +105,10 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
             raise AgentdError('no prompt: give one as an argument (agentd run "...") or on '
                               "stdin")
         home, settings, wd = _prepare(home_opt, workdir, no_sandbox)
-        req = TurnRequest(task, wd, model=model, max_steps=max_steps, record=record)
+        session = _continued(home, cont, session_name)
+        model = _session_model(home, session, model, settings)
+        req = TurnRequest(task, wd, model=model, session=session, max_steps=max_steps,
+                          record=record)
 
         from agentd.loop import Events
 
@@ -136,6 +144,36 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     if not report.ok:
         click.echo(f"error: {report.result.error}", err=True)
     sys.exit(code)
+
+
+def _continued(home: Path, cont: bool, name: str | None) -> str | None:
+    """The session `run` continues or starts: --session's (a checked name), -c's (the
+    newest started from the command line), or None (a new one named after the run)."""
+    from agentd.session import check_name
+    from agentd.transcripts import latest_cli
+
+    if cont and name:
+        raise AgentdError("-c continues the last conversation and --session NAME a named "
+                          "one: give one of them")
+    if name:
+        return check_name(name)
+    if not cont:
+        return None
+    found = latest_cli(home)
+    if found is None:
+        raise AgentdError(f"no conversation to continue in {home}: start one with "
+                          "`agentd run \"...\"` or `agentd chat`")
+    return found
+
+
+def _session_model(home: Path, session: str | None, model: str | None,
+                   settings: Settings) -> str | None:
+    from agentd.transcripts import continued_model
+
+    model, warning = continued_model(home, session, model, settings, Path.cwd())
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    return model
 
 
 def _say_waiting(holder: str) -> None:
@@ -257,6 +295,15 @@ def _register_daemon_commands() -> None:
 
 
 _register_daemon_commands()
+
+
+def _register_sessions_command() -> None:
+    from agentd.cli_sessions import sessions
+
+    cli.add_command(sessions)
+
+
+_register_sessions_command()
 
 
 @cli.command()

@@ -4,6 +4,7 @@ agentd.jsonl lines, so no text in a message (a U+2028, a lone surrogate) can bre
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from pathlib import Path
@@ -20,8 +21,24 @@ from agentd.redact import default as default_redactor
 SUMMARY_HEAD = ("[agentd: the earlier conversation, summarised to fit the context window; "
                 "the session transcript keeps all of it]\n\n")
 
+# A session name: what `new_id` makes, `chat-<key>` (the bridge), `cron-<job>`, or a name a
+# person gives (`agentd run --session NAME`). It is a file name in .agentd/sessions/, and
+# names also come from files the agent can write, so nothing else passes: no "/", no
+# leading "." or "-", no control characters, nothing longer than a file name wants.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
 def new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def check_name(name: str) -> str:
+    """`name` (a `.jsonl` suffix dropped) when it is a valid session name, else AgentdError."""
+    sid = name.removesuffix(".jsonl")
+    if not NAME.fullmatch(sid):
+        raise AgentdError(f"{name!r} is not a session name: letters, digits, '_', '-' and "
+                          "'.', at most 128, not starting with '.' or '-'")
+    return sid
 
 
 class SessionLog:
