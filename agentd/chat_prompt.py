@@ -17,6 +17,7 @@ not UTF-8 become U+FFFD either way.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,10 +58,12 @@ def _history(path: Path, redactor: Redactor) -> Any:
     from prompt_toolkit.history import FileHistory
 
     class RedactedHistory(FileHistory):
-        """The history file never holds a key typed or pasted at the prompt."""
+        """The history file never holds a key typed or pasted at the prompt, and a file
+        that cannot be written (a full disk) costs the history, never the chat."""
 
         def store_string(self, string: str) -> None:
-            super().store_string(redactor.redact(string))
+            with contextlib.suppress(OSError):
+                super().store_string(redactor.redact(string))
 
     return RedactedHistory(str(path))
 
