@@ -1,4 +1,5 @@
-"""`agentd chat`: a conversation in the terminal, one turn per line you type.
+"""`agentd chat`: a conversation in the terminal, one turn per entry you send (the prompt,
+its keys and its history: agentd/chat_prompt.py).
 
 Each line is an ordinary turn through `run_turn`, so it gets the same books as any other
 (transcript, usage ledger, day log, a git commit when files changed), with the trigger
@@ -51,7 +52,9 @@ HELP = """\
 /history               the home's last 10 commits
 /new                   start a new session (a fresh transcript)
 /exit                  end the chat (or Ctrl-D); Ctrl-C stops a running turn
-A line starting with a space is sent as it is, even if it then starts with /."""
+Esc then Enter, or a line ending in \, starts a new line; a paste is one entry.
+Ctrl-C clears the line (on an empty line it ends the chat); Up and Ctrl-R: history.
+An entry starting with a space, or of several lines, is sent as text, even after a /."""
 
 
 def find_session(home: Path, resume: str) -> str:

@@ -190,16 +190,18 @@ def _say_waiting(holder: str) -> None:
 @click.option("--workdir", "-C", type=click.Path(file_okay=False, path_type=Path),
               help="Where bash runs; with the home, the only writable place (default: here).")
 @click.option("--resume", metavar="[ID]", is_flag=False, flag_value="", default=None,
-              help="Continue a session: the most recent one, or ID (a file name in "
-                   ".agentd/sessions/).")
+              help="Continue a session on its model: the most recent one started from the "
+                   "command line (as `run -c`), or ID (`agentd sessions` lists them).")
 @click.option("--no-sandbox", is_flag=True, help="Run bash unsandboxed on this host.")
 def chat(home_opt: str | None, model: str | None, workdir: Path | None, resume: str | None,
          no_sandbox: bool) -> None:
-    """An interactive session: each line you type is a turn, and all turns share one
+    """An interactive session: each entry you send is a turn, and all turns share one
     transcript. Commands: /model PROVIDER:MODEL, /undo, /history, /new, /help, /exit.
 
-    Ctrl-C stops the running turn and the chat goes on. Ctrl-D or /exit ends the chat
-    (exit 0); so does Ctrl-C at the prompt (exit 130, as for an interrupted run).
+    Enter sends; Esc then Enter, or a line ending in \\, starts a new line; a paste is
+    one entry. Ctrl-C stops the running turn and the chat goes on; at the prompt it
+    clears the line, and on an empty line ends the chat (exit 130, as for an interrupted
+    run). Ctrl-D or /exit ends the chat (exit 0).
     """
     from agentd.chat import start_chat
 
