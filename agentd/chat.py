@@ -52,7 +52,7 @@ HELP = """\
 /history               the home's last 10 commits
 /new                   start a new session (a fresh transcript)
 /exit                  end the chat (or Ctrl-D); Ctrl-C stops a running turn
-Esc then Enter, or a line ending in \, starts a new line; a paste is one entry.
+Esc then Enter, or a line ending in \\, starts a new line; a paste is one entry.
 Ctrl-C clears the line (on an empty line it ends the chat); Up and Ctrl-R: history.
 An entry starting with a space, or of several lines, is sent as text, even after a /."""
 
