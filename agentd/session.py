@@ -4,6 +4,7 @@ agentd.jsonl lines, so no text in a message (a U+2028, a lone surrogate) can bre
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 from agentd import jsonl
 from agentd.errors import AgentdError
+from agentd.homefs import Root
 from agentd.llm.types import Message
 from agentd.redact import Redactor
 from agentd.redact import default as default_redactor
@@ -90,7 +92,7 @@ def load_messages(path: Path) -> list[Message]:
     (agentd/compact.py); a malformed compaction row is ignored, which sends more, not less.
     """
     try:
-        lines = jsonl.split(path.read_text(encoding="utf-8"))
+        lines = jsonl.split(_read_whole(path).decode("utf-8"))
     except FileNotFoundError:
         raise AgentdError(f"no session {path.stem}: see .agentd/sessions/") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -114,6 +116,14 @@ def load_messages(path: Path) -> list[Message]:
     if compaction is not None:
         return compacted(messages, compaction)
     return messages
+
+
+def _read_whole(path: Path) -> bytes:
+    """The transcript's bytes, read through the confined layer (agentd/homefs): a symlink
+    or a FIFO planted in its place is refused (Refused, an OSError), never followed."""
+    with Root(path.parent) as root, root.open_regular(path.name) as (fd, _), \
+            os.fdopen(os.dup(fd), "rb") as f:
+        return f.read()
 
 
 def is_summary(m: Message) -> bool:

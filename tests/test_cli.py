@@ -366,3 +366,17 @@ def test_run_session_errors_are_one_line(fake: FakeLLM, home: Path, workdir: Pat
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("error: ") and says in line
     assert not [q for q in fake.requests if q.method == "POST"]
+
+
+def test_a_symlinked_transcript_is_never_followed(fake: FakeLLM, home: Path, workdir: Path,
+                                                  tmp_path: Path) -> None:
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text(json.dumps({"type": "message", "role": "user", "text": "planted"})
+                       + "\n")
+    sessions = home / ".agentd" / "sessions"
+    sessions.mkdir(parents=True, exist_ok=True)
+    (sessions / "linked.jsonl").symlink_to(outside)
+    r = _run(home, workdir, "-m", "openai:gpt-5.4", "--session", "linked", "hello")
+    assert r.exit_code == 2 and r.stderr.startswith("error: cannot read session ")
+    assert outside.read_text().count("\n") == 1  # nothing appended through the link
+    assert not [q for q in fake.requests if q.method == "POST"]
