@@ -1,7 +1,7 @@
 """`agentd chat`: a conversation in the terminal, one turn per entry you send (the prompt,
 its keys and its history: agentd/chat_prompt.py).
 
-Each line is an ordinary turn through `run_turn`, so it gets the same books as any other
+Each entry is an ordinary turn through `run_turn`, so it gets the same books as any other
 (transcript, usage ledger, day log, a git commit when files changed), with the trigger
 `chat:<session>`. All turns of a chat append to one session transcript: that is what lets
 `/model` switch provider mid-conversation and `--resume` pick the conversation up later,
@@ -17,7 +17,7 @@ gives that line up, and the chat goes on.
 Ctrl-C while a turn runs cancels that turn's task (agentd/interrupt.py): the loop gives the
 interrupted tool call an error result, `run_turn` still writes the day log and commits, and
 the chat goes on. SIGTERM or SIGHUP do the same, then end the chat (exit 143 or 129).
-Ctrl-C at the prompt ends the chat with exit status 130, like an interrupted `agentd run`;
+Ctrl-C on an empty prompt ends the chat with exit status 130, like an interrupted `agentd run`;
 `/exit` and end of input give 0.
 """
 
