@@ -1,6 +1,7 @@
-"""`agentd chat`: a conversation in the terminal, one turn per line you type.
+"""`agentd chat`: a conversation in the terminal, one turn per entry you send (the prompt,
+its keys and its history: agentd/chat_prompt.py).
 
-Each line is an ordinary turn through `run_turn`, so it gets the same books as any other
+Each entry is an ordinary turn through `run_turn`, so it gets the same books as any other
 (transcript, usage ledger, day log, a git commit when files changed), with the trigger
 `chat:<session>`. All turns of a chat append to one session transcript: that is what lets
 `/model` switch provider mid-conversation and `--resume` pick the conversation up later,
@@ -16,31 +17,32 @@ gives that line up, and the chat goes on.
 Ctrl-C while a turn runs cancels that turn's task (agentd/interrupt.py): the loop gives the
 interrupted tool call an error result, `run_turn` still writes the day log and commits, and
 the chat goes on. SIGTERM or SIGHUP do the same, then end the chat (exit 143 or 129).
-Ctrl-C at the prompt ends the chat with exit status 130, like an interrupted `agentd run`;
+Ctrl-C on an empty prompt ends the chat with exit status 130, like an interrupted `agentd run`;
 `/exit` and end of input give 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from agentd import history
 from agentd.chain import choose_model, make_provider
-from agentd.config import Settings
+from agentd.chat_prompt import Reader, make_reader
+from agentd.config import Settings, load_settings
 from agentd.errors import AgentdError
 from agentd.home import Home
 from agentd.interrupt import Interrupted, interruptible
+from agentd.redact import from_settings
 from agentd.render import LiveRenderer, history_table, make_console, summary
-from agentd.session import load_messages, new_id
-from agentd.surrogates import replace_surrogates
+from agentd.session import check_name, new_id
 from agentd.termsafe import terminal_safe
+from agentd.transcript_view import RECAP_LINES, print_messages, recap
+from agentd.transcripts import continued_model, latest_cli, read
 from agentd.turn import TurnReport, TurnRequest, run_turn
 from agentd.turnlock import run_locked, waiting_message
 
@@ -50,42 +52,30 @@ HELP = """\
 /history               the home's last 10 commits
 /new                   start a new session (a fresh transcript)
 /exit                  end the chat (or Ctrl-D); Ctrl-C stops a running turn
-A line starting with a space is sent as it is, even if it then starts with /."""
+Esc then Enter, or a line ending in \\, starts a new line; a paste is one entry.
+Ctrl-C clears the line (on an empty line it ends the chat); Up and Ctrl-R: history.
+An entry starting with a space, or of several lines, is sent as text, even after a /."""
 
 
 def find_session(home: Path, resume: str) -> str:
-    """The id `--resume` means: `resume` itself, or the newest transcript when empty."""
-    sessions = Home(home).sessions
+    """The id `--resume` means: `resume` itself (a checked name), or when empty the most
+    recent conversation started from the command line (agentd/transcripts.py:
+    latest_cli), the one `agentd run -c` continues."""
     if not resume:
-        found = sorted(sessions.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise AgentdError(f"no session to resume in {sessions}: start one with "
+        found = latest_cli(home)
+        if found is None:
+            raise AgentdError(f"no session to resume in {home}: start one with "
                               "`agentd chat`")
-        return found[-1].stem
-    sid = resume.removesuffix(".jsonl")
-    if "/" in sid or sid.startswith(".") or not (sessions / f"{sid}.jsonl").is_file():
-        raise AgentdError(f"no session {resume!r} in {sessions}: `agentd chat --resume` "
-                          "takes the last one")
+        return found
+    sid = check_name(resume)
+    if not Home(home).session(sid).is_file():
+        raise AgentdError(f"no session {resume!r} in {Home(home).sessions}: `agentd chat "
+                          "--resume` takes the last one, `agentd sessions` lists them")
     return sid
 
 
 def _say_waiting(holder: str) -> None:
     print(waiting_message(holder), file=sys.stderr, flush=True)
-
-
-def read_line() -> str | None:
-    """The next line typed, None at end of input. A terminal gets a `you> ` prompt with line
-    editing; a pipe (or a test) is read plainly, so what it captures stays clean."""
-    if sys.stdin.isatty():
-        with contextlib.suppress(ImportError):
-            import readline  # noqa: F401  (gives input() history and editing)
-        try:
-            return replace_surrogates(input("you> "))
-        except EOFError:
-            print()
-            return None
-    line = sys.stdin.buffer.readline().decode("utf-8", "replace")  # bytes not UTF-8: U+FFFD
-    return line.rstrip("\r\n") if line else None
 
 
 class Chat:
@@ -100,9 +90,11 @@ class Chat:
     def error(self, message: str) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
 
-    def run(self, read: Callable[[], str | None] = read_line) -> int:
-        """Read and handle lines until /exit, end of input (0) or Ctrl-C at the prompt
-        (130)."""
+    def run(self, read: Reader | None = None) -> int:
+        """Read and handle entries until /exit, end of input (0) or Ctrl-C at the prompt
+        (130). An entry of several lines (a paste) is always a turn, never a command."""
+        if read is None:
+            read = make_reader(Home(self.home).runtime, from_settings(self.settings))
         while True:
             try:
                 line = read()
@@ -111,7 +103,7 @@ class Chat:
                 return 130
             if line is None:
                 return 0
-            if line.startswith("/"):
+            if line.startswith("/") and "\n" not in line.strip():
                 name, _, arg = line[1:].strip().partition(" ")
                 if not self.command(name, arg):
                     return 0
@@ -146,12 +138,17 @@ class Chat:
         return True
 
     def switch_model(self, spec: str) -> None:
-        """Check `spec` now (format, provider, key), so a typo fails here, not next turn."""
+        """Check `spec` now (format, provider, key), so a typo fails here, not next turn.
+        agentd.toml is read again first: a `[providers.x]` added mid-chat counts. The
+        sandbox stays as the chat started (--no-sandbox included): a chat's sandbox never
+        changes under it."""
         if not spec:
             self.console.print(f"model: {self.model}", markup=False)
             return
-        make_provider(spec, self.settings, self.base)
-        self.model = spec
+        settings = load_settings(self.home)
+        settings.sandbox = self.settings.sandbox
+        make_provider(spec, settings, self.base)
+        self.settings, self.model = settings, spec
         self.console.print(f"model: {spec} from the next turn on", style="dim", markup=False)
 
     def _begun(self) -> None:
@@ -194,17 +191,23 @@ class Chat:
 def start_chat(home: Path, settings: Settings, workdir: Path, base: Path,
                model: str | None, resume: str | None) -> int:
     """Check the model and the session to resume (config errors raise, exit 2), then
-    chat. Returns the exit status."""
+    chat. Returns the exit status. A resumed session keeps its model (unless `model`) and
+    shows its last few exchanges first."""
+    console = make_console()
     if resume is None:
         sid = new_id()
         note = f"new session {sid}"
     else:
         sid = find_session(home, resume)
-        count = len(load_messages(Home(home).session(sid)))
-        note = f"resuming session {sid} ({count} messages)"
+        messages = read(home, sid).messages()
+        note = f"resuming session {sid} ({len(messages)} messages)"
+        model, warning = continued_model(home, sid, model, settings, base)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        redactor = from_settings(settings)
+        print_messages(console, recap(messages), redactor, lines=RECAP_LINES)
     spec = choose_model(model, settings)
     make_provider(spec, settings, base)
-    console = make_console()
     console.print(f"agentd chat · {note} · {spec} · /help for commands", style="dim",
                   markup=False)
     return Chat(home, settings, workdir, base, spec, sid, console).run()

@@ -75,9 +75,14 @@ def _read_stdin() -> str:
               help="Write the model's replies to FILE, for replay:FILE later.")
 @click.option("--no-sandbox", is_flag=True, help="Run bash unsandboxed on this host "
               "(warned on every turn).")
+@click.option("--continue", "-c", "cont", is_flag=True, help="Continue the most recent "
+              "conversation started here by `agentd run` or `agentd chat` (the transcript "
+              "written last), on its model unless -m.")
+@click.option("--session", "session_name", metavar="NAME", help="Continue session NAME, or "
+              "start it under that name (`agentd sessions` lists them).")
 def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Path | None,
         max_steps: int | None, as_json: bool, quiet: bool, record: Path | None,
-        no_sandbox: bool) -> None:
+        no_sandbox: bool, cont: bool, session_name: str | None) -> None:
     """Run one turn on PROMPT. Piped stdin is attached as context:
 
       git diff | agentd run "review this"
@@ -100,7 +105,10 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
             raise AgentdError('no prompt: give one as an argument (agentd run "...") or on '
                               "stdin")
         home, settings, wd = _prepare(home_opt, workdir, no_sandbox)
-        req = TurnRequest(task, wd, model=model, max_steps=max_steps, record=record)
+        session = _continued(home, cont, session_name)
+        model = _session_model(home, session, model, settings)
+        req = TurnRequest(task, wd, model=model, session=session, max_steps=max_steps,
+                          record=record)
 
         from agentd.loop import Events
 
@@ -140,6 +148,36 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     sys.exit(code)
 
 
+def _continued(home: Path, cont: bool, name: str | None) -> str | None:
+    """The session `run` continues or starts: --session's (a checked name), -c's (the
+    newest started from the command line), or None (a new one named after the run)."""
+    from agentd.session import check_name
+    from agentd.transcripts import latest_cli
+
+    if cont and name:
+        raise AgentdError("-c continues the last conversation and --session NAME a named "
+                          "one: give one of them")
+    if name:
+        return check_name(name)
+    if not cont:
+        return None
+    found = latest_cli(home)
+    if found is None:
+        raise AgentdError(f"no conversation to continue in {home}: start one with "
+                          "`agentd run \"...\"` or `agentd chat`")
+    return found
+
+
+def _session_model(home: Path, session: str | None, model: str | None,
+                   settings: Settings) -> str | None:
+    from agentd.transcripts import continued_model
+
+    model, warning = continued_model(home, session, model, settings, Path.cwd())
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    return model
+
+
 def _say_waiting(holder: str) -> None:
     """Another turn holds the home's lock: say so once, on stderr (Ctrl-C gives up, 130)."""
     from agentd.turnlock import waiting_message
@@ -154,16 +192,18 @@ def _say_waiting(holder: str) -> None:
 @click.option("--workdir", "-C", type=click.Path(file_okay=False, path_type=Path),
               help="Where bash runs; with the home, the only writable place (default: here).")
 @click.option("--resume", metavar="[ID]", is_flag=False, flag_value="", default=None,
-              help="Continue a session: the most recent one, or ID (a file name in "
-                   ".agentd/sessions/).")
+              help="Continue a session on its model: the most recent one started from the "
+                   "command line (as `run -c`), or ID (`agentd sessions` lists them).")
 @click.option("--no-sandbox", is_flag=True, help="Run bash unsandboxed on this host.")
 def chat(home_opt: str | None, model: str | None, workdir: Path | None, resume: str | None,
          no_sandbox: bool) -> None:
-    """An interactive session: each line you type is a turn, and all turns share one
+    """An interactive session: each entry you send is a turn, and all turns share one
     transcript. Commands: /model PROVIDER:MODEL, /undo, /history, /new, /help, /exit.
 
-    Ctrl-C stops the running turn and the chat goes on. Ctrl-D or /exit ends the chat
-    (exit 0); so does Ctrl-C at the prompt (exit 130, as for an interrupted run).
+    Enter sends; Esc then Enter, or a line ending in \\, starts a new line; a paste is
+    one entry. Ctrl-C stops the running turn and the chat goes on; at the prompt it
+    clears the line, and on an empty line ends the chat (exit 130, as for an interrupted
+    run). Ctrl-D or /exit ends the chat (exit 0).
     """
     from agentd.chat import start_chat
 
@@ -259,6 +299,15 @@ def _register_daemon_commands() -> None:
 
 
 _register_daemon_commands()
+
+
+def _register_sessions_command() -> None:
+    from agentd.cli_sessions import sessions
+
+    cli.add_command(sessions)
+
+
+_register_sessions_command()
 
 
 @cli.command()

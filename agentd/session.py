@@ -4,6 +4,8 @@ agentd.jsonl lines, so no text in a message (a U+2028, a lone surrogate) can bre
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 from agentd import jsonl
 from agentd.errors import AgentdError
+from agentd.homefs import Root
 from agentd.llm.types import Message
 from agentd.redact import Redactor
 from agentd.redact import default as default_redactor
@@ -20,8 +23,24 @@ from agentd.redact import default as default_redactor
 SUMMARY_HEAD = ("[agentd: the earlier conversation, summarised to fit the context window; "
                 "the session transcript keeps all of it]\n\n")
 
+# A session name: what `new_id` makes, `chat-<key>` (the bridge), `cron-<job>`, or a name a
+# person gives (`agentd run --session NAME`). It is a file name in .agentd/sessions/, and
+# names also come from files the agent can write, so nothing else passes: no "/", no
+# leading "." or "-", no control characters, nothing longer than a file name wants.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
 def new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def check_name(name: str) -> str:
+    """`name` (a `.jsonl` suffix dropped) when it is a valid session name, else AgentdError."""
+    sid = name.removesuffix(".jsonl")
+    if not NAME.fullmatch(sid):
+        raise AgentdError(f"{name!r} is not a session name: letters, digits, '_', '-' and "
+                          "'.', at most 128, not starting with '.' or '-'")
+    return sid
 
 
 class SessionLog:
@@ -73,7 +92,7 @@ def load_messages(path: Path) -> list[Message]:
     (agentd/compact.py); a malformed compaction row is ignored, which sends more, not less.
     """
     try:
-        lines = jsonl.split(path.read_text(encoding="utf-8"))
+        lines = jsonl.split(_read_whole(path).decode("utf-8"))
     except FileNotFoundError:
         raise AgentdError(f"no session {path.stem}: see .agentd/sessions/") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -97,6 +116,14 @@ def load_messages(path: Path) -> list[Message]:
     if compaction is not None:
         return compacted(messages, compaction)
     return messages
+
+
+def _read_whole(path: Path) -> bytes:
+    """The transcript's bytes, read through the confined layer (agentd/homefs): a symlink
+    or a FIFO planted in its place is refused (Refused, an OSError), never followed."""
+    with Root(path.parent) as root, root.open_regular(path.name) as (fd, _), \
+            os.fdopen(os.dup(fd), "rb") as f:
+        return f.read()
 
 
 def is_summary(m: Message) -> bool:

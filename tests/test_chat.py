@@ -6,6 +6,7 @@ fake model server received, on the real SDKs."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pty
@@ -14,14 +15,27 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from click.testing import Result
 from conftest import agentd
 from daemonkit import wait_for
 from fakellm import FakeLLM
 from prockit import sleepers
+from prompt_toolkit import PromptSession
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from agentd.chat import Chat
+from agentd.chat_prompt import HISTORY_NAME, terminal_reader, terminal_session
+from agentd.config import load_settings
+from agentd.home import Home
+from agentd.redact import default
+from agentd.render import make_console
+from agentd.session import new_id
 
 ANTHROPIC, OPENAI = "anthropic:claude-sonnet-5-5", "openai:gpt-5.4"
 
@@ -317,3 +331,112 @@ def test_ctrl_c_at_the_prompt_ends_the_chat_with_130(fake: FakeLLM, home: Path,
         if term.proc.poll() is None:
             term.proc.kill()
     assert posts(fake) == []
+
+
+# -- the terminal prompt, driven through prompt_toolkit's own pipe input ----------------
+
+
+def keyed(session: object, *chunks: str) -> Callable[[], str | None]:
+    """A chat reader that types `chunks[i]` into the prompt before its i-th read, the way
+    a person types at the prompt the chat is showing."""
+    pending = list(chunks)
+    read = terminal_reader(session)  # type: ignore[arg-type]
+
+    def typed() -> str | None:
+        if pending:
+            session.input.send_text(pending.pop(0))  # type: ignore[attr-defined]
+        return read()
+
+    return typed
+
+
+@contextlib.contextmanager
+def prompt_session(home: Path) -> Iterator[PromptSession[str]]:
+    with create_pipe_input() as pipe:
+        yield terminal_session(Home(home).runtime / HISTORY_NAME, default(), input=pipe,
+                               output=DummyOutput())
+
+
+def in_process_chat(home: Path, workdir: Path, model: str = OPENAI) -> tuple[Chat, io.StringIO]:
+    out = io.StringIO()
+    return Chat(home, load_settings(home), workdir, workdir, model, new_id(),
+                make_console(out)), out
+
+
+def test_a_bracketed_paste_is_one_turn(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    fake.push({"text": "one answer for three lines"})
+    chat_, out = in_process_chat(home, workdir)
+    with prompt_session(home) as session:
+        code = chat_.run(keyed(session, "\x1b[200~first line\r\n/second line\rthird line"
+                                        "\x1b[201~\r", "\x04"))  # the paste, Enter; Ctrl-D
+    assert code == 0
+    [req] = posts(fake)  # one billed call, not three
+    assert user_texts(req.body) == ["first line\n/second line\nthird line"]
+    assert "one answer for three lines" in out.getvalue()
+
+
+def test_explicit_new_lines_and_ctrl_c_clears_the_line(home: Path) -> None:
+    with prompt_session(home) as session:
+        read = keyed(session, "one\x1b\rtwo\r", "three\\\rfour\r", "typo\x03fixed\r",
+                     "\x03")
+        assert read() == "one\ntwo"  # Esc, Enter: a new line; Enter sends
+        assert read() == "three\nfour"  # a trailing backslash continues
+        assert read() == "fixed"  # Ctrl-C dropped "typo", the prompt stayed
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C on an empty line ends the chat
+            read()
+
+
+def test_history_is_kept_across_chats_and_redacted(home: Path) -> None:
+    key = "sk-ant-api03-" + "x" * 40
+    with prompt_session(home) as session:
+        read = keyed(session, "/help\r", f"/model {key}\r", "\x04")
+        assert [read(), read(), read()] == ["/help", f"/model {key}", None]
+    saved = (home / ".agentd" / HISTORY_NAME).read_text()
+    assert "/help" in saved and key not in saved and "[REDACTED:anthropic-key]" in saved
+    with prompt_session(home) as session:  # a new chat: Up, Up recalls the earlier line
+        assert keyed(session, "\x1b[A\x1b[A\r")() == "/help"
+
+
+def test_model_rereads_agentd_toml(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    fake.push({"text": "from the lab"})
+    chat_, out = in_process_chat(home, workdir)
+    said = iter(["/model lab:tiny", "/model lab:tiny", "hello lab"])
+    typed: list[str] = []
+
+    def read() -> str | None:
+        if len(typed) == 1:  # the first /model failed: the person adds the provider
+            with (home / "agentd.toml").open("a") as f:
+                f.write(f'\n[providers.lab]\nprotocol = "openai"\nbase_url = '
+                        f'"{fake.openai_url}"\nkey_env = "OPENAI_API_KEY"\n')
+        line = next(said, None)
+        if line is not None:
+            typed.append(line)
+        return line
+
+    assert chat_.run(read) == 0
+    [req] = posts(fake)
+    assert req.body["model"] == "tiny" and "from the lab" in out.getvalue()
+    assert chat_.settings.providers["lab"].base_url == fake.openai_url
+    assert "model: lab:tiny from the next turn on" in out.getvalue()
+
+
+def test_resume_keeps_the_sessions_model_and_recaps(fake: FakeLLM, home: Path,
+                                                    workdir: Path) -> None:
+    fake.push({"text": "the first answer"})
+    chat(home, workdir, "-m", OPENAI, input="first question\n")
+    fake.push({"text": "the second answer"})
+    r = chat(home, workdir, "--resume", input="second question\n")  # no -m
+    assert r.exit_code == 0, r.stderr
+    assert f"· {OPENAI} ·" in r.stdout
+    recap = r.stdout.split("agentd chat ·")[0]
+    assert "you> first question" in recap and "the first answer" in recap
+    _, second = posts(fake)
+    assert second.path == "/v1/chat/completions" and second.body["model"] == "gpt-5.4"
+
+
+def test_piped_lines_ending_in_a_backslash_are_one_entry(fake: FakeLLM, home: Path,
+                                                         workdir: Path) -> None:
+    fake.push({"text": "ok"})
+    r = chat(home, workdir, "-m", OPENAI, input="line one\\\nline two\n")
+    assert r.exit_code == 0, r.stderr
+    assert user_texts(posts(fake)[0].body) == ["line one\nline two"]

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from conftest import agentd, json_out
 from fakellm import FakeLLM
 
@@ -303,3 +304,79 @@ def test_untrusted_turns_never_get_the_network() -> None:
     for profile in ("untrusted", "readonly"):
         assert sandbox_for(s, TurnRequest("t", Path("/"), profile=profile)).network == "none"
     assert s.sandbox.network == "full"  # the settings themselves are untouched
+
+
+# -- conversations from the CLI: run -c and --session -----------------------------------
+
+
+def _user_texts(body: dict) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "user"]
+
+
+def _run(home: Path, workdir: Path, *args: str) -> Result:
+    return agentd("run", "--home", str(home), "-C", str(workdir), *args)
+
+
+def test_run_continue_and_named_sessions(fake: FakeLLM, home: Path, workdir: Path) -> None:
+    fake.push({"text": "A1"}, {"text": "B1"}, {"text": "A2"}, {"text": "B2"})
+    m = ("-m", "openai:gpt-5.4")
+    assert _run(home, workdir, *m, "--session", "project-x", "about x").exit_code == 0
+    assert _run(home, workdir, *m, "something else").exit_code == 0
+    r = _run(home, workdir, "-c", "--json", "and then?")  # continues "something else"
+    assert r.exit_code == 0, r.stderr
+    r2 = _run(home, workdir, "--session", "project-x", "more on x")
+    assert r2.exit_code == 0, r2.stderr
+    reqs = [q for q in fake.requests if q.method == "POST"]
+    assert [_user_texts(q.body) for q in reqs] == [
+        ["about x"], ["something else"], ["something else", "and then?"],
+        ["about x", "more on x"]]
+    # no -m: a continued session keeps its model (the home's default would be anthropic)
+    assert all(q.path == "/v1/chat/completions" for q in reqs)
+    sessions = home / ".agentd" / "sessions"
+    assert (sessions / "project-x.jsonl").is_file()
+    assert json_out(r)["session"].endswith(".jsonl") and len(list(sessions.iterdir())) == 2
+
+
+def test_run_continue_skips_daemon_and_bridge_sessions(fake: FakeLLM, home: Path,
+                                                       workdir: Path) -> None:
+    fake.push({"text": "one"}, {"text": "two"})
+    assert _run(home, workdir, "-m", "openai:gpt-5.4", "mine").exit_code == 0
+    sessions = home / ".agentd" / "sessions"
+    (sessions / "chat-laptop.jsonl").write_text(json.dumps(
+        {"type": "session", "id": "chat-laptop", "trigger": "chat:laptop"}) + "\n")
+    (sessions / "cron-daily.jsonl").write_text('{"type": "session", "trigger": "cron"}\n')
+    (sessions / "zz-link.jsonl").symlink_to(sessions / "chat-laptop.jsonl")
+    r = _run(home, workdir, "-c", "again")
+    assert r.exit_code == 0, r.stderr
+    last = [q for q in fake.requests if q.method == "POST"][-1]
+    assert _user_texts(last.body) == ["mine", "again"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (("-c", "x"), "no conversation to continue in "),
+    (("--session", "../../etc/passwd", "x"), "is not a session name"),
+    (("--session", "-rf", "x"), "is not a session name"),
+    (("--session", ".hidden", "x"), "is not a session name"),
+    (("-c", "--session", "a", "x"), "give one of them"),
+])
+def test_run_session_errors_are_one_line(fake: FakeLLM, home: Path, workdir: Path,
+                                         args: tuple[str, ...], says: str) -> None:
+    r = _run(home, workdir, "-m", "openai:gpt-5.4", *args)
+    assert r.exit_code == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: ") and says in line
+    assert not [q for q in fake.requests if q.method == "POST"]
+
+
+def test_a_symlinked_transcript_is_never_followed(fake: FakeLLM, home: Path, workdir: Path,
+                                                  tmp_path: Path) -> None:
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text(json.dumps({"type": "message", "role": "user", "text": "planted"})
+                       + "\n")
+    sessions = home / ".agentd" / "sessions"
+    sessions.mkdir(parents=True, exist_ok=True)
+    (sessions / "linked.jsonl").symlink_to(outside)
+    r = _run(home, workdir, "-m", "openai:gpt-5.4", "--session", "linked", "hello")
+    assert r.exit_code == 2 and r.stderr.startswith("error: cannot read session ")
+    assert outside.read_text().count("\n") == 1  # nothing appended through the link
+    assert not [q for q in fake.requests if q.method == "POST"]
