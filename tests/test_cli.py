@@ -290,7 +290,7 @@ def test_loosened_sandbox_is_warned_on_the_turn(fake: FakeLLM, home: Path,
                "hi")
     assert "warning: sandbox is off" in r.stderr
     cfg = home / "agentd.toml"
-    cfg.write_text(cfg.read_text().replace("[sandbox]\n", '[sandbox]\nnetwork = "full"\n', 1))
+    cfg.write_text(cfg.read_text() + '\n[sandbox]\nnetwork = "full"\n')
     r = agentd("run", "--home", str(home), "-C", str(workdir), "-m", "openai:x", "hi")
     assert r.exit_code == 0 and 'warning: sandbox network is "full"' in r.stderr
 
