@@ -27,8 +27,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from agentd.config import BudgetSettings, Price
-from agentd.llm.types import Message, Provider, ProviderError, TextSink, ToolSpec, Usage
-from agentd.usage import estimate_tokens, offset_since, price_for, read_ledger
+from agentd.llm.estimate import estimate_tokens
+from agentd.llm.types import (
+    Message,
+    Provider,
+    ProviderError,
+    Sampling,
+    TextSink,
+    ToolSpec,
+    Usage,
+)
+from agentd.usage import offset_since, price_for, read_ledger
 
 OUTPUT_RESERVE = 1_000  # output tokens assumed for a call before it happens
 INTERACTIVE = ("cli", "chat")
@@ -140,8 +149,8 @@ class Budget:
 
     def note(self, usage: Usage | None) -> None:
         """Count a finished call's tokens against the turn (money comes from the ledger)."""
-        if usage:
-            self.turn_tokens += usage.input + usage.output + usage.cache_read + usage.cache_write
+        if usage:  # an estimate (a server that reported none) counts like a report
+            self.turn_tokens += usage.total
 
 
 class BudgetedProvider:
@@ -151,9 +160,10 @@ class BudgetedProvider:
         self.inner, self.budget, self.name = inner, budget, inner.name
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         self.budget.check(self.name, system, messages, tools)
-        reply = await self.inner.complete(system, messages, tools, on_text)
+        reply = await self.inner.complete(system, messages, tools, on_text, sampling)
         self.budget.note(reply.usage)
         return reply
 
@@ -172,14 +182,15 @@ class BudgetSwitch:
         self.name = primary.name
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         try:
-            return await self.current.complete(system, messages, tools, on_text)
+            return await self.current.complete(system, messages, tools, on_text, sampling)
         except BudgetExceeded as e:
             if not e.switchable or self.backup is None or self.current is self.backup:
                 raise
             self.current = self.backup
-            return await self.current.complete(system, messages, tools, on_text)
+            return await self.current.complete(system, messages, tools, on_text, sampling)
         finally:
             self.name = self.current.name
 

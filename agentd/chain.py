@@ -63,15 +63,21 @@ def make_provider(spec: str, settings: Settings, base: Path,
     if ep.key_env and not key:
         raise AgentdError(f"{label}: no API key: set ${ep.key_env}")
     retries = ep.max_retries if max_retries is None else max_retries
+    from agentd.llm.base import Bounds
+
+    c = settings.calls
+    bounds = Bounds(c.cap_for(spec), c.idle_timeout.seconds, c.call_timeout.seconds)
     if ep.protocol == "anthropic":
         from agentd.llm.anthropic import AnthropicProvider
 
         return AnthropicProvider(model, api_key=key, base_url=ep.base_url,
-                                 max_retries=retries, key_env=ep.key_env or "")
+                                 max_retries=retries, key_env=ep.key_env or "",
+                                 bounds=bounds)
     from agentd.llm.openai import OpenAIProvider
 
     return OpenAIProvider(model, api_key=key or "none", base_url=ep.base_url,
-                          max_retries=retries, label=label, key_env=ep.key_env or "")
+                          max_retries=retries, label=label, key_env=ep.key_env or "",
+                          bounds=bounds)
 
 
 def build_provider(spec: str, settings: Settings, base: Path, cooldowns: Path, *,

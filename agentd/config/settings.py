@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agentd.config.bridge import BridgeSettings, parse_bridge
+from agentd.config.calls import CallSettings, parse_calls
 from agentd.config.costs import (
     BudgetSettings,
     CompactionSettings,
@@ -113,6 +114,7 @@ class Settings:
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     git: GitSettings = field(default_factory=GitSettings)
+    calls: CallSettings = field(default_factory=CallSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
         return self.providers.get(name)
@@ -152,6 +154,8 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             parse_budget(s.budget, value)
         elif key == "bridge":
             parse_bridge(s.bridge, value)
+        elif key == "calls":
+            parse_calls(s.calls, value)
         else:
             raise AgentdError(f"unknown setting {key!r} in {CONFIG_NAME}")
     check_costs(s.budget, s.compaction)

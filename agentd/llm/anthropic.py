@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentd.llm.base import SDKProvider, parse_arguments
+from agentd.llm.base import DEFAULT_BOUNDS, Bounds, SDKProvider, parse_arguments
 from agentd.llm.types import (
     Message,
     ProviderError,
+    Sampling,
     TextSink,
     ToolCall,
     ToolSpec,
     Usage,
+    output_cap,
     sanitize_history,
 )
 
@@ -30,11 +32,11 @@ class AnthropicProvider(SDKProvider):
     default_url = DEFAULT_URL
 
     def __init__(self, model: str, *, api_key: str | None, base_url: str | None,
-                 max_retries: int = 2, timeout: float = 600.0, max_tokens: int = 8192,
-                 key_env: str = "ANTHROPIC_API_KEY") -> None:
+                 max_retries: int = 2, timeout: float = 600.0,
+                 key_env: str = "ANTHROPIC_API_KEY", bounds: Bounds = DEFAULT_BOUNDS) -> None:
         super().__init__(model, label="anthropic", api_key=api_key, base_url=base_url,
-                         max_retries=max_retries, timeout=timeout, key_env=key_env)
-        self.max_tokens = max_tokens
+                         max_retries=max_retries, timeout=timeout, key_env=key_env,
+                         bounds=bounds)
 
     def _make_client(self) -> Any:
         import anthropic
@@ -43,11 +45,16 @@ class AnthropicProvider(SDKProvider):
                                         max_retries=self.max_retries, timeout=self.timeout)
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         params: dict[str, Any] = {
-            "model": self.model, "max_tokens": self.max_tokens, "stream": True,
-            "messages": to_anthropic(sanitize_history(messages)),
+            "model": self.model, "max_tokens": output_cap(self.bounds.max_tokens, sampling),
+            "stream": True, "messages": to_anthropic(sanitize_history(messages)),
         }
+        if sampling is not None and sampling.temperature is not None:
+            params["temperature"] = sampling.temperature
+        if sampling is not None and sampling.stop:
+            params["stop_sequences"] = list(sampling.stop)
         if system:
             params["system"] = [{"type": "text", "text": system}]
         if tools:

@@ -3,7 +3,11 @@
 Chat Completions rather than the Responses API because it is what OpenAI-compatible
 servers (Ollama, vLLM, llama.cpp, gateways) speak, so one adapter covers them all; `label`
 names which one this is. Always streams, with `include_usage` so token counts arrive in a
-last chunk. The SDK is imported on first use so that `agentd --help` does not pay for it.
+last chunk; a server that sends none anyway (many local ones) gets its usage estimated
+(llm/estimate.py) and marked so. Every request carries the output cap: as
+`max_completion_tokens` to OpenAI's own API (its reasoning models refuse `max_tokens`),
+as `max_tokens` to compatible servers (which know only that). The SDK is imported on first
+use so that `agentd --help` does not pay for it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import json
 import uuid
 from typing import Any
 
-from agentd.llm.base import SDKProvider, parse_arguments
+from agentd.llm.base import DEFAULT_BOUNDS, Bounds, SDKProvider, parse_arguments
+from agentd.llm.estimate import estimate_usage
 from agentd.llm.types import (
     Message,
     ProviderError,
+    Sampling,
     TextSink,
     ToolCall,
     ToolSpec,
     Usage,
+    output_cap,
     sanitize_history,
 )
 
@@ -31,9 +38,10 @@ class OpenAIProvider(SDKProvider):
 
     def __init__(self, model: str, *, api_key: str | None, base_url: str | None,
                  max_retries: int = 2, timeout: float = 600.0, label: str = "openai",
-                 key_env: str = "OPENAI_API_KEY") -> None:
+                 key_env: str = "OPENAI_API_KEY", bounds: Bounds = DEFAULT_BOUNDS) -> None:
         super().__init__(model, label=label, api_key=api_key, base_url=base_url,
-                         max_retries=max_retries, timeout=timeout, key_env=key_env)
+                         max_retries=max_retries, timeout=timeout, key_env=key_env,
+                         bounds=bounds)
 
     def _make_client(self) -> Any:
         import openai
@@ -42,16 +50,34 @@ class OpenAIProvider(SDKProvider):
                                   max_retries=self.max_retries, timeout=self.timeout)
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         params: dict[str, Any] = {
             "model": self.model, "stream": True, "stream_options": {"include_usage": True},
             "messages": to_openai(system, sanitize_history(messages)),
         }
+        self._bound(params, sampling)
         if tools:
             params["tools"] = [{"type": "function", "function": {
                 "name": t.name, "description": t.description, "parameters": t.parameters}}
                 for t in tools]
-        return await self._stream(lambda client: client.chat.completions.create, params, on_text)
+        reply = await self._stream(lambda client: client.chat.completions.create, params,
+                                   on_text)
+        if reply.usage is None:  # the server counted nothing: count what went each way
+            reply.usage = estimate_usage(system, messages, tools, reply)
+        return reply
+
+    def _bound(self, params: dict[str, Any], sampling: Sampling | None) -> None:
+        """The output cap under the name this server knows, and the client's sampling."""
+        self._get_client()  # the URL may come from the SDK's $OPENAI_BASE_URL
+        own = self.label == "openai" and "api.openai.com" in self._url()
+        params["max_completion_tokens" if own else "max_tokens"] = output_cap(
+            self.bounds.max_tokens, sampling)
+        if sampling is not None:
+            if sampling.temperature is not None:
+                params["temperature"] = sampling.temperature
+            if sampling.stop:
+                params["stop"] = list(sampling.stop)
 
     async def _read(self, stream: Any, on_text: TextSink | None) -> Message:
         """Fold the chunks into one neutral message, passing text deltas on."""
@@ -96,7 +122,7 @@ class OpenAIProvider(SDKProvider):
                 cid = f"call_{uuid.uuid4().hex[:16]}"
             tool_calls.append(ToolCall(cid, name, *parse_arguments("".join(parts))))
         return Message("assistant", "".join(text), tool_calls, model=self.name,
-                       usage=usage or Usage(), stop_reason=stop)
+                       usage=usage, stop_reason=stop)
 
     def _error(self, e: Exception) -> ProviderError:
         """One line that says what failed and what to do; never the key, never a traceback.
