@@ -51,8 +51,8 @@ class AnthropicProvider(SDKProvider):
             "model": self.model, "max_tokens": output_cap(self.bounds.max_tokens, sampling),
             "stream": True, "messages": to_anthropic(sanitize_history(messages)),
         }
-        if sampling is not None and sampling.temperature is not None:
-            params["temperature"] = sampling.temperature
+        # No temperature: the Messages API of current models takes none (nor does the SDK's
+        # `create` any longer); a client's temperature is dropped here, its stop kept.
         if sampling is not None and sampling.stop:
             params["stop_sequences"] = list(sampling.stop)
         if system:
