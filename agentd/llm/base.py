@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +120,11 @@ class SDKProvider:
                 stream = await self._within_idle(create(self._get_client())(**params))
                 sink = None if on_text is None else lambda t: on_text(replace_surrogates(t))
                 async with stream:
-                    reply = await self._read(self._idle_chunks(stream), sink)
+                    events = self._idle_chunks(stream)
+                    try:
+                        reply = await self._read(events, sink)
+                    finally:
+                        await events.aclose()
             # A "\ud800" in the provider's JSON: no later write or request could encode it.
             return Message.from_dict(replace_surrogates_in(reply.to_dict()))
         except ProviderError:
@@ -147,7 +151,7 @@ class SDKProvider:
         except TimeoutError:
             raise self._idle_error() from None
 
-    async def _idle_chunks(self, stream: Any) -> AsyncIterator[Any]:
+    async def _idle_chunks(self, stream: Any) -> AsyncGenerator[Any, None]:
         """The stream's events, each of which must come within `idle_timeout`."""
         it = stream.__aiter__()
         while True:
