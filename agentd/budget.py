@@ -2,7 +2,8 @@
 
 Before a call, its cost is estimated (request characters / 4 at the model's input price,
 plus a reserve of output tokens) and the call is refused if it would take any cap past its
-limit. After the call, turn.py books the provider's reported usage in `.agentd/usage.jsonl`,
+limit. After the call, turn.py books the provider's reported usage in `.agentd/usage.jsonl`
+(or, from a server that reported none, the adapter's estimate, which counts the same),
 and the next check reads it from there, so the estimate only ever has to be right for one
 call: spend never passes a cap by more than one call's misestimate.
 

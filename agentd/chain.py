@@ -15,6 +15,7 @@ from agentd.budget import Budget, BudgetedProvider, BudgetSwitch, is_interactive
 from agentd.compact import Compactor
 from agentd.config import Settings
 from agentd.errors import AgentdError
+from agentd.llm.base import Bounds
 from agentd.llm.fallback import Breaker, FallbackProvider, Member
 from agentd.llm.types import Provider
 from agentd.session import SessionLog
@@ -63,8 +64,6 @@ def make_provider(spec: str, settings: Settings, base: Path,
     if ep.key_env and not key:
         raise AgentdError(f"{label}: no API key: set ${ep.key_env}")
     retries = ep.max_retries if max_retries is None else max_retries
-    from agentd.llm.base import Bounds
-
     c = settings.calls
     bounds = Bounds(c.cap_for(spec), c.idle_timeout.seconds, c.call_timeout.seconds)
     if ep.protocol == "anthropic":

@@ -278,3 +278,18 @@ def test_a_failed_turn_of_an_unpriced_model_costs_unknown_and_takes_no_step(
     assert "0 steps" in r.stdout and "cost unknown" in r.stdout and "$0.0000" not in r.stdout
     priced = run(home, workdir, CLAUDE)  # a priced model's failed turn did cost $0
     assert (priced["status"], priced["cost"]) == ("error", 0.0)
+
+
+@pytest.mark.parametrize("table, error", [
+    ("[calls]\nmax_tokens = 0\n", "calls.max_tokens must be at least 1"),
+    ('[calls.models]\n"local" = "lots"\n', "calls.models.local must be a number"),
+    ('[calls]\nidle_timeout = "soon"\n', "calls.idle_timeout: 'soon' is not a duration"),
+    ("[calls]\nmax_token = 5\n", "unknown setting calls.max_token"),
+])
+def test_bad_bounds_are_one_line_errors(serve: Serve, home: Path, workdir: Path, table: str,
+                                        error: str) -> None:
+    fake = serve()
+    configure(home, fake, tables=table)
+    r = agentd("run", "--home", str(home), "-C", str(workdir), "-m", LOCAL, "hi")
+    assert r.exit_code == 2 and error in r.stderr and "Traceback" not in r.output
+    assert posts(fake) == []
