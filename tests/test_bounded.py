@@ -201,26 +201,26 @@ def test_a_stalled_stream_hits_the_idle_timeout(serve: Serve, home: Path, workdi
 
 def test_a_stalled_model_falls_back_to_the_next(serve: Serve, home: Path,
                                                 workdir: Path) -> None:
-    """An idle timeout is transient: the chain moves on."""
+    """An idle timeout is transient: the chain moves on. (2 s: the fallback's answer must
+    not time out while a loaded machine runs the SDK's first-call work.)"""
     gate = threading.Event()
     fake = serve({"text": "stalled", "stall": gate}, {"text": "from the fallback"})
-    configure(home, fake, top=f'fallbacks = ["{CLAUDE}"]',
-              tables='[calls]\nidle_timeout = "0.5s"\n')
+    configure(home, fake, top=f'fallbacks = ["{GPT}"]',
+              tables='[calls]\nidle_timeout = "2s"\n')
     try:
         out = run(home, workdir, LOCAL)
     finally:
         gate.set()
-    assert (out["status"], out["text"], out["models"]) == ("ok", "from the fallback",
-                                                           [CLAUDE])
+    assert (out["status"], out["text"], out["models"]) == ("ok", "from the fallback", [GPT])
 
 
 def test_a_stream_that_keeps_sending_hits_the_call_timeout(serve: Serve, home: Path,
                                                            workdir: Path) -> None:
-    fake = serve({"text": "word " * 200, "chunks": 100, "drip": 0.05})  # 5 s in all
+    fake = serve({"text": "word " * 200, "chunks": 100, "drip": 0.2})  # 20 s in all
     configure(home, fake, tables='[calls]\ncall_timeout = "1s"\n')
     started = time.monotonic()
     out = run(home, workdir, LOCAL)
-    assert time.monotonic() - started < 4.5
+    assert time.monotonic() - started < 15
     assert (out["status"], out["exit_code"]) == ("error", 1)
     assert "ran past its time limit of 1s" in out["error"]
     assert "call_timeout" in out["error"]
