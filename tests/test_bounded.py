@@ -176,6 +176,16 @@ def test_the_fake_records_a_request_that_sent_no_cap(serve: Serve) -> None:
     assert fake.uncapped == [0]
 
 
+def test_the_fake_sends_no_usage_in_a_stream_when_told(serve: Serve) -> None:
+    fake = serve({"text": "hi"}, quirks=frozenset({"no-usage-in-stream"}))
+    client = openai.OpenAI(base_url=fake.openai_url, api_key="test", max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], stream=True,
+        stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hi"
+    assert [c.usage for c in chunks if c.usage] == []
+
+
 # -- time limits ---------------------------------------------------------------------------
 
 
