@@ -2,7 +2,8 @@
 
 Before a call, its cost is estimated (request characters / 4 at the model's input price,
 plus a reserve of output tokens) and the call is refused if it would take any cap past its
-limit. After the call, turn.py books the provider's reported usage in `.agentd/usage.jsonl`,
+limit. After the call, turn.py books the provider's reported usage in `.agentd/usage.jsonl`
+(or, from a server that reported none, the adapter's estimate, which counts the same),
 and the next check reads it from there, so the estimate only ever has to be right for one
 call: spend never passes a cap by more than one call's misestimate.
 
@@ -27,8 +28,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from agentd.config import BudgetSettings, Price
-from agentd.llm.types import Message, Provider, ProviderError, TextSink, ToolSpec, Usage
-from agentd.usage import estimate_tokens, offset_since, price_for, read_ledger
+from agentd.llm.estimate import estimate_tokens
+from agentd.llm.types import (
+    Message,
+    Provider,
+    ProviderError,
+    Sampling,
+    TextSink,
+    ToolSpec,
+    Usage,
+)
+from agentd.usage import offset_since, price_for, read_ledger
 
 OUTPUT_RESERVE = 1_000  # output tokens assumed for a call before it happens
 INTERACTIVE = ("cli", "chat")
@@ -140,8 +150,8 @@ class Budget:
 
     def note(self, usage: Usage | None) -> None:
         """Count a finished call's tokens against the turn (money comes from the ledger)."""
-        if usage:
-            self.turn_tokens += usage.input + usage.output + usage.cache_read + usage.cache_write
+        if usage:  # an estimate (a server that reported none) counts like a report
+            self.turn_tokens += usage.total
 
 
 class BudgetedProvider:
@@ -151,9 +161,10 @@ class BudgetedProvider:
         self.inner, self.budget, self.name = inner, budget, inner.name
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         self.budget.check(self.name, system, messages, tools)
-        reply = await self.inner.complete(system, messages, tools, on_text)
+        reply = await self.inner.complete(system, messages, tools, on_text, sampling)
         self.budget.note(reply.usage)
         return reply
 
@@ -172,14 +183,15 @@ class BudgetSwitch:
         self.name = primary.name
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         try:
-            return await self.current.complete(system, messages, tools, on_text)
+            return await self.current.complete(system, messages, tools, on_text, sampling)
         except BudgetExceeded as e:
             if not e.switchable or self.backup is None or self.current is self.backup:
                 raise
             self.current = self.backup
-            return await self.current.complete(system, messages, tools, on_text)
+            return await self.current.complete(system, messages, tools, on_text, sampling)
         finally:
             self.name = self.current.name
 

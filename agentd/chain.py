@@ -15,6 +15,7 @@ from agentd.budget import Budget, BudgetedProvider, BudgetSwitch, is_interactive
 from agentd.compact import Compactor
 from agentd.config import Settings
 from agentd.errors import AgentdError
+from agentd.llm.base import Bounds
 from agentd.llm.fallback import Breaker, FallbackProvider, Member
 from agentd.llm.types import Provider
 from agentd.session import SessionLog
@@ -66,11 +67,14 @@ def make_provider(spec: str, settings: Settings, base: Path,
     if ep.key_env and not key:
         raise AgentdError(f"{label}: no API key: set ${ep.key_env}")
     retries = ep.max_retries if max_retries is None else max_retries
+    c = settings.calls
+    bounds = Bounds(c.cap_for(spec), c.idle_timeout.seconds, c.call_timeout.seconds)
     if ep.protocol == "anthropic":
         from agentd.llm.anthropic import AnthropicProvider
 
         return AnthropicProvider(model, api_key=key, base_url=ep.base_url,
-                                 max_retries=retries, key_env=ep.key_env or "")
+                                 max_retries=retries, key_env=ep.key_env or "",
+                                 bounds=bounds)
     from agentd.llm.compat import AUTO, overrides_of, resolve
     from agentd.llm.openai import OpenAIProvider
 
@@ -78,7 +82,8 @@ def make_provider(spec: str, settings: Settings, base: Path,
     compat = resolve(ep.profile, label, ep.base_url, overrides)
     return OpenAIProvider(model, api_key=key or "none", base_url=ep.base_url,
                           max_retries=retries, label=label, key_env=ep.key_env or "",
-                          compat=compat, probe=overrides if ep.profile == AUTO else None)
+                          compat=compat, probe=overrides if ep.profile == AUTO else None,
+                          bounds=bounds)
 
 
 def build_provider(spec: str, settings: Settings, base: Path, cooldowns: Path, *,

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 
 from agentd.config import Settings
+from agentd.llm.estimate import estimate_tokens
 from agentd.llm.types import Message, Provider, ToolSpec
 from agentd.session import SUMMARY_HEAD, SessionLog, is_summary, summary_message, trim_output
-from agentd.usage import Ledger, estimate_tokens
+from agentd.usage import Ledger
 
 DEFAULT_WINDOW = 32_768
 # Context windows in tokens by `provider:model` prefix, first match wins; a provider's

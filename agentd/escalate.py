@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agentd.llm.types import Message, Provider, Usage
+from agentd.llm.types import Message, Provider, Sampling, Usage
 from agentd.loop import Events, LoopResult, run_loop
 from agentd.tools import ToolContext
 
@@ -44,7 +44,8 @@ def handover(model: str, result: LoopResult) -> str:
 
 async def run_escalating(providers: Sequence[tuple[str, Provider]], system: str,
                          messages: list[Message], ctx: ToolContext, max_steps: int,
-                         events: Events, escalations: list[str]) -> LoopResult:
+                         events: Events, escalations: list[str],
+                         sampling: Sampling | None = None) -> LoopResult:
     """Run the loop on the first provider; while it ends badly and a next one is left,
     append the handover line and run the loop again on the next. Each handover is added
     to `escalations` ("local:m → anthropic:m (max_steps)"). Returns the last result, with
@@ -56,7 +57,7 @@ async def run_escalating(providers: Sequence[tuple[str, Provider]], system: str,
             note = Message("user", handover(providers[i - 1][0], result))
             messages.append(note)
             events.message(note)
-        result = await run_loop(provider, system, messages, ctx, max_steps, events)
+        result = await run_loop(provider, system, messages, ctx, max_steps, events, sampling)
         steps, usage = steps + result.steps, usage + result.usage
         if result.status not in ESCALATE_ON or i + 1 == len(providers):
             break

@@ -76,13 +76,16 @@ def preview(text: str, lines: int = PREVIEW_LINES) -> str:
 
 
 def summary(report: TurnReport) -> str:
+    """The footer line. Counts a server did not report (estimated as characters / 4) and
+    the cost derived from them read "~": an estimate must not pass for a measurement."""
     u, r = report.result.usage, report.result
-    usd = "cost unknown" if report.cost is None else f"${report.cost:.4f}"
+    est = "~" if u.estimated else ""
+    usd = "cost unknown" if report.cost is None else f"{est}${report.cost:.4f}"
     models = " → ".join(report.models) if report.escalations else (
         ", ".join(report.models) or report.model)
-    return (f"{models} · {r.steps} step{'s' * (r.steps != 1)} · tokens {u.input:,} in / "
-            f"{u.output:,} out / {u.cache_read:,} cache read / {u.cache_write:,} cache write "
-            f"· {usd} · {report.seconds:.1f} s")
+    return (f"{models} · {r.steps} step{'s' * (r.steps != 1)} · tokens {est}{u.input:,} in "
+            f"/ {est}{u.output:,} out / {u.cache_read:,} cache read / {u.cache_write:,} cache "
+            f"write · {usd} · {report.seconds:.1f} s")
 
 
 class LiveRenderer(Events):
@@ -136,7 +139,8 @@ def as_json(report: TurnReport, exit_code: int) -> dict[str, Any]:
             "model": report.model, "models": report.models, "steps": r.steps,
             "escalated": report.escalations, "tool_calls": report.tool_calls,
             "usage": {"input": r.usage.input, "output": r.usage.output,
-                      "cache_read": r.usage.cache_read, "cache_write": r.usage.cache_write},
+                      "cache_read": r.usage.cache_read, "cache_write": r.usage.cache_write,
+                      "estimated": r.usage.estimated},
             "cost": report.cost, "seconds": report.seconds, "run_id": report.run_id,
             "session": str(report.session) if report.session else None}
 

@@ -311,13 +311,13 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
     try:
         report.result = await run_escalating(providers, system, messages, ctx,
                                              req.max_steps or settings.max_steps, books,
-                                             report.escalations)
+                                             report.escalations, req.sampling)
     except asyncio.CancelledError:
         report.result = LoopResult("interrupted", error="interrupted by the user")
         raise
     finally:
         report.seconds = round(time.monotonic() - started, 3)
-        report.cost = ledger.cost  # every call of the turn, compaction's summaries included
+        report.cost = ledger.total(report.model)  # every call, compaction's included
         r = report.result
         log.end(run=report.run_id, status=r.status, error=r.error, steps=r.steps,
                 seconds=report.seconds, cost=report.cost)

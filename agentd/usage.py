@@ -5,7 +5,6 @@ An unknown model costs `None`, never a guess: a wrong number is worse than no nu
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Any
 
 from agentd import jsonl
 from agentd.config import Price
-from agentd.llm.types import Message, ToolSpec, Usage
+from agentd.llm.types import Usage
 
 PRICES_AS_OF = "2026-11"
 
@@ -56,11 +55,13 @@ def cost(usage: Usage, price: Price | None) -> float | None:
 def append_ledger(path: Path, run_id: str, model: str, trigger: str, usage: Usage,
                   usd: float | None) -> None:
     """One line per model call in `.agentd/usage.jsonl` (an agentd.jsonl line: a trigger
-    holds a hook's or a session's name); appends are atomic at this size."""
+    holds a hook's or a session's name); appends are atomic at this size. A call whose
+    server reported no usage gets `"estimated": true` (its counts are characters / 4)."""
     jsonl.append(path, {
         "ts": round(time.time(), 3), "run": run_id, "model": model, "trigger": trigger,
         "input": usage.input, "output": usage.output, "cache_read": usage.cache_read,
-        "cache_write": usage.cache_write, "cost": usd})
+        "cache_write": usage.cache_write, "cost": usd} | (
+        {"estimated": True} if usage.estimated else {}))
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Row:
     cache_read: int
     cache_write: int
     cost: float | None
+    estimated: bool = False  # counts estimated: the server reported no usage
 
     @property
     def kind(self) -> str:
@@ -110,7 +112,7 @@ def parse_row(line: str | bytes) -> Row | None:
     if not isinstance(run, str) or not isinstance(trigger, str):
         return None
     return Row(float(ts), run, d["model"], trigger or "?", *counts,
-               None if usd is None else float(usd))
+               None if usd is None else float(usd), d.get("estimated") is True)
 
 
 def _number(x: Any) -> bool:
@@ -175,20 +177,6 @@ def offset_since(path: Path, since: float) -> int:
     return lo
 
 
-def estimate_tokens(system: str, messages: list[Message], tools: list[ToolSpec]) -> int:
-    """Tokens in a request, estimated offline as characters / 4.
-
-    There is no offline Claude tokenizer, and being a little off is fine for what this
-    is used for: a budget check before the call (reconciled with the reported usage
-    after it) and the decision to compact a conversation (taken at 80 % of the window)."""
-    chars = len(system) + sum(len(t.description) + len(json.dumps(t.parameters)) + len(t.name)
-                              for t in tools)
-    for m in messages:
-        chars += len(m.text) + 8
-        chars += sum(len(c.name) + len(json.dumps(c.arguments)) + 16 for c in m.tool_calls)
-    return chars // 4
-
-
 @dataclass
 class Ledger:
     """The one writer of a run's rows in the usage ledger: every model call of a turn,
@@ -215,3 +203,11 @@ class Ledger:
         if any(c is None for c in self.costs):
             return None
         return round(sum(c for c in self.costs if c is not None), 9)
+
+    def total(self, model: str) -> float | None:
+        """The run's cost for its report: `cost`, or, when no call was booked (the first
+        one failed), $0 only if `model` has a known price: a failed turn of an unpriced
+        model is "cost unknown", as a finished one would be."""
+        if not self.costs and price_for(model, self.prices) is None:
+            return None
+        return self.cost

@@ -3,6 +3,8 @@
 Nothing here trusts the ledger: lines that are not rows are skipped and counted (the
 report says how many), and a call whose cost is unknown (`null`: a model with no price)
 is shown as unknown, never as free: "$1.20 + ?" means $1.20 plus calls of unknown cost.
+Counts estimated because a server reported none (ledger rows marked `estimated`) make
+their group's numbers read "~1,234" (and `estimated_calls` in the JSON).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def _totals(rows: list[Row]) -> dict[str, Any]:
             "cache_write": sum(r.cache_write for r in rows),
             "cached": sum(r.cache_read for r in rows), "output": sum(r.output for r in rows),
             "cache_hit": round(sum(r.cache_read for r in rows) / prompt, 4) if prompt else None,
-            "cost": round(sum(known), 6), "unknown_cost_calls": len(rows) - len(known)}
+            "cost": round(sum(known), 6), "unknown_cost_calls": len(rows) - len(known),
+            "estimated_calls": sum(r.estimated for r in rows)}
 
 
 def report(ledger: Path, settings: Settings, days: int, by: str,
@@ -127,9 +130,11 @@ def render(data: dict[str, Any]) -> Any:
 
     def cells(t: dict[str, Any]) -> list[str]:
         hit = "-" if t["cache_hit"] is None else f"{t['cache_hit']:.0%}"
-        return [f"{t['calls']:,}", f"{t['input']:,}", f"{t['cache_write']:,}",
-                f"{t['cached']:,}", f"{t['output']:,}", hit,
-                money(t["cost"], t["unknown_cost_calls"])]
+        est = "~" if t["estimated_calls"] else ""
+        usd = money(t["cost"], t["unknown_cost_calls"])
+        return [f"{t['calls']:,}", f"{est}{t['input']:,}", f"{t['cache_write']:,}",
+                f"{t['cached']:,}", f"{est}{t['output']:,}", hit,
+                usd if usd == "?" else est + usd]
 
     for g in data["groups"]:
         table.add_row(g[by], *cells(g))

@@ -26,6 +26,12 @@ reply of the script, FIFO, whichever protocol asks. Reply dicts:
                                                     most 60 s): a turn held mid-call
     {"stream_error": "message"}                     a streamed request gets a 200 stream
                                                     whose first event is an error object
+    {"endless": True}                               text until the request's max_tokens, then
+                                                    finish_reason length / max_tokens
+    {"stall": threading.Event(), ...}               stream the first event, then wait for the
+                                                    test (at most 60 s): a stalled stream
+    {"drip": 0.05, "chunks": 40, ...}               the text in `chunks` pieces (default 3),
+                                                    `drip` seconds apart: a slow, live stream
 
 An exhausted script answers 500 "fakellm: script exhausted" (with `x-should-retry: false`
 so the SDKs fail at once), so a test that under-scripts fails loudly. `auto=True` instead
@@ -106,6 +112,7 @@ class FakeLLM:
         self.models = ["fake-model"]  # what GET /v1/models lists
         self.owner = "fakellm"  # their owned_by, which real servers fill with their name
         self.requests: list[Recorded] = []
+        self.uncapped: list[int] = []  # "endless": requests (by index) that sent no cap
         self._script: deque[Reply] = deque(replies)
         self._lock = threading.Lock()
         self._ids = count(1)
@@ -148,6 +155,8 @@ class FakeLLM:
         with self._lock:
             if self._script:
                 return self._script.popleft()
+        if "endless" in self.quirks:
+            return {"endless": True}
         if self.auto:
             return _auto_reply(protocol, body)
         return {"error": 500, "message": "fakellm: script exhausted",
@@ -321,6 +330,34 @@ def _calls_as_text(reply: Reply) -> str:
     return f"{lead}\n{body}".strip()
 
 
+# -- quirks and replies of bounded calls: output caps, usage, endless and stalled streams --
+
+QUIRKS.update({
+    # llama-cpp-python's server (and others) when streaming: no usage chunk, whatever
+    # stream_options.include_usage asks
+    "no-usage-in-stream": "a stream never carries usage, even with include_usage",
+    # a small model that never emits its end token: it talks until max_tokens
+    "endless": "every reply is text until the request's max_tokens, then finish_reason "
+               "length (max_tokens on the Messages API); with no cap, ENDLESS_LIMIT tokens, "
+               "and the request's index goes to fake.uncapped",
+})
+
+ENDLESS_LIMIT = 20_000  # tokens an uncapped "endless" reply stops at (a real one would not)
+
+
+def endless_reply(fake: FakeLLM, reply: Reply, body: dict[str, Any]) -> Reply:
+    """The reply of a model that only stops at the output cap: one 4-character token per
+    word, as many as the request allows, in pieces of about 64 tokens."""
+    cap = body.get("max_tokens") or body.get("max_completion_tokens")
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        with fake._lock:
+            fake.uncapped.append(len(fake.requests) - 1)
+        cap = ENDLESS_LIMIT
+    text = "blah" * cap
+    return {"chunks": max(3, cap // 64), **reply, "text": text, "finish": "length",
+            "usage": {"output": cap, **(reply.get("usage") or {})}}
+
+
 # -- Anthropic Messages ----------------------------------------------------------------
 
 
@@ -333,7 +370,8 @@ def anthropic_response(fake: FakeLLM, reply: Reply, body: dict[str, Any], raw: b
              "cache_read_input_tokens": u["cache_read"]}
     text = "" if reply.get("empty") else reply.get("text") or ""
     calls = _calls(fake, reply, "toolu_fake")
-    stop = "tool_use" if calls else "end_turn"
+    stop = "max_tokens" if reply.get("finish") == "length" else (
+        "tool_use" if calls else "end_turn")
     content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
     content += [{"type": "tool_use", "id": i, "name": n, "input": v} for i, n, _, v in calls]
     msg = {"id": fake.new_id("msg_fake"), "type": "message", "role": "assistant",
@@ -347,7 +385,8 @@ def anthropic_response(fake: FakeLLM, reply: Reply, body: dict[str, Any], raw: b
     for index, block in enumerate(content):
         if block["type"] == "text":
             first, deltas = {"type": "text", "text": ""}, [
-                {"type": "text_delta", "text": p} for p in _pieces(block["text"])]
+                {"type": "text_delta", "text": p}
+                for p in _pieces(block["text"], reply.get("chunks", 3))]
         else:
             first = {**block, "input": {}}
             json_text = calls[index - (1 if text else 0)][2]
@@ -381,7 +420,7 @@ def openai_response(fake: FakeLLM, reply: Reply, body: dict[str, Any], raw: byte
              "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
     text = "" if reply.get("empty") else reply.get("text") or ""
     calls = _calls(fake, reply, "call_fake")
-    finish = "tool_calls" if calls else "stop"
+    finish = reply.get("finish") or ("tool_calls" if calls else "stop")
     base = {"id": fake.new_id("chatcmpl-fake"), "created": int(time.time()),
             "model": body.get("model", "fake-model"), "system_fingerprint": None}
     if not stream:
@@ -395,6 +434,7 @@ def openai_response(fake: FakeLLM, reply: Reply, body: dict[str, Any], raw: byte
             {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}]}, []
 
     with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    with_usage = with_usage and "no-usage-in-stream" not in fake.quirks
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         c = {**base, "object": "chat.completion.chunk", "choices": [
@@ -402,7 +442,7 @@ def openai_response(fake: FakeLLM, reply: Reply, body: dict[str, Any], raw: byte
         return _sse(None, {**c, "usage": None} if with_usage else c)
 
     chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
-    chunks += [chunk({"content": p}) for p in _pieces(text)]
+    chunks += [chunk({"content": p}) for p in _pieces(text, reply.get("chunks", 3))]
     for index, (cid, name, args, _) in enumerate(calls):
         chunks.append(chunk({"tool_calls": [{"index": index, "id": cid, "type": "function",
                                              "function": {"name": name, "arguments": ""}}]}))
@@ -504,6 +544,8 @@ class _Handler(BaseHTTPRequestHandler):
             reply = _quirk_reply(fake.quirks, reply, request)
             if "error" in reply:
                 return self._error(protocol, reply["error"], reply["message"], None)
+        if reply.get("endless"):
+            reply = endless_reply(fake, reply, request)
         if "stream_error" in reply and request.get("stream"):
             return self._stream_error(reply["stream_error"])
         if fake.cache and "usage" not in reply:
@@ -517,7 +559,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("cache-control", "no-cache")
         self.send_header("connection", "close")
         self.end_headers()
-        for event in events:
+        for i, event in enumerate(events):
+            if i == 1 and "stall" in reply:
+                reply["stall"].wait(60)
+            if i and reply.get("drip"):
+                time.sleep(reply["drip"])
             self.wfile.write(event)
             self.wfile.flush()
         self.close_connection = True

@@ -333,8 +333,6 @@ def test_tools_with_tool_choice_none_are_accepted(host: BridgeHost, fake: FakeLL
         -1].body["tools"]] != ["f"]  # the agent's own tools, not the client's
 
 
-@pytest.mark.xfail(strict=True, reason="the providers apply TurnRequest.sampling in "
-                   "h-bounded's branch; drop this mark once it is merged")
 def test_sampling_parameters_reach_the_model(host: BridgeHost, fake: FakeLLM) -> None:
     fake.push({"text": "ok"})
     client(host).chat.completions.create(model="agentd", messages=user("hi"),

@@ -60,7 +60,7 @@ def test_background_turn_stops_before_the_call_that_would_cross_the_cap(
     spend(home, 0.03)
     fake.push(STEP, {"text": "never sent"})
     report = turn(home, workdir, "cron:nightly")
-    assert report.result.status == "budget" and report.result.steps == 2
+    assert report.result.status == "budget" and report.result.steps == 1  # replies
     assert len(posts(fake)) == 1  # the second call was never made
     err = report.result.error or ""
     assert "daily budget of $0.05 reached" in err and "resets" in err and "(in " in err

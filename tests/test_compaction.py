@@ -167,7 +167,7 @@ class Summariser:
         self.calls: list[list[Message]] = []
 
     async def complete(self, system: str, messages: list[Message], tools: list,
-                       on_text: object = None) -> Message:
+                       on_text: object = None, sampling: object = None) -> Message:
         self.calls.append(messages)
         return Message("assistant", "the summary", model=self.name)
 

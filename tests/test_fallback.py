@@ -217,7 +217,7 @@ class Scripted:
         self.closed = False
 
     async def complete(self, system: str, messages: list[Message], tools: list,
-                       on_text: object = None) -> Message:
+                       on_text: object = None, sampling: object = None) -> Message:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)

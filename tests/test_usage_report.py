@@ -66,7 +66,7 @@ def test_numbers_by_model(ledger: Path) -> None:
     assert r["groups"][0]["model"] == SONNET  # most expensive first
     assert groups[SONNET] == {"model": SONNET, "calls": 2, "input": 1500, "cache_write": 1000,
                               "cached": 12000, "output": 150, "cache_hit": 0.8276,
-                              "cost": 0.75, "unknown_cost_calls": 0}
+                              "cost": 0.75, "unknown_cost_calls": 0, "estimated_calls": 0}
     assert groups[ODD]["cost"] == 0 and groups[ODD]["unknown_cost_calls"] == 1
     t = r["total"]
     assert (t["calls"], t["input"], t["cached"], t["output"]) == (5, 7200, 12000, 530)
@@ -132,3 +132,23 @@ def test_budget_today_for_agentd_status(ledger: Path) -> None:
     assert budget_today(ledger, settings, now=NOW) == [
         {"budget": "daily", "cap": 2.0, "spent": 0.75, "reached": False}]
     assert budget_today(ledger, parse_settings({}), now=NOW) == []
+
+
+def test_estimated_rows_are_counted_and_marked(tmp_path: Path) -> None:
+    """Only `"estimated": true` marks a row (the ledger is anyone's to write: any other
+    value is no mark); the table shows the group's counts and cost with "~"."""
+    path = tmp_path / "usage.jsonl"
+    est = json.loads(row(NOW - 60, LOCAL, "cli", 0.0, input=1200, output=30))
+    forged = json.loads(row(NOW - 90, LOCAL, "cli", 0.0, input=1, output=1))
+    path.write_text(json.dumps(est | {"estimated": True}) + "\n"
+                    + json.dumps(forged | {"estimated": "yes"}) + "\n")
+    r = report(path, parse_settings({}), 1, "model", now=NOW)
+    assert (r["total"]["calls"], r["total"]["estimated_calls"]) == (2, 1)
+    from rich.console import Console
+
+    from agentd.usage_report import render
+
+    console = Console(width=200, record=True)
+    console.print(render(r))
+    text = console.export_text()
+    assert "~1,201" in text and "~31" in text and "~$0.00" in text

@@ -4,6 +4,7 @@ The package's modules import one way, each only from those below it:
 
 - values.py    durations (`Duration`, `parse_duration`), daily windows, time zones;
 - tables.py    copying a TOML table onto a settings dataclass, strictly;
+- calls.py     `[calls]`: the output cap and the time limits of one model call;
 - bridge.py    `[bridge]`;  costs.py  fallbacks, `[budget]`, `[throttling]`, `[compaction]`;
 - settings.py  `Settings`, the other sections, and `load_settings`;
 - template.py  the commented agentd.toml that `agentd init` writes (no imports).
@@ -12,6 +13,7 @@ Callers import the names below from `agentd.config`.
 """
 
 from agentd.config.bridge import HOOK_NAME, BridgeSettings, HookSettings
+from agentd.config.calls import CallSettings
 from agentd.config.costs import BudgetSettings, CompactionSettings, ThrottleSettings
 from agentd.config.settings import (
     BUILTIN_ENDPOINTS,
@@ -32,7 +34,8 @@ from agentd.config.values import Duration, check_timezone, parse_duration, parse
 
 __all__ = [
     "BUILTIN_ENDPOINTS", "CONFIG_NAME", "DEFAULT_CONFIG", "HOOK_NAME", "BridgeSettings",
-    "BudgetSettings", "CompactionSettings", "DaemonSettings", "Duration", "Endpoint",
+    "BudgetSettings", "CallSettings", "CompactionSettings", "DaemonSettings", "Duration",
+    "Endpoint",
     "GitSettings", "HeartbeatSettings", "HookSettings", "Price", "QuotaSettings", "Settings",
     "SkillsSettings", "ThrottleSettings", "check_timezone", "load_settings", "parse_duration",
     "parse_hours", "parse_settings",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agentd.config.bridge import BridgeSettings, HookSettings, parse_bridge
+from agentd.config.calls import CallSettings, parse_calls
 from agentd.config.costs import (
     BudgetSettings,
     CompactionSettings,
@@ -130,6 +131,7 @@ class Settings:
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     git: GitSettings = field(default_factory=GitSettings)
     skills: SkillsSettings = field(default_factory=SkillsSettings)
+    calls: CallSettings = field(default_factory=CallSettings)
 
     def endpoint(self, name: str) -> Endpoint | None:
         return self.providers.get(name)
@@ -205,6 +207,8 @@ def _parse(data: dict[str, Any]) -> Settings:
             parse_budget(s.budget, value)
         elif key == "bridge":
             parse_bridge(s.bridge, value)
+        elif key == "calls":
+            parse_calls(s.calls, value)
         else:
             raise UnknownSetting("", key, [])
     check_costs(s.budget, s.compaction)

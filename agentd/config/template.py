@@ -115,6 +115,16 @@ DEFAULT_CONFIG = '''\
 # heartbeat = 0.50
 # cron = 1.00
 
+# The bounds of one model call: an output cap sent with every request (a reply cut there
+# is told to finish once, then the turn ends `truncated`), no bytes for idle_timeout, or
+# the whole call past call_timeout, ends the call (and a fallback model takes over).
+# [calls]
+# max_tokens = 8192
+# idle_timeout = "2m"
+# call_timeout = "10m"
+# [calls.models]                 # per model, or per provider
+# "local" = 2048
+
 # A model still failing after its retries is skipped for `cooldown` (or its Retry-After,
 # when longer, up to 1h). A Retry-After longer than max_retry_wait is not waited for.
 # [throttling]

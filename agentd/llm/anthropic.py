@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentd.llm.base import SDKProvider
+from agentd.llm.base import DEFAULT_BOUNDS, Bounds, SDKProvider
 from agentd.llm.toolparse import parse_arguments
 from agentd.llm.types import (
     Message,
     ProviderError,
+    Sampling,
     TextSink,
     ToolCall,
     ToolSpec,
     Usage,
+    output_cap,
     sanitize_history,
 )
 
@@ -31,11 +33,11 @@ class AnthropicProvider(SDKProvider):
     default_url = DEFAULT_URL
 
     def __init__(self, model: str, *, api_key: str | None, base_url: str | None,
-                 max_retries: int = 2, timeout: float = 600.0, max_tokens: int = 8192,
-                 key_env: str = "ANTHROPIC_API_KEY") -> None:
+                 max_retries: int = 2, timeout: float = 600.0,
+                 key_env: str = "ANTHROPIC_API_KEY", bounds: Bounds = DEFAULT_BOUNDS) -> None:
         super().__init__(model, label="anthropic", api_key=api_key, base_url=base_url,
-                         max_retries=max_retries, timeout=timeout, key_env=key_env)
-        self.max_tokens = max_tokens
+                         max_retries=max_retries, timeout=timeout, key_env=key_env,
+                         bounds=bounds)
 
     def _make_client(self) -> Any:
         import anthropic
@@ -44,11 +46,16 @@ class AnthropicProvider(SDKProvider):
                                         max_retries=self.max_retries, timeout=self.timeout)
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         params: dict[str, Any] = {
-            "model": self.model, "max_tokens": self.max_tokens, "stream": True,
-            "messages": to_anthropic(sanitize_history(messages)),
+            "model": self.model, "max_tokens": output_cap(self.bounds.max_tokens, sampling),
+            "stream": True, "messages": to_anthropic(sanitize_history(messages)),
         }
+        # No temperature: the Messages API of current models takes none (nor does the SDK's
+        # `create` any longer); a client's temperature is dropped here, its stop kept.
+        if sampling is not None and sampling.stop:
+            params["stop_sequences"] = list(sampling.stop)
         if system:
             params["system"] = [{"type": "text", "text": system}]
         if tools:

@@ -6,6 +6,11 @@ each adapter keeps only what its wire protocol makes different: building its SDK
 (`_make_client`, where the SDK is imported, so importing an adapter stays cheap), the
 request and stream format, and which SDK exceptions mean what.
 
+Every call is bounded here, whatever the SDK does: `max_tokens` (the output cap the
+adapter sends), `idle_timeout` (no bytes for that long, before the answer starts or within
+it) and `call_timeout` (the whole call, however steadily the server keeps sending; the
+SDK's own timeout is per read and never stops a stream that keeps trickling).
+
 An adapter is where an SDK's failure is understood, so it is where a ProviderError gets
 its `transient` and `retry_after` (llm/types.py): the status codes and headers below
 decide them for HTTP errors; connection failures and cut-off streams are transient.
@@ -18,11 +23,25 @@ import email.utils
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from agentd.llm.types import Message, ProviderError, TextSink
 from agentd.surrogates import replace_surrogates, replace_surrogates_in
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How far one call may go: the output cap sent with every request (a client's own
+    max_tokens only lowers it) and the two time limits, in seconds."""
+
+    max_tokens: int = 8192
+    idle_timeout: float = 120.0
+    call_timeout: float = 600.0
+
+
+DEFAULT_BOUNDS = Bounds()
 
 TRANSIENT_STATUS = {408, 409, 425, 429}  # and every 5xx (529: Anthropic's "overloaded")
 
@@ -59,10 +78,12 @@ class SDKProvider:
     default_url: str = ""
 
     def __init__(self, model: str, *, label: str, api_key: str | None, base_url: str | None,
-                 max_retries: int, timeout: float, key_env: str) -> None:
+                 max_retries: int, timeout: float, key_env: str,
+                 bounds: Bounds = DEFAULT_BOUNDS) -> None:
         self.name = f"{label}:{model}"
         self.model, self.label, self.key_env = model, label, key_env
         self.base_url, self.max_retries, self.timeout = base_url, max_retries, timeout
+        self.bounds = bounds
         self._key = api_key or (os.environ.get(key_env) if key_env else None)
         if not self._key and not key_env:
             self._key = "none"  # a keyless endpoint; the SDK insists on some credential
@@ -90,19 +111,53 @@ class SDKProvider:
 
     async def _stream(self, create: Callable[[Any], Any], params: dict[str, Any],
                       on_text: TextSink | None) -> Message:
-        """Open the stream with `create(client)` and fold it with `_read`; every failure
-        comes out as one ProviderError (`_error`), never an SDK exception."""
+        """Open the stream with `create(client)` and fold it with `_read`, within the idle
+        and total time limits; every failure comes out as one ProviderError (`_error`),
+        never an SDK exception.
+
+        The idle limit is one deadline, pushed back by every event that arrives (a
+        `wait_for` per event would cost a task each: ~10x the time per event)."""
         try:
-            stream = await create(self._get_client())(**params)
-            sink = None if on_text is None else lambda t: on_text(replace_surrogates(t))
-            async with stream:
-                reply = await self._read(stream, sink)
+            client = self._get_client()  # before the clock starts: it may import the SDK
+            async with asyncio.timeout(self.bounds.call_timeout):
+                try:
+                    async with asyncio.timeout(self.bounds.idle_timeout) as idle:
+                        stream = await create(client)(**params)
+                        sink = None if on_text is None else (
+                            lambda t: on_text(replace_surrogates(t)))
+                        async with stream:
+                            events = self._pushing(idle, stream)
+                            try:
+                                reply = await self._read(events, sink)
+                            finally:
+                                await events.aclose()
+                except TimeoutError:  # the idle deadline's own (the SDKs' have their classes)
+                    raise self._idle_error() from None
             # A "\ud800" in the provider's JSON: no later write or request could encode it.
             return Message.from_dict(replace_surrogates_in(reply.to_dict()))
         except ProviderError:
             raise
+        except TimeoutError:  # the call's deadline
+            # Not retried on this model: a call that ran this long would run as long again;
+            # a chain moves on to its next model (and cools this one down).
+            raise ProviderError(
+                self.name, f"the call ran past its time limit of {self.bounds.call_timeout:g}s",
+                hint="[calls] call_timeout sets it, [calls] max_tokens bounds the answer",
+                transient=True, retry_after=math.inf) from None
         except Exception as e:
             raise self._error(e) from e
+
+    def _idle_error(self) -> ProviderError:
+        return ProviderError(self.name, f"{self._url()} sent nothing for "
+                             f"{self.bounds.idle_timeout:g}s", hint="the server stalled; "
+                             "[calls] idle_timeout sets the wait", transient=True)
+
+    async def _pushing(self, idle: asyncio.Timeout, stream: Any) -> AsyncGenerator[Any, None]:
+        """The stream's events, each pushing the idle deadline back."""
+        loop = asyncio.get_running_loop()
+        async for event in stream:
+            idle.reschedule(loop.time() + self.bounds.idle_timeout)
+            yield event
 
     async def _read(self, stream: Any, on_text: TextSink | None) -> Message:
         raise NotImplementedError

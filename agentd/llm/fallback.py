@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentd.llm.types import Message, Provider, ProviderError, TextSink, ToolSpec
+from agentd.llm.types import Message, Provider, ProviderError, Sampling, TextSink, ToolSpec
 
 MAX_COOLDOWN = 3600.0
 
@@ -132,7 +132,8 @@ class FallbackProvider:
                               key=lambda m: ends[m.spec])
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         failures: list[ProviderError] = []
         notes: list[str] = []
         for m in self.order():
@@ -143,7 +144,7 @@ class FallbackProvider:
                 sent = messages
                 if self.prepare:
                     sent = await self.prepare(m.provider, m.spec, system, messages, tools)
-                reply = await self._attempts(m, system, sent, tools, on_text)
+                reply = await self._attempts(m, system, sent, tools, on_text, sampling)
             except ProviderError as e:
                 if not e.transient:
                     raise
@@ -164,11 +165,12 @@ class FallbackProvider:
                             transient=last is not None) from last
 
     async def _attempts(self, m: Member, system: str, messages: list[Message],
-                        tools: list[ToolSpec], on_text: TextSink | None) -> Message:
+                        tools: list[ToolSpec], on_text: TextSink | None,
+                        sampling: Sampling | None = None) -> Message:
         assert m.provider is not None
         for attempt in range(m.retries + 1):
             try:
-                return await m.provider.complete(system, messages, tools, on_text)
+                return await m.provider.complete(system, messages, tools, on_text, sampling)
             except ProviderError as e:
                 if not e.transient or attempt == m.retries:
                     raise

@@ -3,7 +3,11 @@
 Chat Completions rather than the Responses API because it is what OpenAI-compatible
 servers (Ollama, vLLM, llama.cpp, gateways) speak, so one adapter covers them all; `label`
 names which one this is. Always streams, with `include_usage` so token counts arrive in a
-last chunk. The SDK is imported on first use so that `agentd --help` does not pay for it.
+last chunk; a server that sends none anyway (many local ones) gets its usage estimated
+(llm/estimate.py) and marked so. Every request carries the output cap: as
+`max_completion_tokens` to OpenAI's own API (its reasoning models refuse `max_tokens`),
+as `max_tokens` to compatible servers (which know only that). The SDK is imported on first
+use so that `agentd --help` does not pay for it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
-from agentd.llm.base import SDKProvider
+from agentd.llm.base import DEFAULT_BOUNDS, Bounds, SDKProvider
 from agentd.llm.compat import (
     PROFILES,
     Compat,
@@ -24,14 +28,17 @@ from agentd.llm.compat import (
     shape_problem,
     tools_prompt,
 )
+from agentd.llm.estimate import estimate_usage
 from agentd.llm.toolparse import parse_arguments, text_tool_calls
 from agentd.llm.types import (
     Message,
     ProviderError,
+    Sampling,
     TextSink,
     ToolCall,
     ToolSpec,
     Usage,
+    output_cap,
     sanitize_history,
 )
 
@@ -44,9 +51,10 @@ class OpenAIProvider(SDKProvider):
     def __init__(self, model: str, *, api_key: str | None, base_url: str | None,
                  max_retries: int = 2, timeout: float = 600.0, label: str = "openai",
                  key_env: str = "OPENAI_API_KEY", compat: Compat | None = None,
-                 probe: dict[str, bool] | None = None) -> None:
+                 probe: dict[str, bool] | None = None, bounds: Bounds = DEFAULT_BOUNDS) -> None:
         super().__init__(model, label=label, api_key=api_key, base_url=base_url,
-                         max_retries=max_retries, timeout=timeout, key_env=key_env)
+                         max_retries=max_retries, timeout=timeout, key_env=key_env,
+                         bounds=bounds)
         self.compat = compat or Compat()
         self._sent: dict[str, bool] = {}  # the last request's shape, to explain a rejection
         self._probe = probe  # profile = "auto": the switches set beside it, until it asked
@@ -58,23 +66,29 @@ class OpenAIProvider(SDKProvider):
                                   max_retries=self.max_retries, timeout=self.timeout)
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         params: dict[str, Any] = {
             "model": self.model, "stream": True, "stream_options": {"include_usage": True},
         }
         if self._probe is not None:
             await self._detect()
         self._shape(params, system, messages, tools)
+        self._bound(params, sampling)
         if self.compat.text_tool_calls and tools:
-            return await self._text_calls(params, tools, on_text)
-        if not params["stream"]:
-            return await self._stream(_whole, params, on_text)
-        reply = await self._stream(lambda client: client.chat.completions.create, params,
-                                   on_text)
-        if tools and not reply.tool_calls and text_tool_calls(reply.text, _names(tools))[1]:
-            raise ProviderError(self.name, "the model wrote its tool call as text, which "
-                                "this server does not turn into a call",
-                                hint=advice(self.label, "text_tool_calls", True))
+            reply = await self._text_calls(params, tools, on_text)
+        elif not params["stream"]:
+            reply = await self._stream(_whole, params, on_text)
+        else:
+            reply = await self._stream(lambda client: client.chat.completions.create, params,
+                                       on_text)
+            if tools and not reply.tool_calls and text_tool_calls(reply.text,
+                                                                  _names(tools))[1]:
+                raise ProviderError(self.name, "the model wrote its tool call as text, which "
+                                    "this server does not turn into a call",
+                                    hint=advice(self.label, "text_tool_calls", True))
+        if reply.usage is None:  # the server counted nothing: count what went each way
+            reply.usage = estimate_usage(system, messages, tools, reply)
         return reply
 
     # -- compatibility profiles (llm/compat.py) --------------------------------------------
@@ -144,6 +158,18 @@ class OpenAIProvider(SDKProvider):
         return ProviderError(self.name, f"the server rejected the request's shape ({what}): "
                              f"{detail}", status, advice(self.label, switch, value))
 
+    def _bound(self, params: dict[str, Any], sampling: Sampling | None) -> None:
+        """The output cap under the name this server knows, and the client's sampling."""
+        self._get_client()  # the URL may come from the SDK's $OPENAI_BASE_URL
+        own = self.label == "openai" and "api.openai.com" in self._url()
+        params["max_completion_tokens" if own else "max_tokens"] = output_cap(
+            self.bounds.max_tokens, sampling)
+        if sampling is not None:
+            if sampling.temperature is not None:
+                params["temperature"] = sampling.temperature
+            if sampling.stop:
+                params["stop"] = list(sampling.stop)
+
     async def _read(self, stream: Any, on_text: TextSink | None) -> Message:
         """Fold the chunks into one neutral message, passing text deltas on."""
         text: list[str] = []
@@ -190,7 +216,7 @@ class OpenAIProvider(SDKProvider):
                 cid = f"call_{uuid.uuid4().hex[:16]}"
             tool_calls.append(ToolCall(cid, name, *parse_arguments("".join(parts))))
         return Message("assistant", "".join(text), tool_calls, model=self.name,
-                       usage=usage or Usage(), stop_reason=stop)
+                       usage=usage, stop_reason=stop)
 
     def _error(self, e: Exception) -> ProviderError:
         """One line that says what failed and what to do; never the key, never a traceback.

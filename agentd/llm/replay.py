@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from agentd.errors import AgentdError
-from agentd.llm.types import Message, Provider, ProviderError, TextSink, ToolSpec
+from agentd.llm.types import Message, Provider, ProviderError, Sampling, TextSink, ToolSpec
 
 
 class ReplayProvider:
@@ -46,7 +46,8 @@ class ReplayProvider:
         return replies
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
         if self._next >= len(self._replies):
             raise ProviderError(self.name, f"the recording has no reply left (all "
                                 f"{len(self._replies)} used)", hint="record a longer run")
@@ -70,8 +71,9 @@ class RecordingProvider:
         path.write_text("", encoding="utf-8")
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
-                       on_text: TextSink | None = None) -> Message:
-        reply = await self.inner.complete(system, messages, tools, on_text)
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
+        reply = await self.inner.complete(system, messages, tools, on_text, sampling)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(reply.to_dict()) + "\n")
         return reply

@@ -20,12 +20,22 @@ class Usage:
     `input` excludes cached tokens: the prompt size is input + cache_read + cache_write.
     (Anthropic reports it that way; OpenAI's prompt_tokens includes cached tokens, so the
     adapter subtracts them.)
+
+    `estimated`: the provider reported no usage (many local servers send none when
+    streaming), so the adapter counted characters / 4 of what it sent and received
+    (llm/estimate.py). Budgets count these tokens like any others; reports mark them "~".
+    A sum is estimated when any part of it is.
     """
 
     input: int = 0
     output: int = 0
     cache_read: int = 0
     cache_write: int = 0
+    estimated: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output + self.cache_read + self.cache_write
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -33,6 +43,7 @@ class Usage:
             self.output + other.output,
             self.cache_read + other.cache_read,
             self.cache_write + other.cache_write,
+            self.estimated or other.estimated,
         )
 
 
@@ -95,6 +106,8 @@ class Message:
     def to_dict(self) -> dict[str, Any]:
         """A compact JSON-ready dict: empty and default fields are left out."""
         d = asdict(self)
+        if d["usage"] and not d["usage"]["estimated"]:
+            del d["usage"]["estimated"]  # only an estimate says so: old readers see no change
         return {k: v for k, v in d.items() if k == "role" or v not in (None, "", [], False)}
 
     @classmethod
@@ -153,6 +166,16 @@ class ProviderError(Exception):
 
 TextSink = Callable[[str], None]
 
+# stop reasons that mean "cut off at the output cap": OpenAI's and Anthropic's words
+TRUNCATED_STOPS = frozenset({"length", "max_tokens"})
+
+
+def output_cap(configured: int, sampling: Sampling | None) -> int:
+    """The max_tokens a request carries: the configured cap, lowered (never raised) by a
+    client's own max_tokens."""
+    asked = sampling.max_tokens if sampling is not None else None
+    return min(configured, asked) if asked and asked > 0 else configured
+
 
 class Provider(Protocol):
     """One model behind one wire protocol, or a wrapper around others (a fallback chain,
@@ -166,9 +189,12 @@ class Provider(Protocol):
         messages: list[Message],
         tools: list[ToolSpec],
         on_text: TextSink | None = None,
+        sampling: Sampling | None = None,
     ) -> Message:
         """Send the conversation, stream text deltas to `on_text`, return the assistant
-        message (with usage and the model name). Raises ProviderError on failure."""
+        message (with usage and the model name). `sampling` is the turn's request of the
+        model (temperature, stop, a lower max_tokens); a wrapper passes it on unchanged.
+        Raises ProviderError on failure."""
         ...
 
     async def aclose(self) -> None:
