@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from agentd import __version__
-from agentd.cli_base import AgentdGroup, home_only, home_option
+from agentd.cli_base import AgentdGroup, home_only, home_option, warn_unpriced
 from agentd.errors import AgentdError
 from agentd.surrogates import replace_surrogates
 from agentd.termsafe import tty_safe
@@ -99,7 +99,7 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
         if not task:
             raise AgentdError('no prompt: give one as an argument (agentd run "...") or on '
                               "stdin")
-        home, settings, wd = _prepare(home_opt, workdir, no_sandbox)
+        home, settings, wd = _prepare(home_opt, workdir, no_sandbox, model)
         req = TurnRequest(task, wd, model=model, max_steps=max_steps, record=record)
 
         from agentd.loop import Events
@@ -165,7 +165,7 @@ def chat(home_opt: str | None, model: str | None, workdir: Path | None, resume: 
     """
     from agentd.chat import start_chat
 
-    home, settings, wd = _prepare(home_opt, workdir, no_sandbox)
+    home, settings, wd = _prepare(home_opt, workdir, no_sandbox, model)
     sys.exit(start_chat(home, settings, wd, Path.cwd(), model, resume))
 
 
@@ -223,19 +223,21 @@ def skills(home_opt: str | None) -> None:
     make_console().print(skills_table(found))
 
 
-def _prepare(home_opt: str | None, workdir: Path | None,
-             no_sandbox: bool) -> tuple[Path, Settings, Path]:
-    """Resolve the home, its settings and the workdir; warn about the sandbox; remove what
-    dead agentd processes left on this host (agentd/tools/leftovers.py)."""
+def _prepare(home_opt: str | None, workdir: Path | None, no_sandbox: bool,
+             model: str | None = None) -> tuple[Path, Settings, Path]:
+    """Resolve the home, its settings and the workdir; warn about the sandbox and about a
+    money cap that cannot hold the model; remove what dead agentd processes left on this
+    host (agentd/tools/leftovers.py)."""
     from agentd.config import load_settings
 
     wd = (workdir or Path.cwd()).expanduser()
     if not wd.is_dir():
         raise AgentdError(f"workdir {wd} does not exist or is not a folder")
-    home = home_only(home_opt)
+    home = home_only(home_opt, create=True)  # a turn: ~/.agentd is made on first use
     settings = load_settings(home)
     if no_sandbox:
         settings.sandbox.mode = "off"
+    warn_unpriced(settings, model)
     from agentd.tools.sandbox import find_bwrap, sweep_leftovers, turn_warnings
 
     sweep_leftovers()

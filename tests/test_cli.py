@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -62,9 +61,7 @@ def test_two_tool_calls_end_to_end(fake: FakeLLM, home: Path, workdir: Path, mod
         assert json.loads(calls[0]["function"]["arguments"])["path"] == "out/hello.txt"
         assert reqs[0].body["stream_options"] == {"include_usage": True}
     assert all(q.body.get("stream") for q in reqs)
-    # the home only gained its day log entry (committed with the next turn that changes files)
-    assert [x[3:] for x in _git_clean(home).splitlines()] == [
-        f"memory/daily/{datetime.now():%Y-%m-%d}.md"]
+    assert _git_clean(home) == ""  # the day log entry is committed too
 
 
 def test_json_output_is_one_object(fake: FakeLLM, home: Path, workdir: Path) -> None:
@@ -303,3 +300,22 @@ def test_untrusted_turns_never_get_the_network() -> None:
     for profile in ("untrusted", "readonly"):
         assert sandbox_for(s, TurnRequest("t", Path("/"), profile=profile)).network == "none"
     assert s.sandbox.network == "full"  # the settings themselves are untouched
+
+
+@pytest.mark.parametrize("args", [["history"], ["show", "abc123"], ["undo"], ["skills"],
+                                  ["usage"], ["status"], ["status", "--json"], ["stop"],
+                                  ["cron"], ["cron", "run", "x"], ["service"], ["doctor"]])
+def test_commands_that_are_not_turns_never_create_a_home(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    """Only `init` and a turn make a home: looking around outside one says there is none
+    and how to make one, in one line, and leaves no ~/.agentd behind."""
+    monkeypatch.chdir(tmp_path)
+    r = agentd(*args)
+    assert r.exit_code != 0 and "Traceback" not in r.stderr
+    assert not (Path(os.environ["HOME"]) / ".agentd").exists()
+    assert not list(tmp_path.iterdir())
+    if args[0] != "doctor":  # doctor says it in its table, with the other checks
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: no agentd home")
+        assert "agentd init" in r.stderr
+    else:
+        assert "agentd init PATH" in r.stdout
