@@ -263,7 +263,8 @@ _register_daemon_commands()
 
 @cli.command()
 @home_option
-@click.option("--online", is_flag=True, help="Also contact each provider's base URL (one GET).")
+@click.option("--online", is_flag=True, help="Also ask each provider for its models: is it "
+              "reachable, is the key accepted, are the home's models served.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: ok and the checks.")
 def doctor(home_opt: str | None, online: bool, as_json: bool) -> None:
     """Check the sandbox, limits, git, the home and keys; say how to fix each problem.

@@ -319,3 +319,28 @@ def test_commands_that_are_not_turns_never_create_a_home(
         assert "agentd init" in r.stderr
     else:
         assert "agentd init PATH" in r.stdout
+
+
+def test_cron_commit_subjects_are_the_same_every_run(fake: FakeLLM, home: Path) -> None:
+    """`Cron: NAME` every time: a first run that answers, a [SILENT] one and one that
+    writes a file all commit under the job's name (issue 14: the first once ended in ":",
+    later ones said "Cron report: …")."""
+    (home / "agentd.toml").write_text('model = "openai:test"\n')
+    (home / "cron/ping.md").write_text("---\nevery: 1h\n---\nPing the notes.\n")
+    fake.push({"text": "Pong."}, {"text": "[SILENT]"},
+              {"tool_calls": [{"name": "write", "arguments": {"path": "notes.md",
+                                                              "content": "pong\n"}}]},
+              {"text": "Wrote notes.md."})
+    before = _git(home, "rev-parse", "HEAD").strip()
+    for _ in range(3):
+        r = agentd("cron", "run", "ping", "--home", str(home), "-q")
+        assert r.exit_code == 0, r.stderr
+    subjects = _git(home, "log", "--format=%s", f"{before}..HEAD").split("\n")
+    cron = [s for s in subjects if s.startswith("Cron")]
+    assert cron == ["Cron: ping"] * 3, subjects
+    assert _git_clean(home) == ""
+
+
+def _git(home: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(home), *args], capture_output=True, text=True,
+                          check=True).stdout
