@@ -13,7 +13,8 @@ calls `run_turn`, which, in this order:
    call to the usage ledger through one writer each (`_Books`);
 5. delivers the answer where the request says (a new file in outbox/: agentd/outbox.py);
 6. writes the day-log entry and makes the turn's one git commit: the agent's files, the
-   answer and the entry together;
+   answer and the entry together (the entry alone when nothing else changed), so the
+   home is clean after every turn;
 7. returns a `TurnReport` (what happened).
 
 Steps 5 and 6 happen even when the loop is interrupted. An untrusted turn also runs within
