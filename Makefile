@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO_HOME ?= /tmp/agentd-demo
+# DEMO_HOME=PATH puts the demo's home there; by default each run gets a fresh private
+# folder from mktemp (a fixed /tmp path would collide between users and runs).
+DEMO_HOME ?=
 
 $(BIN)/agentd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,10 +14,12 @@ $(BIN)/agentd: pyproject.toml
 
 .PHONY: demo test bench lint
 demo: $(BIN)/agentd
-	rm -rf $(DEMO_HOME) && $(BIN)/agentd init $(DEMO_HOME)
-	cd $(DEMO_HOME) && $(CURDIR)/$(BIN)/agentd run --model replay:$(CURDIR)/examples/demo.jsonl \
-	  "Write notes/hello.md with a greeting, then check it with the shell"
-	@echo "notes/hello.md in $(DEMO_HOME):" && cat $(DEMO_HOME)/notes/hello.md
+	@set -e; home="$(DEMO_HOME)"; \
+	if [ -z "$$home" ]; then home="$$(mktemp -d "$${TMPDIR:-/tmp}/agentd-demo.XXXXXX")/home"; fi; \
+	$(abspath $(BIN))/agentd init "$$home"; \
+	cd "$$home" && $(abspath $(BIN))/agentd run --model replay:$(CURDIR)/examples/demo.jsonl \
+	  "Write notes/hello.md with a greeting, then check it with the shell"; \
+	echo "notes/hello.md in $$home:" && cat "$$home/notes/hello.md"
 
 test: $(BIN)/agentd
 	$(BIN)/ruff check agentd tests bench

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from agentd.config import BudgetSettings, Price
+from agentd.config import BudgetSettings, Price, Settings
 from agentd.llm.estimate import estimate_tokens
 from agentd.llm.types import (
     Message,
@@ -63,9 +63,26 @@ class BudgetExceeded(ProviderError):
         self.switchable = switchable
 
 
-def _money(x: float) -> str:
-    """Cents when they say it all ($5.00, $0.05), else four decimals ($0.0121)."""
+def money(x: float) -> str:
+    """Cents when they say it all ($5.00, $0.05), else four decimals ($0.0121): a $0.004
+    cap must not read as $0.00."""
     return f"${x:,.2f}" if x >= 1 or round(x, 2) == round(x, 6) else f"${x:.4f}"
+
+
+def unpriced_warning(settings: Settings, model: str) -> str | None:
+    """What to say at start when a money cap is set but `model` (or a fallback) has no
+    price: its calls cost `null` and no money cap can hold them, which a person who set a
+    cap would otherwise find out from the bill."""
+    b = settings.budget
+    if b.daily_usd is None and b.monthly_usd is None and not b.triggers:
+        return None
+    models = dict.fromkeys([model, *settings.fallbacks])
+    unpriced = [m for m in models if price_for(m, settings.prices) is None]
+    if not unpriced:
+        return None
+    return (f"{', '.join(unpriced)} ha{'ve' if len(unpriced) > 1 else 's'} no price, so the "
+            "money caps of [budget] do not apply to it: declare its price under [prices] in "
+            "agentd.toml (USD per million tokens)")
 
 
 def _until(when: datetime, start: datetime) -> str:
@@ -144,8 +161,8 @@ class Budget:
             if is_interactive(self.trigger) and not self.has_fallback:
                 hint += ', or set budget_fallback = "ollama:<model>" to go on locally'
             raise BudgetExceeded(
-                model, f"{name} budget of {_money(limit)} reached: {_money(spent)} spent, "
-                f"and this call would cost about {_money(estimate)}; it resets "
+                model, f"{name} budget of {money(limit)} reached: {money(spent)} spent, "
+                f"and this call would cost about {money(estimate)}; it resets "
                 f"{_until(resets, datetime.fromtimestamp(now()).astimezone())}", hint)
 
     def note(self, usage: Usage | None) -> None:

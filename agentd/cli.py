@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from agentd import __version__
-from agentd.cli_base import AgentdGroup, home_only, home_option
+from agentd.cli_base import AgentdGroup, home_only, home_option, warn_unpriced
 from agentd.errors import AgentdError
 from agentd.surrogates import replace_surrogates
 from agentd.termsafe import tty_safe
@@ -104,7 +104,7 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
         if not task:
             raise AgentdError('no prompt: give one as an argument (agentd run "...") or on '
                               "stdin")
-        home, settings, wd = _prepare(home_opt, workdir, no_sandbox)
+        home, settings, wd = _prepare(home_opt, workdir, no_sandbox, model)
         session = _continued(home, cont, session_name)
         model = _session_model(home, session, model, settings)
         req = TurnRequest(task, wd, model=model, session=session, max_steps=max_steps,
@@ -207,7 +207,7 @@ def chat(home_opt: str | None, model: str | None, workdir: Path | None, resume: 
     """
     from agentd.chat import start_chat
 
-    home, settings, wd = _prepare(home_opt, workdir, no_sandbox)
+    home, settings, wd = _prepare(home_opt, workdir, no_sandbox, model)
     sys.exit(start_chat(home, settings, wd, Path.cwd(), model, resume))
 
 
@@ -265,19 +265,21 @@ def skills(home_opt: str | None) -> None:
     make_console().print(skills_table(found))
 
 
-def _prepare(home_opt: str | None, workdir: Path | None,
-             no_sandbox: bool) -> tuple[Path, Settings, Path]:
-    """Resolve the home, its settings and the workdir; warn about the sandbox; remove what
-    dead agentd processes left on this host (agentd/tools/leftovers.py)."""
+def _prepare(home_opt: str | None, workdir: Path | None, no_sandbox: bool,
+             model: str | None = None) -> tuple[Path, Settings, Path]:
+    """Resolve the home, its settings and the workdir; warn about the sandbox and about a
+    money cap that cannot hold the model; remove what dead agentd processes left on this
+    host (agentd/tools/leftovers.py)."""
     from agentd.config import load_settings
 
     wd = (workdir or Path.cwd()).expanduser()
     if not wd.is_dir():
         raise AgentdError(f"workdir {wd} does not exist or is not a folder")
-    home = home_only(home_opt)
+    home = home_only(home_opt, create=True)  # a turn: ~/.agentd is made on first use
     settings = load_settings(home)
     if no_sandbox:
         settings.sandbox.mode = "off"
+    warn_unpriced(settings, model)
     from agentd.tools.sandbox import find_bwrap, sweep_leftovers, turn_warnings
 
     sweep_leftovers()
@@ -312,7 +314,8 @@ _register_sessions_command()
 
 @cli.command()
 @home_option
-@click.option("--online", is_flag=True, help="Also contact each provider's base URL (one GET).")
+@click.option("--online", is_flag=True, help="Also ask each provider for its models: is it "
+              "reachable, is the key accepted, are the home's models served.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: ok and the checks.")
 def doctor(home_opt: str | None, online: bool, as_json: bool) -> None:
     """Check the sandbox, limits, git, the home and keys; say how to fix each problem.

@@ -6,16 +6,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from agentd.errors import AgentdError
 
+if TYPE_CHECKING:
+    from agentd.config import Settings
+
 F = TypeVar("F", bound=Callable[..., object])
 
 HOME_HELP = ("The agent's home (default: $AGENTD_HOME, else the nearest parent folder "
-             "holding agentd.toml, else ~/.agentd).")
+             "holding agentd.toml, else ~/.agentd, which only a turn creates).")
 
 
 class AgentdGroup(click.Group):
@@ -50,12 +53,28 @@ def home_option(command: F) -> F:
     return click.option("--home", "home_opt", metavar="PATH", help=HOME_HELP)(command)
 
 
-def home_only(home_opt: str | None) -> Path:
-    """The home that `--home` names, or the one found from here; says so when it was just
-    created."""
+def home_only(home_opt: str | None, create: bool = False) -> Path:
+    """The home that `--home` names, or the one found from here. Only a turn passes
+    `create` (~/.agentd is then made on first use, with a notice); any other command
+    refuses in one line when there is no home."""
     from agentd.newhome import find_home
 
-    home, notice = find_home(home_opt, Path.cwd())
+    home, notice = find_home(home_opt, Path.cwd(), create)
     if notice:
         click.echo(notice, err=True)
     return home
+
+
+def warn_unpriced(settings: Settings, cli_model: str | None = None) -> None:
+    """At the start of a turn or a daemon: a warning when a money cap is set but the model
+    that will run has no price, so the cap cannot hold it (agentd/budget.py)."""
+    from agentd.budget import unpriced_warning
+    from agentd.chain import choose_model
+
+    try:
+        model = choose_model(cli_model, settings)
+    except AgentdError:
+        return  # no model at all: the turn itself says so
+    warning = unpriced_warning(settings, model)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)

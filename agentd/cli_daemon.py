@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from agentd.cli_base import AgentdGroup, home_only, home_option
+from agentd.cli_base import AgentdGroup, home_only, home_option, warn_unpriced
 from agentd.errors import AgentdError
 from agentd.termsafe import tty_safe
 
@@ -24,7 +24,10 @@ def daemon(home_opt: str | None, json_logs: bool, lock_fd: int | None) -> None:
     one log line per event on stderr. Ctrl-C or SIGTERM lets a running turn finish."""
     from agentd.daemon.scheduler import main as run_daemon
 
-    sys.exit(run_daemon(home_only(home_opt), json_logs, lock_fd))
+    home = home_only(home_opt, create=True)
+    if lock_fd is None:  # not the child of `agentd start`, which warned already
+        _warn_unpriced(home)
+    sys.exit(run_daemon(home, json_logs, lock_fd))
 
 
 @click.command()
@@ -34,7 +37,8 @@ def start(home_opt: str | None, json_logs: bool) -> None:
     """Start the daemon in the background (pid file and log in .agentd/)."""
     from agentd.daemon import service
 
-    home = home_only(home_opt)
+    home = home_only(home_opt, create=True)
+    _warn_unpriced(home)
     pid = service.start(home, json_logs)
     click.echo(f"agentd started (pid {pid}) for {home}; log: {service.log_path(home)}")
 
@@ -217,4 +221,16 @@ def serve(home_opt: str | None, port: int | None, json_logs: bool) -> None:
     from agentd.daemon.scheduler import Parts, main
 
     parts = Parts(background=False, bridge=True, port=port)
-    sys.exit(main(home_only(home_opt), json_logs, parts=parts))
+    home = home_only(home_opt, create=True)
+    _warn_unpriced(home)
+    sys.exit(main(home, json_logs, parts=parts))
+
+
+def _warn_unpriced(home: Path) -> None:
+    """A money cap that cannot hold the home's model, said before the daemon starts (a
+    broken agentd.toml is left for the daemon itself to report)."""
+    from agentd.daemon.status import settings_for
+
+    settings, problem = settings_for(home)
+    if not problem:
+        warn_unpriced(settings)

@@ -3,8 +3,8 @@
 Every check reports what it really observed (a launch, a write, a file in /proc), never
 what the configuration merely asks for: the sandbox is a security boundary, and a doctor
 that reports a limit this host silently ignores would be worse than none. Offline by
-default: provider endpoints are contacted only with `--online`. Key values are never shown,
-only whether they are set.
+default: provider endpoints are contacted only with `--online` (agentd/doctor_online.py).
+Key values are never shown, only whether they are set.
 """
 
 from __future__ import annotations
@@ -13,31 +13,18 @@ import os
 import shlex
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agentd.config import CONFIG_NAME, Settings, load_settings
+from agentd.diagnosis import FAIL, OK, WARN, Check
 from agentd.errors import AgentdError
 from agentd.home import Home, is_home, locate_home
 
 if TYPE_CHECKING:
     from agentd.tools import ToolContext
 
-OK, WARN, FAIL = "ok", "warn", "fail"
-DEFAULT_URLS = {"anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
-                "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1")}
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # ok | warn | fail
-    detail: str
-    fix: str = ""
-    required: bool = False  # a failed required check makes doctor exit 1
 
 
 def _write_problem(folder: Path) -> str | None:
@@ -231,35 +218,6 @@ def check_keys(settings: Settings) -> list[Check]:
     return out
 
 
-def base_url(name: str, settings: Settings) -> str | None:
-    ep = settings.providers[name]
-    if ep.base_url:
-        return ep.base_url
-    var, default = DEFAULT_URLS.get(name, ("", ""))
-    return os.environ.get(var) or default or None
-
-
-def check_reachable(settings: Settings, timeout: float = 3.0) -> list[Check]:
-    """One GET per provider base URL; any HTTP answer (even 401/404) means reachable."""
-    out = []
-    for name in sorted(settings.providers):
-        url = base_url(name, settings)
-        if not url:
-            continue
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                status = resp.status
-        except urllib.error.HTTPError as e:
-            status = e.code
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            out.append(Check(f"reach: {name}", WARN, f"{url}: {reason}",
-                             "is the server running / the URL right / the network up?"))
-            continue
-        out.append(Check(f"reach: {name}", OK, f"{url} answered HTTP {status}"))
-    return out
-
-
 def run_checks(home_opt: str | None, cwd: Path, online: bool = False) -> list[Check]:
     home = locate_home(home_opt, cwd)
     checks = check_home(home)
@@ -276,7 +234,9 @@ def run_checks(home_opt: str | None, cwd: Path, online: bool = False) -> list[Ch
     checks += check_limits(settings)
     checks += check_keys(settings)
     if online:
-        checks += check_reachable(settings)
+        from agentd.doctor_online import check_online
+
+        checks += check_online(settings)
     return checks
 
 

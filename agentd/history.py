@@ -46,6 +46,9 @@ __all__ = ["Changes", "Entry", "Scan", "clear_stale_locks", "commit", "display",
 
 TRAILER = re.compile(r"^(Agentd-[A-Za-z]+): (.*)$", re.M)
 UNOPENED = re.compile(rb"^warning: could not open directory '(.*)': Permission denied$", re.M)
+# The trailer of a turn's commit that holds only its day-log entry (the turn changed nothing
+# else): committed so the home is clean after every turn, skipped by a bare `agentd undo`.
+DAY_LOG_ONLY = {"Agentd-Changes": "day log only"}
 BODY_FILES = 1000  # files listed in a commit body
 MSG_FILE = "AGENTD_COMMIT_MSG"  # in .git: the message for the commit script
 BISECT_RUNS = 100  # git launches spent finding paths git refuses, per commit
@@ -314,14 +317,18 @@ def log(home: Path, n: int = 20) -> list[Entry]:
             for (sha, when, _parents, msg), files in commits]
 
 
+def _day_log_only(trailers: dict[str, str]) -> bool:
+    return all(trailers.get(k) == v for k, v in DAY_LOG_ONLY.items())
+
+
 def _find(home: Path, ref: str | None) -> tuple[str, list[str], str]:
     """(sha, parents, message) of a commit by run id (Agentd-Run trailer) or sha prefix;
     None → the last agent turn."""
     for (sha, _when, parents, msg), _files in _commits(home, 1000, files=False):
         trailers = dict(TRAILER.findall(msg))
         if ref is None:
-            if trailers.get("Agentd-Run") and trailers.get("Agentd-Trigger") not in (
-                    "manual", "undo"):
+            turn = trailers.get("Agentd-Trigger") not in ("manual", "undo")
+            if trailers.get("Agentd-Run") and turn and not _day_log_only(trailers):
                 return sha, parents.split(), msg
         elif trailers.get("Agentd-Run") == ref or (len(ref) >= 4 and sha.startswith(ref)):
             return sha, parents.split(), msg

@@ -1,4 +1,5 @@
-"""Making a home: `agentd init PATH`, and ~/.agentd the first time a turn needs one.
+"""Making a home: `agentd init PATH`, and ~/.agentd the first time a turn needs one (only a
+turn: a command that merely reads a home says there is none instead of making one).
 
 Apart from agentd/home.py (the layout, which everything reads) because making a home
 needs git (agentd/history.py), and nothing that only reads a home should.
@@ -30,8 +31,14 @@ def bundled_dir(name: str) -> Path:
     return TEMPLATES / name
 
 
-def find_home(explicit: str | None, cwd: Path) -> tuple[Path, str | None]:
-    """Pick the home as `locate_home` does, creating ~/.agentd on first use. Returns (home,
+NO_HOME = (f"no agentd home here, in a parent folder or at {DEFAULT_HOME}: make one with "
+           f"`agentd init PATH` (or `agentd init {DEFAULT_HOME}`), or pass --home PATH")
+
+
+def find_home(explicit: str | None, cwd: Path, create: bool = False) -> tuple[Path, str | None]:
+    """Pick the home as `locate_home` does. With `create` (a turn), ~/.agentd is made on
+    first use; without it (commands that only read or control a home), no home is an
+    error, so looking around never leaves a ~/.agentd behind. Returns (home,
     notice-or-None)."""
     home = locate_home(explicit, cwd)
     if home is not None and not is_home(home):
@@ -39,6 +46,8 @@ def find_home(explicit: str | None, cwd: Path) -> tuple[Path, str | None]:
         raise AgentdError(f"{home} ({src}) is not an agentd home: run `agentd init {home}`")
     if home is not None:
         return home, None
+    if not create:
+        raise AgentdError(NO_HOME)
     home = Path(DEFAULT_HOME).expanduser().resolve()
     init_home(home)
     return home, f"created a new home at {home} (edit {home / CONFIG_NAME} to configure it)"

@@ -13,7 +13,8 @@ calls `run_turn`, which, in this order:
    call to the usage ledger through one writer each (`_Books`);
 5. delivers the answer where the request says (a new file in outbox/: agentd/outbox.py);
 6. writes the day-log entry and makes the turn's one git commit: the agent's files, the
-   answer and the entry together;
+   answer and the entry together (the entry alone when nothing else changed), so the
+   home is clean after every turn;
 7. returns a `TurnReport` (what happened).
 
 Steps 5 and 6 happen even when the loop is interrupted. An untrusted turn also runs within
@@ -227,17 +228,21 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     log = append_entry(home, now, req.trigger, models, clean(req.task),
                        clean(outcome), files, list(changes.blocked),
                        source=source, held=changes.held)
-    if not files:
-        return  # nothing but the day log changed: it rides along with the next commit
     daily = {f for f in changes.files if f.startswith(DAILY + "/")}
     daily.add(str(log.relative_to(home)))  # no second `git status`: we just wrote it
+    subject, marks = clean(req.title or req.task), trailers(req, report)
+    if not files:  # only the day log changed: it is committed alone, so the home is clean
+        report.commit = history.commit(home, sorted(daily), subject,
+                                       marks | history.DAY_LOG_ONLY)
+        return
     late: dict[str, str] = {}
     report.commit = history.commit(
-        home, files + sorted(daily), clean(req.title or req.task), trailers(req, report),
+        home, files + sorted(daily), subject, marks,
         "\n".join(clean(n) for n in changes.notes()), held=late)
-    if late:  # git refused these at commit time; this line rides along with the next commit
+    if late:  # git refused these at commit time: the day log says so, in a commit of its own
         report.held |= late
         append_held(home, now, late, source)
+        history.commit(home, sorted(daily), subject, marks | history.DAY_LOG_ONLY)
 
 
 async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Events,

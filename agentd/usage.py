@@ -32,6 +32,15 @@ PRICES: dict[str, Price] = {
     "openai:gpt-5.4": Price(2.5, 15.0, 0.25),
     "openai:gpt-5.4-mini": Price(0.75, 4.5, 0.075),
     "openai:gpt-5.4-nano": Price(0.20, 1.25, 0.02),
+    # earlier OpenAI models still served (list prices, unchanged since launch; 2026-11)
+    "openai:gpt-5": Price(1.25, 10.0, 0.125),
+    "openai:gpt-5-mini": Price(0.25, 2.0, 0.025),
+    "openai:gpt-5-nano": Price(0.05, 0.40, 0.005),
+    "openai:gpt-4.1": Price(2.0, 8.0, 0.50),
+    "openai:gpt-4.1-mini": Price(0.40, 1.60, 0.10),
+    "openai:gpt-4.1-nano": Price(0.10, 0.40, 0.025),
+    "openai:gpt-4o": Price(2.50, 10.0, 1.25),
+    "openai:gpt-4o-mini": Price(0.15, 0.60, 0.075),
 }
 
 

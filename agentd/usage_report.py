@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agentd.budget import money as usd
 from agentd.budget import periods
 from agentd.config import Settings
 from agentd.savings import local_share
@@ -153,7 +154,7 @@ def render(data: dict[str, Any]) -> Any:
     parts.append(Text(f"per trigger: {kinds or 'no calls'}"))
     for b in data["budget"]:
         style = "bold red" if b["reached"] else ""
-        parts.append(Text(f"{b['budget']} budget: ${b['spent']:,.2f} of ${b['cap']:,.2f}"
+        parts.append(Text(f"{b['budget']} budget: {usd(b['spent'])} of {usd(b['cap'])}"
                           + (" — reached" if b["reached"] else ""), style=style))
     if data.get("local"):
         parts.append(Text(data["local"]["summary"]))

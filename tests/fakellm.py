@@ -111,6 +111,7 @@ class FakeLLM:
         self._prompts: list[list[str]] = []  # OpenAI: earlier requests, as prefix pieces
         self.models = ["fake-model"]  # what GET /v1/models lists
         self.owner = "fakellm"  # their owned_by, which real servers fill with their name
+        self.key: str | None = None  # when set, GET /v1/models answers 401 to other keys
         self.requests: list[Recorded] = []
         self.uncapped: list[int] = []  # "endless": requests (by index) that sent no cap
         self._script: deque[Reply] = deque(replies)
@@ -501,6 +502,11 @@ class _Handler(BaseHTTPRequestHandler):
         fake, path, _, _ = self._receive()
         if path != "/v1/models":
             return self._error("openai", 404, f"fakellm: no route GET {path}", None)
+        given = self.headers.get("x-api-key") or self.headers.get(
+            "authorization", "").removeprefix("Bearer ")
+        if fake.key is not None and given != fake.key:
+            protocol = "anthropic" if "anthropic-version" in self.headers else "openai"
+            return self._error(protocol, 401, "fakellm: invalid api key", None)
         if "anthropic-version" in self.headers:
             data = [{"type": "model", "id": m, "display_name": m,
                      "created_at": "2025-01-01T00:00:00Z"} for m in fake.models]

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -63,9 +62,7 @@ def test_two_tool_calls_end_to_end(fake: FakeLLM, home: Path, workdir: Path, mod
         assert json.loads(calls[0]["function"]["arguments"])["path"] == "out/hello.txt"
         assert reqs[0].body["stream_options"] == {"include_usage": True}
     assert all(q.body.get("stream") for q in reqs)
-    # the home only gained its day log entry (committed with the next turn that changes files)
-    assert [x[3:] for x in _git_clean(home).splitlines()] == [
-        f"memory/daily/{datetime.now():%Y-%m-%d}.md"]
+    assert _git_clean(home) == ""  # the day log entry is committed too
 
 
 def test_json_output_is_one_object(fake: FakeLLM, home: Path, workdir: Path) -> None:
@@ -380,3 +377,47 @@ def test_a_symlinked_transcript_is_never_followed(fake: FakeLLM, home: Path, wor
     assert r.exit_code == 2 and r.stderr.startswith("error: cannot read session ")
     assert outside.read_text().count("\n") == 1  # nothing appended through the link
     assert not [q for q in fake.requests if q.method == "POST"]
+
+
+@pytest.mark.parametrize("args", [["history"], ["show", "abc123"], ["undo"], ["skills"],
+                                  ["usage"], ["status"], ["status", "--json"], ["stop"],
+                                  ["cron"], ["cron", "run", "x"], ["service"], ["doctor"]])
+def test_commands_that_are_not_turns_never_create_a_home(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    """Only `init` and a turn make a home: looking around outside one says there is none
+    and how to make one, in one line, and leaves no ~/.agentd behind."""
+    monkeypatch.chdir(tmp_path)
+    r = agentd(*args)
+    assert r.exit_code != 0 and "Traceback" not in r.stderr
+    assert not (Path(os.environ["HOME"]) / ".agentd").exists()
+    assert not list(tmp_path.iterdir())
+    if args[0] != "doctor":  # doctor says it in its table, with the other checks
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: no agentd home")
+        assert "agentd init" in r.stderr
+    else:
+        assert "agentd init PATH" in r.stdout
+
+
+def test_cron_commit_subjects_are_the_same_every_run(fake: FakeLLM, home: Path) -> None:
+    """`Cron: NAME` every time: a first run that answers, a [SILENT] one and one that
+    writes a file all commit under the job's name (issue 14: the first once ended in ":",
+    later ones said "Cron report: …")."""
+    (home / "agentd.toml").write_text('model = "openai:test"\n')
+    (home / "cron/ping.md").write_text("---\nevery: 1h\n---\nPing the notes.\n")
+    fake.push({"text": "Pong."}, {"text": "[SILENT]"},
+              {"tool_calls": [{"name": "write", "arguments": {"path": "notes.md",
+                                                              "content": "pong\n"}}]},
+              {"text": "Wrote notes.md."})
+    before = _git(home, "rev-parse", "HEAD").strip()
+    for _ in range(3):
+        r = agentd("cron", "run", "ping", "--home", str(home), "-q")
+        assert r.exit_code == 0, r.stderr
+    subjects = _git(home, "log", "--format=%s", f"{before}..HEAD").split("\n")
+    cron = [s for s in subjects if s.startswith("Cron")]
+    assert cron == ["Cron: ping"] * 3, subjects
+    assert _git_clean(home) == ""
+
+
+def _git(home: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(home), *args], capture_output=True, text=True,
+                          check=True).stdout

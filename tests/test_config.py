@@ -88,7 +88,7 @@ def test_every_command_says_the_same_about_home() -> None:
     helps = {" ".join(c): _home_help(*c) for c in commands}
     assert set(helps.values()) == {
         "The agent's home (default: $AGENTD_HOME, else the nearest parent folder holding "
-        "agentd.toml, else ~/.agentd)."}, helps
+        "agentd.toml, else ~/.agentd, which only a turn creates)."}, helps
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:

@@ -5,10 +5,13 @@ own in the owner's next prompt."""
 
 from __future__ import annotations
 
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import agentd, json_out
+from fakellm import FakeLLM
 from hostile import SECRET, bounded, plant, secret_file
 
 from agentd.daylog import append_entry, day_path
@@ -88,3 +91,42 @@ def test_an_owner_entry_keeps_its_format_with_controls_escaped(home: Path) -> No
     assert "- Task: fix the\\x1b[2J build\n" in text
     assert "- Outcome: ok, 1 step: done\n" in text
     assert "- Files: a.md, odd\\nname.md\n" in text
+
+
+def _git(home: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(home), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.parametrize("case", ["nothing", "fails", "refused", "edits"])
+def test_the_home_is_clean_after_every_turn(fake: FakeLLM, home: Path, workdir: Path,
+                                            case: str) -> None:
+    """Whatever the turn did, `git status` in the home is empty afterwards: its day-log
+    entry is committed (alone when it changed nothing else, with the turn's trailers), and
+    a bare `agentd undo` skips such a commit."""
+    if case == "refused":  # a money cap of $0 refuses the first call
+        with (home / "agentd.toml").open("a") as f:
+            f.write("\n[budget]\ndaily_usd = 0.0\n")
+        _git(home, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "cap")
+    edit = {"tool_calls": [{"name": "write", "arguments": {"path": str(home / "notes.md"),
+                                                           "content": "n\n"}}]}
+    fake.push(*{"nothing": [{"text": "nothing to do"}], "fails": [{"error": 400}],
+                "refused": [], "edits": [edit, {"text": "noted"}]}[case])
+    before = int(_git(home, "rev-list", "--count", "HEAD"))
+    r = agentd("run", "--json", "--home", str(home), "-C", str(workdir), "-m",
+               "openai:gpt-5.4", "the task")
+    out = json_out(r)
+    assert out["status"] == {"nothing": "ok", "fails": "error", "refused": "budget",
+                             "edits": "ok"}[case], out
+    assert _git(home, "status", "--porcelain", "--untracked-files=all") == ""
+    assert int(_git(home, "rev-list", "--count", "HEAD")) == before + 1
+    msg = _git(home, "log", "-1", "--format=%B")
+    files = _git(home, "show", "--name-only", "--format=", "HEAD").split()
+    assert msg.startswith("the task\n") and f"Agentd-Run: {out['run_id']}" in msg
+    if case == "edits":
+        assert "notes.md" in files and "Agentd-Changes" not in msg
+        return
+    assert files == [f"memory/daily/{datetime.now():%Y-%m-%d}.md"]
+    assert "Agentd-Changes: day log only" in msg
+    undo = agentd("undo", "--home", str(home))  # nothing but day logs: nothing to undo
+    assert undo.exit_code != 0 and "no agent turn to undo" in undo.stderr

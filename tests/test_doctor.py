@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -140,10 +141,65 @@ def test_read_only_home_is_broken(home: Path) -> None:
     assert "Read-only file system" in home_check["detail"]
 
 
-def test_online_reaches_loopback_only(fake: FakeLLM, home: Path) -> None:
-    c = checks(home, "--online")[1]
-    assert c["reach: openai"]["status"] == "ok"
-    assert "answered HTTP" in c["reach: openai"]["detail"]
+def test_online_checks_reach_key_and_model(fake: FakeLLM, home: Path) -> None:
+    """A good key and a served model: each its own ok line; only GETs, keys never shown."""
+    fake.models = ["claude-sonnet-5-5", "gpt-5.4-mini"]
+    fake.key = "sk-ant-test-KEYVALUE"
+    (home / "agentd.toml").write_text('model = "anthropic:claude-sonnet-5-5"\n')
+    code, c = checks(home, "--online")
     assert c["reach: anthropic"]["status"] == "ok"
+    assert c["auth: anthropic"]["status"] == "ok", c["auth: anthropic"]
+    assert "ANTHROPIC_API_KEY works (2 models listed)" in c["auth: anthropic"]["detail"]
+    assert c["model: anthropic:claude-sonnet-5-5"]["status"] == "ok"
     assert c["reach: ollama"]["status"] == "warn"  # nothing listens on localhost:11434
     assert {q.method for q in fake.requests} == {"GET"}
+    assert {q.path for q in fake.requests} == {"/v1/models"}
+    sent = [q.headers.get("x-api-key") for q in fake.requests if "anthropic-version" in
+            q.headers]
+    assert sent == ["sk-ant-test-KEYVALUE"]  # to its own provider only
+    # openai's key differs from fake.key: refused, but openai is not in use, so a warning
+    assert c["auth: openai"]["status"] == "warn" and "HTTP 401" in c["auth: openai"]["detail"]
+    assert code == 0
+    table = agentd("doctor", "--online", "--home", str(home))
+    assert "KEYVALUE" not in table.stdout + json.dumps(c)
+
+
+def test_online_a_refused_key_is_broken(fake: FakeLLM, home: Path) -> None:
+    fake.key = "another-key"
+    (home / "agentd.toml").write_text('model = "openai:fake-model"\n')
+    code, c = checks(home, "--online")
+    assert code == 1 and c["reach: openai"]["status"] == "ok"
+    auth = c["auth: openai"]
+    assert auth["status"] == "fail" and auth["required"]
+    assert auth["detail"] == "OPENAI_API_KEY was refused (HTTP 401)"
+    assert not any(name.startswith("model:") for name in c)  # not checkable without a key
+
+
+def test_online_an_unknown_model_is_broken(fake: FakeLLM, home: Path) -> None:
+    (home / "agentd.toml").write_text('model = "openai:gtp-5.4"\nfallbacks = '
+                                      '["anthropic:fake-model"]\n')
+    code, c = checks(home, "--online")
+    assert code == 1
+    assert c["auth: openai"]["status"] == "ok" and c["auth: anthropic"]["status"] == "ok"
+    bad = c["model: openai:gtp-5.4"]
+    assert bad["status"] == "fail" and "not served by openai: it lists fake-model" in bad["detail"]
+    assert c["model: anthropic:fake-model"]["status"] == "ok"
+    assert "/v1/models/gtp-5.4" in {q.path for q in fake.requests}  # looked up by name too
+
+
+def test_online_a_closed_port_and_a_wrong_base_url(fake: FakeLLM, home: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{closed.getsockname()[1]}/v1")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.anthropic_url + "/nothing-here")
+        (home / "agentd.toml").write_text('model = "openai:fake-model"\n'
+                                          'fallbacks = ["anthropic:fake-model"]\n')
+        code, c = checks(home, "--online")
+    assert code == 1
+    reach = c["reach: openai"]
+    assert reach["status"] == "fail" and "Connection refused" in reach["detail"]
+    assert "auth: openai" not in c and "model: openai:fake-model" not in c
+    wrong = c["reach: anthropic"]
+    assert wrong["status"] == "fail" and "answered HTTP 404" in wrong["detail"]
+    assert "base_url" in wrong["fix"]

@@ -16,10 +16,10 @@ from fakellm import FakeLLM
 
 def _snapshot(home: Path) -> dict[str, str]:
     """Hashes of every file in the home, except runtime data and the day log (which records
-    failed turns too)."""
+    failed turns too, and is committed: so .git is left out as well)."""
     return {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(home.rglob("*")) if p.is_file() and ".agentd" not in p.parts
-            and "daily" not in p.parts}
+            and "daily" not in p.parts and ".git" not in p.parts}
 
 
 def _fails(r, code: int, *needles: str) -> str:

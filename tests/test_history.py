@@ -58,13 +58,18 @@ def test_long_task_subject_is_cut_to_72(fake: FakeLLM, home: Path, workdir: Path
     assert len(subject) == 72 and subject.endswith("…")
 
 
-def test_a_turn_that_changes_nothing_makes_no_commit(fake: FakeLLM, home: Path,
-                                                     workdir: Path) -> None:
-    before = git(home, "rev-parse", "HEAD")
+def test_a_turn_that_changes_nothing_commits_only_its_day_log(fake: FakeLLM, home: Path,
+                                                              workdir: Path) -> None:
+    before = git(home, "rev-parse", "HEAD").strip()
     turn(fake, home, workdir, "just answer")
     turn(fake, home, workdir, "write in the workdir only", write("scratch.txt", "x"))
-    assert git(home, "rev-parse", "HEAD") == before
-    day_log = (home / f"memory/daily/{datetime.now():%Y-%m-%d}.md").read_text()
+    today = f"memory/daily/{datetime.now():%Y-%m-%d}.md"
+    # one commit each, holding the day log alone
+    assert git(home, "log", "--format=format:commit", "--name-only", f"{before}..HEAD").split() == [
+        "commit", today, "commit", today]
+    assert "Agentd-Changes: day log only" in git(home, "log", "-1", "--format=%B")
+    assert git(home, "status", "--porcelain") == ""
+    day_log = (home / today).read_text()
     assert day_log.count("\n## ") == 2 and "- Task: just answer" in day_log
     assert "- Outcome: ok, 1 step: done" in day_log
 

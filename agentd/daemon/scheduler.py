@@ -327,4 +327,4 @@ def main(home: Path, json_logs: bool = False, lock_fd: int | None = None,
             log(parts.name, f"replaced a stale pid file (pid {stale} is not running)")
         return asyncio.run(Daemon(home, log, parts).run())
     finally:
-        service.release(fd)
+        service.release(fd, home)

@@ -6,7 +6,9 @@ daemon's whole life. `agentd start` takes the lock itself and hands the locked f
 child it spawns (`--lock-fd`), so of two `agentd start`s at the same instant exactly one
 wins and the other says who did. A pid file whose lock nobody holds is stale (its daemon
 died, even by SIGKILL: the kernel drops the lock) and is simply overwritten. The file is
-never unlinked, only emptied, so two starters can never lock two different files.
+removed on stop, but only by a holder of its exclusive lock, and whoever locks it checks
+afterwards that the path still names the file it locked (else it locks the new one), so
+two starters can never hold two different files.
 
 `agentd stop` sends SIGTERM: the daemon stops scheduling, lets the running turn finish and
 commit, and exits. If that takes longer than the timeout, a second SIGTERM interrupts the
@@ -70,8 +72,12 @@ def _try_lock(fd: int, kind: int, patience: float = 0.0) -> bool:
 
 def running_pid(home: Path) -> int | None:
     """The running daemon's pid (0 if it is still starting), or None when none runs. Probes
-    with a shared lock, so it never blocks a daemon from starting for long."""
-    fd = os.open(pid_path(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    with a shared lock, so it never blocks a daemon from starting for long; creates
+    nothing (no pid file: none runs)."""
+    try:
+        fd = os.open(Home(home).pid_file, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
     try:
         if _try_lock(fd, fcntl.LOCK_SH):
             return None
@@ -80,12 +86,53 @@ def running_pid(home: Path) -> int | None:
         os.close(fd)
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Does `path` still name the file open at `fd` (not removed, not replaced)?"""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fs = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fs.st_dev, fs.st_ino)
+
+
+def _lock_pid_file(home: Path) -> tuple[int, bool]:
+    """Open the pid file (made if missing) and lock it exclusively. Returns (fd, locked).
+    A file removed by a stopping daemon between our open and our lock is left for the new
+    one at its path, so every holder holds the file the path names."""
+    path = pid_path(home)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if not _try_lock(fd, fcntl.LOCK_EX, patience=0.5):
+            return fd, False
+        if _same_file(fd, path):
+            return fd, True
+        os.close(fd)
+
+
+def remove_stale(home: Path) -> None:
+    """Remove the pid file if no daemon holds it (after a SIGKILL, or a daemon that died
+    before it could): taken under its exclusive lock, as every remover must."""
+    path = Home(home).pid_file
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        if _try_lock(fd, fcntl.LOCK_EX) and _same_file(fd, path):
+            path.unlink()
+    finally:
+        os.close(fd)
+
+
 def acquire(home: Path, inherited: int | None = None) -> tuple[int, int | None]:
     """Lock the pid file for this process and write our pid. Returns (fd, the stale pid it
     replaced or None). Raises AgentdError when another daemon runs for this home."""
-    fd = inherited if inherited is not None else os.open(
-        pid_path(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    if not _try_lock(fd, fcntl.LOCK_EX, patience=0.5):
+    if inherited is not None:
+        fd, locked = inherited, _try_lock(inherited, fcntl.LOCK_EX, patience=0.5)
+    else:
+        fd, locked = _lock_pid_file(home)
+    if not locked:
         pid = _read_pid(fd)
         os.close(fd)
         raise AgentdError(f"agentd is already running for {home} (pid {pid or '?'}); "
@@ -97,9 +144,14 @@ def acquire(home: Path, inherited: int | None = None) -> tuple[int, int | None]:
     return fd, old if old not in (None, os.getpid()) else None
 
 
-def release(fd: int) -> None:
+def release(fd: int, home: Path | None = None) -> None:
+    """Give up the pid lock; with `home`, remove the pid file first (still holding the
+    lock, and only if it is still ours), so a stopped daemon leaves none behind."""
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
+        if home is not None and _same_file(fd, Home(home).pid_file):
+            Home(home).pid_file.unlink()
+    with contextlib.suppress(OSError):
         os.close(fd)
 
 
@@ -111,8 +163,8 @@ def _rotate_log(path: Path) -> None:
 
 def start(home: Path, json_logs: bool = False) -> int:
     """Start the daemon in the background; returns its pid once it is up."""
-    fd = os.open(pid_path(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    if not _try_lock(fd, fcntl.LOCK_EX, patience=0.5):
+    fd, locked = _lock_pid_file(home)
+    if not locked:
         pid = _read_pid(fd)
         os.close(fd)
         raise AgentdError(f"agentd is already running for {home} (pid {pid or '?'})", 1)
@@ -123,6 +175,7 @@ def start(home: Path, json_logs: bool = False) -> int:
     os.set_inheritable(fd, True)
     cmd = [sys.executable, "-m", "agentd", "daemon", "--home", str(home), "--lock-fd", str(fd)]
     with log.open("ab") as out:
+        before = out.seek(0, os.SEEK_END)  # a failure quotes only what this start wrote
         child = subprocess.Popen(cmd + (["--json-logs"] if json_logs else []), cwd=home,
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                  pass_fds=(fd,), start_new_session=True)
@@ -136,12 +189,20 @@ def start(home: Path, json_logs: bool = False) -> int:
             return child.pid
         code = child.poll()
         if code is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            remove_stale(home)
             raise AgentdError(f"the daemon exited at start (status {code}): "
-                              + " / ".join(tail), 1)
+                              + " / ".join(_written_since(log, before)[-3:]), 1)
         time.sleep(0.05)
     raise AgentdError(f"the daemon (pid {child.pid}) did not report ready within "
                       f"{READY_TIMEOUT:.0f}s; see {log}", 1)
+
+
+def _written_since(log: Path, offset: int) -> list[str]:
+    """The log's lines from `offset` on (what this start's daemon wrote)."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read(64 * 1024).decode(errors="replace").strip()
+    return text.splitlines() or ["(it wrote nothing to its log)"]
 
 
 def _wait_gone(home: Path, seconds: float) -> bool:
@@ -196,3 +257,4 @@ def _killed(home: Path, pid: int) -> None:
     while leftovers.start_time(pid) is not None and time.monotonic() < deadline:
         time.sleep(0.02)
     sweep_leftovers()
+    remove_stale(home)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd import state
 from agentd.bridge.store import recent_deliveries
+from agentd.budget import money
 from agentd.daemon import cron, crontab, service
 from agentd.home import Home
 from agentd.homefs import Root
@@ -111,15 +112,37 @@ def _cron_row(root: Root, name: str, kind: str, results: dict[str, Any], setting
 
 
 def collect(home: Path, settings: Settings) -> dict[str, Any]:
+    """Everything `status` shows. The daemon's own status.json lags the cron folder until
+    its watcher's next event, so its job list is cut to the files there now: a deleted job
+    is gone from `status --json` at once."""
     pid = service.running_pid(home)
     live = state.read(status_path(home), None) if pid is not None else None
     if not isinstance(live, dict) or (pid and live.get("pid") != pid):
         live = None
+    rows = cron_rows(home, settings, live)
+    if live is not None and isinstance(live.get("cron"), list):
+        names = {r["name"] for r in rows}
+        live["cron"] = [j for j in live["cron"] if isinstance(j, dict) and j.get("name") in names]
+    bridge = (live or {}).get("bridge") or None
     return {"home": str(home), "running": pid is not None, "pid": pid or None,
-            "daemon": live, "cron": cron_rows(home, settings, live),
+            "daemon": live, "cron": rows,
+            "bridge": {"listening": bridge.get("url") if isinstance(bridge, dict) else None,
+                       "enabled": settings.bridge.enabled},
             "runs": state.tail_lines(Home(home).runs_log, 8),
             "deliveries": recent_deliveries(Home(home).bridge, 5),
             "today": usage_today(home), "budgets": _budgets(home, settings)}
+
+
+def bridge_line(info: dict[str, Any]) -> str:
+    """Where the chat bridge listens, or why it does not."""
+    b = info.get("bridge") or {}
+    if b.get("listening"):
+        return f"bridge: listening on {b['listening']}"
+    if info["running"]:
+        return "bridge: off (set [bridge] enabled = true in agentd.toml and restart)"
+    return ("bridge: off (enabled in agentd.toml: it listens once the daemon runs)"
+            if b.get("enabled") else "bridge: off (agentd serve, or [bridge] enabled = true "
+            "and agentd start)")
 
 
 def _budgets(home: Path, settings: Settings) -> list[dict[str, Any]]:
@@ -193,14 +216,13 @@ def render(info: dict[str, Any]) -> str:
                      f"heartbeat: every {hb.get('every')}{hours} · next {_when(hb.get('next'))}"
                      + (f" · last {_when(last.get('ts'))}: {last.get('result')}" if last
                         else "") if hb.get("enabled") else "heartbeat: off")
-        if d.get("bridge"):
-            lines.append(f"bridge: listening on {d['bridge'].get('url')}")
         q = d.get("queue") or {}
         run = q.get("running")
         lines.append(f"queue: {q.get('depth', 0)} waiting" + (
             f" · running {run['kind']} {run['name']} since {_when(run.get('started'))}"
             if run else " · idle") + (f" · watching files by {d['watch']}"
                                       if d.get("watch") else ""))
+    lines.append(bridge_line(info))
     lines.append("cron:")
     lines += cron_lines(info["cron"])
     if info["runs"]:
@@ -219,7 +241,7 @@ def render(info: dict[str, Any]) -> str:
     lines.append(f"today: {t['calls']} model calls, {t['input']:,} in / {t['output']:,} out "
                  f"tokens ({t['cache_read']:,} cache read), {cost}")
     for b in info.get("budgets") or []:
-        lines.append(f"budget {b['budget']}: ${b['spent']:.2f} of ${b['cap']:.2f}"
+        lines.append(f"budget {b['budget']}: {money(b['spent'])} of {money(b['cap'])}"
                      + (" (reached: background turns paused)" if b["reached"] else ""))
     return "\n".join(lines)
 

@@ -42,7 +42,9 @@ def tracked(home: Path) -> set[str]:
 
 
 def body(home: Path) -> str:
-    return git(home, "log", "-1", "--format=%B")
+    """The last turn's commit message (not a later commit holding only day-log lines)."""
+    return git(home, "log", "-1", "--format=%B", "--invert-grep",
+               "--grep=^Agentd-Changes: day log only$")
 
 
 def day_log(home: Path) -> str:
