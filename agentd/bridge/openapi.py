@@ -22,9 +22,9 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["message", "type", "code"], "properties": {
         "message": {"type": "string"}, "type": {"type": "string"},
         "param": {"type": "null"}, "code": {"type": ["string", "null"]}}}}}
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
-                               "required": True, "schema": {"type": "string",
-                                                            "pattern": "^[0-9]+$"}}}
+RETRY_AFTER = {"Retry-After": {  # not with a chat turn's own 429 (budget) or 503 (stopping)
+    "description": "Seconds to wait before retrying (rate limits, a full queue, shutdown)",
+    "required": False, "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 WHY = {400: "Malformed JSON or a body outside the schema", 401: "Missing or bad credentials",
        404: "No such thing here", 408: "The body arrived too slowly",
        413: "The body is over [bridge] max_body", 415: "The body is not JSON",
