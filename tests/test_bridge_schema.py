@@ -53,7 +53,7 @@ def test_the_schema_is_public_and_documents_every_answer(env: Path, fake: FakeLL
         assert r.status_code == 200 and r.headers["content-type"] == "application/json"
         doc = r.json()
         assert set(doc["paths"]) == PATHS
-        assert "test" not in json.dumps(doc)  # nothing of this home (its model) in it
+        assert "openai:test" not in json.dumps(doc)  # nothing of this home (its model)
         schemes = doc["components"]["securitySchemes"]
         assert schemes["bearer"] == {"type": "http", "scheme": "bearer",
                                      "description": schemes["bearer"]["description"]}
