@@ -256,9 +256,13 @@ def test_every_openai_message_shape_is_history_and_matching_uses_what_was_sent(
         {"role": "function", "name": "f", "content": "legacy"},
         {"role": "assistant", "content": [{"type": "text", "text": "  ".join(seen.split())},
                                           {"type": "refusal", "refusal": "x"}]},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
         {"role": "user", "content": "go on"}])
     assert session_of(r) == key and "show me" in sent_to_model(fake)
+    # agentd is text-only: a user message without text (an image) is refused, not dropped
+    with pytest.raises(openai.BadRequestError, match="only text content is supported"):
+        c.chat.completions.create(model="agentd", messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "user", "content": "go on"}])
 
 
 def test_a_tail_continues_an_edit_starts_anew_and_the_index_survives_a_restart(
@@ -291,16 +295,16 @@ def test_a_tail_continues_an_edit_starts_anew_and_the_index_survives_a_restart(
 # -- client parameters --------------------------------------------------------------------
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"temperature": 3}, "temperature must be a number from 0 to 2"),
-    ({"temperature": "hot"}, "temperature must be a number from 0 to 2"),
-    ({"max_tokens": 0}, "max_tokens must be a positive integer"),
-    ({"max_completion_tokens": 1.5}, "max_completion_tokens must be a positive integer"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop must be a non-empty string or a list"),
-    ({"stop": [""]}, "stop must be a non-empty string or a list"),
+    ({"temperature": 3}, "body.temperature: must be at most 2"),
+    ({"temperature": "hot"}, "body.temperature: must be number"),
+    ({"max_tokens": 0}, "body.max_tokens: must be at least 1"),
+    ({"max_completion_tokens": 1.5}, "body.max_completion_tokens: must be integer"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "body.stop"),
+    ({"stop": [""]}, "body.stop[0]: too short"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]},
      "client-side tools are not supported"),
     ({"functions": [{"name": "f"}]}, "client-side tools are not supported"),
-    ({"tools": "bash"}, "tools must be a list"),
+    ({"tools": "bash"}, "body.tools: must be array"),
 ])
 def test_bad_parameters_are_a_one_line_400(host: BridgeHost, fake: FakeLLM,
                                             params: dict, message: str) -> None:

@@ -35,10 +35,15 @@ def bearer_ok(header: str | None, token: str) -> bool:
 
 def decode_secret(secret: str) -> bytes:
     """`whsec_<base64>` (the Standard Webhooks form: the key is the decoded bytes), else the
-    raw string's UTF-8 bytes. ValueError on bad base64 after the prefix."""
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret[6:], validate=True)
-    return secret.encode()
+    raw string's UTF-8 bytes. The base64 may lack its `=` padding: senders' dashboards hand
+    out such secrets and both reference libraries (standardwebhooks, svix) take them.
+    ValueError on anything else after the prefix (other characters, an impossible length)."""
+    if not secret.startswith("whsec_"):
+        return secret.encode()
+    text = secret[6:].rstrip("=")
+    if len(text) % 4 == 1:  # 4n+1 characters is never base64, padded or not
+        raise ValueError("not base64")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -63,14 +68,36 @@ def _fresh(stamp: str, now: float) -> int | None:
     return value
 
 
+HEADER_SETS = ("webhook", "svix")  # Standard Webhooks' names, and Svix-hosted senders'
+
+
+def webhook_headers(headers: Mapping[str, str]) -> tuple[str, str, str] | str:
+    """(id, timestamp, signature) from one whole header set, `webhook-*` or `svix-*`; else
+    the reason. A request mixing the sets (`webhook-id` with `svix-signature`) or carrying
+    both with different values is refused, not patched together: no sender makes one, and
+    which header wins would be a choice an attacker could steer."""
+    found: list[tuple[str, str, str]] = []
+    for prefix in HEADER_SETS:
+        triple = (headers.get(f"{prefix}-id", ""), headers.get(f"{prefix}-timestamp", ""),
+                  headers.get(f"{prefix}-signature", ""))
+        if any(triple):
+            found.append(triple)
+    if not found:
+        return "missing webhook-id, webhook-timestamp or webhook-signature (or svix-*)"
+    if not all(all(t) for t in found):
+        return "an incomplete or mixed webhook-*/svix-* header set"
+    if len(found) > 1 and found[0] != found[1]:
+        return "webhook-* and svix-* headers that differ"
+    return found[0]
+
+
 def verify_webhook(keys: list[bytes], headers: Mapping[str, str], body: bytes,
                    now: float | None = None) -> str | None:
     """Standard Webhooks v1: any of the header's signatures made with any of `keys`."""
-    msg_id = headers.get("webhook-id", "")
-    stamp = headers.get("webhook-timestamp", "")
-    given = headers.get("webhook-signature", "")
-    if not (msg_id and stamp and given):
-        return "missing webhook-id, webhook-timestamp or webhook-signature"
+    found = webhook_headers(headers)
+    if isinstance(found, str):
+        return found
+    msg_id, stamp, given = found
     if len(msg_id) > 256:
         return "webhook-id too long"
     ts = _fresh(stamp, time.time() if now is None else now)

@@ -2,12 +2,13 @@
 
 Standard Webhooks (standardwebhooks.com): `webhook-id`, `webhook-timestamp` and
 `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` (several, space
-separated, while keys rotate). Verified over the raw body before anything is parsed,
-±5 minutes; the id is the idempotency key (a repeat within `dedupe_ttl` gets 200 and the
-first run's id). Accepted events answer 202 at once; the turn runs later, through the
-queue, with the untrusted profile (the home read-only but outbox/ and a scratch folder),
-its task holding the event JSON between random-id markers. A hook with a `callback_url`
-gets the result POSTed there, signed the same way with the hook's secret.
+separated, while keys rotate), or the same three named `svix-*` (senders hosted on Svix).
+Verified over the raw body before anything is parsed, ±5 minutes; the id is the
+idempotency key (a repeat within `dedupe_ttl` gets 200 and the first run's id). Accepted
+events answer 202 at once; the turn runs later, through the queue, with the untrusted
+profile (the home read-only but outbox/ and a scratch folder), its task holding the event
+JSON between random-id markers. A hook with a `callback_url` gets the result POSTed there,
+signed the same way with the hook's secret.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from agentd.bridge.auth import bearer_ok, signed_headers, verify_webhook
+from agentd.bridge.auth import bearer_ok, signed_headers, verify_webhook, webhook_headers
 from agentd.bridge.core import Bridge
 from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
 from agentd.config import HOOK_NAME
@@ -77,7 +78,7 @@ def router(bridge: Bridge) -> APIRouter:
             raise unauthorized()
         require_json(request.headers.get("content-type"))
         event = parse_json(body, b.max_json_depth, want=None)
-        msg_id = request.headers["webhook-id"]
+        msg_id = webhook_headers(request.headers)[0]
         settings = b.hooks.get(name)
         task = build_task(name, msg_id, event, settings.prompt if settings else "",
                           b.max_event_chars)

@@ -34,7 +34,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentd.bridge.auth import bearer_ok
-from agentd.bridge.chat_request import check_tools, parse_messages, parse_sampling
+from agentd.bridge.chat_request import (
+    CHAT_REQUEST,
+    check,
+    check_tools,
+    parse_messages,
+    parse_sampling,
+)
 from agentd.bridge.conversations import fingerprint
 from agentd.bridge.core import Bridge
 from agentd.bridge.http import ApiError, error_body, parse_json, require_json, unauthorized
@@ -53,25 +59,16 @@ KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 KEEPALIVE = 15.0
 NO_RETRY = {"x-should-retry": "false"}  # the OpenAI SDKs would otherwise run the turn again
 
-_CONTENT = {"oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": {
-    "type": "object", "required": ["type", "text"], "properties": {
-        "type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}}]}
-
-
-def chat_schema(models: list[str]) -> dict[str, Any]:
-    """The request body, for the OpenAPI schema (the handler checks it itself, after auth)."""
-    message = {"type": "object", "required": ["role", "content"], "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant",
-                                            "tool"]},
-        "content": _CONTENT}}
-    body = {"type": "object", "required": ["messages"], "properties": {
-        "model": {"type": "string", "enum": models}, "stream": {"type": "boolean"},
-        "user": {"type": "string"},
-        "stream_options": {"type": "object", "properties": {
-            "include_usage": {"type": "boolean"}}},
-        "messages": {"type": "array", "minItems": 1, "items": message}}}
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": body}}}}
+def chat_schema() -> dict[str, Any]:
+    """The operation's request: the body schema the handler checks (chat_request.py) and
+    the headers it reads, for the OpenAPI schema."""
+    headers = [{"name": name, "in": "header", "required": False, "description": what,
+                "schema": {"type": "string"}} for name, what in (
+        ("X-Agentd-Session", "Names the conversation (overrides `user`)."),
+        ("X-Agentd-Show-Tools", "1/true/yes: a line per tool call in the stream; "
+         "0/false/no: none."))]
+    return {"parameters": headers, "requestBody": {"required": True, "content": {
+        "application/json": {"schema": CHAT_REQUEST}}}}
 
 
 def conversation_key(header: str | None, user: Any) -> str | None:
@@ -143,7 +140,7 @@ def router(bridge: Bridge) -> APIRouter:
             {"id": m, "object": "model", "created": 0, "owned_by": "agentd"}
             for m in model_ids(bridge.settings())]})
 
-    @api.post("/chat/completions", openapi_extra=chat_schema(model_ids(bridge.settings())),
+    @api.post("/chat/completions", openapi_extra=chat_schema(),
               summary="Talk to the agent (OpenAI Chat Completions; Bearer token)")
     async def chat(request: Request) -> Any:
         auth(request)
@@ -151,6 +148,7 @@ def router(bridge: Bridge) -> APIRouter:
         require_json(request.headers.get("content-type"))
         settings = bridge.settings()
         req = parse_json(body, settings.bridge.max_json_depth)
+        check(req)  # the published schema first: what it allows, the rest accepts
         text, history = parse_messages(req.get("messages"))
         sampling = parse_sampling(req)
         check_tools(req)

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from agentd.bridge import adapters, hooks, openai_compat
+from agentd.bridge import adapters, hooks, openai_compat, openapi
 from agentd.bridge.connections import Connections, protocol_class, raise_fd_limit
 from agentd.bridge.core import Bridge
 from agentd.bridge.http import ApiError, error_body
@@ -51,7 +51,16 @@ def create_app(bridge: Bridge) -> Any:
         yield
 
     app = FastAPI(title="agentd bridge", version="1", docs_url=None, redoc_url=None,
-                  openapi_url=None, lifespan=lifespan)
+                  openapi_url="/openapi.json", lifespan=lifespan)
+    built: list[dict[str, Any]] = []
+
+    def schema() -> dict[str, Any]:
+        """FastAPI's document completed with the real answers (openapi.py), built once."""
+        if not built:
+            built.append(openapi.complete(FastAPI.openapi(app)))
+        return built[0]
+
+    app.openapi = schema  # type: ignore[method-assign]
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
