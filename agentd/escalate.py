@@ -9,8 +9,9 @@ why it takes over. It gets its own step allowance; the money caps of the budget 
 the turn as a whole, because every model books into the same ledger.
 
 What counts as ending badly: the provider failed after its fallbacks (`error`), an empty
-reply (`empty`), the step limit (`max_steps`), a reply cut at the output cap
-(`truncated`). Not the budget, and not an interrupt: those are the person's limits.
+reply (`empty`), the step limit (`max_steps`), a reply cut at the output cap twice in a row
+(`truncated`), three replies in a row whose tool calls could not be read (`malformed`).
+Not the budget, and not an interrupt: those are the person's limits.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from agentd.llm.types import Message, Provider, Sampling, Usage
 from agentd.loop import Events, LoopResult, run_loop
 from agentd.tools import ToolContext
 
-ESCALATE_ON = frozenset({"error", "empty", "max_steps", "truncated"})
+ESCALATE_ON = frozenset({"error", "empty", "max_steps", "truncated", "malformed"})
 
 
 def chain_for(spec: str, escalate_to: Sequence[str]) -> list[str]:

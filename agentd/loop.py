@@ -38,8 +38,8 @@ class Events:
 
 @dataclass
 class LoopResult:
-    status: str  # "ok" | "max_steps" | "empty" | "truncated" | "error" | "budget" |
-    # "interrupted"
+    status: str  # "ok" | "max_steps" | "empty" | "truncated" | "malformed" | "error" |
+    # "budget" | "interrupted"
     text: str = ""
     steps: int = 0
     usage: Usage = field(default_factory=Usage)
@@ -49,6 +49,7 @@ class LoopResult:
 CUT_NOTE = ("[agentd] Your last reply was cut off at the output limit before it was "
             "complete. Finish it now, shorter: give the rest of the answer, or send again "
             "the tool calls that were cut, smaller (write a big file in parts).")
+MALFORMED_LIMIT = 3  # replies in a row with only unreadable tool calls end the turn
 CUT_CALL = ("error: not run: your reply was cut off at the output limit before it was "
             "complete, so this call may be incomplete; send it again if you still need it")
 
@@ -60,6 +61,7 @@ async def run_loop(provider: Provider, system: str, messages: list[Message], ctx
     goes with every model call (a client's temperature, stop, lower max_tokens)."""
     r = LoopResult("ok")
     noted = False  # the last message is our note about a cut reply
+    unread = 0  # replies in a row whose every tool call was unreadable
     for step in range(1, max_steps + 1):
         try:
             reply = await provider.complete(system, messages, SPECS, events.text, sampling)
@@ -99,6 +101,12 @@ async def run_loop(provider: Provider, system: str, messages: list[Message], ctx
                                                             True))
                 raise
             _record(messages, events, call, res)
+        unread = unread + 1 if all(c.error for c in reply.tool_calls) else 0
+        if unread == MALFORMED_LIMIT:  # it is not getting better: say so (escalate.py)
+            r.status = "malformed"
+            r.error = (f"{provider.name} sent {unread} replies in a row whose tool calls "
+                       "could not be read")
+            return r
     r.status = "truncated" if noted else "max_steps"
     r.error = (f"{provider.name} was cut off at its output limit in the last step"
                if noted else f"stopped after {max_steps} steps without a final answer; "

@@ -67,6 +67,27 @@ def test_an_empty_local_reply_escalates(fake: FakeLLM, home: Path, workdir: Path
     assert out["escalated"] == [f"{LOCAL} → {FRONTIER} (empty)"]
 
 
+def test_unreadable_tool_calls_three_times_escalate(fake: FakeLLM, home: Path,
+                                                    workdir: Path) -> None:
+    configure(home, fake, f'model = "{LOCAL}"\nescalate_to = ["{FRONTIER}"]\n')
+    garbled = {"tool_calls": [{"name": "bash", "arguments": "{command: echo hi"}]}
+    fake.push(garbled, garbled, garbled, {"text": "done properly"})
+    out = run(home, workdir)
+    assert out["status"] == "ok" and out["text"] == "done properly", out
+    assert paths(fake) == ["openai"] * 3 + ["anthropic"]
+    assert out["escalated"] == [f"{LOCAL} → {FRONTIER} (malformed)"]
+
+
+def test_unreadable_tool_calls_three_times_end_the_turn(fake: FakeLLM, home: Path,
+                                                        workdir: Path) -> None:
+    configure(home, fake, f'model = "{LOCAL}"\n')
+    garbled = {"tool_calls": [{"name": "bash", "arguments": "{command: echo hi"}]}
+    fake.push(garbled, garbled, garbled)
+    out = run(home, workdir)
+    assert out["status"] == "malformed" and out["exit_code"] == 1
+    assert "3 replies in a row whose tool calls could not be read" in out["error"]
+
+
 def test_a_local_server_that_is_down_escalates(fake: FakeLLM, home: Path, workdir: Path) -> None:
     configure(home, fake, f'model = "{LOCAL}"\nescalate_to = ["{FRONTIER}"]\n')
     fake.push({"error": 400, "message": "bad shape"}, {"text": "done anyway"})
