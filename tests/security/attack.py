@@ -83,18 +83,23 @@ def run_untrusted(fake: FakeLLM, home: Path, workdir: Path, *calls: Call) -> Att
 
 
 def set_sandbox(home: Path, **values: Any) -> None:
-    """Put settings under the home's existing [sandbox] table (TOML forbids a second one)."""
+    """Put settings under the home's [sandbox] table: the live one if the file has one (TOML
+    forbids a second), else a new one at the end (the template's headers are comments)."""
     path = home / "agentd.toml"
     lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
     text = path.read_text()
-    assert "\n[sandbox]\n" in text
-    path.write_text(text.replace("\n[sandbox]\n", f"\n[sandbox]\n{lines}", 1))
+    if "\n[sandbox]\n" in text:
+        path.write_text(text.replace("\n[sandbox]\n", f"\n[sandbox]\n{lines}", 1))
+    else:
+        path.write_text(f"{text.rstrip()}\n\n[sandbox]\n{lines}")
 
 
 def git_state(home: Path) -> str:
-    """Everything about the home's repository a planted change could alter."""
-    out = subprocess.run(["git", "-C", str(home), "rev-parse", "HEAD"], capture_output=True,
-                         text=True, check=True).stdout
+    """Everything about the home's repository a planted change could alter: its committed
+    files (the day log aside: every turn commits its entry), config and hooks."""
+    tree = subprocess.run(["git", "-C", str(home), "ls-tree", "-r", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout
+    out = "".join(line + "\n" for line in tree.splitlines() if "\tmemory/daily/" not in line)
     hooks = sorted(p.name for p in (home / ".git" / "hooks").iterdir())
     return out + (home / ".git" / "config").read_text() + repr(hooks)
 
