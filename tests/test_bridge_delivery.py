@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,8 @@ from bridgekit import (
     TG_SECRET,
     TOKEN,
     BridgeHost,
+    LoopbackServer,
+    QuietHandler,
     add_table,
     bridge_env,
     bridge_home,
@@ -45,7 +45,7 @@ Answer = tuple[int, dict[str, Any], dict[str, str]]
 OK: Answer = (200, {"ok": True, "result": {}}, {})
 
 
-class ScriptedApi:
+class ScriptedApi(LoopbackServer):
     """A fake Telegram Bot API / Slack Web API: answers each POST with the next scripted
     (status, JSON, headers), then {"ok": true}; `calls` holds (time, path, JSON body)."""
 
@@ -54,7 +54,7 @@ class ScriptedApi:
         self.calls: list[tuple[float, str, Any]] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
                 try:
@@ -73,16 +73,7 @@ class ScriptedApi:
                 self.end_headers()
                 self.wfile.write(out)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def closed_port() -> int:
