@@ -158,7 +158,11 @@ def main() -> None:
         print(f"{ok}/{len(rows)} tasks exited 0; {calls} tool calls in all")
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:  # it finishes a generation nobody waits for first
+            server.kill()
+            server.wait()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
