@@ -121,3 +121,12 @@ def test_there_is_no_import_cycle() -> None:
 def test_no_module_is_over_400_lines() -> None:
     long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 400}
     assert not long
+
+
+def test_only_the_fleet_command_imports_the_fleet() -> None:
+    """The single-machine runtime needs no DBOS and starts no slower: nothing outside
+    agentd/fleet imports it but the `agentd fleet` command group."""
+    bad = sorted((m, d) for m, deps in GRAPH.items()
+                 if not _in(m, "agentd.fleet", "agentd.cli_fleet")
+                 for d in deps if _in(d, "agentd.fleet"))
+    assert not bad, f"imports the fleet: {bad}"

@@ -1,0 +1,188 @@
+"""The fleet's own tables (schema `agentd_fleet`), beside DBOS's in the same database.
+
+DBOS keeps the workflows, steps and queue; these keep what DBOS does not know about:
+which homes exist and where their git lives, which workers are alive, the usage ledger
+(one row per model call, so budgets hold per home and sums are fleet-wide), and the
+runtime files a home's turns carry from machine to machine (transcripts, heartbeat and
+cron state), which live outside git in a single home.
+
+psycopg 3, autocommit: each function is one statement or one short transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agentd.errors import AgentdError
+from agentd.fleet.engine import libpq_url
+
+if TYPE_CHECKING:
+    import psycopg
+
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
+
+SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS agentd_fleet;
+CREATE TABLE IF NOT EXISTS agentd_fleet.homes (
+  name text PRIMARY KEY, git_url text NOT NULL, branch text NOT NULL DEFAULT 'main',
+  head text, schedule jsonb, schedule_at timestamptz,
+  added_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS agentd_fleet.workers (
+  id text PRIMARY KEY, host text NOT NULL, pid integer NOT NULL,
+  concurrency integer NOT NULL, started_at timestamptz NOT NULL DEFAULT now(),
+  last_seen timestamptz NOT NULL DEFAULT now(), recovered_at timestamptz,
+  recovered_by text);
+CREATE TABLE IF NOT EXISTS agentd_fleet.usage (
+  workflow_id text NOT NULL, seq integer NOT NULL, home text NOT NULL,
+  at timestamptz NOT NULL DEFAULT now(), model text NOT NULL, trigger text NOT NULL,
+  input_tokens bigint NOT NULL DEFAULT 0, output_tokens bigint NOT NULL DEFAULT 0,
+  cache_read bigint NOT NULL DEFAULT 0, cache_write bigint NOT NULL DEFAULT 0,
+  cost double precision, PRIMARY KEY (workflow_id, seq));
+CREATE INDEX IF NOT EXISTS usage_home_at ON agentd_fleet.usage (home, at);
+CREATE TABLE IF NOT EXISTS agentd_fleet.state (
+  home text NOT NULL, path text NOT NULL, data bytea NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (home, path));
+CREATE TABLE IF NOT EXISTS agentd_fleet.settings (key text PRIMARY KEY, value jsonb NOT NULL);
+"""
+
+DEFAULTS: dict[str, Any] = {"dead_after": 30.0, "beat_every": 5.0, "tick_every": 60.0,
+                            "heartbeat_every": 1800.0}
+
+
+def check_name(name: str) -> str:
+    """A home's name: it becomes a queue partition, a workflow ID part and a folder name."""
+    if not NAME.match(name):
+        raise AgentdError(f"bad home name {name!r}: use 1-63 lowercase letters, digits, "
+                          "'.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    import psycopg
+
+    try:
+        return psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AgentdError(f"cannot reach the fleet database: {first}; check --db "
+                          "(or AGENTD_FLEET_DB) and that PostgreSQL is running") from None
+
+
+def init_schema(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(SCHEMA)
+    for key, value in DEFAULTS.items():
+        conn.execute("INSERT INTO agentd_fleet.settings VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                     (key, json.dumps(value)))
+
+
+def settings(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    rows = conn.execute("SELECT key, value FROM agentd_fleet.settings").fetchall()
+    return DEFAULTS | {k: v for k, v in rows}
+
+
+def set_setting(conn: psycopg.Connection[Any], key: str, value: Any) -> None:
+    conn.execute("INSERT INTO agentd_fleet.settings VALUES (%s, %s) ON CONFLICT (key) "
+                 "DO UPDATE SET value = EXCLUDED.value", (key, json.dumps(value)))
+
+
+@dataclass
+class HomeRow:
+    name: str
+    git_url: str
+    branch: str
+    head: str | None
+    schedule: dict[str, Any] | None
+
+
+def add_home(conn: psycopg.Connection[Any], name: str, git_url: str,
+             branch: str = "main") -> bool:
+    """False when a home of that name exists already (nothing changed)."""
+    cur = conn.execute("INSERT INTO agentd_fleet.homes (name, git_url, branch) "
+                       "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                       (check_name(name), git_url, branch))
+    return cur.rowcount == 1
+
+
+def homes(conn: psycopg.Connection[Any], name: str | None = None) -> list[HomeRow]:
+    sql = "SELECT name, git_url, branch, head, schedule FROM agentd_fleet.homes"
+    rows = (conn.execute(sql + " WHERE name = %s", (name,)) if name
+            else conn.execute(sql + " ORDER BY name")).fetchall()
+    return [HomeRow(*r) for r in rows]
+
+
+def set_schedule(conn: psycopg.Connection[Any], name: str, head: str,
+                 schedule: dict[str, Any]) -> None:
+    """What the tick needs of a home (its cron jobs and heartbeat), read at `head`."""
+    conn.execute("UPDATE agentd_fleet.homes SET head = %s, schedule = %s, schedule_at = now()"
+                 " WHERE name = %s", (head, json.dumps(schedule), name))
+
+
+def beat(conn: psycopg.Connection[Any], worker: str, host: str, pid: int,
+         concurrency: int) -> None:
+    """A worker is alive: upsert its row (a restarted worker of the same ID is alive again,
+    and its turns are its own again)."""
+    conn.execute(
+        "INSERT INTO agentd_fleet.workers (id, host, pid, concurrency) VALUES (%s,%s,%s,%s) "
+        "ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, "
+        "concurrency = EXCLUDED.concurrency, last_seen = now(), recovered_at = NULL, "
+        "recovered_by = NULL", (worker, host, pid, concurrency))
+
+
+def claim_dead(conn: psycopg.Connection[Any], me: str, dead_after: float) -> list[str]:
+    """Workers silent for longer than `dead_after` seconds, claimed by `me` in one
+    statement, so exactly one live worker recovers each dead one's turns."""
+    rows = conn.execute(
+        "UPDATE agentd_fleet.workers SET recovered_at = now(), recovered_by = %s "
+        "WHERE id <> %s AND recovered_at IS NULL "
+        "AND last_seen < now() - make_interval(secs => %s) RETURNING id",
+        (me, me, dead_after)).fetchall()
+    return [r[0] for r in rows]
+
+
+def workers(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """(id, host, pid, concurrency, started_at, last_seen, seconds silent, recovered_by)."""
+    return conn.execute(
+        "SELECT id, host, pid, concurrency, started_at, last_seen, "
+        "extract(epoch FROM now() - last_seen), recovered_by FROM agentd_fleet.workers "
+        "ORDER BY id").fetchall()
+
+
+def record_usage(conn: psycopg.Connection[Any], rows: Iterable[dict[str, Any]]) -> None:
+    """Ledger rows keyed (workflow_id, seq): a recovered turn books its calls again with
+    the same keys, which are ignored, so nothing is counted twice."""
+    with conn.transaction():
+        for r in rows:
+            conn.execute(
+                "INSERT INTO agentd_fleet.usage (workflow_id, seq, home, model, trigger, "
+                "input_tokens, output_tokens, cache_read, cache_write, cost) VALUES "
+                "(%(workflow_id)s, %(seq)s, %(home)s, %(model)s, %(trigger)s, "
+                "%(input_tokens)s, %(output_tokens)s, %(cache_read)s, %(cache_write)s, "
+                "%(cost)s) ON CONFLICT DO NOTHING", r)
+
+
+def usage_totals(conn: psycopg.Connection[Any], home: str | None = None
+                 ) -> list[tuple[Any, ...]]:
+    """(home, calls, input, output, cost) per home, or for one home."""
+    where, args = ("WHERE home = %s", (home,)) if home else ("", ())
+    return conn.execute(
+        "SELECT home, count(*), sum(input_tokens), sum(output_tokens), sum(cost) "
+        f"FROM agentd_fleet.usage {where} GROUP BY home ORDER BY home", args).fetchall()
+
+
+def load_state(conn: psycopg.Connection[Any], home: str) -> dict[str, bytes]:
+    rows = conn.execute("SELECT path, data FROM agentd_fleet.state WHERE home = %s",
+                        (home,)).fetchall()
+    return {p: bytes(d) for p, d in rows}
+
+
+def save_state(conn: psycopg.Connection[Any], home: str, files: dict[str, bytes]) -> None:
+    with conn.transaction():
+        for path, data in files.items():
+            conn.execute(
+                "INSERT INTO agentd_fleet.state (home, path, data) VALUES (%s, %s, %s) "
+                "ON CONFLICT (home, path) DO UPDATE SET data = EXCLUDED.data, "
+                "updated_at = now()", (home, path, data))

@@ -1,0 +1,67 @@
+"""DBOS configured one way for every fleet process (workers, the CLI, the bridge).
+
+Why pin the application version: DBOS recovers a workflow only on executors of the same
+application version, which by default is a hash of the workflow code. Workers of one agentd
+release must recover each other's turns even when their installs differ in a byte, so the
+version is agentd's own plus the fleet's schema version.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from agentd import __version__
+
+if TYPE_CHECKING:
+    from dbos import DBOSClient, Queue
+
+APP = "agentd-fleet"
+QUEUE = "turns"
+SCHEMA_VERSION = 1
+WORKFLOW_MODULES = ("agentd.fleet.turnflow", "agentd.fleet.tick")  # register before launch
+
+
+def application_version() -> str:
+    return f"agentd-{__version__}-fleet{SCHEMA_VERSION}"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """What SQLAlchemy/DBOS need from what a person types: `postgresql://…` (libpq form)
+    becomes `postgresql+psycopg://…`; sqlite URLs (unit tests) pass through."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def libpq_url(url: str) -> str:
+    """The libpq form of a URL (psycopg.connect, psql)."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def config(url: str, executor_id: str) -> dict[str, Any]:
+    return {"name": APP, "system_database_url": sqlalchemy_url(url),
+            "executor_id": executor_id, "application_version": application_version(),
+            "run_admin_server": False, "notification_listener_polling_interval_sec": 0.05}
+
+
+def launch(url: str, executor_id: str, concurrency: int, *, poll: float = 0.1,
+           workflows: tuple[str, ...] = WORKFLOW_MODULES) -> Queue:
+    """Configure DBOS, import the modules that register workflows, launch (which also
+    recovers this executor's own unfinished turns), and declare the turn queue: a process
+    that does this is a worker and dequeues up to `concurrency` turns at once."""
+    from dbos import DBOS
+
+    DBOS(config=config(url, executor_id))  # type: ignore[arg-type]
+    for module in workflows:
+        importlib.import_module(module)
+    DBOS.launch()
+    return DBOS.register_queue(QUEUE, partition_concurrency=1,
+                               worker_concurrency=concurrency, polling_interval_sec=poll)
+
+
+def client(url: str) -> DBOSClient:
+    """For processes that enqueue and read but never run turns (`fleet run`, `status`)."""
+    from dbos import DBOSClient
+
+    return DBOSClient(system_database_url=sqlalchemy_url(url))
