@@ -29,7 +29,7 @@ SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS agentd_fleet;
 CREATE TABLE IF NOT EXISTS agentd_fleet.homes (
   name text PRIMARY KEY, git_url text NOT NULL, branch text NOT NULL DEFAULT 'main',
-  head text, schedule jsonb, schedule_at timestamptz,
+  head text, schedule jsonb, schedule_head text, schedule_at timestamptz,
   added_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS agentd_fleet.workers (
   id text PRIMARY KEY, host text NOT NULL, pid integer NOT NULL,
@@ -94,8 +94,9 @@ class HomeRow:
     name: str
     git_url: str
     branch: str
-    head: str | None
+    head: str | None  # the branch's head as last seen (after a turn's push, or a refresh)
     schedule: dict[str, Any] | None
+    schedule_head: str | None  # the head `schedule` was read at; != head: stale
 
 
 def add_home(conn: psycopg.Connection[Any], name: str, git_url: str,
@@ -108,17 +109,24 @@ def add_home(conn: psycopg.Connection[Any], name: str, git_url: str,
 
 
 def homes(conn: psycopg.Connection[Any], name: str | None = None) -> list[HomeRow]:
-    sql = "SELECT name, git_url, branch, head, schedule FROM agentd_fleet.homes"
+    sql = ("SELECT name, git_url, branch, head, schedule, schedule_head "
+           "FROM agentd_fleet.homes")
     rows = (conn.execute(sql + " WHERE name = %s", (name,)) if name
             else conn.execute(sql + " ORDER BY name")).fetchall()
     return [HomeRow(*r) for r in rows]
 
 
+def set_head(conn: psycopg.Connection[Any], name: str, head: str) -> None:
+    """The home's branch moved (a turn pushed, or a refresh saw the owner's push); its
+    schedule is stale until `set_schedule` reads it at this head."""
+    conn.execute("UPDATE agentd_fleet.homes SET head = %s WHERE name = %s", (head, name))
+
+
 def set_schedule(conn: psycopg.Connection[Any], name: str, head: str,
                  schedule: dict[str, Any]) -> None:
     """What the tick needs of a home (its cron jobs and heartbeat), read at `head`."""
-    conn.execute("UPDATE agentd_fleet.homes SET head = %s, schedule = %s, schedule_at = now()"
-                 " WHERE name = %s", (head, json.dumps(schedule), name))
+    conn.execute("UPDATE agentd_fleet.homes SET schedule = %s, schedule_head = %s, "
+                 "schedule_at = now() WHERE name = %s", (json.dumps(schedule), head, name))
 
 
 def beat(conn: psycopg.Connection[Any], worker: str, host: str, pid: int,
