@@ -7,14 +7,25 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentd import history
+from agentd.budget import Budget
+from agentd.config import BudgetSettings, Price
 from agentd.errors import AgentdError
+from agentd.fleet import carry, db
 from agentd.fleet import workspace as ws
-from tests.hostile import bounded
+from agentd.home import Home
+from agentd.llm.types import Usage
+from agentd.usage import Ledger
+from tests.hostile import SECRET, bounded, plant, secret_file
+from tests.pgkit import PgCluster, pg_cluster, requires_postgres
+
+__all__ = ["pg_cluster"]  # the session fixture, used by name
 
 OWNER = {"GIT_AUTHOR_NAME": "owner", "GIT_AUTHOR_EMAIL": "owner@example.com",
          "GIT_COMMITTER_NAME": "owner", "GIT_COMMITTER_EMAIL": "owner@example.com"}
@@ -239,3 +250,76 @@ def test_hostile_clone_content_runs_and_hangs_nothing(remote: Path, cache: Path,
     assert list(ran.iterdir()) == []
     assert not [p for p in (clone / ".git").iterdir() if p.name.startswith("ran-")]
     assert "nested" not in git(remote, "ls-tree", "--name-only", "main").split()
+
+
+# --- carry: runtime state between the clone and the fleet database -------------------------
+
+@pytest.fixture
+def conn(pg_cluster: PgCluster) -> Iterator[Any]:
+    c = db.connect(pg_cluster.libpq_url())
+    db.init_schema(c)
+    yield c
+    c.close()
+
+
+def book(clone: Path, run: str, *costs: int) -> None:
+    """The turn's model calls, booked by the real ledger writer (agentd.usage.Ledger)."""
+    ledger = Ledger(Home(clone).ledger, run, "chat:c1", {"t:m": Price(1e6, 0.0)})
+    for n in costs:
+        ledger.record("t:m", Usage(input=n, output=1))
+
+
+def spent(clone: Path) -> float:
+    """What the turn's budget check sees as spent this month (agentd.budget)."""
+    return Budget(BudgetSettings(monthly_usd=100.0), Home(clone).ledger, "chat:c1",
+                  {}).spent()[1]
+
+
+@requires_postgres
+def test_carry_moves_the_transcript_state_and_ledger_once(
+        conn: Any, remote: Path, cache: Path, tmp_path: Path) -> None:
+    request = {"task": "hi", "session": "chat-c1"}
+    first, _ = fresh(cache, remote, tmp_path / "c1")
+    carry.restore(conn, "h1", first, request)
+    assert spent(first) == 0
+    Home(first).session("chat-c1").write_text('{"role": "user"}\n')
+    (Home(first).daemon / "cron.json").write_text('{"daily": 1}\n')
+    book(first, "r1", 2, 3)
+    assert carry.save(conn, "h1", first, "run:h1:a") == []
+    assert carry.save(conn, "h1", first, "run:h1:a") == []  # saved again: booked once
+    assert db.usage_totals(conn, "h1") == [("h1", 2, 5, 2, 5.0)]
+
+    # the next turn of the home, on another worker: the chat goes on, budgets hold
+    second, _ = fresh(cache, remote, tmp_path / "c2")
+    carry.restore(conn, "h1", second, request)
+    assert Home(second).session("chat-c1").read_text() == '{"role": "user"}\n'
+    assert (Home(second).daemon / "cron.json").read_text() == '{"daily": 1}\n'
+    assert spent(second) == 5.0
+    book(second, "r2", 4)
+    carry.save(conn, "h1", second, "run:h1:b")
+    # recovered after a crash: the replayed calls are booked again, under the same keys
+    third, _ = fresh(cache, remote, tmp_path / "c3")
+    carry.restore(conn, "h1", third, request)
+    assert spent(third) == 9.0
+    book(third, "r2", 4)
+    carry.save(conn, "h1", third, "run:h1:b")
+    assert db.usage_totals(conn, "h1") == [("h1", 3, 9, 3, 9.0)]
+    other, _ = fresh(cache, remote, tmp_path / "c4")
+    carry.restore(conn, "h2", other, {"task": "x", "session": "../../etc"})
+    assert spent(other) == 0  # another home's spend is its own
+
+
+@requires_postgres
+def test_carry_reads_hostile_runtime_files_safely(conn: Any, remote: Path, cache: Path,
+                                                  tmp_path: Path) -> None:
+    clone, _ = fresh(cache, remote, tmp_path / "c1")
+    carry.restore(conn, "h1", clone, {"task": "hi", "session": "chat-c1"})
+    secret = secret_file(tmp_path / "outside")
+    plant(Home(clone).session("chat-c1"), "symlink", secret)
+    fifo = Home(clone).daemon / "cron.json"
+    plant(fifo, "fifo", secret)
+    (Home(clone).daemon / "heartbeat.json").write_bytes(b"x" * (carry.STATE_CAP + 1))
+    notes = bounded(lambda: carry.save(conn, "h1", clone, "run:h1:x"), [fifo])
+    assert len(notes) == 3 and "over 1 MiB" in " ".join(notes)
+    assert db.load_state(conn, "h1") == {}
+    assert SECRET not in str(db.load_state(conn, "h1"))
