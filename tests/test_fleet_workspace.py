@@ -135,7 +135,7 @@ def test_patches_replay_binary_files_deletions_modes_and_symlinks(
     assert ws.tree_of(replay) == ws.tree_of(clone)
 
 
-def test_runtime_and_ignored_files_stay_out_of_the_snapshot(
+def test_snapshots_leave_out_runtime_ignored_and_unreadable_files(
         remote: Path, cache: Path, tmp_path: Path) -> None:
     clone, _ = fresh(cache, remote, tmp_path / "c1")
     before = ws.tree_of(clone)
@@ -143,6 +143,15 @@ def test_runtime_and_ignored_files_stay_out_of_the_snapshot(
     (clone / ".agentd" / "usage.jsonl").write_text("{}\n")
     (clone / ".env").write_text("KEY=1\n")
     assert ws.tree_of(clone) == before
+    (clone / "locked.md").write_text("unreadable to sandboxed git\n")
+    (clone / "locked.md").chmod(0)
+    (clone / "new.md").write_text("new\n")
+    patch = ws.diff(clone, before)  # skipped (as commits hold it back), not fatal
+    assert b"new.md" in patch and b"locked.md" not in patch
+    lock = next((clone / ".git").glob("index")).with_name("agentd-snap-x.index.lock")
+    lock.write_text("")  # a stale lock is no reason to snapshot nothing: it fails loudly
+    with pytest.raises(AgentdError, match="cannot snapshot"):
+        ws._snapshot(clone, before, token="x")
 
 
 def test_publish_fast_forward_then_once_only(remote: Path, cache: Path,

@@ -47,6 +47,10 @@ TRACK = "refs/heads/"  # the mirror keeps the remote's branch under its own name
 KEEP_ENV = ("HOME", "PATH", "SSH_AUTH_SOCK", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS",
             "SSH_ASKPASS", "TZ", "http_proxy", "https_proxy", "no_proxy")
 
+# `git add --ignore-errors` skipped files it could not read (made unreadable by the agent,
+# held back from commits too, agentd.gitscreen); any other fatal error fails the snapshot.
+ADD_PARTLY = "fatal: adding files failed"
+
 # Snapshot the clone's tree into a throwaway index: start from the real index (its stat
 # cache spares re-hashing unchanged files), add everything, write the tree; with a base
 # tree in $1, also print the binary patch from it. One sandbox launch per step.
@@ -55,7 +59,7 @@ idx="$GIT_DIR/agentd-snap-$2.index"
 trap 'rm -f "$idx" "$idx.lock"' EXIT
 if [ -f "$GIT_DIR/index" ]; then cp "$GIT_DIR/index" "$idx" || exit 91; fi
 export GIT_INDEX_FILE="$idx"
-git add -A --ignore-errors >/dev/null 2>&1
+git add -A --ignore-errors >/dev/null
 tree=$(git write-tree) || exit 92
 echo "$tree"
 [ -z "$1" ] || exec git diff-tree -p --binary --full-index --no-renames --no-ext-diff \
@@ -191,11 +195,16 @@ def checkout(cache: Path, name: str, sha: str, dest: Path, branch: str = "main")
 
 # --- per-step snapshots -------------------------------------------------------------------
 
-def _snapshot(clone: Path, before: str = "") -> tuple[str, bytes]:
+def _snapshot(clone: Path, before: str = "", token: str = "") -> tuple[str, bytes]:
+    """(tree, patch from `before`) in one sandbox launch; `token` names the temporary
+    index (unique per call unless a test pins it)."""
     result = gitexec.run_command(Path(clone), ["sh", "-c", SNAPSHOT, "sh", before,
-                                               uuid.uuid4().hex])
-    if not result.ok:
-        raise AgentdError(f"cannot snapshot the turn's tree: {result.why()}")
+                                               token or uuid.uuid4().hex])
+    fatal = [line for line in result.err.decode("utf-8", "replace").splitlines()
+             if line.startswith("fatal:") and line != ADD_PARTLY]
+    if not result.ok or fatal:
+        raise AgentdError(f"cannot snapshot the turn's tree: "
+                          f"{fatal[0] if fatal else result.why()}")
     tree, _, patch = result.out.partition(b"\n")
     return tree.decode().strip(), patch
 
@@ -351,6 +360,7 @@ def publish(cache: Path, name: str, git_url: str, branch: str, clone: Path, base
                 tree = _must(merged, "merge-tree").split("\n")[0]
                 candidate = _commit(mirror, tree, head, turn)
             if _push(mirror, git_url, candidate, ref):
+                _git(mirror, "gc", "--auto", "--quiet")  # each publish adds a pack
                 return Published(candidate, candidate, ref, attempts=attempt)
         return _conflicted(mirror, git_url, turn, head, run_marker, ATTEMPTS,
                            f"{branch} kept moving ({ATTEMPTS} pushes rejected)")
