@@ -17,7 +17,7 @@ from agentd import history
 from agentd.budget import Budget
 from agentd.config import BudgetSettings, Price
 from agentd.errors import AgentdError
-from agentd.fleet import carry, db
+from agentd.fleet import carry, db, snapshot
 from agentd.fleet import workspace as ws
 from agentd.home import Home
 from agentd.llm.types import Usage
@@ -94,6 +94,8 @@ def test_checkout_is_the_branch_head_and_the_mirror_follows_the_remote(
     assert history.pending(clone).files == []  # a clean tree at the base
     assert git(clone, "rev-parse", "HEAD") == base
     moved = owner_push(tmp_path, remote, "news.md", "x\n")
+    mirror = ws.mirror_path(cache, "h1")
+    (mirror / "refs" / "heads" / "main.lock").write_text("")  # a fetch killed with its worker
     assert ws.sync_mirror(cache, "h1", str(remote), "main") == moved
     with pytest.raises(AgentdError, match="no branch"):
         ws.sync_mirror(cache, "h1", str(remote), "nope")
@@ -117,8 +119,9 @@ def test_patches_replay_binary_files_deletions_modes_and_symlinks(
     second = ws.tree_of(clone)
     (clone / "data" / "blob.bin").write_bytes(b"\x00\x01changed")
     (clone / "run.sh").chmod(0o644)
-    step2 = ws.diff(clone, second)
-    assert ws.diff(clone, ws.tree_of(clone)) == b""
+    third, step2 = ws.snapshot(clone, second)
+    assert step2 == ws.diff(clone, second) and third == ws.tree_of(clone)
+    assert ws.diff(clone, third) == b""
 
     replay = ws.checkout(cache, "h1", base, tmp_path / "c2")
     ws.apply(replay, step1)
@@ -151,7 +154,7 @@ def test_snapshots_leave_out_runtime_ignored_and_unreadable_files(
     lock = next((clone / ".git").glob("index")).with_name("agentd-snap-x.index.lock")
     lock.write_text("")  # a stale lock is no reason to snapshot nothing: it fails loudly
     with pytest.raises(AgentdError, match="cannot snapshot"):
-        ws._snapshot(clone, before, token="x")
+        snapshot._snapshot(clone, before, token="x")
 
 
 def test_publish_fast_forward_then_once_only(remote: Path, cache: Path,
