@@ -190,6 +190,35 @@ def test_publish_rebases_onto_the_owners_push_and_keeps_both(
     assert "Agentd-Run: run:h1:two" in git(remote, "log", "-1", "--format=%B", "main")
 
 
+@pytest.mark.parametrize("races", [1, ws.ATTEMPTS])
+def test_a_push_that_loses_a_race_is_retried_then_set_aside(
+        remote: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        races: int) -> None:
+    """The owner pushes between our fetch and our push (the remote rejects ours as not a
+    fast-forward): fetch, rebase, push again; a branch that never stops moving sets the
+    turn aside after ATTEMPTS tries rather than loop or force."""
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    (clone / "notes.md").write_text("the turn\n")
+    sha = turn_commit(clone, "run:h1:race", "the turn")
+    real, pushes = ws._push, []
+
+    def racing(mirror: Path, url: str, commit: str, ref: str) -> bool:
+        if ref.endswith("/main") and len(pushes) < races:
+            pushes.append(owner_push(tmp_path, remote, f"o{len(pushes)}.md", "x\n"))
+        return real(mirror, url, commit, ref)
+
+    monkeypatch.setattr(ws, "_push", racing)
+    done = ws.publish(cache, "h1", str(remote), "main", clone, base, "run:h1:race")
+    if races < ws.ATTEMPTS:
+        assert (done.conflict, done.attempts) == (False, 2)
+        assert git(remote, "rev-parse", "main^") == pushes[-1]
+        assert log(remote)[0] == "the turn"
+    else:
+        assert done.conflict and "kept moving" in done.note and done.commit == sha
+        assert git(remote, "rev-parse", "main") == pushes[-1]
+        assert git(remote, "rev-parse", done.ref) == sha
+
+
 def test_a_conflict_goes_to_a_side_branch_and_nothing_is_lost(
         remote: Path, cache: Path, tmp_path: Path) -> None:
     clone, base = fresh(cache, remote, tmp_path / "c1")
