@@ -122,16 +122,30 @@ def test_patches_replay_binary_files_deletions_modes_and_symlinks(
     third, step2 = ws.snapshot(clone, second)
     assert step2 == ws.diff(clone, second) and third == ws.tree_of(clone)
     assert ws.diff(clone, third) == b""
+    (clone / "data" / "blob.bin").unlink()
+    (clone / "data").rmdir()
+    (clone / "data").write_text("a folder became a file\n")
+    (clone / "run.sh").unlink()
+    (clone / "run.sh").mkdir()
+    (clone / "run.sh" / "inside").write_text("and a file a folder\n")
+    odd = os.fsencode(clone) + b"/new\nline\ttab \xff.md"
+    os.close(os.open(odd, os.O_CREAT | os.O_WRONLY, 0o644))
+    step3 = ws.diff(clone, third)
 
     replay = ws.checkout(cache, "h1", base, tmp_path / "c2")
     ws.apply(replay, step1)
     assert ws.tree_of(replay) == second
     ws.apply(replay, step2)
-    assert ws.tree_of(replay) == ws.tree_of(clone)
+    assert ws.tree_of(replay) == third
     assert (replay / "data" / "blob.bin").read_bytes() == b"\x00\x01changed"
     assert not (replay / "memory" / "MEMORY.md").exists()
     assert os.readlink(replay / "out") == "/etc/passwd"
     assert not stat.S_IMODE(os.lstat(replay / "run.sh").st_mode) & 0o111
+    ws.apply(replay, step3)
+    assert ws.tree_of(replay) == ws.tree_of(clone)
+    assert (replay / "data").read_text() == "a folder became a file\n"
+    assert (replay / "run.sh" / "inside").is_file()
+    assert os.path.exists(os.fsencode(replay) + b"/new\nline\ttab \xff.md")
     assert (replay / ":(glob)*").read_text() == "pathspec magic is a name\n"
     with pytest.raises(AgentdError, match="does not apply"):
         ws.apply(replay, step1)  # a patch on the wrong tree changes nothing

@@ -15,11 +15,13 @@ sandboxed, the tree read-only), and `apply` writes files through agentd.homefs.
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
 from agentd import gitexec, gitundo
 from agentd.errors import AgentdError
+from agentd.homefs import Root
 
 # `git add --ignore-errors` skipped files it could not read (made unreadable by the agent,
 # held back from commits too, agentd.gitscreen); any other fatal error fails the snapshot.
@@ -74,9 +76,10 @@ def diff(clone: Path, before_tree: str) -> bytes:
 
 def apply(clone: Path, patch: bytes) -> None:
     """Replay a step's patch on the clone: on its index first (atomically: nothing changes
-    when it does not apply), then the files it names are written from the index through
-    agentd.homefs (agentd.gitundo.write_worktree: no symlink followed, the sandbox's
-    owner), since git in its sandbox sees the tree read-only."""
+    when it does not apply), then on the files, through agentd.homefs, since git in its
+    sandbox sees the tree read-only: deleted files go first (and the folders they leave
+    empty, so a folder may become a file), then the rest is written from the index
+    (agentd.gitundo.write_worktree: no symlink followed, the sandbox's owner)."""
     if not patch.strip():
         return
     clone = Path(clone)
@@ -86,7 +89,28 @@ def apply(clone: Path, patch: bytes) -> None:
         raise AgentdError(f"a step's patch does not apply to the turn's tree: {result.why()}")
     files = [rec.split(b"\t", 2)[2].decode("utf-8", "surrogateescape")
              for rec in result.out.split(b"\0") if rec.count(b"\t") >= 2]
+    listed = gitexec.run(clone, "ls-files", "-z", "--", *files)
+    if not listed.ok:
+        raise AgentdError(f"git ls-files failed: {listed.why()}")
+    kept = {p.decode("utf-8", "surrogateescape") for p in listed.out.split(b"\0") if p}
     try:
-        gitundo.write_worktree(clone, files)
-    except AgentdError as e:
+        with Root(clone) as root:
+            for rel in files:
+                if rel not in kept:
+                    root.unlink(rel)
+                    _prune(root, rel)
+        gitundo.write_worktree(clone, [f for f in files if f in kept])
+    except (AgentdError, OSError) as e:
         raise AgentdError(f"cannot replay a step's patch: {e}") from None
+
+
+def _prune(root: Root, rel: str) -> None:
+    """Remove the folders above a deleted file that it left empty (as git would)."""
+    parts = rel.split("/")[:-1]
+    while parts:
+        with root.dir("/".join(parts[:-1])) as dfd:
+            try:
+                os.rmdir(parts[-1], dir_fd=dfd)
+            except OSError:  # not empty, or not a folder: stop
+                return
+        parts.pop()
