@@ -290,8 +290,14 @@ def test_hostile_clone_content_runs_and_hangs_nothing(remote: Path, cache: Path,
     os.mkfifo(fifo)
     (clone / ":(glob)**").write_text("magic\n")
     (clone / "-rf").write_text("dash\n")
+    for sub, gitdir in (("sub1", "gitdir: /etc\n"), ("sub2", "")):
+        (clone / sub).mkdir()
+        if gitdir:
+            (clone / sub / ".git").write_text(gitdir)
+        else:
+            (clone / sub / ".git").symlink_to("../.git")  # the clone's own repository
     patch = bounded(lambda: ws.diff(clone, before), [fifo])
-    assert b"nested" not in patch and b"pipe" not in patch
+    assert b"nested" not in patch and b"pipe" not in patch and b"/.git" not in patch
     replay = ws.checkout(cache, "h1", base, tmp_path / "c2")
     bounded(lambda: ws.apply(replay, patch))
     assert (replay / ":(glob)**").read_text() == "magic\n"
