@@ -41,11 +41,13 @@ from agentd.config import load_settings
 from agentd.errors import AgentdError
 from agentd.fleet import carry, db, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
-from agentd.fleet.enqueue import TURN_WORKFLOW
 from agentd.loop import Events
 from agentd.turn import TurnReport, TurnRequest, run_turn
 
 log = logging.getLogger("agentd.fleet")
+# The workflow's name, as enqueue.TURN_WORKFLOW spells it for the processes that queue turns
+# (enqueue imports this module to queue from inside a worker, so not the other way round).
+NAME = "agentd.fleet.turn"
 
 
 @dataclass
@@ -160,7 +162,7 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
     return _result(report, published)
 
 
-@DBOS.workflow(name=TURN_WORKFLOW)
+@DBOS.workflow(name=NAME)
 def fleet_turn(home: str, request: dict[str, Any]) -> dict[str, Any]:
     """One turn of `home` (see the module doc). `request` is TurnRequest.to_json() (its
     workdir is ignored: the turn runs in a fresh clone). A turn that cannot run (an
