@@ -171,6 +171,21 @@ def test_a_two_tool_turn_commits_once_and_pushes(fleet: Fleet, fake: FakeLLM) ->
     assert fleet.client.retrieve_workflow(wid).get_result(polling_interval_sec=0.05) == result
 
 
+def test_a_turn_that_cannot_run_ends_with_one_line(fleet: Fleet) -> None:
+    """No such home, a request that is not one: status error, a one-line reason, on the
+    stream and as the workflow's result (not a failed workflow)."""
+    fleet.worker()
+    ghost = enqueue.via_client(fleet.client, "ghost", TurnRequest("hi", Path(".")).to_json(),
+                               enqueue.run_id("ghost"))
+    broken = enqueue.via_client(fleet.client, HOME, {"task": 5}, enqueue.run_id(HOME))
+    for wid, why in ((ghost, "no home named 'ghost'"), (broken, "not a turn request")):
+        _, result = fleet.follow(wid)
+        assert result["status"] == "error" and why in result["error"], result
+        assert "\n" not in result["error"] and result["commit"] is None
+        assert fleet.client.retrieve_workflow(wid).get_result() == result
+    assert fleet.commits() == []
+
+
 def _tool_results(body: dict[str, Any]) -> list[str]:
     """The tool results an Anthropic request carries, in order."""
     out = []
