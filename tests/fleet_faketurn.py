@@ -6,7 +6,8 @@ middle of a turn) and `publish` (one commit per turn, carrying `Agentd-Run: <wor
 ID>`, pushed to the home's remote; skipped when that commit is there already, as the
 real publish does after a crash). Each step appends a line to LOG: `STEP WID WORKER`.
 
-`serve()` is a worker process: it puts this module in place of agentd.fleet.turnflow (and
+`serve()` is a worker process: it puts this module in place of agentd.fleet.turnflow
+(unless FAKETURN_REAL is set: then the real turn runs) (and
 a plain-git mirror in place of agentd.fleet.workspace while that module does not exist)
 and calls the real `worker.main`.
 """
@@ -115,7 +116,8 @@ def serve() -> None:
     from agentd.fleet import worker
     from agentd.jobs.log import EventLog
 
-    sys.modules["agentd.fleet.turnflow"] = sys.modules[__name__]
+    if not os.environ.get("FAKETURN_REAL"):  # else the real turn runs
+        sys.modules["agentd.fleet.turnflow"] = sys.modules[__name__]
     if importlib.util.find_spec("agentd.fleet.workspace") is None:
         sys.modules["agentd.fleet.workspace"] = MirrorStandIn  # type: ignore[assignment]
     url, worker_id, concurrency, cache = sys.argv[1:5]

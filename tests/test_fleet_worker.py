@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from agentd.fleet import schedule
-from tests.daemonkit import wait_for
+from tests.daemonkit import configure, wait_for
+from tests.fakellm import FakeLLM
 from tests.pgkit import PgCluster, pg_cluster, requires_postgres
 
 __all__ = ["pg_cluster"]
@@ -138,26 +139,30 @@ class Fleet:
                 db.set_setting(conn, key, value)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def add_home(self, name: str, files: dict[str, str]) -> Path:
+    def add_home(self, name: str, files: dict[str, str], work: Path | None = None) -> Path:
+        """A home from `files` (in a new repo, or in `work`, an agentd home), pushed to a
+        bare remote that the fleet knows it by."""
         from agentd.fleet import db
 
-        remote, work = self.tmp / f"{name}.git", self.tmp / f"{name}-work"
+        remote = self.tmp / f"{name}.git"
         subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
-        subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+        if work is None:
+            work = self.tmp / f"{name}-work"
+            subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
         write_home(work, files)
         for args in (["add", "-A"], ["commit", "-qm", "home"], ["push", "-q", str(remote),
-                                                                  "main"]):
+                                                                  "HEAD:main"]):
             subprocess.run(["git", "-C", str(work), *args], check=True, env=git_env())
         with db.connect(self.url) as conn:
             db.add_home(conn, name, str(remote))
         return remote
 
-    def start(self, *workers: str) -> None:
+    def start(self, *workers: str, real: bool = False) -> None:
         """Start worker processes together (importing DBOS takes seconds), wait for all."""
         before = {w: self.log_of(w).count(" started: ") for w in workers}
         for worker in workers:
             env = {**git_env(), "PYTHONPATH": str(ROOT), "FAKETURN_DIR": str(self.dir),
-                   "FAKETURN_WORKER": worker}
+                   "FAKETURN_WORKER": worker, **({"FAKETURN_REAL": "1"} if real else {})}
             with open(self.tmp / f"{worker}.log", "ab") as out:
                 self.procs[worker] = subprocess.Popen(
                     [sys.executable, "-c", "from tests.fleet_faketurn import serve; serve()",
@@ -321,3 +326,30 @@ def test_a_restarted_worker_finishes_its_own_turn(make_fleet: Callable[..., Flee
     assert fleet.workflows(wid)[wid] == ("SUCCESS", "w1")
     assert [s[0] for s in fleet.steps() if s[1] == wid] == ["begin", "begin", "publish", "end"]
     assert runs_in(remote) == [wid]
+
+
+@requires_postgres
+def test_cron_runs_the_real_turn(make_fleet: Callable[..., Fleet], home: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tick's request is one the real turn runs: a cron turn against the fake LLM ends
+    with its one commit (marked with the workflow ID) in the home's remote."""
+    fake = FakeLLM(auto=True)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.openai_url)  # the worker inherits these
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-KEYVALUE")
+    fleet = make_fleet()
+    configure(home, {"model": "openai:test"}, heartbeat={"every": "1h"})
+    remote = fleet.add_home("h1", {"cron/ping.md": "---\nevery: 3s\n---\nsay pong\n"},
+                            work=home)
+    fleet.start("w1", real=True)
+
+    def done() -> list[str]:
+        return sorted(w for w, (s, _) in fleet.workflows("cron:h1:ping:").items()
+                      if s == "SUCCESS")
+
+    wait_for(lambda: len(done()) >= 2, 120, "two real cron turns to finish")
+    assert fleet.stop("w1") == [0]
+    ran = done()
+    assert set(ran) <= set(runs_in(remote)) and len(set(runs_in(remote))) == len(runs_in(remote))
+    task = next(r for r in fake.requests if "cron/ping.md" in str(r.body))
+    assert "say pong" in str(task.body)
+    fake.close()

@@ -73,7 +73,8 @@ class Refresher:
             return
         with tempfile.TemporaryDirectory(prefix=f"schedule-{home.name}-",
                                          dir=self.cache) as tmp:
-            clone = workspace.checkout(self.cache, home.name, head, Path(tmp) / "home")
+            clone = workspace.checkout(self.cache, home.name, head, Path(tmp) / "home",
+                                       home.branch)
             fresh = schedule.read(clone)
         merged = schedule.merge(home.schedule, fresh, datetime.now(UTC))
         db.set_schedule(conn, home.name, head, merged)
