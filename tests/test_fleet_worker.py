@@ -104,6 +104,21 @@ def test_the_heartbeat_fires_only_with_items_inside_active_hours(tmp_path: Path)
         "heartbeat:h:2026-12-01T09:00:00Z"]
 
 
+def test_the_heartbeat_turn_decides_what_is_due_on_its_clone(home: Path) -> None:
+    """At the start of a heartbeat turn (on its clone, runtime state restored): the due
+    items' task, then None while nothing is due, so the turn makes no model call."""
+    import asyncio
+
+    from agentd.config import load_settings
+
+    write_home(home, {"memory/HEARTBEAT.md": "- tidy the notes\n  every: 2h\n"})
+    settings = load_settings(home)
+    first = asyncio.run(schedule.heartbeat_task(home, settings, T0))
+    assert first is not None and "tidy the notes" in first
+    assert asyncio.run(schedule.heartbeat_task(home, settings, T0)) is None
+    assert (home / ".agentd/daemon/heartbeat.json").is_file()  # travels with the home
+
+
 def test_hostile_files_are_errors_never_followed(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text('[heartbeat]\nevery = "1s"\n')
