@@ -79,6 +79,11 @@ def test_missed_due_times_are_coalesced_into_one_within_catch_up(tmp_path: Path)
     fresh = schedule.merge(None, schedule.read(home), until - timedelta(minutes=8))
     assert ids(schedule.due(fresh, "h", T0, until, on_time=until - timedelta(minutes=15))) \
         == ["cron:h:ping:2026-12-01T14:00:00Z"]
+    # but an `at` job written just after its time runs, within catch_up, as in the daemon
+    write_home(home, {"cron/late.md": "---\nat: 2026-12-01T13:55:00\n---\nlate\n"})
+    late = schedule.merge(None, schedule.read(home), until - timedelta(minutes=1))
+    assert "cron:h:late:2026-12-01T13:55:00Z" in ids(schedule.due(late, "h", T0, until))
+    (home / "cron/late.md").unlink()
     # an unchanged job keeps when it was first seen; a changed one starts again
     again = schedule.merge(s, schedule.read(home), until)
     assert again["jobs"]["ping"]["seen"] == s["jobs"]["ping"]["seen"]
