@@ -186,6 +186,30 @@ def test_a_turn_commits_once_and_pushes_and_one_that_cannot_run_says_why(
         assert fleet.client.retrieve_workflow(wid).get_result() == result
     assert fleet.commits() == [sha]
 
+    # A heartbeat with nothing due in HEARTBEAT.md: no model call, no commit (zero tokens).
+    beat = TurnRequest("heartbeat", Path("."), trigger="heartbeat", title="Heartbeat")
+    wid = enqueue.via_client(fleet.client, HOME, beat.to_json(), enqueue.run_id(HOME))
+    _, result = fleet.follow(wid)
+    assert result["status"] == "idle" and result["commit"] is None, result
+    assert len(fake.requests) == 4 and fleet.commits() == [sha]
+
+    # A home whose agentd.toml is a symlink (to a device that never ends): refused through
+    # homefs, one line, nothing read on the host, nothing spent.
+    evil = fleet.tmp / "evil"
+    git(fleet.tmp, "clone", "-q", str(fleet.remote), str(evil))
+    (evil / "agentd.toml").unlink()
+    (evil / "agentd.toml").symlink_to("/dev/zero")
+    git(evil, "commit", "-qam", "a symlinked config")
+    remote = fleet.tmp / "evil.git"
+    git(fleet.tmp, "clone", "-q", "--bare", str(evil), str(remote))
+    with db.connect(fleet.url) as conn:
+        db.add_home(conn, "evil", str(remote))
+    wid = enqueue.via_client(fleet.client, "evil", TurnRequest("hi", Path(".")).to_json(),
+                             enqueue.run_id("evil"))
+    _, result = fleet.follow(wid)
+    assert result["status"] == "error" and "agentd.toml" in result["error"], result
+    assert "\n" not in result["error"] and len(fake.requests) == 4
+
 
 def _tool_results(body: dict[str, Any]) -> list[str]:
     """The tool results an Anthropic request carries, in order."""

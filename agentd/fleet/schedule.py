@@ -52,7 +52,7 @@ def zone_of(name: str) -> tzinfo:
     return ZoneInfo(name) if name else UTC
 
 
-def _settings(root: Root) -> tuple[Any, str]:
+def settings_of(root: Root) -> tuple[Any, str]:
     """(Settings, problem) from the checkout's agentd.toml, read through homefs (a symlink
     or FIFO is refused); a bad file gives the defaults and says why."""
     try:
@@ -77,7 +77,7 @@ def read(checkout: Path) -> dict[str, Any]:
     """What the tick needs of a home, JSON-able: its cron jobs (bad ones as errors naming
     the file), its heartbeat settings and whether HEARTBEAT.md has items."""
     with Root(checkout) as root:
-        settings, problem = _settings(root)
+        settings, problem = settings_of(root)
         hb = settings.heartbeat
         jobs: dict[str, dict[str, Any]] = {}
         errors: dict[str, str] = {}

@@ -33,6 +33,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,8 @@ import psycopg
 from dbos import DBOS, StepOptions
 from dbos._error import DBOSMaxStepRetriesExceeded
 
-from agentd.config import load_settings
 from agentd.errors import AgentdError
-from agentd.fleet import carry, db, workspace
+from agentd.fleet import carry, db, schedule, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
 from agentd.loop import Events
 from agentd.turn import TurnReport, TurnRequest, run_turn
@@ -167,6 +167,31 @@ def _failed(error: str) -> dict[str, Any]:
             "cost": None, "conflict": None}
 
 
+def _idle() -> dict[str, Any]:
+    """A heartbeat turn with nothing due: no model call, no commit (the daemon's rule)."""
+    return {"status": "idle", "text": "", "error": None, "steps": 0, "commit": None,
+            "cost": 0.0, "conflict": None}
+
+
+def _settings(clone: Path) -> Any:
+    """The clone's agentd.toml through homefs (agent-written: a symlink to /dev/zero or
+    a secret must not be read on the host); a broken file fails the turn, as `agentd run`
+    does, rather than running it on defaults."""
+    from agentd.homefs import Root
+
+    with Root(clone) as root:
+        settings, problem = schedule.settings_of(root)
+    if problem:
+        raise AgentdError(problem.removesuffix("; the defaults apply"))
+    return settings
+
+
+def _heartbeat(clone: Path, settings: Any) -> str | None:
+    """The heartbeat's task from the items due now, or None (schedule.heartbeat_task; a
+    step, so its gates run once)."""
+    return asyncio.run(schedule.heartbeat_task(clone, settings, datetime.now(UTC)))
+
+
 def _result(report: TurnReport, published: dict[str, Any]) -> dict[str, Any]:
     r = report.result
     conflict = (published["ref"].removeprefix("refs/heads/")
@@ -190,7 +215,15 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
         steps = DurableSteps(clone, workflow_id)
         req.workdir = clone  # the request's own is another machine's
         _retrying(_restore, db_url, home, clone, request)
-        settings = load_settings(clone)
+        settings = _settings(clone)
+        if req.trigger == "heartbeat":  # zero tokens when nothing in HEARTBEAT.md is due
+            task: str | None = DBOS.run_step({"name": "heartbeat"}, _heartbeat, clone,
+                                             settings)
+            if task is None:
+                DBOS.run_step({"name": "save", **RETRY}, _save, db_url, home, clone,
+                              workflow_id)  # the items' checked times travel
+                return _idle()
+            req.task = task
         report = asyncio.run(run_turn(clone, settings, req, Events(), steps=steps))
         notes: list[str] = DBOS.run_step({"name": "save", **RETRY}, _save, db_url, home,
                                          clone, workflow_id)
