@@ -64,9 +64,20 @@ def connect(url: str) -> psycopg.Connection[Any]:
     return conn
 
 
+def quiet_dbos() -> None:
+    """DBOS's own log lines (warnings while it retries, info on migrations) are not for a
+    command's terminal: its failures reach the user as our one-line errors."""
+    import logging
+
+    logger = logging.getLogger("dbos")
+    logger.handlers[:] = [logging.NullHandler()]
+    logger.propagate = False
+
+
 def client(url: str) -> DBOSClient:
     from agentd.fleet.engine import client as make
 
+    quiet_dbos()
     try:
         return make(url)
     except Exception as e:  # sqlalchemy's OperationalError, and whatever psycopg raises
@@ -80,10 +91,11 @@ def init(url: str) -> None:
     from dbos import DBOS
 
     check_url(url)
+    quiet_dbos()
     try:
         DBOS.migrate(sqlalchemy_url(url))
     except Exception as e:
-        raise fail(f"cannot set up the fleet database: {_first_line(e)}; check --db (or "
+        raise fail(f"cannot reach the fleet database: {_first_line(e)}; check --db (or "
                    "AGENTD_FLEET_DB) and that PostgreSQL is running") from None
     try:
         conn = db.connect(url)
