@@ -52,29 +52,49 @@ def bare_home(tmp: Path, name: str = "h") -> Path:
     return remote
 
 
-@pytest.fixture
-def db(pg_cluster: PgCluster) -> str:
-    """A fresh database, set up by `agentd fleet init` (which creates it)."""
-    url = pg_cluster.libpq_url(f"f_{os.urandom(6).hex()}")
-    r = fleet(url, "init")
+@pytest.fixture(scope="module")
+def template(pg_cluster: PgCluster) -> str:
+    """A database set up once by `agentd fleet init`, copied for each test (a copy takes
+    a fraction of a second; DBOS's migrations take seconds)."""
+    name = f"f_tmpl_{os.urandom(4).hex()}"
+    r = fleet(pg_cluster.libpq_url(name), "init")
     assert r.exit_code == 0, r.stderr
-    return url
+    return name
+
+
+def copy_db(pg_cluster: PgCluster, template: str) -> str:
+    import psycopg
+
+    name = f"f_{os.urandom(6).hex()}"
+    with psycopg.connect(pg_cluster.libpq_url("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return pg_cluster.libpq_url(name)
 
 
 @pytest.fixture
-def worker(db: str, tmp_path: Path) -> Iterator[Path]:
-    """A DBOS worker running the scripted turn; yields its hold folder."""
-    hold = tmp_path / "hold"
+def db(pg_cluster: PgCluster, template: str) -> str:
+    """A fresh fleet database of the test's own."""
+    return copy_db(pg_cluster, template)
+
+
+@pytest.fixture(scope="module")
+def shared(pg_cluster: PgCluster, template: str, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[str, Path]]:
+    """One database with one running DBOS worker whose turn is scripted, for the tests
+    that wait on turns (each adds homes of its own): (url, the worker's hold folder)."""
+    url = copy_db(pg_cluster, template)
+    tmp = tmp_path_factory.mktemp("worker")
+    hold = tmp / "hold"
     hold.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = (tmp_path / "worker.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fleetfake.py"), db, "w1",
+    log = (tmp / "worker.log").open("w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fleetfake.py"), url, "w1",
                              str(hold)], env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_for(lambda: (hold / "worker-w1.ready").exists() or proc.poll() is not None,
                  60, "the worker to start")
-        assert proc.poll() is None, (tmp_path / "worker.log").read_text()
-        yield hold
+        assert proc.poll() is None, (tmp / "worker.log").read_text()
+        yield url, hold
     finally:
         proc.terminate()
         proc.wait(30)
@@ -158,8 +178,9 @@ def test_run_queues_a_turn_that_status_shows(db: str, tmp_path: Path) -> None:
     assert "no prompt" in one_error(fleet(db, "run", "alpha", input=""), code=2)
 
 
-def test_run_wait_streams_the_turn_and_exits_with_its_status(db: str, tmp_path: Path,
-                                                             worker: Path) -> None:
+def test_run_wait_streams_the_turn_and_exits_with_its_status(
+        shared: tuple[str, Path], tmp_path: Path) -> None:
+    db, worker = shared
     fleet(db, "add", "alpha", str(bare_home(tmp_path)))
     ok = subprocess.run([*AGENTD, "fleet", "run", "alpha", "say:all good", "--wait",
                          "--db", db], capture_output=True, text=True, timeout=120)
@@ -187,9 +208,10 @@ def test_run_wait_streams_the_turn_and_exits_with_its_status(db: str, tmp_path: 
     assert last["request"]["task"] == "review this\n\n<stdin>\ndiff --git a b\n</stdin>"
 
 
-def test_ctrl_c_stops_waiting_not_the_turn(db: str, tmp_path: Path, worker: Path) -> None:
-    fleet(db, "add", "alpha", str(bare_home(tmp_path)))
-    proc = subprocess.Popen([*AGENTD, "fleet", "run", "alpha", "hold:t1", "--wait", "--db",
+def test_ctrl_c_stops_waiting_not_the_turn(shared: tuple[str, Path], tmp_path: Path) -> None:
+    db, worker = shared
+    fleet(db, "add", "beta", str(bare_home(tmp_path)))
+    proc = subprocess.Popen([*AGENTD, "fleet", "run", "beta", "hold:t1", "--wait", "--db",
                              db], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (worker / "t1.held").exists(), 60, "the turn to start")
     proc.send_signal(signal.SIGINT)

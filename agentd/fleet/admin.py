@@ -263,9 +263,14 @@ def follow(dbos: DBOSClient, workflow_id: str,
             return {k: v for k, v in event.items() if k != "kind"}
         if show is not None:
             show(event)
-    status = dbos.retrieve_workflow(workflow_id).get_status()
+    return ended(dbos.retrieve_workflow(workflow_id).get_status())
+
+
+def ended(status: Any) -> dict[str, Any]:
+    """The result of a turn whose stream closed without its "end" event, from its DBOS
+    WorkflowStatus: the workflow's own output, else an error saying how it ended."""
     if status.status == "SUCCESS" and isinstance(status.output, dict):
-        return status.output
+        return dict(status.output)
     error = status.error
     why = _first_line(error) if isinstance(error, BaseException) else str(error or "")
     return {"status": "error", "text": "", "steps": 0, "commit": None, "cost": None,
