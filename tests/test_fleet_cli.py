@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from daemonkit import wait_for
+from fleetfake import copy_db, start_worker
 
 from agentd.newhome import init_home
 from tests.conftest import agentd
@@ -62,19 +63,10 @@ def template(pg_cluster: PgCluster) -> str:
     return name
 
 
-def copy_db(pg_cluster: PgCluster, template: str) -> str:
-    import psycopg
-
-    name = f"f_{os.urandom(6).hex()}"
-    with psycopg.connect(pg_cluster.libpq_url("postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    return pg_cluster.libpq_url(name)
-
-
 @pytest.fixture
 def db(pg_cluster: PgCluster, template: str) -> str:
     """A fresh fleet database of the test's own."""
-    return copy_db(pg_cluster, template)
+    return copy_db(pg_cluster.libpq_url("postgres"), template)
 
 
 @pytest.fixture(scope="module")
@@ -82,23 +74,13 @@ def shared(pg_cluster: PgCluster, template: str, tmp_path_factory: pytest.TempPa
            ) -> Iterator[tuple[str, Path]]:
     """One database with one running DBOS worker whose turn is scripted, for the tests
     that wait on turns (each adds homes of its own): (url, the worker's hold folder)."""
-    url = copy_db(pg_cluster, template)
-    tmp = tmp_path_factory.mktemp("worker")
-    hold = tmp / "hold"
-    hold.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = (tmp / "worker.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fleetfake.py"), url, "w1",
-                             str(hold)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    url = copy_db(pg_cluster.libpq_url("postgres"), template)
+    proc, hold = start_worker(url, tmp_path_factory.mktemp("worker"))
     try:
-        wait_for(lambda: (hold / "worker-w1.ready").exists() or proc.poll() is not None,
-                 60, "the worker to start")
-        assert proc.poll() is None, (tmp / "worker.log").read_text()
         yield url, hold
     finally:
         proc.terminate()
         proc.wait(30)
-        log.close()
 
 
 def test_init_creates_the_database_and_is_idempotent(pg_cluster: PgCluster) -> None:
