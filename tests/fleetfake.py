@@ -102,8 +102,6 @@ def start_worker(url: str, tmp: Path, wid: str = "w1") -> tuple[subprocess.Popen
 if __name__ == "__main__":
     import signal
 
-    from dbos import DBOS
-
     from agentd.fleet import engine
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # for sigwait
