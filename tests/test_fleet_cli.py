@@ -276,3 +276,50 @@ def test_help_imports_neither_dbos_nor_psycopg() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     assert out.strip() == "[]"
+
+
+def test_the_real_worker_runs_a_turn_that_run_wait_follows(
+        db: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: `agentd fleet worker` (the real turn, git and sandbox) against the fake
+    LLM, and `agentd fleet run --wait` following it to its one pushed commit."""
+    from tests.daemonkit import configure
+    from tests.fakellm import FakeLLM
+
+    with FakeLLM(auto=True) as fake:  # a bash call writing hello.txt, then "DONE"
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.openai_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-KEYVALUE")
+        configure(home, {"model": "openai:test"})
+        subprocess.run(["git", "-C", str(home), "-c", "user.name=t", "-c", "user.email=t@t",
+                        "commit", "-qam", "model"], check=True)
+        remote = tmp_path / "home.git"
+        subprocess.run(["git", "clone", "-q", "--bare", str(home), str(remote)], check=True)
+        assert fleet(db, "add", "solo", str(remote)).exit_code == 0
+        log = tmp_path / "worker.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([*AGENTD, "fleet", "worker", "--db", db, "--id", "e2e",
+                                     "--concurrency", "2", "--cache", str(tmp_path / "cache")],
+                                    stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: " started: " in log.read_text() or proc.poll() is not None, 180,
+                     "the worker to start")
+            assert proc.poll() is None, log.read_text()
+            r = subprocess.run([*AGENTD, "fleet", "run", "solo", "write hello.txt", "--wait",
+                                "--db", db], capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, (r.stderr, log.read_text())
+            assert r.stdout.strip().endswith("DONE")
+            assert "▸ " in r.stderr and "echo hi > hello.txt" in r.stderr
+            files = subprocess.run(["git", "-C", str(remote), "show", "--name-only",
+                                    "--format=%B", "main"], capture_output=True, text=True,
+                                   check=True).stdout
+            wid = r.stderr.split("queued ", 1)[1].split()[0]
+            assert "hello.txt" in files and wid in files  # the turn's one commit, marked
+            usage = json.loads(fleet(db, "usage", "--home", "solo", "--json").stdout)
+            assert usage["total"]["calls"] == 2
+            info = json.loads(fleet(db, "status", "--json").stdout)
+            assert [(w["id"], w["alive"]) for w in info["workers"]] == [("e2e", True)]
+            assert info["homes"][0]["head"] == subprocess.run(
+                ["git", "-C", str(remote), "rev-parse", "main"], capture_output=True,
+                text=True, check=True).stdout.strip()
+        finally:
+            proc.terminate()
+            assert proc.wait(60) == 0, log.read_text()
