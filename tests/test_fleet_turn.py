@@ -154,13 +154,15 @@ def test_a_turn_commits_once_and_pushes_and_one_that_cannot_run_says_why(
     assert turnflow.NAME == enqueue.TURN_WORKFLOW  # what `fleet run` queues is this workflow
     fake.push(bash("echo one > one.txt"), {"tool_calls": [
         {"name": "read", "arguments": {"path": "one.txt"}}]}, write("two.txt", "two\n"),
-        {"text": "all done"})
+        {"text": "all done: sk-ant-test-KEYVALUE"})  # the worker's key, which never leaves it
     fleet.worker()
     wid = fleet.enqueue("make two files")
     events, result = fleet.follow(wid)
     assert result["status"] == "ok", result
-    assert result["text"] == "all done" and result["steps"] == 4 and not result["conflict"]
+    assert result["text"].startswith("all done: ") and "KEYVALUE" not in result["text"]
+    assert result["steps"] == 4 and not result["conflict"]
     assert [e["kind"] for e in events] == ["tool", "tool", "tool", "text"]
+    assert "KEYVALUE" not in events[-1]["text"]
     assert events[0]["line"] == "▸ bash echo one > one.txt"
     assert fleet.commits() == [result["commit"]]  # exactly one commit, fast-forward
     sha = result["commit"]

@@ -37,6 +37,7 @@ from dbos import DBOS
 from agentd.errors import AgentdError
 from agentd.fleet import workspace
 from agentd.llm.types import Message, Provider, ProviderError, Sampling, TextSink, ToolSpec
+from agentd.redact import Redactor
 from agentd.redact import default as default_redactor
 from agentd.render import call_line
 from agentd.tools import ToolContext, ToolResult
@@ -66,9 +67,10 @@ class ReplayedError(ProviderError):
 class DurableProvider:
     """A Provider whose every `complete` is the DBOS step "model"."""
 
-    def __init__(self, inner: Provider):
+    def __init__(self, inner: Provider, redactor: Redactor | None = None):
         self.inner = inner
         self.name = inner.name
+        self.redactor = redactor or default_redactor()  # what leaves the worker is redacted
 
     async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
                        on_text: TextSink | None = None,
@@ -89,7 +91,8 @@ class DurableProvider:
         except ProviderError as e:
             return {"error": str(e), "kind": e.kind}
         if reply.text.strip():
-            await DBOS.write_stream_async(STREAM, {"kind": "text", "text": reply.text})
+            await DBOS.write_stream_async(STREAM, {"kind": "text",
+                                                   "text": self.redactor.redact(reply.text)})
         return {"reply": reply.to_dict()}
 
     async def aclose(self) -> None:
@@ -104,9 +107,10 @@ class DurableSteps:
         self.clone = clone
         self.run_id = run_id  # the workflow ID: the commit's Agentd-Run, the ledger's run
         self.replayed = 0  # tool steps replayed from checkpoints (their patches applied)
+        self.redactor: Redactor | None = None  # the home's (set once its settings are read)
 
     def provider(self, provider: Provider) -> Provider:
-        return DurableProvider(provider)
+        return DurableProvider(provider, self.redactor)
 
     def tools(self, run: ToolRunner) -> ToolRunner:
         async def durable(ctx: ToolContext, call: Any) -> ToolResult:

@@ -45,6 +45,7 @@ from agentd.errors import AgentdError
 from agentd.fleet import carry, db, schedule, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
 from agentd.loop import Events
+from agentd.redact import from_settings
 from agentd.turn import TurnReport, TurnRequest, run_turn
 
 log = logging.getLogger("agentd.fleet")
@@ -216,6 +217,7 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
         req.workdir = clone  # the request's own is another machine's
         _retrying(_restore, db_url, home, clone, request)
         settings = _settings(clone)
+        steps.redactor = redactor = from_settings(settings)  # the stream, the result
         if req.trigger == "heartbeat":  # zero tokens when nothing in HEARTBEAT.md is due
             task: str | None = DBOS.run_step({"name": "heartbeat"}, _heartbeat, clone,
                                              settings)
@@ -237,7 +239,10 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
     if steps.replayed:
         log.info("turn %s: %d tool steps replayed from their checkpoints", workflow_id,
                  steps.replayed)
-    return _result(report, published)
+    result = _result(report, published)
+    result["text"] = redactor.redact(result["text"])
+    result["error"] = redactor.redact(result["error"]) if result["error"] else None
+    return result
 
 
 @DBOS.workflow(name=NAME)
