@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,6 +75,32 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
             "WARNING: some security tests were skipped (bubblewrap or root missing); "
             "CI fails on this", red=True, bold=True)
 
+@pytest.fixture(autouse=True, scope="session")
+def shared_tls_context() -> Iterator[None]:
+    """One default TLS context for the session's SDK clients. agentd makes a new SDK client
+    for every turn, and each builds its TLS contexts (two with the proxy variable below) by
+    loading the system CA bundle: ~45 ms of CPU each, over a minute across the suite. No
+    test speaks TLS (every server here is plain HTTP on loopback), so nothing a test checks
+    depends on a context being fresh; the contexts stay the library's own."""
+    import functools
+
+    import httpcore2
+
+    make = httpcore2.default_ssl_context
+
+    @functools.cache
+    def cached(trust_env: bool, cafile: str | None, capath: str | None) -> object:
+        return make(_trust_env=trust_env)
+
+    def shared(*, _trust_env: bool = True) -> object:
+        return cached(_trust_env, os.environ.get("SSL_CERT_FILE"),
+                      os.environ.get("SSL_CERT_DIR"))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(httpcore2, "default_ssl_context", shared)
+        yield
+
+
 SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL",
                "OPENAI_API_KEY", "OPENAI_BASE_URL", "AGENTD_MODEL", "AGENTD_HOME")
 
@@ -89,15 +116,27 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "home"
+@pytest.fixture(scope="session")
+def home_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One home made by `agentd init` (plus the test settings, committed) per session, which
+    the `home` fixture copies: the same files and history as making it again, without the
+    git processes of init and commit in every one of the hundreds of tests that take a home.
+    (A home's repository holds no absolute path, so a copy is a home in its own right.)"""
+    h = tmp_path_factory.mktemp("template") / "home"
     init_home(h)
     # Fast failures in tests: one SDK retry instead of two.
     with (h / "agentd.toml").open("a") as f:
         f.write("\n[providers.anthropic]\nmax_retries = 1\n[providers.openai]\nmax_retries = 1\n")
     subprocess.run(["git", "-C", str(h), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
                     "-qam", "test settings"], check=True)
+    return h.resolve()
+
+
+@pytest.fixture
+def home(tmp_path: Path, home_template: Path) -> Path:
+    """A fresh home for this test: a copy of the session's template (see home_template)."""
+    h = tmp_path / "home"
+    shutil.copytree(home_template, h, symlinks=True)
     return h.resolve()
 
 
