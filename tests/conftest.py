@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -75,30 +77,27 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
             "WARNING: some security tests were skipped (bubblewrap or root missing); "
             "CI fails on this", red=True, bold=True)
 
-@pytest.fixture(autouse=True, scope="session")
-def shared_tls_context() -> Iterator[None]:
-    """One default TLS context for the session's SDK clients. agentd makes a new SDK client
-    for every turn, and each builds its TLS contexts (two with the proxy variable below) by
-    loading the system CA bundle: ~45 ms of CPU each, over a minute across the suite. No
-    test speaks TLS (every server here is plain HTTP on loopback), so nothing a test checks
-    depends on a context being fresh; the contexts stay the library's own."""
-    import functools
+@pytest.fixture(scope="session")
+def one_cert_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A CA bundle of one certificate (the system bundle's first), for SSL_CERT_FILE; None
+    (and the system's bundle is used) on a system without one where we look.
 
-    import httpcore2
-
-    make = httpcore2.default_ssl_context
-
-    @functools.cache
-    def cached(trust_env: bool, cafile: str | None, capath: str | None) -> object:
-        return make(_trust_env=trust_env)
-
-    def shared(*, _trust_env: bool = True) -> object:
-        return cached(_trust_env, os.environ.get("SSL_CERT_FILE"),
-                      os.environ.get("SSL_CERT_DIR"))
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(httpcore2, "default_ssl_context", shared)
-        yield
+    agentd makes a new SDK client for every turn, and each builds its TLS contexts (two
+    with the proxy variable below) by loading the CA bundle: with the system's ~150
+    certificates that is ~45 ms of CPU each, minutes across the suite's turns (in the
+    test process and in every daemon and `agentd serve` it starts). No test speaks TLS
+    (every server here is plain HTTP on loopback), so nothing a test checks depends on
+    which certificates are trusted; a stray TLS connection would only fail sooner."""
+    system = ssl.get_default_verify_paths()
+    for name in (system.cafile, system.openssl_cafile, "/etc/ssl/cert.pem"):
+        if name and Path(name).is_file():
+            first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n",
+                              Path(name).read_text(errors="replace"), re.S)
+            if first:
+                path = tmp_path_factory.mktemp("tls") / "one-ca.pem"
+                path.write_text(first.group(0))
+                return path
+    return None
 
 
 SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL",
@@ -106,11 +105,15 @@ SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
+              one_cert_bundle: Path | None) -> None:
     """No test sees the developer's keys, models or ~/.agentd; HOME is a scratch folder."""
     for var in SECRET_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("userhome")))
+    if one_cert_bundle is not None:
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        monkeypatch.setenv("SSL_CERT_FILE", str(one_cert_bundle))  # see one_cert_bundle
     # Any stray connection attempt by an SDK goes to a dead loopback port.
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
