@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -74,30 +77,69 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
             "WARNING: some security tests were skipped (bubblewrap or root missing); "
             "CI fails on this", red=True, bold=True)
 
+@pytest.fixture(scope="session")
+def one_cert_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A CA bundle of one certificate (the system bundle's first), for SSL_CERT_FILE; None
+    (and the system's bundle is used) on a system without one where we look.
+
+    agentd makes a new SDK client for every turn, and each builds its TLS contexts (two
+    with the proxy variable below) by loading the CA bundle: with the system's ~150
+    certificates that is ~45 ms of CPU each, minutes across the suite's turns (in the
+    test process and in every daemon and `agentd serve` it starts). No test speaks TLS
+    (every server here is plain HTTP on loopback), so nothing a test checks depends on
+    which certificates are trusted; a stray TLS connection would only fail sooner."""
+    system = ssl.get_default_verify_paths()
+    for name in (system.cafile, system.openssl_cafile, "/etc/ssl/cert.pem"):
+        if name and Path(name).is_file():
+            first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n",
+                              Path(name).read_text(errors="replace"), re.S)
+            if first:
+                path = tmp_path_factory.mktemp("tls") / "one-ca.pem"
+                path.write_text(first.group(0))
+                return path
+    return None
+
+
 SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL",
                "OPENAI_API_KEY", "OPENAI_BASE_URL", "AGENTD_MODEL", "AGENTD_HOME")
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
+              one_cert_bundle: Path | None) -> None:
     """No test sees the developer's keys, models or ~/.agentd; HOME is a scratch folder."""
     for var in SECRET_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("userhome")))
+    if one_cert_bundle is not None:
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        monkeypatch.setenv("SSL_CERT_FILE", str(one_cert_bundle))  # see one_cert_bundle
     # Any stray connection attempt by an SDK goes to a dead loopback port.
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "home"
+@pytest.fixture(scope="session")
+def home_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One home made by `agentd init` (plus the test settings, committed) per session, which
+    the `home` fixture copies: the same files and history as making it again, without the
+    git processes of init and commit in every one of the hundreds of tests that take a home.
+    (A home's repository holds no absolute path, so a copy is a home in its own right.)"""
+    h = tmp_path_factory.mktemp("template") / "home"
     init_home(h)
     # Fast failures in tests: one SDK retry instead of two.
     with (h / "agentd.toml").open("a") as f:
         f.write("\n[providers.anthropic]\nmax_retries = 1\n[providers.openai]\nmax_retries = 1\n")
     subprocess.run(["git", "-C", str(h), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
                     "-qam", "test settings"], check=True)
+    return h.resolve()
+
+
+@pytest.fixture
+def home(tmp_path: Path, home_template: Path) -> Path:
+    """A fresh home for this test: a copy of the session's template (see home_template)."""
+    h = tmp_path / "home"
+    shutil.copytree(home_template, h, symlinks=True)
     return h.resolve()
 
 

@@ -312,9 +312,10 @@ def test_a_second_sigterm_interrupts_serves_turn_and_commits_its_work(
     bridge_env(monkeypatch)
     bridge_home(home)
     commit_settings(home)
+    held = threading.Event()
     fake.push({"tool_calls": [{"name": "write", "arguments": {
                 "path": "notes/served.md", "content": "half done\n"}}]},
-              {"delay": 5, "text": "never"})
+              {"hold": held, "text": "never"})  # answered only once serve has exited
     threads = request_threads()
     with ServeProcess(home) as serve:
         client = threading.Thread(target=_quiet_chat, args=(serve.url,))
@@ -324,6 +325,7 @@ def test_a_second_sigterm_interrupts_serves_turn_and_commits_its_work(
         wait_for(lambda: "letting the running person turn" in serve.log, 10, "the first stop")
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.proc.wait(30) == 0
+        held.set()
         client.join(30)
         log = serve.log
     assert "serve: SIGTERM again: interrupting the running turn" in log

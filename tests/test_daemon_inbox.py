@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 from daemonkit import (
@@ -106,9 +107,10 @@ def test_binary_oversized_empty_and_linked_files_are_refused(fake: FakeLLM, home
 def test_kill_9_mid_turn_then_restart_processes_the_file_exactly_once(
         fake: FakeLLM, home: Path) -> None:
     _home(home)
+    held = threading.Event()
     fake.push({"tool_calls": [{"name": "write", "arguments": {
                 "path": "outbox/progress.md", "content": "half done\n"}}]},
-              {"delay": 3, "text": "too late"})
+              {"hold": held, "text": "too late"})  # answered only once the daemon is dead
     threads = request_threads()
     (home / "inbox/job.txt").write_text("Write outbox/progress.md, then report.\n")
     with Daemon(home) as d:
@@ -117,6 +119,7 @@ def test_kill_9_mid_turn_then_restart_processes_the_file_exactly_once(
         pid = d.proc.pid
         d.signal(signal.SIGKILL)
         d.proc.wait(10)
+    held.set()
     assert (home / "outbox/progress.md").exists()  # the agent's half-done work
     assert (home / "inbox/job.txt").exists() and not (home / "outbox/job.md").exists()
     fake.push({"text": "Report: progress noted."})
