@@ -52,13 +52,14 @@ def _webhook(host: BridgeHost, fake: FakeLLM, steps: list[dict], delivery: str) 
     """One signed webhook whose turn takes `steps`, waited for until it is done."""
     fake.push(*steps, {"text": "done"})
     body = json.dumps({"action": delivery}).encode()
-    r = httpx2.post(f"{host.url}/hooks/github", content=body, headers=signed(body, delivery))
+    r = httpx2.post(f"{host.url}/hooks/github", content=body, headers=signed(body, delivery),
+                    timeout=30)
     assert r.status_code == 202, r.text
     rid = r.json()["id"]
 
     def finished() -> dict | None:
         run = httpx2.get(f"{host.url}/runs/{rid}",
-                         headers={"authorization": f"Bearer {TOKEN}"}).json()
+                         headers={"authorization": f"Bearer {TOKEN}"}, timeout=30).json()
         return run if run["status"] not in ("queued", "running") else None
 
     run = wait_for(finished, 60, "the webhook turn")
