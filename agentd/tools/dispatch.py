@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from agentd.llm.types import ToolCall, ToolSpec
 from agentd.tools import ToolContext, ToolResult
+from agentd.toolspec import ToolCall, ToolSpec
 
 _PATH = {"type": "string", "description": "File path, relative to the workdir or absolute"}
 
