@@ -22,7 +22,7 @@ from agentd.config.costs import (
     parse_budget,
 )
 from agentd.config.tables import CONFIG_NAME, UnknownSetting, fill, typed
-from agentd.config.values import Duration, check_timezone, parse_hours
+from agentd.config.values import Duration, Hours, check_timezone
 from agentd.errors import AgentdError
 from agentd.tools import SandboxSettings
 
@@ -68,7 +68,7 @@ class HeartbeatSettings:
 
     enabled: bool = True
     every: Duration = Duration("30m")
-    active_hours: str = ""
+    active_hours: Hours = Hours("")  # .window: parsed once, when the file is read
     timezone: str = ""
     model: str = ""
     gate_timeout: Duration = Duration("30s")
@@ -292,9 +292,8 @@ def _check_owner(s: Settings) -> None:
 def _check_daemon(s: Settings) -> None:
     """Validate [heartbeat] and [daemon] when the file is read, not when the daemon first
     needs a value: a typo is reported by `agentd run` too, and a hot reload can refuse it.
-    (Their durations were parsed as they were read; see tables.fill.)"""
+    (Their durations and active hours were parsed as they were read; see tables.fill.)"""
     hb, d = s.heartbeat, s.daemon
-    parse_hours(hb.active_hours, "heartbeat.active_hours")
     check_timezone(hb.timezone, "heartbeat.timezone")
     if hb.model and ":" not in hb.model:
         raise AgentdError(f"heartbeat.model {hb.model!r} is not PROVIDER:MODEL")
