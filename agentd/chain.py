@@ -68,7 +68,8 @@ def make_provider(spec: str, settings: Settings, base: Path,
         raise AgentdError(f"{label}: no API key: set ${ep.key_env}")
     retries = ep.max_retries if max_retries is None else max_retries
     c = settings.calls
-    bounds = Bounds(c.cap_for(spec), c.idle_timeout.seconds, c.call_timeout.seconds)
+    bounds = Bounds(c.cap_for(spec), c.idle_timeout.seconds, c.call_timeout.seconds,
+                    c.own_cap(spec))
     if ep.protocol == "anthropic":
         from agentd.llm.anthropic import AnthropicProvider
 

@@ -9,6 +9,12 @@ turn's "Manual edits" commit never claims the agent's half-done work as the pers
 
 Only ever called under the home's turn lock (agentd/turnlock.py): a marker found then
 belongs to a turn that is no longer running.
+
+The marker's session is a session name by the one rule (agentd/session.py `check_name`):
+`begin` refuses a turn whose transcript has no such name, and `close_out` touches no
+transcript for a marker naming anything else, and appends its row the confined way
+(SessionLog), so a marker or a transcript link planted by an unsandboxed agent steers no
+write.
 """
 
 from __future__ import annotations
@@ -20,17 +26,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agentd import history, jsonl, state
+from agentd import history, state
 from agentd.daylog import append_entry
+from agentd.errors import AgentdError
 from agentd.home import Home
+from agentd.session import SessionLog, check_name
 
 
 def begin(home: Path, *, run_id: str, trigger: str, task: str, profile: str,
           session: Path) -> None:
-    """Mark the turn as running (before it changes anything)."""
-    state.write(Home(home).turn_marker, {
+    """Mark the turn as running (before it changes anything); AgentdError when its
+    transcript's name is no session name (every trigger's names are checked before, so
+    this is the last line, in the one place every turn passes)."""
+    layout = Home(home)
+    sid = check_name(session.name)
+    if layout.session(sid) != session:  # "../x" has a good name and the wrong folder
+        raise AgentdError(f"{str(session)!r} is not a session's transcript "
+                          "(.agentd/sessions/<session name>.jsonl)")
+    state.write(layout.turn_marker, {
         "run": run_id, "trigger": trigger, "task": task, "profile": profile,
-        "session": session.name, "started": time.time(), "pid": os.getpid()})
+        "session": sid, "started": time.time(), "pid": os.getpid()})
 
 
 def end(home: Path) -> None:
@@ -49,12 +64,13 @@ def close_out(home: Path, scan: Callable[[str], list[str]] | None) -> dict[str, 
         return None
     task = str(marker.get("task") or "")
     trigger = str(marker.get("trigger") or "unknown")
-    name = str(marker.get("session") or "")
-    transcript = layout.sessions / name
-    if name.endswith(".jsonl") and "/" not in name and transcript.is_file():
-        jsonl.append(transcript, {"type": "end", "ts": round(time.time(), 3),
-                                  "run": marker.get("run"), "status": "interrupted",
-                                  "error": "agentd was killed during this turn"})
+    try:
+        transcript: Path | None = layout.session(check_name(str(marker.get("session") or "")))
+    except AgentdError:
+        transcript = None  # not a session's name: no file is touched
+    if transcript is not None and os.path.lexists(transcript):
+        SessionLog(transcript, None).end(run=marker.get("run"), status="interrupted",
+                                         error="agentd was killed during this turn")
     changes = history.pending(home, scan)
     stranger = marker.get("profile") != "trusted"  # unknown: fenced, to be safe
     append_entry(home, datetime.now().astimezone(), "recovery", "-", task,

@@ -5,10 +5,14 @@ tool output: a `.env` file the agent reads, a config a user pasted into the work
 token in a log. So every tool result and every transcript row goes through a Redactor,
 which replaces
 
-- the exact values of the secrets agentd itself loaded (each provider's `key_env`, the
-  bridge and webhook secrets) with `[REDACTED:<VARIABLE>]`, and
-- common key shapes (OpenAI, Anthropic, GitHub, Slack, AWS access keys, PEM private keys)
-  with `[REDACTED:<kind>]`, because a leaked key is as bad when it isn't ours.
+- the exact values of the secrets agentd itself loaded (each provider's `key_env`, every
+  variable the bridge reads a secret from: its token, the webhook, Telegram and Slack
+  secrets, each hook's `secret_env`) with `[REDACTED:<VARIABLE>]`, read from the
+  environment of every process, so a CLI turn in the shell that also runs the bridge
+  hides them before the bridge ever loaded them, and
+- common key shapes (OpenAI, Anthropic, GitHub, Slack, Telegram bot tokens, AWS access
+  keys, PEM private keys) with `[REDACTED:<kind>]`, because a leaked key is as bad when it
+  isn't ours.
 
 Values shorter than 8 characters are ignored: redacting "local" or "1234" everywhere
 would mangle ordinary text and protect nothing.
@@ -25,7 +29,10 @@ if TYPE_CHECKING:
     from agentd.config import Settings
 
 MIN_SECRET_LEN = 8
-EXTRA_SECRET_VARS = ("AGENTD_BRIDGE_TOKEN", "AGENTD_WEBHOOK_SECRET")
+# every variable agentd/bridge/secrets.py reads (tests/test_redact.py checks the list)
+EXTRA_SECRET_VARS = ("AGENTD_BRIDGE_TOKEN", "AGENTD_WEBHOOK_SECRET",
+                     "AGENTD_TELEGRAM_BOT_TOKEN", "AGENTD_TELEGRAM_SECRET",
+                     "AGENTD_SLACK_BOT_TOKEN", "AGENTD_SLACK_SIGNING_SECRET")
 WELL_KNOWN_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY",
                    *EXTRA_SECRET_VARS)
 
@@ -39,6 +46,9 @@ PATTERNS: tuple[tuple[str, str], ...] = (
     ("github-token", _NOT_KEY_CHAR + r"gh[pousr]_[A-Za-z0-9]{36,}"),
     ("github-token", _NOT_KEY_CHAR + r"github_pat_[A-Za-z0-9_]{22,}"),
     ("slack-token", _NOT_KEY_CHAR + r"xox[abprs]-[A-Za-z0-9-]{10,}"),
+    # the bot's numeric id, a colon, 35 characters of base64url (BotFather's shape); after
+    # a letter too, as in the Bot API's URLs (/bot<token>/sendMessage)
+    ("telegram-bot-token", r"(?<![0-9:])\d{6,12}:[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"),
     ("aws-access-key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
 )
 
@@ -104,9 +114,11 @@ _registered: dict[str, str] = {}
 
 
 def from_settings(settings: Settings) -> Redactor:
-    """The Redactor for a turn: every configured provider's key variable, the bridge and
-    webhook secrets, the well-known key variables, and the key-shape patterns."""
+    """The Redactor for a turn: every configured provider's key variable, the bridge,
+    webhook, Telegram and Slack secrets, each hook's `secret_env`, the well-known key
+    variables, and the key-shape patterns."""
     names = [ep.key_env for ep in settings.providers.values() if ep.key_env]
+    names += [h.secret_env for h in settings.bridge.hooks.values() if h.secret_env]
     return _from_env([*names, *WELL_KNOWN_VARS])
 
 

@@ -244,14 +244,14 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     daily = {f for f in changes.files if f.startswith(DAILY + "/")}
     daily.add(str(log.relative_to(home)))  # no second `git status`: we just wrote it
     subject, marks = clean(req.title or req.task), trailers(req, report)
+    notes = "\n".join(clean(n) for n in changes.notes())  # what was held back, named
     if not files:  # only the day log changed: it is committed alone, so the home is clean
         report.commit = history.commit(home, sorted(daily), subject,
-                                       marks | history.DAY_LOG_ONLY)
+                                       marks | history.DAY_LOG_ONLY, notes)
         return
     late: dict[str, str] = {}
-    report.commit = history.commit(
-        home, files + sorted(daily), subject, marks,
-        "\n".join(clean(n) for n in changes.notes()), held=late)
+    report.commit = history.commit(home, files + sorted(daily), subject, marks, notes,
+                                   held=late)
     if late:  # git refused these at commit time: the day log says so, in a commit of its own
         report.held |= late
         append_held(home, now, late, source)

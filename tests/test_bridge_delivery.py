@@ -8,6 +8,7 @@ Slack's own."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -291,6 +292,28 @@ def test_a_stop_while_retrying_leaves_the_delivery_failed(
             "agentd stopped before the reply was sent (last error: HTTP 503: Service "
             "Unavailable)")
     assert len(api.calls) == 1
+
+
+def test_a_stop_ends_a_wait_between_tries_at_once(home: Path, fake: FakeLLM,
+                                                 api: ScriptedApi,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait between tries ends on the bridge's `stopping` event, not at the next look
+    at a flag (a poll would answer half a second later)."""
+    from agentd.bridge.delivery import _pause
+
+    with start(home, monkeypatch, api.url) as host:
+        bridge = host.bridge
+
+        async def probe() -> tuple[bool, float]:
+            task = asyncio.create_task(_pause(bridge, 60.0))
+            await asyncio.sleep(0)  # the pause is waiting now
+            t0 = time.monotonic()
+            bridge.stop()
+            return await task, time.monotonic() - t0
+
+        assert host._loop is not None
+        waited, seconds = asyncio.run_coroutine_threadsafe(probe(), host._loop).result(30)
+    assert waited is False and seconds < 0.4
 
 
 def test_a_delivery_left_retrying_by_a_crash_is_failed_at_the_next_start(tmp_path: Path) -> None:

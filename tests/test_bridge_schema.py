@@ -29,7 +29,7 @@ from bridgekit import (
 )
 from fakellm import FakeLLM
 
-from agentd.bridge.chat_request import CHAT_REQUEST
+from agentd.bridge.chat_request import CHAT_REQUEST, parse_messages
 from agentd.bridge.jsonshape import problem
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -116,6 +116,31 @@ def test_the_body_check_is_json_schema() -> None:
         "no user message: the last user message is the agent's input")
     with pytest.raises(ValueError, match="not supported"):
         problem(1, {"multipleOf": 2})
+
+
+@pytest.mark.parametrize("messages", [
+    None, "hi", [], ["hi"], [{"content": "no role"}], [{"role": "robot", "content": "x"}],
+    [{"role": "user", "content": 5}], [{"role": "assistant", "content": [{"text": "x"}]}],
+    [{"role": "system", "content": "no user"}], [{"role": "user"}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+    [{"role": "user", "content": [{"type": "text", "text": " \u2028"}]}],
+    [{"role": "user", "content": "\ufeff\x1c "}],
+])
+def test_the_schema_refuses_every_message_list_parse_messages_cannot_read(
+        messages: object) -> None:
+    """parse_messages reads only what `check` let through: each shape it once refused
+    itself is refused by the published schema first."""
+    assert problem({"messages": messages}, CHAT_REQUEST)
+
+
+def test_parse_messages_reads_what_the_schema_passes() -> None:
+    messages = [{"role": "system", "content": None},
+                {"role": "user", "content": [{"type": "text", "text": "a"},
+                                             {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": "x"}, {"role": "user", "content": "go"}]
+    assert problem({"messages": messages}, CHAT_REQUEST) is None
+    text, history = parse_messages(messages)
+    assert text == "go" and len(history) == 2
 
 
 def test_schemathesis_every_check_against_live_serve(env: Path, fake: FakeLLM,

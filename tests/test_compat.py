@@ -20,6 +20,27 @@ DONE = {"text": "DONE"}
 MARK = "\n# the provider of this test\n"
 
 
+def test_llama_cpp_python_caps_output_at_1024_unless_calls_models_says(
+        server: list[FakeLLM], home: Path, workdir: Path) -> None:
+    """That server keeps generating for an abandoned request, so its profile sends a
+    smaller cap; found by `auto` too; `[calls.models]` for the provider or model wins,
+    and another profile keeps `[calls] max_tokens`."""
+    def caps(settings: str, owner: str = "fakellm", calls: str = "") -> set[int]:
+        fake = start(server)
+        fake.owner = owner
+        text = (home / "agentd.toml").read_text().split(MARK)[0].split("\n[calls")[0]
+        (home / "agentd.toml").write_text(text + calls)  # run() adds the provider after
+        completed(run(home, workdir, fake, settings), workdir)
+        return {r.body["max_tokens"] for r in fake.requests if r.method == "POST"}
+
+    assert caps('profile = "llama-cpp-python"') == {1024}
+    assert caps('profile = "auto"', owner="me") == {1024}
+    assert caps('profile = "vllm"') == {8192}
+    assert caps('profile = "llama-cpp-python"', calls="\n[calls]\nmax_tokens = 512\n") == {512}
+    assert caps('profile = "llama-cpp-python"',
+                calls="\n[calls.models]\nlocal = 4096\n") == {4096}
+
+
 @pytest.fixture
 def server() -> Iterator[list[FakeLLM]]:
     """Holds the fake a test starts with its quirks, and closes it."""
@@ -190,7 +211,7 @@ def test_profiles_are_chosen_by_name_and_port() -> None:
     assert guess_profile("lab", "http://[::1:bad/v1") == "openai"
     assert resolve(None, "x", None, {"text_tool_calls": True}) == Compat(text_tool_calls=True)
     assert resolve("llama-cpp-python", "x", None, {"stream_with_tools": True}) == Compat(
-        send_tool_choice=True, null_content_as_empty=True)
+        send_tool_choice=True, null_content_as_empty=True, max_tokens=1024)
     with pytest.raises(ValueError, match="unknown profile"):
         resolve("nope", "x", None, {})
 

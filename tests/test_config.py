@@ -16,6 +16,7 @@ from conftest import agentd
 from fakellm import FakeLLM
 
 from agentd.config import CONFIG_NAME, Duration, load_settings, parse_settings
+from agentd.errors import AgentdError
 from agentd.home import PROTECTED_DIRS, PROTECTED_NAMES, RUNTIME, Home
 
 PACKAGE = Path(__file__).resolve().parent.parent / "agentd"
@@ -153,3 +154,18 @@ def test_a_key_in_the_wrong_table_is_told_where_it_belongs(home: Path, toml: str
     r = agentd("run", "--home", str(home), "hi")
     assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("error: ") and error in r.stderr, r.stderr
+
+
+def test_settings_load_the_compat_profiles_only_for_a_provider_with_one(tmp_path: Path) -> None:
+    """agentd/llm/compat.py (~20 ms) is not imported by a turn of a home whose providers
+    set no `profile`; a bad profile is still refused by name."""
+    code = ("import sys\nfrom agentd.config import parse_settings\nimport agentd.turn\n"
+            "parse_settings({'providers': {'lm': {'base_url': 'http://x/v1'}}})\n"
+            "print('agentd.llm.compat' in sys.modules)\n"
+            "parse_settings({'providers': {'lm': {'profile': 'vllm'}}})\n"
+            "print('agentd.llm.compat' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent.parent).stdout
+    assert out.split() == ["False", "True"]
+    with pytest.raises(AgentdError, match=r"providers\.lm\.profile must be one of"):
+        parse_settings({"providers": {"lm": {"profile": "nope"}}})

@@ -54,6 +54,33 @@ def test_settings_sections_are_strict() -> None:
             parse_settings(bad)
 
 
+def test_active_hours_are_parsed_once_per_settings_not_per_tick(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A heartbeat tick reads the window `[heartbeat] active_hours` was parsed into when
+    the file was read; five ticks outside it parse nothing."""
+    import agentd.config.values as values
+    from agentd.daemon import heartbeat
+
+    hour = datetime.now(ZoneInfo("UTC")).hour
+    window = f"{(hour + 2) % 24:02d}:00-{(hour + 3) % 24:02d}:00"  # not now
+    s = parse_settings({"heartbeat": {"active_hours": window, "timezone": "UTC"}})
+    assert s.heartbeat.active_hours == window
+    assert s.heartbeat.active_hours.window == parse_hours(window)
+    calls: list[str] = []
+    real = values.parse_hours
+
+    def counted(text: str, where: str = "active_hours") -> tuple[int, int] | None:
+        calls.append(text)
+        return real(text, where)
+
+    monkeypatch.setattr(values, "parse_hours", counted)
+    monkeypatch.setattr(heartbeat, "parse_hours", counted, raising=False)
+    log = EventLog(io.StringIO())
+    beat = heartbeat.Heartbeat(home, lambda: s, TurnQueue(5, log), log)
+    results = [asyncio.run(beat.tick()) for _ in range(5)]
+    assert results == ["skipped"] * 5 and calls == []
+
+
 @pytest.mark.parametrize(("hhmm", "window", "inside"), [
     ("12:00", "08:00-22:00", True), ("07:59", "08:00-22:00", False),
     ("22:00", "08:00-22:00", False), ("23:30", "22:00-06:00", True),

@@ -63,12 +63,24 @@ def test_the_layout_is_read() -> None:
     assert "agentd.loop" in GRAPH["agentd.turn"]  # the walk sees real imports
 
 
+NEUTRAL = ("agentd.errors", "agentd.surrogates", "agentd.toolspec")  # import no agentd
+
+
 def test_llm_is_a_library_that_knows_nothing_of_the_home() -> None:
-    """Only itself, its error type and the text helper that imports nothing."""
-    assert not GRAPH["agentd.surrogates"] and not GRAPH["agentd.errors"]
+    """Only itself, its error type, the text helper and the tool-call types, which import
+    nothing of agentd."""
+    assert not any(GRAPH[m] for m in NEUTRAL)
     bad = {(m, d) for m, deps in GRAPH.items() if _in(m, "agentd.llm")
-           for d in deps if not _in(d, "agentd.llm", "agentd.errors", "agentd.surrogates")}
+           for d in deps if not _in(d, "agentd.llm", *NEUTRAL)}
     assert not bad
+
+
+def test_tools_know_nothing_of_models() -> None:
+    """tools/ and llm/ meet only in agentd.toolspec: neither imports the other."""
+    bad = {(m, d) for m, deps in GRAPH.items() for d in deps
+           if (_in(m, "agentd.tools") and _in(d, "agentd.llm"))
+           or (_in(m, "agentd.llm") and _in(d, "agentd.tools"))}
+    assert not bad, f"tools and llm import each other: {sorted(bad)}"
 
 
 @pytest.mark.parametrize("lower, higher", [

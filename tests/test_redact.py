@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import re
 from pathlib import Path
 
 import pytest
+from conftest import agentd
+from fakellm import FakeLLM
 
 from agentd import redact
 from agentd.config import parse_settings
@@ -102,3 +106,55 @@ def test_session_rows_are_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert rows[1]["text"] == "the key is [REDACTED:ANTHROPIC_API_KEY]"
     assert "[REDACTED:github-token]" in json.dumps(rows[1])
     assert rows[2]["error"] == "provider said [REDACTED:ANTHROPIC_API_KEY]"
+
+
+TELEGRAM = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw_"
+
+
+def test_telegram_bot_token_shape() -> None:
+    r = redact.Redactor({})
+    assert r.redact(f"url=/bot{TELEGRAM}/sendMessage") == (
+        "url=/bot[REDACTED:telegram-bot-token]/sendMessage")
+    assert r.redact("at 12:30:45 and 2026-11-30T12:00:00Z, id 1234567:short") == (
+        "at 12:30:45 and 2026-11-30T12:00:00Z, id 1234567:short")
+
+
+def test_every_variable_the_bridge_reads_is_redacted() -> None:
+    """Whichever secret agentd/bridge/secrets.py reads from the environment is also one a
+    turn redacts from the environment: the bridge registers what it loads, but a CLI or
+    daemon turn in the same shell never ran the bridge's loader."""
+    from agentd.bridge import secrets
+
+    read = set(re.findall(r'"(AGENTD_[A-Z_]+)"', inspect.getsource(secrets)))
+    assert {"AGENTD_TELEGRAM_BOT_TOKEN", "AGENTD_SLACK_BOT_TOKEN"} <= read
+    assert read <= set(redact.WELL_KNOWN_VARS)
+
+
+def test_a_hook_secret_env_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = parse_settings({"bridge": {"hooks": {"gh": {"secret_env": "GH_HOOK_SECRET"}}}})
+    monkeypatch.setenv("GH_HOOK_SECRET", "hook-secret-value-31")
+    assert redact.from_settings(s).redact("x hook-secret-value-31") == (
+        "x [REDACTED:GH_HOOK_SECRET]")
+
+
+def test_a_turn_redacts_the_bridge_tokens(home: Path, workdir: Path, fake: FakeLLM,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CLI turn whose tool output holds the Telegram and Slack bot tokens (a `.env` the
+    agent reads) sends neither to the model nor writes either into the transcript."""
+    values = {"AGENTD_TELEGRAM_BOT_TOKEN": "tg-bot-token-not-a-known-shape-1",
+              "AGENTD_SLACK_BOT_TOKEN": "slack-bot-token-not-a-known-shape-2",
+              "AGENTD_SLACK_SIGNING_SECRET": "slack-signing-secret-value-3",
+              "AGENTD_TELEGRAM_SECRET": "telegram-webhook-secret-value-4"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    (workdir / "bot.env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    fake.push({"tool_calls": [{"name": "read", "arguments": {"path": "bot.env"}}]},
+              {"text": "read it"})
+    r = agentd("run", "--json", "--home", str(home), "--workdir", str(workdir),
+               "--model", "openai:test", "read bot.env")
+    assert json.loads(r.stdout)["status"] == "ok", r.output
+    sent = json.dumps(fake.requests[-1].body)
+    transcripts = "".join(p.read_text() for p in (home / ".agentd/sessions").glob("*.jsonl"))
+    for name, value in values.items():
+        assert f"[REDACTED:{name}]" in sent
+        assert value not in sent and value not in transcripts and value not in r.stdout

@@ -106,37 +106,16 @@ def check(body: Any) -> None:
         raise ApiError(400, why[:300], "invalid_request")
 
 
-ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MAX_STOPS = 4
 
 
-def parse_messages(messages: Any) -> tuple[str, list[str]]:
+def parse_messages(messages: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """(the last user message's text, the fingerprints of the visible history before
-    it); ApiError 400 when the list is not one the OpenAI API would take."""
-    if not isinstance(messages, list) or not messages or len(messages) > MAX_MESSAGES:
-        raise ApiError(400, "messages must be a non-empty list", "invalid_messages")
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ApiError(400, "each message must be an object with a role: "
-                           + ", ".join(ROLES), "invalid_messages")
-        content = m.get("content")
-        if not (content is None or isinstance(content, str) or (isinstance(content, list)
-                and all(isinstance(p, dict) and isinstance(p.get("type"), str)
-                        for p in content))):
-            raise ApiError(400, "a message's content must be a string, null or a list of "
-                           "parts with a type", "invalid_messages")
-    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
-    if last < 0:
-        raise ApiError(400, "no user message: the last user message is the agent's input",
-                       "invalid_messages")
-    content = messages[last].get("content")
-    if isinstance(content, list) and any(p["type"] != "text" for p in content):
-        raise ApiError(400, "only text content is supported in the last user message",
-                       "unsupported_content")
-    text = content_text(content)
-    if not text.strip():
-        raise ApiError(400, "the last user message has no text", "invalid_messages")
-    return text, visible(messages[:last])
+    it), from messages `check` passed: CHAT_REQUEST holds them to a non-empty list of
+    objects with a known role and content shape, with a user message among them, each
+    user message made of text (a string or text parts) with some text in it."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    return content_text(messages[last]["content"]), visible(messages[:last])
 
 
 def parse_sampling(req: dict[str, Any]) -> Sampling | None:

@@ -57,13 +57,17 @@ class Bridge:
         self.sender_buckets = Buckets(b.sender_rate, b.sender_burst)
         self.deliverers: dict[str, Deliver] = {}
         self.delivery_delays: tuple[float, ...] = DELAYS  # chat replies' retries (tests: 0)
-        self.closing = False
+        self.stopping = asyncio.Event()  # set by stop(): waits between retries end at once
         self.http: Any = None  # an httpx AsyncClient once started
         self._futures: set[asyncio.Future[TurnReport | None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._full_logged = 0.0
         self._warned: dict[str, tuple[float, int]] = {}
+
+    @property
+    def closing(self) -> bool:
+        return self.stopping.is_set()
 
     @property
     def redactor(self) -> Redactor:
@@ -108,7 +112,7 @@ class Bridge:
         """Refuse new work; a chat still waiting in the queue is told "shutting down", an
         accepted webhook stays queued on disk for the next start. A turn already running
         finishes and its answer is still delivered (before the queue's worker ends)."""
-        self.closing = True
+        self.stopping.set()
         for fut in list(self._futures):
             if not fut.done():
                 fut.set_result(None)

@@ -42,7 +42,6 @@ MAX_WAIT = 60.0  # a platform asking to wait longer than this is not waited for
 SLACK_TRANSIENT = frozenset({"ratelimited", "rate_limited", "internal_error", "fatal_error",
                              "service_unavailable", "request_timeout"})
 ERROR_CHARS = 300
-POLL = 0.5  # how often a wait between tries looks whether agentd is stopping
 STOPPED = "agentd stopped before the reply was sent"
 
 
@@ -176,14 +175,14 @@ class _Record:
 
 
 async def _pause(bridge: Bridge, seconds: float) -> bool:
-    """Wait `seconds`; False at once when the bridge starts closing, so a stop never waits
-    out a retry (the bridge has a flag for it, no event: looked at every POLL s)."""
-    end = time.monotonic() + seconds
-    while not bridge.closing:
-        left = end - time.monotonic()
-        if left <= 0:
-            return True
-        await asyncio.sleep(min(left, POLL))
+    """Wait `seconds`; False at once when the bridge starts stopping (its `stopping`
+    event), so a stop never waits out a retry."""
+    if bridge.stopping.is_set():
+        return False
+    try:
+        await asyncio.wait_for(bridge.stopping.wait(), seconds)
+    except TimeoutError:
+        return True
     return False
 
 

@@ -40,6 +40,11 @@ class CallSettings:
         label = spec.partition(":")[0]
         return self.models.get(spec) or self.models.get(label) or self.max_tokens
 
+    def own_cap(self, spec: str) -> bool:
+        """Whether `[calls.models]` sets the cap of `provider:model` (its entry or its
+        provider's): a compat profile's default cap then does not lower it."""
+        return spec in self.models or spec.partition(":")[0] in self.models
+
 
 def parse_calls(c: CallSettings, value: Any) -> None:
     """Fill `c` from `[calls]` and its `[calls.models]` table; every cap at least 1."""

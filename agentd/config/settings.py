@@ -22,9 +22,8 @@ from agentd.config.costs import (
     parse_budget,
 )
 from agentd.config.tables import CONFIG_NAME, UnknownSetting, fill, typed
-from agentd.config.values import Duration, check_timezone, parse_hours
+from agentd.config.values import Duration, Hours, check_timezone
 from agentd.errors import AgentdError
-from agentd.llm.compat import AUTO, PROFILES
 from agentd.tools import SandboxSettings
 
 
@@ -69,7 +68,7 @@ class HeartbeatSettings:
 
     enabled: bool = True
     every: Duration = Duration("30m")
-    active_hours: str = ""
+    active_hours: Hours = Hours("")  # .window: parsed once, when the file is read
     timezone: str = ""
     model: str = ""
     gate_timeout: Duration = Duration("30s")
@@ -235,10 +234,20 @@ def _parse(data: dict[str, Any]) -> Settings:
     for name, ep in s.providers.items():
         if ep.protocol not in ("openai", "anthropic"):
             raise AgentdError(f"providers.{name}.protocol must be \"openai\" or \"anthropic\"")
-        if ep.profile is not None and ep.profile not in (*PROFILES, AUTO):
-            raise AgentdError(f"providers.{name}.profile must be one of "
-                              f"{', '.join(PROFILES)} or {AUTO}, not {ep.profile!r}")
+        if ep.profile is not None:
+            _check_profile(name, ep.profile)
     return s
+
+
+def _check_profile(name: str, profile: str) -> None:
+    """A provider's `profile` names one of agentd/llm/compat.py's. Imported only when a
+    provider sets one: compat (with the neutral types) is ~25 ms that a turn of a home
+    without profiles, and every `agentd` command that loads settings, would pay."""
+    from agentd.llm.compat import AUTO, PROFILES
+
+    if profile not in (*PROFILES, AUTO):
+        raise AgentdError(f"providers.{name}.profile must be one of "
+                          f"{', '.join(PROFILES)} or {AUTO}, not {profile!r}")
 
 
 TRIGGER_KINDS = ("cli", "chat", "heartbeat", "cron", "inbox", "webhook")
@@ -283,9 +292,8 @@ def _check_owner(s: Settings) -> None:
 def _check_daemon(s: Settings) -> None:
     """Validate [heartbeat] and [daemon] when the file is read, not when the daemon first
     needs a value: a typo is reported by `agentd run` too, and a hot reload can refuse it.
-    (Their durations were parsed as they were read; see tables.fill.)"""
+    (Their durations and active hours were parsed as they were read; see tables.fill.)"""
     hb, d = s.heartbeat, s.daemon
-    parse_hours(hb.active_hours, "heartbeat.active_hours")
     check_timezone(hb.timezone, "heartbeat.timezone")
     if hb.model and ":" not in hb.model:
         raise AgentdError(f"heartbeat.model {hb.model!r} is not PROVIDER:MODEL")

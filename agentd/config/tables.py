@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from agentd.config.values import Duration
+from agentd.config.values import Duration, Hours
 from agentd.errors import AgentdError
 
 CONFIG_NAME = "agentd.toml"
@@ -24,6 +24,7 @@ _KINDS: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any] | Non
     "str | None": (str, None), "int | None": (int, None), "float | None": (float, None),
     "list[str]": (list, None), "int | str": ((int, str), None),
     "int | str | None": ((int, str), None), "Duration": (str, Duration),
+    "Hours": (str, Hours),
 }
 
 

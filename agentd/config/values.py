@@ -67,6 +67,19 @@ def parse_hours(text: str, where: str = "active_hours") -> tuple[int, int] | Non
     return start, end
 
 
+class Hours(str):
+    """A daily window setting as written ("08:00-22:00", or "" for always), checked when
+    the file is read; `.window` is its value (parse_hours), parsed once, here, and not at
+    every heartbeat tick. A `str` like Duration, for the same reasons."""
+
+    window: tuple[int, int] | None
+
+    def __new__(cls, text: str, where: str = "active_hours") -> Hours:
+        self = super().__new__(cls, str(text).strip())
+        self.window = parse_hours(text, where)
+        return self
+
+
 def check_timezone(name: str, where: str = "timezone") -> None:
     """An IANA zone name ("Europe/Berlin"); empty means this machine's zone."""
     if not name:

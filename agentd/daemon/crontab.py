@@ -32,12 +32,15 @@ from agentd.jobs.queue import QueuedTurn, TurnQueue
 from agentd.jobs.records import run_job_turn
 from agentd.loop import Events
 from agentd.outbox import OUTBOX, Delivery, is_silent
+from agentd.session import NAME
 
 if TYPE_CHECKING:
     from agentd.config import Settings
     from agentd.turn import TurnReport
 
 CRON = "cron"
+SESSION_PREFIX = "cron-"  # a `session: continue` job's transcript is cron-<name>.jsonl
+MAX_NAME = 128 - len(SESSION_PREFIX)  # so that cron-<name> is still a session name
 
 
 def job_files(root: Root) -> list[tuple[str, str]]:
@@ -50,9 +53,27 @@ def job_files(root: Root) -> list[tuple[str, str]]:
             if n.endswith(".md") and not n.startswith(".")]
 
 
+def check_job_name(name: str) -> None:
+    """ValueError unless `name` may name a job. The name is an agent-written file stem, and
+    it becomes a session file name (cron-<name>.jsonl), an outbox file name and log text,
+    so it must pass the session-name rule (agentd/session.py NAME: ASCII letters, digits,
+    '_', '-', '.', no leading '.' or '-') with room for the prefix; a newline, a
+    right-to-left override or a 200-character stem would otherwise name those files."""
+    if not (NAME.fullmatch(name) and len(name) <= MAX_NAME):
+        raise ValueError(f"not a job name: rename it to letters, digits, '_', '-' and '.', "
+                         f"at most {MAX_NAME}, not starting with '.' or '-'")
+
+
+def shown(name: str) -> str:
+    """A job name fit for a log line or an error: a refused one quoted with escapes."""
+    return name if NAME.fullmatch(name) and len(name) <= MAX_NAME else ascii(name)
+
+
 def read_job(root: Root, name: str) -> cron.CronJob:
     """cron/<name>.md parsed. The file is agent-written: read through homefs (a symlink or
-    FIFO is refused with OSError, never followed or opened; at most MAX_BYTES+1 read)."""
+    FIFO is refused with OSError, never followed or opened; at most MAX_BYTES+1 read), and
+    only when its name is one (`check_job_name`)."""
+    check_job_name(name)
     return cron.parse(name, root.read_bytes(f"{CRON}/{name}.md", limit=cron.MAX_BYTES + 1))
 
 
@@ -99,7 +120,7 @@ async def execute(home: Path, settings: Settings, job: cron.CronJob, log: EventL
     now = datetime.now(tz)
     answer = f"{OUTBOX}/{CRON}-{job.name}-{datetime.now():%Y%m%d-%H%M%S}.md"
     req = TurnRequest(build_task(job, now), home, trigger="cron", model=job.model,
-                      session=f"cron-{job.name}" if job.session == "continue" else None,
+                      session=SESSION_PREFIX + job.name if job.session == "continue" else None,
                       delivery=Delivery(answer), title=f"Cron: {job.name}")
     report = await run_job_turn(home, settings, req, CRON, job.name, log, events)
     delivered = report.delivered if report else None
@@ -127,10 +148,10 @@ async def run_now(home: Path, settings: Settings, name: str, log: EventLog,
         try:
             job = read_job(root, stem)
         except FileNotFoundError:
-            known = ", ".join(n for n, kind in job_files(root) if kind == "file") or "none"
+            known = ", ".join(shown(n) for n, kind in job_files(root) if kind == "file") or "none"
             raise AgentdError(f"no cron job {name!r} in {home / CRON} (jobs: {known})") from None
         except (OSError, ValueError) as e:
-            raise AgentdError(f"cron/{stem}.md: {e}") from None
+            raise AgentdError(f"cron/{shown(stem)}.md: {e}") from None
 
     def waiting(holder: str) -> None:
         log(CRON, f"another turn is running in this home ({holder}); waiting…")
@@ -192,8 +213,8 @@ class CronTable:
             if isinstance(res, str):
                 self._remove(name)
                 self.errors[name] = res
-                self.log.error(CRON, f"cron/{name}.md: {res}; this job will not run until "
-                               "the file is fixed", job=name)
+                self.log.error(CRON, f"cron/{shown(name)}.md: {res}; this job will not run "
+                               "until the file is fixed", job=name)
                 continue
             self.errors.pop(name, None)
             await self._schedule(res[0], starting)

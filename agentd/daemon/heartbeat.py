@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agentd import state
-from agentd.config import parse_hours
 from agentd.daemon.checklist import HEARTBEAT, Due, Item, build_task, load
 from agentd.home import Home
 from agentd.jobs.log import EventLog
@@ -157,7 +156,7 @@ class Heartbeat:
         s = self.settings()
         hb = s.heartbeat
         now = datetime.now(zone(hb.timezone))
-        if not in_active_hours(now, parse_hours(hb.active_hours)):
+        if not in_active_hours(now, hb.active_hours.window):
             return self._skip(f"outside active hours {hb.active_hours}")
         if self._ticking or self.queue.busy or self.queue.depth:
             return self._skip("a turn is running" if self.queue.busy else "turns are waiting")

@@ -34,11 +34,14 @@ from agentd.surrogates import replace_surrogates, replace_surrogates_in
 @dataclass(frozen=True)
 class Bounds:
     """How far one call may go: the output cap sent with every request (a client's own
-    max_tokens only lowers it) and the two time limits, in seconds."""
+    max_tokens only lowers it) and the two time limits, in seconds. `own_cap`: the cap was
+    set for this model or provider, so a compat profile's smaller default does not lower
+    it (llm/compat.py)."""
 
     max_tokens: int = 8192
     idle_timeout: float = 120.0
     call_timeout: float = 600.0
+    own_cap: bool = False
 
 
 DEFAULT_BOUNDS = Bounds()

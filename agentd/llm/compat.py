@@ -24,6 +24,11 @@ The switches:
   bare `{"name", "arguments"}` object) and results go back as user messages. For a model
   or server without tool support (Ollama's "does not support tools", vLLM without
   `--enable-auto-tool-choice`, a plain chat format).
+
+Beside the switches, a profile may set a smaller default output cap (`max_tokens`) than
+`[calls] max_tokens`: llama-cpp-python keeps generating for a request its client
+abandoned (a timeout, a Ctrl-C), holding the server for the whole cap, so its profile
+caps output at 1024 tokens. A cap set for the model or provider in `[calls.models]` wins.
 """
 
 from __future__ import annotations
@@ -44,9 +49,17 @@ class Compat:
     stream_with_tools: bool = True
     null_content_as_empty: bool = False
     text_tool_calls: bool = False
+    max_tokens: int | None = None  # the profile's default output cap (module docstring)
 
 
-SWITCHES = tuple(f.name for f in fields(Compat))
+SWITCHES = tuple(f.name for f in fields(Compat) if f.type == "bool")  # set one by one
+
+
+def profile_cap(configured: int, compat: Compat, own: bool) -> int:
+    """The output cap of a call: the configured one, lowered to the profile's default
+    unless it was set for this model or provider (`own`)."""
+    return configured if own or compat.max_tokens is None else min(configured,
+                                                                    compat.max_tokens)
 
 # profile -> the server it is for, and its switches
 PROFILES: dict[str, tuple[str, Compat]] = {
@@ -54,7 +67,7 @@ PROFILES: dict[str, tuple[str, Compat]] = {
     "llama-cpp-python": ("llama-cpp-python's `python -m llama_cpp.server` "
                          "(--chat_format chatml-function-calling)",
                          Compat(send_tool_choice=True, stream_with_tools=False,
-                                null_content_as_empty=True)),
+                                null_content_as_empty=True, max_tokens=1024)),
     "llama-server": ("llama.cpp's `llama-server --jinja`",
                      Compat(null_content_as_empty=True)),
     "ollama": ("Ollama's /v1 endpoint", Compat()),

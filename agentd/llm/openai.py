@@ -24,6 +24,7 @@ from agentd.llm.compat import (
     Compat,
     advice,
     as_text_history,
+    profile_cap,
     profile_of_owners,
     shape_problem,
     tools_prompt,
@@ -162,8 +163,8 @@ class OpenAIProvider(SDKProvider):
         """The output cap under the name this server knows, and the client's sampling."""
         self._get_client()  # the URL may come from the SDK's $OPENAI_BASE_URL
         own = self.label == "openai" and "api.openai.com" in self._url()
-        params["max_completion_tokens" if own else "max_tokens"] = output_cap(
-            self.bounds.max_tokens, sampling)
+        cap = profile_cap(self.bounds.max_tokens, self.compat, self.bounds.own_cap)
+        params["max_completion_tokens" if own else "max_tokens"] = output_cap(cap, sampling)
         if sampling is not None:
             if sampling.temperature is not None:
                 params["temperature"] = sampling.temperature

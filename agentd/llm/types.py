@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+# neutral ground shared with agentd/tools (agentd/toolspec.py); importable from here too
+from agentd.toolspec import ToolCall, ToolSpec
+
 Role = Literal["user", "assistant", "tool"]
 
 
@@ -68,24 +71,6 @@ class Sampling:
 
 
 @dataclass
-class ToolCall:
-    """A tool call as the model asked for it.
-
-    `arguments` is the parsed JSON object; when the model sent something that is not a JSON
-    object, `arguments` is empty and `error` says what was wrong (the loop answers it with
-    an error result instead of running the tool). `raw` keeps the text the model sent when
-    it had to be repaired or could not be read (llm/toolparse.py), so the transcript holds
-    the evidence.
-    """
-
-    id: str
-    name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    raw: str | None = None
-
-
-@dataclass
 class Message:
     """One entry of a conversation.
 
@@ -126,15 +111,6 @@ class Message:
             usage=usage,
             stop_reason=d.get("stop_reason"),
         )
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """What the model is told about a tool: name, one-paragraph description, JSON schema."""
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
 
 
 class ProviderError(Exception):

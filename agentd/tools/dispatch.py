@@ -9,8 +9,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agentd.llm.types import ToolCall, ToolSpec
 from agentd.tools import ToolContext, ToolResult
+from agentd.toolspec import ToolCall, ToolSpec
 
 _PATH = {"type": "string", "description": "File path, relative to the workdir or absolute"}
 
