@@ -143,8 +143,10 @@ def differs(home: Path, req: Request) -> str | None:
         return "its umask differs"
     for skill in discover(home, []):
         for var in skill.env:
-            cli = bool(req.env[var]) if var in req.env else var in req.present
-            if cli != bool(os.environ.get(var)):
+            if var in req.env:
+                continue  # carried: the turn sees the CLI's value
+            here = bool(os.environ.get(var)) and not var.startswith(req.prefixes)
+            if here != (var in req.present):
                 return f"skill {skill.name}'s variable {var} is set on one side only"
     return None
 
@@ -304,6 +306,9 @@ class _Client:
             self.send({"t": "refused", "error": str(e), "exit_code": e.exit_code})
             return
         except asyncio.CancelledError:
+            if self.cancelled:
+                server.log("person", f"{self.name}: turn interrupted by its client; it "
+                           "committed what it did")
             self.send({"t": "end", "interrupted": True})
             raise
         assert report is not None
