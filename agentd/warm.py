@@ -156,6 +156,7 @@ class WarmTurn:
         """The daemon's report of the turn; `cold()`'s when the daemon did not start it.
         Cancelled (Ctrl-C), it asks the daemon to stop the turn and waits while the turn
         commits what it did, drawing what the unwinding shows, then re-raises."""
+        background_import("agentd.turn")  # for the report, while the daemon runs the turn
         try:
             reader, writer = await asyncio.open_unix_connection(sock=self.sock,
                                                                 limit=wire.FRAME_LIMIT)
@@ -246,6 +247,34 @@ class WarmTurn:
         with contextlib.suppress(_Broken, KeyError, TypeError, ValueError):
             while (frame := await self._frame(reader, UNWIND_WAIT)).get("t") != "end":
                 self._event(frame, events, lambda holder: None)
+
+
+def background_import(module: str) -> None:
+    """Import `module` in a thread: what waits on the network or on another process
+    meanwhile is not spent importing. Whoever imports it later waits for this one (the
+    import system's module lock), so it is loaded once, whole."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=(module,), daemon=True,
+                     name=f"import {module}").start()
+
+
+def preload_sdk(model: str | None, settings: Settings) -> None:
+    """The cold path: import the SDK of the model's protocol in a background thread while
+    the turn takes the lock, commits manual edits and builds the prompt, instead of
+    after, at the first model call."""
+    if os.environ.get("AGENTD_NO_PRELOAD"):
+        return
+    from agentd.chain import choose_model
+
+    try:
+        spec = choose_model(model, settings)
+    except AgentdError:
+        return
+    ep = settings.endpoint(spec.partition(":")[0])
+    if ep is not None:
+        background_import("anthropic" if ep.protocol == "anthropic" else "openai")
 
 
 def _call(data: dict[str, Any]) -> ToolCall:

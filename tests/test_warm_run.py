@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import requires_bwrap
+from conftest import requires_bwrap, requires_root_bwrap
 from daemonkit import Daemon, git, uncommitted, wait_for
 from fakellm import FakeLLM
 from prockit import Proc, scripted_turn
@@ -309,6 +309,19 @@ def test_garbage_from_a_client_is_one_warning_and_the_daemon_goes_on(
     r = cli(workdir, "--home", str(home), "-m", MODELS["openai"], "-q", "make hello")
     assert (r.returncode, r.stdout) == (0, "made hello.txt\n")
     assert warm_turns(daemon) == 1
+
+
+@requires_root_bwrap
+def test_a_client_in_another_mount_namespace_runs_its_turn_itself(
+        fake: FakeLLM, home: Path, workdir: Path, daemon: Daemon) -> None:
+    """As in the agent's sandbox, or a container: the same paths may be other folders."""
+    fake.push(*TURN)
+    r = subprocess.run(["unshare", "--mount", *AGENTD, "run", "--home", str(home), "-m",
+                        MODELS["openai"], "-q", "make hello"], cwd=workdir, text=True,
+                       capture_output=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "made hello.txt\n", "")
+    daemon.wait_log(r"left to the CLI to run: it runs in another mount namespace")
+    assert warm_turns(daemon) == 0
 
 
 def test_the_socket_is_private_to_the_daemons_user(home: Path, daemon: Daemon) -> None:

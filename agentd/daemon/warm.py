@@ -9,10 +9,12 @@ they happen; the client's `cancel`, or its connection closing, interrupts the tu
 still commits what it did.
 
 The client is trusted only as far as the kernel vouches: its uid (SO_PEERCRED) must be the
-daemon's. Its request is checked field by field; a malformed one, a frame over the limit
-or silence gets one warning line, never a traceback. A request that would not run as it
-would in the CLI (its workdir or folder is not the same folder here, another umask, a
-skill whose required variable is set on one side only) is answered `cold`: the CLI runs it.
+daemon's, and its mount namespace too (a command the agent runs in its sandbox, as the
+same user where agentd is not root, is in another one and gets `cold`). Its request is
+checked field by field; a malformed one, a frame over the limit or silence gets one
+warning line, never a traceback. A request that would not run as it would in the CLI (its
+workdir or folder is not the same folder here, another umask, a skill whose required
+variable is set on one side only) is answered `cold`: the CLI runs it.
 
 The environment the CLI sends (provider keys, SDK variables, TZ, PATH) is put in place for
 the turn and the daemon's own put back after it. That is process-wide, which is sound
@@ -128,10 +130,17 @@ def environment(env: dict[str, str | None], prefixes: tuple[str, ...]) -> Iterat
                 os.environ[name] = value
 
 
-def differs(home: Path, req: Request) -> str | None:
-    """Why this request would not run here as in the CLI, or None (blocking: a thread)."""
+def differs(home: Path, req: Request, pid: int) -> str | None:
+    """Why this request would not run here as in the CLI, or None (blocking: a thread).
+    A client in another mount namespace (in the agent's sandbox, a container, a service
+    unit's private mounts) sees other folders under the same paths: never served."""
     from agentd.skills import discover
 
+    try:
+        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+            return "it runs in another mount namespace"
+    except OSError:
+        return "its mount namespace cannot be compared"
     for name, path, want in (("workdir", req.workdir, req.workdir_id),
                              ("current folder", req.base, req.base_id)):
         try:
@@ -241,7 +250,7 @@ class WarmServer:
             raise TimeoutError(f"no request in {REQUEST_TIMEOUT:.0f} s") from None
         req = Request.parse(wire.decode(line))
         name = f"cli pid {pid}"
-        why = await asyncio.to_thread(differs, self.home, req)
+        why = await asyncio.to_thread(differs, self.home, req, pid)
         client = _Client(self, writer, req, name)
         if why is None and self.queue.put(QueuedTurn("person", name, client.execute,
                                                      key=f"person:warm:{next(self._seq)}")):
