@@ -163,6 +163,35 @@ def test_ctrl_c_interrupts_the_daemons_turn(fake: FakeLLM, home: Path, workdir: 
     assert daemon.proc.poll() is None  # the daemon goes on
 
 
+@requires_bwrap
+def test_a_run_behind_another_turn_says_whom_it_waits_for(
+        fake: FakeLLM, home: Path, workdir: Path, daemon: Daemon, tmp_path: Path) -> None:
+    """As a cold run would: one line naming the holder (here the first run's daemon turn),
+    then its turn, in order."""
+    hold = threading.Event()
+    fake.push({**TURN[0], "hold": hold}, TURN[1], *TURN)
+    first = Proc(tmp_path, "run", "--home", str(home), "-C", str(workdir), "-q", "-m",
+                 MODELS["openai"], "make hello")
+    second = None
+    try:
+        first.until(lambda: [q for q in fake.requests if q.method == "POST"],
+                    "the first turn's model call")
+        second = Proc(tmp_path, "run", "--home", str(home), "-C", str(workdir), "-q", "-m",
+                      MODELS["openai"], "make hello")
+        second.until(lambda: "waiting" in second.stderr, "the second run to wait")
+        hold.set()
+        assert first.wait() == 0 and second.wait() == 0, first.stderr + second.stderr
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+    assert second.stderr == (f"another turn is running in this home (pid "
+                             f"{daemon.proc.pid}, trigger person: cli pid {first.pid}); "
+                             "waiting…\n")
+    assert first.stdout == second.stdout == "made hello.txt\n" and first.stderr == ""
+    assert warm_turns(daemon) == 2
+
+
 # -- hostile ends ------------------------------------------------------------------------
 
 

@@ -270,10 +270,12 @@ class _Client:
         self.server, self.writer, self.req, self.name = server, writer, req, name
         self.picked = False  # the worker took it: it holds the lock
         self.cancelled = False
+        self.ended = False  # the last frame is sent: the client may hang up now
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def send(self, frame: dict[str, Any]) -> None:
+        self.ended = self.ended or frame["t"] in ("end", "refused")
         if not self.writer.is_closing():
             self.writer.write(wire.encode(frame))
 
@@ -361,10 +363,10 @@ class _Client:
             if frame.get("t") != "cancel":
                 raise wire.Malformed(f"an unexpected frame {str(frame.get('t'))[:40]!r}")
         except (ValueError, OSError) as e:
-            if not self.done.is_set():
+            if not self.ended:
                 self.server.log.warn("warm", f"{self.name}: {one_line(str(e), 200)}; "
                                      "interrupting its turn")
-        if not self.done.is_set():
+        if not self.ended:
             self.cancel()
 
 
