@@ -123,9 +123,6 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
             events = renderer = LiveRenderer()
 
         def cold() -> Coroutine[Any, Any, TurnReport]:
-            from agentd.warm import preload_sdk
-
-            preload_sdk(model, settings)
             from agentd.turn import TurnRequest, run_turn
 
             req = TurnRequest(task, wd, model=model, session=session, max_steps=max_steps,

@@ -130,17 +130,20 @@ def prepare(home: Path, settings: Settings, task: str, workdir: Path, model: str
         spec = choose_model(model, settings)
     except AgentdError:
         return None  # the cold path says why, in its words
+    env, prefixes = carried_env(spec, settings)
+    try:
+        base = Path.cwd()
+        ids = wire.file_id(workdir), wire.file_id(base)
+    except OSError:
+        return None  # gone: the cold path says so
     sock = dial(home)
     if sock is None:
         return None
-    env, prefixes = carried_env(spec, settings)
-    base = Path.cwd()
     request = {"v": wire.VERSION, "task": task, "workdir": str(workdir),
-               "workdir_id": wire.file_id(workdir), "base": str(base),
-               "base_id": wire.file_id(base), "model": spec, "session": session,
-               "max_steps": max_steps, "umask": wire.current_umask(), "env": env,
-               "prefixes": prefixes, "present": sorted(n for n, v in os.environ.items()
-                                                       if v and _NAME.fullmatch(n))}
+               "workdir_id": ids[0], "base": str(base), "base_id": ids[1], "model": spec,
+               "session": session, "max_steps": max_steps, "umask": wire.current_umask(),
+               "env": env, "prefixes": prefixes,
+               "present": sorted(n for n, v in os.environ.items() if v and _NAME.fullmatch(n))}
     return WarmTurn(sock, request)
 
 
@@ -156,7 +159,6 @@ class WarmTurn:
         """The daemon's report of the turn; `cold()`'s when the daemon did not start it.
         Cancelled (Ctrl-C), it asks the daemon to stop the turn and waits while the turn
         commits what it did, drawing what the unwinding shows, then re-raises."""
-        background_import("agentd.turn")  # for the report, while the daemon runs the turn
         try:
             reader, writer = await asyncio.open_unix_connection(sock=self.sock,
                                                                 limit=wire.FRAME_LIMIT)
@@ -247,34 +249,6 @@ class WarmTurn:
         with contextlib.suppress(_Broken, KeyError, TypeError, ValueError):
             while (frame := await self._frame(reader, UNWIND_WAIT)).get("t") != "end":
                 self._event(frame, events, lambda holder: None)
-
-
-def background_import(module: str) -> None:
-    """Import `module` in a thread: what waits on the network or on another process
-    meanwhile is not spent importing. Whoever imports it later waits for this one (the
-    import system's module lock), so it is loaded once, whole."""
-    import importlib
-    import threading
-
-    threading.Thread(target=importlib.import_module, args=(module,), daemon=True,
-                     name=f"import {module}").start()
-
-
-def preload_sdk(model: str | None, settings: Settings) -> None:
-    """The cold path: import the SDK of the model's protocol in a background thread while
-    the turn takes the lock, commits manual edits and builds the prompt, instead of
-    after, at the first model call."""
-    if os.environ.get("AGENTD_NO_PRELOAD"):
-        return
-    from agentd.chain import choose_model
-
-    try:
-        spec = choose_model(model, settings)
-    except AgentdError:
-        return
-    ep = settings.endpoint(spec.partition(":")[0])
-    if ep is not None:
-        background_import("anthropic" if ep.protocol == "anthropic" else "openai")
 
 
 def _call(data: dict[str, Any]) -> ToolCall:

@@ -38,6 +38,8 @@ from agentd.tools.owner import sandbox_owner  # noqa: E402
 SANDBOX_OWNER = sandbox_owner(SandboxSettings())
 
 # The `agentd` script installed beside this interpreter (make bench: the .venv's).
+MODELS = {"OpenAI": "openai:mock-model", "Anthropic": "anthropic:mock-model"}
+
 _SCRIPT = Path(sys.executable).parent / "agentd"
 AGENTD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "agentd"]
 
@@ -112,15 +114,19 @@ def main() -> None:
             return run
 
         runs = max(5, n // 2)
-        shots = {}
-        for proto, model in (("OpenAI", "openai:mock-model"),
-                             ("Anthropic", "anthropic:mock-model")):
-            shots[proto, "cold"] = median_of(runs, one_shot(model, cold=True))
-        first = next(q.body for q in fake.requests if q.method == "POST")
+        kinds = [(proto, path) for path in ("cold", "warm") for proto in ("OpenAI", "Anthropic")]
+        shot = {k: one_shot(MODELS[k[0]], cold=k[1] == "cold") for k in kinds}
         with daemon(scratch / "home", env):  # no keys: the CLI carries its own
-            for proto, model in (("OpenAI", "openai:mock-model"),
-                                 ("Anthropic", "anthropic:mock-model")):
-                shots[proto, "warm"] = median_of(runs, one_shot(model, cold=False))
+            for k in kinds:
+                shot[k]()  # warm-up
+            # interleaved, so a change in the machine's load touches all four alike
+            samples = {k: [] for k in kinds}
+            for _ in range(runs):
+                for k in kinds:
+                    samples[k].append(shot[k]())
+        shots = {k: (statistics.median(w for w, _ in v), statistics.median(r for _, r in v))
+                 for k, v in samples.items()}
+        first = next(q.body for q in fake.requests if q.method == "POST")
     fixed_chars = len(first["messages"][0]["content"]) + len(json.dumps(first["tools"]))
     shutil.rmtree(scratch, ignore_errors=True)
 
