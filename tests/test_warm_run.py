@@ -118,6 +118,22 @@ def test_a_warm_turn_prints_what_a_cold_one_does(
 
 
 @requires_bwrap
+def test_continue_and_piped_stdin_reach_the_daemons_turn(
+        fake: FakeLLM, home: Path, workdir: Path, daemon: Daemon) -> None:
+    fake.push({"text": "noted"}, {"text": "still noted"})
+    first = subprocess.run([*AGENTD, "run", "-q", "--home", str(home), "-m", MODELS["openai"],
+                            "remember this"], cwd=workdir, input="the piped part\n",
+                           text=True, capture_output=True, timeout=120)
+    again = cli(workdir, "-q", "--home", str(home), "-c", "and now?")
+    assert (first.stdout, again.stdout) == ("noted\n", "still noted\n"), again.stderr
+    assert warm_turns(daemon) == 2
+    last = [q for q in fake.requests if q.method == "POST"][-1].body["messages"]
+    said = json.dumps(last)
+    assert "remember this" in said and "the piped part" in said and "and now?" in said
+    assert len(list((home / ".agentd/sessions").glob("*.jsonl"))) == 1
+
+
+@requires_bwrap
 def test_an_error_of_the_turn_reads_the_same_warm(
         fake: FakeLLM, home: Path, workdir: Path, daemon: Daemon) -> None:
     """A key the CLI does not have is missing for the warm turn too (the daemon's own
