@@ -26,7 +26,11 @@ from agentd.errors import AgentdError
 from agentd.termsafe import tty_safe
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+    from typing import Any
+
     from agentd.config import Settings
+    from agentd.turn import TurnReport
 
 
 @click.group(cls=AgentdGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,21 +87,20 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     While another turn runs in the home (the daemon's, a chat's), this one waits for it.
     Ctrl-C, SIGTERM or SIGHUP stop the turn, which still commits what it did (exit 130,
     143, 129).
+
+    When the home's daemon (`agentd start`, `agentd serve`) runs, the turn runs there,
+    warm, with the same output: no SDK to load. AGENTD_COLD=1 runs it here.
     """
     import asyncio
     import json
 
     from agentd.interrupt import Interrupted, interruptible
-    from agentd.turn import TurnRequest, run_turn
 
     try:
         task = task_from(prompt, "agentd run")
         home, settings, wd = _prepare(home_opt, workdir, no_sandbox, model)
         session = _continued(home, cont, session_name)
         model = _session_model(home, session, model, settings)
-        req = TurnRequest(task, wd, model=model, session=session, max_steps=max_steps,
-                          record=record)
-
         from agentd.loop import Events
 
         renderer = None
@@ -106,8 +109,20 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
             from agentd.render import LiveRenderer
 
             events = renderer = LiveRenderer()
-        report, sig = asyncio.run(interruptible(run_turn(home, settings, req, events,
-                                                         base=Path.cwd(), on_wait=_say_waiting)))
+
+        def cold() -> Coroutine[Any, Any, TurnReport]:
+            from agentd.turn import TurnRequest, run_turn
+
+            req = TurnRequest(task, wd, model=model, session=session, max_steps=max_steps,
+                              record=record)
+            return run_turn(home, settings, req, events, base=Path.cwd(), on_wait=_say_waiting)
+
+        from agentd.warm import prepare
+
+        warm = None if record or no_sandbox else prepare(home, settings, task, wd, model,
+                                                         session, max_steps)
+        turn = cold() if warm is None else warm.run(events, _say_waiting, cold)
+        report, sig = asyncio.run(interruptible(turn))
         if sig is not None:  # the turn unwound and committed what it did
             if renderer is not None:
                 renderer.finish()

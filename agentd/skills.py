@@ -38,6 +38,7 @@ class Skill:
     path: Path
     source: str = "home"  # "home", "bundled" (unchanged copy), "home, overrides bundled"
     missing: str = ""  # why it is unavailable; empty when usable
+    env: tuple[str, ...] = ()  # the variables it requires (the warm path compares them)
 
     @property
     def available(self) -> bool:
@@ -95,7 +96,8 @@ def load_skill(text: str, path: Path) -> Skill:
     if not desc:
         raise ValueError("line 2: front matter has no description")
     name = one_line(str(meta.get("name") or path.parent.name), NAME_LIMIT)
-    return Skill(name, desc, path, missing=_missing(meta))
+    return Skill(name, desc, path, missing=_missing(meta),
+                 env=tuple(str(v) for v in _requirements(meta).get("env") or []))
 
 
 def name_problem(skill: Skill) -> str:

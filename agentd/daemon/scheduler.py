@@ -38,6 +38,7 @@ from agentd.daemon.heartbeat import Heartbeat, load_state, zone
 from agentd.daemon.inbox import Inbox
 from agentd.daemon.recovery import recover
 from agentd.daemon.status import status_path
+from agentd.daemon.warm import WarmServer
 from agentd.daemon.watcher import Batch, Watcher
 from agentd.errors import AgentdError
 from agentd.jobs.log import EventLog, route_library_logs
@@ -88,6 +89,7 @@ class Daemon:
         self._status_due = False
         self._signals = 0
         self.bridge: Any = None  # agentd/bridge, when [bridge] enabled = true
+        self.warm = WarmServer(home, self.queue, log)  # `agentd run`'s turns (warm path)
 
     def current(self) -> Settings:
         return self.settings
@@ -111,6 +113,7 @@ class Daemon:
         if self.parts.background:
             await self._start_background()
         self.worker = loop.create_task(self.queue.work())
+        await self.warm.start()
         self.log(self.name, f"started (pid {os.getpid()}) for {self.home}: {self._runs()}")
         self._write_status()
         await self.stopping.wait()
@@ -169,6 +172,7 @@ class Daemon:
             self.worker.cancel()
 
     async def _shutdown(self) -> None:
+        self.warm.stop_accepting()
         if self.bridge is not None:
             await self.bridge.stop()
         if self.scheduler.running:
@@ -184,6 +188,7 @@ class Daemon:
             except asyncio.CancelledError:
                 self.log(self.name, "the running turn was interrupted; it committed what it "
                          "did")
+        await self.warm.close()
         if self.bridge is not None:
             await self.bridge.close()
         for t in list(self._tasks):

@@ -11,6 +11,7 @@ it otherwise.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +32,13 @@ def _record(home: Path, row: dict[str, Any]) -> None:
 
 
 async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: str,
-                       name: str, log: EventLog, events: Events | None = None
-                       ) -> TurnReport | None:
+                       name: str, log: EventLog, events: Events | None = None, *,
+                       base: Path | None = None, on_start: Callable[[], None] | None = None,
+                       reraise: bool = False) -> TurnReport | None:
     """Run one queued turn with its records; None when it could not start (a config
-    problem, a refusal: logged and recorded)."""
+    problem, a refusal: logged and recorded), or with `reraise` that AgentdError, for a
+    caller that tells someone why (the warm path's CLI). `base` and `on_start` are
+    run_turn's (a relative replay path; the lock is held)."""
     from agentd.turn import run_turn  # git, the sandbox: not loaded by an idle daemon
 
     started = time.time()
@@ -42,10 +46,12 @@ async def run_job_turn(home: Path, settings: Settings, req: TurnRequest, kind: s
     row: dict[str, Any] = {"ts": started, "kind": kind, "name": name}
     try:
         report = await run_turn(home, settings, req, events or LogEvents(log, kind, name),
-                                base=home)
+                                base=base or home, on_start=on_start)
     except AgentdError as e:
         log.error(kind, f"{name}: turn not started: {e}")
         _record(home, {**row, "status": "error", "error": str(e), "seconds": 0})
+        if reraise:
+            raise
         return None
     for warning in report.warnings:  # a malformed skill, say: the agent's to fix
         log.warn(kind, f"{name}: {warning}", run=report.run_id)
