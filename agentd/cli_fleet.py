@@ -9,6 +9,7 @@ work without the extra. The logic is in agentd/fleet/admin.py; here: parse, call
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,15 @@ def run_cmd(name: str, prompt: str | None, wait: bool, model: str | None, as_jso
     client = admin.client(db_url or "")
     req = TurnRequest(task, Path("."), "cli", model=model)
     wid = enqueue.run_id(home.name)
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    # A Ctrl-C that lands inside a database call surfaces as the driver's "query
+    # cancelled" error, not KeyboardInterrupt: remember that it came, whatever is raised.
+    signal.signal(signal.SIGINT, stop)
     try:
         enqueue.via_client(client, home.name, req.to_json(), wid)
         if not wait:
@@ -117,6 +127,11 @@ def run_cmd(name: str, prompt: str | None, wait: bool, model: str | None, as_jso
         if not as_json:
             click.echo(f"queued {wid}", err=True)
         result = admin.follow(client, wid, None if as_json else _show)
+    except Exception:  # what a Ctrl-C inside a query became
+        if not stopped:
+            raise
+        raise AgentdError(f"stopped waiting; the turn goes on in the fleet ({wid}: "
+                          "`agentd fleet status`)", 130) from None
     except KeyboardInterrupt:  # from the moment the turn may be queued
         raise AgentdError(f"stopped waiting; the turn goes on in the fleet ({wid}: "
                           "`agentd fleet status`)", 130) from None
