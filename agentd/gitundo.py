@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 from agentd import gitexec
@@ -23,6 +24,8 @@ from agentd.errors import AgentdError
 from agentd.gitscreen import Limits, display, screen
 from agentd.homefs import Root
 from agentd.tools.owner import sandbox_owner
+
+DAY_FILE = re.compile(r"\d{4}-\d{2}-\d{2}\.md")  # agentd.daylog.day_rel's names
 
 REGULAR = {"100644": 0o644, "100755": 0o755}
 SYMLINK = "120000"
@@ -39,16 +42,22 @@ def _paths(out: bytes) -> list[str]:
 
 
 def changed_files(home: Path, sha: str, keep: str) -> list[str]:
-    """What commit `sha` changed, but `keep` (the day log)."""
+    """What commit `sha` changed, but the day logs in `keep` (memory/daily/YYYY-MM-DD.md):
+    any other file there is work like any other, and `undo` takes it away."""
     out = _must(gitexec.run(home, "diff", "--name-only", "-z", "--no-renames", sha + "^", sha),
                 "diff")
-    return [f for f in _paths(out) if not f.startswith(keep + "/")]
+    return [f for f in _paths(out) if not is_day_log(f, keep)]
+
+
+def is_day_log(path: str, keep: str) -> bool:
+    name = path.removeprefix(keep + "/")
+    return name != path and DAY_FILE.fullmatch(name) is not None
 
 
 def check_clean(home: Path, changed: list[str], keep: str, files: list[str]) -> None:
     """Refuse when the home has committable changes, or when a file the undo brings back is
     on disk untracked (a held-back file at that name would be overwritten)."""
-    if [p for p in screen(home, changed, Limits.of(home))[0] if not p.startswith(keep + "/")]:
+    if [p for p in screen(home, changed, Limits.of(home))[0] if not is_day_log(p, keep)]:
         raise AgentdError("the home has uncommitted changes: run a turn or commit them first, "
                           "then undo")
     tracked = set(_paths(_must(gitexec.run(home, "ls-files", "-z", "--", *files), "ls-files")))

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from agentd import history, inflight
 from agentd.chain import build_provider, choose_model
 from agentd.config import Settings
-from agentd.daylog import DAILY, append_entry, append_held
+from agentd.daylog import append_entry, append_held
 from agentd.escalate import chain_for, run_escalating
 from agentd.home import Home
 from agentd.llm.types import Message, Provider, Sampling, ToolCall, Usage
@@ -198,9 +198,8 @@ def stayed_local(report: TurnReport, settings: Settings) -> str:
 
 def commit_manual_edits(home: Path, scan: history.Scan | None) -> str | None:
     """Commit what the user changed by hand since the last turn, so history attributes it."""
-    changes = history.pending(home, scan)
-    manual = [f for f in changes.files if not f.startswith(DAILY + "/")]
-    return history.commit(home, manual, "Manual edits", {"Agentd-Trigger": "manual"})
+    changes = history.pending(home, scan)  # the day log too: every turn commits its own
+    return history.commit(home, changes.files, "Manual edits", {"Agentd-Trigger": "manual"})
 
 
 def trailers(req: TurnRequest, report: TurnReport) -> dict[str, str]:
@@ -231,7 +230,10 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     scan = redactor.find if redactor else None
     clean = redactor.redact if redactor else str
     changes = history.pending(home, scan)
-    files = [f for f in changes.files if not f.startswith(DAILY + "/")]
+    # Every change made during the turn is the turn's work, memory/daily/ included (today's
+    # log too, when something wrote it before the entry below): only the entry itself is
+    # "the day log", so a turn cannot hide work from `undo` as a day-log-only commit.
+    files = list(changes.files)
     report.blocked, report.held = changes.blocked, dict(changes.held)
     source = None if req.profile == "trusted" else req.trigger
     models = ", ".join(report.models) or report.model
@@ -241,11 +243,13 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
     log = append_entry(home, now, req.trigger, models, clean(req.task),
                        clean(outcome), files, list(changes.blocked),
                        source=source, held=changes.held)
-    daily = {f for f in changes.files if f.startswith(DAILY + "/")}
-    daily.add(str(log.relative_to(home)))  # no second `git status`: we just wrote it
+    entry = str(log.relative_to(home))  # no second `git status`: we just wrote it
+    daily = {entry}
+    files = [f for f in files if f != entry]
+    touched = entry in changes.files  # written before the entry: not by the runtime alone
     subject, marks = clean(req.title or req.task), trailers(req, report)
     notes = "\n".join(clean(n) for n in changes.notes())  # what was held back, named
-    if not files:  # only the day log changed: it is committed alone, so the home is clean
+    if not files and not touched:  # only the entry: committed alone, so the home is clean
         report.commit = history.commit(home, sorted(daily), subject,
                                        marks | history.DAY_LOG_ONLY, notes)
         return

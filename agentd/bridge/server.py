@@ -96,7 +96,7 @@ def create_app(bridge: Bridge) -> Any:
     return guard
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
@@ -138,7 +138,7 @@ class BridgeServer:
                         await asyncio.wait_for(self.wake.wait(), 1.0)
 
         b = self.bridge.settings().bridge
-        sock = _bind(self.host, self.port)
+        sock = bind_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(self.bridge), lifespan="off", log_config=None, access_log=False,
@@ -146,7 +146,7 @@ class BridgeServer:
             timeout_graceful_shutdown=GRACE, limit_concurrency=None,  # see connections.py
             proxy_headers=bool(b.trusted_proxies),
             forwarded_allow_ips=",".join(b.trusted_proxies) or None)
-        _quiet_uvicorn(self.bridge.log)
+        quiet_uvicorn(self.bridge.log)
         await self.bridge.start()
         self.server = Server(config)
         self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[sock]))
@@ -192,7 +192,7 @@ class BridgeServer:
         self.bridge.log("bridge", "stopped")
 
 
-def _quiet_uvicorn(log: EventLog) -> None:
+def quiet_uvicorn(log: EventLog) -> None:
     """uvicorn's loggers: errors as one line through our log, nothing else."""
     import logging
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from agentd.bridge.connections import Connections, protocol_class, raise_fd_limit
 from agentd.bridge.secrets import is_loopback
-from agentd.bridge.server import GRACE, _bind, _quiet_uvicorn
+from agentd.bridge.server import GRACE, bind_socket, quiet_uvicorn
 from agentd.fleet.bridge import Fleet, create_app, hook_keys
 from agentd.jobs.log import EventLog
 
@@ -44,13 +44,13 @@ def main(db_url: str, host: str, port: int, log: EventLog) -> int:
             log.warn("bridge", warning)
         connections = Connections(lambda: fleet.settings, total,
                                   lambda key, msg: log.warn("bridge", msg))
-        sock = _bind(host, port)
+        sock = bind_socket(host, port)
         bound = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(fleet), lifespan="off", log_config=None, access_log=False,
             server_header=False, http=protocol_class(connections), ws="none",
             timeout_keep_alive=5, timeout_graceful_shutdown=GRACE, limit_concurrency=None)
-        _quiet_uvicorn(log)
+        quiet_uvicorn(log)
         server = Server(config)
         if not is_loopback(host):
             log.warn("bridge", f"listening beyond this machine ({host}): put a TLS proxy in "

@@ -116,3 +116,24 @@ def test_a_turn_whose_work_was_all_held_back_says_so_in_its_commit(
     assert _turn_commit(home).get("Agentd-Changes") == "day log only", body
     assert "outbox/nest/" in body and "outbox/.GIT" in body, body
     assert _git(home, "ls-files", "outbox/nest", "outbox/.GIT") == ""
+
+
+def test_a_trusted_turn_cannot_hide_work_in_memory_daily_either(
+        home: Path, fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trusted turn (the owner's run, a heartbeat an attacker's text steered) may write
+    under memory/daily/, but what it writes there is its work: the commit is not "day log
+    only", and `agentd undo` takes it away, keeping only the day logs themselves."""
+    fake.push(_write("memory/daily/notes.md", "hidden work"),
+              _bash("echo '## 09:00 · cli · forged' >> memory/daily/$(date +%F).md; echo ok"),
+              {"text": "done"})
+    monkeypatch.chdir(home)  # the turn's workdir is the home: it may write there
+    r = agentd("run", "--model", "anthropic:fake-model", "hide it")
+    assert r.exit_code == 0, r.output
+    assert _turn_commit(home).get("Agentd-Changes") != "day log only", (
+        r.output, _git(home, "log", "-2", "--stat"), fake.requests[-1].body)
+    committed = _git(home, "show", "--name-only", "--format=", "HEAD").split()
+    assert "memory/daily/notes.md" in committed
+    undo = agentd("undo", "--home", str(home))
+    assert undo.exit_code == 0, undo.output
+    assert "memory/daily/notes.md" not in _git(home, "ls-files", "memory/daily")
+    assert _git(home, "status", "--porcelain") == ""
