@@ -14,15 +14,19 @@ from typing import TYPE_CHECKING
 import click
 
 from agentd import __version__
-from agentd.cli_base import AgentdGroup, home_only, home_option, warn_unpriced
+from agentd.cli_base import (
+    AgentdGroup,
+    LazyGroup,
+    home_only,
+    home_option,
+    task_from,
+    warn_unpriced,
+)
 from agentd.errors import AgentdError
-from agentd.surrogates import replace_surrogates
 from agentd.termsafe import tty_safe
 
 if TYPE_CHECKING:
     from agentd.config import Settings
-
-STDIN_LIMIT = 1_000_000
 
 
 @click.group(cls=AgentdGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,17 +50,6 @@ def init(path: Path) -> None:
                    f"then `agentd run \"...\"`")
     else:
         click.echo(f"{path.resolve()} is already an agentd home; nothing changed")
-
-
-def _read_stdin() -> str:
-    stream = sys.stdin
-    if stream is None or stream.isatty():
-        return ""
-    data = stream.buffer.read(STDIN_LIMIT + 1)
-    if len(data) > STDIN_LIMIT:
-        raise AgentdError(f"piped input is over {STDIN_LIMIT // 1_000_000} MB: save it to a "
-                          "file in the workdir and ask the agent to read it")
-    return data.decode("utf-8", errors="replace").strip()
 
 
 @cli.command()
@@ -98,12 +91,7 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     from agentd.turn import TurnRequest, run_turn
 
     try:
-        stdin = _read_stdin()
-        task = replace_surrogates(f"{prompt}\n\n<stdin>\n{stdin}\n</stdin>" if prompt and stdin
-                                  else (prompt or stdin).strip())  # argv: \xff -> U+DCFF
-        if not task:
-            raise AgentdError('no prompt: give one as an argument (agentd run "...") or on '
-                              "stdin")
+        task = task_from(prompt, "agentd run")
         home, settings, wd = _prepare(home_opt, workdir, no_sandbox, model)
         session = _continued(home, cont, session_name)
         model = _session_model(home, session, model, settings)
@@ -310,6 +298,10 @@ def _register_sessions_command() -> None:
 
 
 _register_sessions_command()
+
+
+cli.add_command(LazyGroup("fleet", "agentd.cli_fleet:fleet",  # imported when used
+                          "Many homes on many machines: `agentd fleet --help`."))
 
 
 @cli.command()

@@ -4,19 +4,22 @@ line, the `--home` option, and finding the home."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from agentd.errors import AgentdError
+from agentd.surrogates import replace_surrogates
 
 if TYPE_CHECKING:
     from agentd.config import Settings
 
 F = TypeVar("F", bound=Callable[..., object])
 
+STDIN_LIMIT = 1_000_000
 HOME_HELP = ("The agent's home (default: $AGENTD_HOME, else the nearest parent folder "
              "holding agentd.toml, else ~/.agentd, which only a turn creates).")
 
@@ -78,3 +81,42 @@ def warn_unpriced(settings: Settings, cli_model: str | None = None) -> None:
     warning = unpriced_warning(settings, model)
     if warning:
         click.echo(f"warning: {warning}", err=True)
+
+
+def _read_stdin() -> str:
+    stream = sys.stdin
+    if stream is None or stream.isatty():
+        return ""
+    data = stream.buffer.read(STDIN_LIMIT + 1)
+    if len(data) > STDIN_LIMIT:
+        raise AgentdError(f"piped input is over {STDIN_LIMIT // 1_000_000} MB: save it to a "
+                          "file in the workdir and ask the agent to read it")
+    return data.decode("utf-8", errors="replace").strip()
+
+
+def task_from(prompt: str | None, command: str) -> str:
+    """A turn's task: PROMPT, with piped stdin attached as context (`git diff | agentd run
+    "review this"`), or stdin alone; one way for `agentd run` and `agentd fleet run`."""
+    stdin = _read_stdin()
+    task = replace_surrogates(f"{prompt}\n\n<stdin>\n{stdin}\n</stdin>" if prompt and stdin
+                              else (prompt or stdin).strip())  # argv: \xff -> U+DCFF
+    if not task:
+        raise AgentdError(f'no prompt: give one as an argument ({command} "...") or on stdin')
+    return task
+
+
+class LazyGroup(click.Group):
+    """A command group whose module is imported only when the group runs, so that
+    `agentd --help` (which shows `short_help`) never imports it: `agentd fleet`'s."""
+
+    def __init__(self, name: str, target: str, short_help: str):
+        super().__init__(name, short_help=short_help)
+        self.target = target  # "module:attribute"
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        import importlib
+
+        module, attr = self.target.split(":")
+        real: click.Command = getattr(importlib.import_module(module), attr)
+        return real.make_context(info_name, args, parent, **extra)

@@ -94,7 +94,7 @@ async def run_loop(provider: Provider, system: str, messages: list[Message], ctx
         for i, call in enumerate(reply.tool_calls):
             events.tool_call(call)
             try:
-                res = await run_tool(ctx, call)
+                res = await (ctx.runner or run_tool)(ctx, call)
             except asyncio.CancelledError:  # Ctrl-C: every call still gets a result
                 for c in reply.tool_calls[i:]:
                     _record(messages, events, c, ToolResult("error: interrupted by the user",

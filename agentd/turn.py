@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agentd import history, inflight
 from agentd.chain import build_provider, choose_model
@@ -46,6 +46,7 @@ from agentd.redact import Redactor, from_settings
 from agentd.savings import frontier, is_local, saved
 from agentd.session import SessionLog, load_messages, new_id
 from agentd.tools import SandboxSettings, ToolContext
+from agentd.tools.dispatch import ToolRunner, run_tool
 from agentd.tools.owner import sandbox_owner
 from agentd.turnlock import OnWait, turn_lock
 from agentd.usage import Ledger
@@ -114,6 +115,18 @@ class TurnReport:
     @property
     def ok(self) -> bool:
         return self.result.status == "ok"
+
+
+class Steps(Protocol):
+    """How a caller makes each model call and each tool call of a turn a durable step
+    (agentd/fleet/durable.py). The default, none, calls them directly: the single-machine
+    path is unchanged. `run_id` replaces the random one, so a turn run again after a crash
+    books, names its transcript and marks its commit (`Agentd-Run`) as the first run did."""
+
+    run_id: str
+
+    def provider(self, provider: Provider) -> Provider: ...
+    def tools(self, run: ToolRunner) -> ToolRunner: ...
 
 
 class _Books(Events):
@@ -247,14 +260,16 @@ def finish_turn(home: Path, req: TurnRequest, report: TurnReport,
 
 async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Events,
                    base: Path | None = None, on_wait: OnWait | None = None,
-                   on_start: Callable[[], None] | None = None) -> TurnReport:
+                   on_start: Callable[[], None] | None = None,
+                   steps: Steps | None = None) -> TurnReport:
     """Run one turn (see the module doc). Config problems raise AgentdError before anything
     is spent. Then the turn waits for the home's turn lock (`on_wait` is told once, with who
     holds it, if it has to; `on_start` once it holds it), and an untrusted turn is refused
     (AgentdError) when the home is over its disk cap. Everything after that ends up in the
-    report, the transcript, the outbox, the day log and one git commit."""
+    report, the transcript, the outbox, the day log and one git commit. `steps` wraps every
+    model and tool call (Steps)."""
     spec = choose_model(req.model, settings, req.trigger)
-    run_id = new_id()
+    run_id = steps.run_id if steps else new_id()
     layout = Home(home)
     path = layout.session(req.session or run_id)
     log = SessionLog(path, {"id": req.session or run_id, "trigger": req.trigger,
@@ -269,7 +284,7 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
             from agentd.llm.replay import RecordingProvider
 
             p = RecordingProvider(p, req.record)
-        providers.append((s, p))
+        providers.append((s, steps.provider(p) if steps else p))
     try:
         async with turn_lock(home, req.trigger, on_wait=on_wait):
             if on_start is not None:
@@ -279,7 +294,7 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
                 home_used = await asyncio.to_thread(check_home, home, settings.quota)
             report = TurnReport(run_id, spec, LoopResult("ok"), 0.0, 0.0, session=path)
             await _run_locked(home, settings, req, events, providers, report, home_used,
-                              log, ledger)
+                              log, ledger, steps.tools(run_tool) if steps else None)
             return report
     finally:
         for _, p in providers:
@@ -288,7 +303,7 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
 
 async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: Events,
                       providers: list[tuple[str, Provider]], report: TurnReport, home_used: int,
-                      log: SessionLog, ledger: Ledger) -> None:
+                      log: SessionLog, ledger: Ledger, runner: ToolRunner | None) -> None:
     """The turn itself, under the lock: the loop, then the delivery, the day log and the
     commit, which happen even when the loop is interrupted."""
     path = report.session
@@ -309,7 +324,8 @@ async def _run_locked(home: Path, settings: Settings, req: TurnRequest, events: 
     log.append(messages[-1])
     sandbox = sandbox_for(settings, req)
     ctx = ToolContext(home=home, workdir=req.workdir, sandbox=sandbox, profile=req.profile,
-                      scratch=req.scratch, redactor=redactor, owner=sandbox_owner(sandbox))
+                      scratch=req.scratch, redactor=redactor, owner=sandbox_owner(sandbox),
+                      runner=runner)
     if req.profile == "untrusted":
         ctx.quota = await asyncio.to_thread(TurnQuota, ctx, settings.quota, home_used)
     books = _Books(events, log, report, ledger, redactor, ctx.quota)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from agentd.quota import TurnQuota
     from agentd.redact import Redactor
+    from agentd.tools.dispatch import ToolRunner
 
 PROFILES = ("trusted", "untrusted", "readonly")
 
@@ -79,3 +80,6 @@ class ToolContext:
     # at the turn's first command; the file tools create for `owner`, so once is enough.
     handed_over: bool = False
     told: set[str] = field(default_factory=set)  # notes already shown in this turn
+    # How the loop runs each call: None is dispatch.run_tool; the fleet wraps it so that
+    # each call is a durable step (agentd/fleet/durable.py, via run_turn's `steps`).
+    runner: ToolRunner | None = None

@@ -6,6 +6,7 @@ Schemas are deliberately small: they are sent with every model call.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agentd.llm.types import ToolCall, ToolSpec
@@ -36,6 +37,8 @@ SPECS: list[ToolSpec] = [
               "required": ["path", "old_text", "new_text"]}),
 ]
 _BY_NAME = {s.name: s for s in SPECS}
+# What runs a call: run_tool, or a caller's wrapper around it (ToolContext.runner).
+ToolRunner = Callable[[ToolContext, ToolCall], Awaitable[ToolResult]]
 _PY_TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int}
 
 

@@ -1,0 +1,217 @@
+"""`agentd fleet worker`: one process per machine that runs turns and ticks for every home.
+
+What it does, each on its own thread so a slow part never delays another:
+- DBOS (engine.launch): dequeues up to `concurrency` turns of different homes, fires the
+  tick schedule, and at launch resumes this worker's own unfinished turns (a restart with
+  the same ID recovers its own).
+- liveness (every `beat_every` s): beats, and hands back the turns of workers silent for
+  longer than `dead_after` (liveness.py). It recovers others only once it has itself been
+  beating without a break for `dead_after`: after PostgreSQL restarts, every worker's
+  beats stopped together, and none must take the others for dead.
+- refresh (every `refresh_every` s): fetches each home's branch into the worker's mirror
+  (workspace.sync_mirror), records a moved head, and re-reads the home's schedule (cron
+  jobs, heartbeat) when it was read at another head.
+
+Stopping (SIGTERM, SIGINT): DBOS stops dequeuing and firing ticks, running turns get up to
+`stop_grace` seconds to finish, then DBOS is destroyed. A turn still running then stays
+PENDING under this worker's ID: this worker resumes it when it starts again, or another
+does after `dead_after`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agentd.errors import AgentdError
+from agentd.fleet import db, engine, schedule
+from agentd.fleet.liveness import Declared, Liveness
+from agentd.jobs.log import EventLog
+
+DECLARED_EXIT = 3  # exit status of a worker that found itself declared dead
+
+
+def _setting(s: dict[str, Any], key: str) -> float:
+    return float(s.get(key, db.DEFAULTS[key]))
+
+
+class Refresher:
+    """Homes' heads and schedules, kept current in the database (see the module)."""
+
+    def __init__(self, cache: Path, log: EventLog):
+        self.cache, self.log = cache, log
+        self.problems: dict[str, str] = {}  # home -> the last problem logged (logged once)
+
+    def run(self, conn: Any) -> None:
+        for home in db.homes(conn):
+            try:
+                self.home(conn, home)
+                if self.problems.pop(home.name, None):
+                    self.log("refresh", f"{home.name}: fetched again")
+            except Exception as e:  # one home's trouble must not stop the others
+                if isinstance(e, db_errors()):
+                    raise  # the database, not this home: `every` reconnects
+                msg = " ".join(str(e).split())[:300] or type(e).__name__
+                if self.problems.get(home.name) != msg:
+                    self.log.error("refresh", f"{home.name}: {msg}", home=home.name)
+                self.problems[home.name] = msg
+
+    def home(self, conn: Any, home: db.HomeRow) -> None:
+        from agentd.fleet import workspace
+
+        head = workspace.sync_mirror(self.cache, home.name, home.git_url, home.branch)
+        if head != home.head:
+            db.set_head(conn, home.name, head)
+        if home.schedule_head == head:
+            return
+        with tempfile.TemporaryDirectory(prefix=f"schedule-{home.name}-",
+                                         dir=self.cache) as tmp:
+            clone = workspace.checkout(self.cache, home.name, head, Path(tmp) / "home")
+            fresh = schedule.read(clone)
+        merged = schedule.merge(home.schedule, fresh, datetime.now(UTC))
+        db.set_schedule(conn, home.name, head, merged)
+        bad = merged["errors"]
+        self.log("refresh", f"{home.name}: schedule read at {head[:12]}: "
+                 f"{len(merged['jobs'])} cron job{'s' * (len(merged['jobs']) != 1)}, "
+                 f"heartbeat {'on' if merged['heartbeat']['enabled'] else 'off'} "
+                 f"({merged['heartbeat']['items']} items)", home=home.name)
+        for name, why in sorted(bad.items()):
+            self.log.error("refresh", f"{home.name}: cron/{name}.md: {why}; it will not run",
+                           home=home.name)
+        for why in [merged["problem"], *merged["heartbeat"]["problems"]]:
+            if why:
+                self.log.error("refresh", f"{home.name}: {why}", home=home.name)
+
+
+def db_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean the database is unreachable (reconnect), not a bad home."""
+    import psycopg
+
+    return (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def every(stop: threading.Event, url: str, seconds: Callable[[dict[str, Any]], float],
+          work: Callable[[Any, dict[str, Any]], None], name: str, log: EventLog) -> None:
+    """Run `work(conn, settings)` every `seconds(settings)` until `stop`; a lost database
+    is logged once and reconnected to, as many times as it takes."""
+    conn: Any = None
+    down = False
+    wait = 1.0
+    while not stop.is_set():
+        try:
+            if conn is None or conn.closed:
+                conn = db.connect(url)
+            s = db.settings(conn)
+            work(conn, s)
+            if down:
+                log(name, "database reachable again")
+                down = False
+            wait = seconds(s)
+        except Declared:
+            raise
+        except (*db_errors(), AgentdError) as e:  # AgentdError: db.connect failed
+            if not down:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                log.error(name, f"database unreachable ({first}); retrying")
+                down = True
+            if conn is not None:
+                conn.close()
+            conn = None
+            wait = 1.0
+        except Exception as e:  # a bug here must not silently stop the beats
+            log.error(name, f"{type(e).__name__}: {e}")
+            wait = 5.0
+        stop.wait(wait)
+    if conn is not None:
+        conn.close()
+
+
+class Beats:
+    """The liveness thread's work: beat, then recover the dead once trusted to judge."""
+
+    def __init__(self, live: Liveness, log: EventLog):
+        self.live, self.log = live, log
+        self.since: float | None = None  # when our beats last started without a break
+        self.last = 0.0
+
+    def __call__(self, conn: Any, s: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self.since is None or now - self.last > 2 * _setting(s, "beat_every") + 5:
+            self.since = now  # a break in our own beats: we cannot judge others yet
+        self.live.beat(conn)
+        self.last = now
+        dead_after = _setting(s, "dead_after")
+        if now - self.since >= dead_after:
+            self.live.recover(conn, dead_after)
+
+
+def main(db_url: str, worker_id: str, concurrency: int, cache: Path, log: EventLog) -> int:
+    """Run a worker until SIGTERM or SIGINT; the exit status."""
+    from dbos import DBOS
+
+    from agentd.fleet import tick, turnflow
+
+    db.check_name(worker_id)
+    cache.mkdir(parents=True, exist_ok=True)
+    with db.connect(db_url) as conn:
+        s = db.settings(conn)
+        live = Liveness(worker_id, concurrency, log)
+        live.beat(conn)
+    turnflow.configure(db_url, cache)
+    tick.configure(db_url)
+    engine.launch(db_url, worker_id, concurrency)
+    tick.ensure_schedule(_setting(s, "tick_every"))
+    log("worker", f"{worker_id} started: {concurrency} turn{'s' * (concurrency != 1)} at "
+        f"once, tick every {_setting(s, 'tick_every'):g}s, workers silent for "
+        f"{_setting(s, 'dead_after'):g}s are recovered", worker=worker_id, pid=os.getpid())
+
+    stop = threading.Event()
+    declared: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+    def beats() -> None:
+        try:
+            every(stop, db_url, lambda s: _setting(s, "beat_every"), Beats(live, log),
+                  "worker", log)
+        except Declared as e:
+            declared.append(str(e))
+            stop.set()
+
+    refresher = Refresher(cache, log)
+    threads = [threading.Thread(target=beats, name="agentd-beat", daemon=True),
+               threading.Thread(target=every, name="agentd-refresh", daemon=True, args=(
+                   stop, db_url, lambda s: _setting(s, "refresh_every"),
+                   lambda conn, _s: refresher.run(conn), "refresh", log))]
+    for t in threads:
+        t.start()
+    while not stop.wait(1.0):
+        pass
+    if declared:
+        log.error("worker", f"{worker_id} was declared dead by {declared[0]}, which handed "
+                  "its turns to other workers; exiting at once so none runs twice")
+        os._exit(DECLARED_EXIT)  # running turns must not go on beside their recovery
+    return shutdown(worker_id, log, _setting(s, "stop_grace"), DBOS)
+
+
+def shutdown(worker_id: str, log: EventLog, grace: float, dbos: Any) -> int:
+    log("worker", f"{worker_id} stopping: no new turns; running ones get up to {grace:g}s")
+    started = time.monotonic()
+    dbos.destroy(workflow_completion_timeout_sec=max(1, int(grace)))
+    if time.monotonic() - started >= grace:
+        log.warn("worker", f"{worker_id}: turns still running after {grace:g}s stop here; "
+                 "they resume when this worker starts again, or on another after dead_after")
+        os._exit(1)  # their threads would keep the interpreter from exiting
+    log("worker", f"{worker_id} stopped")
+    return 0

@@ -1,0 +1,372 @@
+"""Git travelling with the turn: a worker's mirror of each home, a fresh clone per turn,
+per-step snapshots of the clone's tree, and one commit pushed fast-forward at the end.
+
+Two kinds of repository, trusted differently:
+
+- The mirror (`cache/NAME.git`, bare) is the worker's own. It talks to the home's remote
+  (fetch, push) and holds the objects; git runs on it unsandboxed but with hooks, fsmonitor
+  and every other command-running setting off (agentd.gitexec's command-line config), and
+  it never has a work tree, so agent content is never checked out or run there.
+- The clone (`dest`) is the turn's home: from the moment it exists the agent writes it, so
+  every git run on it goes through agentd.gitexec (confined environment, bubblewrap, only
+  `.git` writable) and every file agentd writes into it through agentd.homefs.
+
+Objects move clone -> mirror as a pack stream: `git pack-objects --stdout` runs confined on
+the clone, and `git index-pack --strict` reads it into the mirror. No git process ever runs
+outside the sandbox with the clone as its repository, so nothing in the clone (its config,
+hooks, a nested repository) can run on the host; `--strict` refuses malformed objects
+(`.git` paths in trees, bad modes) before they can reach the remote.
+
+A step's change to the tree is a binary patch between two snapshots (`tree_of`: every file
+as `git add -A` would take it, ignored files and the runtime dir excluded, nested
+repositories left out, via a temporary index and `write-tree`); `apply` replays one on a
+fresh clone (index first, atomically, then the files through homefs), so a turn recovered
+on another worker starts from the tree its completed steps left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentd import gitexec, gitundo
+from agentd.errors import AgentdError
+from agentd.fleet.db import check_name
+
+TIMEOUT = 600.0  # seconds for a network git (fetch, push) on the mirror
+PROTOCOLS = "file:git:ssh:http:https"  # what a home's git URL may use (never ext::, fd::)
+ATTEMPTS = 5  # pushes tried before a branch that keeps moving counts as a conflict
+CONFLICTS = "refs/heads/agentd/conflicts/"
+TRACK = "refs/heads/"  # the mirror keeps the remote's branch under its own name
+KEEP_ENV = ("HOME", "PATH", "SSH_AUTH_SOCK", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS",
+            "SSH_ASKPASS", "TZ", "http_proxy", "https_proxy", "no_proxy")
+
+# Snapshot the clone's tree into a throwaway index: start from the real index (its stat
+# cache spares re-hashing unchanged files), add everything, write the tree; with a base
+# tree in $1, also print the binary patch from it. One sandbox launch per step.
+SNAPSHOT = """\
+idx="$GIT_DIR/agentd-snap-$2.index"
+trap 'rm -f "$idx" "$idx.lock"' EXIT
+if [ -f "$GIT_DIR/index" ]; then cp "$GIT_DIR/index" "$idx" || exit 91; fi
+export GIT_INDEX_FILE="$idx"
+git add -A --ignore-errors >/dev/null 2>&1
+tree=$(git write-tree) || exit 92
+echo "$tree"
+[ -z "$1" ] || exec git diff-tree -p --binary --full-index --no-renames --no-ext-diff \
+  --no-textconv --ignore-submodules=all "$1" "$tree"
+"""
+
+
+@dataclass
+class Published:
+    """What `publish` did. `commit`: the sha now on the remote (the branch, or the
+    conflict ref); None when the turn made no commit. `head`: the branch's head after.
+    `repeated`: it was pushed before (a crash after the push), nothing was pushed now."""
+
+    commit: str | None
+    head: str
+    ref: str
+    conflict: bool = False
+    repeated: bool = False
+    attempts: int = 0
+    note: str = ""
+
+
+# --- the mirror ---------------------------------------------------------------------------
+
+def mirror_path(cache: Path, name: str) -> Path:
+    return Path(cache) / f"{check_name(name)}.git"
+
+
+def _mirror_env(mirror: Path | None) -> dict[str, str]:
+    """git's environment for the mirror: the worker's credentials (HOME for ssh keys and
+    credential helpers, the ssh agent), no other GIT_* variable of ours, agentd.gitexec's
+    command-line config (hooks, fsmonitor, pagers off), and only real network protocols."""
+    env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+    env.setdefault("PATH", gitexec.ENV["PATH"])
+    env |= {k: v for k, v in gitexec.ENV.items() if k not in ("HOME", "XDG_CONFIG_HOME",
+                                                              "PATH")}
+    env["GIT_ALLOW_PROTOCOL"] = PROTOCOLS  # overrides protocol.allow=never below
+    env["GIT_CONFIG_COUNT"] = str(len(gitexec.CONFIG))
+    for i, (key, value) in enumerate(gitexec.CONFIG):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    if mirror is not None:
+        env["GIT_DIR"] = str(mirror)
+    return env
+
+
+def _git(mirror: Path | None, *args: str, stdin: bytes | None = None,
+         env: dict[str, str] | None = None, cwd: Path | None = None) -> gitexec.Result:
+    """git on the mirror (or, with mirror None, a clone made from it)."""
+    try:
+        proc = subprocess.run(["git", *args], input=stdin, capture_output=True,
+                              env=_mirror_env(mirror) | (env or {}), cwd=cwd,
+                              timeout=TIMEOUT, stdin=None if stdin is not None
+                              else subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise AgentdError(f"git {args[0]} took longer than {TIMEOUT:.0f}s") from None
+    except OSError as e:
+        raise AgentdError(f"cannot run git ({e}): `apt-get install git`") from None
+    return gitexec.Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _must(result: gitexec.Result, what: str) -> str:
+    if not result.ok:
+        raise AgentdError(f"git {what} failed: {result.why()}")
+    return result.out.decode("utf-8", "replace").strip()
+
+
+@contextlib.contextmanager
+def _locked(cache: Path, name: str) -> Iterator[Path]:
+    """The mirror, under its file lock: a turn's publish and the tick's fetch of the same
+    home never race on its refs."""
+    mirror = mirror_path(cache, name)
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    with open(mirror.parent / f"{check_name(name)}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (mirror / "HEAD").is_file():
+            _must(_git(None, "init", "-q", "--bare", str(mirror)), "init")
+            info = mirror / "info"
+            info.mkdir(exist_ok=True)
+            (info / "attributes").write_text(gitexec.ATTRIBUTES, encoding="utf-8")
+        yield mirror
+
+
+def _check_url(git_url: str, branch: str) -> None:
+    if git_url.startswith("-") or not git_url.strip():
+        raise AgentdError(f"bad git URL {git_url!r}")
+    if branch.startswith("-") or not _git(None, "check-ref-format", TRACK + branch).ok:
+        raise AgentdError(f"bad branch name {branch!r}")
+
+
+def _fetch(mirror: Path, git_url: str, branch: str, ref: str | None = None) -> str | None:
+    """Fetch the remote's `ref` (default: the branch) into the mirror; its sha, or None
+    when the remote has no such ref."""
+    ref = ref or TRACK + branch
+    result = _git(mirror, "fetch", "-q", "--no-tags", "--no-recurse-submodules",
+                  "--no-write-fetch-head", git_url, f"+{ref}:{ref}")
+    if not result.ok:
+        if b"couldn't find remote ref" in result.err:
+            return None
+        raise AgentdError(f"cannot fetch {git_url}: {result.why()}")
+    return _must(_git(mirror, "rev-parse", "--verify", ref + "^{commit}"), "rev-parse")
+
+
+def sync_mirror(cache: Path, name: str, git_url: str, branch: str) -> str:
+    """Fetch the home's branch into the worker's mirror; returns its head sha."""
+    _check_url(git_url, branch)
+    with _locked(cache, name) as mirror:
+        head = _fetch(mirror, git_url, branch)
+    if head is None:
+        raise AgentdError(f"{git_url} has no branch {branch!r}: push a first commit there")
+    return head
+
+
+def checkout(cache: Path, name: str, sha: str, dest: Path, branch: str = "main") -> Path:
+    """A fresh working clone of the mirror at `sha` in `dest` (made; must not exist or be
+    empty): objects hard-linked (a local clone), the tree checked out by git with
+    agentd.gitexec's confined environment. Unsandboxed, as `agentd init` is: the clone
+    holds nothing but committed content yet, and bubblewrap would keep the tree
+    read-only. Hooks never run, filters are unset (agentd's .git/info/attributes)."""
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise AgentdError(f"{dest} is not empty")
+    with _locked(cache, name) as mirror:
+        _must(_git(None, "clone", "-q", "--local", "--no-checkout", "--no-tags", "--",
+                   str(mirror), str(dest)), "clone")
+    dest = dest.resolve()
+    gitexec.write_info(dest)
+    result = gitexec.run(dest, "checkout", "-q", "-B", branch, sha, "--", sandbox=False)
+    if not result.ok:
+        raise AgentdError(f"cannot check out {sha[:12]} of {name}: {result.why()}")
+    return dest
+
+
+# --- per-step snapshots -------------------------------------------------------------------
+
+def _snapshot(clone: Path, before: str = "") -> tuple[str, bytes]:
+    result = gitexec.run_command(Path(clone), ["sh", "-c", SNAPSHOT, "sh", before,
+                                               uuid.uuid4().hex])
+    if not result.ok:
+        raise AgentdError(f"cannot snapshot the turn's tree: {result.why()}")
+    tree, _, patch = result.out.partition(b"\n")
+    return tree.decode().strip(), patch
+
+
+def tree_of(clone: Path) -> str:
+    """The tree the clone's files make now (every file `git add -A` would take, the
+    runtime dir, ignored files and nested repositories left out): a tree sha."""
+    return _snapshot(clone)[0]
+
+
+def diff(clone: Path, before_tree: str) -> bytes:
+    """The binary patch from `before_tree` to the clone's tree now (b"" when unchanged)."""
+    return _snapshot(clone, before_tree)[1]
+
+
+def apply(clone: Path, patch: bytes) -> None:
+    """Replay a step's patch on the clone: on its index first (atomically: nothing changes
+    when it does not apply), then the files it names are written from the index through
+    agentd.homefs (agentd.gitundo.write_worktree: no symlink followed, the sandbox's
+    owner), since git in its sandbox sees the tree read-only."""
+    if not patch.strip():
+        return
+    clone = Path(clone)
+    result = gitexec.run(clone, "apply", "--cached", "--binary", "--apply", "--numstat",
+                         "-z", "-", stdin=patch)
+    if not result.ok:
+        raise AgentdError(f"a step's patch does not apply to the turn's tree: {result.why()}")
+    files = [rec.split(b"\t", 2)[2].decode("utf-8", "surrogateescape")
+             for rec in result.out.split(b"\0") if rec.count(b"\t") >= 2]
+    try:
+        gitundo.write_worktree(clone, files)
+    except AgentdError as e:
+        raise AgentdError(f"cannot replay a step's patch: {e}") from None
+
+
+# --- publishing the turn's commit -----------------------------------------------------------
+
+def _import(mirror: Path, clone: Path, base: str) -> str | None:
+    """Move the clone's commits since `base` into the mirror (see the module doc); the
+    clone's HEAD sha, or None when the turn committed nothing."""
+    head = gitexec.run(clone, "rev-parse", "--verify", "-q", "HEAD^{commit}")
+    sha = _must(head, "rev-parse HEAD (the turn's clone)")
+    if sha == base:
+        return None
+    pack = gitexec.run(clone, "pack-objects", "--stdout", "--revs", "--thin", "-q",
+                       stdin=f"{sha}\n^{base}\n".encode())
+    if not pack.ok:
+        raise AgentdError(f"cannot pack the turn's commit: {pack.why()}")
+    _must(_git(mirror, "index-pack", "--stdin", "--fix-thin", "--strict", stdin=pack.out),
+          "index-pack (the turn's objects)")
+    if not _git(mirror, "merge-base", "--is-ancestor", base, sha).ok:
+        raise AgentdError(f"the turn's commit {sha[:12]} does not descend from {base[:12]}")
+    return sha
+
+
+def _message(mirror: Path, sha: str) -> tuple[str, dict[str, str]]:
+    """A commit's message and the environment that keeps its author (name, mail, date)."""
+    raw = _git(mirror, "cat-file", "commit", sha).out.decode("utf-8", "surrogateescape")
+    header, _, message = raw.partition("\n\n")
+    env: dict[str, str] = {}
+    for line in header.split("\n"):
+        if line.startswith("author "):
+            who, _, when = line[7:].rpartition("> ")
+            name, _, mail = who.partition(" <")
+            env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": mail, "GIT_AUTHOR_DATE": when}
+    return message, env
+
+
+def _commit(mirror: Path, tree: str, parent: str, like: str) -> str:
+    """A commit of `tree` on `parent` with the message and author of `like`: the turn's
+    one commit (squashed, or rebased onto what the owner pushed), made in the bare mirror."""
+    message, env = _message(mirror, like)
+    return _must(_git(mirror, "commit-tree", tree, "-p", parent, stdin=message.encode(
+        "utf-8", "surrogateescape"), env=env), "commit-tree")
+
+
+def _one_commit(mirror: Path, sha: str, base: str, marker: str) -> str:
+    """The turn as one commit on `base`: itself, or its commits squashed under the
+    message of the one that carries the run's trailer (a turn may also commit manual edits
+    or a held-back note)."""
+    shas = _must(_git(mirror, "rev-list", f"{base}..{sha}"), "rev-list").split()
+    if len(shas) == 1:
+        return sha
+    like = next((s for s in shas if _marked(mirror, s, marker)), sha)
+    return _commit(mirror, f"{sha}^{{tree}}", base, like)
+
+
+def _marked(mirror: Path, sha: str, marker: str) -> bool:
+    return f"\nAgentd-Run: {marker}\n" in "\n" + _message(mirror, sha)[0]
+
+
+def _pushed_before(mirror: Path, head: str, base: str, marker: str) -> str | None:
+    """The commit carrying `Agentd-Run: <marker>` among those the remote gained since
+    `base` (bounded: only those), or None."""
+    out = _git(mirror, "log", "--format=%x1e%H%x1f%B", f"{base}..{head}").out
+    for record in out.decode("utf-8", "surrogateescape").split("\x1e")[1:]:
+        sha, _, message = record.partition("\x1f")
+        if f"\nAgentd-Run: {marker}\n" in "\n" + message:
+            return sha
+    return None
+
+
+def _push(mirror: Path, git_url: str, sha: str, ref: str) -> bool:
+    """A plain push (never forced): True when the ref now is `sha`, False when the remote
+    rejected it as not a fast-forward."""
+    result = _git(mirror, "push", "-q", "--porcelain", "--no-verify", git_url,
+                  f"{sha}:{ref}")
+    if result.ok:
+        _must(_git(mirror, "update-ref", ref, sha), "update-ref")
+        return True
+    text = (result.out + result.err).decode("utf-8", "replace")
+    if "[rejected]" in text or "fetch first" in text or "non-fast-forward" in text:
+        return False
+    raise AgentdError(f"cannot push to {git_url}: {result.why()}")
+
+
+def conflict_ref(marker: str) -> str:
+    """`refs/heads/agentd/conflicts/<marker>`, the marker made a valid ref name."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in marker).strip(".-")
+    return CONFLICTS + (safe or "run")
+
+
+def publish(cache: Path, name: str, git_url: str, branch: str, clone: Path, base: str,
+            run_marker: str) -> Published:
+    """Push the turn's one commit (on `base`, made in `clone`) fast-forward to the branch.
+
+    Rejected because the owner pushed meanwhile: fetch, rebase the commit onto the new
+    head (`merge-tree --write-tree` + `commit-tree`: the mirror stays bare), push again, up
+    to ATTEMPTS times. A commit with `Agentd-Run: <run_marker>` already on the branch
+    since `base` was pushed before a crash: it is returned, nothing is pushed twice. A
+    conflict (or a branch rewritten under the turn, or one that never stops moving) is
+    never lost and never forced: the commit goes to `agentd/conflicts/<marker>`."""
+    _check_url(git_url, branch)
+    ref = TRACK + branch
+    with _locked(cache, name) as mirror:
+        sha = _import(mirror, Path(clone), base)
+        for attempt in range(1, ATTEMPTS + 1):
+            head = _fetch(mirror, git_url, branch) or base
+            done = _pushed_before(mirror, head, base, run_marker)
+            if done or sha is None:
+                return Published(done, head, ref, repeated=done is not None, attempts=attempt)
+            turn = _one_commit(mirror, sha, base, run_marker)
+            if head == base:
+                candidate = turn
+            elif not _git(mirror, "merge-base", "--is-ancestor", base, head).ok:
+                return _conflicted(mirror, git_url, turn, head, run_marker, attempt,
+                                   f"{branch} was rewritten since {base[:12]}")
+            else:
+                merged = _git(mirror, "merge-tree", "--write-tree", "--no-messages", head, turn)
+                if merged.code == 1:
+                    return _conflicted(mirror, git_url, turn, head, run_marker, attempt,
+                                       f"the turn conflicts with {branch} at {head[:12]}")
+                tree = _must(merged, "merge-tree").split("\n")[0]
+                candidate = _commit(mirror, tree, head, turn)
+            if _push(mirror, git_url, candidate, ref):
+                return Published(candidate, candidate, ref, attempts=attempt)
+        return _conflicted(mirror, git_url, turn, head, run_marker, ATTEMPTS,
+                           f"{branch} kept moving ({ATTEMPTS} pushes rejected)")
+
+
+def _conflicted(mirror: Path, git_url: str, turn: str, head: str, marker: str,
+                attempt: int, why: str) -> Published:
+    """The turn's commit (on its own base) pushed to its conflict branch; a rejection
+    there means a crashed attempt pushed it already: its commit is returned."""
+    ref = conflict_ref(marker)
+    if not _push(mirror, git_url, turn, ref):
+        there = _fetch(mirror, git_url, "", ref)
+        if there is None or not _marked(mirror, there, marker):
+            raise AgentdError(f"cannot push the conflicting turn to {ref}: it holds "
+                              "another commit")
+        turn = there
+    return Published(turn, head, ref, conflict=True, attempts=attempt,
+                     note=f"{why}: the turn's commit is on {ref.removeprefix('refs/heads/')}"
+                     ", merge it by hand")
