@@ -218,6 +218,8 @@ class Fleet:
     workers: dict[str, Worker] = field(default_factory=dict)
     kills: list[Kill] = field(default_factory=list)
     enqueued: dict[str, tuple[str, int]] = field(default_factory=dict)  # token -> home, steps
+    revived: list[str] = field(default_factory=list)  # workers that exited on their own
+    stopping: bool = False
     _client: Any = None
 
     @classmethod
@@ -328,6 +330,7 @@ class Fleet:
     # -- workers --------------------------------------------------------------------------
 
     def start_worker(self, wid: str, concurrency: int = 4, wait: bool = True) -> Worker:
+        self.stopping = False
         cache = self.root / "workers" / wid / "cache"
         cache.mkdir(parents=True, exist_ok=True)
         log = self.root / "workers" / f"{wid}.{time.monotonic_ns()}.log"
@@ -344,12 +347,26 @@ class Fleet:
         return worker
 
     def wait_worker(self, worker: Worker, timeout: float = 90) -> None:
-        """Up: its liveness row carries its pid (a positive event, not a guess)."""
+        """Up: it logged that it started (DBOS launched, the queue declared) and its
+        liveness row carries its pid: positive events, not a guess."""
         def up() -> bool:
             assert worker.alive, f"worker {worker.id} exited:\n{worker.log.read_text()}"
-            return bool(self.sql("SELECT 1 FROM agentd_fleet.workers WHERE id = %s "
-                                 "AND pid = %s", worker.id, worker.proc.pid))
-        wait_for(up, timeout, f"worker {worker.id} to beat")
+            return f"{worker.id} started" in worker.log.read_text(errors="replace") and bool(
+                self.sql("SELECT 1 FROM agentd_fleet.workers WHERE id = %s AND pid = %s",
+                         worker.id, worker.proc.pid))
+        wait_for(up, timeout, f"worker {worker.id} to start")
+
+    def revive(self) -> list[str]:
+        """Restart (same ID) the workers that exited on their own, as systemd would: one
+        declared dead by the others exits on purpose (worker.DECLARED_EXIT). Returns
+        their IDs with exit statuses, for the report."""
+        revived = []
+        for wid, w in list(self.workers.items()):
+            if not w.alive and not any(k.worker == wid and k.t >= w.started
+                                       for k in self.kills) and not self.stopping:
+                revived.append(f"{wid} (exit {w.proc.returncode})")
+                self.start_worker(wid, wait=False)
+        return revived
 
     def kill(self, wid: str, point: str, token: str | None = None) -> None:
         worker = self.workers[wid]
@@ -358,6 +375,7 @@ class Fleet:
         self.kills.append(Kill(time.time(), wid, point, token))
 
     def stop_workers(self) -> None:
+        self.stopping = True
         for w in self.workers.values():
             if w.alive:
                 w.proc.send_signal(signal.SIGTERM)
@@ -404,6 +422,7 @@ class Fleet:
     def wait_done(self, tokens: list[str], timeout: float = 120) -> None:
         """Every one of `tokens` has its commit in its home's remote."""
         def done() -> bool:
+            self.revived += self.revive()
             found = self.committed()
             return all(t in found for t in tokens)
         wait_for(done, timeout, f"{len(tokens)} turns to commit")
@@ -564,6 +583,32 @@ def check_turns(fleet: Fleet) -> list[str]:
         problems += repeats_explained(f"model call {token}.{k}",
                                       [(c.t, c.worker) for c in cs], fleet.kills)
     problems += check_overlap(fleet, tools, calls)
+    problems += check_budget(fleet, tools, calls)
+    return problems
+
+
+def check_budget(fleet: Fleet, tools: dict[tuple[str, int], list[Execution]],
+                 calls: dict[tuple[str, int], list[Call]]) -> list[str]:
+    """At most the step in flight when a worker died runs again: per turn, the steps run
+    more than once (model calls and tool runs together) are at most the kills of workers
+    it was running on."""
+    events: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
+    repeats: Counter[str] = Counter()
+    for (token, _), runs in tools.items():
+        events[token] += [(r.t, r.worker) for r in runs]
+        repeats[token] += len(runs) - 1
+    for (token, _), cs in calls.items():
+        events[token] += [(c.t, c.worker) for c in cs]
+        repeats[token] += len(cs) - 1
+    problems = []
+    for token, n in repeats.items():
+        if not n:
+            continue
+        evs = sorted(events[token])
+        hits = sum(1 for k in fleet.kills if evs[0][0] <= k.t <= evs[-1][0]
+                   and any(t <= k.t and w in (k.worker, None) for t, w in evs))
+        if n > hits:
+            problems.append(f"turn {token} repeated {n} steps but was hit by {hits} kills")
     return problems
 
 

@@ -82,7 +82,7 @@ def kill_at(fleet: Fleet, home: str, point: str, k: int, restart_as: str) -> str
 def test_kills_and_a_database_restart_lose_and_repeat_nothing(fleet: Fleet,
                                                               pg_cluster: PgCluster) -> None:
     began = time.monotonic()
-    fleet.settings(dead_after=4.0, beat_every=0.5, tick_every=2.0)
+    fleet.settings(dead_after=5.0, beat_every=0.5, tick_every=2.0, refresh_every=60.0)
     names = [f"h{i:02d}" for i in range(HOMES)]
     fleet.add_homes(names[:CRON_HOMES], cron=f"every: {CRON_EVERY}s")
     fleet.add_homes(names[CRON_HOMES:])
