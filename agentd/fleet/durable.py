@@ -1,0 +1,149 @@
+"""Each model call and each tool call of a fleet turn is a DBOS step (agentd.turn.Steps).
+
+A model call step returns the reply (`Message.to_dict`), or the failure as data; replayed,
+DBOS returns that checkpoint and no request is made, so a recovered turn is not billed
+again for a completed call.
+
+A tool call step runs the tool and returns its result plus what it did to the clone's
+files: the tree before, the tree after and the binary patch between them
+(agentd.fleet.workspace). After the step, outside it:
+- the step ran here, now: the clone is the tree after already;
+- it was replayed (the turn is being recovered, on this worker or another): the clone
+  must be the tree before, and the patch is applied, which must give the tree after;
+- anything else (the clone drifted from what the checkpoints say) fails the turn loudly
+  (StepDrift), rather than commit a tree no run of the turn ever made.
+So a recovered turn's clone holds every completed step's changes, and at most the step in
+flight when the worker died runs again.
+
+Why patches, not a WIP commit pushed per step: the home's remote is the owner's
+repository, and the turn promises it exactly one commit, pushed fast-forward at the end.
+WIP commits would need a ref per turn on that remote (pushed per step: a network round
+trip to someone else's server per tool call, refs to clean up, history the owner sees)
+and a squash at the end. A patch lives in the step's own checkpoint, in the same
+PostgreSQL row DBOS writes anyway, so recording it costs no extra round trip, and replay
+needs nothing but the base commit, which the mirror has. Most tool calls change nothing
+(reads, greps, tests) and record an empty patch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+from dbos import DBOS
+
+from agentd.errors import AgentdError
+from agentd.fleet import workspace
+from agentd.llm.types import Message, Provider, ProviderError, Sampling, TextSink, ToolSpec
+from agentd.redact import default as default_redactor
+from agentd.render import call_line
+from agentd.tools import ToolContext, ToolResult
+from agentd.tools.dispatch import ToolRunner
+
+STREAM = "out"  # the turn's DBOS stream: what `fleet run --wait` shows as the turn goes
+
+
+class StepDrift(AgentdError):
+    """The clone is not the tree a replayed tool step started from: the turn stops."""
+
+
+class ReplayedError(ProviderError):
+    """A model call's failure as its checkpoint recorded it (the same line, the same
+    kind), raised again on replay so the turn ends as it did the first time."""
+
+    def __init__(self, text: str, kind: str):
+        Exception.__init__(self, text)
+        self.provider, self.status, self.hint = "", None, ""
+        self.transient, self.retry_after = False, None
+        self.kind = kind
+
+
+class DurableProvider:
+    """A Provider whose every `complete` is the DBOS step "model"."""
+
+    def __init__(self, inner: Provider):
+        self.inner = inner
+        self.name = inner.name
+
+    async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec],
+                       on_text: TextSink | None = None,
+                       sampling: Sampling | None = None) -> Message:
+        out: dict[str, Any] = await DBOS.run_step_async(
+            {"name": "model"}, self._call, system, messages, tools, on_text, sampling)
+        if "error" in out:
+            raise ReplayedError(out["error"], out["kind"])
+        return Message.from_dict(out["reply"])
+
+    async def _call(self, system: str, messages: list[Message], tools: list[ToolSpec],
+                    on_text: TextSink | None, sampling: Sampling | None) -> dict[str, Any]:
+        """The step's body: the call through the whole stack (fallbacks, budget,
+        compaction), its reply shown on the stream. A ProviderError is an outcome, not a
+        crash: recorded, so a replay ends the turn the same way without calling again."""
+        try:
+            reply = await self.inner.complete(system, messages, tools, on_text, sampling)
+        except ProviderError as e:
+            return {"error": str(e), "kind": e.kind}
+        if reply.text.strip():
+            await DBOS.write_stream_async(STREAM, {"kind": "text", "text": reply.text})
+        return {"reply": reply.to_dict()}
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class DurableSteps:
+    """agentd.turn.Steps for a fleet turn in `clone`: model calls through DurableProvider,
+    tool calls as the DBOS step "tool" with the clone's patch in the checkpoint."""
+
+    def __init__(self, clone: Path, run_id: str):
+        self.clone = clone
+        self.run_id = run_id  # the workflow ID: the commit's Agentd-Run, the ledger's run
+        self.replayed = 0  # tool steps replayed from checkpoints (their patches applied)
+
+    def provider(self, provider: Provider) -> Provider:
+        return DurableProvider(provider)
+
+    def tools(self, run: ToolRunner) -> ToolRunner:
+        async def durable(ctx: ToolContext, call: Any) -> ToolResult:
+            live: list[bool] = []
+            out: dict[str, Any] = await DBOS.run_step_async(
+                {"name": "tool"}, self._tool, run, ctx, call, live)
+            if not live:  # a checkpoint: rebuild what the step did to the files
+                await asyncio.to_thread(self._replay, out)
+            return ToolResult(out["content"], bool(out["is_error"]))
+
+        return durable
+
+    async def _tool(self, run: ToolRunner, ctx: ToolContext, call: Any,
+                    live: list[bool]) -> dict[str, Any]:
+        """The step's body: the call shown on the stream (redacted, as the turn shows it
+        everywhere), the tool run between two snapshots of the clone's tree."""
+        live.append(True)
+        line = (ctx.redactor or default_redactor()).redact(call_line(call))
+        await DBOS.write_stream_async(STREAM, {"kind": "tool", "line": line})
+        before = await asyncio.to_thread(workspace.tree_of, self.clone)
+        result = await run(ctx, call)
+        after = await asyncio.to_thread(workspace.tree_of, self.clone)
+        patch = b"" if after == before else await asyncio.to_thread(
+            workspace.diff, self.clone, before)
+        return {"content": result.content, "is_error": result.is_error, "before": before,
+                "after": after, "patch": base64.b64encode(patch).decode("ascii")}
+
+    def _replay(self, out: dict[str, Any]) -> None:
+        """Bring the clone from the step's tree before to its tree after (see the module
+        doc); StepDrift when it is at neither."""
+        now = workspace.tree_of(self.clone)
+        if now == out["after"]:
+            return
+        if now != out["before"]:
+            raise StepDrift(f"the turn's tree {now[:12]} is neither the one a recorded tool "
+                            f"step started from ({out['before'][:12]}) nor the one it left "
+                            f"({out['after'][:12]}); the turn stops rather than commit it")
+        workspace.apply(self.clone, base64.b64decode(out["patch"]))
+        now = workspace.tree_of(self.clone)
+        if now != out["after"]:
+            raise StepDrift(f"a recorded tool step's patch gave the tree {now[:12]}, not "
+                            f"{out['after'][:12]}; the turn stops rather than commit it")
+        self.replayed += 1

@@ -1,0 +1,178 @@
+"""A fleet turn: the DBOS workflow `agentd.fleet.turn`, which runs agentd.turn.run_turn in a
+fresh clone of the home, with every model call and tool call a step (agentd.fleet.durable).
+
+In order:
+1. step "begin": sync the worker's mirror of the home, record the base (the branch head);
+2. outside steps, deterministic from the base: a fresh clone at the base, the home's
+   runtime files restored into it (agentd.fleet.carry: transcript, heartbeat and cron
+   state, the recent usage ledger, so budgets hold per home);
+3. run_turn on the clone with the home's settings (its agentd.toml at the base); replayed
+   after a crash, its completed steps come from their checkpoints and their patches
+   rebuild the tree, so only the step in flight runs again;
+4. the runtime files saved back, then step "publish": the turn's one commit pushed
+   fast-forward (rebased onto the owner's pushes, or to a conflict branch), marked
+   `Agentd-Run: <workflow ID>` so a publish cut short by a crash is never pushed twice;
+   the home's head recorded;
+5. the result, also the last event of the turn's stream "out".
+
+Sync, not async: DBOS runs every async workflow of a process on one shared event loop,
+where one turn's blocking work (transcript and ledger writes, prompt building, a slow
+SDK) would stall every other turn of the worker. A sync workflow gets a thread of its
+own from DBOS's pool, and runs the turn on an event loop of its own (asyncio.run), as
+`agentd run` does: a turn cannot starve its neighbours, and a killed turn's loop is
+never shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dbos import DBOS
+from dbos._error import DBOSMaxStepRetriesExceeded
+
+from agentd.config import load_settings
+from agentd.errors import AgentdError
+from agentd.fleet import carry, db, workspace
+from agentd.fleet.durable import STREAM, DurableSteps
+from agentd.fleet.enqueue import TURN_WORKFLOW
+from agentd.loop import Events
+from agentd.turn import TurnReport, TurnRequest, run_turn
+
+log = logging.getLogger("agentd.fleet")
+
+
+@dataclass
+class _Config:
+    db_url: str = ""
+    cache: Path | None = None
+
+
+_config = _Config()
+
+
+def configure(db_url: str, cache: Path) -> None:
+    """Where this worker's turns keep their git (the mirrors and the clones under
+    `cache`) and the fleet database (homes, usage, runtime state). The worker calls it
+    before DBOS launches, since launch resumes unfinished turns at once."""
+    _config.db_url, _config.cache = db_url, Path(cache)
+
+
+def _configured() -> tuple[str, Path]:
+    if not _config.db_url or _config.cache is None:
+        raise AgentdError("the fleet turn is not configured: call turnflow.configure first")
+    return _config.db_url, _config.cache
+
+
+def clone_path(cache: Path, workflow_id: str) -> Path:
+    """The turn's clone: a folder named after the workflow ID (made safe: cron job names
+    come from the home), so a restarted worker finds and replaces its own."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", workflow_id)[:80]
+    digest = hashlib.sha256(workflow_id.encode()).hexdigest()[:16]
+    return cache / "turns" / f"{safe}-{digest}"
+
+
+def _begin(db_url: str, cache: Path, home: str) -> dict[str, str]:
+    """Step "begin": where the home's git lives, and its branch head now (the base)."""
+    with db.connect(db_url) as conn:
+        rows = db.homes(conn, db.check_name(home))
+    if not rows:
+        raise AgentdError(f"no home named {home!r} in the fleet (agentd fleet add)")
+    row = rows[0]
+    base = workspace.sync_mirror(cache, home, row.git_url, row.branch)
+    return {"base": base, "git_url": row.git_url, "branch": row.branch}
+
+
+def _fresh_clone(cache: Path, home: str, begin: dict[str, str], dest: Path) -> Path:
+    """A clone at the base, replacing what an earlier run of this turn left here. A
+    worker recovering another's turn may not have fetched the base yet: fetch, again."""
+    for attempt in (1, 2):
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return workspace.checkout(cache, home, begin["base"], dest, begin["branch"])
+        except AgentdError:
+            if attempt == 2:
+                raise
+            workspace.sync_mirror(cache, home, begin["git_url"], begin["branch"])
+    raise AssertionError("unreachable")
+
+
+def _publish(cache: Path, home: str, begin: dict[str, str], clone: Path,
+             marker: str) -> dict[str, Any]:
+    """Step "publish" (workspace.publish), its outcome as a plain dict for the checkpoint."""
+    return asdict(workspace.publish(cache, home, begin["git_url"], begin["branch"], clone,
+                                    begin["base"], marker))
+
+
+def _why(e: Exception) -> str:
+    """One line: what went wrong (for a step out of retries, what git or the database
+    said the last time)."""
+    if isinstance(e, DBOSMaxStepRetriesExceeded) and e.errors:
+        e = e.errors[-1]
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _failed(error: str) -> dict[str, Any]:
+    return {"status": "error", "text": "", "error": error, "steps": 0, "commit": None,
+            "cost": None, "conflict": None}
+
+
+def _result(report: TurnReport, published: dict[str, Any]) -> dict[str, Any]:
+    r = report.result
+    conflict = (published["ref"].removeprefix("refs/heads/")
+                if published["conflict"] else None)
+    return {"status": r.status, "text": r.text, "error": r.error, "steps": r.steps,
+            "commit": published["commit"], "cost": report.cost, "conflict": conflict}
+
+
+def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any]:
+    db_url, cache = _configured()
+    begin: dict[str, str] = DBOS.run_step(
+        {"name": "begin", "retries_allowed": True, "max_attempts": 3}, _begin,
+        db_url, cache, home)
+    clone = clone_path(cache, workflow_id)
+    try:
+        clone = _fresh_clone(cache, home, begin, clone)
+        req = TurnRequest.from_json(request | {"workdir": str(clone)})
+        with db.connect(db_url) as conn:
+            carry.restore(conn, home, clone, request)
+            settings = load_settings(clone)
+            steps = DurableSteps(clone, workflow_id)
+            report = asyncio.run(run_turn(clone, settings, req, Events(), steps=steps))
+            carry.save(conn, home, clone, workflow_id)
+            published: dict[str, Any] = DBOS.run_step(
+                {"name": "publish", "retries_allowed": True, "max_attempts": 3}, _publish,
+                cache, home, begin, clone, workflow_id)
+            db.set_head(conn, home, published["head"])
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)
+    if steps.replayed:
+        log.info("turn %s: %d tool steps replayed from their checkpoints", workflow_id,
+                 steps.replayed)
+    return _result(report, published)
+
+
+@DBOS.workflow(name=TURN_WORKFLOW)
+def fleet_turn(home: str, request: dict[str, Any]) -> dict[str, Any]:
+    """One turn of `home` (see the module doc). `request` is TurnRequest.to_json() (its
+    workdir is ignored: the turn runs in a fresh clone). A turn that cannot run (an
+    unknown home, a broken agentd.toml, a request that does not parse, a tree that drifted
+    from its checkpoints) ends with status "error" and a one-line reason."""
+    workflow_id = DBOS.workflow_id
+    assert workflow_id is not None
+    try:
+        result = _turn(home, request, workflow_id)
+    except (AgentdError, ValueError, KeyError, TypeError, DBOSMaxStepRetriesExceeded) as e:
+        result = _failed(_why(e))
+        log.error("turn %s of %s failed: %s", workflow_id, home, result["error"])
+    DBOS.write_stream(STREAM, {"kind": "end", **result})
+    DBOS.close_stream(STREAM)
+    return result

@@ -1,0 +1,241 @@
+"""Git travelling with the turn (agentd.fleet.workspace) and runtime state travelling with
+the home (agentd.fleet.carry): real git, local bare repositories as the homes' remotes, the
+real sandbox, real PostgreSQL (tests/pgkit.py) for carry."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agentd import history
+from agentd.errors import AgentdError
+from agentd.fleet import workspace as ws
+from tests.hostile import bounded
+
+OWNER = {"GIT_AUTHOR_NAME": "owner", "GIT_AUTHOR_EMAIL": "owner@example.com",
+         "GIT_COMMITTER_NAME": "owner", "GIT_COMMITTER_EMAIL": "owner@example.com"}
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {"PATH": os.environ["PATH"], "HOME": str(cwd), **OWNER}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True,
+                          capture_output=True).stdout.decode().strip()
+
+
+@pytest.fixture
+def remote(home: Path, tmp_path: Path) -> Path:
+    """The home's remote: a bare repository holding the template home."""
+    bare = tmp_path / "remote.git"
+    git(tmp_path, "clone", "-q", "--bare", str(home), str(bare))
+    return bare
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def fresh(cache: Path, remote: Path, dest: Path) -> tuple[Path, str]:
+    """A turn's start: the mirror synced, a clone at the branch's head."""
+    base = ws.sync_mirror(cache, "h1", str(remote), "main")
+    return ws.checkout(cache, "h1", base, dest), base
+
+
+def turn_commit(clone: Path, marker: str, subject: str = "a turn") -> str:
+    """What agentd.turn's finish_turn does in the clone: one commit with the run trailer."""
+    files = history.pending(clone).files
+    sha = history.commit(clone, files, subject, {"Agentd-Run": marker})
+    assert sha
+    return sha
+
+
+def owner_push(tmp_path: Path, remote: Path, name: str, text: str) -> str:
+    """The owner pushes a commit of their own meanwhile."""
+    work = tmp_path / f"owner-{name}"
+    if not work.exists():
+        git(tmp_path, "clone", "-q", str(remote), str(work))
+    git(work, "pull", "-q", "--ff-only")
+    (work / name).write_text(text)
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", f"owner: {name}")
+    git(work, "push", "-q", "origin", "HEAD:main")
+    return git(work, "rev-parse", "HEAD")
+
+
+def log(remote: Path, ref: str = "main") -> list[str]:
+    return git(remote, "log", "--format=%s", ref).splitlines()
+
+
+def with_marker(remote: Path, marker: str, ref: str = "main") -> list[str]:
+    return git(remote, "log", "--format=%H", "--fixed-strings",
+               f"--grep=Agentd-Run: {marker}", ref).splitlines()
+
+
+def test_checkout_is_the_branch_head_and_the_mirror_follows_the_remote(
+        remote: Path, cache: Path, tmp_path: Path) -> None:
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    assert base == git(remote, "rev-parse", "main")
+    assert (clone / "agentd.toml").is_file() and (clone / "memory").is_dir()
+    assert history.pending(clone).files == []  # a clean tree at the base
+    assert git(clone, "rev-parse", "HEAD") == base
+    moved = owner_push(tmp_path, remote, "news.md", "x\n")
+    assert ws.sync_mirror(cache, "h1", str(remote), "main") == moved
+    with pytest.raises(AgentdError, match="no branch"):
+        ws.sync_mirror(cache, "h1", str(remote), "nope")
+    for bad in ("ext::sh -c touch% /tmp/pwned", "-uhack"):
+        with pytest.raises(AgentdError):
+            ws.sync_mirror(cache, "h1", bad, "main")
+
+
+def test_patches_replay_binary_files_deletions_modes_and_symlinks(
+        remote: Path, cache: Path, tmp_path: Path) -> None:
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    first = ws.tree_of(clone)
+    (clone / "data").mkdir()
+    (clone / "data" / "blob.bin").write_bytes(bytes(range(256)) * 64 + b"\0\xff")
+    (clone / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (clone / "run.sh").chmod(0o755)
+    (clone / "out").symlink_to("/etc/passwd")  # stored as the link, never followed
+    (clone / "memory" / "MEMORY.md").unlink()
+    (clone / ":(glob)*").write_text("pathspec magic is a name\n")
+    step1 = ws.diff(clone, first)
+    second = ws.tree_of(clone)
+    (clone / "data" / "blob.bin").write_bytes(b"\x00\x01changed")
+    (clone / "run.sh").chmod(0o644)
+    step2 = ws.diff(clone, second)
+    assert ws.diff(clone, ws.tree_of(clone)) == b""
+
+    replay = ws.checkout(cache, "h1", base, tmp_path / "c2")
+    ws.apply(replay, step1)
+    assert ws.tree_of(replay) == second
+    ws.apply(replay, step2)
+    assert ws.tree_of(replay) == ws.tree_of(clone)
+    assert (replay / "data" / "blob.bin").read_bytes() == b"\x00\x01changed"
+    assert not (replay / "memory" / "MEMORY.md").exists()
+    assert os.readlink(replay / "out") == "/etc/passwd"
+    assert not stat.S_IMODE(os.lstat(replay / "run.sh").st_mode) & 0o111
+    assert (replay / ":(glob)*").read_text() == "pathspec magic is a name\n"
+    with pytest.raises(AgentdError, match="does not apply"):
+        ws.apply(replay, step1)  # a patch on the wrong tree changes nothing
+    assert ws.tree_of(replay) == ws.tree_of(clone)
+
+
+def test_runtime_and_ignored_files_stay_out_of_the_snapshot(
+        remote: Path, cache: Path, tmp_path: Path) -> None:
+    clone, _ = fresh(cache, remote, tmp_path / "c1")
+    before = ws.tree_of(clone)
+    (clone / ".agentd").mkdir(exist_ok=True)
+    (clone / ".agentd" / "usage.jsonl").write_text("{}\n")
+    (clone / ".env").write_text("KEY=1\n")
+    assert ws.tree_of(clone) == before
+
+
+def test_publish_fast_forward_then_once_only(remote: Path, cache: Path,
+                                            tmp_path: Path) -> None:
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    (clone / "notes.md").write_text("turn one\n")
+    sha = turn_commit(clone, "run:h1:one")
+    done = ws.publish(cache, "h1", str(remote), "main", clone, base, "run:h1:one")
+    assert (done.commit, done.head, done.conflict, done.repeated) == (sha, sha, False, False)
+    assert git(remote, "rev-parse", "main") == sha
+    # the worker died after the push; the turn is recovered in a fresh clone at the same
+    # base and makes its commit again (another sha): nothing is pushed twice
+    again = ws.checkout(cache, "h1", base, tmp_path / "c2")
+    (again / "notes.md").write_text("turn one\n")
+    turn_commit(again, "run:h1:one")
+    twice = ws.publish(cache, "h1", str(remote), "main", again, base, "run:h1:one")
+    assert (twice.commit, twice.repeated) == (sha, True)
+    assert with_marker(remote, "run:h1:one") == [sha]
+
+
+def test_publish_rebases_onto_the_owners_push_and_keeps_both(
+        remote: Path, cache: Path, tmp_path: Path) -> None:
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    (clone / "notes.md").write_text("from the turn\n")
+    turn_commit(clone, "run:h1:two", "the turn")
+    owner = owner_push(tmp_path, remote, "owner.md", "from the owner\n")
+    done = ws.publish(cache, "h1", str(remote), "main", clone, base, "run:h1:two")
+    assert not done.conflict and done.commit == git(remote, "rev-parse", "main")
+    assert git(remote, "rev-parse", "main^") == owner  # on top of the owner's: no force
+    assert log(remote)[:2] == ["the turn", "owner: owner.md"]
+    assert git(remote, "show", "main:notes.md") == "from the turn"
+    assert git(remote, "show", "main:owner.md") == "from the owner"
+    assert "Agentd-Run: run:h1:two" in git(remote, "log", "-1", "--format=%B", "main")
+
+
+def test_a_conflict_goes_to_a_side_branch_and_nothing_is_lost(
+        remote: Path, cache: Path, tmp_path: Path) -> None:
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    (clone / "clash.md").write_text("the turn's line\n")
+    sha = turn_commit(clone, "run:h1:three", "the turn")
+    owner = owner_push(tmp_path, remote, "clash.md", "the owner's line\n")
+    done = ws.publish(cache, "h1", str(remote), "main", clone, base, "run:h1:three")
+    assert done.conflict and done.ref == "refs/heads/agentd/conflicts/run-h1-three"
+    assert done.commit == sha and "merge it by hand" in done.note
+    assert git(remote, "rev-parse", "main") == owner  # the owner's push stands
+    assert git(remote, "show", f"{done.ref}:clash.md") == "the turn's line"
+    again = ws.publish(cache, "h1", str(remote), "main", clone, base, "run:h1:three")
+    assert (again.commit, again.conflict) == (sha, True)
+
+
+def test_several_commits_of_a_turn_are_pushed_as_one(
+        remote: Path, cache: Path, tmp_path: Path) -> None:
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    (clone / "manual.md").write_text("edited by hand\n")
+    history.commit(clone, ["manual.md"], "Manual edits", {"Agentd-Trigger": "manual"})
+    (clone / "notes.md").write_text("the turn\n")
+    turn_commit(clone, "run:h1:four", "the turn")
+    done = ws.publish(cache, "h1", str(remote), "main", clone, base, "run:h1:four")
+    assert git(remote, "rev-parse", "main^") == base
+    assert log(remote)[0] == "the turn"
+    assert {"manual.md", "notes.md"} <= set(git(remote, "ls-tree", "--name-only",
+                                                "main").split())
+    assert done.commit == git(remote, "rev-parse", "main")
+
+
+def test_hostile_clone_content_runs_and_hangs_nothing(remote: Path, cache: Path,
+                                                      tmp_path: Path) -> None:
+    """Hooks and command-running config in the clone's .git (as if the agent had reached
+    it), a nested repository with its own, a FIFO and pathspec-magic names: none of it
+    runs on the host or hangs a snapshot, a replay or the push."""
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    script = f"#!/bin/sh\ntouch {ran}/$(basename $0)\ntouch {clone}/.git/ran-$(basename $0)\n"
+    for hooks in (clone / ".git" / "hooks", clone / "nested" / ".git" / "hooks"):
+        hooks.mkdir(parents=True, exist_ok=True)
+        for name in ("pre-commit", "post-commit", "reference-transaction", "pre-push",
+                     "post-checkout", "fsmonitor"):
+            (hooks / name).write_text(script)
+            (hooks / name).chmod(0o755)
+    git(clone / "nested", "init", "-q")
+    (clone / "nested" / "inner.md").write_text("nested\n")
+    for cfg in (clone / ".git" / "config", clone / "nested" / ".git" / "config"):
+        with cfg.open("a") as f:
+            f.write(f"[core]\n\tfsmonitor = {clone}/.git/hooks/fsmonitor\n"
+                    f"\tsshCommand = {clone}/.git/hooks/pre-push\n"
+                    f"\thooksPath = {clone}/.git/hooks\n")
+    before = ws.tree_of(clone)
+    fifo = clone / "pipe"
+    os.mkfifo(fifo)
+    (clone / ":(glob)**").write_text("magic\n")
+    (clone / "-rf").write_text("dash\n")
+    patch = bounded(lambda: ws.diff(clone, before), [fifo])
+    assert b"nested" not in patch and b"pipe" not in patch
+    replay = ws.checkout(cache, "h1", base, tmp_path / "c2")
+    bounded(lambda: ws.apply(replay, patch))
+    assert (replay / ":(glob)**").read_text() == "magic\n"
+    assert (replay / "-rf").read_text() == "dash\n"
+    assert not (replay / "nested").exists() and not (replay / "pipe").exists()
+    fifo.unlink()
+    turn_commit(clone, "run:h1:five")
+    done = bounded(lambda: ws.publish(cache, "h1", str(remote), "main", clone, base,
+                                      "run:h1:five"))
+    assert not done.conflict
+    assert list(ran.iterdir()) == []
+    assert not [p for p in (clone / ".git").iterdir() if p.name.startswith("ran-")]
+    assert "nested" not in git(remote, "ls-tree", "--name-only", "main").split()
