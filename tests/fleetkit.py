@@ -425,7 +425,26 @@ class Fleet:
             self.revived += self.revive()
             found = self.committed()
             return all(t in found for t in tokens)
-        wait_for(done, timeout, f"{len(tokens)} turns to commit")
+        try:
+            wait_for(done, timeout, f"{len(tokens)} turns to commit")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.diagnose(tokens)}") from None
+
+    def diagnose(self, tokens: list[str]) -> str:
+        """Why turns are missing: their DBOS rows, and the workers' last log lines."""
+        found = self.committed()
+        missing = [t for t in tokens if t not in found]
+        lines = [f"{len(missing)} of {len(tokens)} turns not committed"]
+        for t in missing[:10]:
+            rows = self.sql("SELECT workflow_uuid, status, executor_id, error FROM "
+                            "dbos.workflow_status WHERE inputs LIKE %s OR workflow_uuid "
+                            "LIKE %s", f"%{t}%", f"%{t}")
+            lines.append(f"  {t} ({self.enqueued[t][0]}): {rows}")
+        for w in self.workers.values():
+            tail = w.log.read_text(errors="replace").splitlines()[-8:]
+            lines.append(f"--- {w.id} ({'alive' if w.alive else w.proc.returncode}) ---")
+            lines += tail
+        return "\n".join(lines)
 
     # -- what happened --------------------------------------------------------------------
 
@@ -470,7 +489,10 @@ class Fleet:
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.destroy()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("AGENTD_KEEP_FLEET"):  # to read the logs after a failure
+            print(f"fleet kept in {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 # -- git -----------------------------------------------------------------------------------

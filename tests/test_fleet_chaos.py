@@ -94,6 +94,7 @@ def test_kills_and_a_database_restart_lose_and_repeat_nothing(fleet: Fleet,
     # load: a turn in every home, three through `agentd fleet run`
     tokens = [fleet.run_cli(h) for h in names[:3]]
     tokens += [fleet.enqueue(h, steps=1) for h in names]
+    print(f"\nsetup {ready - began:.0f}s", flush=True)
 
     # ≥ 10 kills at four kinds of point, in homes of their own (one kill at a time, so
     # each is certain to happen at its point), alternating self-recovery and takeover
@@ -101,6 +102,7 @@ def test_kills_and_a_database_restart_lose_and_repeat_nothing(fleet: Fleet,
     for n, ((point, k), home) in enumerate(zip(KILLS, victims, strict=True)):
         restart = WORKERS[n % 3] if n % 2 == 0 else f"{WORKERS[n % 3]}-{n}"
         tokens.append(kill_at(fleet, home, point, k, restart))
+        print(f"kill {n} at {point} after {time.monotonic() - began:.0f}s", flush=True)
     for w in list(fleet.workers.values()):
         if w.alive:
             fleet.wait_worker(w)
