@@ -257,3 +257,24 @@ def worker_cmd(db_url: str | None, worker_id: str | None, concurrency: int,
     from agentd.fleet import worker
 
     sys.exit(worker.main(url, wid, concurrency, folder.resolve(), EventLog(json_lines=json_logs)))
+
+
+@fleet.command("serve")
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on "
+              "(anything but loopback wants a TLS proxy in front).")
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535),
+              help="Port (0 picks a free one).")
+@click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
+def serve_cmd(db_url: str | None, host: str, port: int, json_logs: bool) -> None:
+    """The bridge for every home, in the foreground: the OpenAI-compatible
+    /v1/chat/completions with model agentd/NAME (Bearer AGENTD_FLEET_TOKEN, required), and
+    signed webhooks at /homes/NAME/hooks/HOOK (Standard Webhooks, AGENTD_FLEET_WEBHOOK_SECRET).
+    Each request is a turn queued for the workers; a client that leaves does not stop it."""
+    from agentd.fleet import admin
+    from agentd.jobs.log import EventLog
+
+    url = admin.check_url(db_url)
+    from agentd.fleet.bridge_serve import main
+
+    sys.exit(main(url, host, port, EventLog(json_lines=json_logs)))

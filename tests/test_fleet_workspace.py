@@ -7,14 +7,25 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentd import history
+from agentd.budget import Budget
+from agentd.config import BudgetSettings, Price
 from agentd.errors import AgentdError
+from agentd.fleet import carry, db, snapshot
 from agentd.fleet import workspace as ws
-from tests.hostile import bounded
+from agentd.home import Home
+from agentd.llm.types import Usage
+from agentd.usage import Ledger
+from tests.hostile import SECRET, bounded, plant, secret_file
+from tests.pgkit import PgCluster, pg_cluster, requires_postgres
+
+__all__ = ["pg_cluster"]  # the session fixture, used by name
 
 OWNER = {"GIT_AUTHOR_NAME": "owner", "GIT_AUTHOR_EMAIL": "owner@example.com",
          "GIT_COMMITTER_NAME": "owner", "GIT_COMMITTER_EMAIL": "owner@example.com"}
@@ -83,6 +94,8 @@ def test_checkout_is_the_branch_head_and_the_mirror_follows_the_remote(
     assert history.pending(clone).files == []  # a clean tree at the base
     assert git(clone, "rev-parse", "HEAD") == base
     moved = owner_push(tmp_path, remote, "news.md", "x\n")
+    mirror = ws.mirror_path(cache, "h1")
+    (mirror / "refs" / "heads" / "main.lock").write_text("")  # a fetch killed with its worker
     assert ws.sync_mirror(cache, "h1", str(remote), "main") == moved
     with pytest.raises(AgentdError, match="no branch"):
         ws.sync_mirror(cache, "h1", str(remote), "nope")
@@ -106,25 +119,40 @@ def test_patches_replay_binary_files_deletions_modes_and_symlinks(
     second = ws.tree_of(clone)
     (clone / "data" / "blob.bin").write_bytes(b"\x00\x01changed")
     (clone / "run.sh").chmod(0o644)
-    step2 = ws.diff(clone, second)
-    assert ws.diff(clone, ws.tree_of(clone)) == b""
+    third, step2 = ws.snapshot(clone, second)
+    assert step2 == ws.diff(clone, second) and third == ws.tree_of(clone)
+    assert ws.diff(clone, third) == b""
+    (clone / "data" / "blob.bin").unlink()
+    (clone / "data").rmdir()
+    (clone / "data").write_text("a folder became a file\n")
+    (clone / "run.sh").unlink()
+    (clone / "run.sh").mkdir()
+    (clone / "run.sh" / "inside").write_text("and a file a folder\n")
+    odd = os.fsencode(clone) + b"/new\nline\ttab \xff.md"
+    os.close(os.open(odd, os.O_CREAT | os.O_WRONLY, 0o644))
+    step3 = ws.diff(clone, third)
 
     replay = ws.checkout(cache, "h1", base, tmp_path / "c2")
     ws.apply(replay, step1)
     assert ws.tree_of(replay) == second
     ws.apply(replay, step2)
-    assert ws.tree_of(replay) == ws.tree_of(clone)
+    assert ws.tree_of(replay) == third
     assert (replay / "data" / "blob.bin").read_bytes() == b"\x00\x01changed"
     assert not (replay / "memory" / "MEMORY.md").exists()
     assert os.readlink(replay / "out") == "/etc/passwd"
     assert not stat.S_IMODE(os.lstat(replay / "run.sh").st_mode) & 0o111
+    ws.apply(replay, step3)
+    assert ws.tree_of(replay) == ws.tree_of(clone)
+    assert (replay / "data").read_text() == "a folder became a file\n"
+    assert (replay / "run.sh" / "inside").is_file()
+    assert os.path.exists(os.fsencode(replay) + b"/new\nline\ttab \xff.md")
     assert (replay / ":(glob)*").read_text() == "pathspec magic is a name\n"
     with pytest.raises(AgentdError, match="does not apply"):
         ws.apply(replay, step1)  # a patch on the wrong tree changes nothing
     assert ws.tree_of(replay) == ws.tree_of(clone)
 
 
-def test_runtime_and_ignored_files_stay_out_of_the_snapshot(
+def test_snapshots_leave_out_runtime_ignored_and_unreadable_files(
         remote: Path, cache: Path, tmp_path: Path) -> None:
     clone, _ = fresh(cache, remote, tmp_path / "c1")
     before = ws.tree_of(clone)
@@ -132,6 +160,15 @@ def test_runtime_and_ignored_files_stay_out_of_the_snapshot(
     (clone / ".agentd" / "usage.jsonl").write_text("{}\n")
     (clone / ".env").write_text("KEY=1\n")
     assert ws.tree_of(clone) == before
+    (clone / "locked.md").write_text("unreadable to sandboxed git\n")
+    (clone / "locked.md").chmod(0)
+    (clone / "new.md").write_text("new\n")
+    patch = ws.diff(clone, before)  # skipped (as commits hold it back), not fatal
+    assert b"new.md" in patch and b"locked.md" not in patch
+    lock = next((clone / ".git").glob("index")).with_name("agentd-snap-x.index.lock")
+    lock.write_text("")  # a stale lock is no reason to snapshot nothing: it fails loudly
+    with pytest.raises(AgentdError, match="cannot snapshot"):
+        snapshot._snapshot(clone, before, token="x")
 
 
 def test_publish_fast_forward_then_once_only(remote: Path, cache: Path,
@@ -165,6 +202,35 @@ def test_publish_rebases_onto_the_owners_push_and_keeps_both(
     assert git(remote, "show", "main:notes.md") == "from the turn"
     assert git(remote, "show", "main:owner.md") == "from the owner"
     assert "Agentd-Run: run:h1:two" in git(remote, "log", "-1", "--format=%B", "main")
+
+
+@pytest.mark.parametrize("races", [1, ws.ATTEMPTS])
+def test_a_push_that_loses_a_race_is_retried_then_set_aside(
+        remote: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        races: int) -> None:
+    """The owner pushes between our fetch and our push (the remote rejects ours as not a
+    fast-forward): fetch, rebase, push again; a branch that never stops moving sets the
+    turn aside after ATTEMPTS tries rather than loop or force."""
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    (clone / "notes.md").write_text("the turn\n")
+    sha = turn_commit(clone, "run:h1:race", "the turn")
+    real, pushes = ws._push, []
+
+    def racing(mirror: Path, url: str, commit: str, ref: str) -> bool:
+        if ref.endswith("/main") and len(pushes) < races:
+            pushes.append(owner_push(tmp_path, remote, f"o{len(pushes)}.md", "x\n"))
+        return real(mirror, url, commit, ref)
+
+    monkeypatch.setattr(ws, "_push", racing)
+    done = ws.publish(cache, "h1", str(remote), "main", clone, base, "run:h1:race")
+    if races < ws.ATTEMPTS:
+        assert (done.conflict, done.attempts) == (False, 2)
+        assert git(remote, "rev-parse", "main^") == pushes[-1]
+        assert log(remote)[0] == "the turn"
+    else:
+        assert done.conflict and "kept moving" in done.note and done.commit == sha
+        assert git(remote, "rev-parse", "main") == pushes[-1]
+        assert git(remote, "rev-parse", done.ref) == sha
 
 
 def test_a_conflict_goes_to_a_side_branch_and_nothing_is_lost(
@@ -224,8 +290,14 @@ def test_hostile_clone_content_runs_and_hangs_nothing(remote: Path, cache: Path,
     os.mkfifo(fifo)
     (clone / ":(glob)**").write_text("magic\n")
     (clone / "-rf").write_text("dash\n")
+    for sub, gitdir in (("sub1", "gitdir: /etc\n"), ("sub2", "")):
+        (clone / sub).mkdir()
+        if gitdir:
+            (clone / sub / ".git").write_text(gitdir)
+        else:
+            (clone / sub / ".git").symlink_to("../.git")  # the clone's own repository
     patch = bounded(lambda: ws.diff(clone, before), [fifo])
-    assert b"nested" not in patch and b"pipe" not in patch
+    assert b"nested" not in patch and b"pipe" not in patch and b"/.git" not in patch
     replay = ws.checkout(cache, "h1", base, tmp_path / "c2")
     bounded(lambda: ws.apply(replay, patch))
     assert (replay / ":(glob)**").read_text() == "magic\n"
@@ -239,3 +311,76 @@ def test_hostile_clone_content_runs_and_hangs_nothing(remote: Path, cache: Path,
     assert list(ran.iterdir()) == []
     assert not [p for p in (clone / ".git").iterdir() if p.name.startswith("ran-")]
     assert "nested" not in git(remote, "ls-tree", "--name-only", "main").split()
+
+
+# --- carry: runtime state between the clone and the fleet database -------------------------
+
+@pytest.fixture
+def conn(pg_cluster: PgCluster) -> Iterator[Any]:
+    c = db.connect(pg_cluster.libpq_url())
+    db.init_schema(c)
+    yield c
+    c.close()
+
+
+def book(clone: Path, run: str, *costs: int) -> None:
+    """The turn's model calls, booked by the real ledger writer (agentd.usage.Ledger)."""
+    ledger = Ledger(Home(clone).ledger, run, "chat:c1", {"t:m": Price(1e6, 0.0)})
+    for n in costs:
+        ledger.record("t:m", Usage(input=n, output=1))
+
+
+def spent(clone: Path) -> float:
+    """What the turn's budget check sees as spent this month (agentd.budget)."""
+    return Budget(BudgetSettings(monthly_usd=100.0), Home(clone).ledger, "chat:c1",
+                  {}).spent()[1]
+
+
+@requires_postgres
+def test_carry_moves_the_transcript_state_and_ledger_once(
+        conn: Any, remote: Path, cache: Path, tmp_path: Path) -> None:
+    request = {"task": "hi", "session": "chat-c1"}
+    first, _ = fresh(cache, remote, tmp_path / "c1")
+    carry.restore(conn, "h1", first, request)
+    assert spent(first) == 0
+    Home(first).session("chat-c1").write_text('{"role": "user"}\n')
+    (Home(first).daemon / "cron.json").write_text('{"daily": 1}\n')
+    book(first, "r1", 2, 3)
+    assert carry.save(conn, "h1", first, "run:h1:a") == []
+    assert carry.save(conn, "h1", first, "run:h1:a") == []  # saved again: booked once
+    assert db.usage_totals(conn, "h1") == [("h1", 2, 5, 2, 5.0)]
+
+    # the next turn of the home, on another worker: the chat goes on, budgets hold
+    second, _ = fresh(cache, remote, tmp_path / "c2")
+    carry.restore(conn, "h1", second, request)
+    assert Home(second).session("chat-c1").read_text() == '{"role": "user"}\n'
+    assert (Home(second).daemon / "cron.json").read_text() == '{"daily": 1}\n'
+    assert spent(second) == 5.0
+    book(second, "r2", 4)
+    carry.save(conn, "h1", second, "run:h1:b")
+    # recovered after a crash: the replayed calls are booked again, under the same keys
+    third, _ = fresh(cache, remote, tmp_path / "c3")
+    carry.restore(conn, "h1", third, request)
+    assert spent(third) == 9.0
+    book(third, "r2", 4)
+    carry.save(conn, "h1", third, "run:h1:b")
+    assert db.usage_totals(conn, "h1") == [("h1", 3, 9, 3, 9.0)]
+    other, _ = fresh(cache, remote, tmp_path / "c4")
+    carry.restore(conn, "h2", other, {"task": "x", "session": "../../etc"})
+    assert spent(other) == 0  # another home's spend is its own
+
+
+@requires_postgres
+def test_carry_reads_hostile_runtime_files_safely(conn: Any, remote: Path, cache: Path,
+                                                  tmp_path: Path) -> None:
+    clone, _ = fresh(cache, remote, tmp_path / "c1")
+    carry.restore(conn, "h1", clone, {"task": "hi", "session": "chat-c1"})
+    secret = secret_file(tmp_path / "outside")
+    plant(Home(clone).session("chat-c1"), "symlink", secret)
+    fifo = Home(clone).daemon / "cron.json"
+    plant(fifo, "fifo", secret)
+    (Home(clone).daemon / "heartbeat.json").write_bytes(b"x" * (carry.STATE_CAP + 1))
+    notes = bounded(lambda: carry.save(conn, "h1", clone, "run:h1:x"), [fifo])
+    assert len(notes) == 3 and "over 1 MiB" in " ".join(notes)
+    assert db.load_state(conn, "h1") == {}
+    assert SECRET not in str(db.load_state(conn, "h1"))

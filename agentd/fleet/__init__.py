@@ -18,6 +18,10 @@ How it fits (one PostgreSQL database holds DBOS's tables and ours, schema `agent
 - workspace.py  git travelling with the turn: a worker's mirror of each home, a clone at
                 the turn's base commit, one commit pushed fast-forward at the end (rebased
                 onto what the owner pushed meanwhile, never forced, never lost).
+- snapshot.py   a tool step's change to the clone as a binary patch between two tree
+                snapshots (confined git), and its replay on a fresh clone.
+- carry.py      the runtime files outside git (the session's transcript, daemon state)
+                and the usage ledger, between a turn's clone and the database.
 - worker.py     `agentd fleet worker`: launches DBOS, beats liveness, recovers the turns
                 of workers silent for longer than `dead_after`, runs the tick.
 - tick.py       cron and heartbeat: one tick per interval fleet-wide (a DBOS schedule);

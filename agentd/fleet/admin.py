@@ -64,9 +64,20 @@ def connect(url: str) -> psycopg.Connection[Any]:
     return conn
 
 
+def quiet_dbos() -> None:
+    """DBOS's own log lines (warnings while it retries, info on migrations) are not for a
+    command's terminal: its failures reach the user as our one-line errors."""
+    import logging
+
+    logger = logging.getLogger("dbos")
+    logger.handlers[:] = [logging.NullHandler()]
+    logger.propagate = False
+
+
 def client(url: str) -> DBOSClient:
     from agentd.fleet.engine import client as make
 
+    quiet_dbos()
     try:
         return make(url)
     except Exception as e:  # sqlalchemy's OperationalError, and whatever psycopg raises
@@ -80,10 +91,11 @@ def init(url: str) -> None:
     from dbos import DBOS
 
     check_url(url)
+    quiet_dbos()
     try:
         DBOS.migrate(sqlalchemy_url(url))
     except Exception as e:
-        raise fail(f"cannot set up the fleet database: {_first_line(e)}; check --db (or "
+        raise fail(f"cannot reach the fleet database: {_first_line(e)}; check --db (or "
                    "AGENTD_FLEET_DB) and that PostgreSQL is running") from None
     try:
         conn = db.connect(url)
@@ -251,9 +263,14 @@ def follow(dbos: DBOSClient, workflow_id: str,
             return {k: v for k, v in event.items() if k != "kind"}
         if show is not None:
             show(event)
-    status = dbos.retrieve_workflow(workflow_id).get_status()
+    return ended(dbos.retrieve_workflow(workflow_id).get_status())
+
+
+def ended(status: Any) -> dict[str, Any]:
+    """The result of a turn whose stream closed without its "end" event, from its DBOS
+    WorkflowStatus: the workflow's own output, else an error saying how it ended."""
     if status.status == "SUCCESS" and isinstance(status.output, dict):
-        return status.output
+        return dict(status.output)
     error = status.error
     why = _first_line(error) if isinstance(error, BaseException) else str(error or "")
     return {"status": "error", "text": "", "steps": 0, "commit": None, "cost": None,

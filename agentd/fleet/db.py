@@ -182,10 +182,28 @@ def usage_totals(conn: psycopg.Connection[Any], home: str | None = None
         f"FROM agentd_fleet.usage {where} GROUP BY home ORDER BY home", args).fetchall()
 
 
-def load_state(conn: psycopg.Connection[Any], home: str) -> dict[str, bytes]:
-    rows = conn.execute("SELECT path, data FROM agentd_fleet.state WHERE home = %s",
-                        (home,)).fetchall()
+def load_state(conn: psycopg.Connection[Any], home: str,
+               paths: Iterable[str] | None = None) -> dict[str, bytes]:
+    """A home's runtime files, or only those of `paths` (a turn needs its own session's
+    transcript, not every session's)."""
+    if paths is None:
+        rows = conn.execute("SELECT path, data FROM agentd_fleet.state WHERE home = %s",
+                            (home,)).fetchall()
+    else:
+        rows = conn.execute("SELECT path, data FROM agentd_fleet.state WHERE home = %s "
+                            "AND path = ANY(%s)", (home, list(paths))).fetchall()
     return {p: bytes(d) for p, d in rows}
+
+
+def usage_since(conn: psycopg.Connection[Any], home: str, since: float
+                ) -> list[tuple[Any, ...]]:
+    """A home's ledger rows from `since` (epoch seconds) on, oldest first: (epoch, workflow
+    ID, model, trigger, input, output, cache read, cache write, cost)."""
+    return conn.execute(
+        "SELECT extract(epoch FROM at)::float8, workflow_id, model, trigger, input_tokens, "
+        "output_tokens, cache_read, cache_write, cost FROM agentd_fleet.usage "
+        "WHERE home = %s AND at >= to_timestamp(%s) ORDER BY at, workflow_id, seq",
+        (home, since)).fetchall()
 
 
 def save_state(conn: psycopg.Connection[Any], home: str, files: dict[str, bytes]) -> None:

@@ -42,7 +42,8 @@ def libpq_url(url: str) -> str:
 def config(url: str, executor_id: str) -> dict[str, Any]:
     return {"name": APP, "system_database_url": sqlalchemy_url(url),
             "executor_id": executor_id, "application_version": application_version(),
-            "run_admin_server": False, "notification_listener_polling_interval_sec": 0.05}
+            "run_admin_server": False, "notification_listener_polling_interval_sec": 0.05,
+            "log_level": "WARNING"}  # the worker routes DBOS's warnings to its EventLog
 
 
 def launch(url: str, executor_id: str, concurrency: int, *, poll: float = 0.1,

@@ -33,7 +33,7 @@ from typing import Any
 from agentd.errors import AgentdError
 from agentd.fleet import db, engine, schedule
 from agentd.fleet.liveness import Declared, Liveness
-from agentd.jobs.log import EventLog
+from agentd.jobs.log import EventLog, route_library_logs
 
 DECLARED_EXIT = 3  # exit status of a worker that found itself declared dead
 
@@ -73,7 +73,8 @@ class Refresher:
             return
         with tempfile.TemporaryDirectory(prefix=f"schedule-{home.name}-",
                                          dir=self.cache) as tmp:
-            clone = workspace.checkout(self.cache, home.name, head, Path(tmp) / "home")
+            clone = workspace.checkout(self.cache, home.name, head, Path(tmp) / "home",
+                                       home.branch)
             fresh = schedule.read(clone)
         merged = schedule.merge(home.schedule, fresh, datetime.now(UTC))
         db.set_schedule(conn, home.name, head, merged)
@@ -162,11 +163,13 @@ def main(db_url: str, worker_id: str, concurrency: int, cache: Path, log: EventL
     cache.mkdir(parents=True, exist_ok=True)
     with db.connect(db_url) as conn:
         s = db.settings(conn)
-        live = Liveness(worker_id, concurrency, log)
-        live.beat(conn)
     turnflow.configure(db_url, cache)
     tick.configure(db_url)
     engine.launch(db_url, worker_id, concurrency)
+    live = Liveness(worker_id, concurrency, log)
+    with db.connect(db_url) as conn:
+        live.beat(conn)  # not before launch, which can take long: silence would look dead
+    route_library_logs(log)  # DBOS's warnings as our log lines, its chatter dropped
     tick.ensure_schedule(_setting(s, "tick_every"))
     log("worker", f"{worker_id} started: {concurrency} turn{'s' * (concurrency != 1)} at "
         f"once, tick every {_setting(s, 'tick_every'):g}s, workers silent for "

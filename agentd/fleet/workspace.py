@@ -12,16 +12,14 @@ Two kinds of repository, trusted differently:
   `.git` writable) and every file agentd writes into it through agentd.homefs.
 
 Objects move clone -> mirror as a pack stream: `git pack-objects --stdout` runs confined on
-the clone, and `git index-pack --strict` reads it into the mirror. No git process ever runs
-outside the sandbox with the clone as its repository, so nothing in the clone (its config,
-hooks, a nested repository) can run on the host; `--strict` refuses malformed objects
+the clone, and `git index-pack --strict` reads it into the mirror. Once the clone is made
+(`checkout`, before any agent code ran) no git process runs outside the sandbox with it as
+its repository, so nothing in the clone (its config, hooks, a nested repository) can run
+on the host; `--strict` refuses malformed objects
 (`.git` paths in trees, bad modes) before they can reach the remote.
 
-A step's change to the tree is a binary patch between two snapshots (`tree_of`: every file
-as `git add -A` would take it, ignored files and the runtime dir excluded, nested
-repositories left out, via a temporary index and `write-tree`); `apply` replays one on a
-fresh clone (index first, atomically, then the files through homefs), so a turn recovered
-on another worker starts from the tree its completed steps left.
+Per-step snapshots of the clone's tree and their replay (`tree_of`, `diff`, `apply`,
+`snapshot`) live in agentd.fleet.snapshot and are re-exported here.
 """
 
 from __future__ import annotations
@@ -30,14 +28,17 @@ import contextlib
 import fcntl
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentd import gitexec, gitundo
+from agentd import gitexec
 from agentd.errors import AgentdError
 from agentd.fleet.db import check_name
+from agentd.fleet.snapshot import apply, diff, snapshot, tree_of
+
+__all__ = ["Published", "apply", "checkout", "conflict_ref", "diff", "mirror_path",
+           "publish", "snapshot", "sync_mirror", "tree_of"]
 
 TIMEOUT = 600.0  # seconds for a network git (fetch, push) on the mirror
 PROTOCOLS = "file:git:ssh:http:https"  # what a home's git URL may use (never ext::, fd::)
@@ -46,21 +47,6 @@ CONFLICTS = "refs/heads/agentd/conflicts/"
 TRACK = "refs/heads/"  # the mirror keeps the remote's branch under its own name
 KEEP_ENV = ("HOME", "PATH", "SSH_AUTH_SOCK", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS",
             "SSH_ASKPASS", "TZ", "http_proxy", "https_proxy", "no_proxy")
-
-# Snapshot the clone's tree into a throwaway index: start from the real index (its stat
-# cache spares re-hashing unchanged files), add everything, write the tree; with a base
-# tree in $1, also print the binary patch from it. One sandbox launch per step.
-SNAPSHOT = """\
-idx="$GIT_DIR/agentd-snap-$2.index"
-trap 'rm -f "$idx" "$idx.lock"' EXIT
-if [ -f "$GIT_DIR/index" ]; then cp "$GIT_DIR/index" "$idx" || exit 91; fi
-export GIT_INDEX_FILE="$idx"
-git add -A --ignore-errors >/dev/null 2>&1
-tree=$(git write-tree) || exit 92
-echo "$tree"
-[ -z "$1" ] || exec git diff-tree -p --binary --full-index --no-renames --no-ext-diff \
-  --no-textconv --ignore-submodules=all "$1" "$tree"
-"""
 
 
 @dataclass
@@ -136,7 +122,18 @@ def _locked(cache: Path, name: str) -> Iterator[Path]:
             info = mirror / "info"
             info.mkdir(exist_ok=True)
             (info / "attributes").write_text(gitexec.ATTRIBUTES, encoding="utf-8")
+        _clear_locks(mirror)
         yield mirror
+
+
+def _clear_locks(mirror: Path) -> None:
+    """Remove the lock files a git killed with its worker left in the mirror (a ref lock
+    would fail every later fetch there). Stale for sure: only the holder of the mirror's
+    file lock runs git on it, and that is us."""
+    locks = [mirror / n for n in ("HEAD.lock", "packed-refs.lock", "config.lock",
+                                  "shallow.lock")]
+    for lock in [*locks, *(mirror / "refs").rglob("*.lock")]:
+        lock.unlink(missing_ok=True)
 
 
 def _check_url(git_url: str, branch: str) -> None:
@@ -187,48 +184,6 @@ def checkout(cache: Path, name: str, sha: str, dest: Path, branch: str = "main")
     if not result.ok:
         raise AgentdError(f"cannot check out {sha[:12]} of {name}: {result.why()}")
     return dest
-
-
-# --- per-step snapshots -------------------------------------------------------------------
-
-def _snapshot(clone: Path, before: str = "") -> tuple[str, bytes]:
-    result = gitexec.run_command(Path(clone), ["sh", "-c", SNAPSHOT, "sh", before,
-                                               uuid.uuid4().hex])
-    if not result.ok:
-        raise AgentdError(f"cannot snapshot the turn's tree: {result.why()}")
-    tree, _, patch = result.out.partition(b"\n")
-    return tree.decode().strip(), patch
-
-
-def tree_of(clone: Path) -> str:
-    """The tree the clone's files make now (every file `git add -A` would take, the
-    runtime dir, ignored files and nested repositories left out): a tree sha."""
-    return _snapshot(clone)[0]
-
-
-def diff(clone: Path, before_tree: str) -> bytes:
-    """The binary patch from `before_tree` to the clone's tree now (b"" when unchanged)."""
-    return _snapshot(clone, before_tree)[1]
-
-
-def apply(clone: Path, patch: bytes) -> None:
-    """Replay a step's patch on the clone: on its index first (atomically: nothing changes
-    when it does not apply), then the files it names are written from the index through
-    agentd.homefs (agentd.gitundo.write_worktree: no symlink followed, the sandbox's
-    owner), since git in its sandbox sees the tree read-only."""
-    if not patch.strip():
-        return
-    clone = Path(clone)
-    result = gitexec.run(clone, "apply", "--cached", "--binary", "--apply", "--numstat",
-                         "-z", "-", stdin=patch)
-    if not result.ok:
-        raise AgentdError(f"a step's patch does not apply to the turn's tree: {result.why()}")
-    files = [rec.split(b"\t", 2)[2].decode("utf-8", "surrogateescape")
-             for rec in result.out.split(b"\0") if rec.count(b"\t") >= 2]
-    try:
-        gitundo.write_worktree(clone, files)
-    except AgentdError as e:
-        raise AgentdError(f"cannot replay a step's patch: {e}") from None
 
 
 # --- publishing the turn's commit -----------------------------------------------------------
@@ -351,6 +306,7 @@ def publish(cache: Path, name: str, git_url: str, branch: str, clone: Path, base
                 tree = _must(merged, "merge-tree").split("\n")[0]
                 candidate = _commit(mirror, tree, head, turn)
             if _push(mirror, git_url, candidate, ref):
+                _git(mirror, "gc", "--auto", "--quiet")  # each publish adds a pack
                 return Published(candidate, candidate, ref, attempts=attempt)
         return _conflicted(mirror, git_url, turn, head, run_marker, ATTEMPTS,
                            f"{branch} kept moving ({ATTEMPTS} pushes rejected)")

@@ -79,8 +79,9 @@ class _Bridge(logging.Handler):
 
 
 def route_library_logs(log: EventLog) -> None:
-    """Send APScheduler's and watchdog's warnings through `log`; drop their chatter."""
-    for name in ("apscheduler", "watchdog"):
+    """Send APScheduler's, watchdog's (and a fleet worker's DBOS's) warnings through `log`;
+    drop their chatter."""
+    for name in ("apscheduler", "watchdog", "dbos"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [_Bridge(log)]
         logger.setLevel(logging.WARNING)
