@@ -219,6 +219,10 @@ class Fleet:
     kills: list[Kill] = field(default_factory=list)
     enqueued: dict[str, tuple[str, int]] = field(default_factory=dict)  # token -> home, steps
     revived: list[str] = field(default_factory=list)  # workers that exited on their own
+    hooks: dict[str, tuple[str, str]] = field(default_factory=dict)  # run ID -> home, token
+    serve: subprocess.Popen[bytes] | None = None
+    serve_url: str = ""
+    hook_secret: str = ""
     stopping: bool = False
     _client: Any = None
 
@@ -419,12 +423,55 @@ class Fleet:
         self.cli("fleet", "run", home, task(token, steps))
         return token
 
+    def start_serve(self) -> str:
+        """`agentd fleet serve` on a free loopback port, webhooks on; its URL."""
+        import base64
+
+        key = base64.b64encode(os.urandom(24)).decode()
+        self.hook_secret = f"whsec_{key}"
+        log = self.root / "serve.log"
+        with log.open("wb") as out:
+            self.serve = subprocess.Popen(
+                [*AGENTD, "fleet", "serve", "--db", self.db, "--port", "0"], stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                env=self.env() | {"AGENTD_FLEET_WEBHOOK_SECRET": self.hook_secret,
+                                  "AGENTD_FLEET_TOKEN": "chaos-token-0123456789"})
+
+        def listening() -> str | None:
+            assert self.serve is not None and self.serve.poll() is None, log.read_text()
+            m = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
+            return m.group(1) if m else None
+        self.serve_url = wait_for(listening, 90, "fleet serve to listen")
+        return self.serve_url
+
+    def webhook(self, home: str, steps: int = 0) -> str:
+        """A scripted turn delivered as a signed Standard Webhook (the real library signs
+        it); returns its token. The run's ID (from the 202) goes to `self.hooks`."""
+        import urllib.request
+        from datetime import UTC, datetime
+
+        from standardwebhooks import Webhook
+
+        token = new_token()
+        body = json.dumps({"text": task(token, steps)})
+        msg_id, now = f"msg_{token}", datetime.now(UTC)
+        signature = Webhook(self.hook_secret).sign(msg_id, now, body)
+        request = urllib.request.Request(
+            f"{self.serve_url}/homes/{home}/hooks/chaos", data=body.encode(), headers={
+                "content-type": "application/json", "webhook-id": msg_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": signature})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 202, response.read()
+            self.hooks[json.load(response)["id"]] = (home, token)
+        return token
+
     def wait_done(self, tokens: list[str], timeout: float = 120) -> None:
         """Every one of `tokens` has its commit in its home's remote."""
         def done() -> bool:
             self.revived += self.revive()
-            found = self.committed()
-            return all(t in found for t in tokens)
+            found, runs = self.committed(), self.runs_committed()
+            return all(t in found for t in tokens) and all(runs[w] for w in self.hooks)
         try:
             wait_for(done, timeout, f"{len(tokens)} turns to commit")
         except AssertionError as e:
@@ -434,7 +481,9 @@ class Fleet:
         """Why turns are missing: their DBOS rows, and the workers' last log lines."""
         found = self.committed()
         missing = [t for t in tokens if t not in found]
-        lines = [f"{len(missing)} of {len(tokens)} turns not committed"]
+        runs = self.runs_committed()
+        lines = [f"{len(missing)} of {len(tokens)} turns not committed; webhook runs not "
+                 f"committed: {[w for w in self.hooks if not runs[w]]}"]
         for t in missing[:10]:
             rows = self.sql("SELECT workflow_uuid, status, executor_id, error FROM "
                             "dbos.workflow_status WHERE inputs LIKE %s OR workflow_uuid "
@@ -467,6 +516,15 @@ class Fleet:
     def history(self, home: str) -> list[Commit]:
         return remote_history(self.root / "remotes" / f"{home}.git")
 
+    def runs_committed(self) -> Counter[str]:
+        """Agentd-Run trailer (the workflow ID) -> how many commits carry it, all homes."""
+        out: Counter[str] = Counter()
+        for home in self.homes:
+            for c in self.history(home):
+                if "Agentd-Run" in c.trailers:
+                    out[c.trailers["Agentd-Run"]] += 1
+        return out
+
     def committed(self) -> dict[str, list[str]]:
         """token -> the commits (in any home) that added one of its `turns/` markers."""
         out: dict[str, list[str]] = defaultdict(list)
@@ -478,6 +536,9 @@ class Fleet:
         return out
 
     def close(self) -> None:
+        if self.serve is not None and self.serve.poll() is None:
+            self.serve.terminate()
+            self.serve.wait(30)
         for w in self.workers.values():
             if w.alive:
                 kill_tree(w.proc.pid)
@@ -591,6 +652,11 @@ def check_turns(fleet: Fleet) -> list[str]:
         missing = [k for k in range(1, steps + 1) if f"turns/{token}.{k}" not in tree]
         if missing:
             problems.append(f"turn {token} of {home}: its commit lacks steps {missing}")
+    runs = fleet.runs_committed()
+    for wid, (home, token) in fleet.hooks.items():
+        if runs[wid] != 1:
+            problems.append(f"webhook turn {wid} ({token}) of {home} committed "
+                            f"{runs[wid]} times")
     tools = tool_runs(fleet.events())
     for (token, k), runs in tools.items():
         if not runs[-1].ended:

@@ -91,9 +91,13 @@ def test_kills_and_a_database_restart_lose_and_repeat_nothing(fleet: Fleet,
         fleet.wait_worker(w)
     ready = time.monotonic()
 
-    # load: a turn in every home, three through `agentd fleet run`
+    # load: a turn in every home, three through `agentd fleet run`, ten webhooks through
+    # `agentd fleet serve`
     tokens = [fleet.run_cli(h) for h in names[:3]]
     tokens += [fleet.enqueue(h, steps=1) for h in names]
+    fleet.start_serve()
+    for h in names[CRON_HOMES:CRON_HOMES + 10]:
+        fleet.webhook(h)
     print(f"\nsetup {ready - began:.0f}s", flush=True)
 
     # ≥ 10 kills at four kinds of point, in homes of their own (one kill at a time, so
@@ -122,7 +126,8 @@ def test_kills_and_a_database_restart_lose_and_repeat_nothing(fleet: Fleet,
     problems = check_turns(fleet)
     cron_problems, fired = check_cron(fleet, CRON_EVERY)
     points = Counter(k.point for k in fleet.kills)
-    print(f"\nfleet chaos: {len(tokens)} turns, {fired} cron turns, kills {dict(points)}; "
+    print(f"\nfleet chaos: {len(tokens)} turns, {len(fleet.hooks)} webhook turns, {fired} "
+          f"cron turns, kills {dict(points)}, revived {fleet.revived}; "
           f"setup {ready - began:.0f}s, kills {killed - ready:.0f}s, "
           f"rest {done - killed:.0f}s, total {done - began:.0f}s")
     assert not problems + cron_problems, "\n".join(problems + cron_problems)
