@@ -154,6 +154,11 @@ class ScriptedLLM(FakeLLM):
 # -- the processes -------------------------------------------------------------------------
 
 
+def slot(worker: str) -> str:
+    """The machine a worker ID runs on (see Fleet.start_worker)."""
+    return worker.split("-")[0]
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` (by parent links in /proc, across PID namespaces)."""
     children: dict[int, list[int]] = defaultdict(list)
@@ -334,8 +339,11 @@ class Fleet:
     # -- workers --------------------------------------------------------------------------
 
     def start_worker(self, wid: str, concurrency: int = 4, wait: bool = True) -> Worker:
+        """Worker `wid` on machine `slot(wid)`: a worker started under a new ID in place
+        of a dead one (`w2-5` for `w2`) reuses that machine's cache, as a replacement
+        process on the same disk would."""
         self.stopping = False
-        cache = self.root / "workers" / wid / "cache"
+        cache = self.root / "workers" / slot(wid) / "cache"
         cache.mkdir(parents=True, exist_ok=True)
         log = self.root / "workers" / f"{wid}.{time.monotonic_ns()}.log"
         with log.open("wb") as out:
@@ -631,7 +639,7 @@ def repeats_explained(name: str, runs: list[tuple[float, str | None]],
     after it began (it was the step in flight); anything else ran a completed step again."""
     problems = []
     for (t, worker), (t_next, _) in itertools.pairwise(runs):
-        if not any(t <= k.t <= t_next and (worker is None or k.worker == worker)
+        if not any(t <= k.t <= t_next and worker in (None, slot(k.worker))
                    for k in kills):
             problems.append(f"{name} ran again at {t_next:.2f} after completing at {t:.2f} "
                             f"on {worker} (no kill of that worker in between)")
@@ -694,7 +702,7 @@ def check_budget(fleet: Fleet, tools: dict[tuple[str, int], list[Execution]],
             continue
         evs = sorted(events[token])
         hits = sum(1 for k in fleet.kills if evs[0][0] <= k.t <= evs[-1][0]
-                   and any(t <= k.t and w in (k.worker, None) for t, w in evs))
+                   and any(t <= k.t and w in (slot(k.worker), None) for t, w in evs))
         if n > hits:
             problems.append(f"turn {token} repeated {n} steps but was hit by {hits} kills")
     return problems
