@@ -5,19 +5,13 @@ the task says [hold] and the release file is missing, so a test can kill a worke
 middle of a turn) and `publish` (one commit per turn, carrying `Agentd-Run: <workflow
 ID>`, pushed to the home's remote; skipped when that commit is there already, as the
 real publish does after a crash). Each step appends a line to LOG: `STEP WID WORKER`.
-
-`serve()` is a worker process: it puts this module in place of agentd.fleet.turnflow
-(unless FAKETURN_REAL is set: then the real turn runs) (and
-a plain-git mirror in place of agentd.fleet.workspace while that module does not exist)
-and calls the real `worker.main`.
+tests/fleet_workerproc.py runs a worker with it in place of agentd.fleet.turnflow.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -89,36 +83,3 @@ def fleet_turn(home: str, request: dict[str, Any]) -> dict[str, Any]:
     note("end", wid)
     return {"status": "ok", "text": "", "error": None, "steps": 2, "commit": sha,
             "cost": 0.0, "conflict": None}
-
-
-class MirrorStandIn:
-    """workspace.sync_mirror / checkout in plain git, for as long as the real module is
-    not on this branch."""
-
-    @staticmethod
-    def sync_mirror(cache: Path, name: str, git_url: str, branch: str) -> str:
-        mirror = cache / f"{name}.git"
-        if not mirror.exists():
-            git("init", "-q", "--bare", str(mirror))
-        git("fetch", "-q", "--force", git_url, f"+refs/heads/{branch}:refs/heads/{branch}",
-            cwd=mirror)
-        return git("rev-parse", f"refs/heads/{branch}", cwd=mirror)
-
-    @staticmethod
-    def checkout(cache: Path, name: str, sha: str, dest: Path) -> Path:
-        git("clone", "-q", "--no-checkout", str(cache / f"{name}.git"), str(dest))
-        git("checkout", "-q", "--detach", sha, cwd=dest)
-        return dest
-
-
-def serve() -> None:
-    """argv: DB_URL WORKER_ID CONCURRENCY CACHE."""
-    from agentd.fleet import worker
-    from agentd.jobs.log import EventLog
-
-    if not os.environ.get("FAKETURN_REAL"):  # else the real turn runs
-        sys.modules["agentd.fleet.turnflow"] = sys.modules[__name__]
-    if importlib.util.find_spec("agentd.fleet.workspace") is None:
-        sys.modules["agentd.fleet.workspace"] = MirrorStandIn  # type: ignore[assignment]
-    url, worker_id, concurrency, cache = sys.argv[1:5]
-    sys.exit(worker.main(url, worker_id, int(concurrency), Path(cache), EventLog()))

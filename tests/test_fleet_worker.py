@@ -135,7 +135,7 @@ class Fleet:
         with db.connect(self.url) as conn:
             db.init_schema(conn)
             for key, value in {"beat_every": 0.5, "tick_every": 1, "refresh_every": 1,
-                               "dead_after": 30, "stop_grace": 5, **settings}.items():
+                               "dead_after": 30, "stop_grace": 60, **settings}.items():
                 db.set_setting(conn, key, value)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -165,7 +165,7 @@ class Fleet:
                    "FAKETURN_WORKER": worker, **({"FAKETURN_REAL": "1"} if real else {})}
             with open(self.tmp / f"{worker}.log", "ab") as out:
                 self.procs[worker] = subprocess.Popen(
-                    [sys.executable, "-c", "from tests.fleet_faketurn import serve; serve()",
+                    [sys.executable, "-m", "tests.fleet_workerproc",
                      self.url, worker, "2", str(self.tmp / f"cache-{worker}")],
                     env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         for worker in workers:

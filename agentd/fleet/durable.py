@@ -125,9 +125,7 @@ class DurableSteps:
         await DBOS.write_stream_async(STREAM, {"kind": "tool", "line": line})
         before = await asyncio.to_thread(workspace.tree_of, self.clone)
         result = await run(ctx, call)
-        after = await asyncio.to_thread(workspace.tree_of, self.clone)
-        patch = b"" if after == before else await asyncio.to_thread(
-            workspace.diff, self.clone, before)
+        after, patch = await asyncio.to_thread(workspace.snapshot, self.clone, before)
         return {"content": result.content, "is_error": result.is_error, "before": before,
                 "after": after, "patch": base64.b64encode(patch).decode("ascii")}
 

@@ -30,22 +30,30 @@ import hashlib
 import logging
 import re
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dbos import DBOS
+import psycopg
+from dbos import DBOS, StepOptions
 from dbos._error import DBOSMaxStepRetriesExceeded
 
 from agentd.config import load_settings
 from agentd.errors import AgentdError
 from agentd.fleet import carry, db, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
-from agentd.fleet.enqueue import TURN_WORKFLOW
 from agentd.loop import Events
 from agentd.turn import TurnReport, TurnRequest, run_turn
 
 log = logging.getLogger("agentd.fleet")
+# The workflow's name, as enqueue.TURN_WORKFLOW spells it for the processes that queue turns
+# (enqueue imports this module to queue from inside a worker, so not the other way round).
+NAME = "agentd.fleet.turn"
+ATTEMPTS = 5  # for what talks to git remotes and the database: they come back
+RETRY: StepOptions = {"retries_allowed": True, "max_attempts": ATTEMPTS,
+                      "interval_seconds": 1.0}
 
 
 @dataclass
@@ -104,11 +112,41 @@ def _fresh_clone(cache: Path, home: str, begin: dict[str, str], dest: Path) -> P
     raise AssertionError("unreachable")
 
 
-def _publish(cache: Path, home: str, begin: dict[str, str], clone: Path,
+def _restore(db_url: str, home: str, clone: Path, request: dict[str, Any]) -> None:
+    """The home's runtime files into the clone (carry.restore). Not a step: every run of
+    the turn, a recovery's too, needs them in its own fresh clone."""
+    with db.connect(db_url) as conn:
+        carry.restore(conn, home, clone, request)
+
+
+def _retrying(fn: Callable[..., None], *args: Any) -> None:
+    """`fn(*args)`, tried again a few times while the database is away (a restart)."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return fn(*args)
+        except (AgentdError, psycopg.OperationalError):
+            if attempt == ATTEMPTS:
+                raise
+            time.sleep(attempt)
+
+
+def _save(db_url: str, home: str, clone: Path, workflow_id: str) -> list[str]:
+    """Step "save": the clone's runtime files and the turn's ledger rows into the fleet
+    database (carry.save; its notes, for the log)."""
+    with db.connect(db_url) as conn:
+        return carry.save(conn, home, clone, workflow_id)
+
+
+def _publish(db_url: str, cache: Path, home: str, begin: dict[str, str], clone: Path,
              marker: str) -> dict[str, Any]:
-    """Step "publish" (workspace.publish), its outcome as a plain dict for the checkpoint."""
-    return asdict(workspace.publish(cache, home, begin["git_url"], begin["branch"], clone,
-                                    begin["base"], marker))
+    """Step "publish": workspace.publish, then the home's head as it left it; the outcome
+    as a plain dict for the checkpoint. Retried whole: a second publish finds the commit
+    by its marker and pushes nothing."""
+    published = workspace.publish(cache, home, begin["git_url"], begin["branch"], clone,
+                                  begin["base"], marker)
+    with db.connect(db_url) as conn:
+        db.set_head(conn, home, published.head)
+    return asdict(published)
 
 
 def _why(e: Exception) -> str:
@@ -135,32 +173,32 @@ def _result(report: TurnReport, published: dict[str, Any]) -> dict[str, Any]:
 
 def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any]:
     db_url, cache = _configured()
-    begin: dict[str, str] = DBOS.run_step(
-        {"name": "begin", "retries_allowed": True, "max_attempts": 3}, _begin,
-        db_url, cache, home)
+    begin: dict[str, str] = DBOS.run_step({"name": "begin", **RETRY}, _begin,
+                                          db_url, cache, home)
     clone = clone_path(cache, workflow_id)
+    steps = DurableSteps(clone, workflow_id)
     try:
         clone = _fresh_clone(cache, home, begin, clone)
         req = TurnRequest.from_json(request | {"workdir": str(clone)})
-        with db.connect(db_url) as conn:
-            carry.restore(conn, home, clone, request)
-            settings = load_settings(clone)
-            steps = DurableSteps(clone, workflow_id)
-            report = asyncio.run(run_turn(clone, settings, req, Events(), steps=steps))
-            carry.save(conn, home, clone, workflow_id)
-            published: dict[str, Any] = DBOS.run_step(
-                {"name": "publish", "retries_allowed": True, "max_attempts": 3}, _publish,
-                cache, home, begin, clone, workflow_id)
-            db.set_head(conn, home, published["head"])
+        _retrying(_restore, db_url, home, clone, request)
+        settings = load_settings(clone)
+        report = asyncio.run(run_turn(clone, settings, req, Events(), steps=steps))
+        notes: list[str] = DBOS.run_step({"name": "save", **RETRY}, _save, db_url, home,
+                                         clone, workflow_id)
+        published: dict[str, Any] = DBOS.run_step(
+            {"name": "publish", **RETRY}, _publish, db_url, cache, home, begin, clone,
+            workflow_id)
     finally:
         shutil.rmtree(clone, ignore_errors=True)
+    for note in notes:
+        log.warning("turn %s of %s: %s", workflow_id, home, note)
     if steps.replayed:
         log.info("turn %s: %d tool steps replayed from their checkpoints", workflow_id,
                  steps.replayed)
     return _result(report, published)
 
 
-@DBOS.workflow(name=TURN_WORKFLOW)
+@DBOS.workflow(name=NAME)
 def fleet_turn(home: str, request: dict[str, Any]) -> dict[str, Any]:
     """One turn of `home` (see the module doc). `request` is TurnRequest.to_json() (its
     workdir is ignored: the turn runs in a fresh clone). A turn that cannot run (an

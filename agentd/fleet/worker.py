@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -35,6 +36,7 @@ from agentd.fleet import db, engine, schedule
 from agentd.fleet.liveness import Declared, Liveness
 from agentd.jobs.log import EventLog, route_library_logs
 
+SCHEDULE_PATHS = ("cron", "agentd.toml", "memory/HEARTBEAT.md")  # what schedule.read reads
 DECLARED_EXIT = 3  # exit status of a worker that found itself declared dead
 
 
@@ -71,6 +73,9 @@ class Refresher:
             db.set_head(conn, home.name, head)
         if home.schedule_head == head:
             return
+        if home.schedule and home.schedule_head and not self.touched(home, head):
+            db.set_schedule(conn, home.name, head, home.schedule)  # most turns: no checkout
+            return
         with tempfile.TemporaryDirectory(prefix=f"schedule-{home.name}-",
                                          dir=self.cache) as tmp:
             clone = workspace.checkout(self.cache, home.name, head, Path(tmp) / "home",
@@ -89,6 +94,26 @@ class Refresher:
         for why in [merged["problem"], *merged["heartbeat"]["problems"]]:
             if why:
                 self.log.error("refresh", f"{home.name}: {why}", home=home.name)
+
+
+    def touched(self, home: db.HomeRow, head: str) -> bool:
+        """Whether the commits since the schedule was read changed what it is read from
+        (cron/, agentd.toml, memory/HEARTBEAT.md): a diff of two trees in the worker's own
+        bare mirror (no checkout, no hooks, no filters). When in doubt, yes."""
+        from agentd.fleet import workspace
+
+        assert home.schedule_head is not None
+        mirror = workspace.mirror_path(self.cache, home.name)
+        try:
+            proc = subprocess.run(
+                ["git", "--git-dir", str(mirror), "diff", "--quiet", "--no-ext-diff",
+                 "--no-textconv", home.schedule_head, head, "--", *SCHEDULE_PATHS],
+                capture_output=True, timeout=60,
+                env={"PATH": os.environ.get("PATH", ""), "GIT_CONFIG_NOSYSTEM": "1",
+                     "GIT_CONFIG_GLOBAL": os.devnull})
+        except (OSError, subprocess.TimeoutExpired):
+            return True
+        return proc.returncode != 0
 
 
 def db_errors() -> tuple[type[BaseException], ...]:
@@ -215,6 +240,6 @@ def shutdown(worker_id: str, log: EventLog, grace: float, dbos: Any) -> int:
     if time.monotonic() - started >= grace:
         log.warn("worker", f"{worker_id}: turns still running after {grace:g}s stop here; "
                  "they resume when this worker starts again, or on another after dead_after")
-        os._exit(1)  # their threads would keep the interpreter from exiting
+        os._exit(0)  # a stop asked for; their threads would keep the interpreter alive
     log("worker", f"{worker_id} stopped")
     return 0

@@ -89,13 +89,12 @@ def _mirror_env(mirror: Path | None) -> dict[str, str]:
 
 
 def _git(mirror: Path | None, *args: str, stdin: bytes | None = None,
-         env: dict[str, str] | None = None, cwd: Path | None = None) -> gitexec.Result:
-    """git on the mirror (or, with mirror None, a clone made from it)."""
+         env: dict[str, str] | None = None) -> gitexec.Result:
+    """git on the mirror; with mirror None, on no repository (init, clone, a ref check)."""
     try:
         proc = subprocess.run(["git", *args], input=stdin, capture_output=True,
-                              env=_mirror_env(mirror) | (env or {}), cwd=cwd,
-                              timeout=TIMEOUT, stdin=None if stdin is not None
-                              else subprocess.DEVNULL)
+                              env=_mirror_env(mirror) | (env or {}), timeout=TIMEOUT,
+                              stdin=None if stdin is not None else subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise AgentdError(f"git {args[0]} took longer than {TIMEOUT:.0f}s") from None
     except OSError as e:
@@ -287,12 +286,12 @@ def publish(cache: Path, name: str, git_url: str, branch: str, clone: Path, base
     ref = TRACK + branch
     with _locked(cache, name) as mirror:
         sha = _import(mirror, Path(clone), base)
+        turn = _one_commit(mirror, sha, base, run_marker) if sha else ""
         for attempt in range(1, ATTEMPTS + 1):
             head = _fetch(mirror, git_url, branch) or base
             done = _pushed_before(mirror, head, base, run_marker)
-            if done or sha is None:
+            if done or not turn:
                 return Published(done, head, ref, repeated=done is not None, attempts=attempt)
-            turn = _one_commit(mirror, sha, base, run_marker)
             if head == base:
                 candidate = turn
             elif not _git(mirror, "merge-base", "--is-ancestor", base, head).ok:
