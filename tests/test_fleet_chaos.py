@@ -51,10 +51,9 @@ def fleet(pg_cluster: PgCluster) -> Iterator[Fleet]:
 def kill_at(fleet: Fleet, home: str, point: str, k: int, same_id: bool,
             then: Callable[[], object]) -> str:
     """Queue a turn on `home` (then `then()`), wait until it reaches `point`, kill -9 the
-    worker running it
-    (and all it started), let the held thing go, and start `restart_as` in its place:
-    the same ID (it recovers its own turns at launch) or a new one (the others notice the
-    dead one after dead_after and recover its turns)."""
+    worker running it (and all it started), let the held thing go, and start a worker in
+    its place: with the same ID (it recovers its own turns at launch) or a new one (the
+    others notice the dead one after dead_after and recover its turns)."""
     token = new_token()
     event = None
     if point == "model":
