@@ -12,8 +12,8 @@ homes, a zero-latency scripted fake model, real `agentd fleet worker` processes)
   (inserted + updated + deleted) and statements (pg_stat_statements calls, i.e.
   round-trips), measured over the throughput runs minus what the idle workers spend in
   the same time (queue polling, liveness, the tick);
-- memory: one worker's RSS, idle, with 16 homes and with 1,000 homes registered, and the
-  difference per extra home.
+- memory: one worker's RSS, idle, with 16 homes and with BENCH_IDLE_HOMES (default
+  1,000) homes registered, and the difference per extra home.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from fleetkit import Fleet, _git_at  # noqa: E402
 from pgkit import PgCluster  # noqa: E402
 
 HOMES = 16
-IDLE_HOMES = 1000
+IDLE_HOMES = int(os.environ.get("BENCH_IDLE_HOMES", "1000"))
 
 
 class StatsCluster(PgCluster):

@@ -12,6 +12,8 @@ thing that reaches it waits (at most a minute) for the test to say go:
 - a tool call: the command the model asked for (`tool.sh`) logs `held` and waits for a file;
 - the push: the remote's `pre-receive` hook (before the branch moves) or `post-receive`
   hook (after it moved, before the pusher hears so) logs `held` and waits for a file.
+  The worker dies, the remote does not: once let go, receive-pack finishes the update
+  (the pusher never hears of it) or, after `pre`, may fail to report to a dead client.
 
 The homes run bash with `[sandbox] mode = "off"`: the commands are the test's own script,
 and they must log to a file outside the home (a sandboxed command sees no host folder and
@@ -159,8 +161,17 @@ def slot(worker: str) -> str:
     return worker.split("-")[0]
 
 
+def _server_side(pid: int) -> bool:
+    """A git receive-pack: the remote's side of a push to a path, which on a real fleet
+    runs on the git server, not on the worker's machine."""
+    with contextlib.suppress(OSError):
+        return b"receive-pack" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
 def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (by parent links in /proc, across PID namespaces)."""
+    """Every live process below `pid` (by parent links in /proc, across PID namespaces),
+    but for the remote's side of a push and what it runs (its hooks)."""
     children: dict[int, list[int]] = defaultdict(list)
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -170,14 +181,17 @@ def descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
         for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
+            if not _server_side(c):
+                out.append(c)
+                todo.append(c)
     return out
 
 
 def kill_tree(pid: int) -> None:
-    """What a machine dying does to a worker: it and everything it started (git, hooks,
-    bash commands) stop at once. Stopped first, so nothing forks away meanwhile."""
+    """What a machine dying does to a worker: it and everything it started (git, bash
+    commands) stop at once. Stopped first, so nothing forks away meanwhile. A push in
+    flight loses its client; the remote's receive-pack lives on, as on a git server, and
+    finishes or gives up on its own (killing it would leave the remote's ref locks)."""
     seen: set[int] = set()
     for _ in range(3):
         fresh = [p for p in [pid, *descendants(pid)] if p not in seen]
