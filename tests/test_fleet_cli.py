@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from daemonkit import wait_for
+from fleetfake import copy_db, start_worker
 
 from agentd.newhome import init_home
 from tests.conftest import agentd
@@ -62,19 +63,10 @@ def template(pg_cluster: PgCluster) -> str:
     return name
 
 
-def copy_db(pg_cluster: PgCluster, template: str) -> str:
-    import psycopg
-
-    name = f"f_{os.urandom(6).hex()}"
-    with psycopg.connect(pg_cluster.libpq_url("postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    return pg_cluster.libpq_url(name)
-
-
 @pytest.fixture
 def db(pg_cluster: PgCluster, template: str) -> str:
     """A fresh fleet database of the test's own."""
-    return copy_db(pg_cluster, template)
+    return copy_db(pg_cluster.libpq_url("postgres"), template)
 
 
 @pytest.fixture(scope="module")
@@ -82,23 +74,13 @@ def shared(pg_cluster: PgCluster, template: str, tmp_path_factory: pytest.TempPa
            ) -> Iterator[tuple[str, Path]]:
     """One database with one running DBOS worker whose turn is scripted, for the tests
     that wait on turns (each adds homes of its own): (url, the worker's hold folder)."""
-    url = copy_db(pg_cluster, template)
-    tmp = tmp_path_factory.mktemp("worker")
-    hold = tmp / "hold"
-    hold.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = (tmp / "worker.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fleetfake.py"), url, "w1",
-                             str(hold)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    url = copy_db(pg_cluster.libpq_url("postgres"), template)
+    proc, hold = start_worker(url, tmp_path_factory.mktemp("worker"))
     try:
-        wait_for(lambda: (hold / "worker-w1.ready").exists() or proc.poll() is not None,
-                 60, "the worker to start")
-        assert proc.poll() is None, (tmp / "worker.log").read_text()
         yield url, hold
     finally:
         proc.terminate()
         proc.wait(30)
-        log.close()
 
 
 def test_init_creates_the_database_and_is_idempotent(pg_cluster: PgCluster) -> None:
@@ -294,3 +276,50 @@ def test_help_imports_neither_dbos_nor_psycopg() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     assert out.strip() == "[]"
+
+
+def test_the_real_worker_runs_a_turn_that_run_wait_follows(
+        db: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: `agentd fleet worker` (the real turn, git and sandbox) against the fake
+    LLM, and `agentd fleet run --wait` following it to its one pushed commit."""
+    from tests.daemonkit import configure
+    from tests.fakellm import FakeLLM
+
+    with FakeLLM(auto=True) as fake:  # a bash call writing hello.txt, then "DONE"
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.openai_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-KEYVALUE")
+        configure(home, {"model": "openai:test"})
+        subprocess.run(["git", "-C", str(home), "-c", "user.name=t", "-c", "user.email=t@t",
+                        "commit", "-qam", "model"], check=True)
+        remote = tmp_path / "home.git"
+        subprocess.run(["git", "clone", "-q", "--bare", str(home), str(remote)], check=True)
+        assert fleet(db, "add", "solo", str(remote)).exit_code == 0
+        log = tmp_path / "worker.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([*AGENTD, "fleet", "worker", "--db", db, "--id", "e2e",
+                                     "--concurrency", "2", "--cache", str(tmp_path / "cache")],
+                                    stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: " started: " in log.read_text() or proc.poll() is not None, 180,
+                     "the worker to start")
+            assert proc.poll() is None, log.read_text()
+            r = subprocess.run([*AGENTD, "fleet", "run", "solo", "write hello.txt", "--wait",
+                                "--db", db], capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, (r.stderr, log.read_text())
+            assert r.stdout.strip().endswith("DONE")
+            assert "▸ " in r.stderr and "echo hi > hello.txt" in r.stderr
+            files = subprocess.run(["git", "-C", str(remote), "show", "--name-only",
+                                    "--format=%B", "main"], capture_output=True, text=True,
+                                   check=True).stdout
+            wid = r.stderr.split("queued ", 1)[1].split()[0]
+            assert "hello.txt" in files and wid in files  # the turn's one commit, marked
+            usage = json.loads(fleet(db, "usage", "--home", "solo", "--json").stdout)
+            assert usage["total"]["calls"] == 2
+            info = json.loads(fleet(db, "status", "--json").stdout)
+            assert [(w["id"], w["alive"]) for w in info["workers"]] == [("e2e", True)]
+            assert info["homes"][0]["head"] == subprocess.run(
+                ["git", "-C", str(remote), "rev-parse", "main"], capture_output=True,
+                text=True, check=True).stdout.strip()
+        finally:
+            proc.terminate()
+            assert proc.wait(60) == 0, log.read_text()

@@ -149,15 +149,17 @@ def write(path: str, content: str) -> dict[str, Any]:
     return {"tool_calls": [{"name": "write", "arguments": {"path": path, "content": content}}]}
 
 
-def test_a_two_tool_turn_commits_once_and_pushes(fleet: Fleet, fake: FakeLLM) -> None:
+def test_a_turn_of_three_tools_commits_once_and_pushes(fleet: Fleet, fake: FakeLLM) -> None:
     assert turnflow.NAME == enqueue.TURN_WORKFLOW  # what `fleet run` queues is this workflow
-    fake.push(bash("echo one > one.txt"), write("two.txt", "two\n"), {"text": "all done"})
+    fake.push(bash("echo one > one.txt"), {"tool_calls": [
+        {"name": "read", "arguments": {"path": "one.txt"}}]}, write("two.txt", "two\n"),
+        {"text": "all done"})
     fleet.worker()
     wid = fleet.enqueue("make two files")
     events, result = fleet.follow(wid)
     assert result["status"] == "ok", result
-    assert result["text"] == "all done" and result["steps"] == 3 and not result["conflict"]
-    assert [e["kind"] for e in events] == ["tool", "tool", "text"]
+    assert result["text"] == "all done" and result["steps"] == 4 and not result["conflict"]
+    assert [e["kind"] for e in events] == ["tool", "tool", "tool", "text"]
     assert events[0]["line"] == "▸ bash echo one > one.txt"
     assert fleet.commits() == [result["commit"]]  # exactly one commit, fast-forward
     sha = result["commit"]
@@ -165,10 +167,26 @@ def test_a_two_tool_turn_commits_once_and_pushes(fleet: Fleet, fake: FakeLLM) ->
     assert git(fleet.remote, "show", f"{sha}:two.txt") == "two"
     trailers = git(fleet.remote, "log", "-1", "--format=%(trailers)", sha)
     assert f"Agentd-Run: {wid}" in trailers
-    assert len(fake.requests) == 3
+    assert len(fake.requests) == 4
+    assert "one" in _tool_results(fake.requests[2].body)[1]  # the read's result, unsnapshotted
     with db.connect(fleet.url) as conn:
         assert db.homes(conn, HOME)[0].head == sha
     assert fleet.client.retrieve_workflow(wid).get_result(polling_interval_sec=0.05) == result
+
+
+def test_a_turn_that_cannot_run_ends_with_one_line(fleet: Fleet) -> None:
+    """No such home, a request that is not one: status error, a one-line reason, on the
+    stream and as the workflow's result (not a failed workflow)."""
+    fleet.worker()
+    ghost = enqueue.via_client(fleet.client, "ghost", TurnRequest("hi", Path(".")).to_json(),
+                               enqueue.run_id("ghost"))
+    broken = enqueue.via_client(fleet.client, HOME, {"task": 5}, enqueue.run_id(HOME))
+    for wid, why in ((ghost, "no home named 'ghost'"), (broken, "not a turn request")):
+        _, result = fleet.follow(wid)
+        assert result["status"] == "error" and why in result["error"], result
+        assert "\n" not in result["error"] and result["commit"] is None
+        assert fleet.client.retrieve_workflow(wid).get_result() == result
+    assert fleet.commits() == []
 
 
 def _tool_results(body: dict[str, Any]) -> list[str]:

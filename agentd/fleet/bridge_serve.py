@@ -8,7 +8,10 @@ requests in flight get a few seconds; their turns go on in the fleet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+from collections.abc import Iterator
 
 from agentd.bridge.connections import Connections, protocol_class, raise_fd_limit
 from agentd.bridge.secrets import is_loopback
@@ -20,6 +23,17 @@ from agentd.jobs.log import EventLog
 def main(db_url: str, host: str, port: int, log: EventLog) -> int:
     """Run until SIGTERM or SIGINT; the exit status."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        """Stopped by our signal handlers: uvicorn's own would raise the signal again
+        once stopped, ending the process by the signal instead of with status 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+        def stop(self) -> None:
+            self.should_exit = True
 
     fleet = Fleet(db_url, os.environ.get("AGENTD_FLEET_TOKEN", "").strip(),
                   hook_keys(os.environ.get("AGENTD_FLEET_WEBHOOK_SECRET", "")), log)
@@ -37,7 +51,7 @@ def main(db_url: str, host: str, port: int, log: EventLog) -> int:
             server_header=False, http=protocol_class(connections), ws="none",
             timeout_keep_alive=5, timeout_graceful_shutdown=GRACE, limit_concurrency=None)
         _quiet_uvicorn(log)
-        server = uvicorn.Server(config)
+        server = Server(config)
         if not is_loopback(host):
             log.warn("bridge", f"listening beyond this machine ({host}): put a TLS proxy in "
                      "front, tokens travel in the clear otherwise")
@@ -46,6 +60,9 @@ def main(db_url: str, host: str, port: int, log: EventLog) -> int:
         url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
 
         async def serve() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, server.stop)
             task = asyncio.ensure_future(server.serve(sockets=[sock]))
             while not server.started and not task.done():
                 await asyncio.sleep(0.02)

@@ -43,6 +43,9 @@ from agentd.tools import ToolContext, ToolResult
 from agentd.tools.dispatch import ToolRunner
 
 STREAM = "out"  # the turn's DBOS stream: what `fleet run --wait` shows as the turn goes
+# Tools that change no file (`read` only opens files): their steps take no snapshots, which
+# spares two sandboxed git runs (tens of ms each, more on a busy machine) per call.
+READ_ONLY = frozenset({"read"})
 
 
 class StepDrift(AgentdError):
@@ -123,6 +126,10 @@ class DurableSteps:
         live.append(True)
         line = (ctx.redactor or default_redactor()).redact(call_line(call))
         await DBOS.write_stream_async(STREAM, {"kind": "tool", "line": line})
+        if call.name in READ_ONLY:  # nothing to snapshot, nothing to replay
+            result = await run(ctx, call)
+            return {"content": result.content, "is_error": result.is_error, "before": "",
+                    "after": "", "patch": ""}
         before = await asyncio.to_thread(workspace.tree_of, self.clone)
         result = await run(ctx, call)
         after, patch = await asyncio.to_thread(workspace.snapshot, self.clone, before)
@@ -132,6 +139,8 @@ class DurableSteps:
     def _replay(self, out: dict[str, Any]) -> None:
         """Bring the clone from the step's tree before to its tree after (see the module
         doc); StepDrift when it is at neither."""
+        if not out["after"]:  # a READ_ONLY call
+            return
         now = workspace.tree_of(self.clone)
         if now == out["after"]:
             return

@@ -14,6 +14,10 @@ or late recovery matches nothing. It is called in this one place, to be swapped 
 makes it public. The queue name and partition (the home) stay on the row, so a recovered
 turn still runs alone in its home.
 
+A worker that claims a dead one also re-runs the recovery of the workers that one had
+claimed (idempotent: it matches only turns still PENDING on them), in case it died between
+its claim and its recovery.
+
 A worker that finds itself claimed (it was silent too long: a stalled machine, a cut
 network) has had its turns handed to others, which may be running them already; it exits
 at once rather than race them, and a restart makes it a fresh worker again.
@@ -64,7 +68,13 @@ class Liveness:
         from dbos import DBOS
 
         handed: list[str] = []
-        for dead in db.claim_dead(conn, self.worker, dead_after):
+        claimed = db.claim_dead(conn, self.worker, dead_after)
+        # the workers those had claimed: a worker dying between its claim and its recovery
+        # would leave their turns stuck (recovery matches nothing when it was done already)
+        orphans = [r[0] for r in conn.execute(
+            "SELECT id FROM agentd_fleet.workers WHERE recovered_by = ANY(%s)",
+            (claimed,)).fetchall()] if claimed else []
+        for dead in claimed + orphans:
             handles = DBOS._recover_pending_workflows([dead])
             ids = [h.get_workflow_id() for h in handles]
             handed += ids

@@ -154,10 +154,14 @@ def _pick(times: list[datetime], on_time: datetime) -> list[datetime]:
 
 def _window(entry: dict[str, Any], schedule: dict[str, Any], since: datetime,
             until: datetime) -> datetime:
-    """Where a job's due times start counting: not before catch_up, nor before it existed."""
+    """Where a job's due times start counting: not before catch_up, nor before it existed
+    (but an `at` job written just after its time still runs, within catch_up, as in the
+    daemon)."""
     start = max(since, until - timedelta(seconds=float(schedule.get("catch_up", 0))))
     seen = entry.get("seen")
-    return max(start, datetime.fromisoformat(seen)) if seen else start
+    if not seen or entry.get("kind") == "at":
+        return start
+    return max(start, datetime.fromisoformat(seen))
 
 
 def cron_request(name: str, job: dict[str, Any], when: datetime) -> dict[str, Any]:

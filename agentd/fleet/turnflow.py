@@ -69,7 +69,7 @@ def configure(db_url: str, cache: Path) -> None:
     """Where this worker's turns keep their git (the mirrors and the clones under
     `cache`) and the fleet database (homes, usage, runtime state). The worker calls it
     before DBOS launches, since launch resumes unfinished turns at once."""
-    _config.db_url, _config.cache = db_url, Path(cache)
+    _config.db_url, _config.cache = db_url, Path(cache).resolve()
 
 
 def _configured() -> tuple[str, Path]:
@@ -86,12 +86,16 @@ def clone_path(cache: Path, workflow_id: str) -> Path:
     return cache / "turns" / f"{safe}-{digest}"
 
 
+class NoSuchHome(AgentdError):
+    """Not worth a retry: the turn ends at once."""
+
+
 def _begin(db_url: str, cache: Path, home: str) -> dict[str, str]:
     """Step "begin": where the home's git lives, and its branch head now (the base)."""
     with db.connect(db_url) as conn:
         rows = db.homes(conn, db.check_name(home))
     if not rows:
-        raise AgentdError(f"no home named {home!r} in the fleet (agentd fleet add)")
+        raise NoSuchHome(f"no home named {home!r} in the fleet (agentd fleet add)")
     row = rows[0]
     base = workspace.sync_mirror(cache, home, row.git_url, row.branch)
     return {"base": base, "git_url": row.git_url, "branch": row.branch}
@@ -173,13 +177,18 @@ def _result(report: TurnReport, published: dict[str, Any]) -> dict[str, Any]:
 
 def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any]:
     db_url, cache = _configured()
-    begin: dict[str, str] = DBOS.run_step({"name": "begin", **RETRY}, _begin,
-                                          db_url, cache, home)
+    try:  # before anything is spent: it may not be one
+        req = TurnRequest.from_json(request)
+    except (TypeError, KeyError, ValueError) as e:
+        raise AgentdError(f"not a turn request: {e}") from None
+    begin: dict[str, str] = DBOS.run_step(
+        {"name": "begin", **RETRY, "should_retry": lambda e: not isinstance(e, NoSuchHome)},
+        _begin, db_url, cache, home)
     clone = clone_path(cache, workflow_id)
-    steps = DurableSteps(clone, workflow_id)
     try:
         clone = _fresh_clone(cache, home, begin, clone)
-        req = TurnRequest.from_json(request | {"workdir": str(clone)})
+        steps = DurableSteps(clone, workflow_id)
+        req.workdir = clone  # the request's own is another machine's
         _retrying(_restore, db_url, home, clone, request)
         settings = load_settings(clone)
         report = asyncio.run(run_turn(clone, settings, req, Events(), steps=steps))

@@ -8,9 +8,9 @@ What it does, each on its own thread so a slow part never delays another:
   longer than `dead_after` (liveness.py). It recovers others only once it has itself been
   beating without a break for `dead_after`: after PostgreSQL restarts, every worker's
   beats stopped together, and none must take the others for dead.
-- refresh (every `refresh_every` s): fetches each home's branch into the worker's mirror
-  (workspace.sync_mirror), records a moved head, and re-reads the home's schedule (cron
-  jobs, heartbeat) when it was read at another head.
+- refresh (every `refresh_every` s): fetches its share of the homes (`Refresher.mine`)
+  into the worker's mirror (workspace.sync_mirror), records a moved head, and re-reads the
+  home's schedule (cron jobs, heartbeat) when a commit changed the files it comes from.
 
 Stopping (SIGTERM, SIGINT): DBOS stops dequeuing and firing ticks, running turns get up to
 `stop_grace` seconds to finish, then DBOS is destroyed. A turn still running then stays
@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,12 +48,26 @@ def _setting(s: dict[str, Any], key: str) -> float:
 class Refresher:
     """Homes' heads and schedules, kept current in the database (see the module)."""
 
-    def __init__(self, cache: Path, log: EventLog):
-        self.cache, self.log = cache, log
+    def __init__(self, worker: str, cache: Path, log: EventLog):
+        self.worker, self.cache, self.log = worker, cache, log
         self.problems: dict[str, str] = {}  # home -> the last problem logged (logged once)
 
-    def run(self, conn: Any) -> None:
-        for home in db.homes(conn):
+    def mine(self, conn: Any, homes: list[db.HomeRow], dead_after: float
+             ) -> list[db.HomeRow]:
+        """The homes this worker refreshes: each live worker takes the homes whose name
+        hashes to its place among the live workers, so a fleet fetches each home once per
+        interval, not once per worker. While workers come and go two may share a home for
+        an interval, or a home may wait one: a refresh is idempotent and turns fetch their
+        own base, so neither matters."""
+        live = sorted(w[0] for w in db.workers(conn) if w[6] is not None
+                      and float(w[6]) < dead_after and w[7] is None)
+        if self.worker not in live:
+            return homes
+        me = live.index(self.worker)
+        return [h for h in homes if zlib.crc32(h.name.encode()) % len(live) == me]
+
+    def run(self, conn: Any, settings: dict[str, Any]) -> None:
+        for home in self.mine(conn, db.homes(conn), _setting(settings, "dead_after")):
             try:
                 self.home(conn, home)
                 if self.problems.pop(home.name, None):
@@ -217,11 +232,11 @@ def main(db_url: str, worker_id: str, concurrency: int, cache: Path, log: EventL
             declared.append(str(e))
             stop.set()
 
-    refresher = Refresher(cache, log)
+    refresher = Refresher(worker_id, cache, log)
     threads = [threading.Thread(target=beats, name="agentd-beat", daemon=True),
                threading.Thread(target=every, name="agentd-refresh", daemon=True, args=(
                    stop, db_url, lambda s: _setting(s, "refresh_every"),
-                   lambda conn, _s: refresher.run(conn), "refresh", log))]
+                   refresher.run, "refresh", log))]
     for t in threads:
         t.start()
     while not stop.wait(1.0):

@@ -1,0 +1,209 @@
+"""`agentd fleet serve` for real: the process, real HTTP on loopback, real PostgreSQL, a
+real DBOS worker whose turn is scripted (tests/fleetfake.py), and the real clients: the
+`openai` SDK for chat, `standardwebhooks` for signed events."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from bridgekit import SECRET, TOKEN
+from daemonkit import wait_for
+from fleetfake import start_worker
+from standardwebhooks import Webhook
+
+from agentd.newhome import init_home
+from tests.conftest import agentd
+from tests.pgkit import PgCluster, pg_cluster, requires_postgres
+
+__all__ = ["pg_cluster"]
+pytestmark = requires_postgres
+AGENTD = [sys.executable, "-m", "agentd"]
+
+
+class Served:
+    """`agentd fleet serve --port 0` and what the tests need of it."""
+
+    def __init__(self, url: str, tmp: Path, hold: Path):
+        self.db, self.hold = url, hold
+        self.log = tmp / "serve.log"
+        env = {**os.environ, "AGENTD_FLEET_TOKEN": TOKEN, "AGENTD_FLEET_WEBHOOK_SECRET": SECRET}
+        with self.log.open("w") as f:
+            self.proc = subprocess.Popen([*AGENTD, "fleet", "serve", "--port", "0", "--db", url],
+                                         env=env, stdout=subprocess.DEVNULL, stderr=f)
+        found = wait_for(lambda: re.search(r"listening on (http://\S+)", self.log.read_text())
+                         or self.proc.poll() is not None, 180, "fleet serve to listen")
+        if self.proc.poll() is not None:
+            raise AssertionError(self.log.read_text())
+        assert not isinstance(found, bool)
+        self.url = found.group(1)
+        self.openai = openai.OpenAI(base_url=f"{self.url}/v1", api_key=TOKEN, max_retries=0,
+                                    timeout=60)
+
+    def requests(self) -> list[dict[str, Any]]:
+        path = self.hold / "requests.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        return self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def served(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("serve")
+    url = pg_cluster.libpq_url(f"f_serve_{os.urandom(4).hex()}")
+    assert agentd("fleet", "init", "--db", url).exit_code == 0
+    for name in ("alpha", "beta"):
+        work = tmp / name
+        init_home(work)
+        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(tmp / f"{name}.git")],
+                       check=True)
+        r = agentd("fleet", "add", name, str(tmp / f"{name}.git"), "--db", url)
+        assert r.exit_code == 0, r.stderr
+    worker, hold = start_worker(url, tmp)
+    try:
+        s = Served(url, tmp, hold)
+        try:
+            yield s
+        finally:
+            code = s.stop()
+            assert code == 0 and "bridge: stopped" in s.log.read_text(), s.log.read_text()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def test_chat_with_a_home_through_the_openai_sdk(served: Served) -> None:
+    client = served.openai
+    assert sorted(m.id for m in client.models.list()) == ["agentd/alpha", "agentd/beta"]
+    r = client.chat.completions.create(
+        model="agentd/alpha", user="ann", temperature=0.2,
+        messages=[{"role": "system", "content": "be brief"},
+                  {"role": "user", "content": "say:hello from the fleet"}])
+    assert r.choices[0].message.content == "hello from the fleet"
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage is not None and (r.usage.prompt_tokens, r.usage.completion_tokens) == (100, 7)
+    asked = served.requests()[-1]
+    assert asked["home"] == "alpha" and asked["workflow_id"].startswith("run:alpha:")
+    req = asked["request"]
+    assert (req["task"], req["trigger"], req["session"]) == (
+        "say:hello from the fleet", "chat:ann", "chat-ann")
+    assert req["sampling"]["temperature"] == 0.2
+
+    stream = client.chat.completions.create(
+        model="agentd/beta", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "say:streamed words"}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "streamed words"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
+    assert served.requests()[-1]["home"] == "beta"
+
+
+def test_chat_refusals_are_openai_errors(served: Served) -> None:
+    client = served.openai
+    n = len(served.requests())
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="agentd/gamma",
+                                       messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="agentd/alpha", messages=[])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="agentd/alpha", messages=[{"role": "user", "content": "x"}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{served.url}/v1", api_key="wrong-token-0123456789",
+                      max_retries=0).models.list()
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="agentd/alpha",
+                                       messages=[{"role": "user", "content": "fail:no model"}])
+    assert failed.value.status_code == 502 and "no model" in str(failed.value.body)
+    assert len(served.requests()) == n + 1  # only the last one became a turn
+
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        for body, ctype, status in ((b"{nope", "application/json", 400),
+                                    (b"[]", "application/json", 400),
+                                    (b'{"model": "agentd/alpha"}', "text/plain", 415),
+                                    (b"x" * 2_000_000, "application/json", 413)):
+            r = http.post("/v1/chat/completions", content=body,
+                          headers={**auth, "content-type": ctype})
+            assert r.status_code == status, (body[:20], r.text)
+            assert set(r.json()["error"]) >= {"message", "type", "code"}
+        assert http.get("/healthz").json() == {"ok": True}
+        assert http.get("/v1/models").status_code == 401
+
+
+def signed(body: bytes, msg_id: str, secret: str = SECRET) -> dict[str, str]:
+    when = datetime.now(tz=UTC)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(int(when.timestamp())),
+            "webhook-signature": Webhook(secret).sign(msg_id, when, body.decode()),
+            "content-type": "application/json"}
+
+
+def test_signed_webhooks_queue_one_turn_per_delivery(served: Served) -> None:
+    body = json.dumps({"action": "opened", "number": 7}).encode()
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        r = http.post("/homes/alpha/hooks/github", content=body, headers=signed(body, "msg_a"))
+        assert r.status_code == 202, r.text
+        rid = r.json()["id"]
+        assert rid.startswith("run:alpha:") and r.json()["status"] == "queued"
+        again = http.post("/homes/alpha/hooks/github", content=body,
+                          headers=signed(body, "msg_a"))
+        assert (again.status_code, again.json()) == (200, {"id": rid, "status": "duplicate"})
+
+        def done() -> dict[str, Any] | None:
+            got = http.get(f"/runs/{rid}", headers=auth).json()
+            return got if got["status"] == "success" else None
+
+        run = wait_for(done, 60, "the webhook's turn")
+        assert run["home"] == "alpha" and run["result"]["status"] == "ok"
+        assert '"number": 7' in run["result"]["text"]
+        turns = [x for x in served.requests() if x["workflow_id"] == rid]
+        assert len(turns) == 1
+        req = turns[0]["request"]
+        assert (req["trigger"], req["profile"]) == ("webhook:github", "untrusted")
+        assert "<untrusted-" in req["task"]
+
+        assert http.get(f"/runs/{rid}").status_code == 401
+        assert http.get("/runs/run:alpha:nope", headers=auth).status_code == 404
+        bad = signed(body, "msg_b", "whsec_" + "QUJD" * 8)
+        assert http.post("/homes/alpha/hooks/github", content=body,
+                         headers=bad).status_code == 401
+        assert http.post("/homes/alpha/hooks/github", content=body).status_code == 401
+        assert http.post("/homes/gamma/hooks/github", content=body,
+                         headers=signed(body, "msg_c")).status_code == 404
+        assert http.post("/homes/alpha/hooks/bad%20name", content=body,
+                         headers=signed(body, "msg_d")).status_code == 404
+        garbage = b"{not json"
+        assert http.post("/homes/alpha/hooks/github", content=garbage,
+                         headers=signed(garbage, "msg_e")).status_code == 400
+    # the refusals above never reached the queue
+    assert [x["workflow_id"] for x in served.requests()].count(rid) == 1
+    assert not any(x["request"]["trigger"] == "webhook:github" and x["workflow_id"] != rid
+                   for x in served.requests())
+
+
+def test_serve_needs_a_token(pg_cluster: PgCluster) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
+    url = pg_cluster.libpq_url("postgres")
+    r = subprocess.run([*AGENTD, "fleet", "serve", "--port", "0", "--db", url], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "AGENTD_FLEET_TOKEN" in r.stderr
