@@ -76,9 +76,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+Counts = tuple[float, float, float]
+
+
 def throughput(fleet: Fleet, homes: list[str], n_workers: int, turns: int
-               ) -> tuple[float, tuple[float, float, float]]:
-    """Turns/s with n workers, and the database's spend per turn net of idling."""
+               ) -> tuple[float, Counts, Counts, list[float]]:
+    """Turns/s with n workers; the database's spend per turn (gross, and net of what the
+    idle workers spend per second in the same time); the idle spend per second."""
     workers = [fleet.start_worker(f"b{n_workers}x{i}", concurrency=4, wait=False)
                for i in range(n_workers)]
     for w in workers:
@@ -96,10 +100,11 @@ def throughput(fleet: Fleet, homes: list[str], n_workers: int, turns: int
     elapsed = time.perf_counter() - start
     settle()
     c2, t2 = counters(fleet), time.perf_counter()
-    per_turn = tuple(max(0.0, (b - a) - rate * (t2 - t1)) / turns
-                     for a, b, rate in zip(c1, c2, idle, strict=True))
+    gross = tuple((b - a) / turns for a, b in zip(c1, c2, strict=True))
+    net = tuple(max(0.0, (b - a) - rate * (t2 - t1)) / turns
+                for a, b, rate in zip(c1, c2, idle, strict=True))
     fleet.stop_workers()
-    return turns / elapsed, per_turn  # type: ignore[return-value]
+    return turns / elapsed, gross, net, idle  # type: ignore[return-value]
 
 
 def overhead(fleet: Fleet, homes: list[str], n: int = 8) -> dict[str, float]:
@@ -163,10 +168,14 @@ def main() -> None:
         fleet.add_homes(homes, via_cli=0)
         print(f"fleet bench: {os.cpu_count()} cores, {turns} turns of 1 tool call over "
               f"{HOMES} homes, zero-latency fake model")
-        print("workers  turns/s  xact/turn  rows/turn  statements/turn")
+        print("per turn: transactions / rows written / statements, gross (net of idle); "
+              "idle: the same per second")
+        print("workers  turns/s  per turn                    idle per second")
         for n in (1, 2, 4):
-            rate, (xact, rows, calls) = throughput(fleet, homes, n, turns)
-            print(f"{n:7d}  {rate:7.2f}  {xact:9.0f}  {rows:9.0f}  {calls:15.0f}")
+            rate, gross, net, idle = throughput(fleet, homes, n, turns)
+            print(f"{n:7d}  {rate:7.2f}  " + " / ".join(
+                f"{g:.0f} ({m:.0f})" for g, m in zip(gross, net, strict=True))
+                + "   " + " / ".join(f"{i:.0f}" for i in idle), flush=True)
         ms = overhead(fleet, homes)
         print("one turn alone (median ms): enqueue->start {dequeue:.0f}, start->first model "
               "call {setup:.0f}, last model call->done {finish:.0f}, enqueue->done "
