@@ -237,6 +237,7 @@ class Fleet:
     workers: dict[str, Worker] = field(default_factory=dict)
     kills: list[Kill] = field(default_factory=list)
     enqueued: dict[str, tuple[str, int]] = field(default_factory=dict)  # token -> home, steps
+    wids: dict[str, str] = field(default_factory=dict)  # token -> its workflow ID
     revived: list[str] = field(default_factory=list)  # workers that exited on their own
     hooks: dict[str, tuple[str, str]] = field(default_factory=dict)  # run ID -> home, token
     serve: subprocess.Popen[bytes] | None = None
@@ -434,15 +435,16 @@ class Fleet:
 
         token = token or new_token()
         self.enqueued[token] = (home, steps)
+        self.wids[token] = f"run:{home}:{token}"
         request = TurnRequest(task(token, steps), Path("."), "cli").to_json()
-        enqueue.via_client(self.client(), home, request, f"run:{home}:{token}")
+        enqueue.via_client(self.client(), home, request, self.wids[token])
         return token
 
     def run_cli(self, home: str, steps: int = 2) -> str:
         """A scripted turn through `agentd fleet run` (its workflow ID is its own)."""
         token = new_token()
         self.enqueued[token] = (home, steps)
-        self.cli("fleet", "run", home, task(token, steps))
+        self.wids[token] = self.cli("fleet", "run", home, task(token, steps)).stdout.strip()
         return token
 
     def start_serve(self) -> str:
@@ -489,11 +491,20 @@ class Fleet:
         return token
 
     def wait_done(self, tokens: list[str], timeout: float = 120) -> None:
-        """Every one of `tokens` has its commit in its home's remote."""
+        """Every one of `tokens` (and every webhook run) has its commit in its home's
+        remote, or its workflow ended without one (which check_turns reports)."""
         def done() -> bool:
             self.revived += self.revive()
             found, runs = self.committed(), self.runs_committed()
-            return all(t in found for t in tokens) and all(runs[w] for w in self.hooks)
+            waiting = [self.wids[t] for t in tokens if t not in found]
+            waiting += [w for w in self.hooks if not runs[w]]
+            if not waiting:
+                return True
+            ended = self.sql("SELECT count(*) FROM dbos.workflow_status WHERE status IN "
+                             "('SUCCESS', 'ERROR', 'CANCELLED', "
+                             "'MAX_RECOVERY_ATTEMPTS_EXCEEDED') AND workflow_uuid = ANY(%s)",
+                             waiting)[0][0]
+            return ended == len(waiting)  # ended without a commit: check_turns says so
         try:
             wait_for(done, timeout, f"{len(tokens)} turns to commit")
         except AssertionError as e:
@@ -667,7 +678,10 @@ def check_turns(fleet: Fleet) -> list[str]:
     for token, (home, steps) in fleet.enqueued.items():
         shas = committed.get(token, [])
         if len(shas) != 1:
-            problems.append(f"turn {token} of {home} committed {len(shas)} times: {shas}")
+            status = fleet.sql("SELECT status FROM dbos.workflow_status WHERE "
+                               "workflow_uuid = %s", fleet.wids[token])
+            problems.append(f"turn {fleet.wids[token]} committed {len(shas)} times "
+                            f"(workflow {status[0][0] if status else 'missing'}): {shas}")
             continue
         tree = set(_git_at(fleet.root / "remotes" / f"{home}.git", "ls-tree", "-r",
                            "--name-only", shas[0], "turns/").split())
