@@ -106,20 +106,20 @@ def run_cmd(name: str, prompt: str | None, wait: bool, model: str | None, as_jso
     with admin.connect(db_url or "") as conn:
         home = admin.home(conn, name)
     client = admin.client(db_url or "")
+    req = TurnRequest(task, Path("."), "cli", model=model)
+    wid = enqueue.run_id(home.name)
     try:
-        req = TurnRequest(task, Path("."), "cli", model=model)
-        wid = enqueue.via_client(client, home.name, req.to_json(), enqueue.run_id(home.name))
+        enqueue.via_client(client, home.name, req.to_json(), wid)
         if not wait:
             click.echo(json.dumps({"workflow_id": wid, "home": home.name, "status": "queued"})
                        if as_json else wid)
             return
         if not as_json:
             click.echo(f"queued {wid}", err=True)
-        try:
-            result = admin.follow(client, wid, None if as_json else _show)
-        except KeyboardInterrupt:
-            raise AgentdError(f"stopped waiting; the turn goes on in the fleet ({wid}: "
-                              "`agentd fleet status`)", 130) from None
+        result = admin.follow(client, wid, None if as_json else _show)
+    except KeyboardInterrupt:  # from the moment the turn may be queued
+        raise AgentdError(f"stopped waiting; the turn goes on in the fleet ({wid}: "
+                          "`agentd fleet status`)", 130) from None
     finally:
         client.destroy()
     code = 0 if result.get("status") == "ok" else 1

@@ -193,12 +193,15 @@ def test_run_wait_streams_the_turn_and_exits_with_its_status(
 def test_ctrl_c_stops_waiting_not_the_turn(shared: tuple[str, Path], tmp_path: Path) -> None:
     db, worker = shared
     fleet(db, "add", "beta", str(bare_home(tmp_path)))
-    proc = subprocess.Popen([*AGENTD, "fleet", "run", "beta", "hold:t1", "--wait", "--db",
-                             db], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (worker / "t1.held").exists(), 60, "the turn to start")
+    err_file = tmp_path / "stderr"
+    with err_file.open("w") as errs:
+        proc = subprocess.Popen([*AGENTD, "fleet", "run", "beta", "hold:t1", "--wait",
+                                 "--db", db], stdout=subprocess.DEVNULL, stderr=errs)
+    wait_for(lambda: (worker / "t1.held").exists() and "▸ bash" in err_file.read_text(),
+             120, "the turn to start and the CLI to follow it")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    assert proc.wait(60) == 130
+    err = err_file.read_text()
     assert err.strip().splitlines()[-1].startswith("error: stopped waiting; the turn goes on")
     wid = err.split("queued ", 1)[1].split()[0]
     (worker / "t1.go").write_text("")

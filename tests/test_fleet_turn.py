@@ -149,7 +149,8 @@ def write(path: str, content: str) -> dict[str, Any]:
     return {"tool_calls": [{"name": "write", "arguments": {"path": path, "content": content}}]}
 
 
-def test_a_turn_of_three_tools_commits_once_and_pushes(fleet: Fleet, fake: FakeLLM) -> None:
+def test_a_turn_commits_once_and_pushes_and_one_that_cannot_run_says_why(
+        fleet: Fleet, fake: FakeLLM) -> None:
     assert turnflow.NAME == enqueue.TURN_WORKFLOW  # what `fleet run` queues is this workflow
     fake.push(bash("echo one > one.txt"), {"tool_calls": [
         {"name": "read", "arguments": {"path": "one.txt"}}]}, write("two.txt", "two\n"),
@@ -173,11 +174,8 @@ def test_a_turn_of_three_tools_commits_once_and_pushes(fleet: Fleet, fake: FakeL
         assert db.homes(conn, HOME)[0].head == sha
     assert fleet.client.retrieve_workflow(wid).get_result(polling_interval_sec=0.05) == result
 
-
-def test_a_turn_that_cannot_run_ends_with_one_line(fleet: Fleet) -> None:
-    """No such home, a request that is not one: status error, a one-line reason, on the
-    stream and as the workflow's result (not a failed workflow)."""
-    fleet.worker()
+    # Turns that cannot run, on the same worker: no such home, a request that is not one.
+    # Status error and a one-line reason, on the stream and as the workflow's result.
     ghost = enqueue.via_client(fleet.client, "ghost", TurnRequest("hi", Path(".")).to_json(),
                                enqueue.run_id("ghost"))
     broken = enqueue.via_client(fleet.client, HOME, {"task": 5}, enqueue.run_id(HOME))
@@ -186,7 +184,7 @@ def test_a_turn_that_cannot_run_ends_with_one_line(fleet: Fleet) -> None:
         assert result["status"] == "error" and why in result["error"], result
         assert "\n" not in result["error"] and result["commit"] is None
         assert fleet.client.retrieve_workflow(wid).get_result() == result
-    assert fleet.commits() == []
+    assert fleet.commits() == [sha]
 
 
 def _tool_results(body: dict[str, Any]) -> list[str]:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -331,6 +332,42 @@ def test_a_killed_workers_turn_is_finished_by_another_after_dead_after(
     assert runs_in(remote) == [wid]
     handed = [line for line in fleet.log_of(live).splitlines() if "handed back" in line]
     assert len(handed) == 1 and f"worker {dead} silent" in handed[0] and wid in handed[0]
+
+
+def owner_push(remote: Path, tmp: Path, files: dict[str, str]) -> str:
+    """The owner commits `files` to the home and pushes; the new head."""
+    work = tmp / f"owner-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["git", "clone", "-q", str(remote), str(work)], check=True)
+    write_home(work, files)
+    for args in (["add", "-A"], ["commit", "-qm", "owner"], ["push", "-q", "origin", "HEAD:main"]):
+        subprocess.run(["git", "-C", str(work), *args], check=True, env=git_env())
+    return subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@requires_postgres
+def test_a_cron_job_the_owner_pushes_is_picked_up(make_fleet: Callable[..., Fleet]) -> None:
+    """The refresh sees the owner's push: a new cron job runs; a commit that touches no
+    schedule file moves the head without reading the schedule again."""
+    from agentd.fleet import db
+
+    fleet = make_fleet()
+    remote = fleet.add_home("h1", {"README.md": "a home\n"})
+    fleet.start("w1")
+    owner_push(remote, fleet.tmp, {"cron/ping.md": "---\nevery: 2s\n---\nping\n"})
+    wait_for(lambda: any(s == "SUCCESS" for s, _ in fleet.workflows("cron:h1:ping:").values()),
+             90, "the pushed cron job to run")
+    reads = fleet.log_of("w1").count("schedule read")
+    head = owner_push(remote, fleet.tmp, {"README.md": "still a home\n"})
+
+    def seen() -> bool:  # the cron turns keep committing on top of the owner's commit
+        with db.connect(fleet.url) as conn:
+            at = db.homes(conn, "h1")[0].schedule_head
+        return at is not None and subprocess.run(
+            ["git", "-C", str(remote), "merge-base", "--is-ancestor", head, at]).returncode == 0
+
+    wait_for(seen, 60, "the refresh to see the owner's second push")
+    assert fleet.log_of("w1").count("schedule read") == reads
 
 
 @requires_postgres
