@@ -125,7 +125,11 @@ def test_kills_and_a_database_restart_lose_and_repeat_nothing(fleet: Fleet,
     batch += [fleet.enqueue(h, steps=1) for h in names[:5]]
     tokens += batch
 
-    fleet.wait_done(tokens, timeout=240)
+    try:  # a turn stuck for good is one problem among the others, all reported at once
+        fleet.wait_done(tokens, timeout=240)
+        stuck = []
+    except AssertionError as e:
+        stuck = [str(e)]
     fleet.stop_workers()
     done = time.monotonic()
 
@@ -136,6 +140,6 @@ def test_kills_and_a_database_restart_lose_and_repeat_nothing(fleet: Fleet,
           f"cron turns, kills {dict(points)}, revived {fleet.revived}; "
           f"setup {ready - began:.0f}s, kills {killed - ready:.0f}s, "
           f"rest {done - killed:.0f}s, total {done - began:.0f}s")
-    assert not problems + cron_problems, "\n".join(problems + cron_problems)
+    assert not stuck + problems + cron_problems, "\n".join(stuck + problems + cron_problems)
     assert len(fleet.kills) >= 10 and set(points) == {"model", "tool", "pre", "post"}
     assert fired >= CRON_HOMES, f"only {fired} cron due times fired"
