@@ -23,6 +23,7 @@ its disk quota (agentd/quota.py)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -275,8 +276,9 @@ async def run_turn(home: Path, settings: Settings, req: TurnRequest, events: Eve
     spec = choose_model(req.model, settings, req.trigger)
     run_id = steps.run_id if steps else new_id()
     layout = Home(home)
-    path = layout.session(req.session or run_id)
-    log = SessionLog(path, {"id": req.session or run_id, "trigger": req.trigger,
+    sid = req.session or re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)  # a fleet run's ID has ':'
+    path = layout.session(sid)
+    log = SessionLog(path, {"id": sid, "trigger": req.trigger,
                             "model": spec, "workdir": str(req.workdir)},
                      redactor=from_settings(settings))
     ledger = Ledger(layout.ledger, run_id, req.trigger, settings.prices)
