@@ -40,6 +40,30 @@ if TYPE_CHECKING:
 GRACE = 5  # seconds in-flight requests get when the server stops
 
 
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as the one body (agentd/bridge/http.py): ours, Starlette's 404/405,
+    a body FastAPI could not read, and anything unforeseen (a 500 that says nothing)."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(e.status, e.message, e.code, e.kind), e.status,
+                            headers=e.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        message = {404: "not found", 405: "method not allowed"}.get(e.status_code, "error")
+        return JSONResponse(error_body(e.status_code, message), e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(400, "invalid request", "invalid_request"), 400)
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse(error_body(500, "internal error", "internal"), 500)
+
+
 def create_app(bridge: Bridge) -> Any:
     """The ASGI app: the guard (rate limit per address, body cap, last-resort 500) around
     FastAPI. The FastAPI app is `.app`; its lifespan starts the bridge, for hosts that run
@@ -62,24 +86,7 @@ def create_app(bridge: Bridge) -> Any:
 
     app.openapi = schema  # type: ignore[method-assign]
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(e.status, e.message, e.code, e.kind), e.status,
-                            headers=e.headers)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        message = {404: "not found", 405: "method not allowed"}.get(e.status_code, "error")
-        return JSONResponse(error_body(e.status_code, message), e.status_code,
-                            headers=getattr(e, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body(400, "invalid request", "invalid_request"), 400)
-
-    @app.exception_handler(Exception)
-    async def crashed(_: Request, e: Exception) -> JSONResponse:
-        return JSONResponse(error_body(500, "internal error", "internal"), 500)
+    add_error_handlers(app)
 
     @app.get("/healthz", summary="Liveness (no auth, no details)")
     async def healthz() -> dict[str, bool]:

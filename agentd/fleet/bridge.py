@@ -33,9 +33,7 @@ from pathlib import Path  # a request's workdir: ignored, a turn runs in a fresh
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
 
 from agentd.bridge.auth import bearer_ok, decode_secret, verify_webhook, webhook_headers
 from agentd.bridge.chat_request import check, check_tools, parse_messages, parse_sampling
@@ -43,6 +41,7 @@ from agentd.bridge.hooks import build_task
 from agentd.bridge.http import ApiError, error_body, parse_json, require_json, unauthorized
 from agentd.bridge.limits import Buckets
 from agentd.bridge.openai_compat import conversation_key
+from agentd.bridge.server import add_error_handlers
 from agentd.config import HOOK_NAME, Settings
 from agentd.errors import AgentdError
 from agentd.fleet import admin, db, enqueue
@@ -171,19 +170,7 @@ def create_app(fleet: Fleet) -> Any:
     app = FastAPI(title="agentd fleet bridge", version="1", docs_url=None, redoc_url=None,
                   openapi_url=None)
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(e.status, e.message, e.code, e.kind), e.status,
-                            headers=e.headers)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        message = {404: "not found", 405: "method not allowed"}.get(e.status_code, "error")
-        return JSONResponse(error_body(e.status_code, message), e.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body(400, "invalid request", "invalid_request"), 400)
+    add_error_handlers(app)  # the single-home bridge's: one error body
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
