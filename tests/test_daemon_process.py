@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -119,8 +118,7 @@ def test_stop_waits_for_the_running_turn_to_finish_and_commit(fake: FakeLLM,
 
 def test_second_sigterm_interrupts_and_stop_now_kills(fake: FakeLLM, home: Path) -> None:
     _home(home)
-    held = threading.Event()
-    fake.push({"hold": held, "text": "never"})  # answered only once the daemon has stopped
+    fake.push({"delay": 3, "text": "never"})
     threads = request_threads()
     (home / "inbox/slow.txt").write_text("Take your time.\n")
     with Daemon(home) as d:
@@ -131,7 +129,6 @@ def test_second_sigterm_interrupts_and_stop_now_kills(fake: FakeLLM, home: Path)
         d.signal()
         d.wait_log(r"daemon: stopped")
         assert d.stop() == 0
-    held.set()
     assert (home / "inbox/slow.txt").exists()  # not answered: it runs again next start
     r = cli("start", "--home", str(home))
     assert r.returncode == 0
