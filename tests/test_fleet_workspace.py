@@ -119,8 +119,9 @@ def test_patches_replay_binary_files_deletions_modes_and_symlinks(
     second = ws.tree_of(clone)
     (clone / "data" / "blob.bin").write_bytes(b"\x00\x01changed")
     (clone / "run.sh").chmod(0o644)
-    third, step2 = ws.snapshot(clone, second)
-    assert step2 == ws.diff(clone, second) and third == ws.tree_of(clone)
+    snap = ws.snapshot(clone, second)
+    third, step2 = snap.tree, snap.patch
+    assert step2 == ws.diff(clone, second) and third == ws.tree_of(clone) and not snap.held
     assert ws.diff(clone, third) == b""
     (clone / "data" / "blob.bin").unlink()
     (clone / "data").rmdir()
@@ -169,6 +170,34 @@ def test_snapshots_leave_out_runtime_ignored_and_unreadable_files(
     lock.write_text("")  # a stale lock is no reason to snapshot nothing: it fails loudly
     with pytest.raises(AgentdError, match="cannot snapshot"):
         snapshot._snapshot(clone, before, token="x")
+
+
+def test_a_steps_patch_is_capped_as_a_commit_and_still_replays(
+        remote: Path, cache: Path, tmp_path: Path) -> None:
+    """A file over the per-file cap (1 MiB here), or past the per-step cap, is left out
+    before git reads it and named; the tree and the patch agree without it, so a replay
+    elsewhere (where the file never was) gives the recorded tree."""
+    caps = snapshot.Caps(1 << 20, 3 << 20)
+    clone, base = fresh(cache, remote, tmp_path / "c1")
+    before = ws.tree_of(clone, caps)
+    (clone / "big.bin").write_bytes(os.urandom((1 << 20) + 1))  # incompressible
+    for name in ("a1", "a2", "a3"):  # 3 MiB in all: the step's cap, reached
+        (clone / name).write_bytes(name.encode() * (1 << 19))
+    (clone / "z small.txt").write_text("one byte past the step's cap\n")
+    (clone / "memory" / "MEMORY.md").unlink()  # a deletion is never held back
+    snap = ws.snapshot(clone, before, caps)
+    assert snap.held == {"big.bin": "over the 1 MB file limit",
+                         "z small.txt": "over the 3 MB limit per step"}
+    assert b"big.bin" not in snap.patch and b"z small.txt" not in snap.patch
+    assert len(snap.patch) < (3 << 20) * 2 and snap.tree == ws.tree_of(clone, caps)
+    objects = git(clone, "count-objects", "-v")
+    assert int(objects.split("size: ")[1].split()[0]) < 1024  # KiB: big.bin never hashed
+    replay = ws.checkout(cache, "h1", base, tmp_path / "c2")
+    ws.apply(replay, snap.patch)
+    assert ws.tree_of(replay, caps) == snap.tree and not (replay / "big.bin").exists()
+    assert not (replay / "memory" / "MEMORY.md").exists()
+    assert (replay / "a3").read_bytes() == (clone / "a3").read_bytes()
+    assert ws.diff(clone, snap.tree, caps) == b""  # held files stay held, step after step
 
 
 def test_publish_fast_forward_then_once_only(remote: Path, cache: Path,
@@ -371,6 +400,46 @@ def test_carry_moves_the_transcript_state_and_ledger_once(
 
 
 @requires_postgres
+def test_a_turn_run_again_after_its_save_starts_from_what_it_started_from(
+        conn: Any, remote: Path, cache: Path, tmp_path: Path) -> None:
+    """The window between `save` writing the database and the turn's end (a worker killed
+    there): the turn runs again from a fresh clone, and its restore must not hand it its
+    own messages (appended again, they would be in the chat twice) or its own spend."""
+    chat, new = {"task": "hi", "session": "chat-c1"}, {"task": "hi", "session": "new-1"}
+    first, _ = fresh(cache, remote, tmp_path / "c1")
+    carry.restore(conn, "h1", first, chat, "run:h1:a")
+    Home(first).session("chat-c1").write_text("earlier turn\n")
+    book(first, "run:h1:a", 2)
+    carry.save(conn, "h1", first, "run:h1:a")
+
+    def turn(dest: str, request: dict[str, str], wid: str, others: float) -> Path:
+        clone, _ = fresh(cache, remote, tmp_path / dest)
+        carry.restore(conn, "h1", clone, request, wid)
+        assert spent(clone) == others  # the other turns' spend, never this one's own
+        path = Home(clone).session(request["session"])
+        with path.open("a") as f:
+            f.write(f"{wid} asks\n{wid} answers\n")
+        book(clone, wid, 3)
+        carry.save(conn, "h1", clone, wid)
+        return path
+
+    for n in range(3):  # the first run, then two runs again after its save
+        turn(f"b{n}", chat, "run:h1:b", 2.0)
+        assert db.load_state(conn, "h1", ["sessions/chat-c1.jsonl"]) == {
+            "sessions/chat-c1.jsonl": b"earlier turn\nrun:h1:b asks\nrun:h1:b answers\n"}
+    for n in range(2):  # the home's next turn, in a chat it began: none before it
+        turn(f"n{n}", new, "run:h1:n", 5.0)
+        assert db.load_state(conn, "h1", ["sessions/new-1.jsonl"]) == {
+            "sessions/new-1.jsonl": b"run:h1:n asks\nrun:h1:n answers\n"}
+    assert db.usage_totals(conn, "h1") == [("h1", 3, 8, 3, 8.0)]
+    # the next turn (another workflow) gets everything, its own transcript restored whole
+    last, _ = fresh(cache, remote, tmp_path / "c4")
+    carry.restore(conn, "h1", last, chat, "run:h1:c")
+    assert Home(last).session("chat-c1").read_text().count("answers") == 1
+    assert spent(last) == 8.0
+
+
+@requires_postgres
 def test_carry_reads_hostile_runtime_files_safely(conn: Any, remote: Path, cache: Path,
                                                   tmp_path: Path) -> None:
     clone, _ = fresh(cache, remote, tmp_path / "c1")
@@ -382,5 +451,5 @@ def test_carry_reads_hostile_runtime_files_safely(conn: Any, remote: Path, cache
     (Home(clone).daemon / "heartbeat.json").write_bytes(b"x" * (carry.STATE_CAP + 1))
     notes = bounded(lambda: carry.save(conn, "h1", clone, "run:h1:x"), [fifo])
     assert len(notes) == 3 and "over 1 MiB" in " ".join(notes)
-    assert db.load_state(conn, "h1") == {}
+    assert list(db.load_state(conn, "h1")) == [carry.SAVED]  # no file, only who saved
     assert SECRET not in str(db.load_state(conn, "h1"))

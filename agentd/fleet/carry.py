@@ -15,6 +15,16 @@ clone before it runs (`restore`) and read back after (`save`):
   rows the turn appended, keyed (workflow ID, n-th call of the turn), so a turn recovered
   on another worker, which books its replayed calls again, counts nothing twice.
 
+A turn may run again after its `save` wrote the database (a crash before the step's
+checkpoint landed, or after it, before the turn ended): `restore` for that run must give
+what the turn started from, or the replayed turn appends its messages to a transcript
+that holds them already, and its budget counts its own calls twice. So `save` also
+stores who saved (SAVED: the workflow ID and each transcript's length before the turn),
+and `restore` for the same workflow cuts the transcripts back to those lengths (they
+only grow: agentd.session appends, compaction too) and leaves the turn's own ledger rows
+out. The daemon files stay as the turn left them: only a step wrote them (the
+heartbeat's gates), and a replayed step does not write them again.
+
 The clone is the agent's home, so its files are hostile: all reads and writes go through
 agentd.homefs (no symlink followed, only regular files, capped), and a file over its cap is
 left behind with a note rather than stored.
@@ -46,6 +56,7 @@ SESSION_CAP = 32 << 20  # bytes of a transcript stored; a larger one stays behin
 STATE_CAP = 1 << 20  # bytes of a daemon state file
 LEDGER_CAP = 256 << 20  # bytes of the clone's ledger read back
 META_CAP = 64 << 10
+SAVED = "fleet/saved.json"  # a db.state key, no file: the last turn to save, see above
 
 
 def carried(request: dict[str, Any]) -> list[str]:
@@ -68,33 +79,57 @@ def _ledger_lines(rows: list[tuple[Any, ...]]) -> bytes:
     return "".join(line + "\n" for line in out).encode("utf-8")
 
 
+def _before(files: dict[str, bytes], workflow_id: str) -> dict[str, bytes]:
+    """The carried files as they were before the turn `workflow_id` (see the module doc):
+    as stored, unless that turn saved them, then its transcripts cut back."""
+    saved = files.pop(SAVED, b"")
+    try:
+        meta = json.loads(saved) if saved else {}
+        lengths = meta["before"] if meta.get("workflow") == workflow_id else {}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        lengths = {}
+    for path, n in lengths.items() if workflow_id else ():
+        if path.startswith("sessions/") and path in files and isinstance(n, int):
+            files[path] = files[path][:max(n, 0)]
+            if not files[path]:  # the turn began the transcript: none before it
+                del files[path]
+    return files
+
+
 def restore(conn: psycopg.Connection[Any], home: str, clone: Path,
-            request: dict[str, Any]) -> None:
-    """Write the home's carried runtime files and recent ledger rows into the clone."""
+            request: dict[str, Any], workflow_id: str = "") -> None:
+    """Write the home's carried runtime files and recent ledger rows into the clone, as
+    they were before the turn `workflow_id` (when it saved already: a run again)."""
     paths = carried(request)
-    files = db.load_state(conn, home, paths)
+    files = _before(db.load_state(conn, home, [*paths, SAVED]), workflow_id)
     since = periods(time.time())[2].timestamp() - 86400
-    ledger = _ledger_lines(db.usage_since(conn, home, since))
+    rows = [r for r in db.usage_since(conn, home, since) if not workflow_id
+            or r[1] != workflow_id]
+    ledger = _ledger_lines(rows)
     with Root(clone) as root:
         for path, data in files.items():
             root.write_bytes(f"{RUNTIME}/{path}", data)
         root.write_bytes(f"{RUNTIME}/{LEDGER}", ledger)
         root.write_bytes(f"{RUNTIME}/{META}", json.dumps(
-            {"paths": paths, "ledger": len(ledger)}).encode())
+            {"paths": paths, "ledger": len(ledger),
+             "before": {p: len(files.get(p, b"")) for p in paths
+                        if p.startswith("sessions/")}}).encode())
 
 
-def _meta(root: Root) -> tuple[list[str], int]:
-    """What restore wrote: the carried paths and the ledger's length then. Without it (no
-    restore ran), the daemon files and the whole ledger."""
+def _meta(root: Root) -> tuple[list[str], int, dict[str, int]]:
+    """What restore wrote: the carried paths, the ledger's length and each transcript's
+    then. Without it (no restore ran), the daemon files and the whole ledger."""
     try:
         meta = json.loads(root.read_bytes(f"{RUNTIME}/{META}", META_CAP))
-        paths, offset = meta["paths"], meta["ledger"]
+        paths, offset, before = meta["paths"], meta["ledger"], meta.get("before", {})
         if (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
-                and isinstance(offset, int) and offset >= 0):
-            return [p for p in paths if p in carried({}) or p.startswith("sessions/")], offset
+                and isinstance(offset, int) and offset >= 0 and isinstance(before, dict)):
+            paths = [p for p in paths if p in carried({}) or p.startswith("sessions/")]
+            return paths, offset, {p: n for p, n in before.items()
+                                   if p in paths and isinstance(n, int)}
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return list(DAEMON_FILES), 0
+    return list(DAEMON_FILES), 0, {}
 
 
 def _new_rows(root: Root, offset: int) -> list[dict[str, Any]]:
@@ -118,7 +153,7 @@ def save(conn: psycopg.Connection[Any], home: str, clone: Path,
     notes: list[str] = []
     files: dict[str, bytes] = {}
     with Root(clone) as root:
-        paths, offset = _meta(root)
+        paths, offset, before = _meta(root)
         for path in paths:
             cap = SESSION_CAP if path.startswith("sessions/") else STATE_CAP
             try:
@@ -135,5 +170,6 @@ def save(conn: psycopg.Connection[Any], home: str, clone: Path,
         rows = _new_rows(root, offset)
     db.record_usage(conn, [{"workflow_id": workflow_id, "seq": i, "home": home, **r}
                            for i, r in enumerate(rows)])
-    db.save_state(conn, home, files)
+    saved = {"workflow": workflow_id, "before": before}
+    db.save_state(conn, home, files | {SAVED: json.dumps(saved).encode()})
     return notes

@@ -23,6 +23,13 @@ and a squash at the end. A patch lives in the step's own checkpoint, in the same
 PostgreSQL row DBOS writes anyway, so recording it costs no extra round trip, and replay
 needs nothing but the base commit, which the mirror has. Most tool calls change nothing
 (reads, greps, tests) and record an empty patch.
+
+A patch is bounded as the turn's commit is: a changed file over the home's
+`[git] max_file_mb`, or past `max_commit_mb` for one step, is left out of the snapshot
+before git reads it (agentd.fleet.snapshot), so a 2 GB file never makes a 2 GB row. It
+stays on this worker's disk for the rest of the turn (and out of the commit, as
+agentd.gitscreen holds it back), but a turn recovered elsewhere does not have it: the
+step's checkpoint names it (`held`) and the turn's result says so (`notes`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from dbos import DBOS
 
 from agentd.errors import AgentdError
 from agentd.fleet import workspace
+from agentd.fleet.snapshot import Caps
+from agentd.gitscreen import NOTE_NAMES, display
 from agentd.llm.types import Message, Provider, ProviderError, Sampling, TextSink, ToolSpec
 from agentd.redact import Redactor
 from agentd.redact import default as default_redactor
@@ -108,6 +117,18 @@ class DurableSteps:
         self.run_id = run_id  # the workflow ID: the commit's Agentd-Run, the ledger's run
         self.replayed = 0  # tool steps replayed from checkpoints (their patches applied)
         self.redactor: Redactor | None = None  # the home's (set once its settings are read)
+        self.caps: Caps | None = None  # the home's [git] limits (likewise), else agentd's
+        self.held: dict[str, str] = {}  # files the caps left out of a step's patch: why
+
+    def notes(self) -> list[str]:
+        """One line per reason a changed file was left out of a step's checkpoint."""
+        by_why: dict[str, list[str]] = {}
+        for path, why in self.held.items():
+            by_why.setdefault(why, []).append(display(path))
+        return [f"Not in a step's checkpoint, so not rebuilt if the turn is recovered "
+                f"elsewhere ({why}): {', '.join(paths[:NOTE_NAMES])}"
+                + (f" (+{len(paths) - NOTE_NAMES} more)" if len(paths) > NOTE_NAMES else "")
+                for why, paths in by_why.items()]
 
     def provider(self, provider: Provider) -> Provider:
         return DurableProvider(provider, self.redactor)
@@ -119,6 +140,7 @@ class DurableSteps:
                 {"name": "tool"}, self._tool, run, ctx, call, live)
             if not live:  # a checkpoint: rebuild what the step did to the files
                 await asyncio.to_thread(self._replay, out)
+            self.held.update(out.get("held") or {})
             return ToolResult(out["content"], bool(out["is_error"]))
 
         return durable
@@ -134,18 +156,19 @@ class DurableSteps:
             result = await run(ctx, call)
             return {"content": result.content, "is_error": result.is_error, "before": "",
                     "after": "", "patch": ""}
-        before = await asyncio.to_thread(workspace.tree_of, self.clone)
+        before = await asyncio.to_thread(workspace.tree_of, self.clone, self.caps)
         result = await run(ctx, call)
-        after, patch = await asyncio.to_thread(workspace.snapshot, self.clone, before)
+        snap = await asyncio.to_thread(workspace.snapshot, self.clone, before, self.caps)
         return {"content": result.content, "is_error": result.is_error, "before": before,
-                "after": after, "patch": base64.b64encode(patch).decode("ascii")}
+                "after": snap.tree, "patch": base64.b64encode(snap.patch).decode("ascii"),
+                "held": snap.held}
 
     def _replay(self, out: dict[str, Any]) -> None:
         """Bring the clone from the step's tree before to its tree after (see the module
         doc); StepDrift when it is at neither."""
         if not out["after"]:  # a READ_ONLY call
             return
-        now = workspace.tree_of(self.clone)
+        now = workspace.tree_of(self.clone, self.caps)
         if now == out["after"]:
             return
         if now != out["before"]:
@@ -153,7 +176,7 @@ class DurableSteps:
                             f"step started from ({out['before'][:12]}) nor the one it left "
                             f"({out['after'][:12]}); the turn stops rather than commit it")
         workspace.apply(self.clone, base64.b64decode(out["patch"]))
-        now = workspace.tree_of(self.clone)
+        now = workspace.tree_of(self.clone, self.caps)
         if now != out["after"]:
             raise StepDrift(f"a recorded tool step's patch gave the tree {now[:12]}, not "
                             f"{out['after'][:12]}; the turn stops rather than commit it")

@@ -44,6 +44,9 @@ from dbos._error import DBOSMaxStepRetriesExceeded
 from agentd.errors import AgentdError
 from agentd.fleet import carry, db, schedule, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
+from agentd.fleet.snapshot import Caps
+from agentd.home import RUNTIME
+from agentd.homefs import Root
 from agentd.loop import Events
 from agentd.redact import from_settings
 from agentd.turn import TurnReport, TurnRequest, run_turn
@@ -117,11 +120,12 @@ def _fresh_clone(cache: Path, home: str, begin: dict[str, str], dest: Path) -> P
     raise AssertionError("unreachable")
 
 
-def _restore(db_url: str, home: str, clone: Path, request: dict[str, Any]) -> None:
+def _restore(db_url: str, home: str, clone: Path, request: dict[str, Any],
+             workflow_id: str) -> None:
     """The home's runtime files into the clone (carry.restore). Not a step: every run of
     the turn, a recovery's too, needs them in its own fresh clone."""
     with db.connect(db_url) as conn:
-        carry.restore(conn, home, clone, request)
+        carry.restore(conn, home, clone, request, workflow_id)
 
 
 def _retrying(fn: Callable[..., None], *args: Any) -> None:
@@ -165,21 +169,19 @@ def _why(e: Exception) -> str:
 
 def _failed(error: str) -> dict[str, Any]:
     return {"status": "error", "text": "", "error": error, "steps": 0, "commit": None,
-            "cost": None, "conflict": None}
+            "cost": None, "conflict": None, "notes": []}
 
 
 def _idle() -> dict[str, Any]:
     """A heartbeat turn with nothing due: no model call, no commit (the daemon's rule)."""
     return {"status": "idle", "text": "", "error": None, "steps": 0, "commit": None,
-            "cost": 0.0, "conflict": None}
+            "cost": 0.0, "conflict": None, "notes": []}
 
 
 def _settings(clone: Path) -> Any:
     """The clone's agentd.toml through homefs (agent-written: a symlink to /dev/zero or
     a secret must not be read on the host); a broken file fails the turn, as `agentd run`
     does, rather than running it on defaults."""
-    from agentd.homefs import Root
-
     with Root(clone) as root:
         settings, problem = schedule.settings_of(root)
     if problem:
@@ -187,18 +189,44 @@ def _settings(clone: Path) -> Any:
     return settings
 
 
-def _heartbeat(clone: Path, settings: Any) -> str | None:
-    """The heartbeat's task from the items due now, or None (schedule.heartbeat_task; a
-    step, so its gates run once)."""
-    return asyncio.run(schedule.heartbeat_task(clone, settings, datetime.now(UTC)))
+BEAT = f"{RUNTIME}/{carry.DAEMON_FILES[0]}"  # the heartbeat items' times
 
 
-def _result(report: TurnReport, published: dict[str, Any]) -> dict[str, Any]:
+def _heartbeat(clone: Path, settings: Any) -> dict[str, Any]:
+    """Step "heartbeat": the task from the items due now, or None
+    (schedule.heartbeat_task; a step, so its gates run once), and the items' times it
+    saved, which `_beat` writes back when the step is replayed."""
+    task = asyncio.run(schedule.heartbeat_task(clone, settings, datetime.now(UTC)))
+    with Root(clone) as root:
+        try:
+            state = root.read_bytes(BEAT, carry.STATE_CAP).decode("utf-8", "surrogateescape")
+        except OSError:
+            state = None
+    return {"task": task, "state": state}
+
+
+def _beat(clone: Path, out: dict[str, Any] | str | None) -> str | None:
+    """The heartbeat step's task, its items' times written into the clone: replayed, the
+    step did not write them, and a turn that forgot them would run the items again."""
+    if not isinstance(out, dict):  # a checkpoint of an older agentd: the task only
+        return out
+    if out["state"] is not None:
+        with Root(clone) as root:
+            root.write_bytes(BEAT, out["state"].encode("utf-8", "surrogateescape"))
+    task: str | None = out["task"]
+    return task
+
+
+def _result(report: TurnReport, published: dict[str, Any],
+            notes: list[str]) -> dict[str, Any]:
+    """The turn's result; `notes`: what of its files a recovery would not rebuild (a file
+    over the caps, left out of a step's checkpoint)."""
     r = report.result
     conflict = (published["ref"].removeprefix("refs/heads/")
                 if published["conflict"] else None)
     return {"status": r.status, "text": r.text, "error": r.error, "steps": r.steps,
-            "commit": published["commit"], "cost": report.cost, "conflict": conflict}
+            "commit": published["commit"], "cost": report.cost, "conflict": conflict,
+            "notes": notes}
 
 
 def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any]:
@@ -215,12 +243,13 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
         clone = _fresh_clone(cache, home, begin, clone)
         steps = DurableSteps(clone, workflow_id)
         req.workdir = clone  # the request's own is another machine's
-        _retrying(_restore, db_url, home, clone, request)
+        _retrying(_restore, db_url, home, clone, request, workflow_id)
         settings = _settings(clone)
         steps.redactor = redactor = from_settings(settings)  # the stream, the result
+        steps.caps = Caps.of(settings.git)  # a step's patch is bounded as a commit is
         if req.trigger == "heartbeat":  # zero tokens when nothing in HEARTBEAT.md is due
-            task: str | None = DBOS.run_step({"name": "heartbeat"}, _heartbeat, clone,
-                                             settings)
+            task = _beat(clone, DBOS.run_step({"name": "heartbeat"}, _heartbeat, clone,
+                                              settings))
             if task is None:
                 DBOS.run_step({"name": "save", **RETRY}, _save, db_url, home, clone,
                               workflow_id)  # the items' checked times travel
@@ -239,9 +268,12 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
     if steps.replayed:
         log.info("turn %s: %d tool steps replayed from their checkpoints", workflow_id,
                  steps.replayed)
-    result = _result(report, published)
+    for note in steps.notes():
+        log.warning("turn %s of %s: %s", workflow_id, home, note)
+    result = _result(report, published, steps.notes())
     result["text"] = redactor.redact(result["text"])
     result["error"] = redactor.redact(result["error"]) if result["error"] else None
+    result["notes"] = [redactor.redact(n) for n in result["notes"]]
     return result
 
 
