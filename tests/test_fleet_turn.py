@@ -5,6 +5,7 @@ remotes, the real sandbox, the fake LLM (its request log is the model's bill).""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -30,12 +31,20 @@ ROOT = Path(__file__).resolve().parent.parent
 HOME = "alpha"
 
 # A worker process: DBOS launched with the turn workflow only (no tick), until killed.
+# With "die-after-save", it kills itself (-9) once a turn's save has written the database,
+# before DBOS records the step: the window where a turn runs again after its save.
 WORKER = """\
-import sys
+import os, signal, sys
 from pathlib import Path
 import anthropic  # what a turn's first model call would import (slow on a busy machine)
-from agentd.fleet import engine, turnflow
+from agentd.fleet import carry, engine, turnflow
 url, cache, me = sys.argv[1:4]
+if sys.argv[4:] == ["die-after-save"]:
+    save = carry.save
+    def dying(*args, **kwargs):
+        save(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    carry.save = dying
 turnflow.configure(url, Path(cache))
 engine.launch(url, me, 2, poll=0.05, workflows=("agentd.fleet.turnflow",))
 print("ready", flush=True)
@@ -62,10 +71,10 @@ def wait_for(what: str, ok: Callable[[], bool], timeout: float = 60.0) -> None:
 class Worker:
     """One worker process, killed (-9) by `kill()` and at the end of its test."""
 
-    def __init__(self, url: str, cache: Path, me: str, log: Path):
+    def __init__(self, url: str, cache: Path, me: str, log: Path, *flags: str):
         self.log = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, url, str(cache), me], cwd=ROOT,
+            [sys.executable, "-c", WORKER, url, str(cache), me, *flags], cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             env=os.environ | {"PYTHONPATH": str(ROOT)})
         assert self.proc.stdout is not None
@@ -104,13 +113,14 @@ class Fleet:
         self.client = engine.client(self.url)
         self.workers: list[Worker] = []
 
-    def worker(self, me: str = "w1") -> Worker:
-        w = Worker(self.url, self.cache, me, self.tmp / f"{me}.log")
+    def worker(self, me: str = "w1", *flags: str) -> Worker:
+        w = Worker(self.url, self.cache, me, self.tmp / f"{me}.log", *flags)
         self.workers.append(w)
         return w
 
-    def enqueue(self, task: str) -> str:
-        req = TurnRequest(task, Path("/nonexistent"), model="anthropic:fake-model")
+    def enqueue(self, task: str, session: str | None = None) -> str:
+        req = TurnRequest(task, Path("/nonexistent"), model="anthropic:fake-model",
+                          session=session)
         return enqueue.via_client(self.client, HOME, req.to_json(), enqueue.run_id(HOME))
 
     def follow(self, wid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -229,7 +239,9 @@ def test_a_killed_turn_is_recovered_without_repeating_completed_steps(
         fleet: Fleet, fake: FakeLLM, tmp_path: Path) -> None:
     """Killed (-9) during its second model call, after its first tool step; recovered by
     the same executor restarted. The first tool prints a fresh random ID into a file: run
-    twice, the file would hold two IDs, or the model would see another one."""
+    twice, the file would hold two IDs, or the model would see another one. Recovered, it
+    is killed again right after its save wrote the chat's transcript to the database (before
+    the step's checkpoint): run a third time, the chat holds each message once."""
     outside = tmp_path / "outside"
     outside.mkdir()
     held = threading.Event()
@@ -238,11 +250,17 @@ def test_a_killed_turn_is_recovered_without_repeating_completed_steps(
               write("second.txt", "two\n"),  # the call in flight, made again
               {"text": "both done"})
     first = fleet.worker()
-    wid = fleet.enqueue("two steps")
+    wid = fleet.enqueue("two steps", session="chat-k")
     wait_for("the second model call", lambda: len(fake.requests) == 2)
     first.kill()
     held.set()  # the dead worker's request is answered into a closed socket
-    fleet.worker()  # the same executor ID: DBOS resumes its pending turn at launch
+    # the same executor ID: DBOS resumes its pending turn at launch; this one dies once the
+    # turn's save wrote the database, and the next one runs the turn a third time
+    assert fleet.worker("w1", "die-after-save").proc.wait(90) == -signal.SIGKILL
+    with db.connect(fleet.url) as conn:
+        saved = db.load_state(conn, HOME, ["sessions/chat-k.jsonl"])
+    assert saved["sessions/chat-k.jsonl"].count(b'"two steps"') == 1
+    fleet.worker()
     events, result = fleet.follow(wid)
     assert result["status"] == "ok", result
     assert fleet.commits() == [result["commit"]]
@@ -263,6 +281,12 @@ def test_a_killed_turn_is_recovered_without_repeating_completed_steps(
     assert all(ids[0] in _tool_results(b)[0] for b in bodies[1:])  # the checkpointed result
     kinds = [e["kind"] for e in events]
     assert kinds.count("tool") >= 2 and kinds[-1] == "text"
+    with db.connect(fleet.url) as conn:
+        chat = db.load_state(conn, HOME, ["sessions/chat-k.jsonl"])["sessions/chat-k.jsonl"]
+    rows = [json.loads(line) for line in chat.splitlines()]
+    messages = [r for r in rows if r.get("type") == "message"]
+    assert len(messages) == 6 and chat.count(b'"two steps"') == 1  # task, 3 replies, 2 results
+    assert chat.count(b"both done") == 1 and [r["type"] for r in rows].count("end") == 1
 
 
 # -- replaying a recorded step on a clone: hostile or drifted checkpoints ---------------

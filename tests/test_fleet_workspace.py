@@ -189,7 +189,7 @@ def test_a_steps_patch_is_capped_as_a_commit_and_still_replays(
     assert snap.held == {"big.bin": "over the 1 MB file limit",
                          "z small.txt": "over the 3 MB limit per step"}
     assert b"big.bin" not in snap.patch and b"z small.txt" not in snap.patch
-    assert len(snap.patch) < (3 << 20) * 2 and snap.tree == ws.tree_of(clone, caps)
+    assert len(snap.patch) < (3 << 20) * 2
     objects = git(clone, "count-objects", "-v")
     assert int(objects.split("size: ")[1].split()[0]) < 1024  # KiB: big.bin never hashed
     replay = ws.checkout(cache, "h1", base, tmp_path / "c2")
@@ -197,7 +197,18 @@ def test_a_steps_patch_is_capped_as_a_commit_and_still_replays(
     assert ws.tree_of(replay, caps) == snap.tree and not (replay / "big.bin").exists()
     assert not (replay / "memory" / "MEMORY.md").exists()
     assert (replay / "a3").read_bytes() == (clone / "a3").read_bytes()
-    assert ws.diff(clone, snap.tree, caps) == b""  # held files stay held, step after step
+    # the next step's cap counts what was written since: a file an earlier step's patch
+    # carried is never dropped (here 2 MiB more, earlier in path order than a1-a3), and
+    # what the step cap held back fits now
+    (clone / "0a").write_bytes(b"0" * (1 << 20))
+    (clone / "0b").write_bytes(b"1" * (1 << 20))
+    later = ws.snapshot(clone, snap.tree, caps)
+    assert b"diff --git a/a2 " not in later.patch and b"z small.txt" in later.patch
+    assert later.held == {"big.bin": "over the 1 MB file limit"}
+    ws.apply(replay, later.patch)
+    assert ws.tree_of(replay, caps) == later.tree and (replay / "a3").is_file()
+    same = ws.snapshot(clone, later.tree, caps)  # a step that wrote nothing
+    assert same.tree == later.tree and same.patch == b"" and same.held == later.held
 
 
 def test_publish_fast_forward_then_once_only(remote: Path, cache: Path,
@@ -437,6 +448,24 @@ def test_a_turn_run_again_after_its_save_starts_from_what_it_started_from(
     carry.restore(conn, "h1", last, chat, "run:h1:c")
     assert Home(last).session("chat-c1").read_text().count("answers") == 1
     assert spent(last) == 8.0
+
+
+def test_a_replayed_heartbeat_step_writes_its_items_times_back(
+        remote: Path, cache: Path, tmp_path: Path) -> None:
+    """The heartbeat step saves when each due item ran into .agentd/ (not in a patch);
+    replayed, the step does not run, so its checkpoint carries the file and it is written
+    back: a recovered heartbeat forgetting it would run the same items again."""
+    from agentd.fleet import turnflow  # its import registers the DBOS workflow
+
+    clone, _ = fresh(cache, remote, tmp_path / "c1")
+    beat = Home(clone).daemon / "heartbeat.json"
+    state = '{"check the inbox": {"run": 1796000000.0}}'
+    assert turnflow._beat(clone, {"task": "do it", "state": state}) == "do it"
+    assert beat.read_text() == state
+    assert turnflow._beat(clone, {"task": None, "state": None}) is None
+    assert beat.read_text() == state  # no file then: nothing written
+    assert turnflow._beat(clone, "an older agentd's checkpoint") == (
+        "an older agentd's checkpoint")
 
 
 @requires_postgres

@@ -119,6 +119,7 @@ class DurableSteps:
         self.redactor: Redactor | None = None  # the home's (set once its settings are read)
         self.caps: Caps | None = None  # the home's [git] limits (likewise), else agentd's
         self.held: dict[str, str] = {}  # files the caps left out of a step's patch: why
+        self.tree = ""  # the tree the last tool step left (recorded or replayed)
 
     def notes(self) -> list[str]:
         """One line per reason a changed file was left out of a step's checkpoint."""
@@ -141,6 +142,7 @@ class DurableSteps:
             if not live:  # a checkpoint: rebuild what the step did to the files
                 await asyncio.to_thread(self._replay, out)
             self.held.update(out.get("held") or {})
+            self.tree = out["after"] or self.tree
             return ToolResult(out["content"], bool(out["is_error"]))
 
         return durable
@@ -156,7 +158,11 @@ class DurableSteps:
             result = await run(ctx, call)
             return {"content": result.content, "is_error": result.is_error, "before": "",
                     "after": "", "patch": ""}
-        before = await asyncio.to_thread(workspace.tree_of, self.clone, self.caps)
+        # The tree before is the last step's after (one sandbox launch less per step):
+        # what changed in between (a background process) is in this step's patch, and a
+        # replay finds each step's tree before where the last one left the clone.
+        before = self.tree or await asyncio.to_thread(workspace.tree_of, self.clone,
+                                                      self.caps)
         result = await run(ctx, call)
         snap = await asyncio.to_thread(workspace.snapshot, self.clone, before, self.caps)
         return {"content": result.content, "is_error": result.is_error, "before": before,

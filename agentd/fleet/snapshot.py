@@ -31,25 +31,31 @@ ADD_PARTLY = "fatal: adding files failed"
 OVER = b"over\n"  # the script's first line when the changed files exceed the caps
 TRIES = 3  # snapshots tried while files keep growing past what was held back
 
-# Snapshot the clone's tree into a throwaway index: start from the real index (its stat
-# cache spares re-hashing unchanged files), add every changed file, write the tree; with a
-# base tree in $1, also print the binary patch from it. One sandbox launch per step.
+# Snapshot the clone's tree into a throwaway index: start from the last snapshot's index
+# (SNAP_INDEX; the first time, the real one), add every file changed since, write the tree
+# and keep that index for the next snapshot; with a base tree in $1, also print the binary
+# patch from it. One sandbox launch per step. Starting from the last snapshot, a step's
+# changed files are its own (their stat cache spares re-hashing what earlier steps wrote),
+# so the cap per step counts what the step wrote, and a file an earlier step's patch
+# carried is never dropped from a later one for being late in path order.
 # The caps ($3: bytes per file, $4: bytes per step) are checked on the changed files
 # before git reads any of them (a 2 GB file is never hashed, never stored): when they are
 # exceeded, the script prints OVER and the changed files (`SIZE TYPE PATH`, NUL-ended)
 # and adds nothing; the caller picks what to hold back (stdin: NUL-ended paths) and runs
 # it again, which then adds only the rest (`git add` of a literal path list).
-SNAPSHOT = """\
-idx="$GIT_DIR/agentd-snap-$2.index"
+SNAP_INDEX = "agentd-snap.index"
+SNAPSHOT = f"""\
+idx="$GIT_DIR/agentd-snap-$2.index" last="$GIT_DIR/{SNAP_INDEX}"
 trap 'rm -f "$idx" "$idx.lock" "$idx.all" "$idx.held" "$idx.ok"' EXIT
 export LC_ALL=C
-if [ -f "$GIT_DIR/index" ]; then cp "$GIT_DIR/index" "$idx" || exit 91; fi
+if [ -f "$last" ]; then cp "$last" "$idx" || exit 91
+elif [ -f "$GIT_DIR/index" ]; then cp "$GIT_DIR/index" "$idx" || exit 91; fi
 export GIT_INDEX_FILE="$idx"
 git ls-files -z -m -o -d --exclude-standard | sort -z -u > "$idx.all" || exit 93
 sort -z -u > "$idx.held" || exit 93
 comm -z -23 "$idx.all" "$idx.held" > "$idx.ok" || exit 93
 sizes=$(find -files0-from "$idx.ok" -maxdepth 0 -type f -printf '%s\\n' 2>/dev/null |
-        awk -v f="$3" -v s="$4" '$1 > f { o = 1 } { t += $1 } END { print (o || t > s) }')
+        awk -v f="$3" -v s="$4" '$1 > f {{ o = 1 }} {{ t += $1 }} END {{ print (o || t > s) }}')
 if [ "$sizes" != 0 ]; then
   echo over
   find -files0-from "$idx.ok" -maxdepth 0 -printf '%s %y %p\\0' 2>/dev/null
@@ -62,6 +68,7 @@ else
   git add -A --ignore-errors >/dev/null
 fi
 tree=$(git write-tree) || exit 92
+mv -f "$idx" "$last" || exit 94
 echo "$tree"
 [ -z "$1" ] || exec git diff-tree -p --binary --full-index --no-renames --no-ext-diff \\
   --no-textconv --ignore-submodules=all "$1" "$tree"
