@@ -101,6 +101,7 @@ class Fleet:
         text = text.replace("[providers.anthropic]\nmax_retries = 1\n",
                             f'[providers.anthropic]\nmax_retries = 0\n'
                             f'base_url = "{fake.anthropic_url}"\n')
+        text += "\n[git]\nmax_file_mb = 1\n"  # a step's patch takes files up to 1 MiB
         (home / "agentd.toml").write_text(text)
         git(home, "commit", "-qam", "the fake LLM")
         self.remote = tmp / "remote.git"
@@ -162,7 +163,7 @@ def write(path: str, content: str) -> dict[str, Any]:
 def test_a_turn_commits_once_and_pushes_and_one_that_cannot_run_says_why(
         fleet: Fleet, fake: FakeLLM) -> None:
     assert turnflow.NAME == enqueue.TURN_WORKFLOW  # what `fleet run` queues is this workflow
-    fake.push(bash("echo one > one.txt"), {"tool_calls": [
+    fake.push(bash("echo one > one.txt; head -c 1100000 /dev/zero > big.bin"), {"tool_calls": [
         {"name": "read", "arguments": {"path": "one.txt"}}]}, write("two.txt", "two\n"),
         {"text": "all done: sk-ant-test-KEYVALUE"})  # the worker's key, which never leaves it
     fleet.worker()
@@ -173,11 +174,15 @@ def test_a_turn_commits_once_and_pushes_and_one_that_cannot_run_says_why(
     assert result["steps"] == 4 and not result["conflict"]
     assert [e["kind"] for e in events] == ["tool", "tool", "tool", "text"]
     assert "KEYVALUE" not in events[-1]["text"]
-    assert events[0]["line"] == "▸ bash echo one > one.txt"
+    assert events[0]["line"].startswith("▸ bash echo one > one.txt; head")
+    # over the home's [git] max_file_mb: in neither the step's checkpoint nor the commit
+    assert result["notes"] == ["Not in a step's checkpoint, so not rebuilt if the turn is "
+                               "recovered elsewhere (over the 1 MB file limit): big.bin"]
     assert fleet.commits() == [result["commit"]]  # exactly one commit, fast-forward
     sha = result["commit"]
     assert git(fleet.remote, "show", f"{sha}:one.txt") == "one"
     assert git(fleet.remote, "show", f"{sha}:two.txt") == "two"
+    assert "big.bin" not in git(fleet.remote, "ls-tree", "--name-only", sha)
     trailers = git(fleet.remote, "log", "-1", "--format=%(trailers)", sha)
     assert f"Agentd-Run: {wid}" in trailers
     assert len(fake.requests) == 4
