@@ -181,14 +181,17 @@ def test_a_steps_patch_is_capped_as_a_commit_and_still_replays(
     clone, base = fresh(cache, remote, tmp_path / "c1")
     before = ws.tree_of(clone, caps)
     (clone / "big.bin").write_bytes(os.urandom((1 << 20) + 1))  # incompressible
-    for name in ("a1", "a2", "a3"):  # 3 MiB in all: the step's cap, reached
+    for name in ("a1", "a2", "a3"):  # with the next, 3 MiB in all: the step's cap
         (clone / name).write_bytes(name.encode() * (1 << 19))
-    (clone / "z small.txt").write_text("one byte past the step's cap\n")
+    (clone / "a3").write_bytes(b"3" * ((1 << 20) - 32))
+    (clone / ":(glob)*").write_bytes(b"g" * 32)  # as magic, it would add big.bin too
+    (clone / "z small.txt").write_text("past the step's cap\n")
     (clone / "memory" / "MEMORY.md").unlink()  # a deletion is never held back
     snap = ws.snapshot(clone, before, caps)
     assert snap.held == {"big.bin": "over the 1 MB file limit",
                          "z small.txt": "over the 3 MB limit per step"}
     assert b"big.bin" not in snap.patch and b"z small.txt" not in snap.patch
+    assert b"diff --git a/:(glob)* " in snap.patch
     assert len(snap.patch) < (3 << 20) * 2
     objects = git(clone, "count-objects", "-v")
     assert int(objects.split("size: ")[1].split()[0]) < 1024  # KiB: big.bin never hashed
