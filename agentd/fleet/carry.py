@@ -84,11 +84,12 @@ def _before(files: dict[str, bytes], workflow_id: str) -> dict[str, bytes]:
     as stored, unless that turn saved them, then its transcripts cut back."""
     saved = files.pop(SAVED, b"")
     try:
-        meta = json.loads(saved) if saved else {}
-        lengths = meta["before"] if meta.get("workflow") == workflow_id else {}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        lengths = {}
-    for path, n in lengths.items() if workflow_id else ():
+        meta = json.loads(saved) if saved and workflow_id else {}
+    except ValueError:
+        meta = {}
+    ours = isinstance(meta, dict) and meta.get("workflow") == workflow_id
+    lengths = meta.get("before") if ours else None
+    for path, n in lengths.items() if isinstance(lengths, dict) else ():
         if path.startswith("sessions/") and path in files and isinstance(n, int):
             files[path] = files[path][:max(n, 0)]
             if not files[path]:  # the turn began the transcript: none before it

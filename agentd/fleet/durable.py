@@ -118,7 +118,7 @@ class DurableSteps:
         self.replayed = 0  # tool steps replayed from checkpoints (their patches applied)
         self.redactor: Redactor | None = None  # the home's (set once its settings are read)
         self.caps: Caps | None = None  # the home's [git] limits (likewise), else agentd's
-        self.held: dict[str, str] = {}  # files the caps left out of a step's patch: why
+        self.held: dict[str, str] = {}  # files the caps keep out of the patches: why
         self.tree = ""  # the tree the last tool step left (recorded or replayed)
 
     def notes(self) -> list[str]:
@@ -141,8 +141,8 @@ class DurableSteps:
                 {"name": "tool"}, self._tool, run, ctx, call, live)
             if not live:  # a checkpoint: rebuild what the step did to the files
                 await asyncio.to_thread(self._replay, out)
-            self.held.update(out.get("held") or {})
-            self.tree = out["after"] or self.tree
+            if out["after"]:  # each snapshot names every file held back now (a file
+                self.tree, self.held = out["after"], out.get("held") or {}  # may fit later)
             return ToolResult(out["content"], bool(out["is_error"]))
 
         return durable
