@@ -4,13 +4,16 @@ real DBOS worker whose turn is scripted (tests/fleetfake.py), and the real clien
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from daemonkit import wait_for
 from fleetfake import start_worker
 from standardwebhooks import Webhook
 
+from agentd.fleet import db
 from agentd.newhome import init_home
 from tests.conftest import agentd
 from tests.pgkit import PgCluster, pg_cluster, requires_postgres
@@ -29,15 +33,50 @@ from tests.pgkit import PgCluster, pg_cluster, requires_postgres
 __all__ = ["pg_cluster"]
 pytestmark = requires_postgres
 AGENTD = [sys.executable, "-m", "agentd"]
+OWN = "whsec_" + base64.b64encode(b"beta's own hook secret 0123").decode()  # beta/own's
+HOOKS = """
+[bridge]
+max_event_chars = 300
+
+[bridge.hooks.github]
+prompt = "Triage this {name} event: {event}"
+callback_url = "http://127.0.0.1:%d/cb"
+secret_env = "AGENTD_FLEET_TOKEN"  # a home names no secret of the serving machine
+"""
+
+
+class Receiver:
+    """A callback_url on loopback: keeps each POST's headers and body."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        got = self.got
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 class Served:
     """`agentd fleet serve --port 0` and what the tests need of it."""
 
-    def __init__(self, url: str, tmp: Path, hold: Path):
-        self.db, self.hold = url, hold
+    def __init__(self, url: str, tmp: Path, hold: Path, receiver: Receiver):
+        self.db, self.hold, self.tmp, self.receiver = url, hold, tmp, receiver
         self.log = tmp / "serve.log"
-        env = {**os.environ, "AGENTD_FLEET_TOKEN": TOKEN, "AGENTD_FLEET_WEBHOOK_SECRET": SECRET}
+        secrets = tmp / "hook-secrets.toml"
+        secrets.write_text(f'[beta]\nown = "{OWN}"\n')
+        env = {**os.environ, "AGENTD_FLEET_TOKEN": TOKEN, "AGENTD_FLEET_WEBHOOK_SECRET": SECRET,
+               "AGENTD_FLEET_HOOK_SECRETS": str(secrets), "XDG_CACHE_HOME": str(tmp / "cache")}
         with self.log.open("w") as f:
             self.proc = subprocess.Popen([*AGENTD, "fleet", "serve", "--port", "0", "--db", url],
                                          env=env, stdout=subprocess.DEVNULL, stderr=f)
@@ -64,16 +103,21 @@ def served(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("serve")
     url = pg_cluster.libpq_url(f"f_serve_{os.urandom(4).hex()}")
     assert agentd("fleet", "init", "--db", url).exit_code == 0
+    receiver = Receiver()
     for name in ("alpha", "beta"):
         work = tmp / name
         init_home(work)
+        if name == "alpha":
+            with (work / "agentd.toml").open("a") as f:
+                f.write(HOOKS % receiver.port)
+            git(work, "commit", "-qam", "hooks")
         subprocess.run(["git", "clone", "-q", "--bare", str(work), str(tmp / f"{name}.git")],
                        check=True)
         r = agentd("fleet", "add", name, str(tmp / f"{name}.git"), "--db", url)
         assert r.exit_code == 0, r.stderr
     worker, hold = start_worker(url, tmp)
     try:
-        s = Served(url, tmp, hold)
+        s = Served(url, tmp, hold, receiver)
         try:
             yield s
         finally:
@@ -82,6 +126,13 @@ def served(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         worker.terminate()
         worker.wait(30)
+        receiver.server.shutdown()
+
+
+def git(where: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(where), "-c", "user.name=t", "-c",
+                           "user.email=t@t", *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def test_chat_with_a_home_through_the_openai_sdk(served: Served) -> None:
@@ -207,3 +258,61 @@ def test_serve_needs_a_token(pg_cluster: PgCluster) -> None:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "AGENTD_FLEET_TOKEN" in r.stderr
+
+
+def test_hooks_follow_the_homes_own_settings(served: Served) -> None:
+    """[bridge.hooks.NAME] of the home's agentd.toml at its recorded head: the prompt, the
+    event cap, the callback (signed like the delivery); per-hook secrets are the
+    operator's (AGENTD_FLEET_HOOK_SECRETS), never a variable the home names."""
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    body = json.dumps({"action": "labeled", "blob": "x" * 1000}).encode()
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        r = http.post("/homes/alpha/hooks/github", content=body, headers=signed(body, "set_1"))
+        assert r.status_code == 202, r.text
+        rid = r.json()["id"]
+        wait_for(lambda: http.get(f"/runs/{rid}", headers=auth).json()["status"] == "success",
+                 60, "the hook's turn")
+        req = next(x["request"] for x in served.requests() if x["workflow_id"] == rid)
+        assert req["task"].startswith("Triage this github event: The JSON of webhook event")
+        assert "(cut: the event is 1,037 characters)" in req["task"]
+
+        headers, sent = wait_for(lambda: next(
+            (g for g in served.receiver.got if rid.encode() in g[1]), None), 60, "the callback")
+        assert headers["webhook-id"] == f"msg_{rid.replace(':', '_')}"
+        payload = Webhook(SECRET).verify(sent, headers)
+        assert payload["type"] == "agentd.run.finished"
+        data = payload["data"]
+        assert (data["id"], data["home"], data["hook"], data["status"]) == (
+            rid, "alpha", "github", "done")
+        assert data["result"].startswith("done: Triage this github event")
+
+        # The owner changes the prompt; once the fleet records the new head, it applies.
+        work = served.tmp / "alpha-edit"
+        git(served.tmp, "clone", "-q", str(served.tmp / "alpha.git"), str(work))
+        toml = (work / "agentd.toml").read_text().replace("Triage this", "Look at this")
+        (work / "agentd.toml").write_text(toml)
+        git(work, "commit", "-qam", "new prompt")
+        git(work, "push", "-q", "origin", "HEAD:main")
+        with db.connect(served.db) as conn:
+            db.set_head(conn, "alpha", git(work, "rev-parse", "HEAD"))
+        r = http.post("/homes/alpha/hooks/github", content=body, headers=signed(body, "set_2"))
+        assert r.status_code == 202, r.text
+        wait_for(lambda: any(x["workflow_id"] == r.json()["id"] for x in served.requests()),
+                 60, "the second turn")
+        req = next(x["request"] for x in served.requests() if x["workflow_id"] == r.json()["id"])
+        assert req["task"].startswith("Look at this github event:")
+
+        # beta's hook "own" takes only its own secret; other hooks the fleet's.
+        n = len(served.requests())
+        assert http.post("/homes/beta/hooks/own", content=body,
+                         headers=signed(body, "own_1")).status_code == 401
+        assert http.post("/homes/beta/hooks/own", content=body,
+                         headers=signed(body, "own_2", OWN)).status_code == 202
+        assert http.post("/homes/beta/hooks/other", content=body,
+                         headers=signed(body, "own_3", OWN)).status_code == 401
+        as_token = "whsec_" + base64.b64encode(TOKEN.encode()).decode()
+        r = http.post("/homes/alpha/hooks/github", content=body,
+                      headers=signed(body, "own_4", as_token))
+        assert r.status_code == 401  # secret_env in agentd.toml named the token: ignored
+    wait_for(lambda: len(served.requests()) == n + 1, 60, "beta's turn")
+    assert "Traceback" not in served.log.read_text()

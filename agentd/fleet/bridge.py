@@ -44,7 +44,7 @@ from agentd.bridge.openai_compat import conversation_key
 from agentd.bridge.server import add_error_handlers
 from agentd.config import HOOK_NAME, Settings
 from agentd.errors import AgentdError
-from agentd.fleet import admin, db, enqueue
+from agentd.fleet import admin, callbacks, db, enqueue, homeconf
 from agentd.jobs.log import EventLog
 from agentd.turn import TurnRequest
 
@@ -57,18 +57,17 @@ NO_RETRY = {"x-should-retry": "false"}  # the OpenAI SDKs would otherwise queue 
 MIN_SECRET = 16
 
 
-def hook_keys(value: str) -> list[bytes]:
-    """AGENTD_FLEET_WEBHOOK_SECRET: one or more secrets (whsec_… or raw), space-separated."""
+def hook_keys(value: str, what: str = "AGENTD_FLEET_WEBHOOK_SECRET") -> list[bytes]:
+    """A webhook secret: one or more (whsec_… or raw), space-separated while rotating."""
     keys = []
     for part in value.split():
         try:
             key = decode_secret(part)
         except ValueError:
-            raise AgentdError("AGENTD_FLEET_WEBHOOK_SECRET: a whsec_ secret must be base64 "
-                              "after the prefix", 1) from None
+            raise AgentdError(f"{what}: a whsec_ secret must be base64 after the prefix",
+                              1) from None
         if len(key) < MIN_SECRET:
-            raise AgentdError(f"AGENTD_FLEET_WEBHOOK_SECRET is too short: use at least "
-                              f"{MIN_SECRET} bytes", 1)
+            raise AgentdError(f"{what} is too short: use at least {MIN_SECRET} bytes", 1)
         keys.append(key)
     return keys
 
@@ -77,7 +76,7 @@ class Fleet:
     """What the endpoints share: the database (one psycopg connection, used from worker
     threads one at a time, reopened after a failure), the DBOS client, the limits."""
 
-    def __init__(self, url: str, token: str, keys: list[bytes], log: EventLog):
+    def __init__(self, url: str, token: str, keys: list[bytes], log: EventLog, cache: Path):
         if len(token) < MIN_SECRET or any(c.isspace() for c in token):
             raise AgentdError("fleet serve: set AGENTD_FLEET_TOKEN to 16+ characters without "
                               "spaces (e.g. `openssl rand -hex 32`); it guards /v1 and /runs", 1)
@@ -87,12 +86,55 @@ class Fleet:
         self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
         self.sender_buckets = Buckets(b.sender_rate, b.sender_burst)
         self.closing = False
+        self.hook_keys = homeconf.load_secrets(hook_keys)  # (home, hook) -> its own keys
+        self.homes = homeconf.HomeSettings(cache, lambda m: log.warn("bridge", m))
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._http: Any = None  # an httpx2 AsyncClient (agentd.bridge's) once a callback is due
         self.dbos = admin.client(url)
         self._conn: psycopg.Connection[Any] | None = admin.connect(url)
         self._lock = threading.Lock()
 
     def limits(self) -> tuple[int, Buckets]:
         return self.settings.bridge.max_body, self.ip_buckets
+
+    def keys_of(self, home: str, hook: str) -> list[bytes]:
+        """The keys a delivery to HOME's HOOK is signed with: its own, else the fleet's."""
+        return self.hook_keys.get((home, hook)) or self.keys
+
+    async def settings_of(self, home: db.HomeRow) -> Any:
+        try:
+            return await asyncio.to_thread(self.homes.get, home)
+        except AgentdError as e:
+            self.log.warn("bridge", f"{home.name}: cannot read its agentd.toml: {e}")
+            raise ApiError(503, "cannot read this home's settings now; retry later",
+                           "home_unreachable", {"Retry-After": "30"}) from None
+
+    def callback(self, home: str, hook: str, wid: str, url: str) -> None:
+        """Send the turn's result to the hook's callback_url once it ends (callbacks.py)."""
+        async def post(to: str, body: bytes, headers: dict[str, str]) -> int:
+            if self._http is None:
+                import httpx2
+
+                self._http = httpx2.AsyncClient(timeout=15.0, follow_redirects=False)
+            return (await self._http.post(to, content=body, headers=headers)).status_code
+
+        async def run() -> None:
+            outcome = await callbacks.deliver(lambda w: self.follow(w, None), post,
+                                              self.keys_of(home, hook), url, home, hook, wid)
+            self.log("hook", f"{home}/{hook}: run {wid} result sent to its callback: "
+                     f"{outcome}")
+
+        task = asyncio.ensure_future(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        """At the end of serving: callbacks still waiting are dropped (see callbacks.py)."""
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
 
     def close(self) -> None:
         self.dbos.destroy()
@@ -244,15 +286,16 @@ def create_app(fleet: Fleet) -> Any:
 
     @app.post("/homes/{name}/hooks/{hook}", status_code=202)
     async def webhook(name: str, hook: str, request: Request) -> JSONResponse:
-        if not fleet.keys or not HOOK_NAME.fullmatch(hook):
+        keys = fleet.keys_of(name, hook)
+        if not keys or not HOOK_NAME.fullmatch(hook):
             raise ApiError(404, "no such hook", "not_found")
         body = await request.body()
-        why = verify_webhook(fleet.keys, request.headers, body)
+        why = verify_webhook(keys, request.headers, body)
         if why:
+            fleet.log.warn("hook", f"{name[:64]}/{hook}: refused a delivery ({why})")
             raise unauthorized()
         home = await fleet.home(name)
         require_json(request.headers.get("content-type"))
-        event = parse_json(body, fleet.settings.bridge.max_json_depth, want=None)
         msg_id = webhook_headers(request.headers)[0]
         digest = hashlib.sha256(f"{hook}\0{msg_id}".encode()).hexdigest()[:32]
         wid = f"run:{home.name}:{digest}"  # a redelivery is the same workflow: enqueued once
@@ -260,11 +303,16 @@ def create_app(fleet: Fleet) -> Any:
                                    load_input=False, load_output=False):
             return JSONResponse({"id": wid, "status": "duplicate"}, 200)
         fleet.check_sender(f"hook:{home.name}:{hook}")
-        task = build_task(hook, msg_id, event, "", fleet.settings.bridge.max_event_chars)
+        b = (await fleet.settings_of(home)).bridge  # the home's own [bridge] table
+        event = parse_json(body, b.max_json_depth, want=None)
+        prompt, callback_url = homeconf.hook_settings_of(b, hook)
+        task = build_task(hook, msg_id, event, prompt, b.max_event_chars)
         turn = TurnRequest(task, Path("."), f"webhook:{hook}", profile="untrusted",
                            title=f"Webhook: {hook}")
         await fleet.enqueue(home.name, turn, wid)
         fleet.log("hook", f"{home.name}/{hook}: accepted {msg_id[:64]} as {wid}")
+        if callback_url:
+            fleet.callback(home.name, hook, wid, callback_url)
         return JSONResponse({"id": wid, "status": "queued", "url": f"/runs/{wid}"}, 202)
 
     @app.get("/runs/{wid}")
