@@ -33,6 +33,9 @@ from tests.pgkit import PgCluster, pg_cluster, requires_postgres
 __all__ = ["pg_cluster"]
 pytestmark = requires_postgres
 AGENTD = [sys.executable, "-m", "agentd"]
+ST = Path(sys.executable).with_name("st")
+PATHS = {"/healthz", "/v1/models", "/v1/chat/completions", "/homes/{name}/hooks/{hook}",
+         "/runs/{wid}"}
 OWN = "whsec_" + base64.b64encode(b"beta's own hook secret 0123").decode()  # beta/own's
 HOOKS = """
 [bridge]
@@ -245,6 +248,15 @@ def test_signed_webhooks_queue_one_turn_per_delivery(served: Served) -> None:
         garbage = b"{not json"
         assert http.post("/homes/alpha/hooks/github", content=garbage,
                          headers=signed(garbage, "msg_e")).status_code == 400
+        r = http.post("/homes/alpha/hooks/github", content=body,
+                      headers={**signed(body, "msg_f"), "content-type": "text/plain"})
+        assert r.status_code == 415, r.text
+        huge = b'{"x": "' + b"y" * 2_000_000 + b'"}'
+        r = http.post("/homes/alpha/hooks/github", content=huge, headers=signed(huge, "msg_g"))
+        assert r.status_code == 413 and set(r.json()["error"]) >= {"message", "code"}
+        deep = b"[" * 5000 + b"]" * 5000
+        r = http.post("/homes/alpha/hooks/github", content=deep, headers=signed(deep, "msg_h"))
+        assert r.status_code == 400, r.text
     # the refusals above never reached the queue
     assert [x["workflow_id"] for x in served.requests()].count(rid) == 1
     assert not any(x["request"]["trigger"] == "webhook:github" and x["workflow_id"] != rid
@@ -316,3 +328,77 @@ def test_hooks_follow_the_homes_own_settings(served: Served) -> None:
         assert r.status_code == 401  # secret_env in agentd.toml named the token: ignored
     wait_for(lambda: len(served.requests()) == n + 1, 60, "beta's turn")
     assert "Traceback" not in served.log.read_text()
+
+
+def test_a_stateless_client_continues_its_conversation(served: Served) -> None:
+    """No `user`, no session header: the history the openai SDK sends back names the
+    session (kept in PostgreSQL), as with `agentd serve`; an edited history starts anew."""
+    chat = served.openai.chat.completions
+
+    def ask(messages: list[dict[str, str]], **kw: Any) -> tuple[str, str]:
+        raw = chat.with_raw_response.create(model="agentd/beta", messages=messages, **kw)
+        reply = raw.parse()
+        if kw.get("stream"):
+            text = "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
+        else:
+            text = reply.choices[0].message.content or ""
+        return raw.headers["x-agentd-session"], text
+
+    first = [{"role": "system", "content": "be brief"},
+             {"role": "user", "content": "say:the capital is Paris"}]
+    s1, a1 = ask(first)
+    assert a1 == "the capital is Paris"
+    second = [*first, {"role": "assistant", "content": a1},
+              {"role": "user", "content": "say:and it is in France"}]
+    s2, a2 = ask(second)
+    assert s2 == s1 and a2 == "and it is in France"
+    last = served.requests()[-1]["request"]
+    assert (last["task"], last["session"]) == ("say:and it is in France", f"chat-{s1}")
+    # a third turn, streamed, whitespace re-wrapped by the client: still the same session
+    third = [*second, {"role": "assistant", "content": "and it is\nin  France"},
+             {"role": "user", "content": "say:streamed on"}]
+    s3, a3 = ask(third, stream=True)
+    assert (s3, a3) == (s1, "streamed on")
+    s4, _ = ask([*third, {"role": "assistant", "content": a3},
+                 {"role": "user", "content": "say:four"}])
+    assert s4 == s1
+    # an edited answer, or the same first message again, is a new conversation
+    edited = [*first, {"role": "assistant", "content": "Lyon"},
+              {"role": "user", "content": "say:x"}]
+    s5, _ = ask(edited)
+    s6, _ = ask(first)
+    assert len({s1, s5, s6}) == 3
+    # a named conversation is its name, whatever the history
+    raw = chat.with_raw_response.create(model="agentd/beta", user="bob", messages=second)
+    assert raw.headers["x-agentd-session"] == "bob"
+
+
+def test_the_schema_is_public_and_schemathesis_finds_nothing(served: Served,
+                                                             tmp_path: Path) -> None:
+    r = httpx.get(f"{served.url}/openapi.json")  # no token: public, like /healthz
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert set(doc["paths"]) == PATHS and "alpha" not in json.dumps(doc)
+    assert doc["components"]["securitySchemes"]["bearer"]["description"] == "AGENTD_FLEET_TOKEN"
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            codes = set(op["responses"])
+            assert "422" not in codes and {"408", "413", "429"} <= codes, (method, path)
+            if path != "/healthz":
+                assert {"401", "503"} <= codes and op["security"], (method, path)
+    hook = doc["paths"]["/homes/{name}/hooks/{hook}"]["post"]
+    assert {"bearer": []} not in hook["security"] and hook["requestBody"]["required"]
+    assert httpx.get(f"{served.url}/docs").status_code == 404  # no /docs, as `agentd serve`
+
+    config = tmp_path / "schemathesis.toml"
+    config.write_text('[phases.coverage.generation]\nmode = "negative"\n')
+    r = subprocess.run(
+        [str(ST), "--config-file", str(config), "run", f"{served.url}/openapi.json",
+         "--checks", "all", "--phases", "examples,coverage,fuzzing", "-n", "3", "--seed", "15",
+         "-H", f"Authorization: Bearer {TOKEN}", "--request-timeout", "30"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    summary = r.stdout.strip().splitlines()[-1]
+    assert "failure" not in summary and "error" not in summary, r.stdout[-6000:]
+    log = served.log.read_text()
+    assert "Traceback" not in log and TOKEN not in log
