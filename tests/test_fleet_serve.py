@@ -263,13 +263,58 @@ def test_signed_webhooks_queue_one_turn_per_delivery(served: Served) -> None:
                    for x in served.requests())
 
 
-def test_serve_needs_a_token(pg_cluster: PgCluster) -> None:
+def test_serve_needs_a_token_and_sound_hook_secrets(pg_cluster: PgCluster,
+                                                    tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
     url = pg_cluster.libpq_url("postgres")
-    r = subprocess.run([*AGENTD, "fleet", "serve", "--port", "0", "--db", url], env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1
-    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "AGENTD_FLEET_TOKEN" in r.stderr
+    bad = tmp_path / "secrets.toml"
+    for extra, text, why in (
+            ({}, "", "AGENTD_FLEET_TOKEN"),
+            ({"AGENTD_FLEET_HOOK_SECRETS": str(bad)}, "[alpha]\ngh = 'short'\n",
+             "alpha.gh is too short"),
+            ({"AGENTD_FLEET_HOOK_SECRETS": str(bad)}, "[alpha\n", "cannot read")):
+        bad.write_text(text)
+        token = {"AGENTD_FLEET_TOKEN": TOKEN} if extra else {}
+        r = subprocess.run([*AGENTD, "fleet", "serve", "--port", "0", "--db", url],
+                           env={**env, **token, **extra}, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip().splitlines() == [r.stderr.strip()] and why in r.stderr
+
+
+def test_a_homes_agentd_toml_is_read_the_confined_way(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A symlink or a broken file at agentd.toml gives the defaults and one warning; a
+    head is read once."""
+    from agentd.fleet import homeconf, workspace
+
+    work = tmp_path / "home"
+    init_home(work)
+    (work / "agentd.toml").unlink()
+    (work / "agentd.toml").symlink_to("/etc/passwd")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "a link")
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(tmp_path / "h.git")],
+                   check=True)
+    warned: list[str] = []
+    homes = homeconf.HomeSettings(tmp_path / "cache", warned.append)
+    row = db.HomeRow("h", str(tmp_path / "h.git"), "main", None, None, None)
+    assert homes.get(row).bridge.hooks == {}
+    assert len(warned) == 1 and "agentd.toml" in warned[0]
+    (work / "agentd.toml").unlink()
+    (work / "agentd.toml").write_text("[bridge\n")
+    git(work, "commit", "-qam", "broken")
+    git(work, "push", "-q", str(tmp_path / "h.git"), "HEAD:main")
+    head = git(work, "rev-parse", "HEAD")
+    row.head = head  # recorded by a worker: fetched, since this mirror is older
+    assert homes.get(row).bridge.max_event_chars == 50_000
+    assert len(warned) == 2 and head[:12] in warned[1]
+    calls: list[str] = []
+    real = workspace.checkout
+    monkeypatch.setattr(workspace, "checkout",
+                        lambda *a, **k: calls.append("x") or real(*a, **k))
+    homes.get(row)
+    assert calls == [] and len(warned) == 2
 
 
 def test_hooks_follow_the_homes_own_settings(served: Served) -> None:
@@ -394,7 +439,7 @@ def test_the_schema_is_public_and_schemathesis_finds_nothing(served: Served,
     config.write_text('[phases.coverage.generation]\nmode = "negative"\n')
     r = subprocess.run(
         [str(ST), "--config-file", str(config), "run", f"{served.url}/openapi.json",
-         "--checks", "all", "--phases", "examples,coverage,fuzzing", "-n", "3", "--seed", "15",
+         "--checks", "all", "--phases", "coverage,fuzzing", "-n", "2", "--seed", "15",
          "-H", f"Authorization: Bearer {TOKEN}", "--request-timeout", "30"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
