@@ -163,6 +163,11 @@ def test_chat_with_a_home_through_the_openai_sdk(served: Served) -> None:
     assert text == "streamed words"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
     assert served.requests()[-1]["home"] == "beta"
+    stream = client.chat.completions.create(
+        model="agentd/beta", stream=True, extra_headers={"x-agentd-show-tools": "1"},
+        messages=[{"role": "user", "content": "say:with tools"}])
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "`bash echo beta`\n\nwith tools"
 
 
 def test_chat_refusals_are_openai_errors(served: Served) -> None:
@@ -263,23 +268,44 @@ def test_signed_webhooks_queue_one_turn_per_delivery(served: Served) -> None:
                    for x in served.requests())
 
 
-def test_serve_needs_a_token_and_sound_hook_secrets(pg_cluster: PgCluster,
-                                                    tmp_path: Path) -> None:
+def test_serve_needs_a_token_sound_hook_secrets_and_its_tables(pg_cluster: PgCluster,
+                                                               tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
-    url = pg_cluster.libpq_url("postgres")
+    url = pg_cluster.libpq_url(f"f_old_{os.urandom(4).hex()}")
+    assert agentd("fleet", "init", "--db", url).exit_code == 0
+    with db.connect(url) as conn:  # a fleet set up by an agentd before the table
+        conn.execute("DROP TABLE agentd_fleet.conversations")
     bad = tmp_path / "secrets.toml"
-    for extra, text, why in (
-            ({}, "", "AGENTD_FLEET_TOKEN"),
-            ({"AGENTD_FLEET_HOOK_SECRETS": str(bad)}, "[alpha]\ngh = 'short'\n",
-             "alpha.gh is too short"),
-            ({"AGENTD_FLEET_HOOK_SECRETS": str(bad)}, "[alpha\n", "cannot read")):
-        bad.write_text(text)
+    bad.write_text("[alpha]\ngh = 'short'\n")
+    for extra, why in (({}, "AGENTD_FLEET_TOKEN"),
+                       ({"AGENTD_FLEET_HOOK_SECRETS": str(bad)}, "alpha.gh is too short"),
+                       ({"AGENTD_FLEET_WEBHOOK_SECRET": SECRET}, "`agentd fleet init` again")):
         token = {"AGENTD_FLEET_TOKEN": TOKEN} if extra else {}
         r = subprocess.run([*AGENTD, "fleet", "serve", "--port", "0", "--db", url],
                            env={**env, **token, **extra}, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 1, r.stderr
         assert r.stderr.strip().splitlines() == [r.stderr.strip()] and why in r.stderr
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    (None, "cannot read"), ("[alpha\n", "cannot read"), ("[Bad]\ngh = 'x'\n", "[Bad]"),
+    ("[alpha]\n'a b' = 'x'\n", "alpha.a b must be"), ("[alpha]\ngh = 3\n", "alpha.gh")])
+def test_bad_hook_secret_files_are_one_line(text: str | None, why: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentd.errors import AgentdError
+    from agentd.fleet.bridge import hook_keys
+    from agentd.fleet.homeconf import load_secrets
+
+    path = tmp_path / "secrets.toml"
+    if text is not None:
+        path.write_text(text)
+    monkeypatch.setenv("AGENTD_FLEET_HOOK_SECRETS", str(path))
+    with pytest.raises(AgentdError, match=re.escape(why)) as e:
+        load_secrets(hook_keys)
+    assert "\n" not in str(e.value)
+    path.write_text(f'[alpha]\ngh = "{OWN} {SECRET}"\n')
+    assert [len(k) for k in load_secrets(hook_keys)[("alpha", "gh")]] == [27, 31]
 
 
 def test_a_homes_agentd_toml_is_read_the_confined_way(tmp_path: Path,

@@ -84,6 +84,11 @@ class Fleet:
         self.dbos = admin.client(url)
         self._conn: psycopg.Connection[Any] | None = admin.connect(url)
         self._lock = threading.Lock()
+        if self._conn.execute("SELECT to_regclass('agentd_fleet.conversations')"
+                              ).fetchone() == (None,):
+            self.close()
+            raise AgentdError("fleet serve: this fleet's database predates agentd's "
+                              "conversation table: run `agentd fleet init` again", 1)
 
     def limits(self) -> tuple[int, Buckets]:
         return self.settings.bridge.max_body, self.ip_buckets

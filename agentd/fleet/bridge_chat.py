@@ -106,9 +106,12 @@ def router(fleet: Fleet) -> APIRouter:
                                "(database unreachable)")
 
         if stream:
+            show = request.headers.get("x-agentd-show-tools", "").lower()
+            tools = show in ("1", "true", "yes") or (
+                show not in ("0", "false", "no") and await _shows_tools(fleet, home))
             return StreamingResponse(
                 _sse(fleet, wid, cid, created, model, bool(opts.get("include_usage")),
-                     answered),
+                     answered, tools),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers})
         result = await fleet.follow(wid, None)
@@ -131,10 +134,20 @@ def router(fleet: Fleet) -> APIRouter:
     return api
 
 
+async def _shows_tools(fleet: Fleet, home: db.HomeRow) -> bool:
+    """The home's `[bridge] show_tools` (its agentd.toml, cached per head); off when it
+    cannot be read now, rather than refusing the chat."""
+    try:
+        return bool((await fleet.settings_of(home)).bridge.show_tools)
+    except ApiError:
+        return False
+
+
 async def _sse(fleet: Fleet, wid: str, cid: str, created: int, model: str,
-               include_usage: bool, answered: Callable[[str], Awaitable[None]]
-               ) -> AsyncIterator[bytes]:
-    """The turn's text as chunks as the worker writes it, then how it ended; once it ended
+               include_usage: bool, answered: Callable[[str], Awaitable[None]],
+               show_tools: bool) -> AsyncIterator[bytes]:
+    """The turn's text as chunks as the worker writes it (and with `show_tools` a line per
+    tool call, the worker's redacted `▸ name what`), then how it ended; once it ended
     well, `answered` gets the whole text sent."""
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _data({"id": cid, "object": "chat.completion.chunk", "created": created,
@@ -157,6 +170,8 @@ async def _sse(fleet: Fleet, wid: str, cid: str, created: int, model: str,
                 continue
             event = getter.result()
             text = str(event.get("text") or "") if event.get("kind") == "text" else ""
+            if show_tools and event.get("kind") == "tool" and str(event.get("line")).strip():
+                text = "`" + " ".join(str(event["line"]).split())[:200] + "`"
             if text.strip():
                 sent.append(("\n\n" if sent else "") + text.strip())
                 yield chunk({"content": sent[-1]})
