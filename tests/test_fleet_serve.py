@@ -35,7 +35,7 @@ pytestmark = requires_postgres
 AGENTD = [sys.executable, "-m", "agentd"]
 ST = Path(sys.executable).with_name("st")
 PATHS = {"/healthz", "/v1/models", "/v1/chat/completions", "/homes/{name}/hooks/{hook}",
-         "/runs/{wid}"}
+         "/runs/{wid}", "/homes/{name}/telegram"}
 OWN = "whsec_" + base64.b64encode(b"beta's own hook secret 0123").decode()  # beta/own's
 HOOKS = """
 [bridge]
@@ -45,7 +45,15 @@ max_event_chars = 300
 prompt = "Triage this {name} event: {event}"
 callback_url = "http://127.0.0.1:%d/cb"
 secret_env = "AGENTD_FLEET_TOKEN"  # a home names no secret of the serving machine
+
+[bridge.telegram]
+enabled = true
+chats = [42]
+owners = [7]
+api_base = "http://127.0.0.1:1"  # the operator's api_base counts, not the home's
 """
+TG_SECRET = "telegram-secret-token-0123456789"
+BOT = "123:bot-token-abcdef"
 
 
 class Receiver:
@@ -53,14 +61,20 @@ class Receiver:
 
     def __init__(self) -> None:
         self.got: list[tuple[dict[str, str], bytes]] = []
+        self.paths: list[str] = []
+        paths = self.paths
         got = self.got
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 got.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
+                paths.append(self.path)
+                answer = b'{"ok": true}'
+                self.send_response(200)
+                self.send_header("content-length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -77,7 +91,9 @@ class Served:
         self.db, self.hold, self.tmp, self.receiver = url, hold, tmp, receiver
         self.log = tmp / "serve.log"
         secrets = tmp / "hook-secrets.toml"
-        secrets.write_text(f'[beta]\nown = "{OWN}"\n')
+        secrets.write_text(f'[beta]\nown = "{OWN}"\n\n[alpha.telegram]\nbot_token = "{BOT}"\n'
+                           f'secret = "{TG_SECRET}"\n'
+                           f'api_base = "http://127.0.0.1:{receiver.port}"\n')
         env = {**os.environ, "AGENTD_FLEET_TOKEN": TOKEN, "AGENTD_FLEET_WEBHOOK_SECRET": SECRET,
                "AGENTD_FLEET_HOOK_SECRETS": str(secrets), "XDG_CACHE_HOME": str(tmp / "cache")}
         with self.log.open("w") as f:
@@ -305,7 +321,7 @@ def test_bad_hook_secret_files_are_one_line(text: str | None, why: str, tmp_path
         load_secrets(hook_keys)
     assert "\n" not in str(e.value)
     path.write_text(f'[alpha]\ngh = "{OWN} {SECRET}"\n')
-    assert [len(k) for k in load_secrets(hook_keys)[("alpha", "gh")]] == [27, 31]
+    assert [len(k) for k in load_secrets(hook_keys)[0][("alpha", "gh")]] == [27, 31]
 
 
 def test_a_homes_agentd_toml_is_read_the_confined_way(tmp_path: Path,
@@ -473,3 +489,49 @@ def test_the_schema_is_public_and_schemathesis_finds_nothing(served: Served,
     assert "failure" not in summary and "error" not in summary, r.stdout[-6000:]
     log = served.log.read_text()
     assert "Traceback" not in log and TOKEN not in log
+
+
+def test_a_homes_telegram_bot(served: Served) -> None:
+    """[bridge.telegram] of the home (chats, owners) with the operator's bot (token,
+    secret_token, Bot API URL): a message is acknowledged, its turn's answer sent back."""
+    def update(uid: int, chat: int, text: str, user: int = 7) -> dict[str, Any]:
+        return {"update_id": uid, "message": {"message_id": 5, "text": text,
+                                              "chat": {"id": chat},
+                                              "from": {"id": user, "username": "ann"}}}
+
+    tg = {"x-telegram-bot-api-secret-token": TG_SECRET}
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        r = http.post("/homes/alpha/telegram", json=update(1, 42, "say:hi from tg"), headers=tg)
+        assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
+        rid = r.json()["run"]
+        again = http.post("/homes/alpha/telegram", json=update(1, 42, "say:hi"), headers=tg)
+        assert again.json() == {"ok": True, "run": rid, "duplicate": True}
+        path = f"/bot{BOT}/sendMessage"
+        sent = wait_for(lambda: next((json.loads(b) for (_, b), p in zip(
+            served.receiver.got, served.receiver.paths, strict=True) if p == path), None),
+            60, "the bot's reply")
+        assert sent == {"chat_id": 42, "text": "hi from tg", "reply_parameters": {
+            "message_id": 5, "allow_sending_without_reply": True}}
+        req = next(x["request"] for x in served.requests() if x["workflow_id"] == rid)
+        assert (req["trigger"], req["session"], req["profile"]) == (
+            "chat:tg-42", "chat-tg-42", "trusted")
+        r = http.post("/homes/alpha/telegram", json=update(2, 42, "say:x", user=8), headers=tg)
+        stranger = next(x["request"] for x in wait_for(
+            lambda: [x for x in served.requests() if x["workflow_id"] == r.json()["run"]],
+            60, "the stranger's turn"))
+        assert stranger["profile"] == "untrusted" and "<untrusted-" in stranger["task"]
+        n = len(served.requests())
+        assert http.post("/homes/alpha/telegram", json=update(3, 99, "x"),
+                         headers=tg).json()["ignored"] == "chat not allowed"
+        assert http.post("/homes/alpha/telegram", json=update(4, 42, "x"),
+                         headers={tg_key: "wrong" for tg_key in tg}).status_code == 401
+        assert http.post("/homes/alpha/telegram", json=update(5, 42, "x")).status_code == 401
+        assert http.post("/homes/beta/telegram", json=update(6, 42, "x"),
+                         headers=tg).status_code == 404  # beta has no bot
+        assert http.post("/homes/alpha/telegram", content=b"{nope",
+                         headers={**tg, "content-type": "application/json"}).status_code == 400
+        assert http.post("/homes/alpha/telegram", json={"update_id": True},
+                         headers=tg).status_code == 400
+        assert http.post("/homes/alpha/telegram", json=update(7, 42, "x" * 2_000_000),
+                         headers=tg).status_code == 413
+    assert len(served.requests()) == n

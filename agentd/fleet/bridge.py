@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path  # a request's workdir: ignored, a turn runs in a fresh clone
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,16 @@ from agentd.bridge.limits import Buckets
 from agentd.bridge.server import add_error_handlers
 from agentd.config import HOOK_NAME, Settings
 from agentd.errors import AgentdError
-from agentd.fleet import admin, bridge_chat, bridge_schema, callbacks, db, enqueue, homeconf
+from agentd.fleet import (
+    admin,
+    bridge_chat,
+    bridge_schema,
+    bridge_telegram,
+    callbacks,
+    db,
+    enqueue,
+    homeconf,
+)
 from agentd.jobs.log import EventLog
 from agentd.turn import TurnRequest
 
@@ -77,10 +86,11 @@ class Fleet:
         self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
         self.sender_buckets = Buckets(b.sender_rate, b.sender_burst)
         self.closing = False
-        self.hook_keys = homeconf.load_secrets(hook_keys)  # (home, hook) -> its own keys
+        # (home, hook) -> its own keys; home -> its Telegram bot
+        self.hook_keys, self.bots = homeconf.load_secrets(hook_keys)
         self.homes = homeconf.HomeSettings(cache, lambda m: log.warn("bridge", m))
         self.tasks: set[asyncio.Task[None]] = set()
-        self._http: Any = None  # an httpx2 AsyncClient (agentd.bridge's) once a callback is due
+        self._http: Any = None  # an httpx2 AsyncClient once a reply is due (post)
         self.dbos = admin.client(url)
         self._conn: psycopg.Connection[Any] | None = admin.connect(url)
         self._lock = threading.Lock()
@@ -112,17 +122,29 @@ class Fleet:
     def callback(self, home: str, hook: str, wid: str, url: str) -> None:
         """Send the turn's result to the hook's callback_url once it ends (callbacks.py)."""
         async def post(to: str, body: bytes, headers: dict[str, str]) -> int:
-            if self._http is None:
-                import httpx2
+            return (await self.post(to, content=body, headers=headers)).status_code
 
-                self._http = httpx2.AsyncClient(timeout=15.0, follow_redirects=False)
-            return (await self._http.post(to, content=body, headers=headers)).status_code
+        self.spawn(callbacks.deliver(lambda w: self.follow(w, None), post,
+                                     self.keys_of(home, hook), url, home, hook, wid),
+                   f"{home}/{hook}: run {wid}, its callback")
 
+    async def post(self, url: str, **kw: Any) -> Any:
+        """POST with the bridge's HTTP client (agentd.bridge's httpx2), made on first use."""
+        if self._http is None:
+            import httpx2
+
+            self._http = httpx2.AsyncClient(timeout=15.0, follow_redirects=False)
+        return await self._http.post(url, **kw)
+
+    def spawn(self, send: Awaitable[str], what: str) -> None:
+        """Run a reply (`send`: waits for its turn, sends, says how it went) in the
+        background; its outcome is logged as `what: outcome`."""
         async def run() -> None:
-            outcome = await callbacks.deliver(lambda w: self.follow(w, None), post,
-                                              self.keys_of(home, hook), url, home, hook, wid)
-            self.log("hook", f"{home}/{hook}: run {wid} result sent to its callback: "
-                     f"{outcome}")
+            try:
+                outcome = await send
+            except Exception as e:  # the run could not be followed (the database): say so
+                outcome = f"not sent ({type(e).__name__})"
+            self.log("bridge", f"{what}: {outcome}")
 
         task = asyncio.ensure_future(run())
         self.tasks.add(task)
@@ -214,6 +236,7 @@ def create_app(fleet: Fleet) -> Any:
 
     add_error_handlers(app)  # the single-home bridge's: one error body
     app.include_router(bridge_chat.router(fleet))
+    app.include_router(bridge_telegram.router(fleet))
 
     @app.get("/healthz", summary="Liveness (no auth, no details)")
     async def healthz() -> dict[str, bool]:
@@ -224,12 +247,10 @@ def create_app(fleet: Fleet) -> Any:
               "webhook-timestamp, webhook-signature headers)")
     async def webhook(name: str, hook: str, request: Request) -> JSONResponse:
         keys = fleet.keys_of(name, hook)
-        if not keys or not HOOK_NAME.fullmatch(hook):
+        if not keys or not HOOK_NAME.fullmatch(hook) or not db.NAME.match(name):
             raise ApiError(404, "no such hook", "not_found")
         body = await request.body()
-        why = verify_webhook(keys, request.headers, body)
-        if why:
-            fleet.log.warn("hook", f"{name[:64]}/{hook}: refused a delivery ({why})")
+        if verify_webhook(keys, request.headers, body):
             raise unauthorized()
         home = await fleet.home(name)
         require_json(request.headers.get("content-type"))

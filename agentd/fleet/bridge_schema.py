@@ -2,9 +2,10 @@
 (agentd/bridge/openapi.py: the real answers of each route, the one error body, the guard's
 statuses, each route's security) for the fleet's routes.
 
-What differs: hooks are per home (`/homes/{name}/hooks/{hook}`, the home's name pattern
-in the path), the Bearer token is AGENTD_FLEET_TOKEN, and there is no Telegram or Slack
-route. Public like /healthz: the same for every fleet (no home's name is in it).
+What differs: hooks and Telegram are per home (`/homes/{name}/hooks/{hook}`,
+`/homes/{name}/telegram`, the home's name pattern in the path), the Bearer token is
+AGENTD_FLEET_TOKEN, and there is no Slack route. Public like /healthz: the same for every
+fleet (no home's name is in it).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ ANSWERS = {
     ("post", "/v1/chat/completions"): SINGLE[("post", "/v1/chat/completions")],
     ("post", "/homes/{name}/hooks/{hook}"): SINGLE[("post", "/hooks/{name}")],
     ("get", "/runs/{wid}"): SINGLE[("get", "/runs/{run_id}")],
+    ("post", "/homes/{name}/telegram"): SINGLE[("post", "/telegram")],
 }
-SECURITY = {name: openapi.SECURITY[name] for name in ("standardWebhooks", "svixWebhooks")} | {
+SECURITY = {name: openapi.SECURITY[name] for name in (
+    "standardWebhooks", "svixWebhooks", "telegramSecret")} | {
     "bearer": {"type": "http", "scheme": "bearer", "description": "AGENTD_FLEET_TOKEN"}}
 PATTERNS = {"name": {"type": "string", "pattern": NAME.pattern.replace("\\Z", "$")},
             "hook": {"type": "string", "pattern": f"^{HOOK_NAME.pattern}$"},

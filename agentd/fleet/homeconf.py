@@ -22,10 +22,12 @@ hook without one uses AGENTD_FLEET_WEBHOOK_SECRET.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,27 +96,59 @@ def hook_settings_of(bridge: Any, hook: str) -> tuple[str, str]:
     return (found.prompt, found.callback_url) if found is not None else ("", "")
 
 
-def load_secrets(keys_of: Any) -> dict[tuple[str, str], list[bytes]]:
-    """The per-hook keys from the file AGENTD_FLEET_HOOK_SECRETS names, {(home, hook):
-    keys}; `keys_of` decodes one value (bridge.hook_keys). AgentdError in one line when
-    the file is unreadable or malformed: serving on half a secret file would refuse (or
-    accept) the wrong deliveries."""
+@dataclass
+class TelegramBot:
+    """A home's Telegram bot: its token, the secret_token given to setWebhook, and the
+    Bot API's base URL (the operator's, never the home's: the token travels to it)."""
+
+    bot_token: str
+    secret: str
+    api_base: str = "https://api.telegram.org"
+
+
+def load_secrets(keys_of: Any) -> tuple[dict[tuple[str, str], list[bytes]],
+                                        dict[str, TelegramBot]]:
+    """The per-hook keys ({(home, hook): keys}) and Telegram bots ({home: bot}) from the
+    file AGENTD_FLEET_HOOK_SECRETS names; `keys_of` decodes one key (bridge.hook_keys).
+    AgentdError in one line when the file is unreadable or malformed: serving on half a
+    secret file would refuse (or accept) the wrong deliveries."""
     name = os.environ.get(SECRETS_ENV, "").strip()
     if not name:
-        return {}
+        return {}, {}
     path = Path(name).expanduser()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise AgentdError(f"{SECRETS_ENV}: cannot read {name} "
                           f"({getattr(e, 'strerror', None) or e})", 1) from None
-    out = {}
-    for home, hooks in data.items():
-        if not db.NAME.match(home) or not isinstance(hooks, dict):
+    hooks, bots = {}, {}
+    for home, table in data.items():
+        if not db.NAME.match(home) or not isinstance(table, dict):
             raise AgentdError(f"{SECRETS_ENV}: [{home}] is not a home's table of hooks", 1)
-        for hook, value in hooks.items():
+        for hook, value in table.items():
+            if hook == "telegram" and isinstance(value, dict):
+                bots[home] = _bot(home, value)
+                continue
             if not HOOK_NAME.fullmatch(hook) or not isinstance(value, str) or not value.strip():
                 raise AgentdError(f"{SECRETS_ENV}: {home}.{hook} must be a hook name with a "
                                   "secret string", 1)
-            out[(home, hook)] = keys_of(value, f"{SECRETS_ENV}: {home}.{hook}")
-    return out
+            hooks[(home, hook)] = keys_of(value, f"{SECRETS_ENV}: {home}.{hook}")
+    return hooks, bots
+
+
+def _bot(home: str, table: dict[str, Any]) -> TelegramBot:
+    where = f"{SECRETS_ENV}: [{home}.telegram]"
+    try:
+        bot = TelegramBot(**table)
+    except TypeError:
+        raise AgentdError(f"{where} takes bot_token, secret and api_base", 1) from None
+    if not all(isinstance(v, str) for v in (bot.bot_token, bot.secret, bot.api_base)):
+        raise AgentdError(f"{where}: its values are strings", 1)
+    if not re.fullmatch(r"[0-9]+:[A-Za-z0-9_-]{8,}", bot.bot_token) or not re.fullmatch(
+            r"[A-Za-z0-9_-]{16,256}", bot.secret):
+        raise AgentdError(f"{where}: needs the bot token (digits:letters) and a secret of "
+                          "16-256 letters, digits, _ or -", 1)
+    if not bot.api_base.startswith(("https://", "http://")):
+        raise AgentdError(f"{where}: api_base must be an http(s) URL", 1)
+    bot.api_base = bot.api_base.rstrip("/")
+    return bot
