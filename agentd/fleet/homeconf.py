@@ -45,6 +45,8 @@ class HomeSettings:
 
     def __init__(self, cache: Path, warn: Any):
         self.cache, self.warn = cache, warn
+        for left in cache.glob("conf-*"):  # a bridge killed while reading one
+            shutil.rmtree(left, ignore_errors=True)
         self._known: dict[tuple[str, str], Any] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
