@@ -35,7 +35,7 @@ pytestmark = requires_postgres
 AGENTD = [sys.executable, "-m", "agentd"]
 ST = Path(sys.executable).with_name("st")
 PATHS = {"/healthz", "/v1/models", "/v1/chat/completions", "/homes/{name}/hooks/{hook}",
-         "/runs/{wid}", "/homes/{name}/telegram"}
+         "/runs/{wid}", "/homes/{name}/telegram", "/homes/{name}/slack/events"}
 OWN = "whsec_" + base64.b64encode(b"beta's own hook secret 0123").decode()  # beta/own's
 HOOKS = """
 [bridge]
@@ -51,7 +51,14 @@ enabled = true
 chats = [42]
 owners = [7]
 api_base = "http://127.0.0.1:1"  # the operator's api_base counts, not the home's
+
+[bridge.slack]
+enabled = true
+users = ["U1", "U2"]
+owners = ["U1"]
 """
+SLACK_SIGNING = "slack-signing-secret-0123456789"
+SLACK_BOT = "xoxb-fleet-test"
 TG_SECRET = "telegram-secret-token-0123456789"
 BOT = "123:bot-token-abcdef"
 
@@ -93,7 +100,10 @@ class Served:
         secrets = tmp / "hook-secrets.toml"
         secrets.write_text(f'[beta]\nown = "{OWN}"\n\n[alpha.telegram]\nbot_token = "{BOT}"\n'
                            f'secret = "{TG_SECRET}"\n'
-                           f'api_base = "http://127.0.0.1:{receiver.port}"\n')
+                           f'api_base = "http://127.0.0.1:{receiver.port}"\n'
+                           f'\n[alpha.slack]\nsigning_secret = "{SLACK_SIGNING}"\n'
+                           f'bot_token = "{SLACK_BOT}"\n'
+                           f'api_base = "http://127.0.0.1:{receiver.port}/api"\n')
         env = {**os.environ, "AGENTD_FLEET_TOKEN": TOKEN, "AGENTD_FLEET_WEBHOOK_SECRET": SECRET,
                "AGENTD_FLEET_HOOK_SECRETS": str(secrets), "XDG_CACHE_HOME": str(tmp / "cache")}
         with self.log.open("w") as f:
@@ -306,7 +316,11 @@ def test_serve_needs_a_token_sound_hook_secrets_and_its_tables(pg_cluster: PgClu
 
 @pytest.mark.parametrize(("text", "why"), [
     (None, "cannot read"), ("[alpha\n", "cannot read"), ("[Bad]\ngh = 'x'\n", "[Bad]"),
-    ("[alpha]\n'a b' = 'x'\n", "alpha.a b must be"), ("[alpha]\ngh = 3\n", "alpha.gh")])
+    ("[alpha]\n'a b' = 'x'\n", "alpha.a b must be"), ("[alpha]\ngh = 3\n", "alpha.gh"),
+    ("[alpha.slack]\nbot_token = 'xoxb-1'\n", "[alpha.slack] takes signing_secret"),
+    ("[alpha.telegram]\nbot_token = '1:abcdefgh'\nsecret = 's'\n", "a secret of 16"),
+    ("[alpha.telegram]\nbot_token = '1:abcdefgh'\nsecret = '" + "s" * 16 + "'\n"
+     "api_base = 'file:///x'\n", "api_base must be an http(s) URL")])
 def test_bad_hook_secret_files_are_one_line(text: str | None, why: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from agentd.errors import AgentdError
@@ -321,7 +335,7 @@ def test_bad_hook_secret_files_are_one_line(text: str | None, why: str, tmp_path
         load_secrets(hook_keys)
     assert "\n" not in str(e.value)
     path.write_text(f'[alpha]\ngh = "{OWN} {SECRET}"\n')
-    assert [len(k) for k in load_secrets(hook_keys)[0][("alpha", "gh")]] == [27, 31]
+    assert [len(k) for k in load_secrets(hook_keys).hooks[("alpha", "gh")]] == [27, 31]
 
 
 def test_a_homes_agentd_toml_is_read_the_confined_way(tmp_path: Path,
@@ -535,4 +549,55 @@ def test_a_homes_telegram_bot(served: Served) -> None:
                          headers=tg).status_code == 400
         assert http.post("/homes/alpha/telegram", json=update(7, 42, "x" * 2_000_000),
                          headers=tg).status_code == 413
+    assert len(served.requests()) == n
+
+
+def test_a_homes_slack_app(served: Served) -> None:
+    """[bridge.slack] of the home (users, owners) with the operator's app (signing secret,
+    bot token, API URL), signed by slack_sdk's own SignatureVerifier."""
+    from slack_sdk.signature import SignatureVerifier
+
+    def post(http: httpx.Client, data: dict[str, Any], secret: str = SLACK_SIGNING
+             ) -> httpx.Response:
+        body = json.dumps(data)
+        stamp = str(int(datetime.now(tz=UTC).timestamp()))
+        sig = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)
+        return http.post("/homes/alpha/slack/events", content=body, headers={
+            "x-slack-request-timestamp": stamp, "x-slack-signature": str(sig),
+            "content-type": "application/json"})
+
+    def mention(eid: str, user: str, text: str) -> dict[str, Any]:
+        return {"type": "event_callback", "event_id": eid, "event": {
+            "type": "app_mention", "user": user, "text": f"<@UAGENT> {text}",
+            "channel": "C9", "ts": "1700000000.000100"}}
+
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        r = post(http, {"type": "url_verification", "challenge": "abc"})
+        assert r.json() == {"challenge": "abc"}, r.text
+        r = post(http, mention("Ev1", "U1", "say:hi from slack"))
+        assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
+        rid = r.json()["run"]
+        assert post(http, mention("Ev1", "U1", "say:hi")).json()["duplicate"] is True
+        sent = wait_for(lambda: next(
+            ((h, json.loads(b)) for (h, b), p in zip(served.receiver.got,
+                                                     served.receiver.paths, strict=True)
+             if p == "/api/chat.postMessage"), None), 60, "the app's reply")
+        assert sent[0]["authorization"] == f"Bearer {SLACK_BOT}"
+        assert sent[1] == {"channel": "C9", "text": "hi from slack",
+                           "thread_ts": "1700000000.000100"}
+        req = next(x["request"] for x in served.requests() if x["workflow_id"] == rid)
+        assert (req["task"], req["profile"], req["session"]) == (
+            "say:hi from slack", "trusted", "chat-slack-C9-1700000000_000100")
+        n = len(served.requests())
+        assert post(http, mention("Ev2", "U7", "x")).json()["ignored"] == "user not allowed"
+        assert post(http, mention("Ev3", "U1", "x"), "wrong-secret-0123456789").status_code == 401
+        assert http.post("/homes/alpha/slack/events", json=mention("Ev4", "U1", "x")
+                         ).status_code == 401
+        assert http.post("/homes/beta/slack/events", json={}).status_code == 404  # no app
+        body = b"{nope"
+        stamp = str(int(datetime.now(tz=UTC).timestamp()))
+        sig = SignatureVerifier(SLACK_SIGNING).generate_signature(timestamp=stamp, body=body)
+        assert http.post("/homes/alpha/slack/events", content=body, headers={
+            "x-slack-request-timestamp": stamp, "x-slack-signature": str(sig),
+            "content-type": "application/json"}).status_code == 400
     assert len(served.requests()) == n

@@ -42,6 +42,7 @@ from agentd.fleet import (
     admin,
     bridge_chat,
     bridge_schema,
+    bridge_slack,
     bridge_telegram,
     callbacks,
     db,
@@ -86,8 +87,7 @@ class Fleet:
         self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
         self.sender_buckets = Buckets(b.sender_rate, b.sender_burst)
         self.closing = False
-        # (home, hook) -> its own keys; home -> its Telegram bot
-        self.hook_keys, self.bots = homeconf.load_secrets(hook_keys)
+        self.secrets = homeconf.load_secrets(hook_keys)  # per-hook keys, bots of homes
         self.homes = homeconf.HomeSettings(cache, lambda m: log.warn("bridge", m))
         self.tasks: set[asyncio.Task[None]] = set()
         self._http: Any = None  # an httpx2 AsyncClient once a reply is due (post)
@@ -109,7 +109,7 @@ class Fleet:
 
     def keys_of(self, home: str, hook: str) -> list[bytes]:
         """The keys a delivery to HOME's HOOK is signed with: its own, else the fleet's."""
-        return self.hook_keys.get((home, hook)) or self.keys
+        return self.secrets.hooks.get((home, hook)) or self.keys
 
     async def settings_of(self, home: db.HomeRow) -> Any:
         try:
@@ -237,6 +237,7 @@ def create_app(fleet: Fleet) -> Any:
     add_error_handlers(app)  # the single-home bridge's: one error body
     app.include_router(bridge_chat.router(fleet))
     app.include_router(bridge_telegram.router(fleet))
+    app.include_router(bridge_slack.router(fleet))
 
     @app.get("/healthz", summary="Liveness (no auth, no details)")
     async def healthz() -> dict[str, bool]:

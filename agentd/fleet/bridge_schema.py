@@ -2,9 +2,9 @@
 (agentd/bridge/openapi.py: the real answers of each route, the one error body, the guard's
 statuses, each route's security) for the fleet's routes.
 
-What differs: hooks and Telegram are per home (`/homes/{name}/hooks/{hook}`,
-`/homes/{name}/telegram`, the home's name pattern in the path), the Bearer token is
-AGENTD_FLEET_TOKEN, and there is no Slack route. Public like /healthz: the same for every
+What differs: hooks, Telegram and Slack are per home (`/homes/{name}/hooks/{hook}`,
+`/homes/{name}/telegram`, `/homes/{name}/slack/events`, the home's name pattern in the
+path), and the Bearer token is AGENTD_FLEET_TOKEN. Public like /healthz: the same for every
 fleet (no home's name is in it).
 """
 
@@ -24,9 +24,10 @@ ANSWERS = {
     ("post", "/homes/{name}/hooks/{hook}"): SINGLE[("post", "/hooks/{name}")],
     ("get", "/runs/{wid}"): SINGLE[("get", "/runs/{run_id}")],
     ("post", "/homes/{name}/telegram"): SINGLE[("post", "/telegram")],
+    ("post", "/homes/{name}/slack/events"): SINGLE[("post", "/slack/events")],
 }
 SECURITY = {name: openapi.SECURITY[name] for name in (
-    "standardWebhooks", "svixWebhooks", "telegramSecret")} | {
+    "standardWebhooks", "svixWebhooks", "telegramSecret", "slackSignature")} | {
     "bearer": {"type": "http", "scheme": "bearer", "description": "AGENTD_FLEET_TOKEN"}}
 PATTERNS = {"name": {"type": "string", "pattern": NAME.pattern.replace("\\Z", "$")},
             "hook": {"type": "string", "pattern": f"^{HOOK_NAME.pattern}$"},

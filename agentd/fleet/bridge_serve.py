@@ -70,7 +70,7 @@ def main(db_url: str, host: str, port: int, log: EventLog) -> int:
         if not is_loopback(host):
             log.warn("bridge", f"listening beyond this machine ({host}): put a TLS proxy in "
                      "front, tokens travel in the clear otherwise")
-        if not (fleet.keys or fleet.hook_keys):
+        if not (fleet.keys or fleet.secrets.hooks):
             log("bridge", "webhooks are off: no AGENTD_FLEET_WEBHOOK_SECRET or "
                 "AGENTD_FLEET_HOOK_SECRETS")
         url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"

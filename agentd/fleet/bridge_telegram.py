@@ -24,7 +24,6 @@ from fastapi.responses import JSONResponse
 
 from agentd.bridge.adapters import OBJECT_BODY, TELEGRAM_MAX, chat_task, split, telegram_id
 from agentd.bridge.auth import telegram_ok
-from agentd.bridge.hooks import CALLBACK_TRIES
 from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
 from agentd.fleet import callbacks, db
 from agentd.turn import TurnRequest
@@ -40,7 +39,7 @@ def router(fleet: Fleet) -> APIRouter:
     @api.post("/homes/{name}/telegram", openapi_extra=OBJECT_BODY,
               summary="Home NAME's Telegram bot's webhook (Bot API secret_token header)")
     async def telegram(name: str, request: Request) -> JSONResponse:
-        bot = fleet.bots.get(name) if db.NAME.match(name) else None
+        bot = fleet.secrets.telegram.get(name) if db.NAME.match(name) else None
         if bot is None:
             raise ApiError(404, "not found", "not_found")
         body = await request.body()
@@ -94,25 +93,16 @@ async def _reply(fleet: Fleet, bot: TelegramBot, home: str, wid: str, chat_id: i
     result = await fleet.follow(wid, None)
     text = callbacks.payload(home, "telegram", wid, result)["data"]["result"]
     url = f"{bot.api_base}/bot{bot.bot_token}/sendMessage"
-    sent = 0
     pieces = split(text, TELEGRAM_MAX)
     for i, part in enumerate(pieces):
         payload: dict[str, Any] = {"chat_id": chat_id, "text": part}
         if i == 0 and reply_to is not None:
             payload["reply_parameters"] = {"message_id": reply_to,
                                            "allow_sending_without_reply": True}
-        outcome = "failed"
-        for wait in CALLBACK_TRIES:
-            await asyncio.sleep(wait)
-            try:
-                status = (await fleet.post(url, json=payload)).status_code
-            except Exception as e:  # network trouble of any kind: try again
-                outcome = f"failed ({type(e).__name__})"
-                continue
-            outcome = f"HTTP {status}"
-            if status < 300 or (status < 500 and status != 429):
-                break
+
+        async def send(payload: dict[str, Any] = payload) -> int:
+            return int((await fleet.post(url, json=payload)).status_code)
+        outcome = await callbacks.tried(send)
         if outcome != "HTTP 200":
             return f"piece {i + 1} of {len(pieces)}: {outcome}"
-        sent += 1
-    return f"sent ({sent} message{'s' if sent > 1 else ''})"
+    return f"sent ({len(pieces)} message{'s' if len(pieces) > 1 else ''})"

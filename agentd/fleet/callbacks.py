@@ -48,13 +48,22 @@ async def deliver(follow: Follow, post: Post, keys: list[bytes], url: str, home:
     """Wait for the turn `wid`, then send its result to `url`; what happened, for the log."""
     result = await follow(wid)
     body = json.dumps(payload(home, hook, wid, result), ensure_ascii=False).encode()
+    headers = {"content-type": "application/json"}
+
+    async def send() -> int:
+        signed = signed_headers(keys, f"msg_{wid.replace(':', '_')}", body)
+        return await post(url, body, {**headers, **signed})
+    return await tried(send)
+
+
+async def tried(send: Callable[[], Awaitable[int]]) -> str:
+    """`send` (its HTTP status) tried at CALLBACK_TRIES on network errors, 429 and 5xx:
+    what happened last ("HTTP 200", "failed (ConnectError)")."""
     outcome = "failed"
     for wait in CALLBACK_TRIES:
         await asyncio.sleep(wait)
-        headers = {"content-type": "application/json",
-                   **signed_headers(keys, f"msg_{wid.replace(':', '_')}", body)}
         try:
-            status = await post(url, body, headers)
+            status = await send()
         except Exception as e:  # network trouble of any kind: try again
             outcome = f"failed ({type(e).__name__})"
             continue

@@ -108,49 +108,83 @@ class TelegramBot:
     api_base: str = "https://api.telegram.org"
 
 
-def load_secrets(keys_of: Any) -> tuple[dict[tuple[str, str], list[bytes]],
-                                        dict[str, TelegramBot]]:
-    """The per-hook keys ({(home, hook): keys}) and Telegram bots ({home: bot}) from the
-    file AGENTD_FLEET_HOOK_SECRETS names; `keys_of` decodes one key (bridge.hook_keys).
+@dataclass
+class SlackBot:
+    """A home's Slack app: its signing secret, its bot token, the Web API's base URL (the
+    operator's, as for Telegram)."""
+
+    signing_secret: str
+    bot_token: str
+    api_base: str = "https://slack.com/api"
+
+
+@dataclass
+class Secrets:
+    hooks: dict[tuple[str, str], list[bytes]]  # (home, hook) -> its own keys
+    telegram: dict[str, TelegramBot]  # home -> its bot
+    slack: dict[str, SlackBot]  # home -> its app
+
+
+def load_secrets(keys_of: Any) -> Secrets:
+    """The per-hook keys, Telegram bots and Slack apps of the homes, from the file
+    AGENTD_FLEET_HOOK_SECRETS names; `keys_of` decodes one key (bridge.hook_keys).
     AgentdError in one line when the file is unreadable or malformed: serving on half a
     secret file would refuse (or accept) the wrong deliveries."""
     name = os.environ.get(SECRETS_ENV, "").strip()
+    out = Secrets({}, {}, {})
     if not name:
-        return {}, {}
+        return out
     path = Path(name).expanduser()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise AgentdError(f"{SECRETS_ENV}: cannot read {name} "
                           f"({getattr(e, 'strerror', None) or e})", 1) from None
-    hooks, bots = {}, {}
     for home, table in data.items():
         if not db.NAME.match(home) or not isinstance(table, dict):
             raise AgentdError(f"{SECRETS_ENV}: [{home}] is not a home's table of hooks", 1)
         for hook, value in table.items():
             if hook == "telegram" and isinstance(value, dict):
-                bots[home] = _bot(home, value)
+                out.telegram[home] = _telegram(home, value)
+                continue
+            if hook == "slack" and isinstance(value, dict):
+                out.slack[home] = _slack(home, value)
                 continue
             if not HOOK_NAME.fullmatch(hook) or not isinstance(value, str) or not value.strip():
                 raise AgentdError(f"{SECRETS_ENV}: {home}.{hook} must be a hook name with a "
                                   "secret string", 1)
-            hooks[(home, hook)] = keys_of(value, f"{SECRETS_ENV}: {home}.{hook}")
-    return hooks, bots
+            out.hooks[(home, hook)] = keys_of(value, f"{SECRETS_ENV}: {home}.{hook}")
+    return out
 
 
-def _bot(home: str, table: dict[str, Any]) -> TelegramBot:
-    where = f"{SECRETS_ENV}: [{home}.telegram]"
+def _made(kind: type, where: str, table: dict[str, Any]) -> Any:
+    """`kind` from a table of strings, api_base an http(s) URL; else one line saying why."""
     try:
-        bot = TelegramBot(**table)
+        made = kind(**table)
     except TypeError:
-        raise AgentdError(f"{where} takes bot_token, secret and api_base", 1) from None
-    if not all(isinstance(v, str) for v in (bot.bot_token, bot.secret, bot.api_base)):
+        raise AgentdError(f"{where} takes {', '.join(kind.__dataclass_fields__)}", 1) from None
+    if not all(isinstance(v, str) for v in vars(made).values()):
         raise AgentdError(f"{where}: its values are strings", 1)
+    if not made.api_base.startswith(("https://", "http://")):
+        raise AgentdError(f"{where}: api_base must be an http(s) URL", 1)
+    made.api_base = made.api_base.rstrip("/")
+    return made
+
+
+def _slack(home: str, table: dict[str, Any]) -> SlackBot:
+    where = f"{SECRETS_ENV}: [{home}.slack]"
+    app: SlackBot = _made(SlackBot, where, table)
+    if len(app.signing_secret) < 16 or not app.bot_token.startswith("xoxb-"):
+        raise AgentdError(f"{where}: needs the signing secret and the bot token (xoxb-...)",
+                          1)
+    return app
+
+
+def _telegram(home: str, table: dict[str, Any]) -> TelegramBot:
+    where = f"{SECRETS_ENV}: [{home}.telegram]"
+    bot: TelegramBot = _made(TelegramBot, where, table)
     if not re.fullmatch(r"[0-9]+:[A-Za-z0-9_-]{8,}", bot.bot_token) or not re.fullmatch(
             r"[A-Za-z0-9_-]{16,256}", bot.secret):
         raise AgentdError(f"{where}: needs the bot token (digits:letters) and a secret of "
                           "16-256 letters, digits, _ or -", 1)
-    if not bot.api_base.startswith(("https://", "http://")):
-        raise AgentdError(f"{where}: api_base must be an http(s) URL", 1)
-    bot.api_base = bot.api_base.rstrip("/")
     return bot
