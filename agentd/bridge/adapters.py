@@ -50,13 +50,13 @@ def split(text: str, size: int) -> list[str]:
     return [*out, text] if text else out or ["(no answer)"]
 
 
-def _task(text: str, trusted: bool, who: str) -> str:
+def chat_task(text: str, trusted: bool, who: str) -> str:
     if trusted:
         return text
     return wrap_untrusted(f"A chat message from {who}, who is not your owner,", text)[1]
 
 
-def _id(value: object) -> int | None:
+def telegram_id(value: object) -> int | None:
     """A Telegram id: a JSON integer, not a bool (`true == 1` would match chat 1)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -76,7 +76,7 @@ def router(bridge: Bridge) -> APIRouter:
             raise unauthorized()
         require_json(request.headers.get("content-type"))
         update = parse_json(body, bridge.settings().bridge.max_json_depth)
-        uid = _id(update.get("update_id"))
+        uid = telegram_id(update.get("update_id"))
         if uid is None:
             raise ApiError(400, "update_id must be an integer", "invalid_update")
         msg = update.get("message")
@@ -84,14 +84,14 @@ def router(bridge: Bridge) -> APIRouter:
             return JSONResponse({"ok": True, "ignored": "not a text message"})
         chat = msg.get("chat") if isinstance(msg.get("chat"), dict) else {}
         sender = msg.get("from") if isinstance(msg.get("from"), dict) else {}
-        chat_id, user_id = _id(chat.get("id")), _id(sender.get("id"))
+        chat_id, user_id = telegram_id(chat.get("id")), telegram_id(sender.get("id"))
         if chat_id is None or chat_id not in t.chats:
             bridge.warn("telegram", f"tg-chat:{chat_id}", f"ignored a message from chat "
                         f"{str(chat_id)[:24]} (not in [bridge.telegram] chats)")
             return JSONResponse({"ok": True, "ignored": "chat not allowed"})
         trusted = user_id is not None and user_id in t.owners
         who = f"Telegram user {sender.get('username') or user_id}"
-        req = TurnRequest(_task(msg["text"], trusted, who), bridge.home, f"chat:tg-{chat_id}",
+        req = TurnRequest(chat_task(msg["text"], trusted, who), bridge.home, f"chat:tg-{chat_id}",
                           session=f"chat-tg-{chat_id}",
                           profile="trusted" if trusted else "untrusted",
                           delivery=Delivery(reply={"via": "telegram", "chat_id": chat_id,
@@ -137,7 +137,7 @@ def router(bridge: Bridge) -> APIRouter:
         key = f"slack-{channel}" + (f"-{thread}".replace(".", "_") if thread else "")
         key = re.sub(r"[^A-Za-z0-9_-]", "_", key)[:64]
         trusted = user in s.owners
-        req = TurnRequest(_task(text, trusted, f"Slack user {user}"), bridge.home,
+        req = TurnRequest(chat_task(text, trusted, f"Slack user {user}"), bridge.home,
                           f"chat:{key}", session=f"chat-{key}",
                           profile="trusted" if trusted else "untrusted",
                           delivery=Delivery(reply={"via": "slack", "channel": channel,

@@ -70,7 +70,7 @@ def content_text(content: Any) -> str:
     return ""
 
 
-def _is_tail(history: list[str], tail: list[str]) -> bool:
+def is_tail(history: list[str], tail: list[str]) -> bool:
     history = history[-TAIL:]
     return len(history) <= len(tail) and tail[len(tail) - len(history):] == history
 
@@ -106,7 +106,7 @@ class Conversations:
         if not history:
             return None
         for session in reversed(self.by_last.get(history[-1], {})):
-            if _is_tail(history, self.tails[session]):
+            if is_tail(history, self.tails[session]):
                 return session
         return None
 
@@ -115,7 +115,7 @@ class Conversations:
         (the user's input, the answer as sent) are its new tail. When the history was the
         session's tail, the longer tail the index knew is kept."""
         old = self.tails.get(session, [])
-        base = old if _is_tail(history, old) else history
+        base = old if is_tail(history, old) else history
         tail = (base + exchanged)[-TAIL:]
         self._set(session, tail)
         append_line(self.path, {"s": session, "tail": tail})

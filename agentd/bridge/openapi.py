@@ -83,7 +83,7 @@ ANSWERS: dict[tuple[str, str], tuple[list[dict[str, list[str]]], dict[int, Any]]
 GUARD = {408: ERROR, 413: ERROR, 429: ERROR, 503: ERROR}
 
 
-def _response(status: int, body: Any) -> dict[str, Any]:
+def response(status: int, body: Any) -> dict[str, Any]:
     media = body if "type" not in body else {"application/json": body}
     out: dict[str, Any] = {"description": WHY.get(status, "OK"), "content": {
         m: {"schema": s} for m, s in media.items()}}
@@ -100,7 +100,7 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
         for method, op in item.items():
             security, answers = ANSWERS[(method, path)]
             guard = {s: b for s, b in GUARD.items() if path != "/healthz" or s != 503}
-            op["responses"] = {str(s): _response(s, b)
+            op["responses"] = {str(s): response(s, b)
                                for s, b in sorted({**answers, **guard}.items())}
             op["security"] = security
             for param in op.get("parameters", []):

@@ -1,18 +1,17 @@
-"""`agentd fleet serve`: one HTTP bridge for every home of the fleet.
+"""`agentd fleet serve`: one HTTP bridge for every home of the fleet, the same bridge a
+home had under `agentd serve`.
 
-- `POST /v1/chat/completions` (Bearer): OpenAI-compatible, `model` = `agentd/NAME`. The
-  request becomes a turn on NAME's partition of the queue; the answer is the turn's final
-  text in the OpenAI shape, or with `stream: true` its text as SSE chunks as the worker
-  writes it (the turn's "out" stream). `usage` is the turn's ledger rows. The conversation
-  is the `X-Agentd-Session` header or the `user` field (a chat session of that name in the
-  home, carried between workers with the home), else a new one per request; only the last
-  user message is new input, as in the single-home bridge.
-- `GET /v1/models` (Bearer): `agentd/NAME` for each home.
-- `POST /homes/NAME/hooks/HOOK`: Standard Webhooks, signed with AGENTD_FLEET_WEBHOOK_SECRET
-  (without it, hooks are off: 404). Accepted: 202 and the run's ID. The workflow ID is
-  derived from the hook and the delivery's webhook-id, so a redelivery enqueues nothing
-  (DBOS: a workflow ID exists once) and answers 200 "duplicate".
+- `POST /v1/chat/completions`, `GET /v1/models` (Bearer): the OpenAI-compatible routes,
+  `model` = `agentd/NAME` (bridge_chat.py).
+- `POST /homes/NAME/hooks/HOOK`: Standard Webhooks, signed with the hook's own key
+  (AGENTD_FLEET_HOOK_SECRETS) or AGENTD_FLEET_WEBHOOK_SECRET (with neither, 404). The
+  home's `[bridge.hooks.HOOK]` (prompt, callback_url) and `[bridge]` caps apply, read from
+  its agentd.toml at its recorded head (homeconf.py); a callback_url gets the result
+  (callbacks.py). Accepted: 202 and the run's ID. The workflow ID is derived from the hook
+  and the delivery's webhook-id, so a redelivery enqueues nothing (DBOS: a workflow ID
+  exists once) and answers 200 "duplicate".
 - `GET /runs/ID` (Bearer): a run's status and, once done, its result.
+- `GET /openapi.json`: the schema, public like /healthz (bridge_schema.py).
 
 The pieces are the single-home bridge's (agentd/bridge): the guard (rate limits, body cap),
 the connection caps, Bearer and webhook checks, strict JSON, the chat request's schema and
@@ -22,53 +21,54 @@ its error shapes. A client that goes away does not stop its turn: the turn is th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import secrets as pysecrets
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path  # a request's workdir: ignored, a turn runs in a fresh clone
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from agentd.bridge.auth import bearer_ok, decode_secret, verify_webhook, webhook_headers
-from agentd.bridge.chat_request import check, check_tools, parse_messages, parse_sampling
-from agentd.bridge.hooks import build_task
-from agentd.bridge.http import ApiError, error_body, parse_json, require_json, unauthorized
+from agentd.bridge.hooks import EVENT_SCHEMA, build_task
+from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
 from agentd.bridge.limits import Buckets
-from agentd.bridge.openai_compat import conversation_key
 from agentd.bridge.server import add_error_handlers
 from agentd.config import HOOK_NAME, Settings
 from agentd.errors import AgentdError
-from agentd.fleet import admin, db, enqueue
+from agentd.fleet import (
+    admin,
+    bridge_chat,
+    bridge_schema,
+    bridge_slack,
+    bridge_telegram,
+    callbacks,
+    db,
+    enqueue,
+    homeconf,
+)
 from agentd.jobs.log import EventLog
 from agentd.turn import TurnRequest
 
 if TYPE_CHECKING:
     import psycopg
 
-PREFIX = "agentd/"
-KEEPALIVE = 15.0
-NO_RETRY = {"x-should-retry": "false"}  # the OpenAI SDKs would otherwise queue it again
 MIN_SECRET = 16
 
 
-def hook_keys(value: str) -> list[bytes]:
-    """AGENTD_FLEET_WEBHOOK_SECRET: one or more secrets (whsec_… or raw), space-separated."""
+def hook_keys(value: str, what: str = "AGENTD_FLEET_WEBHOOK_SECRET") -> list[bytes]:
+    """A webhook secret: one or more (whsec_… or raw), space-separated while rotating."""
     keys = []
     for part in value.split():
         try:
             key = decode_secret(part)
         except ValueError:
-            raise AgentdError("AGENTD_FLEET_WEBHOOK_SECRET: a whsec_ secret must be base64 "
-                              "after the prefix", 1) from None
+            raise AgentdError(f"{what}: a whsec_ secret must be base64 after the prefix",
+                              1) from None
         if len(key) < MIN_SECRET:
-            raise AgentdError(f"AGENTD_FLEET_WEBHOOK_SECRET is too short: use at least "
-                              f"{MIN_SECRET} bytes", 1)
+            raise AgentdError(f"{what} is too short: use at least {MIN_SECRET} bytes", 1)
         keys.append(key)
     return keys
 
@@ -77,7 +77,7 @@ class Fleet:
     """What the endpoints share: the database (one psycopg connection, used from worker
     threads one at a time, reopened after a failure), the DBOS client, the limits."""
 
-    def __init__(self, url: str, token: str, keys: list[bytes], log: EventLog):
+    def __init__(self, url: str, token: str, keys: list[bytes], log: EventLog, cache: Path):
         if len(token) < MIN_SECRET or any(c.isspace() for c in token):
             raise AgentdError("fleet serve: set AGENTD_FLEET_TOKEN to 16+ characters without "
                               "spaces (e.g. `openssl rand -hex 32`); it guards /v1 and /runs", 1)
@@ -87,12 +87,76 @@ class Fleet:
         self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
         self.sender_buckets = Buckets(b.sender_rate, b.sender_burst)
         self.closing = False
+        self.secrets = homeconf.load_secrets(hook_keys)  # per-hook keys, bots of homes
+        self.homes = homeconf.HomeSettings(cache, lambda m: log.warn("bridge", m))
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._http: Any = None  # an httpx2 AsyncClient once a reply is due (post)
         self.dbos = admin.client(url)
         self._conn: psycopg.Connection[Any] | None = admin.connect(url)
         self._lock = threading.Lock()
+        if self._conn.execute("SELECT to_regclass('agentd_fleet.conversations')"
+                              ).fetchone() == (None,):
+            self.close()
+            raise AgentdError("fleet serve: this fleet's database predates agentd's "
+                              "conversation table: run `agentd fleet init` again", 1)
 
     def limits(self) -> tuple[int, Buckets]:
         return self.settings.bridge.max_body, self.ip_buckets
+
+    def auth(self, request: Request) -> None:
+        if not bearer_ok(request.headers.get("authorization"), self.token):
+            raise unauthorized(bearer=True)
+
+    def keys_of(self, home: str, hook: str) -> list[bytes]:
+        """The keys a delivery to HOME's HOOK is signed with: its own, else the fleet's."""
+        return self.secrets.hooks.get((home, hook)) or self.keys
+
+    async def settings_of(self, home: db.HomeRow) -> Any:
+        try:
+            return await asyncio.to_thread(self.homes.get, home)
+        except AgentdError as e:
+            self.log.warn("bridge", f"{home.name}: cannot read its agentd.toml: {e}")
+            raise ApiError(503, "cannot read this home's settings now; retry later",
+                           "home_unreachable", {"Retry-After": "30"}) from None
+
+    def callback(self, home: str, hook: str, wid: str, url: str) -> None:
+        """Send the turn's result to the hook's callback_url once it ends (callbacks.py)."""
+        async def post(to: str, body: bytes, headers: dict[str, str]) -> int:
+            return (await self.post(to, content=body, headers=headers)).status_code
+
+        self.spawn(callbacks.deliver(lambda w: self.follow(w, None), post,
+                                     self.keys_of(home, hook), url, home, hook, wid),
+                   f"{home}/{hook}: run {wid}, its callback")
+
+    async def post(self, url: str, **kw: Any) -> Any:
+        """POST with the bridge's HTTP client (agentd.bridge's httpx2), made on first use."""
+        if self._http is None:
+            import httpx2
+
+            self._http = httpx2.AsyncClient(timeout=15.0, follow_redirects=False)
+        return await self._http.post(url, **kw)
+
+    def spawn(self, send: Awaitable[str], what: str) -> None:
+        """Run a reply (`send`: waits for its turn, sends, says how it went) in the
+        background; its outcome is logged as `what: outcome`."""
+        async def run() -> None:
+            try:
+                outcome = await send
+            except Exception as e:  # the run could not be followed (the database): say so
+                outcome = f"not sent ({type(e).__name__})"
+            self.log("bridge", f"{what}: {outcome}")
+
+        task = asyncio.ensure_future(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        """At the end of serving: callbacks still waiting are dropped (see callbacks.py)."""
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
 
     def close(self) -> None:
         self.dbos.destroy()
@@ -154,105 +218,43 @@ class Fleet:
                 "prompt_tokens_details": {"cached_tokens": cached}}
 
 
-def failure(result: dict[str, Any]) -> tuple[int, str, str]:
-    """(HTTP status, code, message) of a turn that did not end well; (0, "", "") if it did."""
-    status = str(result.get("status"))
-    if status == "ok":
-        return 0, "", ""
-    message = f"the turn ended early ({status}): {str(result.get('error') or '')[:500]}"
-    return (429 if status == "budget" else 502), f"turn_{status}", message
-
-
 def create_app(fleet: Fleet) -> Any:
     """The ASGI app, inside the single-home bridge's guard (limits.Guard)."""
     from agentd.bridge.limits import Guard
 
     app = FastAPI(title="agentd fleet bridge", version="1", docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url="/openapi.json")  # no /docs, as in the single-home bridge
+    built: list[dict[str, Any]] = []
+
+    def schema() -> dict[str, Any]:
+        """FastAPI's document completed with the real answers (bridge_schema.py), once."""
+        if not built:
+            built.append(bridge_schema.complete(FastAPI.openapi(app)))
+        return built[0]
+
+    app.openapi = schema  # type: ignore[method-assign]
 
     add_error_handlers(app)  # the single-home bridge's: one error body
+    app.include_router(bridge_chat.router(fleet))
+    app.include_router(bridge_telegram.router(fleet))
+    app.include_router(bridge_slack.router(fleet))
 
-    @app.get("/healthz")
+    @app.get("/healthz", summary="Liveness (no auth, no details)")
     async def healthz() -> dict[str, bool]:
         return {"ok": True}
 
-    def auth(request: Request) -> None:
-        if not bearer_ok(request.headers.get("authorization"), fleet.token):
-            raise unauthorized(bearer=True)
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
-        auth(request)
-        homes = await fleet.query(db.homes)
-        return JSONResponse({"object": "list", "data": [
-            {"id": PREFIX + h.name, "object": "model", "created": 0, "owned_by": "agentd"}
-            for h in homes]})
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        auth(request)
-        body = await request.body()
-        require_json(request.headers.get("content-type"))
-        req = parse_json(body, fleet.settings.bridge.max_json_depth)
-        check(req)
-        text, _history = parse_messages(req.get("messages"))
-        sampling = parse_sampling(req)
-        check_tools(req)
-        model = req.get("model")
-        if not isinstance(model, str) or not model.startswith(PREFIX):
-            raise ApiError(404, "unknown model: use agentd/NAME for home NAME (GET /v1/models "
-                           "lists them)", "model_not_found")
-        stream, opts = req.get("stream", False), req.get("stream_options") or {}
-        if not isinstance(stream, bool) or not isinstance(opts, dict) or req.get("n", 1) != 1:
-            raise ApiError(400, "stream must be true/false, stream_options an object, n 1",
-                           "invalid_request")
-        try:
-            home = await fleet.home(model[len(PREFIX):])
-        except ApiError:
-            raise ApiError(404, "unknown model: no such home (GET /v1/models lists them)",
-                           "model_not_found") from None
-        named = conversation_key(request.headers.get("x-agentd-session"), req.get("user"))
-        fleet.check_sender(f"chat:{home.name}:{named or '*'}")
-        key = named or pysecrets.token_hex(8)
-        turn = TurnRequest(text, Path("."), f"chat:{key}", sampling=sampling,
-                           session=f"chat-{key}")
-        wid = enqueue.run_id(home.name)
-        await fleet.enqueue(home.name, turn, wid)
-        fleet.log("chat", f"{home.name}: queued {wid} (session chat-{key})")
-        cid, created = f"chatcmpl-{pysecrets.token_hex(12)}", int(time.time())
-        headers = {"x-agentd-session": key, "x-agentd-run": wid}
-        if stream:
-            return StreamingResponse(
-                _sse(fleet, wid, cid, created, model, bool(opts.get("include_usage"))),
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers})
-        result = await fleet.follow(wid, None)
-        status, code, message = failure(result)
-        if status:
-            return JSONResponse(error_body(status, message, code), status,
-                                headers={**NO_RETRY, **headers})
-        return JSONResponse({
-            "id": cid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant",
-                                                 "content": str(result.get("text") or ""),
-                                                 "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"}],
-            "usage": await fleet.usage(wid), "system_fingerprint": None,
-            "agentd": {"run": wid, "session": key, "steps": result.get("steps"),
-                       "cost": result.get("cost"), "commit": result.get("commit")}},
-            headers=headers)
-
-    @app.post("/homes/{name}/hooks/{hook}", status_code=202)
+    @app.post("/homes/{name}/hooks/{hook}", status_code=202, openapi_extra=EVENT_SCHEMA,
+              summary="A signed event for home NAME's hook (Standard Webhooks: webhook-id, "
+              "webhook-timestamp, webhook-signature headers)")
     async def webhook(name: str, hook: str, request: Request) -> JSONResponse:
-        if not fleet.keys or not HOOK_NAME.fullmatch(hook):
+        keys = fleet.keys_of(name, hook)
+        if not keys or not HOOK_NAME.fullmatch(hook) or not db.NAME.match(name):
             raise ApiError(404, "no such hook", "not_found")
         body = await request.body()
-        why = verify_webhook(fleet.keys, request.headers, body)
-        if why:
+        if verify_webhook(keys, request.headers, body):
             raise unauthorized()
         home = await fleet.home(name)
         require_json(request.headers.get("content-type"))
-        event = parse_json(body, fleet.settings.bridge.max_json_depth, want=None)
         msg_id = webhook_headers(request.headers)[0]
         digest = hashlib.sha256(f"{hook}\0{msg_id}".encode()).hexdigest()[:32]
         wid = f"run:{home.name}:{digest}"  # a redelivery is the same workflow: enqueued once
@@ -260,16 +262,21 @@ def create_app(fleet: Fleet) -> Any:
                                    load_input=False, load_output=False):
             return JSONResponse({"id": wid, "status": "duplicate"}, 200)
         fleet.check_sender(f"hook:{home.name}:{hook}")
-        task = build_task(hook, msg_id, event, "", fleet.settings.bridge.max_event_chars)
+        b = (await fleet.settings_of(home)).bridge  # the home's own [bridge] table
+        event = parse_json(body, b.max_json_depth, want=None)
+        prompt, callback_url = homeconf.hook_settings_of(b, hook)
+        task = build_task(hook, msg_id, event, prompt, b.max_event_chars)
         turn = TurnRequest(task, Path("."), f"webhook:{hook}", profile="untrusted",
                            title=f"Webhook: {hook}")
         await fleet.enqueue(home.name, turn, wid)
         fleet.log("hook", f"{home.name}/{hook}: accepted {msg_id[:64]} as {wid}")
+        if callback_url:
+            fleet.callback(home.name, hook, wid, callback_url)
         return JSONResponse({"id": wid, "status": "queued", "url": f"/runs/{wid}"}, 202)
 
-    @app.get("/runs/{wid}")
+    @app.get("/runs/{wid}", summary="A run's status and result (Bearer token)")
     async def run(wid: str, request: Request) -> JSONResponse:
-        auth(request)
+        fleet.auth(request)
         parts = wid.split(":")
         if len(wid) > 200 or len(parts) < 3 or not db.NAME.match(parts[1]):
             raise ApiError(404, "no such run", "not_found")
@@ -284,55 +291,9 @@ def create_app(fleet: Fleet) -> Any:
             out["result"] = admin.ended(s)
         return JSONResponse(json.loads(json.dumps(out, default=str)))
 
-    return Guard(app, fleet.limits, lambda m: fleet.log.error("bridge", m),
-                 lambda: fleet.closing)
+    guard = Guard(app, fleet.limits, lambda m: fleet.log.error("bridge", m),
+                  lambda: fleet.closing)
+    guard.app = app  # type: ignore[attr-defined]  # for schema tools: guard.app.openapi()
+    return guard
 
 
-async def _sse(fleet: Fleet, wid: str, cid: str, created: int, model: str,
-               include_usage: bool) -> AsyncIterator[bytes]:
-    """The turn's text as chunks as the worker writes it, then how it ended."""
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _data({"id": cid, "object": "chat.completion.chunk", "created": created,
-                      "model": model, "choices": [{"index": 0, "delta": delta,
-                                                   "logprobs": None, "finish_reason": finish}]})
-
-    sink: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    task = asyncio.ensure_future(fleet.follow(wid, sink))
-    yield chunk({"role": "assistant", "content": ""})
-    wrote = False
-    try:
-        while not (task.done() and sink.empty()):
-            getter = asyncio.ensure_future(sink.get())
-            done, _ = await asyncio.wait({getter, task}, timeout=KEEPALIVE,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                if not done:
-                    yield b": waiting\n\n"  # keeps proxies from closing a queued request
-                continue
-            event = getter.result()
-            text = str(event.get("text") or "") if event.get("kind") == "text" else ""
-            if text.strip():
-                yield chunk({"content": ("\n\n" if wrote else "") + text.strip()})
-                wrote = True
-        result = task.result()
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    status, code, message = failure(result)
-    if status:
-        yield _data(error_body(status, message, code))
-    else:
-        if not wrote and str(result.get("text") or "").strip():
-            yield chunk({"content": str(result["text"]).strip()})
-        yield chunk({}, "stop")
-        if include_usage:
-            yield _data({"id": cid, "object": "chat.completion.chunk", "created": created,
-                         "model": model, "choices": [], "usage": await fleet.usage(wid)})
-    yield b"data: [DONE]\n\n"
-
-
-def _data(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"

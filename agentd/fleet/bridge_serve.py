@@ -12,12 +12,26 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 from agentd.bridge.connections import Connections, protocol_class, raise_fd_limit
 from agentd.bridge.secrets import is_loopback
 from agentd.bridge.server import GRACE, bind_socket, quiet_uvicorn
+from agentd.errors import AgentdError
 from agentd.fleet.bridge import Fleet, create_app, hook_keys
 from agentd.jobs.log import EventLog
+
+
+def cache_dir() -> Path:
+    """Where the bridge keeps its mirrors of the homes (for their agentd.toml):
+    $XDG_CACHE_HOME/agentd/fleet-serve, apart from a worker's cache on the same machine."""
+    folder = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+              / "agentd" / "fleet-serve").expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AgentdError(f"fleet serve: cannot use {folder}: {e.strerror or e}", 1) from None
+    return folder.resolve()
 
 
 def main(db_url: str, host: str, port: int, log: EventLog) -> int:
@@ -36,7 +50,8 @@ def main(db_url: str, host: str, port: int, log: EventLog) -> int:
             self.should_exit = True
 
     fleet = Fleet(db_url, os.environ.get("AGENTD_FLEET_TOKEN", "").strip(),
-                  hook_keys(os.environ.get("AGENTD_FLEET_WEBHOOK_SECRET", "")), log)
+                  hook_keys(os.environ.get("AGENTD_FLEET_WEBHOOK_SECRET", "")), log,
+                  cache_dir())
     try:
         b = fleet.settings.bridge
         total, warning = raise_fd_limit(b.max_connections)
@@ -55,8 +70,9 @@ def main(db_url: str, host: str, port: int, log: EventLog) -> int:
         if not is_loopback(host):
             log.warn("bridge", f"listening beyond this machine ({host}): put a TLS proxy in "
                      "front, tokens travel in the clear otherwise")
-        if not fleet.keys:
-            log("bridge", "webhooks are off: no AGENTD_FLEET_WEBHOOK_SECRET")
+        if not (fleet.keys or fleet.secrets.hooks):
+            log("bridge", "webhooks are off: no AGENTD_FLEET_WEBHOOK_SECRET or "
+                "AGENTD_FLEET_HOOK_SECRETS")
         url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
 
         async def serve() -> None:
@@ -69,7 +85,10 @@ def main(db_url: str, host: str, port: int, log: EventLog) -> int:
             if server.started:
                 log("bridge", f"listening on {url} (chat /v1, hooks /homes/NAME/hooks/HOOK)",
                     port=bound)
-            await task
+            try:
+                await task
+            finally:
+                await fleet.drain()
 
         asyncio.run(serve())
     finally:

@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS agentd_fleet.state (
   home text NOT NULL, path text NOT NULL, data bytea NOT NULL,
   updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (home, path));
 CREATE TABLE IF NOT EXISTS agentd_fleet.settings (key text PRIMARY KEY, value jsonb NOT NULL);
+CREATE TABLE IF NOT EXISTS agentd_fleet.conversations (
+  home text NOT NULL, session text NOT NULL, last text NOT NULL, tail jsonb NOT NULL,
+  at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (home, session));
+CREATE INDEX IF NOT EXISTS conversations_last ON agentd_fleet.conversations (home, last, at);
 """
 
 DEFAULTS: dict[str, Any] = {"dead_after": 30.0, "beat_every": 5.0, "tick_every": 60.0,
@@ -213,3 +217,26 @@ def save_state(conn: psycopg.Connection[Any], home: str, files: dict[str, bytes]
                 "INSERT INTO agentd_fleet.state (home, path, data) VALUES (%s, %s, %s) "
                 "ON CONFLICT (home, path) DO UPDATE SET data = EXCLUDED.data, "
                 "updated_at = now()", (home, path, data))
+
+
+def conversations_ending(conn: psycopg.Connection[Any], home: str, last: str
+                         ) -> list[tuple[str, list[str]]]:
+    """(session, tail) of a home's chat sessions whose latest item is `last`, the one that
+    answered last first (agentd/fleet/chats.py)."""
+    return conn.execute(
+        "SELECT session, tail FROM agentd_fleet.conversations WHERE home = %s AND last = %s "
+        "ORDER BY at DESC LIMIT 50", (home, last)).fetchall()
+
+
+def conversation_tail(conn: psycopg.Connection[Any], home: str, session: str) -> list[str]:
+    row = conn.execute("SELECT tail FROM agentd_fleet.conversations WHERE home = %s AND "
+                       "session = %s", (home, session)).fetchone()
+    return list(row[0]) if row else []
+
+
+def save_conversation(conn: psycopg.Connection[Any], home: str, session: str,
+                      tail: list[str]) -> None:
+    conn.execute(
+        "INSERT INTO agentd_fleet.conversations (home, session, last, tail) VALUES "
+        "(%s, %s, %s, %s) ON CONFLICT (home, session) DO UPDATE SET last = EXCLUDED.last, "
+        "tail = EXCLUDED.tail, at = now()", (home, session, tail[-1], json.dumps(tail)))
