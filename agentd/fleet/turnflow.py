@@ -69,8 +69,16 @@ _config = _Config()
 def configure(db_url: str, cache: Path) -> None:
     """Where this worker's turns keep their git (the mirrors and the clones under
     `cache`) and the fleet database (homes, usage, runtime state). The worker calls it
-    before DBOS launches, since launch resumes unfinished turns at once."""
-    _config.db_url, _config.cache = db_url, Path(cache).resolve()
+    before DBOS launches, since launch resumes unfinished turns at once.
+
+    The cache is made private (0700): it holds every home's mirror and the clones of the
+    turns running now, and the sandbox, running as its own uid, sees any folder it can
+    search (`--ro-bind / /`); a folder it cannot search is masked but for the turn's own
+    clone (agentd.tools.owner.reach_plan). So one home's agent never reads another's."""
+    cache = Path(cache).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    cache.chmod(0o700)
+    _config.db_url, _config.cache = db_url, cache
 
 
 def _configured() -> tuple[str, Path]:
