@@ -46,6 +46,7 @@ from agentd.fleet import carry, db, schedule, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
 from agentd.loop import Events
 from agentd.redact import from_settings
+from agentd.tools import SandboxSettings
 from agentd.turn import TurnReport, TurnRequest, run_turn
 
 log = logging.getLogger("agentd.fleet")
@@ -192,7 +193,26 @@ def _settings(clone: Path) -> Any:
         settings, problem = schedule.settings_of(root)
     if problem:
         raise AgentdError(problem.removesuffix("; the defaults apply"))
+    _confined(settings.sandbox)
     return settings
+
+
+def _confined(sandbox: SandboxSettings) -> None:
+    """Refuse a home whose agentd.toml loosens the sandbox. On one machine its owner owns
+    the host, so it is theirs to loosen; a fleet worker serves many owners, none of them
+    its operator: without the sandbox the agent is the worker (its keys, its database
+    URL, every home's mirror), the host's network reaches the fleet's PostgreSQL on
+    loopback, and another uid is another host user's files."""
+    default = SandboxSettings()
+    if sandbox.mode != default.mode:
+        raise AgentdError(f'sandbox.mode = "{sandbox.mode}": a fleet home always runs '
+                          "sandboxed")
+    if sandbox.network == "full":
+        raise AgentdError('sandbox.network = "full": a fleet home may use "allowlist", '
+                          "not the worker's own network")
+    if (sandbox.uid, sandbox.gid) != (default.uid, default.gid):
+        raise AgentdError("sandbox.uid/gid: a fleet home runs commands as the worker's "
+                          "sandbox user, not its own choice")
 
 
 def _heartbeat(clone: Path, settings: Any) -> str | None:

@@ -59,6 +59,12 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
                           capture_output=True).stdout.decode().strip()
 
 
+def sync(work: Path) -> None:
+    """The owner's work folder at the remote's head (the turns moved it)."""
+    git(work, "fetch", "-q", "origin", "main")
+    git(work, "reset", "-q", "--hard", "FETCH_HEAD")
+
+
 def bash(command: str) -> dict[str, Any]:
     return {"tool_calls": [{"name": "bash", "arguments": {"command": command}}]}
 
@@ -129,9 +135,9 @@ class Fleet:
             db.add_home(conn, name, str(remote))
 
     def push(self, name: str, message: str) -> None:
-        """The owner commits what is in the home's work folder and pushes it."""
+        """The owner commits what is in the home's work folder and pushes it (synced
+        with `sync` before the change)."""
         work = self.tmp / f"{name}-work"
-        git(work, "pull", "-q", "--rebase", "origin", "main")
         git(work, "add", "-A")
         git(work, "commit", "-qm", message)
         git(work, "push", "-q", "origin", "HEAD:main")
@@ -288,18 +294,28 @@ def test_an_owners_hostile_push_runs_nothing_and_reads_nothing(fleet: Fleet) -> 
     fetch and the checkout run no hook, carry.save stores no host file in the database,
     and the turn ends with a one-line result."""
     work = fleet.tmp / "alpha-work"
-    git(work, "pull", "-q", "--rebase", "origin", "main")
+    sync(work)
     (work / ".agentd").mkdir(exist_ok=True)
     (work / ".agentd" / "usage.jsonl").symlink_to(fleet.host_secret)
     (work / ".agentd" / "daemon").mkdir(exist_ok=True)
     (work / ".agentd" / "daemon" / "cron.json").symlink_to("/dev/zero")
-    git(work, "add", "-f", ".agentd")
+    (work / ".gitmodules").write_text(
+        f'[submodule "s"]\n\tpath = s\n\turl = ext::sh -c touch% {fleet.outer / PWNED}\n'
+        f'[submodule "t"]\n\tpath = t\n\turl = {fleet.remotes["beta"]}\n\tupdate = !touch'
+        f' {fleet.outer / PWNED}\n')
+    (work / ".gitattributes").write_text("* filter=lfs diff=evil merge=evil\n")
+    git(work, "add", "-f", ".agentd", ".gitmodules", ".gitattributes")
+    beta_head = git(fleet.remotes["beta"], "rev-parse", "main")
+    git(work, "update-index", "--add", "--cacheinfo", f"160000,{beta_head},s")
+    git(work, "update-index", "--add", "--cacheinfo", f"160000,{beta_head},t")
     git(work, "commit", "-qm", "hostile runtime files")
     git(work, "push", "-q", "origin", "HEAD:main")
     result, seen, _ = fleet.turn("alpha", "ls -la .agentd .agentd/daemon 2>&1; echo ok")
+    print("owner-push turn:", result, seen)
     assert "\n" not in (result["error"] or ""), result
+    assert not (fleet.outer / PWNED).exists()
     with db.connect(fleet.url) as conn:
-        rows = conn.execute("select path, data from state").fetchall()
+        rows = conn.execute("select path, data from agentd_fleet.state").fetchall()
     assert not any(HOST_SECRET.encode() in bytes(data) for _, data in rows), rows
     assert not leaked(fleet, *seen, str(result))
 
@@ -327,3 +343,34 @@ def test_an_owners_hostile_push_runs_nothing_and_reads_nothing(fleet: Fleet) -> 
 def mktree(work: Path, entries: str) -> str:
     return subprocess.run(["git", "mktree", "--missing"], cwd=work, check=True,
                           input=entries.encode(), capture_output=True).stdout.decode().strip()
+
+
+@pytest.mark.parametrize("table", [
+    'mode = "off"', 'network = "full"', 'uid = "postgres"\ngid = "postgres"'],
+    ids=["sandbox-off", "network-full", "another-uid"])
+def test_a_home_cannot_loosen_the_workers_sandbox(fleet: Fleet, table: str) -> None:
+    """A home's agentd.toml is its owner's, and the owner is not the worker's operator:
+    a `[sandbox]` that turns the sandbox off (the agent on the worker's host, with its
+    keys and database URL), opens the host's network (its loopback: the fleet's
+    PostgreSQL) or runs commands as another host user is refused, in one line, before
+    the model is called."""
+    work = fleet.tmp / "alpha-work"
+    sync(work)
+    config = work / "agentd.toml"
+    original = config.read_text()
+    config.write_text(original + f"\n[sandbox]\n{table}\n")
+    fleet.push("alpha", "loosen the sandbox")
+    try:
+        before = len(fleet.fake.requests)
+        result, seen, _ = fleet.turn(
+            "alpha", f"tr '\\0' '\\n' < /proc/self/environ; ls -la {fleet.cache}; id; "
+            f"cat {fleet.host_secret}; echo done")
+        assert result["status"] == "error" and "\n" not in result["error"], (result, seen)
+        assert "sandbox" in result["error"], result
+        assert len(fleet.fake.requests) == before  # refused before the first model call
+        assert not leaked(fleet, *seen, str(result))
+    finally:
+        fleet.fake._script.clear()  # the scripted replies the refused turn left unused
+        sync(work)
+        config.write_text(original)
+        fleet.push("alpha", "the sandbox as it was")
