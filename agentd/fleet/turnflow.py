@@ -183,17 +183,21 @@ def _idle() -> dict[str, Any]:
             "cost": 0.0, "conflict": None}
 
 
-def _settings(clone: Path) -> Any:
+def _settings(db_url: str, clone: Path) -> Any:
     """The clone's agentd.toml through homefs (agent-written: a symlink to /dev/zero or
     a secret must not be read on the host); a broken file fails the turn, as `agentd run`
-    does, rather than running it on defaults."""
+    does, rather than running it on defaults. Its [sandbox] may not loosen the worker's
+    unless the fleet's setting `trust_home_sandbox` says every home's owner may."""
     from agentd.homefs import Root
 
     with Root(clone) as root:
         settings, problem = schedule.settings_of(root)
     if problem:
         raise AgentdError(problem.removesuffix("; the defaults apply"))
-    _confined(settings.sandbox)
+    with db.connect(db_url) as conn:
+        trusted = db.settings(conn)["trust_home_sandbox"] is True
+    if not trusted:
+        _confined(settings.sandbox)
     return settings
 
 
@@ -202,7 +206,8 @@ def _confined(sandbox: SandboxSettings) -> None:
     the host, so it is theirs to loosen; a fleet worker serves many owners, none of them
     its operator: without the sandbox the agent is the worker (its keys, its database
     URL, every home's mirror), the host's network reaches the fleet's PostgreSQL on
-    loopback, and another uid is another host user's files."""
+    loopback, and another uid is another host user's files. (An operator who owns every
+    home says so with the fleet setting `trust_home_sandbox`.)"""
     default = SandboxSettings()
     if sandbox.mode != default.mode:
         raise AgentdError(f'sandbox.mode = "{sandbox.mode}": a fleet home always runs '
@@ -244,7 +249,7 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
         steps = DurableSteps(clone, workflow_id)
         req.workdir = clone  # the request's own is another machine's
         _retrying(_restore, db_url, home, clone, request)
-        settings = _settings(clone)
+        settings = _settings(db_url, clone)
         steps.redactor = redactor = from_settings(settings)  # the stream, the result
         if req.trigger == "heartbeat":  # zero tokens when nothing in HEARTBEAT.md is due
             task: str | None = DBOS.run_step({"name": "heartbeat"}, _heartbeat, clone,

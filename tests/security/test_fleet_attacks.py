@@ -55,8 +55,10 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     base = {"PATH": os.environ["PATH"], "HOME": str(cwd), "GIT_AUTHOR_NAME": "owner",
             "GIT_AUTHOR_EMAIL": "o@example.com", "GIT_COMMITTER_NAME": "owner",
             "GIT_COMMITTER_EMAIL": "o@example.com"}
-    return subprocess.run(["git", *args], cwd=cwd, env=base | (env or {}), check=True,
-                          capture_output=True).stdout.decode().strip()
+    proc = subprocess.run(["git", *args], cwd=cwd, env=base | (env or {}),
+                          capture_output=True)
+    assert proc.returncode == 0, f"git {' '.join(args)}: {proc.stderr.decode()}"
+    return proc.stdout.decode().strip()
 
 
 def sync(work: Path) -> None:
@@ -295,6 +297,15 @@ def test_an_owners_hostile_push_runs_nothing_and_reads_nothing(fleet: Fleet) -> 
     and the turn ends with a one-line result."""
     work = fleet.tmp / "alpha-work"
     sync(work)
+    start = fleet.head("alpha")
+    try:
+        hostile_pushes(fleet, work)
+    finally:  # the home as it was, for the next test (its owner's fetch parses .gitmodules)
+        git(fleet.remotes["alpha"], "update-ref", "refs/heads/main", start)
+        git(work, "reset", "-q", "--hard", start)
+
+
+def hostile_pushes(fleet: Fleet, work: Path) -> None:
     (work / ".agentd").mkdir(exist_ok=True)
     (work / ".agentd" / "usage.jsonl").symlink_to(fleet.host_secret)
     (work / ".agentd" / "daemon").mkdir(exist_ok=True)
