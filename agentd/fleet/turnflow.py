@@ -198,7 +198,18 @@ def _settings(db_url: str, clone: Path) -> Any:
         trusted = db.settings(conn)["trust_home_sandbox"] is True
     if not trusted:
         _confined(settings.sandbox)
+        _keys_only(settings.providers)
     return settings
+
+
+def _keys_only(providers: dict[str, Any]) -> None:
+    """Refuse a provider whose key_env names a variable of the worker that is no API key
+    (`AGENTD_FLEET_DB`: the fleet's database URL, password and all, would go to the
+    home's base_url as its key)."""
+    for name, endpoint in providers.items():
+        if endpoint.key_env and not endpoint.key_env.endswith("_API_KEY"):
+            raise AgentdError(f"providers.{name}.key_env = {endpoint.key_env!r}: a fleet "
+                              "home's key comes from a variable named *_API_KEY")
 
 
 def _confined(sandbox: SandboxSettings) -> None:

@@ -357,19 +357,25 @@ def mktree(work: Path, entries: str) -> str:
 
 
 @pytest.mark.parametrize("table", [
-    'mode = "off"', 'network = "full"', 'uid = "postgres"\ngid = "postgres"'],
-    ids=["sandbox-off", "network-full", "another-uid"])
+    'mode = "off"', 'network = "full"', 'uid = "postgres"\ngid = "postgres"',
+    'key_env = "AGENTD_FLEET_DB"'],
+    ids=["sandbox-off", "network-full", "another-uid", "key-from-the-workers-env"])
 def test_a_home_cannot_loosen_the_workers_sandbox(fleet: Fleet, table: str) -> None:
     """A home's agentd.toml is its owner's, and the owner is not the worker's operator:
     a `[sandbox]` that turns the sandbox off (the agent on the worker's host, with its
     keys and database URL), opens the host's network (its loopback: the fleet's
-    PostgreSQL) or runs commands as another host user is refused, in one line, before
-    the model is called."""
+    PostgreSQL) or runs commands as another host user, or a provider whose key_env names
+    a variable of the worker that is no API key (its database URL, sent to the home's
+    base_url), is refused, in one line, before the model is called."""
     work = fleet.tmp / "alpha-work"
     sync(work)
     config = work / "agentd.toml"
     original = config.read_text()
-    config.write_text(original + f"\n[sandbox]\n{table}\n")
+    if table.startswith("key_env"):  # the worker's DB URL sent as the provider's key
+        assert "max_retries = 0\n" in original
+        config.write_text(original.replace("max_retries = 0\n", f"max_retries = 0\n{table}\n"))
+    else:
+        config.write_text(original + f"\n[sandbox]\n{table}\n")
     fleet.push("alpha", "loosen the sandbox")
     try:
         before = len(fleet.fake.requests)
@@ -377,8 +383,9 @@ def test_a_home_cannot_loosen_the_workers_sandbox(fleet: Fleet, table: str) -> N
             "alpha", f"tr '\\0' '\\n' < /proc/self/environ; ls -la {fleet.cache}; id; "
             f"cat {fleet.host_secret}; echo done")
         assert result["status"] == "error" and "\n" not in result["error"], (result, seen)
-        assert "sandbox" in result["error"], result
+        assert "sandbox" in result["error"] or "key_env" in result["error"], result
         assert len(fleet.fake.requests) == before  # refused before the first model call
+        assert not any(DB_PASSWORD in str(q.headers) for q in fleet.fake.requests)
         assert not leaked(fleet, *seen, str(result))
     finally:
         fleet.fake._script.clear()  # the scripted replies the refused turn left unused
