@@ -77,8 +77,12 @@ def configure(db_url: str, cache: Path) -> None:
     search (`--ro-bind / /`); a folder it cannot search is masked but for the turn's own
     clone (agentd.tools.owner.reach_plan). So one home's agent never reads another's."""
     cache = Path(cache).resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    cache.chmod(0o700)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        cache.chmod(0o700)
+    except OSError as e:
+        raise AgentdError(f"cannot make the cache {cache} private: {e.strerror or e}",
+                          1) from None
     _config.db_url, _config.cache = db_url, cache
 
 
