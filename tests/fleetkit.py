@@ -257,6 +257,7 @@ class Fleet:
                                                      hold=root / "hold"))
         fleet = cls(root, pg.libpq_url(), ScriptedLLM(root, delay))
         fleet.cli("fleet", "init")
+        fleet.settings(trust_home_sandbox=True)  # the homes' bash runs unsandboxed (see top)
         return fleet
 
     # -- running the CLI and the database -------------------------------------------------

@@ -49,6 +49,7 @@ from agentd.home import RUNTIME
 from agentd.homefs import Root
 from agentd.loop import Events
 from agentd.redact import from_settings
+from agentd.tools import SandboxSettings
 from agentd.turn import TurnReport, TurnRequest, run_turn
 
 log = logging.getLogger("agentd.fleet")
@@ -72,8 +73,20 @@ _config = _Config()
 def configure(db_url: str, cache: Path) -> None:
     """Where this worker's turns keep their git (the mirrors and the clones under
     `cache`) and the fleet database (homes, usage, runtime state). The worker calls it
-    before DBOS launches, since launch resumes unfinished turns at once."""
-    _config.db_url, _config.cache = db_url, Path(cache).resolve()
+    before DBOS launches, since launch resumes unfinished turns at once.
+
+    The cache is made private (0700): it holds every home's mirror and the clones of the
+    turns running now, and the sandbox, running as its own uid, sees any folder it can
+    search (`--ro-bind / /`); a folder it cannot search is masked but for the turn's own
+    clone (agentd.tools.owner.reach_plan). So one home's agent never reads another's."""
+    cache = Path(cache).resolve()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        cache.chmod(0o700)
+    except OSError as e:
+        raise AgentdError(f"cannot make the cache {cache} private: {e.strerror or e}",
+                          1) from None
+    _config.db_url, _config.cache = db_url, cache
 
 
 def _configured() -> tuple[str, Path]:
@@ -178,15 +191,50 @@ def _idle() -> dict[str, Any]:
             "cost": 0.0, "conflict": None, "notes": []}
 
 
-def _settings(clone: Path) -> Any:
+def _settings(db_url: str, clone: Path) -> Any:
     """The clone's agentd.toml through homefs (agent-written: a symlink to /dev/zero or
     a secret must not be read on the host); a broken file fails the turn, as `agentd run`
-    does, rather than running it on defaults."""
+    does, rather than running it on defaults. Its [sandbox] may not loosen the worker's
+    unless the fleet's setting `trust_home_sandbox` says every home's owner may."""
     with Root(clone) as root:
         settings, problem = schedule.settings_of(root)
     if problem:
         raise AgentdError(problem.removesuffix("; the defaults apply"))
+    with db.connect(db_url) as conn:
+        trusted = db.settings(conn)["trust_home_sandbox"] is True
+    if not trusted:
+        _confined(settings.sandbox)
+        _keys_only(settings.providers)
     return settings
+
+
+def _keys_only(providers: dict[str, Any]) -> None:
+    """Refuse a provider whose key_env names a variable of the worker that is no API key
+    (`AGENTD_FLEET_DB`: the fleet's database URL, password and all, would go to the
+    home's base_url as its key)."""
+    for name, endpoint in providers.items():
+        if endpoint.key_env and not endpoint.key_env.endswith("_API_KEY"):
+            raise AgentdError(f"providers.{name}.key_env = {endpoint.key_env!r}: a fleet "
+                              "home's key comes from a variable named *_API_KEY")
+
+
+def _confined(sandbox: SandboxSettings) -> None:
+    """Refuse a home whose agentd.toml loosens the sandbox. On one machine its owner owns
+    the host, so it is theirs to loosen; a fleet worker serves many owners, none of them
+    its operator: without the sandbox the agent is the worker (its keys, its database
+    URL, every home's mirror), the host's network reaches the fleet's PostgreSQL on
+    loopback, and another uid is another host user's files. (An operator who owns every
+    home says so with the fleet setting `trust_home_sandbox`.)"""
+    default = SandboxSettings()
+    if sandbox.mode != default.mode:
+        raise AgentdError(f'sandbox.mode = "{sandbox.mode}": a fleet home always runs '
+                          "sandboxed")
+    if sandbox.network == "full":
+        raise AgentdError('sandbox.network = "full": a fleet home may use "allowlist", '
+                          "not the worker's own network")
+    if (sandbox.uid, sandbox.gid) != (default.uid, default.gid):
+        raise AgentdError("sandbox.uid/gid: a fleet home runs commands as the worker's "
+                          "sandbox user, not its own choice")
 
 
 BEAT = f"{RUNTIME}/{carry.DAEMON_FILES[0]}"  # the heartbeat items' times
@@ -244,7 +292,7 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
         steps = DurableSteps(clone, workflow_id)
         req.workdir = clone  # the request's own is another machine's
         _retrying(_restore, db_url, home, clone, request, workflow_id)
-        settings = _settings(clone)
+        settings = _settings(db_url, clone)
         steps.redactor = redactor = from_settings(settings)  # the stream, the result
         steps.caps = Caps.of(settings.git)  # a step's patch is bounded as a commit is
         if req.trigger == "heartbeat":  # zero tokens when nothing in HEARTBEAT.md is due
