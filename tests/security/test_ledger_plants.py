@@ -1,0 +1,77 @@
+"""The runtime's append-only files under `.agentd/` (the usage ledger, the daemon's and the
+bridge's run records, the bridge's conversation index) with a link planted at their name.
+With `[sandbox] mode = "off"` bash runs on the host and can write `.agentd/`: a symlink it
+puts at `usage.jsonl` must not make the host append its rows to a file out of the home, and
+a rewrite (a compaction) must not write through a link planted at its temp name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import agentd
+from daemonkit import configure
+from fakellm import FakeLLM
+
+from agentd import state
+from agentd.bridge.conversations import Conversations
+from agentd.bridge.store import Runs
+
+
+def _bash(command: str) -> dict:
+    return {"tool_calls": [{"name": "bash", "arguments": {"command": command}}]}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_link_at_the_ledger_never_redirects_its_rows(home: Path, workdir: Path,
+                                                       fake: FakeLLM, tmp_path: Path) -> None:
+    configure(home, sandbox={"mode": "off"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ledger = home / ".agentd/usage.jsonl"
+    # after the first call's row, the turn swaps the ledger for a dangling link out
+    fake.push(_bash(f"rm -f {ledger} && ln -s {outside}/ledger {ledger} && echo swapped"),
+              {"text": "done"})
+    r = agentd("run", "--json", "--home", str(home), "--workdir", str(workdir),
+               "--model", "openai:test", "go")
+    assert json.loads(r.stdout)["status"] == "ok", r.stderr
+    assert list(outside.iterdir()) == []
+    assert ledger.is_file() and not ledger.is_symlink()
+    (row,) = _rows(ledger)  # the second call's row, in a fresh file
+    assert row["model"] == "openai:test"
+
+
+def test_run_records_and_the_conversation_index_stay_home(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = tmp_path / "home/.agentd/bridge"
+    folder.mkdir(parents=True)
+    for name in ("runs.jsonl", "conversations.jsonl", "daemon-runs.jsonl"):
+        (folder / name).symlink_to(outside / name)
+    state.append_line(folder / "daemon-runs.jsonl", {"run": "r1"})
+    Conversations(folder).record("chat-a", [], ["x"])
+    runs = Runs(folder)
+    runs.new("hook", "h", {"a": 1})
+    runs.close()
+    assert list(outside.iterdir()) == []
+    assert _rows(folder / "daemon-runs.jsonl") == [{"run": "r1"}]
+    assert _rows(folder / "conversations.jsonl")[0]["s"] == "chat-a"
+    assert _rows(folder / "runs.jsonl")[0]["kind"] == "hook"
+
+
+def test_a_compaction_never_writes_through_its_temp_name(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep me\n")
+    folder = tmp_path / "home/.agentd/bridge"
+    folder.mkdir(parents=True)
+    (folder / "runs.jsonl.tmp").symlink_to(outside / "victim")
+    runs = Runs(folder)
+    rid = runs.new("hook", "h", {})
+    runs._compact()
+    runs.close()
+    assert (outside / "victim").read_text() == "keep me\n"
+    assert [r.get("id") for r in _rows(folder / "runs.jsonl")][-1] == rid
