@@ -1,12 +1,15 @@
-"""The runtime's append-only files under `.agentd/` (the usage ledger, the daemon's and the
-bridge's run records, the bridge's conversation index) with a link planted at their name.
-With `[sandbox] mode = "off"` bash runs on the host and can write `.agentd/`: a symlink it
-puts at `usage.jsonl` must not make the host append its rows to a file out of the home, and
-a rewrite (a compaction) must not write through a link planted at its temp name."""
+"""The runtime's files under `.agentd/` (the usage ledger, the daemon's and the bridge's
+run records, the bridge's conversation index, the cool-down file) with a link planted at
+their name. With `[sandbox] mode = "off"` bash runs on the host and can write `.agentd/`:
+a symlink it puts at `usage.jsonl` must not make the host append its rows to a file out
+of the home, and a rewrite (a compaction) must not write through a link planted at its
+temp name."""
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 from conftest import agentd
@@ -16,6 +19,7 @@ from fakellm import FakeLLM
 from agentd import state
 from agentd.bridge.conversations import Conversations
 from agentd.bridge.store import Runs
+from agentd.llm.fallback import Breaker
 
 
 def _bash(command: str) -> dict:
@@ -75,3 +79,28 @@ def test_a_compaction_never_writes_through_its_temp_name(tmp_path: Path) -> None
     runs.close()
     assert (outside / "victim").read_text() == "keep me\n"
     assert [r.get("id") for r in _rows(folder / "runs.jsonl")][-1] == rid
+
+
+def test_the_cooldown_file_is_never_written_or_read_through_a_plant(tmp_path: Path) -> None:
+    """`.agentd/cooldowns.json`: its temp and lock names are not followed, and a FIFO in
+    its place reads as no cool-downs instead of hanging the turn."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep me\n")
+    runtime = tmp_path / "home/.agentd"
+    runtime.mkdir(parents=True)
+    (runtime / "cooldowns.tmp").symlink_to(outside / "victim")
+    (runtime / "cooldowns.lock").symlink_to(outside / "made-by-the-host")
+    breaker = Breaker(runtime / "cooldowns.json")
+    breaker.trip("openai:test", 60, 429, "slow down")
+    assert (outside / "victim").read_text() == "keep me\n"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert breaker.until("openai:test") > 0
+    (runtime / "cooldowns.json").unlink()
+    os.mkfifo(runtime / "cooldowns.json")
+    seen: list[float] = []
+    reader = threading.Thread(target=lambda: seen.append(breaker.until("openai:test")),
+                              daemon=True)
+    reader.start()
+    reader.join(10)
+    assert seen == [0.0]
