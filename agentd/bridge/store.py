@@ -31,7 +31,7 @@ from typing import Any
 
 from agentd import jsonl, state
 from agentd.errors import AgentdError
-from agentd.home import atomic_write
+from agentd.home import atomic_write, open_lock
 
 MAX_SEEN = 200_000
 MAX_RUNS = 10_000
@@ -214,7 +214,7 @@ def recent_deliveries(folder: Path, n: int) -> list[dict[str, Any]]:
 
 def lock(path: Path) -> int:
     """One bridge per home: two would share (and compact) the same delivery ids and runs."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -16,9 +16,10 @@ from conftest import agentd
 from daemonkit import configure
 from fakellm import FakeLLM
 
-from agentd import state
+from agentd import history, state
 from agentd.bridge.conversations import Conversations
 from agentd.bridge.store import Runs
+from agentd.bridge.store import lock as store_lock
 from agentd.llm.fallback import Breaker
 
 
@@ -104,3 +105,24 @@ def test_the_cooldown_file_is_never_written_or_read_through_a_plant(tmp_path: Pa
     reader.start()
     reader.join(10)
     assert seen == [0.0]
+
+
+def test_lock_files_are_never_opened_through_a_plant(home: Path, tmp_path: Path) -> None:
+    """A dangling link at a lock's name would have the host create its target (as root,
+    `/etc/nologin` locks everyone else out): git's, a state file's and the bridge's locks
+    replace it with a lock file of their own."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    runtime = home / ".agentd"
+    (runtime / "daemon").mkdir(parents=True, exist_ok=True)
+    (runtime / "bridge").mkdir(parents=True, exist_ok=True)
+    for rel in ("git.lock", "daemon/cron.json.lock", "bridge/bridge.lock"):
+        (runtime / rel).unlink(missing_ok=True)
+        (runtime / rel).symlink_to(outside / rel.replace("/", "-"))
+    history.pending(home, None)
+    state.update(runtime / "daemon/cron.json", lambda d: d.update(ok=1))
+    os.close(store_lock(runtime / "bridge/bridge.lock"))
+    assert list(outside.iterdir()) == []
+    for rel in ("git.lock", "daemon/cron.json.lock", "bridge/bridge.lock"):
+        assert (runtime / rel).is_file() and not (runtime / rel).is_symlink()
+    assert state.read(runtime / "daemon/cron.json") == {"ok": 1}
