@@ -178,32 +178,33 @@ def locate_home(explicit: str | None, cwd: Path) -> Path | None:
     return default if is_home(default) else None
 
 
-def open_lock(path: Path) -> int:
-    """Open (creating) a lock file of the runtime's in `.agentd/`, for flock: never through
-    a symlink and never anything but a regular file. Bash can write `.agentd/` when the
-    sandbox is off, so a planted link (to /etc/nologin, say, which the host would create)
-    or FIFO there is removed and the file made anew: only agentd writes there, so such a
-    thing is debris, not someone's lock (flock is only ever taken on a regular file)."""
+def open_private(path: Path, flags: int = os.O_RDWR) -> int:
+    """Open (creating) a file of the runtime's own in `.agentd/` (a lock, the pid file, the
+    daemon's log; `flags` say how, O_RDWR by default): never through a symlink and never
+    anything but a regular file. Bash can write `.agentd/` when the sandbox is off, so a
+    planted link (to /etc/nologin, say, which the host would create, or to a file it would
+    truncate) or FIFO there is removed and the file made anew: only agentd writes there,
+    so such a thing is debris, not someone's file (flock is only taken on regular files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags |= os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     for _ in range(3):
         try:
             fd = os.open(path, flags, 0o644)
         except OSError as e:
             if e.errno != errno.ELOOP:
-                raise AgentdError(f"cannot open the lock {path}: {e.strerror}") from None
+                raise AgentdError(f"cannot open {path}: {e.strerror}") from None
             _remove_debris(path)
             continue
         if stat.S_ISREG(os.fstat(fd).st_mode):
             return fd
         os.close(fd)
         _remove_debris(path)
-    raise AgentdError(f"the lock {path} is not a regular file and could not be replaced; "
+    raise AgentdError(f"{path} is not a regular file and could not be replaced; "
                       "remove it by hand")
 
 
 def _remove_debris(path: Path) -> None:
-    """Remove a non-regular thing at a lock's path (a directory only if empty)."""
+    """Remove a non-regular thing at a runtime file's path (a directory only if empty)."""
     try:
         if stat.S_ISDIR(os.lstat(path).st_mode):
             os.rmdir(path)
@@ -212,5 +213,5 @@ def _remove_debris(path: Path) -> None:
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise AgentdError(f"the lock {path} is not a regular file ({e.strerror}); "
-                          "remove it by hand") from None
+        raise AgentdError(f"{path} is not a regular file ({e.strerror}); remove it by "
+                          "hand") from None

@@ -35,7 +35,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agentd.home import Home, open_lock
+from agentd.home import Home, open_private
 
 LOCK_NAME = "turn.lock"
 HOLDER_NAME = "turn.holder.json"
@@ -70,7 +70,7 @@ class TurnLock:
         """Take the lock if it is free; record who holds it. Never blocks."""
         if self._fd is not None:
             return True
-        fd = open_lock(self.path)
+        fd = open_private(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

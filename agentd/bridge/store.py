@@ -31,7 +31,7 @@ from typing import Any
 
 from agentd import jsonl, state
 from agentd.errors import AgentdError
-from agentd.home import atomic_write, open_lock
+from agentd.home import atomic_write, open_private
 
 MAX_SEEN = 200_000
 MAX_RUNS = 10_000
@@ -214,7 +214,7 @@ def recent_deliveries(folder: Path, n: int) -> list[dict[str, Any]]:
 
 def lock(path: Path) -> int:
     """One bridge per home: two would share (and compact) the same delivery ids and runs."""
-    fd = open_lock(path)
+    fd = open_private(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
