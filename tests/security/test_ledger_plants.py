@@ -126,3 +126,22 @@ def test_lock_files_are_never_opened_through_a_plant(home: Path, tmp_path: Path)
     for rel in ("git.lock", "daemon/cron.json.lock", "bridge/bridge.lock"):
         assert (runtime / rel).is_file() and not (runtime / rel).is_symlink()
     assert state.read(runtime / "daemon/cron.json") == {"ok": 1}
+
+
+def test_git_info_files_are_never_appended_through_a_plant(home: Path, tmp_path: Path) -> None:
+    """`.git/info/exclude` and `attributes` get agentd's blocks before git work; a link
+    planted there (bash can write `.git/` with the sandbox off) is replaced, not followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep me\n")
+    info = home / ".git/info"
+    for name in ("exclude", "attributes"):
+        (info / name).unlink(missing_ok=True)
+    (info / "exclude").symlink_to(outside / "victim")
+    (info / "attributes").symlink_to(outside / "made-by-the-host")
+    history.pending(home, None)
+    assert (outside / "victim").read_text() == "keep me\n"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    for name in ("exclude", "attributes"):
+        assert (info / name).is_file() and not (info / name).is_symlink()
+    assert ".agentd/" in (info / "exclude").read_text()
