@@ -89,7 +89,9 @@ def run(prompt: str | None, home_opt: str | None, model: str | None, workdir: Pa
     143, 129).
 
     When the home's daemon (`agentd start`, `agentd serve`) runs, the turn runs there,
-    warm, with the same output: no SDK to load. AGENTD_COLD=1 runs it here.
+    warm, with the same output: no SDK to load. It runs here with --record or
+    --no-sandbox, or when the daemon would not run it the same way (another view of the
+    workdir, another umask or TZ), and always with AGENTD_COLD=1.
     """
     import asyncio
     import json

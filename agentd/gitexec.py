@@ -43,6 +43,7 @@ from pathlib import Path
 
 from agentd.config import CONFIG_NAME, Settings, load_settings
 from agentd.errors import AgentdError
+from agentd.homefs import Root
 from agentd.tools import sandbox as sb
 from agentd.tools.bwrap import MASKED_DIRS, SANE_PATH
 
@@ -276,24 +277,27 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: str | None, fds: tuple[int
     return Result(proc.returncode, out, err)
 
 
-def _ensure_block(path: Path, mark: str, block: str) -> None:
-    """Append agentd's block to a file in .git/info unless it is there already."""
+def _ensure_block(root: Root, rel: str, mark: str, block: str) -> None:
+    """Append agentd's block to a file in .git/info unless it is there already. Through
+    agentd.homefs: `.git/` is read-only in the sandbox, but bash can write it with the
+    sandbox off, and a link planted at the file must not have the host append to its
+    target (nor a FIFO hang every commit): such a thing is not read, and is replaced."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+        text = root.read_bytes(rel).decode("utf-8", errors="replace")
+    except OSError:  # missing, or refused (a link, a FIFO): append_text replaces it
         text = ""
     if mark not in text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            f.write(("\n" if text and not text.endswith("\n") else "") + block)
+        root.append_text(rel, ("\n" if text and not text.endswith("\n") else "") + block)
 
 
 def write_info(home: Path) -> None:
     """agentd's `.git/info/exclude` and `.git/info/attributes` blocks (a home made before
     them gets them at its next commit). Cheap: two small reads when they are present."""
     info = home / ".git" / "info"
-    _ensure_block(info / "exclude", EXCLUDE_MARK, EXCLUDE)
-    _ensure_block(info / "attributes", ATTRIBUTES_MARK, ATTRIBUTES)
+    info.mkdir(parents=True, exist_ok=True)
+    with Root(info) as root:  # the folder as git finds it (a worktree's .git may be a link)
+        _ensure_block(root, "exclude", EXCLUDE_MARK, EXCLUDE)
+        _ensure_block(root, "attributes", ATTRIBUTES_MARK, ATTRIBUTES)
 
 
 def git_running_in(home: Path) -> bool:

@@ -40,6 +40,7 @@ from agentd.gitscreen import (
     scan_secrets,
     screen,
 )
+from agentd.home import open_private
 
 __all__ = ["Changes", "Entry", "Scan", "clear_stale_locks", "commit", "display", "held_notes",
            "init_repo", "log", "pending", "show", "subject_line", "undo"]
@@ -74,9 +75,7 @@ def _home_lock(home: Path) -> Iterator[None]:
     """Serialise git work on a home: a thread lock, plus a file lock for other processes."""
     with _locks_guard:
         lock = _locks.setdefault(home.resolve(), threading.Lock())
-    lock_file = home / ".agentd" / "git.lock"
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock, lock_file.open("a") as f:
+    with lock, open(open_private(home / ".agentd" / "git.lock"), "rb") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 

@@ -3,6 +3,7 @@ writing the runtime's own files into it safely."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentd.config import CONFIG_NAME
+from agentd.errors import AgentdError
 
 RUNTIME = ".agentd"  # the runtime's bookkeeping: git-ignored, never writable by the sandbox
 # The names in a home that the runtime owns: the sandbox mounts them read-only and the file
@@ -175,3 +177,41 @@ def locate_home(explicit: str | None, cwd: Path) -> Path | None:
     default = Path(DEFAULT_HOME).expanduser().resolve()
     return default if is_home(default) else None
 
+
+def open_private(path: Path, flags: int = os.O_RDWR) -> int:
+    """Open (creating) a file of the runtime's own in `.agentd/` (a lock, the pid file, the
+    daemon's log; `flags` say how, O_RDWR by default): never through a symlink and never
+    anything but a regular file. Bash can write `.agentd/` when the sandbox is off, so a
+    planted link (to /etc/nologin, say, which the host would create, or to a file it would
+    truncate) or FIFO there is removed and the file made anew: only agentd writes there,
+    so such a thing is debris, not someone's file (flock is only taken on regular files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags |= os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    for _ in range(3):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise AgentdError(f"cannot open {path}: {e.strerror}") from None
+            _remove_debris(path)
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+        _remove_debris(path)
+    raise AgentdError(f"{path} is not a regular file and could not be replaced; "
+                      "remove it by hand")
+
+
+def _remove_debris(path: Path) -> None:
+    """Remove a non-regular thing at a runtime file's path (a directory only if empty)."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise AgentdError(f"{path} is not a regular file ({e.strerror}); remove it by "
+                          "hand") from None

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentd.homefs import Root
 from agentd.surrogates import REPLACEMENT
 
 # Raw in json.dumps(ensure_ascii=False) output only inside strings, so rewriting them in
@@ -45,11 +46,14 @@ def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> str:
 
 def append(path: Path, value: Any, default: Callable[[Any], Any] | None = None) -> None:
     """Append `value` as one line, in one write (appends of a line this size do not
-    interleave with another process's), creating the folder on first use."""
-    data = (dumps(value, default) + "\n").encode("utf-8")
+    interleave with another process's), creating the folder on first use.
+
+    These files live in `.agentd/`, which bash can write when the sandbox is off, so the
+    append goes through the confined layer (agentd.homefs `append_text`): a symlink, FIFO
+    or hard link planted at the name is replaced by a fresh file, never written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as f:
-        f.write(data)
+    with Root(path.parent) as root:
+        root.append_text(path.name, dumps(value, default) + "\n")
 
 
 def split(text: str) -> list[str]:

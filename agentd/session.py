@@ -51,10 +51,11 @@ class SessionLog:
     or a provider echoed in an error never lands on disk. Without an explicit `redactor`,
     the default one (well-known key variables and key shapes) is used.
 
-    Rows are appended through the confined layer (agentd/homefs `append_text`), as the day
-    log is: a symlink planted at the transcript's name (a dangling one to /etc/cron.d/x,
-    say, which `path.exists()` calls absent, so the turn starts a new session there) or a
-    FIFO is replaced by a fresh file, never written through or opened."""
+    Rows are appended through the confined layer (agentd.jsonl `append`, through
+    agentd/homefs `append_text` as the day log is): a symlink planted at the transcript's
+    name (a dangling one to /etc/cron.d/x, say, which `path.exists()` calls absent, so the
+    turn starts a new session there) or a FIFO is replaced by a fresh file, never written
+    through or opened."""
 
     def __init__(self, path: Path, header: dict[str, Any] | None,
                  redactor: Redactor | None = None):
@@ -69,9 +70,7 @@ class SessionLog:
         if self._header is not None:
             header, self._header = self._header, None
             self._write(header)
-        line = jsonl.dumps(self.redactor.redact_data(row)) + "\n"
-        with Root(self.path.parent) as root:
-            root.append_text(self.path.name, line)
+        jsonl.append(self.path, self.redactor.redact_data(row))
 
     def continues(self) -> None:
         """The transcript exists already (the turn resumes it): write no header."""

@@ -77,10 +77,23 @@ def _requirements(meta: dict[str, Any]) -> dict[str, Any]:
     return req if isinstance(req, dict) else {}
 
 
+def _listed(meta: dict[str, Any], key: str) -> list[str]:
+    """`requires.<key>` (bins, env) as names: a list, or one name. Anything else is a
+    ValueError, so the skill is skipped with a warning: the file is agent-written, and a
+    `env: 5` must not break every prompt that lists skills."""
+    value = _requirements(meta).get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    raise ValueError(f"front matter: requires.{key} must be a list of names")
+
+
 def _missing(meta: dict[str, Any]) -> str:
-    req = _requirements(meta)
-    bins = [str(b) for b in req.get("bins") or [] if not shutil.which(str(b))]
-    env = [str(v) for v in req.get("env") or [] if not os.environ.get(str(v))]
+    bins = [b for b in _listed(meta, "bins") if not shutil.which(b)]
+    env = [v for v in _listed(meta, "env") if not os.environ.get(v)]
     parts = ([f"missing program {', '.join(bins)}"] if bins else []) + (
         [f"missing variable {', '.join(env)}"] if env else [])
     return "; ".join(parts)
@@ -97,7 +110,7 @@ def load_skill(text: str, path: Path) -> Skill:
         raise ValueError("line 2: front matter has no description")
     name = one_line(str(meta.get("name") or path.parent.name), NAME_LIMIT)
     return Skill(name, desc, path, missing=_missing(meta),
-                 env=tuple(str(v) for v in _requirements(meta).get("env") or []))
+                 env=tuple(_listed(meta, "env")))
 
 
 def name_problem(skill: Skill) -> str:

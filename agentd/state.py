@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agentd import jsonl
-from agentd.home import atomic_write
+from agentd.home import atomic_write, open_private
 from agentd.surrogates import replace_surrogates
 
 TAIL_BYTES = 64 * 1024
@@ -41,9 +41,7 @@ def write(path: Path, data: Any, durable: bool = True) -> None:
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on `<path>.lock`, across processes."""
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as f:
+    with open(open_private(path.with_name(path.name + ".lock")), "rb") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 

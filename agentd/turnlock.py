@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import errno
 import fcntl
 import json
 import os
@@ -36,8 +35,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agentd.errors import AgentdError
-from agentd.home import Home
+from agentd.home import Home, open_private
 
 LOCK_NAME = "turn.lock"
 HOLDER_NAME = "turn.holder.json"
@@ -72,7 +70,7 @@ class TurnLock:
         """Take the lock if it is free; record who holds it. Never blocks."""
         if self._fd is not None:
             return True
-        fd = _open_lock_file(self.path)
+        fd = open_private(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -171,43 +169,6 @@ def waiting_message(holder: str) -> str:
 
 
 # -- the lock file and the holder note ------------------------------------------------------
-
-
-def _open_lock_file(path: Path) -> int:
-    """Open (creating) the lock file, never through a symlink and never anything but a
-    regular file: a planted FIFO, socket or link is removed and the file made anew. Only
-    agentd writes `.agentd/daemon/`, so such a thing is debris, not someone's lock (flock
-    is only ever taken on a regular file here)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    for _ in range(3):
-        try:
-            fd = os.open(path, flags, 0o644)
-        except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise AgentdError(f"cannot open the turn lock {path}: {e.strerror}") from None
-            _remove_debris(path)
-            continue
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            return fd
-        os.close(fd)
-        _remove_debris(path)
-    raise AgentdError(f"the turn lock {path} is not a regular file and could not be "
-                      "replaced; remove it by hand")
-
-
-def _remove_debris(path: Path) -> None:
-    """Remove a non-regular thing at the lock's path (a directory only if empty)."""
-    try:
-        if stat.S_ISDIR(os.lstat(path).st_mode):
-            os.rmdir(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise AgentdError(f"the turn lock {path} is not a regular file ({e.strerror}); "
-                          "remove it by hand") from None
 
 
 def _write_holder(path: Path, trigger: str, what: str) -> None:

@@ -14,7 +14,7 @@ reach, the provider SDKs' own variables (ANTHROPIC_*, OPENAI_* for the protocols
 uses), TZ and PATH; plus the names (never the values) of the other variables set, so the
 daemon can tell whether a skill's required variable would differ. What cannot run the same
 way there (--record, --no-sandbox, a workdir the daemon does not see as the same folder, a
-different umask, a skill whose variable differs) runs here instead, silently.
+different umask or TZ, a skill whose variable differs) runs here instead, silently.
 `AGENTD_COLD=1` always runs here.
 
 The key never goes to a listener the agent planted: the socket must be a socket itself

@@ -33,6 +33,7 @@ from agentd.llm.types import Sampling
 # "has text" means the same to the generator of test data and to the handler.
 SOME_TEXT = r"[^\s\x1c-\x1f\x85\ufeff]"
 MAX_MESSAGES = 10_000
+MAX_STOPS = 4
 TOOLS_REFUSED = ("agentd runs its own tools (bash, files); client-side tools are not "
                  "supported: send no tools, or tool_choice \"none\"")
 
@@ -87,7 +88,7 @@ CHAT_REQUEST: dict[str, Any] = {
         "max_tokens": {"type": "integer", "minimum": 1},
         "max_completion_tokens": {"type": "integer", "minimum": 1},
         "stop": {"anyOf": [{"type": "string", "minLength": 1},
-                           {"type": "array", "minItems": 1, "maxItems": 4,
+                           {"type": "array", "minItems": 1, "maxItems": MAX_STOPS,
                             "items": {"type": "string", "minLength": 1}}]},
         "tools": {"type": "array", "items": {"type": "object"},
                   "description": TOOLS_REFUSED},
@@ -106,9 +107,6 @@ def check(body: Any) -> None:
         raise ApiError(400, why[:300], "invalid_request")
 
 
-MAX_STOPS = 4
-
-
 def parse_messages(messages: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """(the last user message's text, the fingerprints of the visible history before
     it), from messages `check` passed: CHAT_REQUEST holds them to a non-empty list of
@@ -119,30 +117,19 @@ def parse_messages(messages: list[dict[str, Any]]) -> tuple[str, list[str]]:
 
 
 def parse_sampling(req: dict[str, Any]) -> Sampling | None:
-    """The client's temperature / max_tokens / stop; None when it set none of them."""
+    """The client's temperature / max_tokens / stop, from a body `check` passed (the schema
+    is the one place they are validated: temperature a number from 0 to 2, the caps
+    positive integers, 5.0 being one, stop a non-empty string or 1 to MAX_STOPS of them);
+    None when it set none of them."""
     temperature = req.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(
-            temperature, int | float) or not 0 <= temperature <= 2):
-        raise ApiError(400, "temperature must be a number from 0 to 2", "invalid_sampling")
-    caps = []
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = req.get(name)
-        if value is not None:
-            # JSON Schema's integer: 5.0 is one (the schema above accepts it, so must we)
-            if isinstance(value, bool) or not isinstance(value, int | float) or (
-                    isinstance(value, float) and not value.is_integer()) or value < 1:
-                raise ApiError(400, f"{name} must be a positive integer", "invalid_sampling")
-            caps.append(int(value))
+    caps = [int(req[name]) for name in ("max_tokens", "max_completion_tokens")
+            if req.get(name) is not None]
     stop = req.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
-    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(
-            isinstance(s, str) and s for s in stops):
-        raise ApiError(400, f"stop must be a non-empty string or a list of up to "
-                       f"{MAX_STOPS} of them", "invalid_sampling")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if temperature is None and not caps and not stops:
         return None
     return Sampling(None if temperature is None else float(temperature),
-                    min(caps) if caps else None, tuple(stops))
+                    min(caps) if caps else None, stops)
 
 
 def check_tools(req: dict[str, Any]) -> None:

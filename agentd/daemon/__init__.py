@@ -13,6 +13,8 @@ One asyncio process per home (`agentd daemon`, or `agentd start` in the backgrou
 - service.py    pid file, start/stop;
 - units.py      the systemd units (user, and hardened system) and how to install them;
 - status.py     the status file the daemon writes and `agentd status`/`agentd cron` read;
+- warm.py       `agentd run`'s turns over .agentd/daemon/warm.sock (the warm path);
+- warm_request.py  its request: the checks, the carried environment, what runs cold;
 
 The queue, the turn records, the event log and the state files are agentd/jobs/ (shared
 with the bridge); each trigger here builds an agentd.turn.TurnRequest for its turn.

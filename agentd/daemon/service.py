@@ -31,7 +31,7 @@ from pathlib import Path
 
 from agentd import state
 from agentd.errors import AgentdError
-from agentd.home import Home
+from agentd.home import Home, open_private
 from agentd.tools import leftovers
 
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
@@ -75,8 +75,9 @@ def running_pid(home: Path) -> int | None:
     with a shared lock, so it never blocks a daemon from starting for long; creates
     nothing (no pid file: none runs)."""
     try:
-        fd = os.open(Home(home).pid_file, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(Home(home).pid_file,
+                     os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing, or a planted link (a daemon's pid file is never one)
         return None
     try:
         if _try_lock(fd, fcntl.LOCK_SH):
@@ -102,7 +103,7 @@ def _lock_pid_file(home: Path) -> tuple[int, bool]:
     one at its path, so every holder holds the file the path names."""
     path = pid_path(home)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_private(path)  # a link planted there is not truncated through
         if not _try_lock(fd, fcntl.LOCK_EX, patience=0.5):
             return fd, False
         if _same_file(fd, path):
@@ -115,8 +116,8 @@ def remove_stale(home: Path) -> None:
     before it could): taken under its exclusive lock, as every remover must."""
     path = Home(home).pid_file
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing, or a planted link: not a daemon's, not ours to open
         return
     try:
         if _try_lock(fd, fcntl.LOCK_EX) and _same_file(fd, path):
@@ -174,7 +175,7 @@ def start(home: Path, json_logs: bool = False) -> int:
     status.unlink(missing_ok=True)
     os.set_inheritable(fd, True)
     cmd = [sys.executable, "-m", "agentd", "daemon", "--home", str(home), "--lock-fd", str(fd)]
-    with log.open("ab") as out:
+    with open(open_private(log, os.O_WRONLY | os.O_APPEND), "ab") as out:
         before = out.seek(0, os.SEEK_END)  # a failure quotes only what this start wrote
         child = subprocess.Popen(cmd + (["--json-logs"] if json_logs else []), cwd=home,
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out,

@@ -13,15 +13,11 @@ daemon's, and its mount namespace too (a command the agent runs in its sandbox, 
 same user where agentd is not root, is in another one and gets `cold`). Its request is
 checked field by field; a malformed one, a frame over the limit or silence gets one
 warning line, never a traceback. A request that would not run as it would in the CLI (its
-workdir or folder is not the same folder here, another umask, a skill whose required
+workdir or folder is not the same folder here, another umask or TZ, a skill whose required
 variable is set on one side only) is answered `cold`: the CLI runs it.
 
-The environment the CLI sends (provider keys, SDK variables, TZ, PATH) is put in place for
-the turn and the daemon's own put back after it. That is process-wide, which is sound
-because the queue runs one turn at a time and nothing else in the daemon reads those
-variables meanwhile (git and bash get environments of their own). It is never logged or
-written: the turn's redactor knows the CLI's keys, because it reads them while they are
-in place.
+The request's checks, the environment it carries and what makes it `cold` are in
+agentd/daemon/warm_request.py.
 """
 
 from __future__ import annotations
@@ -31,12 +27,11 @@ import contextlib
 import itertools
 import os
 import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agentd import warmwire as wire
+from agentd.daemon.warm_request import Request, differs, environment
 from agentd.errors import AgentdError
 from agentd.home import Home
 from agentd.jobs.log import EventLog, LogEvents
@@ -46,118 +41,6 @@ from agentd.oneline import one_line
 from agentd.turnlock import HOLDER_WAIT_POLLS, POLL, UNKNOWN, TurnLock
 
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send its request once connected
-ENV_LIMIT = 512  # variables a request may carry
-PREFIXES = ("ANTHROPIC_", "OPENAI_")  # the SDK prefixes a request may ask to clear
-
-
-@dataclass(frozen=True)
-class Request:
-    """A client's request, its fields checked (`parse`)."""
-
-    task: str
-    workdir: Path
-    workdir_id: list[int]
-    base: Path
-    base_id: list[int]
-    model: str
-    session: str | None
-    max_steps: int | None
-    umask: int
-    env: dict[str, str | None]
-    prefixes: tuple[str, ...]
-    present: frozenset[str]
-
-    @classmethod
-    def parse(cls, f: dict[str, Any]) -> Request:
-        """The request in `f`; wire.Malformed naming the first field that is wrong."""
-        from agentd.session import check_name
-
-        def need(name: str, ok: bool) -> None:
-            if not ok:
-                raise wire.Malformed(f"a request whose {name!r} is missing or malformed")
-
-        need("v", f.get("v") == wire.VERSION)
-        for name in ("task", "workdir", "base", "model"):
-            need(name, isinstance(f.get(name), str) and bool(f[name]) and "\0" not in f[name])
-        for name in ("workdir", "base"):
-            need(name, Path(f[name]).is_absolute())
-        for name in ("workdir_id", "base_id"):
-            ids = f.get(name)
-            need(name, isinstance(ids, list) and len(ids) == 2 and all(_int(i) for i in ids))
-        steps, session, umask = f.get("max_steps"), f.get("session"), f.get("umask")
-        need("max_steps", steps is None or (_int(steps) and steps >= 1))
-        need("umask", _int(umask) and 0 <= umask <= 0o777)
-        try:
-            session = None if session is None else check_name(session)
-        except (AgentdError, AttributeError):
-            need("session", False)
-        env, prefixes, present = f.get("env"), f.get("prefixes"), f.get("present")
-        need("env", isinstance(env, dict) and len(env) <= ENV_LIMIT and all(
-            _var(k) and (v is None or (isinstance(v, str) and "\0" not in v))
-            for k, v in env.items()))
-        need("prefixes", isinstance(prefixes, list) and all(p in PREFIXES for p in prefixes))
-        need("present", isinstance(present, list) and all(_var(n) for n in present))
-        return cls(f["task"], Path(f["workdir"]), f["workdir_id"], Path(f["base"]),
-                   f["base_id"], f["model"], session, steps, umask, env, tuple(prefixes),
-                   frozenset(present))
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _var(name: Any) -> bool:
-    return isinstance(name, str) and 0 < len(name) <= 256 and "=" not in name and (
-        "\0" not in name)
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str | None], prefixes: tuple[str, ...]) -> Iterator[None]:
-    """The CLI's variables in place for the block (None: unset), and the daemon's own
-    variables under `prefixes` the CLI does not have cleared; all put back after."""
-    saved = {n: v for n, v in os.environ.items() if prefixes and n.startswith(prefixes)}
-    saved.update({n: os.environ.get(n) for n in env})
-    try:
-        for name in saved:
-            os.environ.pop(name, None)
-        os.environ.update({n: v for n, v in env.items() if v is not None})
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def differs(home: Path, req: Request, pid: int) -> str | None:
-    """Why this request would not run here as in the CLI, or None (blocking: a thread).
-    A client in another mount namespace (in the agent's sandbox, a container, a service
-    unit's private mounts) sees other folders under the same paths: never served."""
-    from agentd.skills import discover
-
-    try:
-        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
-            return "it runs in another mount namespace"
-    except OSError:
-        return "its mount namespace cannot be compared"
-    for name, path, want in (("workdir", req.workdir, req.workdir_id),
-                             ("current folder", req.base, req.base_id)):
-        try:
-            if wire.file_id(path) != want:
-                return f"its {name} is another folder here"
-        except OSError:
-            return f"its {name} is not visible here"
-    if req.umask != wire.current_umask():
-        return "its umask differs"
-    for skill in discover(home, []):
-        for var in skill.env:
-            if var in req.env:
-                continue  # carried: the turn sees the CLI's value
-            here = bool(os.environ.get(var)) and not var.startswith(req.prefixes)
-            if here != (var in req.present):
-                return f"skill {skill.name}'s variable {var} is set on one side only"
-    return None
 
 
 class WarmServer:
@@ -170,6 +53,7 @@ class WarmServer:
         self._id: list[int] | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
+        self._own_env = dict(os.environ)  # before any warm turn puts a CLI's in place
 
     async def start(self) -> None:
         """Listen (replacing a dead daemon's socket); a failure is a warning: `run` then
@@ -250,7 +134,7 @@ class WarmServer:
             raise TimeoutError(f"no request in {REQUEST_TIMEOUT:.0f} s") from None
         req = Request.parse(wire.decode(line))
         name = f"cli pid {pid}"
-        why = await asyncio.to_thread(differs, self.home, req, pid)
+        why = await asyncio.to_thread(differs, self.home, req, pid, self._own_env)
         client = _Client(self, writer, req, name)
         if why is None and self.queue.put(QueuedTurn("person", name, client.execute,
                                                      key=f"person:warm:{next(self._seq)}")):

@@ -241,9 +241,14 @@ class Root:
         with self.dir(parent_rel) as dfd:
             old = lstat_at(dfd, name)
             if old is None:
-                replace_at(dfd, name, (header + text).encode(), 0o666 & ~UMASK & MODE_BITS,
-                            owner, exclusive=True)
-                return None
+                try:
+                    replace_at(dfd, name, (header + text).encode(),
+                               0o666 & ~UMASK & MODE_BITS, owner, exclusive=True)
+                    return None
+                except FileExistsError:  # another process created it first: append to it
+                    old = lstat_at(dfd, name)
+                    if old is None:
+                        raise
             if (stat.S_ISREG(old.st_mode) and old.st_nlink == 1
                     and not old.st_mode & (stat.S_ISUID | stat.S_ISGID)):
                 fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC

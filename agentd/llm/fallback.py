@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
+import os
 import random
+import stat
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ from typing import Any
 from agentd.llm.types import Message, Provider, ProviderError, Sampling, TextSink, ToolSpec
 
 MAX_COOLDOWN = 3600.0
+MAX_BYTES = 1 << 20  # the cool-down file holds a few models: more is not ours
 
 now: Callable[[], float] = time.time  # tests move the clock …
 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # … and skip the waits
@@ -62,9 +67,18 @@ class Breaker:
         self.path = path
 
     def _read(self) -> dict[str, Any]:
+        """The file's object. It lives in `.agentd/`, which bash can write with the sandbox
+        off: a symlink there is not followed and a FIFO not read (it would hang the turn)."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return {}
+        try:
+            with open(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return {}
+                data = json.loads(f.read(MAX_BYTES))
+        except (OSError, ValueError, RecursionError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -77,18 +91,37 @@ class Breaker:
 
     @contextlib.contextmanager
     def _edit(self) -> Iterator[dict[str, Any]]:
+        """Read, change and replace the file under its lock. The lock is opened without
+        following a symlink (one planted there is removed) and the new file is written to
+        an exclusive temp name: nothing planted in `.agentd/` is written through."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock = self.path.with_suffix(".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            lock.unlink()
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        with open(fd, "rb") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
             data = self._read()
             yield data
             t = now()
             data = {k: v for k, v in data.items()
                     if isinstance(v, dict) and isinstance(v.get("until"), int | float)
                     and v["until"] > t}
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-            tmp.replace(self.path)
+            tmp_fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".cooldowns.",
+                                           suffix=".tmp")
+            try:
+                with open(tmp_fd, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(data, indent=1) + "\n")
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
 
     def trip(self, spec: str, seconds: float, status: int | None, reason: str) -> None:
         with self._edit() as data:
