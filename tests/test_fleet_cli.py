@@ -23,9 +23,8 @@ from fleetfake import copy_db, start_worker
 
 from agentd.newhome import init_home
 from tests.conftest import agentd
-from tests.pgkit import PgCluster, pg_cluster, requires_postgres
+from tests.pgkit import PgCluster, requires_postgres
 
-__all__ = ["pg_cluster"]  # the session fixture, used by name
 pytestmark = requires_postgres
 ROOT = Path(__file__).resolve().parent.parent
 AGENTD = [sys.executable, "-m", "agentd"]
@@ -53,28 +52,18 @@ def bare_home(tmp: Path, name: str = "h") -> Path:
     return remote
 
 
-@pytest.fixture(scope="module")
-def template(pg_cluster: PgCluster) -> str:
-    """A database set up once by `agentd fleet init`, copied for each test (a copy takes
-    a fraction of a second; DBOS's migrations take seconds)."""
-    name = f"f_tmpl_{os.urandom(4).hex()}"
-    r = fleet(pg_cluster.libpq_url(name), "init")
-    assert r.exit_code == 0, r.stderr
-    return name
-
-
 @pytest.fixture
-def db(pg_cluster: PgCluster, template: str) -> str:
-    """A fresh fleet database of the test's own."""
-    return copy_db(pg_cluster.libpq_url("postgres"), template)
+def db(pg_cluster: PgCluster, fleet_template: str) -> str:
+    """A fresh fleet database of the test's own: a copy of conftest's fleet_template."""
+    return copy_db(pg_cluster.libpq_url("postgres"), fleet_template)
 
 
 @pytest.fixture(scope="module")
-def shared(pg_cluster: PgCluster, template: str, tmp_path_factory: pytest.TempPathFactory
+def shared(pg_cluster: PgCluster, fleet_template: str, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[str, Path]]:
     """One database with one running DBOS worker whose turn is scripted, for the tests
     that wait on turns (each adds homes of its own): (url, the worker's hold folder)."""
-    url = copy_db(pg_cluster.libpq_url("postgres"), template)
+    url = copy_db(pg_cluster.libpq_url("postgres"), fleet_template)
     proc, hold = start_worker(url, tmp_path_factory.mktemp("worker"))
     try:
         yield url, hold

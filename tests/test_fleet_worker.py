@@ -22,9 +22,9 @@ import pytest
 from agentd.fleet import schedule
 from tests.daemonkit import configure, wait_for
 from tests.fakellm import FakeLLM
-from tests.pgkit import PgCluster, pg_cluster, requires_postgres
+from tests.fleetfake import copy_db
+from tests.pgkit import PgCluster, requires_postgres
 
-__all__ = ["pg_cluster"]
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC)
 
@@ -146,15 +146,14 @@ def test_hostile_files_are_errors_never_followed(tmp_path: Path) -> None:
 class Fleet:
     """A database, one home (a bare repo), the fake turn's folder, and worker processes."""
 
-    def __init__(self, cluster: PgCluster, tmp: Path, **settings: float):
+    def __init__(self, url: str, tmp: Path, **settings: float):
         from agentd.fleet import db
 
-        self.url, self.tmp = cluster.libpq_url(), tmp
+        self.url, self.tmp = url, tmp
         self.dir = tmp / "turns"
         self.dir.mkdir()
         (self.dir / "log").touch()
         with db.connect(self.url) as conn:
-            db.init_schema(conn)
             for key, value in {"beat_every": 0.5, "tick_every": 1, "refresh_every": 1,
                                "dead_after": 30, "stop_grace": 60, **settings}.items():
                 db.set_setting(conn, key, value)
@@ -255,12 +254,15 @@ def runs_in(remote: Path) -> list[str]:
 
 
 @pytest.fixture
-def make_fleet(pg_cluster: PgCluster, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
-    """Fleet(settings...); its workers are killed at the end whatever happened."""
+def make_fleet(pg_cluster: PgCluster, fleet_template: str, tmp_path: Path
+               ) -> Iterator[Callable[..., Fleet]]:
+    """Fleet(settings...), on a fresh copy of the session's fleet database (conftest's
+    fleet_template); its workers are killed at the end whatever happened."""
     made: list[Fleet] = []
 
     def make(**settings: float) -> Fleet:
-        made.append(Fleet(pg_cluster, tmp_path, **settings))
+        made.append(Fleet(copy_db(pg_cluster.libpq_url("postgres"), fleet_template), tmp_path,
+                          **settings))
         return made[-1]
 
     yield make
@@ -271,7 +273,7 @@ def make_fleet(pg_cluster: PgCluster, tmp_path: Path) -> Iterator[Callable[..., 
 @requires_postgres
 def test_two_workers_fire_each_cron_due_time_once(make_fleet: Callable[..., Fleet]) -> None:
     fleet = make_fleet()
-    remote = fleet.add_home("h1", {"cron/ping.md": "---\nevery: 2s\n---\nping\n",
+    remote = fleet.add_home("h1", {"cron/ping.md": "---\nevery: 1s\n---\nping\n",
                                    "README.md": "a home\n"})
     fleet.start("w1", "w2")
 
@@ -285,7 +287,7 @@ def test_two_workers_fire_each_cron_due_time_once(make_fleet: Callable[..., Flee
     assert {status for status, _ in fired.values()} <= {"SUCCESS", "ENQUEUED"}, fired
     times = sorted(datetime.fromisoformat(w.split(":", 3)[3]) for w in fired)
     gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(times)}
-    assert gaps == {2.0}, times  # every due time once, none skipped between the first and last
+    assert gaps == {1.0}, times  # every due time once, none skipped between the first and last
     assert sorted(runs_in(remote)) == ran  # each turn that ran committed exactly once
     began = sorted(wid for step, wid, _ in fleet.steps() if step == "begin")
     assert began == ran  # and ran once; the ones still queued at the stop never began
@@ -312,7 +314,7 @@ def test_a_killed_workers_turn_is_finished_by_another_after_dead_after(
         make_fleet: Callable[..., Fleet]) -> None:
     from agentd.fleet import db
 
-    fleet = make_fleet(dead_after=3)
+    fleet = make_fleet(dead_after=2)
     remote = fleet.add_home("h1", {"README.md": "a home\n"})
     fleet.start("w1", "w2")
     wid, dead = held_turn(fleet)
@@ -325,7 +327,7 @@ def test_a_killed_workers_turn_is_finished_by_another_after_dead_after(
         by, silent = conn.execute(
             "SELECT recovered_by, extract(epoch FROM recovered_at - last_seen) "
             "FROM agentd_fleet.workers WHERE id = %s", (dead,)).fetchone()
-    assert by == live and silent >= 3  # not recovered before dead_after
+    assert by == live and silent >= 2  # not recovered before dead_after
     # the step in flight ran again on the live worker; the commit was made once
     assert [s for s in fleet.steps() if s[1] == wid] == [
         ("begin", wid, dead), ("begin", wid, live), ("publish", wid, live), ("end", wid, live)]
@@ -371,23 +373,13 @@ def test_a_cron_job_the_owner_pushes_is_picked_up(make_fleet: Callable[..., Flee
 
 
 @requires_postgres
-def test_a_worker_declared_dead_exits_at_once(make_fleet: Callable[..., Fleet]) -> None:
-    """A worker that was silent too long (a stalled machine) and comes back finds its
-    turns handed to others: it exits instead of running them beside their recovery."""
+def test_a_restarted_worker_finishes_its_own_turn_and_one_declared_dead_exits(
+        make_fleet: Callable[..., Fleet]) -> None:
+    """A worker restarted under its ID resumes its own turn. The same worker, once silent
+    too long (a stalled machine) and back, finds its turns handed to others: it exits
+    instead of running them beside their recovery."""
     from agentd.fleet import db
 
-    fleet = make_fleet()
-    fleet.start("w1")
-    proc = fleet.procs["w1"]
-    with db.connect(fleet.url) as conn:
-        conn.execute("UPDATE agentd_fleet.workers SET recovered_at = now(), "
-                     "recovered_by = 'w9' WHERE id = 'w1'")
-    assert proc.wait(60) == 3
-    assert "w1 was declared dead by w9" in fleet.log_of("w1")
-
-
-@requires_postgres
-def test_a_restarted_worker_finishes_its_own_turn(make_fleet: Callable[..., Fleet]) -> None:
     fleet = make_fleet(dead_after=60)
     remote = fleet.add_home("h1", {"README.md": "a home\n"})
     fleet.start("w1")
@@ -400,6 +392,14 @@ def test_a_restarted_worker_finishes_its_own_turn(make_fleet: Callable[..., Flee
     assert [s[0] for s in fleet.steps() if s[1] == wid] == ["begin", "begin", "publish", "end"]
     assert runs_in(remote) == [wid]
 
+    proc = fleet.procs["w1"]
+    assert proc.poll() is None
+    with db.connect(fleet.url) as conn:
+        conn.execute("UPDATE agentd_fleet.workers SET recovered_at = now(), "
+                     "recovered_by = 'w9' WHERE id = 'w1'")
+    assert proc.wait(60) == 3
+    assert "w1 was declared dead by w9" in fleet.log_of("w1")
+
 
 @requires_postgres
 def test_cron_runs_the_real_turn(make_fleet: Callable[..., Fleet], home: Path,
@@ -411,7 +411,7 @@ def test_cron_runs_the_real_turn(make_fleet: Callable[..., Fleet], home: Path,
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-KEYVALUE")
     fleet = make_fleet()
     configure(home, {"model": "openai:test"}, heartbeat={"every": "1h"})
-    remote = fleet.add_home("h1", {"cron/ping.md": "---\nevery: 3s\n---\nsay pong\n"},
+    remote = fleet.add_home("h1", {"cron/ping.md": "---\nevery: 2s\n---\nsay pong\n"},
                             work=home)
     fleet.start("w1", real=True)
 
