@@ -2,7 +2,8 @@
 on a real PostgreSQL (tests/pgkit.py): a cron due time fires once with two workers ticking,
 a worker killed -9 mid-turn has its turn finished by another after `dead_after` (and not
 before), a restarted worker finishes its own. The turn is tests/fleet_faketurn.py's
-stand-in (these tests are about processes; the real turn has its own tests)."""
+stand-in (these tests are about processes; the real turn has its own tests, and a real
+worker runs real cron turns in tests/test_fleet_cli.py's end-to-end test)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ from typing import Any
 import pytest
 
 from agentd.fleet import schedule
-from tests.daemonkit import configure, wait_for
-from tests.fakellm import FakeLLM
+from tests.daemonkit import wait_for
 from tests.fleetfake import copy_db
 from tests.pgkit import PgCluster, requires_postgres
 
@@ -177,12 +177,12 @@ class Fleet:
             db.add_home(conn, name, str(remote))
         return remote
 
-    def start(self, *workers: str, real: bool = False) -> None:
+    def start(self, *workers: str) -> None:
         """Start worker processes together (importing DBOS takes seconds), wait for all."""
         before = {w: self.log_of(w).count(" started: ") for w in workers}
         for worker in workers:
             env = {**git_env(), "PYTHONPATH": str(ROOT), "FAKETURN_DIR": str(self.dir),
-                   "FAKETURN_WORKER": worker, **({"FAKETURN_REAL": "1"} if real else {})}
+                   "FAKETURN_WORKER": worker}
             with open(self.tmp / f"{worker}.log", "ab") as out:
                 self.procs[worker] = subprocess.Popen(
                     [sys.executable, "-m", "tests.fleet_workerproc",
@@ -399,30 +399,3 @@ def test_a_restarted_worker_finishes_its_own_turn_and_one_declared_dead_exits(
                      "recovered_by = 'w9' WHERE id = 'w1'")
     assert proc.wait(60) == 3
     assert "w1 was declared dead by w9" in fleet.log_of("w1")
-
-
-@requires_postgres
-def test_cron_runs_the_real_turn(make_fleet: Callable[..., Fleet], home: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tick's request is one the real turn runs: a cron turn against the fake LLM ends
-    with its one commit (marked with the workflow ID) in the home's remote."""
-    fake = FakeLLM(auto=True)
-    monkeypatch.setenv("OPENAI_BASE_URL", fake.openai_url)  # the worker inherits these
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-KEYVALUE")
-    fleet = make_fleet()
-    configure(home, {"model": "openai:test"}, heartbeat={"every": "1h"})
-    remote = fleet.add_home("h1", {"cron/ping.md": "---\nevery: 2s\n---\nsay pong\n"},
-                            work=home)
-    fleet.start("w1", real=True)
-
-    def done() -> list[str]:
-        return sorted(w for w, (s, _) in fleet.workflows("cron:h1:ping:").items()
-                      if s == "SUCCESS")
-
-    wait_for(lambda: len(done()) >= 2, 120, "two real cron turns to finish")
-    assert fleet.stop("w1") == [0]
-    ran = done()
-    assert set(ran) <= set(runs_in(remote)) and len(set(runs_in(remote))) == len(runs_in(remote))
-    task = next(r for r in fake.requests if "cron/ping.md" in str(r.body))
-    assert "say pong" in str(task.body)
-    fake.close()
