@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -199,3 +200,33 @@ def open_fds() -> dict[int, str]:
         with contextlib.suppress(OSError):
             out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
     return out
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """The session's one throwaway PostgreSQL cluster (tests/pgkit.py); each test makes
+    its own databases in it. Defined here and used by name: a session fixture imported
+    into a test module (`from pgkit import pg_cluster`) is that module's own, and made
+    one cluster (initdb and start: seconds) per module that imported it."""
+    from pgkit import PgCluster, _owner, pg_bindir
+
+    if pg_bindir() is None or _owner() == "missing":
+        if IN_CI:  # .ci/run installs it: a fleet test must not skip silently there
+            pytest.fail("CI must have PostgreSQL (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is missing (apt-get install postgresql): FLEET TEST NOT RUN")
+    cluster = PgCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def fleet_template(pg_cluster: Any) -> str:
+    """The name of a database set up once per session as `agentd fleet init` sets one up
+    (DBOS's migrations, then the fleet's tables), for tests to copy (fleetfake.copy_db):
+    a copy takes a fraction of a second, the migrations take seconds, and a worker
+    launched on a bare database pays them again. Tests change only their copies."""
+    from agentd.fleet import admin
+
+    name = f"f_tmpl_{os.urandom(4).hex()}"
+    admin.init(pg_cluster.libpq_url(name))
+    return name

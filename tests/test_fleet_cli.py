@@ -23,9 +23,8 @@ from fleetfake import copy_db, start_worker
 
 from agentd.newhome import init_home
 from tests.conftest import agentd
-from tests.pgkit import PgCluster, pg_cluster, requires_postgres
+from tests.pgkit import PgCluster, requires_postgres
 
-__all__ = ["pg_cluster"]  # the session fixture, used by name
 pytestmark = requires_postgres
 ROOT = Path(__file__).resolve().parent.parent
 AGENTD = [sys.executable, "-m", "agentd"]
@@ -53,28 +52,18 @@ def bare_home(tmp: Path, name: str = "h") -> Path:
     return remote
 
 
-@pytest.fixture(scope="module")
-def template(pg_cluster: PgCluster) -> str:
-    """A database set up once by `agentd fleet init`, copied for each test (a copy takes
-    a fraction of a second; DBOS's migrations take seconds)."""
-    name = f"f_tmpl_{os.urandom(4).hex()}"
-    r = fleet(pg_cluster.libpq_url(name), "init")
-    assert r.exit_code == 0, r.stderr
-    return name
-
-
 @pytest.fixture
-def db(pg_cluster: PgCluster, template: str) -> str:
-    """A fresh fleet database of the test's own."""
-    return copy_db(pg_cluster.libpq_url("postgres"), template)
+def db(pg_cluster: PgCluster, fleet_template: str) -> str:
+    """A fresh fleet database of the test's own: a copy of conftest's fleet_template."""
+    return copy_db(pg_cluster.libpq_url("postgres"), fleet_template)
 
 
 @pytest.fixture(scope="module")
-def shared(pg_cluster: PgCluster, template: str, tmp_path_factory: pytest.TempPathFactory
+def shared(pg_cluster: PgCluster, fleet_template: str, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[str, Path]]:
     """One database with one running DBOS worker whose turn is scripted, for the tests
     that wait on turns (each adds homes of its own): (url, the worker's hold folder)."""
-    url = copy_db(pg_cluster.libpq_url("postgres"), template)
+    url = copy_db(pg_cluster.libpq_url("postgres"), fleet_template)
     proc, hold = start_worker(url, tmp_path_factory.mktemp("worker"))
     try:
         yield url, hold
@@ -281,22 +270,57 @@ def test_help_imports_neither_dbos_nor_psycopg() -> None:
     assert out.strip() == "[]"
 
 
-def test_the_real_worker_runs_a_turn_that_run_wait_follows(
+def cron_turns(url: str, home: str) -> dict[str, str]:
+    """workflow ID -> status of the home's cron turns, from DBOS's own table."""
+    from agentd.fleet import db as fdb
+
+    with fdb.connect(url) as conn:
+        rows = conn.execute("SELECT workflow_uuid, status FROM dbos.workflow_status WHERE "
+                            "workflow_uuid LIKE %s", (f"cron:{home}:%",)).fetchall()
+    return dict(rows)
+
+
+def runs_in(remote: Path) -> list[str]:
+    """The `Agentd-Run:` trailer of every commit on the home's main branch."""
+    out = subprocess.run(["git", "-C", str(remote), "log", "--format=%(trailers:key=Agentd-Run,"
+                          "valueonly)", "main"], check=True, capture_output=True,
+                         text=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def test_the_real_worker_runs_a_turn_that_run_wait_follows_and_cron_turns(
         db: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end: `agentd fleet worker` (the real turn, git and sandbox) against the fake
-    LLM, and `agentd fleet run --wait` following it to its one pushed commit."""
+    LLM, and `agentd fleet run --wait` following it to its one pushed commit. The same
+    worker ticks a second home's cron job: the tick's request is one the real turn runs,
+    each cron turn ending with its one commit (marked with its workflow ID)."""
+    from agentd.fleet import db as fdb
     from tests.daemonkit import configure
     from tests.fakellm import FakeLLM
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(home), "-c", "user.name=t", "-c",
+                               "user.email=t@t", *args], capture_output=True, text=True,
+                              check=True).stdout
 
     with FakeLLM(auto=True) as fake:  # a bash call writing hello.txt, then "DONE"
         monkeypatch.setenv("OPENAI_BASE_URL", fake.openai_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-KEYVALUE")
         configure(home, {"model": "openai:test"})
-        subprocess.run(["git", "-C", str(home), "-c", "user.name=t", "-c", "user.email=t@t",
-                        "commit", "-qam", "model"], check=True)
+        git("commit", "-qam", "model")
         remote = tmp_path / "home.git"
-        subprocess.run(["git", "clone", "-q", "--bare", str(home), str(remote)], check=True)
+        git("clone", "-q", "--bare", str(home), str(remote))
         assert fleet(db, "add", "solo", str(remote)).exit_code == 0
+        (home / "cron").mkdir(exist_ok=True)
+        (home / "cron" / "ping.md").write_text("---\nevery: 2s\n---\nsay pong\n")
+        git("add", "-A")
+        git("commit", "-qm", "a cron job")
+        ticker = tmp_path / "ticker.git"
+        git("clone", "-q", "--bare", str(home), str(ticker))
+        assert fleet(db, "add", "ticker", str(ticker)).exit_code == 0
+        with fdb.connect(db) as conn:  # tick and read the schedule each second, not minute
+            fdb.set_setting(conn, "tick_every", 1)
+            fdb.set_setting(conn, "refresh_every", 1)
         log = tmp_path / "worker.log"
         with log.open("w") as out:
             proc = subprocess.Popen([*AGENTD, "fleet", "worker", "--db", db, "--id", "e2e",
@@ -320,9 +344,17 @@ def test_the_real_worker_runs_a_turn_that_run_wait_follows(
             assert usage["total"]["calls"] == 2
             info = json.loads(fleet(db, "status", "--json").stdout)
             assert [(w["id"], w["alive"]) for w in info["workers"]] == [("e2e", True)]
-            assert info["homes"][0]["head"] == subprocess.run(
+            solo = next(h for h in info["homes"] if h["name"] == "solo")
+            assert solo["head"] == subprocess.run(
                 ["git", "-C", str(remote), "rev-parse", "main"], capture_output=True,
                 text=True, check=True).stdout.strip()
+            wait_for(lambda: list(cron_turns(db, "ticker").values()).count("SUCCESS") >= 2,
+                     120, "two real cron turns to finish")
         finally:
             proc.terminate()
             assert proc.wait(60) == 0, log.read_text()
+        ran = sorted(w for w, status in cron_turns(db, "ticker").items() if status == "SUCCESS")
+        committed = runs_in(ticker)
+        assert set(ran) <= set(committed) and len(set(committed)) == len(committed)
+        task = next(r for r in fake.requests if "cron/ping.md" in str(r.body))
+        assert "say pong" in str(task.body)

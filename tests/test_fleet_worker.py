@@ -2,7 +2,8 @@
 on a real PostgreSQL (tests/pgkit.py): a cron due time fires once with two workers ticking,
 a worker killed -9 mid-turn has its turn finished by another after `dead_after` (and not
 before), a restarted worker finishes its own. The turn is tests/fleet_faketurn.py's
-stand-in (these tests are about processes; the real turn has its own tests)."""
+stand-in (these tests are about processes; the real turn has its own tests, and a real
+worker runs real cron turns in tests/test_fleet_cli.py's end-to-end test)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ from typing import Any
 import pytest
 
 from agentd.fleet import schedule
-from tests.daemonkit import configure, wait_for
-from tests.fakellm import FakeLLM
-from tests.pgkit import PgCluster, pg_cluster, requires_postgres
+from tests.daemonkit import wait_for
+from tests.fleetfake import copy_db
+from tests.pgkit import PgCluster, requires_postgres
 
-__all__ = ["pg_cluster"]
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC)
 
@@ -146,15 +146,14 @@ def test_hostile_files_are_errors_never_followed(tmp_path: Path) -> None:
 class Fleet:
     """A database, one home (a bare repo), the fake turn's folder, and worker processes."""
 
-    def __init__(self, cluster: PgCluster, tmp: Path, **settings: float):
+    def __init__(self, url: str, tmp: Path, **settings: float):
         from agentd.fleet import db
 
-        self.url, self.tmp = cluster.libpq_url(), tmp
+        self.url, self.tmp = url, tmp
         self.dir = tmp / "turns"
         self.dir.mkdir()
         (self.dir / "log").touch()
         with db.connect(self.url) as conn:
-            db.init_schema(conn)
             for key, value in {"beat_every": 0.5, "tick_every": 1, "refresh_every": 1,
                                "dead_after": 30, "stop_grace": 60, **settings}.items():
                 db.set_setting(conn, key, value)
@@ -178,12 +177,12 @@ class Fleet:
             db.add_home(conn, name, str(remote))
         return remote
 
-    def start(self, *workers: str, real: bool = False) -> None:
+    def start(self, *workers: str) -> None:
         """Start worker processes together (importing DBOS takes seconds), wait for all."""
         before = {w: self.log_of(w).count(" started: ") for w in workers}
         for worker in workers:
             env = {**git_env(), "PYTHONPATH": str(ROOT), "FAKETURN_DIR": str(self.dir),
-                   "FAKETURN_WORKER": worker, **({"FAKETURN_REAL": "1"} if real else {})}
+                   "FAKETURN_WORKER": worker}
             with open(self.tmp / f"{worker}.log", "ab") as out:
                 self.procs[worker] = subprocess.Popen(
                     [sys.executable, "-m", "tests.fleet_workerproc",
@@ -255,12 +254,15 @@ def runs_in(remote: Path) -> list[str]:
 
 
 @pytest.fixture
-def make_fleet(pg_cluster: PgCluster, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
-    """Fleet(settings...); its workers are killed at the end whatever happened."""
+def make_fleet(pg_cluster: PgCluster, fleet_template: str, tmp_path: Path
+               ) -> Iterator[Callable[..., Fleet]]:
+    """Fleet(settings...), on a fresh copy of the session's fleet database (conftest's
+    fleet_template); its workers are killed at the end whatever happened."""
     made: list[Fleet] = []
 
     def make(**settings: float) -> Fleet:
-        made.append(Fleet(pg_cluster, tmp_path, **settings))
+        made.append(Fleet(copy_db(pg_cluster.libpq_url("postgres"), fleet_template), tmp_path,
+                          **settings))
         return made[-1]
 
     yield make
@@ -371,23 +373,13 @@ def test_a_cron_job_the_owner_pushes_is_picked_up(make_fleet: Callable[..., Flee
 
 
 @requires_postgres
-def test_a_worker_declared_dead_exits_at_once(make_fleet: Callable[..., Fleet]) -> None:
-    """A worker that was silent too long (a stalled machine) and comes back finds its
-    turns handed to others: it exits instead of running them beside their recovery."""
+def test_a_restarted_worker_finishes_its_own_turn_and_one_declared_dead_exits(
+        make_fleet: Callable[..., Fleet]) -> None:
+    """A worker restarted under its ID resumes its own turn. The same worker, once silent
+    too long (a stalled machine) and back, finds its turns handed to others: it exits
+    instead of running them beside their recovery."""
     from agentd.fleet import db
 
-    fleet = make_fleet()
-    fleet.start("w1")
-    proc = fleet.procs["w1"]
-    with db.connect(fleet.url) as conn:
-        conn.execute("UPDATE agentd_fleet.workers SET recovered_at = now(), "
-                     "recovered_by = 'w9' WHERE id = 'w1'")
-    assert proc.wait(60) == 3
-    assert "w1 was declared dead by w9" in fleet.log_of("w1")
-
-
-@requires_postgres
-def test_a_restarted_worker_finishes_its_own_turn(make_fleet: Callable[..., Fleet]) -> None:
     fleet = make_fleet(dead_after=60)
     remote = fleet.add_home("h1", {"README.md": "a home\n"})
     fleet.start("w1")
@@ -400,29 +392,10 @@ def test_a_restarted_worker_finishes_its_own_turn(make_fleet: Callable[..., Flee
     assert [s[0] for s in fleet.steps() if s[1] == wid] == ["begin", "begin", "publish", "end"]
     assert runs_in(remote) == [wid]
 
-
-@requires_postgres
-def test_cron_runs_the_real_turn(make_fleet: Callable[..., Fleet], home: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tick's request is one the real turn runs: a cron turn against the fake LLM ends
-    with its one commit (marked with the workflow ID) in the home's remote."""
-    fake = FakeLLM(auto=True)
-    monkeypatch.setenv("OPENAI_BASE_URL", fake.openai_url)  # the worker inherits these
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-KEYVALUE")
-    fleet = make_fleet()
-    configure(home, {"model": "openai:test"}, heartbeat={"every": "1h"})
-    remote = fleet.add_home("h1", {"cron/ping.md": "---\nevery: 3s\n---\nsay pong\n"},
-                            work=home)
-    fleet.start("w1", real=True)
-
-    def done() -> list[str]:
-        return sorted(w for w, (s, _) in fleet.workflows("cron:h1:ping:").items()
-                      if s == "SUCCESS")
-
-    wait_for(lambda: len(done()) >= 2, 120, "two real cron turns to finish")
-    assert fleet.stop("w1") == [0]
-    ran = done()
-    assert set(ran) <= set(runs_in(remote)) and len(set(runs_in(remote))) == len(runs_in(remote))
-    task = next(r for r in fake.requests if "cron/ping.md" in str(r.body))
-    assert "say pong" in str(task.body)
-    fake.close()
+    proc = fleet.procs["w1"]
+    assert proc.poll() is None
+    with db.connect(fleet.url) as conn:
+        conn.execute("UPDATE agentd_fleet.workers SET recovered_at = now(), "
+                     "recovered_by = 'w9' WHERE id = 'w1'")
+    assert proc.wait(60) == 3
+    assert "w1 was declared dead by w9" in fleet.log_of("w1")
