@@ -103,9 +103,14 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload, "SIGHUP")
+        bridged = self.parts.bridge or self.settings.bridge.enabled
+        if bridged:  # a bridge that must not start (no token...) stops us before recovery
+            from agentd.bridge.secrets import load
+
+            load(self.home, self.settings)
         await asyncio.to_thread(recover, self.home, self.log)
         self._preflight()
-        if self.parts.bridge or self.settings.bridge.enabled:
+        if bridged:
             from agentd.bridge.server import start_bridge  # AgentdError without a token
 
             self.bridge = await start_bridge(self.home, self.current, self.queue, self.log,
