@@ -10,6 +10,8 @@ Runtime: about 40 s on two busy cores.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -74,3 +76,74 @@ def test_a_database_restart_under_running_turns_loses_and_repeats_nothing(
     assert not problems and not ended, "\n".join([*problems, *map(str, ended)])
     log = worker.log.read_text()
     assert "Exception encountered in background workflow" not in log, log
+
+
+def test_a_turns_own_statements_wait_for_the_database_and_only_for_it(
+        pg_cluster: PgCluster, caplog: pytest.LogCaptureFixture) -> None:
+    """db.retrying: a connection error is waited out (here: the server stopped, then
+    started by the test once the call is waiting), a wrong statement fails at once, and
+    with `patience` an outage that outlasts it ends in the error."""
+    import threading
+
+    import psycopg
+
+    from agentd.fleet import db
+
+    url = pg_cluster.libpq_url()
+    with db.connect(url) as conn:
+        db.init_schema(conn)
+    caplog.set_level(logging.WARNING, logger="agentd.fleet")
+    tries: list[float] = []
+
+    def homes(conn: psycopg.Connection[object]) -> list[db.HomeRow]:
+        tries.append(time.monotonic())
+        return db.homes(conn)
+
+    pg_cluster.stop()
+    try:
+        out: list[object] = []
+        waiter = threading.Thread(target=lambda: out.append(db.retrying(url, homes)))
+        with pytest.raises(db.Unreachable):  # patience: the outage outlasts it
+            db.retrying(url, homes, patience=1.0)
+        caplog.clear()
+        waiter.start()
+        wait_for(lambda: "waiting for it" in caplog.text, 10, "the call to wait")
+        assert waiter.is_alive()
+    finally:
+        pg_cluster.start()
+    waiter.join(30)
+    assert out == [[]] and not waiter.is_alive()
+    assert len(tries) == 1  # `fn` ran once the server was back: connect failed before
+
+    def wrong(conn: psycopg.Connection[object]) -> None:
+        tries.append(time.monotonic())
+        conn.execute("SELECT * FROM no_such_table")
+
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        db.retrying(url, wrong)
+    assert len(tries) == 2  # `wrong` ran once: not a connection error, not retried
+
+
+def test_dbos_retries_psycopgs_lost_connection_errors_once_the_worker_says_so(
+        pg_cluster: PgCluster) -> None:
+    """engine.retry_lost_connections: what psycopg says while PostgreSQL restarts
+    ("connection is bad: … No such file or directory") is a disconnect DBOS's db_retry
+    retries; without the hook DBOS would raise it out of the turn (issue 15's lost turns)."""
+    import sqlalchemy as sa
+    from dbos._utils import retriable_postgres_exception
+    from sqlalchemy.engine import Engine
+
+    from agentd.fleet import engine
+
+    gone = f"postgresql+psycopg://postgres@/x?host={pg_cluster.root / 'nowhere'}"
+    eng = sa.create_engine(gone)
+    try:
+        engine.retry_lost_connections()
+        engine.retry_lost_connections()  # idempotent
+        with pytest.raises(sa.exc.OperationalError) as raised, eng.connect():
+            pass
+        assert "connection is bad" in str(raised.value)
+        assert retriable_postgres_exception(raised.value)
+    finally:
+        eng.dispose()  # and the hook off again: this process's other tests are no worker
+        sa.event.remove(Engine, "handle_error", engine._lost_connection)

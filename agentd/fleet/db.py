@@ -12,6 +12,7 @@ psycopg 3, autocommit: each function is one statement or one short transaction.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
     import psycopg
 
 T = TypeVar("T")
-PATIENCE = 60.0  # seconds a turn waits for the database to come back (a restart)
+BACKOFF_CAP = 10.0  # seconds between a turn's tries to reach a lost database (retrying)
+_log = logging.getLogger("agentd.fleet")
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
 
@@ -97,23 +99,34 @@ def lost(e: BaseException) -> bool:
 
 
 def retrying(url: str, fn: Callable[..., T], *args: Any,
-             patience: float = PATIENCE) -> T:
+             patience: float | None = None) -> T:
     """`fn(conn, *args)` on a fresh connection, run again while the database is out of
-    reach (db.lost), with a backoff (0.5 s doubling to 5 s) for up to `patience` seconds;
-    then the last error. For a turn's own statements, which must ride out a PostgreSQL
-    restart as DBOS's checkpoint writes do: `fn` must be safe to run twice (each of the
-    turn's is an upsert, an insert that ignores duplicates, or a read)."""
-    deadline = time.monotonic() + patience
+    reach (db.lost), with a backoff (0.5 s doubling up to BACKOFF_CAP), until it is back
+    or, with `patience`, for at most that many seconds (then the last error).
+
+    For a turn's own statements (carry, the home's head), which must ride out a
+    PostgreSQL restart as DBOS's own writes do: DBOS blocks a workflow's checkpoint
+    writes until the database is back (its db_retry: "trading off availability for
+    correctness"), so a turn waits there anyway, and a turn failed by a deadline here
+    would be a turn lost (DBOS 3.4 cannot resume a workflow that ended ERROR). Only
+    connection errors are retried: a wrong statement fails at once. `fn` must be safe to
+    run twice (each of the turn's is an upsert, an insert that ignores duplicates, or a
+    read)."""
+    deadline = None if patience is None else time.monotonic() + patience
     wait = 0.5
     while True:
         try:
             with connect(url) as conn:
                 return fn(conn, *args)
         except Exception as e:
-            if not lost(e) or time.monotonic() + wait > deadline:
+            if not lost(e) or (deadline is not None and time.monotonic() + wait > deadline):
                 raise
+            if wait == 0.5:  # the outage's first retry: once, not every time
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                _log.warning("the fleet database is out of reach (%s); waiting for it",
+                             first)
         time.sleep(wait)
-        wait = min(wait * 2, 5.0)
+        wait = min(wait * 2, BACKOFF_CAP)
 
 
 def init_schema(conn: psycopg.Connection[Any]) -> None:
