@@ -147,3 +147,17 @@ def test_dbos_retries_psycopgs_lost_connection_errors_once_the_worker_says_so(
     finally:
         eng.dispose()  # and the hook off again: this process's other tests are no worker
         sa.event.remove(Engine, "handle_error", engine._lost_connection)
+
+
+def test_concurrency_is_fleet_wide_and_a_worker_changing_it_says_so(fleet: Fleet) -> None:
+    """`fleet worker --concurrency N`: DBOS 3.4 keeps the queue's per-worker limit in the
+    database (no per-process setting), so the last worker to start sets it for all; the
+    README and --help say so, and the worker that changes it logs a warning."""
+    w1 = fleet.start_worker("w1", concurrency=2)
+    w2 = fleet.start_worker("w2", concurrency=3)
+    limit = fleet.sql("SELECT worker_concurrency FROM dbos.queues WHERE name = 'turns'")
+    assert limit == [(3,)]
+    log = w2.log.read_text()
+    assert "every worker now runs at most 3 turns at once" in log, log
+    assert "had asked for 2" in log, log
+    assert "fleet-wide" not in w1.log.read_text()  # the first changed nobody's
