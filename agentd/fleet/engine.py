@@ -52,10 +52,10 @@ def _lost_connection(ctx: Any) -> None:
     it a disconnect.
 
     Why: DBOS retries its own database writes (a step's checkpoint, a stream write, a
-    workflow's outcome) only for the connection errors it recognises by their text,
-    and while PostgreSQL restarts, psycopg 3 says "connection is bad: … No such file or
-    directory" (a unix socket) or "… Connection refused" (TCP), which it does not
-    recognise. The write raised out of the turn, and DBOS recorded the turn as ERROR
+    workflow's outcome) only for the connection errors it recognises by their text or
+    SQLSTATE, and while PostgreSQL restarts psycopg 3 can say "connection is bad: …
+    failed: No such file or directory" (the server's socket gone, no SQLSTATE), which
+    it does not recognise. The write raised out of the turn, and DBOS recorded the turn as ERROR
     (or, when the outcome write failed the same way, left it PENDING with its thread
     gone): a turn lost. A disconnect is what DBOS does retry (with a backoff, until the
     database is back), and SQLAlchemy then also drops the pool's dead connections."""
