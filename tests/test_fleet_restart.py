@@ -5,7 +5,7 @@ stopped while they are held, the holds are let go while it is down (so each turn
 the database with none there), and it is started again. Every turn must commit exactly
 once, its workflow must end SUCCESS, and no completed step may run again.
 
-Runtime: the file takes about 2 minutes on two busy cores (the restart test 1, the two
+Runtime: the file takes about 2 minutes on two busy cores (the restart test about a minute, the two
 workers of the concurrency test half a minute, pgkit's cluster the rest).
 """
 
