@@ -241,7 +241,9 @@ def usage_cmd(name: str | None, as_json: bool, db_url: str | None) -> None:
               "restarts, so a restarted worker finishes its own turns (default: the host "
               "name).")
 @click.option("--concurrency", "-n", default=4, show_default=True,
-              type=click.IntRange(1, 256), help="Turns of different homes run at once.")
+              type=click.IntRange(1, 256), help="Turns of different homes run at once, per "
+              "worker; fleet-wide: the last worker to start sets it for every worker "
+              "(DBOS keeps it in the database), so give all the same value.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="Where "
               "the homes' git mirrors and turn clones go (default: "
               "$XDG_CACHE_HOME/agentd/fleet).")

@@ -12,16 +12,22 @@ psycopg 3, autocommit: each function is one statement or one short transaction.
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentd.errors import AgentdError
 from agentd.fleet.engine import libpq_url
 
 if TYPE_CHECKING:
     import psycopg
+
+T = TypeVar("T")
+BACKOFF_CAP = 10.0  # seconds between a turn's tries to reach a lost database (retrying)
+_log = logging.getLogger("agentd.fleet")
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
 
@@ -74,8 +80,58 @@ def connect(url: str) -> psycopg.Connection[Any]:
         return psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AgentdError(f"cannot reach the fleet database: {first}; check --db "
+        raise Unreachable(f"cannot reach the fleet database: {first}; check --db "
                           "(or AGENTD_FLEET_DB) and that PostgreSQL is running") from None
+
+
+class Unreachable(AgentdError):
+    """db.connect could not reach the database."""
+
+
+def lost(e: BaseException) -> bool:
+    """Whether `e` means the database is out of reach (down, restarting, the connection
+    cut), not that a statement is wrong: connect's own failure, psycopg's client-side
+    errors (no SQLSTATE: the server never answered), and the server's connection
+    exceptions (08…) and operator interventions (57P…: shutting down, starting up)."""
+    import psycopg
+
+    if isinstance(e, Unreachable | psycopg.InterfaceError):
+        return True
+    if not isinstance(e, psycopg.OperationalError):
+        return False
+    state = e.sqlstate or ""
+    return not state or state.startswith(("08", "57P"))
+
+
+def retrying(url: str, fn: Callable[..., T], *args: Any,
+             patience: float | None = None) -> T:
+    """`fn(conn, *args)` on a fresh connection, run again while the database is out of
+    reach (db.lost), with a backoff (0.5 s doubling up to BACKOFF_CAP), until it is back
+    or, with `patience`, for at most that many seconds (then the last error).
+
+    For a turn's own statements (carry, the home's head), which must ride out a
+    PostgreSQL restart as DBOS's own writes do: DBOS blocks a workflow's checkpoint
+    writes until the database is back (its db_retry: "trading off availability for
+    correctness"), so a turn waits there anyway, and a turn failed by a deadline here
+    would be a turn lost (DBOS 3.4 cannot resume a workflow that ended ERROR). Only
+    connection errors are retried: a wrong statement fails at once. `fn` must be safe to
+    run twice (each of the turn's is an upsert, an insert that ignores duplicates, or a
+    read)."""
+    deadline = None if patience is None else time.monotonic() + patience
+    wait = 0.5
+    while True:
+        try:
+            with connect(url) as conn:
+                return fn(conn, *args)
+        except Exception as e:
+            if not lost(e) or (deadline is not None and time.monotonic() + wait > deadline):
+                raise
+            if wait == 0.5:  # the outage's first retry: once, not every time
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                _log.warning("the fleet database is out of reach (%s); waiting for it",
+                             first)
+        time.sleep(wait)
+        wait = min(wait * 2, BACKOFF_CAP)
 
 
 def init_schema(conn: psycopg.Connection[Any]) -> None:

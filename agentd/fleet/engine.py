@@ -46,6 +46,36 @@ def config(url: str, executor_id: str) -> dict[str, Any]:
             "log_level": "WARNING"}  # the worker routes DBOS's warnings to its EventLog
 
 
+def _lost_connection(ctx: Any) -> None:
+    """SQLAlchemy's handle_error hook: a psycopg OperationalError without an SQLSTATE
+    means the server never answered (its socket is gone, the connection broke), so mark
+    it a disconnect.
+
+    Why: DBOS retries its own database writes (a step's checkpoint, a stream write, a
+    workflow's outcome) only for the connection errors it recognises by their text or
+    SQLSTATE, and while PostgreSQL restarts psycopg 3 can say "connection is bad: …
+    failed: No such file or directory" (the server's socket gone, no SQLSTATE), which
+    it does not recognise. The write raised out of the turn, and DBOS recorded the turn as ERROR
+    (or, when the outcome write failed the same way, left it PENDING with its thread
+    gone): a turn lost. A disconnect is what DBOS does retry (with a backoff, until the
+    database is back), and SQLAlchemy then also drops the pool's dead connections."""
+    import psycopg
+
+    e = ctx.original_exception
+    if isinstance(e, psycopg.OperationalError) and e.sqlstate is None:
+        ctx.is_disconnect = True
+
+
+def retry_lost_connections() -> None:
+    """Install `_lost_connection` on every SQLAlchemy engine of this process (DBOS's);
+    idempotent."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "handle_error", _lost_connection):
+        event.listen(Engine, "handle_error", _lost_connection)
+
+
 def launch(url: str, executor_id: str, concurrency: int, *, poll: float = 0.1,
            workflows: tuple[str, ...] = WORKFLOW_MODULES) -> Queue:
     """Configure DBOS, import the modules that register workflows, launch (which also
@@ -53,6 +83,7 @@ def launch(url: str, executor_id: str, concurrency: int, *, poll: float = 0.1,
     that does this is a worker and dequeues up to `concurrency` turns at once."""
     from dbos import DBOS
 
+    retry_lost_connections()
     DBOS(config=config(url, executor_id))  # type: ignore[arg-type]
     for module in workflows:
         importlib.import_module(module)

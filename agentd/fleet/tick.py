@@ -85,9 +85,8 @@ def plan(until_iso: str, previous_iso: str | None) -> list[tuple[str, str, dict[
     schedules, nothing enqueued (the workflow does that, one checkpointed enqueue each)."""
     assert _db_url is not None, "tick.configure() runs before DBOS launches"
     until = datetime.fromisoformat(until_iso)
-    with db.connect(_db_url) as conn:
-        s = db.settings(conn)
-        rows = db.homes(conn)
+    s, rows = db.retrying(_db_url, lambda conn: (db.settings(conn), db.homes(conn)))
+    # (db.retrying: a tick due while PostgreSQL restarts waits for it, not fails)
     every = float(s["tick_every"])
     on_time = until - timedelta(seconds=OVERLAP * every)
     since = on_time

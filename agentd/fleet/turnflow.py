@@ -30,14 +30,11 @@ import hashlib
 import logging
 import re
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from dbos import DBOS, StepOptions
 from dbos._error import DBOSMaxStepRetriesExceeded
 
@@ -109,8 +106,7 @@ class NoSuchHome(AgentdError):
 
 def _begin(db_url: str, cache: Path, home: str) -> dict[str, str]:
     """Step "begin": where the home's git lives, and its branch head now (the base)."""
-    with db.connect(db_url) as conn:
-        rows = db.homes(conn, db.check_name(home))
+    rows = db.retrying(db_url, db.homes, db.check_name(home))
     if not rows:
         raise NoSuchHome(f"no home named {home!r} in the fleet (agentd fleet add)")
     row = rows[0]
@@ -136,27 +132,15 @@ def _fresh_clone(cache: Path, home: str, begin: dict[str, str], dest: Path) -> P
 def _restore(db_url: str, home: str, clone: Path, request: dict[str, Any],
              workflow_id: str) -> None:
     """The home's runtime files into the clone (carry.restore). Not a step: every run of
-    the turn, a recovery's too, needs them in its own fresh clone."""
-    with db.connect(db_url) as conn:
-        carry.restore(conn, home, clone, request, workflow_id)
-
-
-def _retrying(fn: Callable[..., None], *args: Any) -> None:
-    """`fn(*args)`, tried again a few times while the database is away (a restart)."""
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            return fn(*args)
-        except (AgentdError, psycopg.OperationalError):
-            if attempt == ATTEMPTS:
-                raise
-            time.sleep(attempt)
+    the turn, a recovery's too, needs them in its own fresh clone. Waits out a database
+    restart (db.retrying)."""
+    db.retrying(db_url, carry.restore, home, clone, request, workflow_id)
 
 
 def _save(db_url: str, home: str, clone: Path, workflow_id: str) -> list[str]:
     """Step "save": the clone's runtime files and the turn's ledger rows into the fleet
     database (carry.save; its notes, for the log)."""
-    with db.connect(db_url) as conn:
-        return carry.save(conn, home, clone, workflow_id)
+    return db.retrying(db_url, carry.save, home, clone, workflow_id)
 
 
 def _publish(db_url: str, cache: Path, home: str, begin: dict[str, str], clone: Path,
@@ -166,8 +150,7 @@ def _publish(db_url: str, cache: Path, home: str, begin: dict[str, str], clone: 
     by its marker and pushes nothing."""
     published = workspace.publish(cache, home, begin["git_url"], begin["branch"], clone,
                                   begin["base"], marker)
-    with db.connect(db_url) as conn:
-        db.set_head(conn, home, published.head)
+    db.retrying(db_url, db.set_head, home, published.head)
     return asdict(published)
 
 
@@ -200,8 +183,7 @@ def _settings(db_url: str, clone: Path) -> Any:
         settings, problem = schedule.settings_of(root)
     if problem:
         raise AgentdError(problem.removesuffix("; the defaults apply"))
-    with db.connect(db_url) as conn:
-        trusted = db.settings(conn)["trust_home_sandbox"] is True
+    trusted = db.retrying(db_url, db.settings)["trust_home_sandbox"] is True
     if not trusted:
         _confined(settings.sandbox)
         _keys_only(settings.providers)
@@ -291,7 +273,7 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
         clone = _fresh_clone(cache, home, begin, clone)
         steps = DurableSteps(clone, workflow_id)
         req.workdir = clone  # the request's own is another machine's
-        _retrying(_restore, db_url, home, clone, request, workflow_id)
+        _restore(db_url, home, clone, request, workflow_id)
         settings = _settings(db_url, clone)
         steps.redactor = redactor = from_settings(settings)  # the stream, the result
         steps.caps = Caps.of(settings.git)  # a step's patch is bounded as a commit is

@@ -193,6 +193,25 @@ class Beats:
             self.live.recover(conn, dead_after)
 
 
+def concurrency_note(conn: Any, worker: str, concurrency: int, dead_after: float
+                     ) -> str | None:
+    """What to tell the operator when live workers asked for other `--concurrency` values.
+
+    DBOS 3.4 keeps a queue's per-worker limit (worker_concurrency) in the database, in
+    the queue's row, and every worker reloads that row as it polls: the limit is
+    fleet-wide, and the last worker to start sets it for all (no per-process setting
+    exists). So `--concurrency N` means "every worker runs at most N turns at once" and
+    should be the same on every machine; a worker that changes it says so."""
+    others = sorted({int(w[3]) for w in db.workers(conn) if w[0] != worker and w[7] is None
+                     and w[6] is not None and float(w[6]) < dead_after} - {concurrency})
+    if not others:
+        return None
+    return (f"--concurrency is fleet-wide (DBOS keeps the per-worker limit in the "
+            f"database): every worker now runs at most {concurrency} turn"
+            f"{'s' * (concurrency != 1)} at once, where live workers had asked for "
+            f"{', '.join(map(str, others))}; give every worker the same --concurrency")
+
+
 def main(db_url: str, worker_id: str, concurrency: int, cache: Path, log: EventLog) -> int:
     """Run a worker until SIGTERM or SIGINT; the exit status."""
     from dbos import DBOS
@@ -208,12 +227,15 @@ def main(db_url: str, worker_id: str, concurrency: int, cache: Path, log: EventL
     engine.launch(db_url, worker_id, concurrency)
     live = Liveness(worker_id, concurrency, log)
     with db.connect(db_url) as conn:
+        note = concurrency_note(conn, worker_id, concurrency, _setting(s, "dead_after"))
         live.beat(conn)  # not before launch, which can take long: silence would look dead
     route_library_logs(log)  # DBOS's warnings as our log lines, its chatter dropped
     tick.ensure_schedule(_setting(s, "tick_every"))
     log("worker", f"{worker_id} started: {concurrency} turn{'s' * (concurrency != 1)} at "
         f"once, tick every {_setting(s, 'tick_every'):g}s, workers silent for "
         f"{_setting(s, 'dead_after'):g}s are recovered", worker=worker_id, pid=os.getpid())
+    if note:
+        log.warn("worker", note)
 
     stop = threading.Event()
     declared: list[str] = []
