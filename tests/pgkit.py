@@ -19,9 +19,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import IN_CI, _needs
+from tests.conftest import _needs
 
 
 def pg_bindir() -> Path | None:
@@ -107,16 +105,3 @@ class PgCluster:
         with contextlib.suppress(subprocess.SubprocessError):
             self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> object:
-    """One cluster for the session (initdb and start take seconds); each test makes its
-    own database with `create_db` / `url()`."""
-    if pg_bindir() is None or _owner() == "missing":
-        if IN_CI:  # .ci/run installs it: a fleet test must not skip silently there
-            pytest.fail("CI must have PostgreSQL (apt-get install postgresql)")
-        pytest.skip("PostgreSQL is missing (apt-get install postgresql): FLEET TEST NOT RUN")
-    cluster = PgCluster()
-    yield cluster
-    cluster.close()

@@ -24,9 +24,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from daemonkit import wait_for
 from fleetkit import Fleet, check_cron, check_turns, new_token, slot
-from pgkit import PgCluster, pg_cluster, requires_postgres
-
-__all__ = ["pg_cluster"]  # the session fixture, imported for pytest
+from pgkit import PgCluster, requires_postgres
 
 pytestmark = requires_postgres
 

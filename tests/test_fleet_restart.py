@@ -18,9 +18,7 @@ from collections.abc import Iterator
 import pytest
 from daemonkit import wait_for
 from fleetkit import Fleet, check_turns, new_token
-from pgkit import PgCluster, pg_cluster, requires_postgres
-
-__all__ = ["pg_cluster"]  # the session fixture, imported for pytest
+from pgkit import PgCluster, requires_postgres
 
 pytestmark = requires_postgres
 

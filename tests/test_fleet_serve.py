@@ -28,9 +28,8 @@ from standardwebhooks import Webhook
 from agentd.fleet import db
 from agentd.newhome import init_home
 from tests.conftest import agentd
-from tests.pgkit import PgCluster, pg_cluster, requires_postgres
+from tests.pgkit import PgCluster, requires_postgres
 
-__all__ = ["pg_cluster"]
 pytestmark = requires_postgres
 AGENTD = [sys.executable, "-m", "agentd"]
 ST = Path(sys.executable).with_name("st")

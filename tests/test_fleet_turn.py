@@ -23,7 +23,7 @@ from agentd.errors import AgentdError
 from agentd.fleet import db, engine, enqueue, turnflow, workspace
 from agentd.fleet.durable import DurableSteps, StepDrift
 from agentd.turn import TurnRequest
-from tests.pgkit import PgCluster, pg_cluster, requires_postgres  # noqa: F401 (a fixture)
+from tests.pgkit import PgCluster, requires_postgres
 
 pytestmark = requires_postgres
 
@@ -145,7 +145,7 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(pg_cluster: PgCluster, fake: FakeLLM, tmp_path: Path,  # noqa: F811
+def fleet(pg_cluster: PgCluster, fake: FakeLLM, tmp_path: Path,
           home: Path) -> Iterator[Fleet]:
     f = Fleet(pg_cluster, fake, tmp_path, home)
     yield f

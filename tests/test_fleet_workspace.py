@@ -23,9 +23,7 @@ from agentd.home import Home
 from agentd.llm.types import Usage
 from agentd.usage import Ledger
 from tests.hostile import SECRET, bounded, plant, secret_file
-from tests.pgkit import PgCluster, pg_cluster, requires_postgres
-
-__all__ = ["pg_cluster"]  # the session fixture, used by name
+from tests.pgkit import PgCluster, requires_postgres
 
 OWNER = {"GIT_AUTHOR_NAME": "owner", "GIT_AUTHOR_EMAIL": "owner@example.com",
          "GIT_COMMITTER_NAME": "owner", "GIT_COMMITTER_EMAIL": "owner@example.com"}

@@ -28,7 +28,7 @@ from fakellm import FakeLLM
 
 from agentd.fleet import db, engine, enqueue, schedule, workspace
 from agentd.turn import TurnRequest
-from tests.pgkit import PgCluster, pg_cluster, requires_postgres  # noqa: F401 (a fixture)
+from tests.pgkit import PgCluster, requires_postgres
 
 pytestmark = requires_postgres
 
@@ -181,7 +181,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+def fleet(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory,
           home_template: Path) -> Iterator[Fleet]:
     with FakeLLM() as fake:
         f = Fleet(pg_cluster, fake, tmp_path_factory.mktemp("redteam"), home_template)
