@@ -165,6 +165,8 @@ def _summary(result: dict[str, Any]) -> None:
     if result.get("conflict"):
         click.echo(f"warning: the turn's commit conflicted with a push to the home: it is "
                    f"on {result['conflict']}, nothing was lost", err=True)
+    for note in result.get("notes") or []:  # files a recovery would not rebuild
+        click.echo(f"note: {tty_safe(str(note))}", err=True)
     if result.get("status") != "ok":
         click.echo(f"error: {tty_safe(str(result.get('error') or 'the turn failed'))}",
                    err=True)
@@ -286,8 +288,12 @@ def worker_cmd(db_url: str | None, worker_id: str | None, concurrency: int,
 def serve_cmd(db_url: str | None, host: str, port: int, json_logs: bool) -> None:
     """The bridge for every home, in the foreground: the OpenAI-compatible
     /v1/chat/completions with model agentd/NAME (Bearer AGENTD_FLEET_TOKEN, required), and
-    signed webhooks at /homes/NAME/hooks/HOOK (Standard Webhooks, AGENTD_FLEET_WEBHOOK_SECRET).
-    Each request is a turn queued for the workers; a client that leaves does not stop it."""
+    signed webhooks at /homes/NAME/hooks/HOOK (Standard Webhooks, AGENTD_FLEET_WEBHOOK_SECRET
+    or per hook from the TOML file AGENTD_FLEET_HOOK_SECRETS names), Telegram at
+    /homes/NAME/telegram and Slack at /homes/NAME/slack/events (bot tokens and secrets from
+    that file), /openapi.json. Each request is a turn queued for the workers; a client that
+    leaves does not stop it. Homes' settings are read from a mirror in
+    $XDG_CACHE_HOME/agentd/fleet-serve."""
     from agentd.fleet import admin
     from agentd.jobs.log import EventLog
 

@@ -358,3 +358,17 @@ def test_the_real_worker_runs_a_turn_that_run_wait_follows_and_cron_turns(
         assert set(ran) <= set(committed) and len(set(committed)) == len(committed)
         task = next(r for r in fake.requests if "cron/ping.md" in str(r.body))
         assert "say pong" in str(task.body)
+
+
+def test_the_summary_names_what_a_recovery_would_not_rebuild(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`fleet run --wait` without --json prints the result's notes (a file over the caps
+    left out of a step's checkpoint), terminal escapes in a file name defused."""
+    from agentd.cli_fleet import _summary
+
+    _summary({"status": "ok", "steps": 2, "commit": "ab" * 20, "cost": 0.01, "notes": [
+        "big.bin (12 MB) is over [git] max_file_mb: a recovery would not rebuild it\x1b[2J"]})
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "ok: 2 step(s), commit abababab, $0.0100"
+    assert err[1].startswith("note: big.bin (12 MB) is over [git] max_file_mb")
+    assert "\x1b" not in err[1] and len(err) == 2
