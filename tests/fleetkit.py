@@ -519,8 +519,9 @@ class Fleet:
         lines = [f"{len(missing)} of {len(tokens)} turns not committed; webhook runs not "
                  f"committed: {[w for w in self.hooks if not runs[w]]}"]
         for t in missing[:10]:
-            rows = self.sql("SELECT workflow_uuid, status, executor_id, error FROM "
-                            "dbos.workflow_status WHERE inputs LIKE %s OR workflow_uuid "
+            rows = self.sql("SELECT s.workflow_uuid, s.status, s.executor_id, o.error FROM "
+                            "dbos.workflow_status s LEFT JOIN dbos.workflow_output o USING "
+                            "(workflow_uuid) WHERE s.inputs LIKE %s OR s.workflow_uuid "
                             "LIKE %s", f"%{t}%", f"%{t}")
             lines.append(f"  {t} ({self.enqueued[t][0]}): {rows}")
         for w in self.workers.values():

@@ -75,7 +75,12 @@ class _Bridge(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         level = "error" if record.levelno >= logging.ERROR else "warning"
-        self.log(record.name.split(".")[0], record.getMessage(), level=level)
+        msg = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:  # its traceback: one line
+            e = record.exc_info[1]
+            why = " ".join(str(e).split())[:300]
+            msg = f"{msg.rstrip(': ')}: {type(e).__name__}{': ' + why if why else ''}"
+        self.log(record.name.split(".")[0], msg, level=level)
 
 
 def route_library_logs(log: EventLog) -> None:
