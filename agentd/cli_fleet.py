@@ -81,6 +81,25 @@ def add_cmd(name: str, git_url: str, branch: str, db_url: str | None) -> None:
                f"`agentd fleet run {name} \"...\"`")
 
 
+@fleet.command("set")
+@click.argument("key")
+@click.argument("value")
+@db_option
+def set_cmd(key: str, value: str, db_url: str | None) -> None:
+    """Set fleet setting KEY to VALUE (JSON), for every worker from its next turn:
+    `endpoints` '["https://llm.example.com/v1"]' (the provider base URLs homes may use
+    besides the providers' defaults), `trust_home_sandbox` true (homes may loosen the
+    sandbox and pick any endpoint), or dead_after, beat_every, tick_every, heartbeat_every,
+    refresh_every, stop_grace (seconds)."""
+    import json
+
+    from agentd.fleet import admin
+
+    with admin.connect(db_url or "") as conn:
+        stored = admin.set_setting(conn, key, value)
+    click.echo(f"{key} = {json.dumps(stored)}")
+
+
 @fleet.command("run")
 @click.argument("name")
 @click.argument("prompt", required=False)
