@@ -107,8 +107,8 @@ def init(url: str) -> None:
 
 def set_setting(conn: psycopg.Connection[Any], key: str, text: str) -> Any:
     """Fleet setting `key` (one of db.DEFAULTS) set to `text`, a JSON value of the
-    default's type (`endpoints`: a list of plain http(s) URLs); the value stored. The
-    workers read the settings at each turn or beat, so no restart is needed."""
+    default's type (`endpoints`: a list of plain http(s) URLs); the value stored. Workers
+    read the settings as they go (a turn, a beat), most with no restart (see set_cmd)."""
     import json
 
     from agentd.fleet import endpoints
