@@ -513,3 +513,34 @@ def test_fleet_set_refuses_a_bad_value_in_one_line(fleet: Fleet, args: tuple[str
     assert len(out.output.strip().splitlines()) == 1 and "Traceback" not in out.output
     with db.connect(fleet.url) as conn:
         assert db.settings(conn) == before
+
+
+@pytest.mark.parametrize(("base_url", "ok"), [
+    (None, True), ("https://api.anthropic.com", True), ("https://API.Anthropic.com:443/", True),
+    ("https://api.openai.com/v1", True), ("https://api.openai.com/v1/", True),
+    ("http://localhost:11434/v1", True), ("https://llm.internal/team/v1", True),
+    ("http://[::1]:8080/v1", True),
+    ("https://api.openai.com@evil.example/v1", False), ("https://evil.example\\@api.openai.com",
+                                                        False),
+    ("https://api.openai.com.evil.example/v1", False), ("http://api.openai.com/v1", False),
+    ("https://api.openai.com:8443/v1", False), ("https://api.openai.com/v10", False),
+    ("https://api.openai.com/v1/../../evil", False), ("https://api.openai.com/%2e%2e/x", False),
+    ("https://api.openai.com/v1?x=1", False), ("https://api%2eopenai.com/v1", False),
+    ("https://llm.internal/team", False), ("https://llm.internal/teams/v1", False),
+    ("http://[::1]:8081/v1", False), (" https://api.openai.com/v1", False),
+    ("file:///etc/passwd", False), ("https://api.openai.com:0/v1", False)])
+def test_the_endpoint_rule(base_url: str | None, ok: bool) -> None:
+    """endpoints.check on its own: defaults and listed prefixes pass, after normalising
+    case, the default port and a trailing slash; every lookalike is refused in one line."""
+    from agentd.config.settings import Endpoint
+    from agentd.errors import AgentdError
+    from agentd.fleet import endpoints
+
+    providers = {"x": Endpoint("openai", base_url, "OPENAI_API_KEY")}
+    listed = ["https://llm.internal/team/v1", "http://[::1]:8080/v1"]
+    if ok:
+        endpoints.check(providers, listed)
+    else:
+        with pytest.raises(AgentdError) as e:
+            endpoints.check(providers, listed)
+        assert "\n" not in str(e.value) and "providers.x.base_url" in str(e.value)
