@@ -28,7 +28,8 @@ from agentd.errors import AgentdError
 
 SETTING = "endpoints"
 HOW = f"agentd fleet set {SETTING} '[\"URL\", ...]'"
-# The hosts a URL may name: DNS labels, an IPv4 address, or a bracketed IPv6 one.
+# The hosts a URL may name: DNS labels, an IPv4 address, or an IPv6 one (unbracketed,
+# as urlsplit gives it); nothing percent-encoded, no trailing dot.
 _HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
                    r"|[0-9a-f:.]*:[0-9a-f:.]*")
 _PORTS = {"http": 80, "https": 443}
@@ -54,7 +55,7 @@ def normal(url: str) -> Normal:
         raise ValueError("a query or fragment")
     host = parts.hostname or ""  # lowercased, without the port (parts.port checks it)
     if not _HOST.fullmatch(host) or parts.port == 0:
-        raise ValueError(f"host {host!r}")
+        raise ValueError(f"host {host!r} or port 0")
     segments = tuple(s for s in parts.path.split("/") if s)
     if any(unquote(s) in (".", "..") or "/" in unquote(s) for s in segments):
         raise ValueError("a dot segment")
