@@ -81,6 +81,26 @@ def add_cmd(name: str, git_url: str, branch: str, db_url: str | None) -> None:
                f"`agentd fleet run {name} \"...\"`")
 
 
+@fleet.command("set")
+@click.argument("key")
+@click.argument("value")
+@db_option
+def set_cmd(key: str, value: str, db_url: str | None) -> None:
+    """Set fleet setting KEY to VALUE (JSON) for every worker: `endpoints`
+    '["https://llm.example.com/v1"]' (the provider base URLs homes may use besides the
+    providers' defaults) and `trust_home_sandbox` true (homes may loosen the sandbox and
+    pick any endpoint) hold from the next turn; the seconds dead_after, beat_every,
+    heartbeat_every, refresh_every from the next beat, tick_every and stop_grace from a
+    worker's next start."""
+    import json
+
+    from agentd.fleet import admin
+
+    with admin.connect(db_url or "") as conn:
+        stored = admin.set_setting(conn, key, value)
+    click.echo(f"{key} = {json.dumps(stored)}")
+
+
 @fleet.command("run")
 @click.argument("name")
 @click.argument("prompt", required=False)

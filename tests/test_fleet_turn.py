@@ -110,6 +110,7 @@ class Fleet:
         with db.connect(self.url) as conn:
             db.init_schema(conn)
             db.add_home(conn, HOME, str(self.remote))
+            db.set_setting(conn, "endpoints", [fake.anthropic_url])  # the operator's
         self.cache = tmp / "cache"
         self.client = engine.client(self.url)
         self.workers: list[Worker] = []

@@ -105,6 +105,35 @@ def init(url: str) -> None:
         db.init_schema(conn)
 
 
+def set_setting(conn: psycopg.Connection[Any], key: str, text: str) -> Any:
+    """Fleet setting `key` (one of db.DEFAULTS) set to `text`, a JSON value of the
+    default's type (`endpoints`: a list of plain http(s) URLs); the value stored. Workers
+    read the settings as they go (a turn, a beat), most with no restart (see set_cmd)."""
+    import json
+
+    from agentd.fleet import endpoints
+
+    if key not in db.DEFAULTS:
+        raise fail(f"no fleet setting {key!r} (known: {', '.join(sorted(db.DEFAULTS))})")
+    default = db.DEFAULTS[key]
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise fail(f"{key}: {text!r} is not JSON (e.g. 30, true, "
+                   "'[\"https://llm.example.com/v1\"]')") from None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    else:
+        ok, value = True, endpoints.check_setting(value)
+    if not ok:
+        kind = "true or false" if isinstance(default, bool) else "a number of seconds > 0"
+        raise fail(f"{key} is {kind}, not {text!r}")
+    db.set_setting(conn, key, value)
+    return value
+
+
 # -- homes ---------------------------------------------------------------------------------
 
 def _git_env(git_dir: Path) -> dict[str, str]:

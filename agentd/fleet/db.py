@@ -62,7 +62,8 @@ CREATE INDEX IF NOT EXISTS conversations_last ON agentd_fleet.conversations (hom
 DEFAULTS: dict[str, Any] = {"dead_after": 30.0, "beat_every": 5.0, "tick_every": 60.0,
                             "heartbeat_every": 1800.0,
                             "refresh_every": 30.0, "stop_grace": 60.0,  # worker.py
-                            "trust_home_sandbox": False}  # turnflow.py: homes may loosen it
+                            "trust_home_sandbox": False,  # turnflow.py: homes may loosen it
+                            "endpoints": []}  # endpoints.py: base URLs homes may call
 
 
 def check_name(name: str) -> str:

@@ -39,7 +39,7 @@ from dbos import DBOS, StepOptions
 from dbos._error import DBOSMaxStepRetriesExceeded
 
 from agentd.errors import AgentdError
-from agentd.fleet import carry, db, schedule, workspace
+from agentd.fleet import carry, db, endpoints, schedule, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
 from agentd.fleet.snapshot import Caps
 from agentd.home import RUNTIME
@@ -178,15 +178,18 @@ def _settings(db_url: str, clone: Path) -> Any:
     """The clone's agentd.toml through homefs (agent-written: a symlink to /dev/zero or
     a secret must not be read on the host); a broken file fails the turn, as `agentd run`
     does, rather than running it on defaults. Its [sandbox] may not loosen the worker's
-    unless the fleet's setting `trust_home_sandbox` says every home's owner may."""
+    unless the fleet's setting `trust_home_sandbox` says every home's owner may, nor
+    send the worker's key (or its host's requests) to a base_url the operator did not
+    allow (agentd.fleet.endpoints)."""
     with Root(clone) as root:
         settings, problem = schedule.settings_of(root)
     if problem:
         raise AgentdError(problem.removesuffix("; the defaults apply"))
-    trusted = db.retrying(db_url, db.settings)["trust_home_sandbox"] is True
-    if not trusted:
+    fleet = db.retrying(db_url, db.settings)
+    if fleet["trust_home_sandbox"] is not True:
         _confined(settings.sandbox)
         _keys_only(settings.providers)
+        endpoints.check(settings.providers, fleet[endpoints.SETTING])
     return settings
 
 

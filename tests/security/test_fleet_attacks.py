@@ -100,6 +100,7 @@ class Fleet:
         self.remotes: dict[str, Path] = {}
         with db.connect(self.url) as conn:
             db.init_schema(conn)
+            db.set_setting(conn, "endpoints", [fake.anthropic_url])  # the operator's
         for name in ("alpha", "beta"):
             self.add_home(name, template)
         (self.tmp / "beta-work" / "secret.txt").write_text(BETA_SECRET + "\n")
@@ -392,3 +393,154 @@ def test_a_home_cannot_loosen_the_workers_sandbox(fleet: Fleet, table: str) -> N
         sync(work)
         config.write_text(original)
         fleet.push("alpha", "the sandbox as it was")
+
+
+def point_at(fleet: Fleet, base_url: str, extra: str = "") -> str:
+    """alpha's agentd.toml, its anthropic provider's base_url set to `base_url` (and
+    `extra` tables appended), pushed by its owner; the file as it was, for `restore`."""
+    work = fleet.tmp / "alpha-work"
+    sync(work)
+    config = work / "agentd.toml"
+    original = config.read_text()
+    line = f'base_url = "{fleet.fake.anthropic_url}"\n'
+    assert line in original
+    config.write_text(original.replace(line, f"base_url = {base_url!r}\n") + extra)
+    fleet.push("alpha", "another endpoint")
+    return original
+
+
+def restore(fleet: Fleet, original: str) -> None:
+    work = fleet.tmp / "alpha-work"
+    fleet.fake._script.clear()  # the scripted replies a refused turn left unused
+    sync(work)
+    (work / "agentd.toml").write_text(original)
+    fleet.push("alpha", "the endpoint as it was")
+
+
+@pytest.mark.parametrize("url", [
+    "{evil}", "{evil}/v1", "{ours}@{evil_host}", "{ours}:@{evil_host}",
+    "http://127.0.0.1.nip.io:{ours_port}", "http://localhost:{ours_port}", "{ours_https}",
+    "{ours}/../v1"],
+    ids=["another-server", "its-path", "userinfo", "userinfo-colon", "host-suffix",
+         "same-host-by-name", "another-scheme", "dot-segments"])
+def test_a_home_cannot_send_the_workers_key_elsewhere(fleet: Fleet, url: str) -> None:
+    """The worker's provider key goes only to an endpoint the operator allows (the
+    providers' defaults, or the fleet setting `endpoints`): a home whose base_url names
+    another server, or dresses one up as the listed one (a user@ part, a longer host, the
+    same port by another name, another scheme), ends its turn in one line naming the
+    setting, before any model call; the attacker's server receives nothing."""
+    with FakeLLM() as evil:
+        evil_host = evil.anthropic_url.removeprefix("http://")
+        ours = fleet.fake.anthropic_url
+        url = url.format(evil=evil.anthropic_url, evil_host=evil_host,
+                         ours_port=ours.rpartition(":")[2], ours=ours,
+                         ours_https=ours.replace("http://", "https://"))
+        original = point_at(fleet, url)
+        try:
+            before = len(fleet.fake.requests)
+            result, seen, _ = fleet.turn("alpha", "echo hi")
+            assert result["status"] == "error" and "\n" not in result["error"], result
+            assert "endpoints" in result["error"] or "base_url" in result["error"], result
+            assert evil.requests == []
+            assert len(fleet.fake.requests) == before
+            assert not leaked(fleet, *seen, str(result))
+        finally:
+            restore(fleet, original)
+
+
+def test_a_keyless_provider_cannot_aim_the_worker_at_its_loopback(fleet: Fleet) -> None:
+    """A provider without a key still makes the worker's host POST to its base_url: one
+    pointing at the worker's loopback (here a listener standing in for the fleet's
+    PostgreSQL or bridge) is refused like a keyed one, even when the turn's model is
+    another provider's (a fallback, a heartbeat model could reach it)."""
+    with FakeLLM() as evil:
+        extra = (f'\n[providers.lab]\nprotocol = "openai"\nbase_url = '
+                 f'"{evil.openai_url}"\n')
+        original = point_at(fleet, fleet.fake.anthropic_url, extra)
+        try:
+            result, _, _ = fleet.turn("alpha", "echo hi")
+            assert result["status"] == "error" and "providers.lab" in result["error"], result
+            assert evil.requests == []
+        finally:
+            restore(fleet, original)
+
+
+def test_a_listed_endpoint_is_called_and_unlisting_it_closes_it(fleet: Fleet) -> None:
+    """The operator lists a second server with `agentd fleet set endpoints` (a path
+    prefix: `/` covers the SDK's /v1/messages): the home's turn runs there, with the
+    worker's key; set back, the next turn is refused, with nothing sent."""
+    from click.testing import CliRunner
+
+    from agentd.cli import cli
+
+    def fleet_set(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["fleet", "set", *args, "--db", fleet.url])
+
+    with FakeLLM() as second:
+        out = fleet_set("endpoints", f'["{fleet.fake.anthropic_url}", "{second.anthropic_url}/"]')
+        assert out.exit_code == 0, out.output
+        original = point_at(fleet, second.anthropic_url)
+        try:
+            second.push({"text": "from the second"})
+            result, _, _ = fleet.turn("alpha")
+            fleet.fake._script.clear()  # the turn ran on the second server
+            assert result["status"] == "ok" and result["text"] == "from the second", result
+            assert [KEY in str(q.headers) for q in second.requests] == [True]
+            out = fleet_set("endpoints", f'["{fleet.fake.anthropic_url}"]')
+            assert out.exit_code == 0, out.output
+            result, _, _ = fleet.turn("alpha")
+            assert result["status"] == "error" and "endpoints" in result["error"], result
+            assert len(second.requests) == 1
+        finally:
+            fleet_set("endpoints", f'["{fleet.fake.anthropic_url}"]')
+            restore(fleet, original)
+
+
+@pytest.mark.parametrize("args", [
+    ("endpoints", '["https://api.openai.com@evil.example/v1"]'),
+    ("endpoints", '"https://llm.example.com/v1"'), ("endpoints", "[not json"),
+    ("trust_home_sandbox", '"yes"'), ("dead_after", "0"), ("no_such", "1")],
+    ids=["userinfo", "not-a-list", "not-json", "not-a-bool", "not-positive", "unknown"])
+def test_fleet_set_refuses_a_bad_value_in_one_line(fleet: Fleet, args: tuple[str, str]) -> None:
+    from click.testing import CliRunner
+
+    from agentd.cli import cli
+
+    with db.connect(fleet.url) as conn:
+        before = db.settings(conn)
+    out = CliRunner().invoke(cli, ["fleet", "set", *args, "--db", fleet.url])
+    assert out.exit_code != 0 and isinstance(out.exception, SystemExit), out
+    assert len(out.output.strip().splitlines()) == 1 and "Traceback" not in out.output
+    with db.connect(fleet.url) as conn:
+        assert db.settings(conn) == before
+
+
+@pytest.mark.parametrize(("base_url", "ok"), [
+    (None, True), ("https://api.anthropic.com", True), ("https://API.Anthropic.com:443/", True),
+    ("https://api.openai.com/v1", True), ("https://api.openai.com/v1/", True),
+    ("http://localhost:11434/v1", True), ("https://llm.internal/team/v1", True),
+    ("http://[::1]:8080/v1", True),
+    ("https://api.openai.com@evil.example/v1", False), ("https://evil.example\\@api.openai.com",
+                                                        False),
+    ("https://api.openai.com.evil.example/v1", False), ("http://api.openai.com/v1", False),
+    ("https://api.openai.com:8443/v1", False), ("https://api.openai.com/v10", False),
+    ("https://api.openai.com/v1/../../evil", False), ("https://api.openai.com/%2e%2e/x", False),
+    ("https://api.openai.com/v1?x=1", False), ("https://api%2eopenai.com/v1", False),
+    ("https://llm.internal/team", False), ("https://llm.internal/teams/v1", False),
+    ("http://[::1]:8081/v1", False), (" https://api.openai.com/v1", False),
+    ("file:///etc/passwd", False), ("https://api.openai.com:0/v1", False)])
+def test_the_endpoint_rule(base_url: str | None, ok: bool) -> None:
+    """endpoints.check on its own: defaults and listed prefixes pass, after normalising
+    case, the default port and a trailing slash; every lookalike is refused in one line."""
+    from agentd.config.settings import Endpoint
+    from agentd.errors import AgentdError
+    from agentd.fleet import endpoints
+
+    providers = {"x": Endpoint("openai", base_url, "OPENAI_API_KEY")}
+    listed = ["https://llm.internal/team/v1", "http://[::1]:8080/v1"]
+    if ok:
+        endpoints.check(providers, listed)
+    else:
+        with pytest.raises(AgentdError) as e:
+            endpoints.check(providers, listed)
+        assert "\n" not in str(e.value) and "providers.x.base_url" in str(e.value)
