@@ -91,7 +91,8 @@ def set_cmd(key: str, value: str, db_url: str | None) -> None:
     providers' defaults) and `trust_home_sandbox` true (homes may loosen the sandbox and
     pick any endpoint) hold from the next turn; the seconds dead_after, beat_every,
     heartbeat_every, refresh_every from the next beat, tick_every and stop_grace from a
-    worker's next start."""
+    worker's next start; bridge_ip_rate and bridge_ip_burst (requests per second per client
+    address, and the burst, before auth) as `fleet serve` starts."""
     import json
 
     from agentd.fleet import admin

@@ -131,6 +131,8 @@ def served(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("serve")
     url = pg_cluster.libpq_url(f"f_serve_{os.urandom(4).hex()}")
     assert agentd("fleet", "init", "--db", url).exit_code == 0
+    for key in ("bridge_ip_rate", "bridge_ip_burst"):  # schemathesis sends hundreds at once
+        assert agentd("fleet", "set", key, "1000", "--db", url).exit_code == 0
     receiver = Receiver()
     for name in ("alpha", "beta"):
         work = tmp / name

@@ -128,7 +128,7 @@ def set_setting(conn: psycopg.Connection[Any], key: str, text: str) -> Any:
     else:
         ok, value = True, endpoints.check_setting(value)
     if not ok:
-        kind = "true or false" if isinstance(default, bool) else "a number of seconds > 0"
+        kind = "true or false" if isinstance(default, bool) else "a number > 0"
         raise fail(f"{key} is {kind}, not {text!r}")
     db.set_setting(conn, key, value)
     return value

@@ -84,7 +84,6 @@ class Fleet:
         self.url, self.token, self.keys, self.log = url, token, keys, log
         self.settings = Settings()  # the bridge's defaults: body cap, rates, timeouts
         b = self.settings.bridge
-        self.ip_buckets = Buckets(b.ip_rate, b.ip_burst)
         self.sender_buckets = Buckets(b.sender_rate, b.sender_burst)
         self.closing = False
         self.secrets = homeconf.load_secrets(hook_keys)  # per-hook keys, bots of homes
@@ -94,6 +93,9 @@ class Fleet:
         self.dbos = admin.client(url)
         self._conn: psycopg.Connection[Any] | None = admin.connect(url)
         self._lock = threading.Lock()
+        fleet = db.settings(self._conn)  # the operator's per-address limits (`fleet set`)
+        self.ip_buckets = Buckets(float(fleet["bridge_ip_rate"]),
+                                  max(1, int(fleet["bridge_ip_burst"])))
         if self._conn.execute("SELECT to_regclass('agentd_fleet.conversations')"
                               ).fetchone() == (None,):
             self.close()

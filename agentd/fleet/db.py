@@ -63,7 +63,10 @@ DEFAULTS: dict[str, Any] = {"dead_after": 30.0, "beat_every": 5.0, "tick_every":
                             "heartbeat_every": 1800.0,
                             "refresh_every": 30.0, "stop_grace": 60.0,  # worker.py
                             "trust_home_sandbox": False,  # turnflow.py: homes may loosen it
-                            "endpoints": []}  # endpoints.py: base URLs homes may call
+                            "endpoints": [],  # endpoints.py: base URLs homes may call
+                            # fleet serve: requests per second per client address, and the
+                            # burst (before auth, then 429; read as `fleet serve` starts)
+                            "bridge_ip_rate": 20.0, "bridge_ip_burst": 200.0}
 
 
 def check_name(name: str) -> str:
