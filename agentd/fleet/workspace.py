@@ -37,7 +37,7 @@ from agentd.errors import AgentdError
 from agentd.fleet.db import check_name
 from agentd.fleet.snapshot import apply, diff, snapshot, tree_of
 
-__all__ = ["Published", "apply", "checkout", "conflict_ref", "diff", "mirror_path",
+__all__ = ["Published", "apply", "changed", "checkout", "conflict_ref", "diff", "mirror_path",
            "publish", "snapshot", "sync_mirror", "tree_of"]
 
 TIMEOUT = 600.0  # seconds for a network git (fetch, push) on the mirror
@@ -163,6 +163,18 @@ def sync_mirror(cache: Path, name: str, git_url: str, branch: str) -> str:
     if head is None:
         raise AgentdError(f"{git_url} has no branch {branch!r}: push a first commit there")
     return head
+
+
+def changed(cache: Path, name: str, old: str, new: str, paths: tuple[str, ...]) -> bool:
+    """Whether the commits from `old` to `new` changed `paths`: a diff of two trees in the
+    worker's bare mirror (no checkout; hooks, filters and textconv off). When in doubt,
+    yes."""
+    try:
+        result = _git(mirror_path(cache, name), "diff", "--quiet", "--no-ext-diff",
+                      "--no-textconv", old, new, "--", *paths)
+    except AgentdError:  # git missing or hung
+        return True
+    return result.code != 0
 
 
 def checkout(cache: Path, name: str, sha: str, dest: Path, branch: str = "main") -> Path:
