@@ -125,7 +125,7 @@ def _meta(root: Root) -> tuple[list[str], int, dict[str, int]]:
         paths, offset, before = meta["paths"], meta["ledger"], meta.get("before", {})
         if (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
                 and isinstance(offset, int) and offset >= 0 and isinstance(before, dict)):
-            paths = [p for p in paths if p in carried({}) or p.startswith("sessions/")]
+            paths = [p for p in paths if p in DAEMON_FILES or p.startswith("sessions/")]
             return paths, offset, {p: n for p, n in before.items()
                                    if p in paths and isinstance(n, int)}
     except (OSError, ValueError, KeyError, TypeError):

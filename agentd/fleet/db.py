@@ -206,6 +206,19 @@ def beat(conn: psycopg.Connection[Any], worker: str, host: str, pid: int,
         "recovered_by = NULL", (worker, host, pid, concurrency))
 
 
+def beat_again(conn: psycopg.Connection[Any], worker: str) -> str | None:
+    """A running worker's beat: one UPDATE, conditional on its not being claimed, so a
+    claim cannot slip between check and beat. None when recorded; else who claimed it
+    ("" when nobody did: its row is gone, `beat` writes it again)."""
+    cur = conn.execute("UPDATE agentd_fleet.workers SET last_seen = now() "
+                       "WHERE id = %s AND recovered_at IS NULL", (worker,))
+    if cur.rowcount == 1:
+        return None
+    row = conn.execute("SELECT recovered_by FROM agentd_fleet.workers WHERE id = %s",
+                       (worker,)).fetchone()
+    return (row[0] or "") if row else ""
+
+
 def claim_dead(conn: psycopg.Connection[Any], me: str, dead_after: float) -> list[str]:
     """Workers silent for longer than `dead_after` seconds, claimed by `me` in one
     statement, so exactly one live worker recovers each dead one's turns."""
@@ -217,12 +230,26 @@ def claim_dead(conn: psycopg.Connection[Any], me: str, dead_after: float) -> lis
     return [r[0] for r in rows]
 
 
+def claimed_by(conn: psycopg.Connection[Any], claimers: list[str]) -> list[str]:
+    """The workers that any of `claimers` had claimed."""
+    rows = conn.execute("SELECT id FROM agentd_fleet.workers WHERE recovered_by = ANY(%s)",
+                        (claimers,)).fetchall()
+    return [r[0] for r in rows]
+
+
 def workers(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     """(id, host, pid, concurrency, started_at, last_seen, seconds silent, recovered_by)."""
     return conn.execute(
         "SELECT id, host, pid, concurrency, started_at, last_seen, "
         "extract(epoch FROM now() - last_seen), recovered_by FROM agentd_fleet.workers "
         "ORDER BY id").fetchall()
+
+
+def live_workers(conn: psycopg.Connection[Any], dead_after: float) -> list[tuple[Any, ...]]:
+    """The `workers` rows of those alive now: heard from within `dead_after` seconds and
+    not claimed."""
+    return [w for w in workers(conn) if w[6] is not None and float(w[6]) < dead_after
+            and w[7] is None]
 
 
 def record_usage(conn: psycopg.Connection[Any], rows: Iterable[dict[str, Any]]) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 from agentd.config.settings import parse_settings
 from agentd.config.tables import CONFIG_NAME
 from agentd.daemon import checklist, cron
-from agentd.daemon.crontab import build_task, job_files, not_a_file, read_job
+from agentd.daemon.crontab import CRON, SESSION_PREFIX, build_task, job_files, not_a_file, read_job
 from agentd.errors import AgentdError
 from agentd.homefs import Refused, Root
 
@@ -173,8 +173,8 @@ def cron_request(name: str, job: dict[str, Any], when: datetime) -> dict[str, An
     shape = cron.CronJob(name, job["kind"], job["value"], job["prompt"])
     req = TurnRequest(build_task(shape, local), Path("."), trigger="cron",
                       model=job["model"],
-                      session=f"cron-{name}" if job["session"] == "continue" else None,
-                      delivery=Delivery(f"{OUTBOX}/cron-{name}-{local:%Y%m%d-%H%M%S}.md"),
+                      session=SESSION_PREFIX + name if job["session"] == "continue" else None,
+                      delivery=Delivery(f"{OUTBOX}/{CRON}-{name}-{local:%Y%m%d-%H%M%S}.md"),
                       title=f"Cron: {name}")
     return req.to_json()
 

@@ -57,8 +57,7 @@ class Refresher:
         interval, not once per worker. While workers come and go two may share a home for
         an interval, or a home may wait one: a refresh is idempotent and turns fetch their
         own base, so neither matters."""
-        live = sorted(w[0] for w in db.workers(conn) if w[6] is not None
-                      and float(w[6]) < dead_after and w[7] is None)
+        live = sorted(w[0] for w in db.live_workers(conn, dead_after))
         if self.worker not in live:
             return homes
         me = live.index(self.worker)
@@ -183,8 +182,8 @@ def concurrency_note(conn: Any, worker: str, concurrency: int, dead_after: float
     fleet-wide, and the last worker to start sets it for all (no per-process setting
     exists). So `--concurrency N` means "every worker runs at most N turns at once" and
     should be the same on every machine; a worker that changes it says so."""
-    others = sorted({int(w[3]) for w in db.workers(conn) if w[0] != worker and w[7] is None
-                     and w[6] is not None and float(w[6]) < dead_after} - {concurrency})
+    others = sorted({int(w[3]) for w in db.live_workers(conn, dead_after) if w[0] != worker}
+                    - {concurrency})
     if not others:
         return None
     return (f"--concurrency is fleet-wide (DBOS keeps the per-worker limit in the "
