@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
-from agentd.config.settings import parse_settings
+from agentd.config.settings import Settings, parse_settings
 from agentd.config.tables import CONFIG_NAME
 from agentd.daemon import checklist, cron
 from agentd.daemon.crontab import CRON, SESSION_PREFIX, build_task, job_files, not_a_file, read_job
@@ -52,7 +52,7 @@ def zone_of(name: str) -> tzinfo:
     return ZoneInfo(name) if name else UTC
 
 
-def settings_of(root: Root) -> tuple[Any, str]:
+def settings_of(root: Root) -> tuple[Settings, str]:
     """(Settings, problem) from the checkout's agentd.toml, read through homefs (a symlink
     or FIFO is refused); a bad file gives the defaults and says why."""
     try:
@@ -221,7 +221,7 @@ def due(schedule: dict[str, Any], home: str, since: datetime, until: datetime, *
     return out
 
 
-async def heartbeat_task(clone: Path, settings: Any, now: datetime) -> str | None:
+async def heartbeat_task(clone: Path, settings: Settings, now: datetime) -> str | None:
     """For the heartbeat turn, on its clone (the runtime state restored in .agentd/): the
     task of the items of HEARTBEAT.md due now, or None when none is (then the turn makes no
     model call). Gates run as the daemon runs them (heartbeat.evaluate, in the sandbox);

@@ -250,7 +250,12 @@ def _one_commit(mirror: Path, sha: str, base: str, marker: str) -> str:
 
 
 def _marked(mirror: Path, sha: str, marker: str) -> bool:
-    return f"\nAgentd-Run: {marker}\n" in "\n" + _message(mirror, sha)[0]
+    return _carries(_message(mirror, sha)[0], marker)
+
+
+def _carries(message: str, marker: str) -> bool:
+    """Whether a commit message has the trailer `Agentd-Run: <marker>`."""
+    return f"\nAgentd-Run: {marker}\n" in "\n" + message
 
 
 def _pushed_before(mirror: Path, head: str, base: str, marker: str) -> str | None:
@@ -259,7 +264,7 @@ def _pushed_before(mirror: Path, head: str, base: str, marker: str) -> str | Non
     out = _git(mirror, "log", "--format=%x1e%H%x1f%B", f"{base}..{head}").out
     for record in out.decode("utf-8", "surrogateescape").split("\x1e")[1:]:
         sha, _, message = record.partition("\x1f")
-        if f"\nAgentd-Run: {marker}\n" in "\n" + message:
+        if _carries(message, marker):
             return sha
     return None
 
