@@ -107,11 +107,9 @@ def lost(e: BaseException) -> bool:
     return not state or state.startswith(("08", "57P"))
 
 
-def retrying(url: str, fn: Callable[..., T], *args: Any,
-             patience: float | None = None) -> T:
+def retrying(url: str, fn: Callable[..., T], *args: Any) -> T:
     """`fn(conn, *args)` on a fresh connection, run again while the database is out of
-    reach (db.lost), with a backoff (0.5 s doubling up to BACKOFF_CAP), until it is back
-    or, with `patience`, for at most that many seconds (then the last error).
+    reach (db.lost), with a backoff (0.5 s doubling up to BACKOFF_CAP), until it is back.
 
     For a turn's own statements (carry, the home's head), which must ride out a
     PostgreSQL restart as DBOS's own writes do: DBOS blocks a workflow's checkpoint
@@ -121,14 +119,13 @@ def retrying(url: str, fn: Callable[..., T], *args: Any,
     connection errors are retried: a wrong statement fails at once. `fn` must be safe to
     run twice (each of the turn's is an upsert, an insert that ignores duplicates, or a
     read)."""
-    deadline = None if patience is None else time.monotonic() + patience
     wait = 0.5
     while True:
         try:
             with connect(url) as conn:
                 return fn(conn, *args)
         except Exception as e:
-            if not lost(e) or (deadline is not None and time.monotonic() + wait > deadline):
+            if not lost(e):
                 raise
             if wait == 0.5:  # the outage's first retry: once, not every time
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
