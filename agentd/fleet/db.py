@@ -78,6 +78,8 @@ def check_name(name: str) -> str:
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit connection (see the module doc); Unreachable, in one line, when the
+    database does not answer within 10 s."""
     import psycopg
 
     try:
@@ -143,6 +145,8 @@ def init_schema(conn: psycopg.Connection[Any]) -> None:
 
 
 def settings(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The fleet's settings over DEFAULTS, so a setting added by a later release needs no
+    migration of an existing database."""
     rows = conn.execute("SELECT key, value FROM agentd_fleet.settings").fetchall()
     return DEFAULTS | {k: v for k, v in rows}
 
