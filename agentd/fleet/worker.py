@@ -40,7 +40,7 @@ DECLARED_EXIT = 3  # exit status of a worker that found itself declared dead
 
 
 def _setting(s: dict[str, Any], key: str) -> float:
-    return float(s.get(key, db.DEFAULTS[key]))
+    return float(s[key])  # db.settings: every key has its default
 
 
 class Refresher:
