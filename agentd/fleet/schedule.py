@@ -38,7 +38,7 @@ from agentd.config.tables import CONFIG_NAME
 from agentd.daemon import checklist, cron
 from agentd.daemon.crontab import CRON, SESSION_PREFIX, build_task, job_files, not_a_file, read_job
 from agentd.errors import AgentdError
-from agentd.homefs import Refused, Root
+from agentd.homefs import Root
 
 HEARTBEAT_TASK = ("Heartbeat: the items of memory/HEARTBEAT.md that are due are checked "
                   "when this turn starts.")  # replaced by `heartbeat_task` in the turn
@@ -62,7 +62,7 @@ def settings_of(root: Root) -> tuple[Settings, str]:
         return parse_settings(tomllib.loads(data.decode("utf-8"))), ""
     except FileNotFoundError:
         return parse_settings({}), ""
-    except (OSError, Refused, UnicodeDecodeError, tomllib.TOMLDecodeError, AgentdError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AgentdError) as e:
         return parse_settings({}), f"{CONFIG_NAME}: {e}; the defaults apply"
 
 
@@ -83,7 +83,7 @@ def read(checkout: Path) -> dict[str, Any]:
         errors: dict[str, str] = {}
         try:
             files = job_files(root)
-        except (OSError, Refused) as e:
+        except OSError as e:  # homefs.Refused too
             files, errors["cron/"] = [], f"cron/ not read: {e}"
         for name, kind in files:
             if kind != "file":
@@ -91,7 +91,7 @@ def read(checkout: Path) -> dict[str, Any]:
                 continue
             try:
                 jobs[name] = _job(read_job(root, name), hb.timezone)
-            except (OSError, Refused, ValueError) as e:
+            except (OSError, ValueError) as e:
                 errors[name] = str(e)
     items, problems = checklist.load(checkout)
     return {"jobs": jobs, "errors": errors, "problem": problem,
