@@ -85,9 +85,14 @@ def connect(url: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise Unreachable(f"cannot reach the fleet database: {first}; check --db "
+        raise Unreachable(f"cannot reach the fleet database: {first_line(e)}; check --db "
                           "(or AGENTD_FLEET_DB) and that PostgreSQL is running") from None
+
+
+def first_line(e: BaseException) -> str:
+    """What a database error says, in one line (psycopg's messages run to several)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 class Unreachable(AgentdError):
@@ -130,9 +135,8 @@ def retrying(url: str, fn: Callable[..., T], *args: Any) -> T:
             if not lost(e):
                 raise
             if wait == 0.5:  # the outage's first retry: once, not every time
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 _log.warning("the fleet database is out of reach (%s); waiting for it",
-                             first)
+                             first_line(e))
         time.sleep(wait)
         wait = min(wait * 2, BACKOFF_CAP)
 

@@ -143,8 +143,7 @@ def every(stop: threading.Event, url: str, seconds: Callable[[dict[str, Any]], f
                 wait = 5.0
             else:
                 if not down:
-                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    log.error(name, f"database unreachable ({first}); retrying")
+                    log.error(name, f"database unreachable ({db.first_line(e)}); retrying")
                     down = True
                 if conn is not None:
                     conn.close()
