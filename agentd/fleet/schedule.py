@@ -43,6 +43,9 @@ from agentd.homefs import Root
 HEARTBEAT_TASK = ("Heartbeat: the items of memory/HEARTBEAT.md that are due are checked "
                   "when this turn starts.")  # replaced by `heartbeat_task` in the turn
 MAX_CONFIG = 256 * 1024
+# What `read` reads: a commit that touches none of them leaves the schedule as it was (the
+# worker's refresh then skips the read).
+SOURCES = (CRON, CONFIG_NAME, checklist.HEARTBEAT)
 
 
 def zone_of(name: str) -> tzinfo:

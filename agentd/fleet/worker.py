@@ -35,7 +35,6 @@ from agentd.fleet import db, engine, schedule
 from agentd.fleet.liveness import Declared, Liveness
 from agentd.jobs.log import EventLog, route_library_logs
 
-SCHEDULE_PATHS = ("cron", "agentd.toml", "memory/HEARTBEAT.md")  # what schedule.read reads
 DECLARED_EXIT = 3  # exit status of a worker that found itself declared dead
 
 
@@ -115,7 +114,7 @@ class Refresher:
 
         assert home.schedule_head is not None
         return workspace.changed(self.cache, home.name, home.schedule_head, head,
-                                 SCHEDULE_PATHS)
+                                 schedule.SOURCES)
 
 
 def every(stop: threading.Event, url: str, seconds: Callable[[dict[str, Any]], float],
