@@ -66,11 +66,18 @@ def append_ledger(path: Path, run_id: str, model: str, trigger: str, usage: Usag
     """One line per model call in `.agentd/usage.jsonl` (an agentd.jsonl line: a trigger
     holds a hook's or a session's name); appends are atomic at this size. A call whose
     server reported no usage gets `"estimated": true` (its counts are characters / 4)."""
-    jsonl.append(path, {
-        "ts": round(time.time(), 3), "run": run_id, "model": model, "trigger": trigger,
-        "input": usage.input, "output": usage.output, "cache_read": usage.cache_read,
-        "cache_write": usage.cache_write, "cost": usd} | (
-        {"estimated": True} if usage.estimated else {}))
+    jsonl.append(path, ledger_line(Row(
+        time.time(), run_id, model, trigger, usage.input, usage.output, usage.cache_read,
+        usage.cache_write, usd, usage.estimated)))
+
+
+def ledger_line(row: Row) -> dict[str, Any]:
+    """A row as its ledger line (what `parse_row` reads back): the one place the line's
+    fields are spelled, for the ledger and for the fleet's copy of it (fleet/carry.py)."""
+    return {"ts": round(row.ts, 3), "run": row.run, "model": row.model,
+            "trigger": row.trigger, "input": row.input, "output": row.output,
+            "cache_read": row.cache_read, "cache_write": row.cache_write,
+            "cost": row.cost} | ({"estimated": True} if row.estimated else {})
 
 
 @dataclass(frozen=True)

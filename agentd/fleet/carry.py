@@ -44,7 +44,7 @@ from agentd.errors import AgentdError
 from agentd.fleet import db
 from agentd.home import RUNTIME
 from agentd.homefs import Root
-from agentd.usage import parse_row
+from agentd.usage import Row, ledger_line, parse_row
 
 if TYPE_CHECKING:
     import psycopg
@@ -70,13 +70,8 @@ def carried(request: dict[str, Any]) -> list[str]:
 
 
 def _ledger_lines(rows: list[tuple[Any, ...]]) -> bytes:
-    """db.usage_since rows as agentd.usage ledger lines (the fields append_ledger writes)."""
-    out = []
-    for ts, run, model, trigger, inp, outp, cread, cwrite, usd in rows:
-        out.append(jsonl.dumps({"ts": round(ts, 3), "run": run, "model": model,
-                                "trigger": trigger, "input": inp, "output": outp,
-                                "cache_read": cread, "cache_write": cwrite, "cost": usd}))
-    return "".join(line + "\n" for line in out).encode("utf-8")
+    """db.usage_since rows (a Row's fields, in its order) as agentd.usage ledger lines."""
+    return "".join(jsonl.dumps(ledger_line(Row(*r))) + "\n" for r in rows).encode("utf-8")
 
 
 def _before(files: dict[str, bytes], workflow_id: str) -> dict[str, bytes]:
@@ -125,7 +120,7 @@ def _meta(root: Root) -> tuple[list[str], int, dict[str, int]]:
         paths, offset, before = meta["paths"], meta["ledger"], meta.get("before", {})
         if (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
                 and isinstance(offset, int) and offset >= 0 and isinstance(before, dict)):
-            paths = [p for p in paths if p in carried({}) or p.startswith("sessions/")]
+            paths = [p for p in paths if p in DAEMON_FILES or p.startswith("sessions/")]
             return paths, offset, {p: n for p, n in before.items()
                                    if p in paths and isinstance(n, int)}
     except (OSError, ValueError, KeyError, TypeError):

@@ -78,14 +78,21 @@ def check_name(name: str) -> str:
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit connection (see the module doc); Unreachable, in one line, when the
+    database does not answer within 10 s."""
     import psycopg
 
     try:
         return psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise Unreachable(f"cannot reach the fleet database: {first}; check --db "
+        raise Unreachable(f"cannot reach the fleet database: {first_line(e)}; check --db "
                           "(or AGENTD_FLEET_DB) and that PostgreSQL is running") from None
+
+
+def first_line(e: BaseException) -> str:
+    """What a database error says, in one line (psycopg's messages run to several)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 class Unreachable(AgentdError):
@@ -107,11 +114,9 @@ def lost(e: BaseException) -> bool:
     return not state or state.startswith(("08", "57P"))
 
 
-def retrying(url: str, fn: Callable[..., T], *args: Any,
-             patience: float | None = None) -> T:
+def retrying(url: str, fn: Callable[..., T], *args: Any) -> T:
     """`fn(conn, *args)` on a fresh connection, run again while the database is out of
-    reach (db.lost), with a backoff (0.5 s doubling up to BACKOFF_CAP), until it is back
-    or, with `patience`, for at most that many seconds (then the last error).
+    reach (db.lost), with a backoff (0.5 s doubling up to BACKOFF_CAP), until it is back.
 
     For a turn's own statements (carry, the home's head), which must ride out a
     PostgreSQL restart as DBOS's own writes do: DBOS blocks a workflow's checkpoint
@@ -121,19 +126,17 @@ def retrying(url: str, fn: Callable[..., T], *args: Any,
     connection errors are retried: a wrong statement fails at once. `fn` must be safe to
     run twice (each of the turn's is an upsert, an insert that ignores duplicates, or a
     read)."""
-    deadline = None if patience is None else time.monotonic() + patience
     wait = 0.5
     while True:
         try:
             with connect(url) as conn:
                 return fn(conn, *args)
         except Exception as e:
-            if not lost(e) or (deadline is not None and time.monotonic() + wait > deadline):
+            if not lost(e):
                 raise
             if wait == 0.5:  # the outage's first retry: once, not every time
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 _log.warning("the fleet database is out of reach (%s); waiting for it",
-                             first)
+                             first_line(e))
         time.sleep(wait)
         wait = min(wait * 2, BACKOFF_CAP)
 
@@ -146,6 +149,8 @@ def init_schema(conn: psycopg.Connection[Any]) -> None:
 
 
 def settings(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The fleet's settings over DEFAULTS, so a setting added by a later release needs no
+    migration of an existing database."""
     rows = conn.execute("SELECT key, value FROM agentd_fleet.settings").fetchall()
     return DEFAULTS | {k: v for k, v in rows}
 
@@ -206,6 +211,19 @@ def beat(conn: psycopg.Connection[Any], worker: str, host: str, pid: int,
         "recovered_by = NULL", (worker, host, pid, concurrency))
 
 
+def beat_again(conn: psycopg.Connection[Any], worker: str) -> str | None:
+    """A running worker's beat: one UPDATE, conditional on its not being claimed, so a
+    claim cannot slip between check and beat. None when recorded; else who claimed it
+    ("" when nobody did: its row is gone, `beat` writes it again)."""
+    cur = conn.execute("UPDATE agentd_fleet.workers SET last_seen = now() "
+                       "WHERE id = %s AND recovered_at IS NULL", (worker,))
+    if cur.rowcount == 1:
+        return None
+    row = conn.execute("SELECT recovered_by FROM agentd_fleet.workers WHERE id = %s",
+                       (worker,)).fetchone()
+    return (row[0] or "") if row else ""
+
+
 def claim_dead(conn: psycopg.Connection[Any], me: str, dead_after: float) -> list[str]:
     """Workers silent for longer than `dead_after` seconds, claimed by `me` in one
     statement, so exactly one live worker recovers each dead one's turns."""
@@ -217,12 +235,26 @@ def claim_dead(conn: psycopg.Connection[Any], me: str, dead_after: float) -> lis
     return [r[0] for r in rows]
 
 
+def claimed_by(conn: psycopg.Connection[Any], claimers: list[str]) -> list[str]:
+    """The workers that any of `claimers` had claimed."""
+    rows = conn.execute("SELECT id FROM agentd_fleet.workers WHERE recovered_by = ANY(%s)",
+                        (claimers,)).fetchall()
+    return [r[0] for r in rows]
+
+
 def workers(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     """(id, host, pid, concurrency, started_at, last_seen, seconds silent, recovered_by)."""
     return conn.execute(
         "SELECT id, host, pid, concurrency, started_at, last_seen, "
         "extract(epoch FROM now() - last_seen), recovered_by FROM agentd_fleet.workers "
         "ORDER BY id").fetchall()
+
+
+def live_workers(conn: psycopg.Connection[Any], dead_after: float) -> list[tuple[Any, ...]]:
+    """The `workers` rows of those alive now: heard from within `dead_after` seconds and
+    not claimed."""
+    return [w for w in workers(conn) if w[6] is not None and float(w[6]) < dead_after
+            and w[7] is None]
 
 
 def record_usage(conn: psycopg.Connection[Any], rows: Iterable[dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ WORKFLOW_MODULES = ("agentd.fleet.turnflow", "agentd.fleet.tick")  # register be
 
 
 def application_version() -> str:
+    """What every worker of this release says it runs (see the module doc)."""
     return f"agentd-{__version__}-fleet{SCHEMA_VERSION}"
 
 
@@ -40,6 +41,8 @@ def libpq_url(url: str) -> str:
 
 
 def config(url: str, executor_id: str) -> dict[str, Any]:
+    """DBOS's config for one process: no admin server (a worker opens no port), and
+    notifications and stream reads polled every 50 ms where LISTEN/NOTIFY is not used."""
     return {"name": APP, "system_database_url": sqlalchemy_url(url),
             "executor_id": executor_id, "application_version": application_version(),
             "run_admin_server": False, "notification_listener_polling_interval_sec": 0.05,

@@ -19,6 +19,8 @@ TURN_WORKFLOW = "agentd.fleet.turn"  # the name turnflow.py registers the turn w
 
 
 def run_id(home: str) -> str:
+    """A fresh workflow ID for a turn someone asked for (not a due time's: those are
+    made of home, job and time, so they fire once)."""
     return f"run:{check_name(home)}:{uuid.uuid4().hex}"
 
 

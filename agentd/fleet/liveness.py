@@ -48,17 +48,13 @@ class Liveness:
 
     def beat(self, conn: psycopg.Connection[Any]) -> None:
         """Record that we are alive. Raises Declared when another worker claimed us since
-        our last beat (not at start: a restarted worker takes its ID back). One UPDATE,
-        conditional on not being claimed, so a claim cannot slip between check and beat."""
+        our last beat (not at start: a restarted worker takes its ID back)."""
         if self.started:
-            cur = conn.execute("UPDATE agentd_fleet.workers SET last_seen = now() "
-                               "WHERE id = %s AND recovered_at IS NULL", (self.worker,))
-            if cur.rowcount == 1:
+            by = db.beat_again(conn, self.worker)
+            if by is None:
                 return
-            row = conn.execute("SELECT recovered_by FROM agentd_fleet.workers WHERE id = %s",
-                               (self.worker,)).fetchone()
-            if row and row[0]:
-                raise Declared(row[0])
+            if by:
+                raise Declared(by)
         db.beat(conn, self.worker, self.host, self.pid, self.concurrency)
         self.started = True
 
@@ -71,9 +67,7 @@ class Liveness:
         claimed = db.claim_dead(conn, self.worker, dead_after)
         # the workers those had claimed: a worker dying between its claim and its recovery
         # would leave their turns stuck (recovery matches nothing when it was done already)
-        orphans = [r[0] for r in conn.execute(
-            "SELECT id FROM agentd_fleet.workers WHERE recovered_by = ANY(%s)",
-            (claimed,)).fetchall()] if claimed else []
+        orphans = db.claimed_by(conn, claimed) if claimed else []
         for dead in claimed + orphans:
             handles = DBOS._recover_pending_workflows([dead])
             ids = [h.get_workflow_id() for h in handles]

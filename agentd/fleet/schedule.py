@@ -33,16 +33,19 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
-from agentd.config.settings import parse_settings
+from agentd.config.settings import Settings, parse_settings
 from agentd.config.tables import CONFIG_NAME
 from agentd.daemon import checklist, cron
-from agentd.daemon.crontab import build_task, job_files, not_a_file, read_job
+from agentd.daemon.crontab import CRON, SESSION_PREFIX, build_task, job_files, not_a_file, read_job
 from agentd.errors import AgentdError
-from agentd.homefs import Refused, Root
+from agentd.homefs import Root
 
 HEARTBEAT_TASK = ("Heartbeat: the items of memory/HEARTBEAT.md that are due are checked "
                   "when this turn starts.")  # replaced by `heartbeat_task` in the turn
 MAX_CONFIG = 256 * 1024
+# What `read` reads: a commit that touches none of them leaves the schedule as it was (the
+# worker's refresh then skips the read).
+SOURCES = (CRON, CONFIG_NAME, checklist.HEARTBEAT)
 
 
 def zone_of(name: str) -> tzinfo:
@@ -52,7 +55,7 @@ def zone_of(name: str) -> tzinfo:
     return ZoneInfo(name) if name else UTC
 
 
-def settings_of(root: Root) -> tuple[Any, str]:
+def settings_of(root: Root) -> tuple[Settings, str]:
     """(Settings, problem) from the checkout's agentd.toml, read through homefs (a symlink
     or FIFO is refused); a bad file gives the defaults and says why."""
     try:
@@ -62,7 +65,7 @@ def settings_of(root: Root) -> tuple[Any, str]:
         return parse_settings(tomllib.loads(data.decode("utf-8"))), ""
     except FileNotFoundError:
         return parse_settings({}), ""
-    except (OSError, Refused, UnicodeDecodeError, tomllib.TOMLDecodeError, AgentdError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AgentdError) as e:
         return parse_settings({}), f"{CONFIG_NAME}: {e}; the defaults apply"
 
 
@@ -83,7 +86,7 @@ def read(checkout: Path) -> dict[str, Any]:
         errors: dict[str, str] = {}
         try:
             files = job_files(root)
-        except (OSError, Refused) as e:
+        except OSError as e:  # homefs.Refused too
             files, errors["cron/"] = [], f"cron/ not read: {e}"
         for name, kind in files:
             if kind != "file":
@@ -91,7 +94,7 @@ def read(checkout: Path) -> dict[str, Any]:
                 continue
             try:
                 jobs[name] = _job(read_job(root, name), hb.timezone)
-            except (OSError, Refused, ValueError) as e:
+            except (OSError, ValueError) as e:
                 errors[name] = str(e)
     items, problems = checklist.load(checkout)
     return {"jobs": jobs, "errors": errors, "problem": problem,
@@ -173,8 +176,8 @@ def cron_request(name: str, job: dict[str, Any], when: datetime) -> dict[str, An
     shape = cron.CronJob(name, job["kind"], job["value"], job["prompt"])
     req = TurnRequest(build_task(shape, local), Path("."), trigger="cron",
                       model=job["model"],
-                      session=f"cron-{name}" if job["session"] == "continue" else None,
-                      delivery=Delivery(f"{OUTBOX}/cron-{name}-{local:%Y%m%d-%H%M%S}.md"),
+                      session=SESSION_PREFIX + name if job["session"] == "continue" else None,
+                      delivery=Delivery(f"{OUTBOX}/{CRON}-{name}-{local:%Y%m%d-%H%M%S}.md"),
                       title=f"Cron: {name}")
     return req.to_json()
 
@@ -221,7 +224,7 @@ def due(schedule: dict[str, Any], home: str, since: datetime, until: datetime, *
     return out
 
 
-async def heartbeat_task(clone: Path, settings: Any, now: datetime) -> str | None:
+async def heartbeat_task(clone: Path, settings: Settings, now: datetime) -> str | None:
     """For the heartbeat turn, on its clone (the runtime state restored in .agentd/): the
     task of the items of HEARTBEAT.md due now, or None when none is (then the turn makes no
     model call). Gates run as the daemon runs them (heartbeat.evaluate, in the sandbox);

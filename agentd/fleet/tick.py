@@ -27,6 +27,7 @@ from agentd.fleet import db, enqueue, schedule
 TICK = "agentd.fleet.tick"
 SCHEDULE = "agentd.fleet.tick"
 OVERLAP = 2  # ticks: what each window shares with the ones before it
+EVEN = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30)  # the divisors of 60: an even rhythm
 
 _db_url: str | None = None
 
@@ -42,11 +43,11 @@ def cron_for(seconds: float) -> str:
     divisor of a minute, an hour or a day so the rhythm is even."""
     s = max(1, round(seconds))
     if s < 60:
-        step = max(d for d in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30) if d <= s)
+        step = max(d for d in EVEN if d <= s)
         return f"*/{step} * * * * *"
     m = round(s / 60)
     if m < 60:
-        step = max(d for d in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30) if d <= m)
+        step = max(d for d in EVEN if d <= m)
         return f"0 */{step} * * * *"
     h = max(d for d in (1, 2, 3, 4, 6, 8, 12) if d <= max(1, round(m / 60)))
     return f"0 0 */{h} * * *"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -32,17 +31,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agentd.errors import AgentdError
 from agentd.fleet import db, engine, schedule
 from agentd.fleet.liveness import Declared, Liveness
 from agentd.jobs.log import EventLog, route_library_logs
 
-SCHEDULE_PATHS = ("cron", "agentd.toml", "memory/HEARTBEAT.md")  # what schedule.read reads
 DECLARED_EXIT = 3  # exit status of a worker that found itself declared dead
 
 
 def _setting(s: dict[str, Any], key: str) -> float:
-    return float(s.get(key, db.DEFAULTS[key]))
+    return float(s[key])  # db.settings: every key has its default
 
 
 class Refresher:
@@ -59,8 +56,7 @@ class Refresher:
         interval, not once per worker. While workers come and go two may share a home for
         an interval, or a home may wait one: a refresh is idempotent and turns fetch their
         own base, so neither matters."""
-        live = sorted(w[0] for w in db.workers(conn) if w[6] is not None
-                      and float(w[6]) < dead_after and w[7] is None)
+        live = sorted(w[0] for w in db.live_workers(conn, dead_after))
         if self.worker not in live:
             return homes
         me = live.index(self.worker)
@@ -73,7 +69,7 @@ class Refresher:
                 if self.problems.pop(home.name, None):
                     self.log("refresh", f"{home.name}: fetched again")
             except Exception as e:  # one home's trouble must not stop the others
-                if isinstance(e, db_errors()):
+                if db.lost(e):
                     raise  # the database, not this home: `every` reconnects
                 msg = " ".join(str(e).split())[:300] or type(e).__name__
                 if self.problems.get(home.name) != msg:
@@ -113,35 +109,18 @@ class Refresher:
 
     def touched(self, home: db.HomeRow, head: str) -> bool:
         """Whether the commits since the schedule was read changed what it is read from
-        (cron/, agentd.toml, memory/HEARTBEAT.md): a diff of two trees in the worker's own
-        bare mirror (no checkout, no hooks, no filters). When in doubt, yes."""
+        (cron/, agentd.toml, memory/HEARTBEAT.md), in the worker's own mirror."""
         from agentd.fleet import workspace
 
         assert home.schedule_head is not None
-        mirror = workspace.mirror_path(self.cache, home.name)
-        try:
-            proc = subprocess.run(
-                ["git", "--git-dir", str(mirror), "diff", "--quiet", "--no-ext-diff",
-                 "--no-textconv", home.schedule_head, head, "--", *SCHEDULE_PATHS],
-                capture_output=True, timeout=60,
-                env={"PATH": os.environ.get("PATH", ""), "GIT_CONFIG_NOSYSTEM": "1",
-                     "GIT_CONFIG_GLOBAL": os.devnull})
-        except (OSError, subprocess.TimeoutExpired):
-            return True
-        return proc.returncode != 0
-
-
-def db_errors() -> tuple[type[BaseException], ...]:
-    """The errors that mean the database is unreachable (reconnect), not a bad home."""
-    import psycopg
-
-    return (psycopg.OperationalError, psycopg.InterfaceError)
+        return workspace.changed(self.cache, home.name, home.schedule_head, head,
+                                 schedule.SOURCES)
 
 
 def every(stop: threading.Event, url: str, seconds: Callable[[dict[str, Any]], float],
           work: Callable[[Any, dict[str, Any]], None], name: str, log: EventLog) -> None:
     """Run `work(conn, settings)` every `seconds(settings)` until `stop`; a lost database
-    is logged once and reconnected to, as many times as it takes."""
+    (db.lost) is logged once and reconnected to, as many times as it takes."""
     conn: Any = None
     down = False
     wait = 1.0
@@ -157,18 +136,17 @@ def every(stop: threading.Event, url: str, seconds: Callable[[dict[str, Any]], f
             wait = seconds(s)
         except Declared:
             raise
-        except (*db_errors(), AgentdError) as e:  # AgentdError: db.connect failed
-            if not down:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                log.error(name, f"database unreachable ({first}); retrying")
-                down = True
-            if conn is not None:
-                conn.close()
-            conn = None
-            wait = 1.0
-        except Exception as e:  # a bug here must not silently stop the beats
-            log.error(name, f"{type(e).__name__}: {e}")
-            wait = 5.0
+        except Exception as e:
+            if not db.lost(e):  # a bug here must not silently stop the beats
+                log.error(name, f"{type(e).__name__}: {e}")
+                wait = 5.0
+            else:
+                if not down:
+                    log.error(name, f"database unreachable ({db.first_line(e)}); retrying")
+                    down = True
+                if conn is not None:
+                    conn.close()
+                conn, wait = None, 1.0
         stop.wait(wait)
     if conn is not None:
         conn.close()
@@ -202,8 +180,8 @@ def concurrency_note(conn: Any, worker: str, concurrency: int, dead_after: float
     fleet-wide, and the last worker to start sets it for all (no per-process setting
     exists). So `--concurrency N` means "every worker runs at most N turns at once" and
     should be the same on every machine; a worker that changes it says so."""
-    others = sorted({int(w[3]) for w in db.workers(conn) if w[0] != worker and w[7] is None
-                     and w[6] is not None and float(w[6]) < dead_after} - {concurrency})
+    others = sorted({int(w[3]) for w in db.live_workers(conn, dead_after) if w[0] != worker}
+                    - {concurrency})
     if not others:
         return None
     return (f"--concurrency is fleet-wide (DBOS keeps the per-worker limit in the "

@@ -37,7 +37,7 @@ from agentd.errors import AgentdError
 from agentd.fleet.db import check_name
 from agentd.fleet.snapshot import apply, diff, snapshot, tree_of
 
-__all__ = ["Published", "apply", "checkout", "conflict_ref", "diff", "mirror_path",
+__all__ = ["Published", "apply", "changed", "checkout", "conflict_ref", "diff", "mirror_path",
            "publish", "snapshot", "sync_mirror", "tree_of"]
 
 TIMEOUT = 600.0  # seconds for a network git (fetch, push) on the mirror
@@ -165,6 +165,18 @@ def sync_mirror(cache: Path, name: str, git_url: str, branch: str) -> str:
     return head
 
 
+def changed(cache: Path, name: str, old: str, new: str, paths: tuple[str, ...]) -> bool:
+    """Whether the commits from `old` to `new` changed `paths`: a diff of two trees in the
+    worker's bare mirror (no checkout; hooks, filters and textconv off). When in doubt,
+    yes."""
+    try:
+        result = _git(mirror_path(cache, name), "diff", "--quiet", "--no-ext-diff",
+                      "--no-textconv", old, new, "--", *paths)
+    except AgentdError:  # git missing or hung
+        return True
+    return result.code != 0
+
+
 def checkout(cache: Path, name: str, sha: str, dest: Path, branch: str = "main") -> Path:
     """A fresh working clone of the mirror at `sha` in `dest` (made; must not exist or be
     empty): objects hard-linked (a local clone), the tree checked out by git with
@@ -238,7 +250,12 @@ def _one_commit(mirror: Path, sha: str, base: str, marker: str) -> str:
 
 
 def _marked(mirror: Path, sha: str, marker: str) -> bool:
-    return f"\nAgentd-Run: {marker}\n" in "\n" + _message(mirror, sha)[0]
+    return _carries(_message(mirror, sha)[0], marker)
+
+
+def _carries(message: str, marker: str) -> bool:
+    """Whether a commit message has the trailer `Agentd-Run: <marker>`."""
+    return f"\nAgentd-Run: {marker}\n" in "\n" + message
 
 
 def _pushed_before(mirror: Path, head: str, base: str, marker: str) -> str | None:
@@ -247,7 +264,7 @@ def _pushed_before(mirror: Path, head: str, base: str, marker: str) -> str | Non
     out = _git(mirror, "log", "--format=%x1e%H%x1f%B", f"{base}..{head}").out
     for record in out.decode("utf-8", "surrogateescape").split("\x1e")[1:]:
         sha, _, message = record.partition("\x1f")
-        if f"\nAgentd-Run: {marker}\n" in "\n" + message:
+        if _carries(message, marker):
             return sha
     return None
 
