@@ -14,6 +14,11 @@ profile, like the CLI; every other allowed sender gets the untrusted one (the ho
 read-only but outbox/), its text wrapped as untrusted content.
 Each chat (Telegram chat, Slack channel or thread) is its own conversation, `chat:tg-<id>`
 or `chat:slack-<channel>[-<thread>]`, so budgets treat it as a person waiting.
+
+What a delivery says is read in one place for this bridge and the fleet's
+(agentd/fleet/bridge_telegram.py, bridge_slack.py): `telegram_update` and `slack_event`
+check every field's type and give the message, or the acknowledgement (or Slack's
+challenge) for a delivery with nothing to run; `chat_turn` makes its turn.
 """
 
 from __future__ import annotations
