@@ -475,6 +475,41 @@ def test_a_stateless_client_continues_its_conversation(served: Served) -> None:
     assert raw.headers["x-agentd-session"] == "bob"
 
 
+def test_a_new_conversation_prunes_the_homes_oldest(served: Served) -> None:
+    """The single-home index keeps a home's MAX_SESSIONS latest sessions; so does
+    agentd_fleet.conversations: a new session's row drops the oldest, not the recent
+    ones, and not another home's."""
+    from agentd.bridge.conversations import MAX_SESSIONS
+
+    with db.connect(served.db) as conn:
+        conn.execute(  # old sessions of beta, old-0 the oldest, and one of alpha older still
+            "INSERT INTO agentd_fleet.conversations (home, session, last, tail, at) "
+            "SELECT 'beta', 'old-' || n, 'x', '[\"x\"]', now() - interval '1 day' "
+            "+ n * interval '1 second' FROM generate_series(0, %s) n", (MAX_SESSIONS - 1,))
+        conn.execute("INSERT INTO agentd_fleet.conversations (home, session, last, tail, at) "
+                     "VALUES ('alpha', 'old-a', 'x', '[\"x\"]', now() - interval '2 days')")
+        before = conn.execute("SELECT count(*) FROM agentd_fleet.conversations WHERE "
+                              "home = 'beta'").fetchone()[0]
+        raw = served.openai.chat.completions.with_raw_response.create(
+            model="agentd/beta", messages=[{"role": "user", "content": "say:a new one"}])
+        new = raw.headers["x-agentd-session"]
+
+        def rows() -> dict[str, set[str]]:
+            found: dict[str, set[str]] = {}
+            for home, session in conn.execute(
+                    "SELECT home, session FROM agentd_fleet.conversations").fetchall():
+                found.setdefault(home, set()).add(session)
+            return found
+        got = wait_for(lambda: new in rows().get("beta", set()) and rows(), 30, "its row")
+    assert isinstance(got, dict)
+    assert len(got["beta"]) == MAX_SESSIONS
+    gone = before + 1 - MAX_SESSIONS  # the oldest go: seeded rows, older than the tests'
+    assert gone >= 1
+    assert {f"old-{n}" for n in range(gone)}.isdisjoint(got["beta"])
+    assert {f"old-{gone}", f"old-{MAX_SESSIONS - 1}", new} <= got["beta"]
+    assert "old-a" in got["alpha"]
+
+
 def test_the_schema_is_public_and_schemathesis_finds_nothing(served: Served,
                                                              tmp_path: Path) -> None:
     r = httpx.get(f"{served.url}/openapi.json")  # no token: public, like /healthz

@@ -12,7 +12,8 @@ with a 4xx, never a crash, a stack trace, a secret or a file path.
 - chat_request.py    a chat request's input, history, sampling and tools, checked;
 - conversations.py   which chat session a stateless client continues (its history);
 - hooks.py           POST /hooks/{name} (Standard Webhooks), GET /runs/{id};
-- adapters.py        POST /telegram and POST /slack/events, and their replies;
+- adapters.py        POST /telegram and POST /slack/events (their parsers, shared with
+                     the fleet), and their replies;
 - delivery.py        those replies retried or given up, logged, and their state recorded;
 - auth.py            Bearer, Standard Webhooks, Telegram and Slack checks (constant time);
 - limits.py          per-IP and per-sender rate limits, the body cap, the outermost guard;

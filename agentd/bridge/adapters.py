@@ -14,12 +14,19 @@ profile, like the CLI; every other allowed sender gets the untrusted one (the ho
 read-only but outbox/), its text wrapped as untrusted content.
 Each chat (Telegram chat, Slack channel or thread) is its own conversation, `chat:tg-<id>`
 or `chat:slack-<channel>[-<thread>]`, so budgets treat it as a person waiting.
+
+What a delivery says is read in one place for this bridge and the fleet's
+(agentd/fleet/bridge_telegram.py, bridge_slack.py): `telegram_update` and `slack_event`
+check every field's type and give the message, or the acknowledgement (or Slack's
+challenge) for a delivery with nothing to run; `chat_turn` makes its turn.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -50,15 +57,99 @@ def split(text: str, size: int) -> list[str]:
     return [*out, text] if text else out or ["(no answer)"]
 
 
-def chat_task(text: str, trusted: bool, who: str) -> str:
-    if trusted:
-        return text
-    return wrap_untrusted(f"A chat message from {who}, who is not your owner,", text)[1]
-
-
 def telegram_id(value: object) -> int | None:
     """A Telegram id: a JSON integer, not a bool (`true == 1` would match chat 1)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class TelegramMessage:
+    """A text message of a Telegram update, every field checked for its type."""
+
+    update_id: int  # Telegram's delivery id: a redelivery has the same one
+    chat_id: int | None
+    user_id: int | None
+    who: str  # "Telegram user NAME", for the untrusted wrapper
+    text: str
+    reply_to: int | None  # the message's id, for reply_parameters
+
+    @property
+    def key(self) -> str:
+        """The conversation: one per chat."""
+        return f"tg-{self.chat_id}"
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """A mention of the app or a direct message to it, from a Slack event callback."""
+
+    event_id: str  # Slack's delivery id: a retry has the same one
+    user: str
+    who: str
+    text: str  # the leading mention of the app taken off
+    channel: str
+    thread: str | None  # where the reply goes: the message's thread, or a mention's own
+    key: str  # the conversation: `slack-<channel>[-<thread>]`, safe as a session name
+
+
+Ack = dict[str, Any]  # the JSON a delivery with nothing to run is acknowledged with
+
+
+def telegram_update(update: dict[str, Any]) -> TelegramMessage | Ack:
+    """The text message in a Telegram update (parsed JSON), else the acknowledgement for
+    an update that carries none. Raises 400 for an update without an integer update_id.
+    The one reading for `agentd serve` and `agentd fleet serve`."""
+    uid = telegram_id(update.get("update_id"))
+    if uid is None:
+        raise ApiError(400, "update_id must be an integer", "invalid_update")
+    msg = update.get("message")
+    if not isinstance(msg, dict) or not isinstance(msg.get("text"), str):
+        return {"ok": True, "ignored": "not a text message"}
+    chat = msg.get("chat") if isinstance(msg.get("chat"), dict) else {}
+    sender = msg.get("from") if isinstance(msg.get("from"), dict) else {}
+    user_id = telegram_id(sender.get("id"))
+    return TelegramMessage(uid, telegram_id(chat.get("id")), user_id,
+                           f"Telegram user {sender.get('username') or user_id}",
+                           msg["text"], telegram_id(msg.get("message_id")))
+
+
+def slack_event(data: dict[str, Any]) -> SlackMessage | Ack:
+    """The message to the app in a Slack Events API request (parsed JSON), else the
+    answer to give: the challenge of a url_verification, or an acknowledgement. Raises
+    400 for a challenge that is not a short string. Bots' messages, edits and other
+    subtypes, and channel messages that do not mention the app are acknowledged only."""
+    if data.get("type") == "url_verification":
+        challenge = data.get("challenge")
+        if not isinstance(challenge, str) or len(challenge) > 512:
+            raise ApiError(400, "challenge must be a string", "invalid_event")
+        return {"challenge": challenge}
+    event, eid = data.get("event"), data.get("event_id")
+    if data.get("type") != "event_callback" or not isinstance(event, dict) or not (
+            isinstance(eid, str) and 0 < len(eid) <= 128):
+        return {"ok": True, "ignored": "not an event callback"}
+    user, text, channel = event.get("user"), event.get("text"), event.get("channel")
+    kind = event.get("type")
+    if (event.get("bot_id") or event.get("subtype") or not isinstance(user, str)
+            or not isinstance(text, str) or not isinstance(channel, str)
+            or not (kind == "app_mention" or (kind == "message"
+                                              and event.get("channel_type") == "im"))):
+        return {"ok": True, "ignored": "not a message to the agent"}
+    text = re.sub(r"^\s*<@[A-Z0-9]+>\s*", "", text) or text
+    thread = event.get("thread_ts") or (event.get("ts") if kind == "app_mention" else None)
+    thread = thread if isinstance(thread, str) else None
+    key = f"slack-{channel}" + (f"-{thread}".replace(".", "_") if thread else "")
+    key = re.sub(r"[^A-Za-z0-9_-]", "_", key)[:64]
+    return SlackMessage(eid, user, f"Slack user {user}", text, channel, thread, key)
+
+
+def chat_turn(msg: TelegramMessage | SlackMessage, trusted: bool, workdir: Path,
+              delivery: Delivery | None = None) -> TurnRequest:
+    """The turn for a chat message: its chat's own session; an owner's text as is and
+    trusted, anyone else's wrapped as untrusted content and run untrusted."""
+    task = msg.text if trusted else wrap_untrusted(
+        f"A chat message from {msg.who}, who is not your owner,", msg.text)[1]
+    return TurnRequest(task, workdir, f"chat:{msg.key}", session=f"chat-{msg.key}",
+                       profile="trusted" if trusted else "untrusted", delivery=delivery)
 
 
 def router(bridge: Bridge) -> APIRouter:
@@ -75,29 +166,18 @@ def router(bridge: Bridge) -> APIRouter:
             bridge.warn("telegram", "tg:refused", "refused a request (bad secret token)")
             raise unauthorized()
         require_json(request.headers.get("content-type"))
-        update = parse_json(body, bridge.settings().bridge.max_json_depth)
-        uid = telegram_id(update.get("update_id"))
-        if uid is None:
-            raise ApiError(400, "update_id must be an integer", "invalid_update")
-        msg = update.get("message")
-        if not isinstance(msg, dict) or not isinstance(msg.get("text"), str):
-            return JSONResponse({"ok": True, "ignored": "not a text message"})
-        chat = msg.get("chat") if isinstance(msg.get("chat"), dict) else {}
-        sender = msg.get("from") if isinstance(msg.get("from"), dict) else {}
-        chat_id, user_id = telegram_id(chat.get("id")), telegram_id(sender.get("id"))
-        if chat_id is None or chat_id not in t.chats:
-            bridge.warn("telegram", f"tg-chat:{chat_id}", f"ignored a message from chat "
-                        f"{str(chat_id)[:24]} (not in [bridge.telegram] chats)")
+        msg = telegram_update(parse_json(body, bridge.settings().bridge.max_json_depth))
+        if isinstance(msg, dict):
+            return JSONResponse(msg)
+        if msg.chat_id is None or msg.chat_id not in t.chats:
+            bridge.warn("telegram", f"tg-chat:{msg.chat_id}", f"ignored a message from chat "
+                        f"{str(msg.chat_id)[:24]} (not in [bridge.telegram] chats)")
             return JSONResponse({"ok": True, "ignored": "chat not allowed"})
-        trusted = user_id is not None and user_id in t.owners
-        who = f"Telegram user {sender.get('username') or user_id}"
-        req = TurnRequest(chat_task(msg["text"], trusted, who), bridge.home, f"chat:tg-{chat_id}",
-                          session=f"chat-tg-{chat_id}",
-                          profile="trusted" if trusted else "untrusted",
-                          delivery=Delivery(reply={"via": "telegram", "chat_id": chat_id,
-                                                   "reply_to": msg.get("message_id")}))
-        rid, fresh = bridge.accept("telegram", str(chat_id), req, f"tg:{uid}",
-                                   f"tg:{user_id}")
+        trusted = msg.user_id is not None and msg.user_id in t.owners
+        req = chat_turn(msg, trusted, bridge.home, Delivery(reply={
+            "via": "telegram", "chat_id": msg.chat_id, "reply_to": msg.reply_to}))
+        rid, fresh = bridge.accept("telegram", str(msg.chat_id), req, f"tg:{msg.update_id}",
+                                   f"tg:{msg.user_id}")
         return JSONResponse({"ok": True, "run": rid, "duplicate": not fresh})
 
     @api.post("/slack/events", openapi_extra=OBJECT_BODY, summary="Slack Events API")
@@ -111,38 +191,17 @@ def router(bridge: Bridge) -> APIRouter:
             bridge.warn("slack", "slack:refused", f"refused a request ({why})")
             raise unauthorized()
         require_json(request.headers.get("content-type"))
-        data = parse_json(body, bridge.settings().bridge.max_json_depth)
-        if data.get("type") == "url_verification":
-            challenge = data.get("challenge")
-            if not isinstance(challenge, str) or len(challenge) > 512:
-                raise ApiError(400, "challenge must be a string", "invalid_event")
-            return JSONResponse({"challenge": challenge})
-        event, eid = data.get("event"), data.get("event_id")
-        if data.get("type") != "event_callback" or not isinstance(event, dict) or not (
-                isinstance(eid, str) and 0 < len(eid) <= 128):
-            return JSONResponse({"ok": True, "ignored": "not an event callback"})
-        user, text, channel = event.get("user"), event.get("text"), event.get("channel")
-        kind = event.get("type")
-        if (event.get("bot_id") or event.get("subtype") or not isinstance(user, str)
-                or not isinstance(text, str) or not isinstance(channel, str)
-                or not (kind == "app_mention" or (kind == "message"
-                                                  and event.get("channel_type") == "im"))):
-            return JSONResponse({"ok": True, "ignored": "not a message to the agent"})
-        if user not in s.users:
-            bridge.warn("slack", f"slack-user:{user[:24]}", f"ignored a message from user "
-                        f"{user[:24]} (not in [bridge.slack] users)")
+        msg = slack_event(parse_json(body, bridge.settings().bridge.max_json_depth))
+        if isinstance(msg, dict):
+            return JSONResponse(msg)
+        if msg.user not in s.users:
+            bridge.warn("slack", f"slack-user:{msg.user[:24]}", f"ignored a message from "
+                        f"user {msg.user[:24]} (not in [bridge.slack] users)")
             return JSONResponse({"ok": True, "ignored": "user not allowed"})
-        text = re.sub(r"^\s*<@[A-Z0-9]+>\s*", "", text) or text
-        thread = event.get("thread_ts") or (event.get("ts") if kind == "app_mention" else None)
-        key = f"slack-{channel}" + (f"-{thread}".replace(".", "_") if thread else "")
-        key = re.sub(r"[^A-Za-z0-9_-]", "_", key)[:64]
-        trusted = user in s.owners
-        req = TurnRequest(chat_task(text, trusted, f"Slack user {user}"), bridge.home,
-                          f"chat:{key}", session=f"chat-{key}",
-                          profile="trusted" if trusted else "untrusted",
-                          delivery=Delivery(reply={"via": "slack", "channel": channel,
-                                                   "thread_ts": thread}))
-        rid, fresh = bridge.accept("slack", channel, req, f"slack:{eid}", f"slack:{user}")
+        req = chat_turn(msg, msg.user in s.owners, bridge.home, Delivery(reply={
+            "via": "slack", "channel": msg.channel, "thread_ts": msg.thread}))
+        rid, fresh = bridge.accept("slack", msg.channel, req, f"slack:{msg.event_id}",
+                                   f"slack:{msg.user}")
         return JSONResponse({"ok": True, "run": rid, "duplicate": not fresh})
 
     return api

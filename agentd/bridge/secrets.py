@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 MIN_LEN = 16
 MAKE_ONE = "e.g. `openssl rand -hex 32`"
+TELEGRAM_SECRET = r"[A-Za-z0-9_-]{16,256}"  # setWebhook's secret_token: what the Bot API takes
 # Hidden from the sandbox (tmpfs over them), so a secret file there is out of the agent's
 # sight; anywhere else on the read-only root it could be read with `cat`.
 HIDDEN = ("/home", "/root", "/run", "/tmp", "/var/tmp")
@@ -120,8 +121,7 @@ def load(home: Path, settings: Settings) -> Secrets:
                                  "telegram bot token", warn)
         s.telegram_secret = _read(home, "AGENTD_TELEGRAM_SECRET", t.secret_file,
                                   "telegram secret", warn)
-        if not s.telegram_token or not re.fullmatch(r"[A-Za-z0-9_-]{16,256}",
-                                                    s.telegram_secret or "-"):
+        if not s.telegram_token or not re.fullmatch(TELEGRAM_SECRET, s.telegram_secret or "-"):
             raise AgentdError("bridge.telegram: needs the bot token (AGENTD_TELEGRAM_BOT_TOKEN) "
                               "and a secret of 16-256 letters, digits, _ or - "
                               "(AGENTD_TELEGRAM_SECRET, given to setWebhook as secret_token)")

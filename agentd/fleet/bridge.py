@@ -26,7 +26,7 @@ import json
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path  # a request's workdir: ignored, a turn runs in a fresh clone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -196,6 +196,40 @@ class Fleet:
     async def enqueue(self, home: str, req: TurnRequest, wid: str) -> None:
         await asyncio.to_thread(enqueue.via_client, self.dbos, home, req.to_json(), wid)
 
+    @staticmethod
+    def run_id(home: str, key: str) -> str:
+        """The workflow ID of a delivery, from what names it (a hook and its webhook-id,
+        a chat platform's update id): a redelivery gets the same ID, which DBOS runs once."""
+        return f"run:{home}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+    async def exists(self, wid: str) -> bool:
+        return bool(await asyncio.to_thread(self.dbos.list_workflows, workflow_ids=[wid],
+                                            load_input=False, load_output=False))
+
+    async def accept(self, home: str, key: str, sender: str, req: TurnRequest
+                     ) -> tuple[str, bool]:
+        """Queue a turn nobody waits for, once per delivery (`key`, see run_id): (its
+        workflow ID, True), or (that ID, False) for a delivery already seen. Raises 429
+        for a sender over its rate. The fleet's agentd.bridge.core Bridge.accept."""
+        wid = self.run_id(home, key)
+        if await self.exists(wid):
+            return wid, False
+        self.check_sender(sender)
+        await self.enqueue(home, req, wid)
+        return wid, True
+
+    async def chat_request(self, name: str, request: Request, body: bytes,
+                           platform: Literal["telegram", "slack"]
+                           ) -> tuple[db.HomeRow, Any, dict[str, Any]]:
+        """For a Telegram or Slack delivery whose signature is checked: the home, its
+        `[bridge]` table and the body's JSON; 404 while its [bridge.PLATFORM] is off."""
+        home = await self.home(name)
+        require_json(request.headers.get("content-type"))
+        b = (await self.settings_of(home)).bridge
+        if not getattr(b, platform).enabled:
+            raise ApiError(404, "not found", "not_found")
+        return home, b, parse_json(body, b.max_json_depth)
+
     async def follow(self, wid: str, sink: asyncio.Queue[dict[str, Any]] | None
                      ) -> dict[str, Any]:
         """The turn's result; its other events go to `sink` as they come."""
@@ -258,10 +292,8 @@ def create_app(fleet: Fleet) -> Any:
         home = await fleet.home(name)
         require_json(request.headers.get("content-type"))
         msg_id = webhook_headers(request.headers)[0]
-        digest = hashlib.sha256(f"{hook}\0{msg_id}".encode()).hexdigest()[:32]
-        wid = f"run:{home.name}:{digest}"  # a redelivery is the same workflow: enqueued once
-        if await asyncio.to_thread(fleet.dbos.list_workflows, workflow_ids=[wid],
-                                   load_input=False, load_output=False):
+        wid = fleet.run_id(home.name, f"{hook}\0{msg_id}")
+        if await fleet.exists(wid):  # a redelivery is the same workflow: enqueued once
             return JSONResponse({"id": wid, "status": "duplicate"}, 200)
         fleet.check_sender(f"hook:{home.name}:{hook}")
         b = (await fleet.settings_of(home)).bridge  # the home's own [bridge] table

@@ -1,32 +1,30 @@
 """Telegram in the fleet: `POST /homes/NAME/telegram`, home NAME's bot's webhook.
 
-As with `agentd serve` (agentd/bridge/adapters.py, read it for the why): the home's
-`[bridge.telegram]` (enabled, chats, owners, from its agentd.toml at its recorded head)
-says who may talk; an update is acknowledged at once and answered through the Bot API's
-sendMessage once its turn ends; each chat is its own conversation (`chat:tg-ID`); an
-owner's message runs trusted, anyone else's untrusted, wrapped as untrusted data. What
-differs: the bot's token, its setWebhook secret_token and the Bot API's base URL are the
-operator's (AGENTD_FLEET_HOOK_SECRETS, `[NAME.telegram]`), since the token travels to that
-URL; the update_id makes the workflow ID, so a redelivery queues nothing; the reply is
-sent by the bridge that took the update (one stopped meanwhile sends none) and tried like
-a hook's callback, not through the single-home outbox.
+As with `agentd serve` (agentd/bridge/adapters.py, read it for the why; its
+`telegram_update` reads the update for both): the home's `[bridge.telegram]` (enabled,
+chats, owners, from its agentd.toml at its recorded head) says who may talk; an update is
+acknowledged at once and answered through the Bot API's sendMessage once its turn ends;
+each chat is its own conversation (`chat:tg-ID`); an owner's message runs trusted, anyone
+else's untrusted, wrapped as untrusted data. What differs: the bot's token, its setWebhook
+secret_token and the Bot API's base URL are the operator's (AGENTD_FLEET_HOOK_SECRETS,
+`[NAME.telegram]`), since the token travels to that URL; the update_id makes the workflow
+ID, so a redelivery queues nothing; the reply is sent by the bridge that took the update
+(one stopped meanwhile sends none) and tried like a hook's callback, not through the
+single-home outbox.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from pathlib import Path  # a request's workdir: ignored, a turn runs in a fresh clone
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from agentd.bridge.adapters import OBJECT_BODY, TELEGRAM_MAX, chat_task, split, telegram_id
+from agentd.bridge.adapters import OBJECT_BODY, TELEGRAM_MAX, chat_turn, split, telegram_update
 from agentd.bridge.auth import telegram_ok
-from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
+from agentd.bridge.http import ApiError, unauthorized
 from agentd.fleet import callbacks, db
-from agentd.turn import TurnRequest
 
 if TYPE_CHECKING:
     from agentd.fleet.bridge import Fleet
@@ -46,42 +44,22 @@ def router(fleet: Fleet) -> APIRouter:
         if not telegram_ok(request.headers.get("x-telegram-bot-api-secret-token"),
                            bot.secret):
             raise unauthorized()
-        home = await fleet.home(name)
-        require_json(request.headers.get("content-type"))
-        settings = (await fleet.settings_of(home)).bridge
-        t = settings.telegram
-        if not t.enabled:
-            raise ApiError(404, "not found", "not_found")
-        update = parse_json(body, settings.max_json_depth)
-        uid = telegram_id(update.get("update_id"))
-        if uid is None:
-            raise ApiError(400, "update_id must be an integer", "invalid_update")
-        msg = update.get("message")
-        if not isinstance(msg, dict) or not isinstance(msg.get("text"), str):
-            return JSONResponse({"ok": True, "ignored": "not a text message"})
-        chat = msg.get("chat") if isinstance(msg.get("chat"), dict) else {}
-        sender = msg.get("from") if isinstance(msg.get("from"), dict) else {}
-        chat_id, user_id = telegram_id(chat.get("id")), telegram_id(sender.get("id"))
-        if chat_id is None or chat_id not in t.chats:
+        home, b, update = await fleet.chat_request(name, request, body, "telegram")
+        msg = telegram_update(update)
+        if isinstance(msg, dict):
+            return JSONResponse(msg)
+        if msg.chat_id is None or msg.chat_id not in b.telegram.chats:
             return JSONResponse({"ok": True, "ignored": "chat not allowed"})
-        # (a hook's digest begins with its name, never with \0: the two never meet)
-        digest = hashlib.sha256(f"\0telegram\0{uid}".encode()).hexdigest()[:32]
-        wid = f"run:{home.name}:{digest}"  # a redelivery is the same workflow: queued once
-        if await asyncio.to_thread(fleet.dbos.list_workflows, workflow_ids=[wid],
-                                   load_input=False, load_output=False):
-            return JSONResponse({"ok": True, "run": wid, "duplicate": True})
-        fleet.check_sender(f"tg:{home.name}:{user_id}")
-        trusted = user_id is not None and user_id in t.owners
-        who = f"Telegram user {sender.get('username') or user_id}"
-        turn = TurnRequest(chat_task(msg["text"], trusted, who), Path("."),
-                           f"chat:tg-{chat_id}", session=f"chat-tg-{chat_id}",
-                           profile="trusted" if trusted else "untrusted")
-        await fleet.enqueue(home.name, turn, wid)
-        fleet.log("telegram", f"{home.name}: chat {chat_id}: queued {wid}")
-        reply_to = msg.get("message_id") if telegram_id(msg.get("message_id")) else None
-        fleet.spawn(_reply(fleet, bot, home.name, wid, chat_id, reply_to),
-                    f"{home.name}: telegram chat {chat_id}: run {wid}, its reply")
-        return JSONResponse({"ok": True, "run": wid, "duplicate": False})
+        trusted = msg.user_id is not None and msg.user_id in b.telegram.owners
+        # (a hook's key begins with its name, never with \0: the two never meet)
+        wid, fresh = await fleet.accept(home.name, f"\0telegram\0{msg.update_id}",
+                                        f"tg:{home.name}:{msg.user_id}",
+                                        chat_turn(msg, trusted, Path(".")))
+        if fresh:
+            fleet.log("telegram", f"{home.name}: chat {msg.chat_id}: queued {wid}")
+            fleet.spawn(_reply(fleet, bot, home.name, wid, msg.chat_id, msg.reply_to),
+                        f"{home.name}: telegram chat {msg.chat_id}: run {wid}, its reply")
+        return JSONResponse({"ok": True, "run": wid, "duplicate": not fresh})
 
     return api
 
@@ -93,16 +71,11 @@ async def _reply(fleet: Fleet, bot: TelegramBot, home: str, wid: str, chat_id: i
     result = await fleet.follow(wid, None)
     text = callbacks.payload(home, "telegram", wid, result)["data"]["result"]
     url = f"{bot.api_base}/bot{bot.bot_token}/sendMessage"
-    pieces = split(text, TELEGRAM_MAX)
-    for i, part in enumerate(pieces):
+
+    async def send(i: int, part: str) -> int:
         payload: dict[str, Any] = {"chat_id": chat_id, "text": part}
         if i == 0 and reply_to is not None:
             payload["reply_parameters"] = {"message_id": reply_to,
                                            "allow_sending_without_reply": True}
-
-        async def send(payload: dict[str, Any] = payload) -> int:
-            return int((await fleet.post(url, json=payload)).status_code)
-        outcome = await callbacks.tried(send)
-        if outcome != "HTTP 200":
-            return f"piece {i + 1} of {len(pieces)}: {outcome}"
-    return f"sent ({len(pieces)} message{'s' if len(pieces) > 1 else ''})"
+        return int((await fleet.post(url, json=payload)).status_code)
+    return await callbacks.pieces(split(text, TELEGRAM_MAX), send)

@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from agentd.bridge.auth import signed_headers
@@ -71,3 +72,13 @@ async def tried(send: Callable[[], Awaitable[int]]) -> str:
         if status < 300 or (status < 500 and status != 429):
             break
     return outcome
+
+
+async def pieces(parts: list[str], send: Callable[[int, str], Awaitable[int]]) -> str:
+    """A chat reply sent piece by piece (`send(i, part)`: its HTTP status), each `tried`,
+    stopping at the first that fails: what happened, for the log."""
+    for i, part in enumerate(parts):
+        outcome = await tried(partial(send, i, part))
+        if outcome != "HTTP 200":
+            return f"piece {i + 1} of {len(parts)}: {outcome}"
+    return f"sent ({len(parts)} message{'s' if len(parts) > 1 else ''})"

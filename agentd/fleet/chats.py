@@ -6,14 +6,15 @@ exchanges end with the visible history it sends back; any other history starts a
 session. The same fingerprints and the same tail rule (`fingerprint`, `is_tail`, TAIL),
 kept in PostgreSQL (agentd_fleet.conversations, one row per session, looked up by its
 latest item) instead of a file in the home, because the fleet bridge may run on several
-machines and the home's chats on any worker.
+machines and the home's chats on any worker. Kept like the file: the MAX_SESSIONS sessions
+of a home that answered last; a new session drops the older ones.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agentd.bridge.conversations import TAIL, fingerprint, is_tail
+from agentd.bridge.conversations import MAX_SESSIONS, TAIL, fingerprint, is_tail
 from agentd.fleet import db
 
 if TYPE_CHECKING:
@@ -41,3 +42,5 @@ def record(conn: psycopg.Connection[Any], home: str, session: str, history: list
     old = db.conversation_tail(conn, home, session)
     base = old if is_tail(history, old) else history
     db.save_conversation(conn, home, session, (base + exchanged)[-TAIL:])
+    if not old:  # a new session: the only moment a home's count grows
+        db.prune_conversations(conn, home, MAX_SESSIONS)

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS agentd_fleet.conversations (
   home text NOT NULL, session text NOT NULL, last text NOT NULL, tail jsonb NOT NULL,
   at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (home, session));
 CREATE INDEX IF NOT EXISTS conversations_last ON agentd_fleet.conversations (home, last, at);
+CREATE INDEX IF NOT EXISTS conversations_at ON agentd_fleet.conversations (home, at);
 """
 
 DEFAULTS: dict[str, Any] = {"dead_after": 30.0, "beat_every": 5.0, "tick_every": 60.0,
@@ -333,3 +334,12 @@ def save_conversation(conn: psycopg.Connection[Any], home: str, session: str,
         "INSERT INTO agentd_fleet.conversations (home, session, last, tail) VALUES "
         "(%s, %s, %s, %s) ON CONFLICT (home, session) DO UPDATE SET last = EXCLUDED.last, "
         "tail = EXCLUDED.tail, at = now()", (home, session, tail[-1], json.dumps(tail)))
+
+
+def prune_conversations(conn: psycopg.Connection[Any], home: str, keep: int) -> None:
+    """Forget all but the `keep` sessions of `home` that answered last (one DELETE over
+    the (home, at) index)."""
+    conn.execute(
+        "DELETE FROM agentd_fleet.conversations WHERE home = %s AND at < (SELECT at FROM "
+        "agentd_fleet.conversations WHERE home = %s ORDER BY at DESC OFFSET %s LIMIT 1)",
+        (home, home, keep - 1))

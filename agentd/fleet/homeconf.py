@@ -27,11 +27,14 @@ import shutil
 import tempfile
 import threading
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentd.bridge.secrets import TELEGRAM_SECRET
 from agentd.config import HOOK_NAME
+from agentd.config.bridge import SlackSettings, TelegramSettings
 from agentd.errors import AgentdError
 from agentd.fleet import db, schedule, workspace
 
@@ -43,7 +46,7 @@ class HomeSettings:
     """A home's Settings at its recorded head, cached per (home, head). Blocking (git):
     call it from a worker thread."""
 
-    def __init__(self, cache: Path, warn: Any):
+    def __init__(self, cache: Path, warn: Callable[[str], None]):
         self.cache, self.warn = cache, warn
         for left in cache.glob("conf-*"):  # a bridge killed while reading one
             shutil.rmtree(left, ignore_errors=True)
@@ -105,7 +108,7 @@ class TelegramBot:
 
     bot_token: str
     secret: str
-    api_base: str = "https://api.telegram.org"
+    api_base: str = TelegramSettings.api_base
 
 
 @dataclass
@@ -115,7 +118,7 @@ class SlackBot:
 
     signing_secret: str
     bot_token: str
-    api_base: str = "https://slack.com/api"
+    api_base: str = SlackSettings.api_base
 
 
 @dataclass
@@ -125,7 +128,7 @@ class Secrets:
     slack: dict[str, SlackBot]  # home -> its app
 
 
-def load_secrets(keys_of: Any) -> Secrets:
+def load_secrets(keys_of: Callable[[str, str], list[bytes]]) -> Secrets:
     """The per-hook keys, Telegram bots and Slack apps of the homes, from the file
     AGENTD_FLEET_HOOK_SECRETS names; `keys_of` decodes one key (bridge.hook_keys).
     AgentdError in one line when the file is unreadable or malformed: serving on half a
@@ -184,7 +187,7 @@ def _telegram(home: str, table: dict[str, Any]) -> TelegramBot:
     where = f"{SECRETS_ENV}: [{home}.telegram]"
     bot: TelegramBot = _made(TelegramBot, where, table)
     if not re.fullmatch(r"[0-9]+:[A-Za-z0-9_-]{8,}", bot.bot_token) or not re.fullmatch(
-            r"[A-Za-z0-9_-]{16,256}", bot.secret):
+            TELEGRAM_SECRET, bot.secret):
         raise AgentdError(f"{where}: needs the bot token (digits:letters) and a secret of "
                           "16-256 letters, digits, _ or -", 1)
     return bot
