@@ -178,10 +178,12 @@ _settings_cache: dict[Path, tuple[tuple[int, int, int], Settings]] = {}
 def home_settings(home: Path) -> Settings:
     """The home's settings, re-read only when agentd.toml changes (git runs several times per
     turn). agentd.toml is read-only to the agent, so it may choose how git runs. A file that
-    does not parse gives the defaults: the strictest choice (sandboxed, default limits)."""
+    does not parse, or that load_settings refuses (a symlink, FIFO or device: homefs never
+    follows or opens those), gives the defaults: the strictest choice (sandboxed, default
+    limits). The cache key is the name's own lstat, which never opens or follows it."""
     path = home / CONFIG_NAME
     try:
-        st = path.stat()
+        st = path.lstat()
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
     except OSError:
         key = (0, 0, 0)

@@ -24,6 +24,7 @@ from agentd.config.costs import (
 from agentd.config.tables import CONFIG_NAME, UnknownSetting, fill, typed
 from agentd.config.values import Duration, Hours, check_timezone
 from agentd.errors import AgentdError
+from agentd.homefs import Root
 from agentd.tools import SandboxSettings
 
 
@@ -250,6 +251,8 @@ def _check_profile(name: str, profile: str) -> None:
                           f"{', '.join(PROFILES)} or {AUTO}, not {profile!r}")
 
 
+MAX_CONFIG = 256 * 1024  # agentd.toml's cap (agentd.fleet.schedule reads with the same)
+
 TRIGGER_KINDS = ("cli", "chat", "heartbeat", "cron", "inbox", "webhook")
 
 
@@ -306,16 +309,25 @@ def _check_daemon(s: Settings) -> None:
 
 
 def load_settings(home: Path) -> Settings:
-    """Read `<home>/agentd.toml` (missing file → all defaults)."""
+    """Read `<home>/agentd.toml` (missing file → all defaults) through the confined layer
+    (agentd.homefs), never with a plain open: a fleet home's owner commits the file and a
+    webhook agent may plant one, so a symlink (to a tracked file saying `mode = "off"`, or
+    to /etc/shadow) is refused rather than followed, a FIFO or device is refused before it
+    is opened (it would hang the host), and the read is capped at MAX_CONFIG."""
     path = home / CONFIG_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        with Root(home) as root:
+            data = root.read_bytes(CONFIG_NAME, limit=MAX_CONFIG + 1)
     except FileNotFoundError:
         return parse_settings({})
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:  # Refused says what to do: make it a regular file
         raise AgentdError(f"cannot read {path}: {e}") from None
+    if len(data) > MAX_CONFIG:
+        raise AgentdError(f"{path} is over {MAX_CONFIG // 1024} KiB; settings are short")
     try:
-        data = tomllib.loads(text)
+        table = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise AgentdError(f"cannot read {path}: not UTF-8 ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise AgentdError(f"{path} is not valid TOML ({e}); fix it or move it aside") from None
-    return parse_settings(data)
+    return parse_settings(table)
