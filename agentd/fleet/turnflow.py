@@ -39,7 +39,7 @@ from dbos import DBOS, StepOptions
 from dbos._error import DBOSMaxStepRetriesExceeded
 
 from agentd.errors import AgentdError
-from agentd.fleet import carry, db, endpoints, schedule, workspace
+from agentd.fleet import carry, ceilings, db, endpoints, schedule, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
 from agentd.fleet.snapshot import Caps
 from agentd.home import RUNTIME
@@ -178,9 +178,10 @@ def _settings(db_url: str, clone: Path) -> Any:
     """The clone's agentd.toml through homefs (agent-written: a symlink to /dev/zero or
     a secret must not be read on the host); a broken file fails the turn, as `agentd run`
     does, rather than running it on defaults. Its [sandbox] may not loosen the worker's
-    unless the fleet's setting `trust_home_sandbox` says every home's owner may, nor
+    unless the fleet's setting `trust_home_sandbox` says every home's owner may, nor take
+    more of the worker than the fleet's `sandbox_limits` (agentd.fleet.ceilings), nor
     send the worker's key (or its host's requests) to a base_url the operator did not
-    allow (agentd.fleet.endpoints)."""
+    allow for it (agentd.fleet.endpoints)."""
     with Root(clone) as root:
         settings, problem = schedule.settings_of(root)
     if problem:
@@ -188,6 +189,7 @@ def _settings(db_url: str, clone: Path) -> Any:
     fleet = db.retrying(db_url, db.settings)
     if fleet["trust_home_sandbox"] is not True:
         _confined(settings.sandbox)
+        ceilings.bound(settings.sandbox, fleet[ceilings.SETTING])
         _keys_only(settings.providers)
         endpoints.check(settings.providers, fleet[endpoints.SETTING])
     return settings

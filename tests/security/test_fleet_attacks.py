@@ -359,13 +359,18 @@ def mktree(work: Path, entries: str) -> str:
 
 @pytest.mark.parametrize("table", [
     'mode = "off"', 'network = "full"', 'uid = "postgres"\ngid = "postgres"',
-    'key_env = "AGENTD_FLEET_DB"'],
-    ids=["sandbox-off", "network-full", "another-uid", "key-from-the-workers-env"])
+    'key_env = "AGENTD_FLEET_DB"', "memory_mb = 0", "processes = 0", "processes = 1000000",
+    "tmp_size_mb = 0", "timeout = 86400.0"],
+    ids=["sandbox-off", "network-full", "another-uid", "key-from-the-workers-env",
+         "memory-unlimited", "processes-unlimited", "processes-huge", "tmpfs-unbounded",
+         "a-day-per-command"])
 def test_a_home_cannot_loosen_the_workers_sandbox(fleet: Fleet, table: str) -> None:
     """A home's agentd.toml is its owner's, and the owner is not the worker's operator:
     a `[sandbox]` that turns the sandbox off (the agent on the worker's host, with its
     keys and database URL), opens the host's network (its loopback: the fleet's
-    PostgreSQL) or runs commands as another host user, or a provider whose key_env names
+    PostgreSQL), runs commands as another host user, or lifts a resource limit past the
+    fleet's (0: none; the worker's memory, processes and RAM-backed /tmp are every
+    home's), or a provider whose key_env names
     a variable of the worker that is no API key (its database URL, sent to the home's
     base_url), is refused, in one line, before the model is called."""
     work = fleet.tmp / "alpha-work"
@@ -393,6 +398,47 @@ def test_a_home_cannot_loosen_the_workers_sandbox(fleet: Fleet, table: str) -> N
         sync(work)
         config.write_text(original)
         fleet.push("alpha", "the sandbox as it was")
+
+
+def fleet_set(fleet: Fleet, *args: str) -> Any:
+    """`agentd fleet set ARGS` on the test's fleet, through the real CLI."""
+    from click.testing import CliRunner
+
+    from agentd.cli import cli
+
+    return CliRunner().invoke(cli, ["fleet", "set", *args, "--db", fleet.url])
+
+
+def test_a_home_may_tighten_its_limits_under_the_fleets(fleet: Fleet) -> None:
+    """The limits a fleet turn's commands run under: the home's own where it tightens
+    one, the operator's `sandbox_limits` where it leaves one at agentd's default, and a
+    home may go up to (not past) a ceiling the operator raised; what bash sees is what
+    agentd enforces (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NOFILE)."""
+    out = fleet_set(fleet, "sandbox_limits", '{"memory_mb": 4096, "open_files": 512}')
+    assert out.exit_code == 0, out.output
+    work = fleet.tmp / "alpha-work"
+    sync(work)
+    config = work / "agentd.toml"
+    original = config.read_text()
+    config.write_text(original + "\n[sandbox]\nmemory_mb = 3072\ncpu_seconds = 60\n")
+    fleet.push("alpha", "tighter limits (and more memory, as the operator allows)")
+    try:
+        result, seen, _ = fleet.turn("alpha", "ulimit -v; ulimit -t; ulimit -n; echo limits")
+        assert result["status"] == "ok", (result, seen)
+        assert seen[0].split() == [str(3072 * 1024), "60", "512", "limits"], seen
+        out = fleet_set(fleet, "sandbox_limits", '{"memory_mb": 2048}')
+        assert out.exit_code == 0, out.output
+        before = len(fleet.fake.requests)
+        result, seen, _ = fleet.turn("alpha", "echo hi")
+        assert result["status"] == "error" and "\n" not in result["error"], result
+        assert "sandbox.memory_mb = 3072" in result["error"], result
+        assert "sandbox_limits" in result["error"] and len(fleet.fake.requests) == before
+    finally:
+        fleet.fake._script.clear()
+        fleet_set(fleet, "sandbox_limits", "{}")
+        sync(work)
+        config.write_text(original)
+        fleet.push("alpha", "the limits as they were")
 
 
 def point_at(fleet: Fleet, base_url: str, extra: str = "") -> str:
@@ -499,8 +545,11 @@ def test_a_listed_endpoint_is_called_and_unlisting_it_closes_it(fleet: Fleet) ->
 @pytest.mark.parametrize("args", [
     ("endpoints", '["https://api.openai.com@evil.example/v1"]'),
     ("endpoints", '"https://llm.example.com/v1"'), ("endpoints", "[not json"),
-    ("trust_home_sandbox", '"yes"'), ("dead_after", "0"), ("no_such", "1")],
-    ids=["userinfo", "not-a-list", "not-json", "not-a-bool", "not-positive", "unknown"])
+    ("trust_home_sandbox", '"yes"'), ("dead_after", "0"), ("no_such", "1"),
+    ("sandbox_limits", '{"memory_mb": 0}'), ("sandbox_limits", '{"processes": 1.5}'),
+    ("sandbox_limits", '{"swap_mb": 1}'), ("sandbox_limits", '[4096]')],
+    ids=["userinfo", "not-a-list", "not-json", "not-a-bool", "not-positive", "unknown",
+         "limit-zero", "limit-not-whole", "limit-unknown", "limits-not-an-object"])
 def test_fleet_set_refuses_a_bad_value_in_one_line(fleet: Fleet, args: tuple[str, str]) -> None:
     from click.testing import CliRunner
 
