@@ -289,14 +289,11 @@ def worker_cmd(db_url: str | None, worker_id: str | None, concurrency: int,
                           "'.', '_' or '-'", 1)
     admin.connect(url).close()  # set up, reachable: else one line now, not a traceback
     folder = (cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-              / "agentd" / "fleet").expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AgentdError(f"cannot use --cache {folder}: {e.strerror or e}", 1) from None
-    from agentd.fleet import worker
+              / "agentd" / "fleet")
+    from agentd.fleet import worker, workspace
 
-    sys.exit(worker.main(url, wid, concurrency, folder.resolve(), EventLog(json_lines=json_logs)))
+    folder = workspace.private_cache(folder)  # one line now if others could reach it
+    sys.exit(worker.main(url, wid, concurrency, folder, EventLog(json_lines=json_logs)))
 
 
 @fleet.command("serve")

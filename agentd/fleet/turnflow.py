@@ -72,18 +72,12 @@ def configure(db_url: str, cache: Path) -> None:
     `cache`) and the fleet database (homes, usage, runtime state). The worker calls it
     before DBOS launches, since launch resumes unfinished turns at once.
 
-    The cache is made private (0700): it holds every home's mirror and the clones of the
-    turns running now, and the sandbox, running as its own uid, sees any folder it can
-    search (`--ro-bind / /`); a folder it cannot search is masked but for the turn's own
-    clone (agentd.tools.owner.reach_plan). So one home's agent never reads another's."""
-    cache = Path(cache).resolve()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        cache.chmod(0o700)
-    except OSError as e:
-        raise AgentdError(f"cannot make the cache {cache} private: {e.strerror or e}",
-                          1) from None
-    _config.db_url, _config.cache = db_url, cache
+    The cache is made private (0700; workspace.private_cache refuses one others could
+    have written): it holds every home's mirror and the clones of the turns running now,
+    and the sandbox, running as its own uid, sees any folder it can search
+    (`--ro-bind / /`); a folder it cannot search is masked but for the turn's own clone
+    (agentd.tools.owner.reach_plan). So one home's agent never reads another's."""
+    _config.db_url, _config.cache = db_url, workspace.private_cache(cache)
 
 
 def _configured() -> tuple[str, Path]:
