@@ -13,6 +13,7 @@ keeps it from the agent is agentd's doing, not the test's layout.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -49,6 +50,11 @@ engine.launch(url, "w1", 2, poll=0.05, workflows=("agentd.fleet.turnflow",))
 print("ready", flush=True)
 sys.stdin.read()
 """
+
+
+def ours(fake: FakeLLM, *more: Any) -> list[Any]:
+    """The operator's fleet setting `endpoints`: the fake LLM, for the worker's key."""
+    return [{"url": fake.anthropic_url, "key_env": "ANTHROPIC_API_KEY"}, *more]
 
 
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -100,7 +106,7 @@ class Fleet:
         self.remotes: dict[str, Path] = {}
         with db.connect(self.url) as conn:
             db.init_schema(conn)
-            db.set_setting(conn, "endpoints", [fake.anthropic_url])  # the operator's
+            db.set_setting(conn, "endpoints", ours(fake))  # the operator's
         for name in ("alpha", "beta"):
             self.add_home(name, template)
         (self.tmp / "beta-work" / "secret.txt").write_text(BETA_SECRET + "\n")
@@ -512,18 +518,13 @@ def test_a_keyless_provider_cannot_aim_the_worker_at_its_loopback(fleet: Fleet) 
 
 
 def test_a_listed_endpoint_is_called_and_unlisting_it_closes_it(fleet: Fleet) -> None:
-    """The operator lists a second server with `agentd fleet set endpoints` (a path
-    prefix: `/` covers the SDK's /v1/messages): the home's turn runs there, with the
-    worker's key; set back, the next turn is refused, with nothing sent."""
-    from click.testing import CliRunner
-
-    from agentd.cli import cli
-
-    def fleet_set(*args: str) -> Any:
-        return CliRunner().invoke(cli, ["fleet", "set", *args, "--db", fleet.url])
-
+    """The operator lists a second server for the worker's key with `agentd fleet set
+    endpoints` (a path prefix: `/` covers the SDK's /v1/messages): the home's turn runs
+    there, with the worker's key; set back, the next turn is refused, with nothing sent."""
     with FakeLLM() as second:
-        out = fleet_set("endpoints", f'["{fleet.fake.anthropic_url}", "{second.anthropic_url}/"]')
+        listed = ours(fleet.fake, {"url": f"{second.anthropic_url}/",
+                                   "key_env": "ANTHROPIC_API_KEY"})
+        out = fleet_set(fleet, "endpoints", json.dumps(listed))
         assert out.exit_code == 0, out.output
         original = point_at(fleet, second.anthropic_url)
         try:
@@ -532,13 +533,40 @@ def test_a_listed_endpoint_is_called_and_unlisting_it_closes_it(fleet: Fleet) ->
             fleet.fake._script.clear()  # the turn ran on the second server
             assert result["status"] == "ok" and result["text"] == "from the second", result
             assert [KEY in str(q.headers) for q in second.requests] == [True]
-            out = fleet_set("endpoints", f'["{fleet.fake.anthropic_url}"]')
+            out = fleet_set(fleet, "endpoints", json.dumps(ours(fleet.fake)))
             assert out.exit_code == 0, out.output
             result, _, _ = fleet.turn("alpha")
             assert result["status"] == "error" and "endpoints" in result["error"], result
             assert len(second.requests) == 1
         finally:
-            fleet_set("endpoints", f'["{fleet.fake.anthropic_url}"]')
+            fleet_set(fleet, "endpoints", json.dumps(ours(fleet.fake)))
+            restore(fleet, original)
+
+
+@pytest.mark.parametrize("entry", [
+    "{url}", {"url": "{url}", "key_env": "OTHER_API_KEY"}],
+    ids=["listed-for-keyless-providers", "listed-for-another-key"])
+def test_a_home_cannot_send_the_workers_key_to_another_allowed_endpoint(
+        fleet: Fleet, entry: Any) -> None:
+    """An endpoint the operator allows is not allowed for every key: a server listed
+    plain (for keyless providers, like the ollama preset) or for another key variable
+    does not receive the worker's $ANTHROPIC_API_KEY, though a home points its anthropic
+    provider there; the turn ends in one line naming the key, before any model call,
+    and the attacker's server receives nothing."""
+    with FakeLLM() as evil:
+        listed = json.loads(json.dumps(entry).replace("{url}", evil.anthropic_url))
+        out = fleet_set(fleet, "endpoints", json.dumps(ours(fleet.fake, listed)))
+        assert out.exit_code == 0, out.output
+        original = point_at(fleet, evil.anthropic_url)
+        try:
+            before = len(fleet.fake.requests)
+            result, seen, _ = fleet.turn("alpha", "echo hi")
+            assert result["status"] == "error" and "\n" not in result["error"], result
+            assert "$ANTHROPIC_API_KEY is not sent" in result["error"], result
+            assert evil.requests == [] and len(fleet.fake.requests) == before
+            assert not leaked(fleet, *seen, str(result))
+        finally:
+            fleet_set(fleet, "endpoints", json.dumps(ours(fleet.fake)))
             restore(fleet, original)
 
 
@@ -547,9 +575,13 @@ def test_a_listed_endpoint_is_called_and_unlisting_it_closes_it(fleet: Fleet) ->
     ("endpoints", '"https://llm.example.com/v1"'), ("endpoints", "[not json"),
     ("trust_home_sandbox", '"yes"'), ("dead_after", "0"), ("no_such", "1"),
     ("sandbox_limits", '{"memory_mb": 0}'), ("sandbox_limits", '{"processes": 1.5}'),
-    ("sandbox_limits", '{"swap_mb": 1}'), ("sandbox_limits", '[4096]')],
+    ("sandbox_limits", '{"swap_mb": 1}'), ("sandbox_limits", '[4096]'),
+    ("endpoints", '[{"url": "https://llm.example.com/v1"}]'),
+    ("endpoints", '[{"url": "https://llm.example.com/v1", "key_env": "A B"}]'),
+    ("endpoints", '[{"url": "https://x@llm.example.com", "key_env": "LLM_API_KEY"}]')],
     ids=["userinfo", "not-a-list", "not-json", "not-a-bool", "not-positive", "unknown",
-         "limit-zero", "limit-not-whole", "limit-unknown", "limits-not-an-object"])
+         "limit-zero", "limit-not-whole", "limit-unknown", "limits-not-an-object",
+         "entry-without-key", "entry-bad-key", "entry-userinfo"])
 def test_fleet_set_refuses_a_bad_value_in_one_line(fleet: Fleet, args: tuple[str, str]) -> None:
     from click.testing import CliRunner
 
@@ -565,10 +597,10 @@ def test_fleet_set_refuses_a_bad_value_in_one_line(fleet: Fleet, args: tuple[str
 
 
 @pytest.mark.parametrize(("base_url", "ok"), [
-    (None, True), ("https://api.anthropic.com", True), ("https://API.Anthropic.com:443/", True),
-    ("https://api.openai.com/v1", True), ("https://api.openai.com/v1/", True),
-    ("http://localhost:11434/v1", True), ("https://llm.internal/team/v1", True),
-    ("http://[::1]:8080/v1", True),
+    (None, True), ("https://api.openai.com/v1", True), ("https://api.openai.com/v1/", True),
+    ("https://llm.internal/team/v1", True), ("http://[::1]:8080/v1", True),
+    ("https://api.anthropic.com", False), ("http://localhost:11434/v1", False),
+    ("https://keyless.internal/v1", False),
     ("https://api.openai.com@evil.example/v1", False), ("https://evil.example\\@api.openai.com",
                                                         False),
     ("https://api.openai.com.evil.example/v1", False), ("http://api.openai.com/v1", False),
@@ -579,17 +611,50 @@ def test_fleet_set_refuses_a_bad_value_in_one_line(fleet: Fleet, args: tuple[str
     ("http://[::1]:8081/v1", False), (" https://api.openai.com/v1", False),
     ("file:///etc/passwd", False), ("https://api.openai.com:0/v1", False)])
 def test_the_endpoint_rule(base_url: str | None, ok: bool) -> None:
-    """endpoints.check on its own: defaults and listed prefixes pass, after normalising
-    case, the default port and a trailing slash; every lookalike is refused in one line."""
+    """endpoints.check on its own, for a provider with $OPENAI_API_KEY: its own default
+    and the prefixes listed for it pass, after normalising case, the default port and a
+    trailing slash; another provider's default, the keyless ollama preset, a URL listed
+    for keyless providers and every lookalike are refused in one line."""
     from agentd.config.settings import Endpoint
     from agentd.errors import AgentdError
     from agentd.fleet import endpoints
 
     providers = {"x": Endpoint("openai", base_url, "OPENAI_API_KEY")}
-    listed = ["https://llm.internal/team/v1", "http://[::1]:8080/v1"]
+    listed = [{"url": "https://llm.internal/team/v1", "key_env": "OPENAI_API_KEY"},
+              {"url": "http://[::1]:8080/v1", "key_env": "OPENAI_API_KEY"},
+              "https://keyless.internal/v1"]
     if ok:
         endpoints.check(providers, listed)
     else:
         with pytest.raises(AgentdError) as e:
             endpoints.check(providers, listed)
-        assert "\n" not in str(e.value) and "providers.x.base_url" in str(e.value)
+        assert "\n" not in str(e.value) and str(e.value).startswith("providers.x")
+
+
+@pytest.mark.parametrize(("protocol", "base_url", "key_env", "ok"), [
+    ("anthropic", None, "ANTHROPIC_API_KEY", True), ("openai", None, "OPENAI_API_KEY", True),
+    ("anthropic", None, "OPENAI_API_KEY", False), ("openai", None, "ANTHROPIC_API_KEY", False),
+    ("openai", "http://localhost:11434/v1", None, True),
+    ("openai", "http://localhost:11434/v1", "ANTHROPIC_API_KEY", False),
+    ("openai", "https://keyless.internal/v1", None, True),
+    ("openai", "https://llm.internal/v1", None, True),
+    ("openai", "https://llm.internal/v1", "LLM_API_KEY", True),
+    ("openai", "https://llm.internal/v1", "ANTHROPIC_API_KEY", False),
+    ("anthropic", "https://api.openai.com/v1", "ANTHROPIC_API_KEY", False)])
+def test_each_key_goes_only_to_its_own_endpoints(protocol: str, base_url: str | None,
+                                                 key_env: str | None, ok: bool) -> None:
+    """The key binding on its own: a key goes to its provider's default (a provider
+    without a base_url calls its protocol's), or to an operator entry naming it; a
+    keyless provider may call any allowed URL."""
+    from agentd.config.settings import Endpoint
+    from agentd.errors import AgentdError
+    from agentd.fleet import endpoints
+
+    providers = {"x": Endpoint(protocol, base_url, key_env)}
+    listed = ["https://keyless.internal/v1",
+              {"url": "https://llm.internal/v1", "key_env": "LLM_API_KEY"}]
+    if ok:
+        endpoints.check(providers, listed)
+    else:
+        with pytest.raises(AgentdError, match="is not sent to"):
+            endpoints.check(providers, listed)
