@@ -140,10 +140,15 @@ def _save(db_url: str, home: str, clone: Path, workflow_id: str) -> list[str]:
 def _publish(db_url: str, cache: Path, home: str, begin: dict[str, str], clone: Path,
              marker: str) -> dict[str, Any]:
     """Step "publish": workspace.publish, then the home's head as it left it; the outcome
-    as a plain dict for the checkpoint. Retried whole: a second publish finds the commit
-    by its marker and pushes nothing."""
-    published = workspace.publish(cache, home, begin["git_url"], begin["branch"], clone,
-                                  begin["base"], marker)
+    as a plain dict for the checkpoint. Retried whole (but not when git refused the
+    objects: workspace.Refused): a second publish finds the commit by its marker and
+    pushes nothing."""
+    try:
+        published = workspace.publish(cache, home, begin["git_url"], begin["branch"], clone,
+                                      begin["base"], marker)
+    except AgentdError as e:  # said once per attempt: a retry is not silent
+        log.warning("turn %s of %s: publish failed: %s", marker, home, _why(e))
+        raise
     db.retrying(db_url, db.set_head, home, published.head)
     return asdict(published)
 
@@ -288,8 +293,9 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
         notes: list[str] = DBOS.run_step({"name": "save", **RETRY}, _save, db_url, home,
                                          clone, workflow_id)
         published: dict[str, Any] = DBOS.run_step(
-            {"name": "publish", **RETRY}, _publish, db_url, cache, home, begin, clone,
-            workflow_id)
+            {"name": "publish", **RETRY,  # git's fsck refuses the same objects again
+             "should_retry": lambda e: not isinstance(e, workspace.Refused)},
+            _publish, db_url, cache, home, begin, clone, workflow_id)
     finally:
         shutil.rmtree(clone, ignore_errors=True)
     for note in notes:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from agentd.errors import AgentdError
 from agentd.fleet.db import check_name
 from agentd.fleet.snapshot import apply, diff, snapshot, tree_of
 
-__all__ = ["Published", "apply", "checkout", "conflict_ref", "diff", "mirror_path",
+__all__ = ["Published", "Refused", "apply", "checkout", "conflict_ref", "diff", "mirror_path",
            "private_cache", "publish", "snapshot", "sync_mirror", "tree_of"]
 
 TIMEOUT = 600.0  # seconds for a network git (fetch, push) on the mirror
@@ -144,6 +145,22 @@ def _git(mirror: Path | None, *args: str, stdin: bytes | None = None,
     return gitexec.Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+class Refused(AgentdError):
+    """Git refused the turn's objects (fsck, here or on the remote): the same objects are
+    refused again, so publishing is not retried."""
+
+
+_REFUSAL = re.compile(r"error: object [0-9a-f]+: .*")
+
+
+def _refused(text: str, who: str, result: gitexec.Result) -> Refused:
+    """git's own refusal line (`error: object <sha>: hasDotgit: ...`, a remote's without
+    its `remote: ` prefix), else its last line, as one line naming `who` refused."""
+    found = _REFUSAL.search(text)
+    line = found.group(0).strip() if found else result.why()
+    return Refused(f"{who} refused the turn's commit: {line}")
+
+
 def _must(result: gitexec.Result, what: str) -> str:
     if not result.ok:
         raise AgentdError(f"git {what} failed: {result.why()}")
@@ -240,8 +257,10 @@ def _import(mirror: Path, clone: Path, base: str) -> str | None:
                        stdin=f"{sha}\n^{base}\n".encode())
     if not pack.ok:
         raise AgentdError(f"cannot pack the turn's commit: {pack.why()}")
-    _must(_git(mirror, "index-pack", "--stdin", "--fix-thin", "--strict", stdin=pack.out),
-          "index-pack (the turn's objects)")
+    indexed = _git(mirror, "index-pack", "--stdin", "--fix-thin", "--strict", stdin=pack.out)
+    if not indexed.ok:
+        raise _refused(indexed.err.decode("utf-8", "replace"), "git (index-pack --strict)",
+                       indexed)
     if not _git(mirror, "merge-base", "--is-ancestor", base, sha).ok:
         raise AgentdError(f"the turn's commit {sha[:12]} does not descend from {base[:12]}")
     return sha
@@ -305,6 +324,8 @@ def _push(mirror: Path, git_url: str, sha: str, ref: str) -> bool:
     text = (result.out + result.err).decode("utf-8", "replace")
     if "[rejected]" in text or "fetch first" in text or "non-fast-forward" in text:
         return False
+    if "unpacker error" in text or _REFUSAL.search(text):  # its fsck: not a race
+        raise _refused(text, git_url, result)
     raise AgentdError(f"cannot push to {git_url}: {result.why()}")
 
 

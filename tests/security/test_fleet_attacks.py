@@ -296,6 +296,27 @@ def test_planted_files_in_the_home_harm_nothing(fleet: Fleet) -> None:
     assert HOST_SECRET not in seen[0] and "next" in seen[0] and ".gitmodules" not in seen[0]
 
 
+def test_a_commit_git_refuses_fails_at_once_with_gits_reason(fleet: Fleet) -> None:
+    """A turn whose tree git's fsck refuses (a `.gitmodules` that is a folder; the home's
+    remote checks objects too, receive.fsckObjects) is refused the same way every time:
+    its publish is tried once, not retried, and the turn's one-line error is git's own
+    refusal line; nothing is pushed."""
+    remote = fleet.remotes["alpha"]
+    git(remote, "config", "receive.fsckObjects", "true")
+    head = fleet.head("alpha")
+    tried = fleet.log.read_text(errors="replace").count("publish failed")
+    try:
+        result, _, _ = fleet.turn(
+            "alpha", "mkdir -p .gitmodules && echo x > .gitmodules/f; echo folder")
+        assert result["status"] == "error" and "\n" not in result["error"], result
+        assert "refused the turn's commit: error: object " in result["error"], result
+        assert "gitmodulesBlob" in result["error"], result
+        assert fleet.head("alpha") == head
+        assert fleet.log.read_text(errors="replace").count("publish failed") == tried + 1
+    finally:
+        git(remote, "config", "--unset", "receive.fsckObjects")
+
+
 def test_an_owners_hostile_push_runs_nothing_and_reads_nothing(fleet: Fleet) -> None:
     """The remote is hostile too: a pushed `.agentd/` of symlinks (the usage ledger to a
     host secret, the carried state to /dev/zero), a .gitmodules, a submodule gitlink,
