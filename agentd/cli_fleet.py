@@ -87,9 +87,13 @@ def add_cmd(name: str, git_url: str, branch: str, db_url: str | None) -> None:
 @db_option
 def set_cmd(key: str, value: str, db_url: str | None) -> None:
     """Set fleet setting KEY to VALUE (JSON) for every worker: `endpoints`
-    '["https://llm.example.com/v1"]' (the provider base URLs homes may use besides the
-    providers' defaults) and `trust_home_sandbox` true (homes may loosen the sandbox and
-    pick any endpoint) hold from the next turn; the seconds dead_after, beat_every,
+    '[{"url": "https://llm.example.com/v1", "key_env": "LLM_API_KEY"}]' (the provider
+    base URLs homes may use besides the providers' defaults, each with the one key that
+    may go there; a plain "URL" is for keyless providers), `sandbox_limits`
+    '{"memory_mb": 4096}' (the most of each [sandbox] limit a home may ask: timeout,
+    output_limit, tmp_size_mb, cpu_seconds, memory_mb, file_size_mb, open_files,
+    processes; default agentd's defaults) and `trust_home_sandbox` true (homes may loosen
+    the sandbox and pick any endpoint) hold from the next turn; the seconds dead_after, beat_every,
     heartbeat_every, refresh_every from the next beat, tick_every and stop_grace from a
     worker's next start; bridge_ip_rate and bridge_ip_burst (requests per second per client
     address, and the burst, before auth) as `fleet serve` starts."""
@@ -289,14 +293,11 @@ def worker_cmd(db_url: str | None, worker_id: str | None, concurrency: int,
                           "'.', '_' or '-'", 1)
     admin.connect(url).close()  # set up, reachable: else one line now, not a traceback
     folder = (cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-              / "agentd" / "fleet").expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AgentdError(f"cannot use --cache {folder}: {e.strerror or e}", 1) from None
-    from agentd.fleet import worker
+              / "agentd" / "fleet")
+    from agentd.fleet import worker, workspace
 
-    sys.exit(worker.main(url, wid, concurrency, folder.resolve(), EventLog(json_lines=json_logs)))
+    folder = workspace.private_cache(folder)  # one line now if others could reach it
+    sys.exit(worker.main(url, wid, concurrency, folder, EventLog(json_lines=json_logs)))
 
 
 @fleet.command("serve")

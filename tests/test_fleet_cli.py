@@ -260,6 +260,39 @@ def test_worker_refuses_bad_arguments_in_one_line(db: str, tmp_path: Path) -> No
     assert r.exit_code == 2 and "Invalid value for '--concurrency'" in r.stderr
 
 
+def test_worker_refuses_a_cache_others_can_reach(db: str, tmp_path: Path) -> None:
+    """The cache holds every home's mirror and running clone: `fleet worker --cache` a
+    symlink, a folder others may write (they could have planted a mirror whose config
+    runs a command) or another user's folder ends in one line, exit 1, and the folder is
+    left as it was; a folder only others may read is made 0700 (the real CLI, its own
+    process)."""
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(target)
+    open_dir, theirs, readable = tmp_path / "open", tmp_path / "theirs", tmp_path / "readable"
+    for d in (open_dir, theirs, readable):
+        d.mkdir()
+    open_dir.chmod(0o777)
+    theirs.chmod(0o700)
+    os.chown(theirs, 65534, 65534)
+    for name, why in (("link", "a symlink"), ("open", "others may write it (mode 777)"),
+                      ("theirs", "owned by uid 65534")):
+        proc = subprocess.run([*AGENTD, "fleet", "worker", "--db", db, "--id", "w",
+                               "--cache", str(tmp_path / name)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120,
+                              env=os.environ | {"PYTHONPATH": str(ROOT)})
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, (name, proc.stderr)
+        assert lines[0].startswith("error: cannot use --cache") and why in lines[0], lines
+    assert (target.stat().st_mode & 0o777, open_dir.stat().st_mode & 0o777) == (0o700, 0o777)
+    assert os.listdir(target) == os.listdir(open_dir) == []
+    from agentd.fleet import workspace
+
+    readable.chmod(0o755)
+    assert workspace.private_cache(readable) == readable.resolve()
+    assert readable.stat().st_mode & 0o777 == 0o700
+
+
 def test_help_imports_neither_dbos_nor_psycopg() -> None:
     code = ("import sys\nfrom click.testing import CliRunner\nfrom agentd.cli import cli\n"
             "CliRunner().invoke(cli, ['--help'])\n"

@@ -110,7 +110,8 @@ class Fleet:
         with db.connect(self.url) as conn:
             db.init_schema(conn)
             db.add_home(conn, HOME, str(self.remote))
-            db.set_setting(conn, "endpoints", [fake.anthropic_url])  # the operator's
+            db.set_setting(conn, "endpoints",  # the operator's, for the worker's key
+                           [{"url": fake.anthropic_url, "key_env": "ANTHROPIC_API_KEY"}])
         self.cache = tmp / "cache"
         self.client = engine.client(self.url)
         self.workers: list[Worker] = []

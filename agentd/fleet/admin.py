@@ -107,11 +107,12 @@ def init(url: str) -> None:
 
 def set_setting(conn: psycopg.Connection[Any], key: str, text: str) -> Any:
     """Fleet setting `key` (one of db.DEFAULTS) set to `text`, a JSON value of the
-    default's type (`endpoints`: a list of plain http(s) URLs); the value stored. Workers
+    default's type (`endpoints`: a list of endpoints, agentd.fleet.endpoints;
+    `sandbox_limits`: an object of limits, agentd.fleet.ceilings); the value stored. Workers
     read the settings as they go (a turn, a beat), most with no restart (see set_cmd)."""
     import json
 
-    from agentd.fleet import endpoints
+    from agentd.fleet import ceilings, endpoints
 
     if key not in db.DEFAULTS:
         raise fail(f"no fleet setting {key!r} (known: {', '.join(sorted(db.DEFAULTS))})")
@@ -126,7 +127,11 @@ def set_setting(conn: psycopg.Connection[Any], key: str, text: str) -> Any:
     elif isinstance(default, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
     else:
-        ok, value = True, endpoints.check_setting(value)
+        check = ceilings.check_setting if isinstance(default, dict) else endpoints.check_setting
+        try:
+            ok, value = True, check(value)
+        except AgentdError as e:
+            raise fail(str(e)) from None
     if not ok:
         kind = "true or false" if isinstance(default, bool) else "a number > 0"
         raise fail(f"{key} is {kind}, not {text!r}")

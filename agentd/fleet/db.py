@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = {"dead_after": 30.0, "beat_every": 5.0, "tick_every":
                             "refresh_every": 30.0, "stop_grace": 60.0,  # worker.py
                             "trust_home_sandbox": False,  # turnflow.py: homes may loosen it
                             "endpoints": [],  # endpoints.py: base URLs homes may call
+                            "sandbox_limits": {},  # ceilings.py: the homes' sandbox limits
                             # fleet serve: requests per second per client address, and the
                             # burst (before auth, then 429; read as `fleet serve` starts)
                             "bridge_ip_rate": 20.0, "bridge_ip_burst": 200.0}

@@ -39,7 +39,7 @@ from dbos import DBOS, StepOptions
 from dbos._error import DBOSMaxStepRetriesExceeded
 
 from agentd.errors import AgentdError
-from agentd.fleet import carry, db, endpoints, schedule, workspace
+from agentd.fleet import carry, ceilings, db, endpoints, schedule, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
 from agentd.fleet.snapshot import Caps
 from agentd.home import RUNTIME
@@ -72,18 +72,12 @@ def configure(db_url: str, cache: Path) -> None:
     `cache`) and the fleet database (homes, usage, runtime state). The worker calls it
     before DBOS launches, since launch resumes unfinished turns at once.
 
-    The cache is made private (0700): it holds every home's mirror and the clones of the
-    turns running now, and the sandbox, running as its own uid, sees any folder it can
-    search (`--ro-bind / /`); a folder it cannot search is masked but for the turn's own
-    clone (agentd.tools.owner.reach_plan). So one home's agent never reads another's."""
-    cache = Path(cache).resolve()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        cache.chmod(0o700)
-    except OSError as e:
-        raise AgentdError(f"cannot make the cache {cache} private: {e.strerror or e}",
-                          1) from None
-    _config.db_url, _config.cache = db_url, cache
+    The cache is made private (0700; workspace.private_cache refuses one others could
+    have written): it holds every home's mirror and the clones of the turns running now,
+    and the sandbox, running as its own uid, sees any folder it can search
+    (`--ro-bind / /`); a folder it cannot search is masked but for the turn's own clone
+    (agentd.tools.owner.reach_plan). So one home's agent never reads another's."""
+    _config.db_url, _config.cache = db_url, workspace.private_cache(cache)
 
 
 def _configured() -> tuple[str, Path]:
@@ -146,10 +140,15 @@ def _save(db_url: str, home: str, clone: Path, workflow_id: str) -> list[str]:
 def _publish(db_url: str, cache: Path, home: str, begin: dict[str, str], clone: Path,
              marker: str) -> dict[str, Any]:
     """Step "publish": workspace.publish, then the home's head as it left it; the outcome
-    as a plain dict for the checkpoint. Retried whole: a second publish finds the commit
-    by its marker and pushes nothing."""
-    published = workspace.publish(cache, home, begin["git_url"], begin["branch"], clone,
-                                  begin["base"], marker)
+    as a plain dict for the checkpoint. Retried whole (but not when git refused the
+    objects: workspace.Refused): a second publish finds the commit by its marker and
+    pushes nothing."""
+    try:
+        published = workspace.publish(cache, home, begin["git_url"], begin["branch"], clone,
+                                      begin["base"], marker)
+    except AgentdError as e:  # said once per attempt: a retry is not silent
+        log.warning("turn %s of %s: publish failed: %s", marker, home, _why(e))
+        raise
     db.retrying(db_url, db.set_head, home, published.head)
     return asdict(published)
 
@@ -178,9 +177,10 @@ def _settings(db_url: str, clone: Path) -> Any:
     """The clone's agentd.toml through homefs (agent-written: a symlink to /dev/zero or
     a secret must not be read on the host); a broken file fails the turn, as `agentd run`
     does, rather than running it on defaults. Its [sandbox] may not loosen the worker's
-    unless the fleet's setting `trust_home_sandbox` says every home's owner may, nor
+    unless the fleet's setting `trust_home_sandbox` says every home's owner may, nor take
+    more of the worker than the fleet's `sandbox_limits` (agentd.fleet.ceilings), nor
     send the worker's key (or its host's requests) to a base_url the operator did not
-    allow (agentd.fleet.endpoints)."""
+    allow for it (agentd.fleet.endpoints)."""
     with Root(clone) as root:
         settings, problem = schedule.settings_of(root)
     if problem:
@@ -188,6 +188,7 @@ def _settings(db_url: str, clone: Path) -> Any:
     fleet = db.retrying(db_url, db.settings)
     if fleet["trust_home_sandbox"] is not True:
         _confined(settings.sandbox)
+        ceilings.bound(settings.sandbox, fleet[ceilings.SETTING])
         _keys_only(settings.providers)
         endpoints.check(settings.providers, fleet[endpoints.SETTING])
     return settings
@@ -292,8 +293,9 @@ def _turn(home: str, request: dict[str, Any], workflow_id: str) -> dict[str, Any
         notes: list[str] = DBOS.run_step({"name": "save", **RETRY}, _save, db_url, home,
                                          clone, workflow_id)
         published: dict[str, Any] = DBOS.run_step(
-            {"name": "publish", **RETRY}, _publish, db_url, cache, home, begin, clone,
-            workflow_id)
+            {"name": "publish", **RETRY,  # git's fsck refuses the same objects again
+             "should_retry": lambda e: not isinstance(e, workspace.Refused)},
+            _publish, db_url, cache, home, begin, clone, workflow_id)
     finally:
         shutil.rmtree(clone, ignore_errors=True)
     for note in notes:

@@ -197,7 +197,6 @@ def main(db_url: str, worker_id: str, concurrency: int, cache: Path, log: EventL
     from agentd.fleet import tick, turnflow
 
     db.check_name(worker_id)
-    cache.mkdir(parents=True, exist_ok=True)
     with db.connect(db_url) as conn:
         s = db.settings(conn)
     turnflow.configure(db_url, cache)

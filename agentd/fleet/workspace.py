@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +39,8 @@ from agentd.errors import AgentdError
 from agentd.fleet.db import check_name
 from agentd.fleet.snapshot import apply, diff, snapshot, tree_of
 
-__all__ = ["Published", "apply", "changed", "checkout", "conflict_ref", "diff", "mirror_path",
-           "publish", "snapshot", "sync_mirror", "tree_of"]
+__all__ = ["Published", "Refused", "apply", "changed", "checkout", "conflict_ref", "diff",
+           "mirror_path", "private_cache", "publish", "snapshot", "sync_mirror", "tree_of"]
 
 TIMEOUT = 600.0  # seconds for a network git (fetch, push) on the mirror
 PROTOCOLS = "file:git:ssh:http:https"  # what a home's git URL may use (never ext::, fd::)
@@ -47,6 +49,47 @@ CONFLICTS = "refs/heads/agentd/conflicts/"
 TRACK = "refs/heads/"  # the mirror keeps the remote's branch under its own name
 KEEP_ENV = ("HOME", "PATH", "SSH_AUTH_SOCK", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS",
             "SSH_ASKPASS", "TZ", "http_proxy", "https_proxy", "no_proxy")
+
+
+def private_cache(cache: Path) -> Path:
+    """The worker's cache folder, made (0700) if missing, resolved; else one line, exit 1.
+
+    It holds every home's mirror and the running turns' clones: readable by others, one
+    home's turn (or another host user) reads another home's; writable by others, what they
+    planted there (a mirror whose config runs a command, a `turns` symlink) runs or lands
+    as the worker. So an existing folder must be the worker's own, not a symlink (its
+    target is someone's choice), and no one else's to write, nor in a parent others may
+    rename it out of (world-writable without the sticky bit); if only others' to read,
+    it is made 0700 here. Opened without following a link, so what is checked is what is
+    chmodded."""
+    path = Path(cache).expanduser().absolute()
+
+    def refuse(why: str) -> AgentdError:
+        return AgentdError(f"cannot use --cache {path}: {why}", 1)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        parent = path.parent.stat()
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if path.is_symlink():
+            raise refuse("a symlink (give the folder itself)") from None
+        raise refuse(e.strerror or str(e)) from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise refuse(f"owned by uid {st.st_uid}, not by the worker's ({os.geteuid()})")
+        if st.st_mode & 0o022:
+            raise refuse(f"others may write it (mode {stat.S_IMODE(st.st_mode):o}): use a "
+                         "new folder, not one whose contents others could have planted")
+        if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
+            raise refuse("its parent is writable by everyone, without the sticky bit")
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path.resolve()
 
 
 @dataclass
@@ -100,6 +143,22 @@ def _git(mirror: Path | None, *args: str, stdin: bytes | None = None,
     except OSError as e:
         raise AgentdError(f"cannot run git ({e}): `apt-get install git`") from None
     return gitexec.Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+class Refused(AgentdError):
+    """Git refused the turn's objects (fsck, here or on the remote): the same objects are
+    refused again, so publishing is not retried."""
+
+
+_REFUSAL = re.compile(r"error: object [0-9a-f]+: .*")
+
+
+def _refused(text: str, who: str, result: gitexec.Result) -> Refused:
+    """git's own refusal line (`error: object <sha>: hasDotgit: ...`, a remote's without
+    its `remote: ` prefix), else its last line, as one line naming `who` refused."""
+    found = _REFUSAL.search(text)
+    line = found.group(0).strip() if found else result.why()
+    return Refused(f"{who} refused the turn's commit: {line}")
 
 
 def _must(result: gitexec.Result, what: str) -> str:
@@ -210,8 +269,10 @@ def _import(mirror: Path, clone: Path, base: str) -> str | None:
                        stdin=f"{sha}\n^{base}\n".encode())
     if not pack.ok:
         raise AgentdError(f"cannot pack the turn's commit: {pack.why()}")
-    _must(_git(mirror, "index-pack", "--stdin", "--fix-thin", "--strict", stdin=pack.out),
-          "index-pack (the turn's objects)")
+    indexed = _git(mirror, "index-pack", "--stdin", "--fix-thin", "--strict", stdin=pack.out)
+    if not indexed.ok:
+        raise _refused(indexed.err.decode("utf-8", "replace"), "git (index-pack --strict)",
+                       indexed)
     if not _git(mirror, "merge-base", "--is-ancestor", base, sha).ok:
         raise AgentdError(f"the turn's commit {sha[:12]} does not descend from {base[:12]}")
     return sha
@@ -280,6 +341,8 @@ def _push(mirror: Path, git_url: str, sha: str, ref: str) -> bool:
     text = (result.out + result.err).decode("utf-8", "replace")
     if "[rejected]" in text or "fetch first" in text or "non-fast-forward" in text:
         return False
+    if "unpacker error" in text or _REFUSAL.search(text):  # its fsck: not a race
+        raise _refused(text, git_url, result)
     raise AgentdError(f"cannot push to {git_url}: {result.why()}")
 
 

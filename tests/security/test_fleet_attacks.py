@@ -13,6 +13,7 @@ keeps it from the agent is agentd's doing, not the test's layout.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -49,6 +50,11 @@ engine.launch(url, "w1", 2, poll=0.05, workflows=("agentd.fleet.turnflow",))
 print("ready", flush=True)
 sys.stdin.read()
 """
+
+
+def ours(fake: FakeLLM, *more: Any) -> list[Any]:
+    """The operator's fleet setting `endpoints`: the fake LLM, for the worker's key."""
+    return [{"url": fake.anthropic_url, "key_env": "ANTHROPIC_API_KEY"}, *more]
 
 
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -100,7 +106,7 @@ class Fleet:
         self.remotes: dict[str, Path] = {}
         with db.connect(self.url) as conn:
             db.init_schema(conn)
-            db.set_setting(conn, "endpoints", [fake.anthropic_url])  # the operator's
+            db.set_setting(conn, "endpoints", ours(fake))  # the operator's
         for name in ("alpha", "beta"):
             self.add_home(name, template)
         (self.tmp / "beta-work" / "secret.txt").write_text(BETA_SECRET + "\n")
@@ -290,6 +296,27 @@ def test_planted_files_in_the_home_harm_nothing(fleet: Fleet) -> None:
     assert HOST_SECRET not in seen[0] and "next" in seen[0] and ".gitmodules" not in seen[0]
 
 
+def test_a_commit_git_refuses_fails_at_once_with_gits_reason(fleet: Fleet) -> None:
+    """A turn whose tree git's fsck refuses (a `.gitmodules` that is a folder; the home's
+    remote checks objects too, receive.fsckObjects) is refused the same way every time:
+    its publish is tried once, not retried, and the turn's one-line error is git's own
+    refusal line; nothing is pushed."""
+    remote = fleet.remotes["alpha"]
+    git(remote, "config", "receive.fsckObjects", "true")
+    head = fleet.head("alpha")
+    tried = fleet.log.read_text(errors="replace").count("publish failed")
+    try:
+        result, _, _ = fleet.turn(
+            "alpha", "mkdir -p .gitmodules && echo x > .gitmodules/f; echo folder")
+        assert result["status"] == "error" and "\n" not in result["error"], result
+        assert "refused the turn's commit: error: object " in result["error"], result
+        assert "gitmodulesBlob" in result["error"], result
+        assert fleet.head("alpha") == head
+        assert fleet.log.read_text(errors="replace").count("publish failed") == tried + 1
+    finally:
+        git(remote, "config", "--unset", "receive.fsckObjects")
+
+
 def test_an_owners_hostile_push_runs_nothing_and_reads_nothing(fleet: Fleet) -> None:
     """The remote is hostile too: a pushed `.agentd/` of symlinks (the usage ledger to a
     host secret, the carried state to /dev/zero), a .gitmodules, a submodule gitlink,
@@ -359,13 +386,18 @@ def mktree(work: Path, entries: str) -> str:
 
 @pytest.mark.parametrize("table", [
     'mode = "off"', 'network = "full"', 'uid = "postgres"\ngid = "postgres"',
-    'key_env = "AGENTD_FLEET_DB"'],
-    ids=["sandbox-off", "network-full", "another-uid", "key-from-the-workers-env"])
+    'key_env = "AGENTD_FLEET_DB"', "memory_mb = 0", "processes = 0", "processes = 1000000",
+    "tmp_size_mb = 0", "timeout = 86400.0"],
+    ids=["sandbox-off", "network-full", "another-uid", "key-from-the-workers-env",
+         "memory-unlimited", "processes-unlimited", "processes-huge", "tmpfs-unbounded",
+         "a-day-per-command"])
 def test_a_home_cannot_loosen_the_workers_sandbox(fleet: Fleet, table: str) -> None:
     """A home's agentd.toml is its owner's, and the owner is not the worker's operator:
     a `[sandbox]` that turns the sandbox off (the agent on the worker's host, with its
     keys and database URL), opens the host's network (its loopback: the fleet's
-    PostgreSQL) or runs commands as another host user, or a provider whose key_env names
+    PostgreSQL), runs commands as another host user, or lifts a resource limit past the
+    fleet's (0: none; the worker's memory, processes and RAM-backed /tmp are every
+    home's), or a provider whose key_env names
     a variable of the worker that is no API key (its database URL, sent to the home's
     base_url), is refused, in one line, before the model is called."""
     work = fleet.tmp / "alpha-work"
@@ -393,6 +425,47 @@ def test_a_home_cannot_loosen_the_workers_sandbox(fleet: Fleet, table: str) -> N
         sync(work)
         config.write_text(original)
         fleet.push("alpha", "the sandbox as it was")
+
+
+def fleet_set(fleet: Fleet, *args: str) -> Any:
+    """`agentd fleet set ARGS` on the test's fleet, through the real CLI."""
+    from click.testing import CliRunner
+
+    from agentd.cli import cli
+
+    return CliRunner().invoke(cli, ["fleet", "set", *args, "--db", fleet.url])
+
+
+def test_a_home_may_tighten_its_limits_under_the_fleets(fleet: Fleet) -> None:
+    """The limits a fleet turn's commands run under: the home's own where it tightens
+    one, the operator's `sandbox_limits` where it leaves one at agentd's default, and a
+    home may go up to (not past) a ceiling the operator raised; what bash sees is what
+    agentd enforces (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NOFILE)."""
+    out = fleet_set(fleet, "sandbox_limits", '{"memory_mb": 4096, "open_files": 512}')
+    assert out.exit_code == 0, out.output
+    work = fleet.tmp / "alpha-work"
+    sync(work)
+    config = work / "agentd.toml"
+    original = config.read_text()
+    config.write_text(original + "\n[sandbox]\nmemory_mb = 3072\ncpu_seconds = 60\n")
+    fleet.push("alpha", "tighter limits (and more memory, as the operator allows)")
+    try:
+        result, seen, _ = fleet.turn("alpha", "ulimit -v; ulimit -t; ulimit -n; echo limits")
+        assert result["status"] == "ok", (result, seen)
+        assert seen[0].split() == [str(3072 * 1024), "60", "512", "limits"], seen
+        out = fleet_set(fleet, "sandbox_limits", '{"memory_mb": 2048}')
+        assert out.exit_code == 0, out.output
+        before = len(fleet.fake.requests)
+        result, seen, _ = fleet.turn("alpha", "echo hi")
+        assert result["status"] == "error" and "\n" not in result["error"], result
+        assert "sandbox.memory_mb = 3072" in result["error"], result
+        assert "sandbox_limits" in result["error"] and len(fleet.fake.requests) == before
+    finally:
+        fleet.fake._script.clear()
+        fleet_set(fleet, "sandbox_limits", "{}")
+        sync(work)
+        config.write_text(original)
+        fleet.push("alpha", "the limits as they were")
 
 
 def point_at(fleet: Fleet, base_url: str, extra: str = "") -> str:
@@ -466,18 +539,13 @@ def test_a_keyless_provider_cannot_aim_the_worker_at_its_loopback(fleet: Fleet) 
 
 
 def test_a_listed_endpoint_is_called_and_unlisting_it_closes_it(fleet: Fleet) -> None:
-    """The operator lists a second server with `agentd fleet set endpoints` (a path
-    prefix: `/` covers the SDK's /v1/messages): the home's turn runs there, with the
-    worker's key; set back, the next turn is refused, with nothing sent."""
-    from click.testing import CliRunner
-
-    from agentd.cli import cli
-
-    def fleet_set(*args: str) -> Any:
-        return CliRunner().invoke(cli, ["fleet", "set", *args, "--db", fleet.url])
-
+    """The operator lists a second server for the worker's key with `agentd fleet set
+    endpoints` (a path prefix: `/` covers the SDK's /v1/messages): the home's turn runs
+    there, with the worker's key; set back, the next turn is refused, with nothing sent."""
     with FakeLLM() as second:
-        out = fleet_set("endpoints", f'["{fleet.fake.anthropic_url}", "{second.anthropic_url}/"]')
+        listed = ours(fleet.fake, {"url": f"{second.anthropic_url}/",
+                                   "key_env": "ANTHROPIC_API_KEY"})
+        out = fleet_set(fleet, "endpoints", json.dumps(listed))
         assert out.exit_code == 0, out.output
         original = point_at(fleet, second.anthropic_url)
         try:
@@ -486,21 +554,55 @@ def test_a_listed_endpoint_is_called_and_unlisting_it_closes_it(fleet: Fleet) ->
             fleet.fake._script.clear()  # the turn ran on the second server
             assert result["status"] == "ok" and result["text"] == "from the second", result
             assert [KEY in str(q.headers) for q in second.requests] == [True]
-            out = fleet_set("endpoints", f'["{fleet.fake.anthropic_url}"]')
+            out = fleet_set(fleet, "endpoints", json.dumps(ours(fleet.fake)))
             assert out.exit_code == 0, out.output
             result, _, _ = fleet.turn("alpha")
             assert result["status"] == "error" and "endpoints" in result["error"], result
             assert len(second.requests) == 1
         finally:
-            fleet_set("endpoints", f'["{fleet.fake.anthropic_url}"]')
+            fleet_set(fleet, "endpoints", json.dumps(ours(fleet.fake)))
+            restore(fleet, original)
+
+
+@pytest.mark.parametrize("entry", [
+    "{url}", {"url": "{url}", "key_env": "OTHER_API_KEY"}],
+    ids=["listed-for-keyless-providers", "listed-for-another-key"])
+def test_a_home_cannot_send_the_workers_key_to_another_allowed_endpoint(
+        fleet: Fleet, entry: Any) -> None:
+    """An endpoint the operator allows is not allowed for every key: a server listed
+    plain (for keyless providers, like the ollama preset) or for another key variable
+    does not receive the worker's $ANTHROPIC_API_KEY, though a home points its anthropic
+    provider there; the turn ends in one line naming the key, before any model call,
+    and the attacker's server receives nothing."""
+    with FakeLLM() as evil:
+        listed = json.loads(json.dumps(entry).replace("{url}", evil.anthropic_url))
+        out = fleet_set(fleet, "endpoints", json.dumps(ours(fleet.fake, listed)))
+        assert out.exit_code == 0, out.output
+        original = point_at(fleet, evil.anthropic_url)
+        try:
+            before = len(fleet.fake.requests)
+            result, seen, _ = fleet.turn("alpha", "echo hi")
+            assert result["status"] == "error" and "\n" not in result["error"], result
+            assert "$ANTHROPIC_API_KEY is not sent" in result["error"], result
+            assert evil.requests == [] and len(fleet.fake.requests) == before
+            assert not leaked(fleet, *seen, str(result))
+        finally:
+            fleet_set(fleet, "endpoints", json.dumps(ours(fleet.fake)))
             restore(fleet, original)
 
 
 @pytest.mark.parametrize("args", [
     ("endpoints", '["https://api.openai.com@evil.example/v1"]'),
     ("endpoints", '"https://llm.example.com/v1"'), ("endpoints", "[not json"),
-    ("trust_home_sandbox", '"yes"'), ("dead_after", "0"), ("no_such", "1")],
-    ids=["userinfo", "not-a-list", "not-json", "not-a-bool", "not-positive", "unknown"])
+    ("trust_home_sandbox", '"yes"'), ("dead_after", "0"), ("no_such", "1"),
+    ("sandbox_limits", '{"memory_mb": 0}'), ("sandbox_limits", '{"processes": 1.5}'),
+    ("sandbox_limits", '{"swap_mb": 1}'), ("sandbox_limits", '[4096]'),
+    ("endpoints", '[{"url": "https://llm.example.com/v1"}]'),
+    ("endpoints", '[{"url": "https://llm.example.com/v1", "key_env": "A B"}]'),
+    ("endpoints", '[{"url": "https://x@llm.example.com", "key_env": "LLM_API_KEY"}]')],
+    ids=["userinfo", "not-a-list", "not-json", "not-a-bool", "not-positive", "unknown",
+         "limit-zero", "limit-not-whole", "limit-unknown", "limits-not-an-object",
+         "entry-without-key", "entry-bad-key", "entry-userinfo"])
 def test_fleet_set_refuses_a_bad_value_in_one_line(fleet: Fleet, args: tuple[str, str]) -> None:
     from click.testing import CliRunner
 
@@ -516,10 +618,10 @@ def test_fleet_set_refuses_a_bad_value_in_one_line(fleet: Fleet, args: tuple[str
 
 
 @pytest.mark.parametrize(("base_url", "ok"), [
-    (None, True), ("https://api.anthropic.com", True), ("https://API.Anthropic.com:443/", True),
-    ("https://api.openai.com/v1", True), ("https://api.openai.com/v1/", True),
-    ("http://localhost:11434/v1", True), ("https://llm.internal/team/v1", True),
-    ("http://[::1]:8080/v1", True),
+    (None, True), ("https://api.openai.com/v1", True), ("https://api.openai.com/v1/", True),
+    ("https://llm.internal/team/v1", True), ("http://[::1]:8080/v1", True),
+    ("https://api.anthropic.com", False), ("http://localhost:11434/v1", False),
+    ("https://keyless.internal/v1", False),
     ("https://api.openai.com@evil.example/v1", False), ("https://evil.example\\@api.openai.com",
                                                         False),
     ("https://api.openai.com.evil.example/v1", False), ("http://api.openai.com/v1", False),
@@ -530,17 +632,50 @@ def test_fleet_set_refuses_a_bad_value_in_one_line(fleet: Fleet, args: tuple[str
     ("http://[::1]:8081/v1", False), (" https://api.openai.com/v1", False),
     ("file:///etc/passwd", False), ("https://api.openai.com:0/v1", False)])
 def test_the_endpoint_rule(base_url: str | None, ok: bool) -> None:
-    """endpoints.check on its own: defaults and listed prefixes pass, after normalising
-    case, the default port and a trailing slash; every lookalike is refused in one line."""
+    """endpoints.check on its own, for a provider with $OPENAI_API_KEY: its own default
+    and the prefixes listed for it pass, after normalising case, the default port and a
+    trailing slash; another provider's default, the keyless ollama preset, a URL listed
+    for keyless providers and every lookalike are refused in one line."""
     from agentd.config.settings import Endpoint
     from agentd.errors import AgentdError
     from agentd.fleet import endpoints
 
     providers = {"x": Endpoint("openai", base_url, "OPENAI_API_KEY")}
-    listed = ["https://llm.internal/team/v1", "http://[::1]:8080/v1"]
+    listed = [{"url": "https://llm.internal/team/v1", "key_env": "OPENAI_API_KEY"},
+              {"url": "http://[::1]:8080/v1", "key_env": "OPENAI_API_KEY"},
+              "https://keyless.internal/v1"]
     if ok:
         endpoints.check(providers, listed)
     else:
         with pytest.raises(AgentdError) as e:
             endpoints.check(providers, listed)
-        assert "\n" not in str(e.value) and "providers.x.base_url" in str(e.value)
+        assert "\n" not in str(e.value) and str(e.value).startswith("providers.x")
+
+
+@pytest.mark.parametrize(("protocol", "base_url", "key_env", "ok"), [
+    ("anthropic", None, "ANTHROPIC_API_KEY", True), ("openai", None, "OPENAI_API_KEY", True),
+    ("anthropic", None, "OPENAI_API_KEY", False), ("openai", None, "ANTHROPIC_API_KEY", False),
+    ("openai", "http://localhost:11434/v1", None, True),
+    ("openai", "http://localhost:11434/v1", "ANTHROPIC_API_KEY", False),
+    ("openai", "https://keyless.internal/v1", None, True),
+    ("openai", "https://llm.internal/v1", None, True),
+    ("openai", "https://llm.internal/v1", "LLM_API_KEY", True),
+    ("openai", "https://llm.internal/v1", "ANTHROPIC_API_KEY", False),
+    ("anthropic", "https://api.openai.com/v1", "ANTHROPIC_API_KEY", False)])
+def test_each_key_goes_only_to_its_own_endpoints(protocol: str, base_url: str | None,
+                                                 key_env: str | None, ok: bool) -> None:
+    """The key binding on its own: a key goes to its provider's default (a provider
+    without a base_url calls its protocol's), or to an operator entry naming it; a
+    keyless provider may call any allowed URL."""
+    from agentd.config.settings import Endpoint
+    from agentd.errors import AgentdError
+    from agentd.fleet import endpoints
+
+    providers = {"x": Endpoint(protocol, base_url, key_env)}
+    listed = ["https://keyless.internal/v1",
+              {"url": "https://llm.internal/v1", "key_env": "LLM_API_KEY"}]
+    if ok:
+        endpoints.check(providers, listed)
+    else:
+        with pytest.raises(AgentdError, match="is not sent to"):
+            endpoints.check(providers, listed)
