@@ -294,9 +294,9 @@ def worker_cmd(db_url: str | None, worker_id: str | None, concurrency: int,
     admin.connect(url).close()  # set up, reachable: else one line now, not a traceback
     folder = (cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
               / "agentd" / "fleet")
-    from agentd.fleet import worker, workspace
+    from agentd.fleet import cachedir, worker
 
-    folder = workspace.private_cache(folder)  # one line now if others could reach it
+    folder = cachedir.private_cache(folder)  # one line now if others could reach it
     sys.exit(worker.main(url, wid, concurrency, folder, EventLog(json_lines=json_logs)))
 
 

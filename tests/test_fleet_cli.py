@@ -286,10 +286,10 @@ def test_worker_refuses_a_cache_others_can_reach(db: str, tmp_path: Path) -> Non
         assert lines[0].startswith("error: cannot use --cache") and why in lines[0], lines
     assert (target.stat().st_mode & 0o777, open_dir.stat().st_mode & 0o777) == (0o700, 0o777)
     assert os.listdir(target) == os.listdir(open_dir) == []
-    from agentd.fleet import workspace
+    from agentd.fleet import cachedir
 
     readable.chmod(0o755)
-    assert workspace.private_cache(readable) == readable.resolve()
+    assert cachedir.private_cache(readable) == readable.resolve()
     assert readable.stat().st_mode & 0o777 == 0o700
 
 

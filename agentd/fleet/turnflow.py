@@ -39,7 +39,7 @@ from dbos import DBOS, StepOptions
 from dbos._error import DBOSMaxStepRetriesExceeded
 
 from agentd.errors import AgentdError
-from agentd.fleet import carry, ceilings, db, endpoints, schedule, workspace
+from agentd.fleet import cachedir, carry, ceilings, db, endpoints, schedule, workspace
 from agentd.fleet.durable import STREAM, DurableSteps
 from agentd.fleet.snapshot import Caps
 from agentd.home import RUNTIME
@@ -72,12 +72,12 @@ def configure(db_url: str, cache: Path) -> None:
     `cache`) and the fleet database (homes, usage, runtime state). The worker calls it
     before DBOS launches, since launch resumes unfinished turns at once.
 
-    The cache is made private (0700; workspace.private_cache refuses one others could
+    The cache is made private (0700; cachedir.private_cache refuses one others could
     have written): it holds every home's mirror and the clones of the turns running now,
     and the sandbox, running as its own uid, sees any folder it can search
     (`--ro-bind / /`); a folder it cannot search is masked but for the turn's own clone
     (agentd.tools.owner.reach_plan). So one home's agent never reads another's."""
-    _config.db_url, _config.cache = db_url, workspace.private_cache(cache)
+    _config.db_url, _config.cache = db_url, cachedir.private_cache(cache)
 
 
 def _configured() -> tuple[str, Path]:

@@ -27,7 +27,9 @@ from typing import Any
 import pytest
 from fakellm import FakeLLM
 
+from agentd import gitexec
 from agentd.fleet import db, engine, enqueue, schedule, workspace
+from agentd.homefs import Root
 from agentd.turn import TurnRequest
 from tests.pgkit import PgCluster, requires_postgres
 
@@ -679,3 +681,41 @@ def test_each_key_goes_only_to_its_own_endpoints(protocol: str, base_url: str | 
     else:
         with pytest.raises(AgentdError, match="is not sent to"):
             endpoints.check(providers, listed)
+
+
+def test_fleet_a_symlinked_agentd_toml_loosens_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    """The owner commits `agentd.toml -> notes/evil.toml`, the target a tracked file that
+    turns the sandbox off. The worker refuses the turn in one line before the model is
+    called, and a checkout of that head (what the worker's git on the clone reads) gives
+    the strict defaults to gitexec, as the fleet's own check (homefs) refuses it."""
+    work = fleet.tmp / "alpha-work"
+    sync(work)
+    config = work / "agentd.toml"
+    original = config.read_text()
+    (work / "notes").mkdir(exist_ok=True)
+    (work / "notes" / "evil.toml").write_text(original + '\n[sandbox]\nmode = "off"\n')
+    config.unlink()
+    config.symlink_to("notes/evil.toml")
+    fleet.push("alpha", "settings by link")
+    try:
+        checkout = tmp_path / "checkout"
+        git(tmp_path, "clone", "-q", str(fleet.remotes["alpha"]), str(checkout))
+        assert (checkout / "agentd.toml").is_symlink()
+        with Root(checkout) as root:
+            _, problem = schedule.settings_of(root)
+        assert "symlink" in problem
+        assert gitexec.home_settings(checkout).sandbox.mode == "bwrap"
+        assert gitexec.bwrap_for(checkout) is not None
+        before = len(fleet.fake.requests)
+        result, seen, _ = fleet.turn("alpha", f"cat {fleet.host_secret}; id")
+        assert result["status"] == "error" and "\n" not in result["error"], result
+        assert "symlink" in result["error"], result
+        assert len(fleet.fake.requests) == before  # refused before the first model call
+        assert not leaked(fleet, *seen, str(result))
+    finally:
+        fleet.fake._script.clear()  # the scripted replies the refused turn left unused
+        sync(work)
+        (work / "agentd.toml").unlink()
+        (work / "agentd.toml").write_text(original)
+        (work / "notes" / "evil.toml").unlink()
+        fleet.push("alpha", "settings as they were")

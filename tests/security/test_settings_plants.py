@@ -5,7 +5,8 @@ home may be handed over or unpacked with a link in it. A symlink (to a tracked f
 `mode = "off"`, or to a host secret) must never be followed, a FIFO never opened (it would
 hang the host), on one machine (`agentd run`: one error line) and in the fleet (the turn is
 refused; the clone's git, which reads the file again through gitexec.home_settings, gets the
-strict defaults: sandboxed). The real CLI, and a real fleet worker (test_fleet_attacks)."""
+strict defaults: sandboxed). The real CLI here; the fleet case is in test_fleet_attacks,
+on its worker."""
 
 from __future__ import annotations
 
@@ -19,13 +20,10 @@ from typing import Any
 import pytest
 from attack import MODEL, requires_bwrap
 from fakellm import FakeLLM
-from test_fleet_attacks import Fleet, fleet, git, leaked, sync  # noqa: F401  (fixture)
 
 from agentd import gitexec
 from agentd.config import load_settings
 from agentd.errors import AgentdError
-from agentd.fleet import schedule
-from agentd.homefs import Root
 from agentd.loop import Events
 from agentd.turn import TurnRequest, run_turn
 
@@ -125,42 +123,3 @@ def test_an_oversized_agentd_toml_is_refused(home: Path) -> None:
     (home / "agentd.toml").write_text("# pad\n" * 60_000)
     with pytest.raises(AgentdError, match="KiB"):
         load_settings(home)
-
-
-def test_fleet_a_symlinked_agentd_toml_loosens_nothing(fleet: Fleet,  # noqa: F811
-                                                       tmp_path: Path) -> None:
-    """The owner commits `agentd.toml -> notes/evil.toml`, the target a tracked file that
-    turns the sandbox off. The worker refuses the turn in one line before the model is
-    called, and a checkout of that head (what the worker's git on the clone reads) gives
-    the strict defaults to gitexec, as the fleet's own check (homefs) refuses it."""
-    work = fleet.tmp / "alpha-work"
-    sync(work)
-    config = work / "agentd.toml"
-    original = config.read_text()
-    (work / "notes").mkdir(exist_ok=True)
-    (work / "notes" / "evil.toml").write_text(original + LOOSE)
-    config.unlink()
-    config.symlink_to("notes/evil.toml")
-    fleet.push("alpha", "settings by link")
-    try:
-        checkout = tmp_path / "checkout"
-        git(tmp_path, "clone", "-q", str(fleet.remotes["alpha"]), str(checkout))
-        assert (checkout / "agentd.toml").is_symlink()
-        with Root(checkout) as root:
-            _, problem = schedule.settings_of(root)
-        assert "symlink" in problem
-        assert gitexec.home_settings(checkout).sandbox.mode == "bwrap"
-        assert gitexec.bwrap_for(checkout) is not None
-        before = len(fleet.fake.requests)
-        result, seen, _ = fleet.turn("alpha", f"cat {fleet.host_secret}; id")
-        assert result["status"] == "error" and "\n" not in result["error"], result
-        assert "symlink" in result["error"], result
-        assert len(fleet.fake.requests) == before  # refused before the first model call
-        assert not leaked(fleet, *seen, str(result))
-    finally:
-        fleet.fake._script.clear()  # the scripted replies the refused turn left unused
-        sync(work)
-        (work / "agentd.toml").unlink()
-        (work / "agentd.toml").write_text(original)
-        (work / "notes" / "evil.toml").unlink()
-        fleet.push("alpha", "settings as they were")
