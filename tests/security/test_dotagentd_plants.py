@@ -8,7 +8,9 @@ and the real daemon."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +56,14 @@ def _plant_link(home: Path, decoy: Path) -> None:
     runtime.symlink_to(decoy)
 
 
+def _end_stray_daemon(r: subprocess.CompletedProcess[str]) -> None:
+    """`agentd start` that wrongly started a daemon (code that follows the link) must not
+    leave it running after the test: end it by the pid it printed."""
+    if r.returncode == 0 and "(pid " in r.stdout:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(r.stdout.split("(pid ")[1].split(")")[0]), signal.SIGTERM)
+
+
 def _refused(r: subprocess.CompletedProcess[str], why: str) -> None:
     assert r.returncode != 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr, r.stderr
@@ -75,6 +85,7 @@ def test_a_symlinked_dotagentd_is_refused_and_its_target_untouched(
     before = _snapshot(decoy)
     _plant_link(home, decoy)
     r = _cli(home, *command)
+    _end_stray_daemon(r)
     _refused(r, "a symlink")
     assert _snapshot(decoy) == before
     assert (home / ".agentd").is_symlink()  # reported, not silently removed
@@ -85,7 +96,9 @@ def test_a_fifo_dotagentd_neither_hangs_nor_is_opened(home: Path, fake: FakeLLM)
     subprocess.run(["rm", "-rf", str(home / ".agentd")], check=True)
     os.mkfifo(home / ".agentd")
     for command in (("run", "--model", "openai:test", "hello"), ("history",), ("start",)):
-        _refused(_cli(home, *command, timeout=60), "a FIFO")
+        r = _cli(home, *command, timeout=60)
+        _end_stray_daemon(r)
+        _refused(r, "a FIFO")
 
 
 def test_a_dotagentd_writable_by_others_is_refused(home: Path, fake: FakeLLM) -> None:
@@ -124,6 +137,7 @@ def test_a_link_below_dotagentd_is_refused_too(home: Path, fake: FakeLLM,
     (runtime / "daemon").symlink_to(decoy)
     configure(home, {"model": "openai:test"}, heartbeat={"every": "1h"})
     r = _cli(home, "start")
+    _end_stray_daemon(r)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert ".agentd/daemon is a symlink" in r.stderr
     assert _snapshot(decoy) == before
