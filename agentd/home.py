@@ -7,6 +7,7 @@ import errno
 import os
 import stat
 import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,8 @@ class Home:
     A folder property (`runtime`, `sessions`, `daemon`, `bridge`) makes the folder when
     asked: whoever asks for a folder is about to use it, and
     all of them live under the git-ignored `.agentd/`. A file property is a path only, so
-    a reader (`agentd status`, `agentd usage`) creates nothing.
+    a reader (`agentd status`, `agentd usage`) creates nothing. Either way the folders on
+    the way are checked (`private_dir`): a planted `.agentd` is refused, not used.
     """
 
     path: Path
@@ -43,17 +45,17 @@ class Home:
     @property
     def runtime(self) -> Path:
         """`.agentd/`: sessions, the ledger, locks and daemon state."""
-        return _made(self.path / RUNTIME)
+        return private_dir(self.path / RUNTIME)
 
     @property
     def ledger(self) -> Path:
         """`.agentd/usage.jsonl`: one line per model call (agentd/usage.py)."""
-        return self.path / RUNTIME / "usage.jsonl"
+        return self._file("usage.jsonl")
 
     @property
     def sessions(self) -> Path:
         """`.agentd/sessions/`: one transcript per session (agentd/session.py)."""
-        return _made(self.path / RUNTIME / "sessions")
+        return private_dir(self.path / RUNTIME / "sessions")
 
     def session(self, session_id: str) -> Path:
         """`.agentd/sessions/<id>.jsonl`; it exists once the session has begun."""
@@ -62,52 +64,102 @@ class Home:
     @property
     def cooldowns(self) -> Path:
         """`.agentd/cooldowns.json`: throttled models every turn skips for a while."""
-        return self.path / RUNTIME / "cooldowns.json"
+        return self._file("cooldowns.json")
 
     @property
     def git_lock(self) -> Path:
         """`.agentd/git.lock`: serialises git work on the home across processes."""
-        return self.path / RUNTIME / "git.lock"
+        return self._file("git.lock")
 
     @property
     def daemon(self) -> Path:
         """`.agentd/daemon/`: the daemon's state files, the turn lock and its run log."""
-        return _made(self.path / RUNTIME / "daemon")
+        return private_dir(self.path / RUNTIME / "daemon")
 
     @property
     def pid_file(self) -> Path:
         """`.agentd/daemon.pid`: flock-held by the one daemon of this home."""
-        return self.path / RUNTIME / "daemon.pid"
+        return self._file("daemon.pid")
 
     @property
     def daemon_log(self) -> Path:
         """`.agentd/daemon.log`: the log of a daemon started in the background."""
-        return self.path / RUNTIME / "daemon.log"
+        return self._file("daemon.log")
 
     @property
     def daemon_status(self) -> Path:
         """`.agentd/daemon/status.json`: what the running daemon is doing."""
-        return self.path / RUNTIME / "daemon" / "status.json"
+        return self._file("daemon", "status.json")
 
     @property
     def runs_log(self) -> Path:
         """`.agentd/daemon/runs.jsonl`: one line per finished daemon turn."""
-        return self.path / RUNTIME / "daemon" / "runs.jsonl"
+        return self._file("daemon", "runs.jsonl")
 
     @property
     def turn_marker(self) -> Path:
         """`.agentd/daemon/turn.json`: the turn in flight, for recovery after a kill."""
-        return self.path / RUNTIME / "daemon" / "turn.json"
+        return self._file("daemon", "turn.json")
 
     @property
     def bridge(self) -> Path:
         """`.agentd/bridge/`: the bridge's delivery ids, runs and lock."""
-        return _made(self.path / RUNTIME / "bridge")
+        return private_dir(self.path / RUNTIME / "bridge")
+
+    def _file(self, *parts: str) -> Path:
+        """A runtime file's path, its folders checked (not made): see `private_dir`."""
+        return private_dir(self.path.joinpath(RUNTIME, *parts[:-1]), create=False) / parts[-1]
 
 
-def _made(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+def private_dir(folder: Path, create: bool = True) -> Path:
+    """`folder`, made (with its parents) when `create`, and checked when it lies in a
+    home's `.agentd/`: every folder from `.agentd` down to it must be a real folder (not a
+    symlink, FIFO or file), owned by us (or root) and writable by no one else.
+
+    `.agentd/` itself is hostile input: the agent can replace it with the sandbox off, a
+    git checkout can bring one, another user can plant it. A link there (to /etc, to
+    /root/.ssh, to another home) would make every lock, pid file, log, ledger, transcript
+    and state file below land in, truncate or read the link's target; a FIFO would hang
+    us. So the host checks the folders (lstat, nothing followed) right before each use,
+    in this one place: every writer of runtime files (`atomic_write`, `open_private`,
+    agentd.jsonl `append`, the Home folders) makes its folder here. A bad one is an
+    AgentdError naming it and saying what to do; nothing is written there."""
+    runtime = next((p for p in (folder, *folder.parents)
+                    if p.name == RUNTIME and is_home(p.parent)), None)
+    if runtime is None:  # not a runtime folder (a unit file's, the home's own)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    chain = [runtime]
+    for part in folder.relative_to(runtime).parts:
+        chain.append(chain[-1] / part)
+    for sub in chain:
+        _check_private(sub, create)
     return folder
+
+
+def _check_private(folder: Path, create: bool) -> None:
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        if not create:
+            return
+        with suppress(FileExistsError):
+            os.mkdir(folder, 0o755)  # never group- or world-writable, whatever the umask
+        st = os.lstat(folder)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid in (os.geteuid(), 0) and not st.st_mode & 0o022:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        kind = ("a symlink" if stat.S_ISLNK(st.st_mode) else "a FIFO"
+                if stat.S_ISFIFO(st.st_mode) else "a file" if stat.S_ISREG(st.st_mode)
+                else "a special file")
+        why, fix = f"is {kind}, not a folder", "remove it"
+    elif st.st_uid not in (os.geteuid(), 0):
+        why, fix = f"belongs to uid {st.st_uid}, not to you", "remove it (or chown it)"
+    else:
+        why, fix = "is writable by others", f"run `chmod go-w {folder}`"
+    raise AgentdError(f"{folder} {why}; agentd keeps its own state there and will not use "
+                      f"it: {fix} and run agentd again")
 
 
 def _read_umask() -> int:
@@ -136,7 +188,7 @@ def atomic_write(path: Path, data: bytes | str, durable: bool = True) -> None:
     """
     if isinstance(data, str):
         data = data.encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     try:
         old = os.lstat(path)
     except FileNotFoundError:
@@ -184,8 +236,9 @@ def open_private(path: Path, flags: int = os.O_RDWR) -> int:
     anything but a regular file. Bash can write `.agentd/` when the sandbox is off, so a
     planted link (to /etc/nologin, say, which the host would create, or to a file it would
     truncate) or FIFO there is removed and the file made anew: only agentd writes there,
-    so such a thing is debris, not someone's file (flock is only taken on regular files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    so such a thing is debris, not someone's file (flock is only taken on regular files).
+    A planted `.agentd` folder itself is refused (`private_dir`)."""
+    private_dir(path.parent)
     flags |= os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     for _ in range(3):
         try:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentd.home import private_dir
 from agentd.homefs import Root
 from agentd.surrogates import REPLACEMENT
 
@@ -50,8 +51,9 @@ def append(path: Path, value: Any, default: Callable[[Any], Any] | None = None) 
 
     These files live in `.agentd/`, which bash can write when the sandbox is off, so the
     append goes through the confined layer (agentd.homefs `append_text`): a symlink, FIFO
-    or hard link planted at the name is replaced by a fresh file, never written through."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    or hard link planted at the name is replaced by a fresh file, never written through;
+    a planted `.agentd` folder itself is refused (agentd.home `private_dir`)."""
+    private_dir(path.parent)
     with Root(path.parent) as root:
         root.append_text(path.name, dumps(value, default) + "\n")
 

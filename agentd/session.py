@@ -13,6 +13,7 @@ from typing import Any
 
 from agentd import jsonl
 from agentd.errors import AgentdError
+from agentd.home import private_dir
 from agentd.homefs import Root
 from agentd.llm.types import Message
 from agentd.redact import Redactor
@@ -61,7 +62,7 @@ class SessionLog:
                  redactor: Redactor | None = None):
         self.path = path
         self.redactor = redactor or default_redactor()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         # written with the first row: a turn that fails before it (a config error) leaves
         # no file, and a log can be made before the turn knows it will run
         self._header = None if header is None else {"type": "session", **header}

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd import warmwire as wire
 from agentd.errors import AgentdError
+from agentd.home import Home, private_dir
 
 if TYPE_CHECKING:
     from agentd.config import Settings
@@ -77,7 +78,7 @@ def carried_env(spec: str, settings: Settings) -> tuple[dict[str, str | None], l
 
 def _pid_file(home: Path) -> int | None:
     try:
-        fd = os.open(home / ".agentd" / "daemon.pid", os.O_RDONLY | os.O_NOFOLLOW |
+        fd = os.open(Home(home).pid_file, os.O_RDONLY | os.O_NOFOLLOW |
                      os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
@@ -93,7 +94,7 @@ def _pid_file(home: Path) -> int | None:
 def dial(home: Path) -> socket.socket | None:
     """A connection to the home's daemon, verified (see the module doc); None when there
     is none to trust. A stat, a read and a connect: no daemon costs next to nothing."""
-    dir_fd = wire.open_dir(wire.runtime_dir(home))
+    dir_fd = wire.open_dir(private_dir(wire.runtime_dir(home), create=False))
     if dir_fd is None:
         return None
     sock = None

@@ -31,7 +31,7 @@ from typing import Any
 
 from agentd import jsonl, state
 from agentd.errors import AgentdError
-from agentd.home import atomic_write, open_private
+from agentd.home import atomic_write, open_private, private_dir
 
 MAX_SEEN = 200_000
 MAX_RUNS = 10_000
@@ -45,7 +45,7 @@ class _Lines:
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self.rows = 0
 
     def load(self) -> list[dict[str, Any]]:
@@ -128,7 +128,7 @@ def new_run_id() -> str:
 class Runs:
     def __init__(self, folder: Path):
         self.folder = folder / "runs"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         self.file = _Lines(folder / "runs.jsonl")
         self.runs: dict[str, dict[str, Any]] = {}
         now = time.time()

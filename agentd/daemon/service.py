@@ -31,7 +31,7 @@ from pathlib import Path
 
 from agentd import state
 from agentd.errors import AgentdError
-from agentd.home import Home, open_private
+from agentd.home import Home, open_private, private_dir
 from agentd.tools import leftovers
 
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
@@ -41,14 +41,14 @@ READY_TIMEOUT = 20.0
 def pid_path(home: Path) -> Path:
     """`.agentd/daemon.pid`, its folder made: the daemon creates the file."""
     path = Home(home).pid_file
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     return path
 
 
 def log_path(home: Path) -> Path:
     """`.agentd/daemon.log`, its folder made: `agentd start` points stderr at it."""
     path = Home(home).daemon_log
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     return path
 
 

@@ -93,7 +93,16 @@ class Breaker:
     def _edit(self) -> Iterator[dict[str, Any]]:
         """Read, change and replace the file under its lock. The lock is opened without
         following a symlink (one planted there is removed) and the new file is written to
-        an exclusive temp name: nothing planted in `.agentd/` is written through."""
+        an exclusive temp name: nothing planted in `.agentd/` is written through. A folder
+        that is not a real one (a symlinked `.agentd`) gets nothing: the turn's own writes
+        refuse it with the error (agentd.home `private_dir`)."""
+        try:
+            planted = not stat.S_ISDIR(os.lstat(self.path.parent).st_mode)
+        except FileNotFoundError:
+            planted = False
+        if planted:
+            yield {}
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = self.path.with_suffix(".lock")
         try:
