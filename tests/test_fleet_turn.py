@@ -23,6 +23,7 @@ from agentd.errors import AgentdError
 from agentd.fleet import db, engine, enqueue, turnflow, workspace
 from agentd.fleet.durable import DurableSteps, StepDrift
 from agentd.turn import TurnRequest
+from tests.fleetfake import copy_db
 from tests.pgkit import PgCluster, requires_postgres
 
 pytestmark = requires_postgres
@@ -95,8 +96,11 @@ class Fleet:
     """One fleet database with one home (`alpha`), its remote a bare repository holding a
     home whose model is the fake LLM."""
 
-    def __init__(self, cluster: PgCluster, fake: FakeLLM, tmp: Path, home: Path):
-        self.tmp, self.url = tmp, cluster.url()
+    def __init__(self, cluster: PgCluster, template: str, fake: FakeLLM, tmp: Path,
+                 home: Path):
+        # a copy of the session's set-up database (conftest's fleet_template): DBOS's
+        # migrations on a bare one would cost the worker's launch seconds
+        self.tmp, self.url = tmp, copy_db(cluster.libpq_url("postgres"), template)
         text = (home / "agentd.toml").read_text()  # the home fixture's tables, at its end
         text = text.replace("[providers.anthropic]\nmax_retries = 1\n",
                             f'[providers.anthropic]\nmax_retries = 0\n'
@@ -146,9 +150,9 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(pg_cluster: PgCluster, fake: FakeLLM, tmp_path: Path,
+def fleet(pg_cluster: PgCluster, fleet_template: str, fake: FakeLLM, tmp_path: Path,
           home: Path) -> Iterator[Fleet]:
-    f = Fleet(pg_cluster, fake, tmp_path, home)
+    f = Fleet(pg_cluster, fleet_template, fake, tmp_path, home)
     yield f
     f.close()
 
