@@ -245,9 +245,14 @@ class Fleet:
     hook_secret: str = ""
     stopping: bool = False
     _client: Any = None
+    _conn: Any = None  # sql()'s connection
+    _histories: dict[str, tuple[str, list[Commit]]] = field(default_factory=dict)
 
     @classmethod
-    def make(cls, pg: Any, delay: float = 0.0) -> Fleet:
+    def make(cls, pg: Any, delay: float = 0.0, template: str | None = None) -> Fleet:
+        """A box on a new database: a copy of `template` (conftest's fleet_template: a
+        database `agentd fleet init` set up, copied in a fraction of a second) when given,
+        else one set up by `agentd fleet init` here (DBOS's migrations: seconds)."""
         root = Path(tempfile.mkdtemp(prefix="agentd-fleet-"))
         os.chmod(root, 0o755)
         for d in ("remotes", "workers", "hold"):
@@ -255,8 +260,14 @@ class Fleet:
         (root / "chaos.log").touch()
         (root / "tool.sh").write_text(TOOL_SH.format(log=root / "chaos.log",
                                                      hold=root / "hold"))
-        fleet = cls(root, pg.libpq_url(), ScriptedLLM(root, delay))
-        fleet.cli("fleet", "init")
+        if template is None:
+            fleet = cls(root, pg.libpq_url(), ScriptedLLM(root, delay))
+            fleet.cli("fleet", "init")
+        else:
+            from fleetfake import copy_db
+
+            fleet = cls(root, copy_db(pg.libpq_url("postgres"), template),
+                        ScriptedLLM(root, delay))
         fleet.settings(trust_home_sandbox=True)  # the homes' bash runs unsandboxed (see top)
         return fleet
 
@@ -276,11 +287,24 @@ class Fleet:
         return result
 
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        """One statement on the box's own connection, kept open: the waits ask many times
+        a second, and a connection each time is a PostgreSQL backend forked each time.
+        A connection lost (the test restarts PostgreSQL) is made again, once."""
         import psycopg
 
-        with psycopg.connect(self.db, autocommit=True) as conn:
-            cur = conn.execute(query, args)
-            return cur.fetchall() if cur.description else []
+        for attempt in (1, 2):
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self.db, autocommit=True)
+                cur = self._conn.execute(query, args)
+                return cur.fetchall() if cur.description else []
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def settings(self, **values: Any) -> None:
         """Fleet settings (db.settings: dead_after, beat_every, tick_every, …)."""
@@ -448,8 +472,9 @@ class Fleet:
         self.wids[token] = self.cli("fleet", "run", home, task(token, steps)).stdout.strip()
         return token
 
-    def start_serve(self) -> str:
-        """`agentd fleet serve` on a free loopback port, webhooks on; its URL."""
+    def start_serve(self, wait: bool = True) -> str:
+        """`agentd fleet serve` on a free loopback port, webhooks on; its URL (without
+        `wait`, "" at once: wait_serve() waits for it, meanwhile the test goes on)."""
         import base64
 
         key = base64.b64encode(os.urandom(24)).decode()
@@ -461,6 +486,11 @@ class Fleet:
                 stderr=subprocess.STDOUT, start_new_session=True,
                 env=self.env() | {"AGENTD_FLEET_WEBHOOK_SECRET": self.hook_secret,
                                   "AGENTD_FLEET_TOKEN": "chaos-token-0123456789"})
+        return self.wait_serve() if wait else ""
+
+    def wait_serve(self) -> str:
+        """The URL of the `fleet serve` start_serve started, once it says it listens."""
+        log = self.root / "serve.log"
 
         def listening() -> str | None:
             assert self.serve is not None and self.serve.poll() is None, log.read_text()
@@ -549,7 +579,18 @@ class Fleet:
         (self.root / "hold" / name).touch()
 
     def history(self, home: str) -> list[Commit]:
-        return remote_history(self.root / "remotes" / f"{home}.git")
+        """The home's remote history, read again only when its branch moved: the waits
+        ask for every home's many times a second, and a `git log` per home per poll
+        (50 homes) took the CPU the workers under test need."""
+        remote = self.root / "remotes" / f"{home}.git"
+        try:  # where git keeps a ref it just updated (a packed one is read every time)
+            head = (remote / "refs" / "heads" / "main").read_text().strip()
+        except FileNotFoundError:
+            return remote_history(remote)
+        cached = self._histories.get(home)
+        if cached is None or cached[0] != head:
+            cached = self._histories[home] = (head, remote_history(remote))
+        return cached[1]
 
     def runs_committed(self) -> Counter[str]:
         """Agentd-Run trailer (the workflow ID) -> how many commits carry it, all homes."""
@@ -585,10 +626,14 @@ class Fleet:
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.destroy()
+        if self._conn is not None:
+            self._conn.close()
         if os.environ.get("AGENTD_KEEP_FLEET"):  # to read the logs after a failure
             print(f"fleet kept in {self.root}")
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
+        else:  # ~20,000 files: on a disk mounted with `discard` deleting them took half a
+            # minute of waiting on the disk; the test need not wait (`rm` ends on its own)
+            subprocess.run(["sh", "-c", 'rm -rf -- "$1" >/dev/null 2>&1 &', "sh",
+                            str(self.root)], check=True)
 
 
 # -- git -----------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ stopped while they are held, the holds are let go while it is down (so each turn
 the database with none there), and it is started again. Every turn must commit exactly
 once, its workflow must end SUCCESS, and no completed step may run again.
 
-Runtime: the file takes about 2 minutes on two busy cores (the restart test about a minute, the two
-workers of the concurrency test half a minute, pgkit's cluster the rest).
+The concurrency check (the last worker to start sets the fleet-wide limit) runs at the end
+of the restart test, on its live worker, rather than on two workers of its own.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from collections.abc import Iterator
 
 import pytest
 from daemonkit import wait_for
-from fleetkit import Fleet, check_turns, new_token
+from fleetkit import Fleet, Worker, check_turns, new_token
 from pgkit import PgCluster, requires_postgres
 
 pytestmark = requires_postgres
 
 
 @pytest.fixture
-def fleet(pg_cluster: PgCluster) -> Iterator[Fleet]:
-    box = Fleet.make(pg_cluster)
+def fleet(pg_cluster: PgCluster, fleet_template: str) -> Iterator[Fleet]:
+    box = Fleet.make(pg_cluster, template=fleet_template)
     try:
         yield box
     finally:
@@ -66,6 +66,7 @@ def test_a_database_restart_under_running_turns_loses_and_repeats_nothing(
 
     fleet.wait_done(list(fleet.enqueued), timeout=120)
     assert worker.alive, worker.log.read_text()
+    concurrency_is_fleet_wide(fleet, worker)
     fleet.stop_workers()
     problems = check_turns(fleet)
     # a workflow's error is in workflow_output, not workflow_status
@@ -144,15 +145,17 @@ def test_dbos_retries_psycopgs_lost_connection_errors_once_the_worker_says_so(
         sa.event.remove(Engine, "handle_error", engine._lost_connection)
 
 
-def test_concurrency_is_fleet_wide_and_a_worker_changing_it_says_so(fleet: Fleet) -> None:
+def concurrency_is_fleet_wide(fleet: Fleet, w1: Worker) -> None:
     """`fleet worker --concurrency N`: DBOS 3.4 keeps the queue's per-worker limit in the
     database (no per-process setting), so the last worker to start sets it for all; the
-    README and --help say so, and the worker that changes it logs a warning."""
-    w1 = fleet.start_worker("w1", concurrency=2)
+    README and --help say so, and the worker that changes it logs a warning. (Checked at
+    the end of the restart test, on its live worker: a worker process costs seconds.)"""
+    assert fleet.sql("SELECT worker_concurrency FROM dbos.queues WHERE name = 'turns'") \
+        == [(5,)]
     w2 = fleet.start_worker("w2", concurrency=3)
     limit = fleet.sql("SELECT worker_concurrency FROM dbos.queues WHERE name = 'turns'")
     assert limit == [(3,)]
     log = w2.log.read_text()
     assert "every worker now runs at most 3 turns at once" in log, log
-    assert "had asked for 2" in log, log
+    assert "had asked for 5" in log, log
     assert "fleet-wide" not in w1.log.read_text()  # the first changed nobody's

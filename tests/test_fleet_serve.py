@@ -22,7 +22,7 @@ import openai
 import pytest
 from bridgekit import SECRET, TOKEN
 from daemonkit import wait_for
-from fleetfake import start_worker
+from fleetfake import copy_db, start_worker
 from standardwebhooks import Webhook
 
 from agentd.fleet import db
@@ -127,10 +127,10 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(pg_cluster: PgCluster, fleet_template: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serve")
-    url = pg_cluster.libpq_url(f"f_serve_{os.urandom(4).hex()}")
-    assert agentd("fleet", "init", "--db", url).exit_code == 0
+    url = copy_db(pg_cluster.libpq_url("postgres"), fleet_template)  # as `fleet init` makes
     for key in ("bridge_ip_rate", "bridge_ip_burst"):  # schemathesis sends hundreds at once
         assert agentd("fleet", "set", key, "1000", "--db", url).exit_code == 0
     receiver = Receiver()
@@ -295,11 +295,10 @@ def test_signed_webhooks_queue_one_turn_per_delivery(served: Served) -> None:
                    for x in served.requests())
 
 
-def test_serve_needs_a_token_sound_hook_secrets_and_its_tables(pg_cluster: PgCluster,
-                                                               tmp_path: Path) -> None:
+def test_serve_needs_a_token_sound_hook_secrets_and_its_tables(
+        pg_cluster: PgCluster, fleet_template: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
-    url = pg_cluster.libpq_url(f"f_old_{os.urandom(4).hex()}")
-    assert agentd("fleet", "init", "--db", url).exit_code == 0
+    url = copy_db(pg_cluster.libpq_url("postgres"), fleet_template)  # as `fleet init` makes
     with db.connect(url) as conn:  # a fleet set up by an agentd before the table
         conn.execute("DROP TABLE agentd_fleet.conversations")
     bad = tmp_path / "secrets.toml"

@@ -23,6 +23,7 @@ from agentd.errors import AgentdError
 from agentd.fleet import db, engine, enqueue, turnflow, workspace
 from agentd.fleet.durable import DurableSteps, StepDrift
 from agentd.turn import TurnRequest
+from tests.fleetfake import copy_db
 from tests.pgkit import PgCluster, requires_postgres
 
 pytestmark = requires_postgres
@@ -33,6 +34,8 @@ HOME = "alpha"
 # A worker process: DBOS launched with the turn workflow only (no tick), until killed.
 # With "die-after-save", it kills itself (-9) once a turn's save has written the database,
 # before DBOS records the step: the window where a turn runs again after its save.
+# It launches when the test writes a line ("go"): a worker that takes the place of one to
+# be killed is started ahead, and has done its imports (seconds) by the time it is needed.
 WORKER = """\
 import os, signal, sys
 from pathlib import Path
@@ -46,6 +49,7 @@ if sys.argv[4:] == ["die-after-save"]:
         os.kill(os.getpid(), signal.SIGKILL)
     carry.save = dying
 turnflow.configure(url, Path(cache))
+sys.stdin.readline()
 engine.launch(url, me, 2, poll=0.05, workflows=("agentd.fleet.turnflow",))
 print("ready", flush=True)
 sys.stdin.read()
@@ -71,15 +75,24 @@ def wait_for(what: str, ok: Callable[[], bool], timeout: float = 60.0) -> None:
 class Worker:
     """One worker process, killed (-9) by `kill()` and at the end of its test."""
 
-    def __init__(self, url: str, cache: Path, me: str, log: Path, *flags: str):
-        self.log = log.open("ab")
+    def __init__(self, url: str, cache: Path, me: str, log: Path, *flags: str,
+                 go: bool = True):
+        self.path, self.log = log, log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WORKER, url, str(cache), me, *flags], cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             env=os.environ | {"PYTHONPATH": str(ROOT)})
-        assert self.proc.stdout is not None
+        if go:
+            self.go()
+
+    def go(self) -> Worker:
+        """Launch DBOS in the process (which has imported, or is importing, meanwhile)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
         line = self.proc.stdout.readline()  # DBOS launched: it dequeues from now on
-        assert line == b"ready\n", log.read_text(errors="replace")[-3000:]
+        assert line == b"ready\n", self.path.read_text(errors="replace")[-3000:]
+        return self
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -95,8 +108,11 @@ class Fleet:
     """One fleet database with one home (`alpha`), its remote a bare repository holding a
     home whose model is the fake LLM."""
 
-    def __init__(self, cluster: PgCluster, fake: FakeLLM, tmp: Path, home: Path):
-        self.tmp, self.url = tmp, cluster.url()
+    def __init__(self, cluster: PgCluster, template: str, fake: FakeLLM, tmp: Path,
+                 home: Path):
+        # a copy of the session's set-up database (conftest's fleet_template): DBOS's
+        # migrations on a bare one would cost the worker's launch seconds
+        self.tmp, self.url = tmp, copy_db(cluster.libpq_url("postgres"), template)
         text = (home / "agentd.toml").read_text()  # the home fixture's tables, at its end
         text = text.replace("[providers.anthropic]\nmax_retries = 1\n",
                             f'[providers.anthropic]\nmax_retries = 0\n'
@@ -116,8 +132,10 @@ class Fleet:
         self.client = engine.client(self.url)
         self.workers: list[Worker] = []
 
-    def worker(self, me: str = "w1", *flags: str) -> Worker:
-        w = Worker(self.url, self.cache, me, self.tmp / f"{me}.log", *flags)
+    def worker(self, me: str = "w1", *flags: str, go: bool = True) -> Worker:
+        """A worker process; with go=False it only imports, until its `go()`."""
+        w = Worker(self.url, self.cache, me, self.tmp / f"{me}-{len(self.workers)}.log",
+                   *flags, go=go)
         self.workers.append(w)
         return w
 
@@ -147,9 +165,9 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(pg_cluster: PgCluster, fake: FakeLLM, tmp_path: Path,
+def fleet(pg_cluster: PgCluster, fleet_template: str, fake: FakeLLM, tmp_path: Path,
           home: Path) -> Iterator[Fleet]:
-    f = Fleet(pg_cluster, fake, tmp_path, home)
+    f = Fleet(pg_cluster, fleet_template, fake, tmp_path, home)
     yield f
     f.close()
 
@@ -257,17 +275,20 @@ def test_a_killed_turn_is_recovered_without_repeating_completed_steps(
               write("second.txt", "two\n"),  # the call in flight, made again
               {"text": "both done"})
     first = fleet.worker()
+    # the two that take its place, one after the other, started now to import meanwhile
+    second = fleet.worker("w1", "die-after-save", go=False)
+    third = fleet.worker("w1", go=False)
     wid = fleet.enqueue("two steps", session="chat-k")
     wait_for("the second model call", lambda: len(fake.requests) == 2)
     first.kill()
     held.set()  # the dead worker's request is answered into a closed socket
     # the same executor ID: DBOS resumes its pending turn at launch; this one dies once the
     # turn's save wrote the database, and the next one runs the turn a third time
-    assert fleet.worker("w1", "die-after-save").proc.wait(90) == -signal.SIGKILL
+    assert second.go().proc.wait(90) == -signal.SIGKILL
     with db.connect(fleet.url) as conn:
         saved = db.load_state(conn, HOME, ["sessions/chat-k.jsonl"])
     assert saved["sessions/chat-k.jsonl"].count(b'"two steps"') == 1
-    fleet.worker()
+    third.go()
     events, result = fleet.follow(wid)
     assert result["status"] == "ok", result
     assert fleet.commits() == [result["commit"]]

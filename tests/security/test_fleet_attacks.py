@@ -31,6 +31,7 @@ from agentd import gitexec
 from agentd.fleet import db, engine, enqueue, schedule, workspace
 from agentd.homefs import Root
 from agentd.turn import TurnRequest
+from tests.fleetfake import copy_db
 from tests.pgkit import PgCluster, requires_postgres
 
 pytestmark = requires_postgres
@@ -94,8 +95,8 @@ def tool_results(body: dict[str, Any]) -> list[str]:
 class Fleet:
     """Two homes (`alpha`, the attacker, and `beta`, the victim) served by one worker."""
 
-    def __init__(self, cluster: PgCluster, fake: FakeLLM, tmp: Path, template: Path):
-        self.tmp, self.fake, self.url = tmp, fake, cluster.url()
+    def __init__(self, url: str, fake: FakeLLM, tmp: Path, template: Path):
+        self.tmp, self.fake, self.url = tmp, fake, url
         # Where an operator puts a cache: a folder everyone may search, outside the masks.
         self.outer = Path(tempfile.mkdtemp(prefix="agentd-fleet-redteam-", dir="/var/cache"))
         self.outer.chmod(0o755)
@@ -190,10 +191,11 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory,
-          home_template: Path) -> Iterator[Fleet]:
-    with FakeLLM() as fake:
-        f = Fleet(pg_cluster, fake, tmp_path_factory.mktemp("redteam"), home_template)
+def fleet(pg_cluster: PgCluster, fleet_template: str,
+          tmp_path_factory: pytest.TempPathFactory, home_template: Path) -> Iterator[Fleet]:
+    with FakeLLM() as fake:  # the database: a copy of the session's set-up one (fast)
+        url = copy_db(pg_cluster.libpq_url("postgres"), fleet_template)
+        f = Fleet(url, fake, tmp_path_factory.mktemp("redteam"), home_template)
         try:
             yield f
         finally:
