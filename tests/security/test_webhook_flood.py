@@ -26,6 +26,8 @@ from fakellm import FakeLLM
 EVENT = json.dumps({"action": "opened", "n": 1}).encode()
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 VALID = "valid"
+BIG = b'{"a": "' + b"x" * (1 << 20) + b'"}'  # over the 1 MiB cap: 413
+DEEP = b"[" * 5000 + b"]" * 5000  # nested too deep to parse: 400
 
 
 def rss_mib(pid: int) -> float:
@@ -50,16 +52,14 @@ def request(i: int, rnd: int) -> tuple[str, str, str, bytes, dict[str, str]]:
         return "content type", "POST", "/hooks/h0", EVENT, {
             **signed(EVENT, msg), "content-type": "text/plain"}
     if kind == 4:
-        big = b'{"a": "' + b"x" * (1 << 20) + b'"}'
-        return "too large", "POST", "/hooks/h0", big, signed(big, msg)
+        return "too large", "POST", "/hooks/h0", BIG, signed(BIG, msg)
     if kind == 5:
         return "unknown route", "GET", f"/wp-admin/{i}", b"", {}
     if kind == 6:
         return "no token", "POST", "/v1/chat/completions", b"{}", {
             "content-type": "application/json"}
     if kind == 7:
-        deep = b"[" * 5000 + b"]" * 5000
-        return "deep", "POST", "/hooks/h0", deep, signed(deep, msg)
+        return "deep", "POST", "/hooks/h0", DEEP, signed(DEEP, msg)
     if kind == 8:
         return "replay", "POST", "/hooks/h0", EVENT, signed(EVENT, f"msg_{rnd}_0")
     return "runs without token", "GET", "/runs/abc", b"", {}
@@ -123,11 +123,15 @@ def test_19_a_flood_of_mixed_requests(home: Path, fake: FakeLLM,
             assert len(accepted) == seen[VALID, 202] >= 10, seen
             assert seen[VALID, 429] + seen[VALID, 503] > 0, seen
 
-            def all_done() -> bool:
-                return all(httpx2.get(f"{url}/runs/{rid}", headers=AUTH).json()["status"]
-                           == "done" for rid in accepted)
+            pending = set(accepted)
 
-            wait_for(all_done, 60, "every accepted event to run")
+            def all_done() -> bool:  # "done" is final: each run is asked until it is
+                pending.difference_update([rid for rid in pending if client.get(
+                    f"/runs/{rid}", headers=AUTH).json()["status"] == "done"])
+                return not pending
+
+            with httpx2.Client(base_url=url) as client:  # one client, not one per poll
+                wait_for(all_done, 60, "every accepted event to run")
             return seen
 
         settled(asyncio.run(flood(url, 1)))  # warms up: imports, the SDK, caches
