@@ -92,9 +92,12 @@ def connect(url: str) -> psycopg.Connection[Any]:
 
 
 def first_line(e: BaseException) -> str:
-    """What a database error says, in one line (psycopg's messages run to several)."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    """What an error says, in one line of at most 300 characters: psycopg's messages run
+    to several, and SQLAlchemy's wrapper (as DBOS raises it) holds psycopg's error in
+    `orig` and appends a background link to its own text. The fleet's one way to put a
+    database's, git's or a turn's error in a log line or a result."""
+    lines = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
 
 
 class Unreachable(AgentdError):

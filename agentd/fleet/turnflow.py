@@ -158,8 +158,7 @@ def _why(e: Exception) -> str:
     said the last time)."""
     if isinstance(e, DBOSMaxStepRetriesExceeded) and e.errors:
         e = e.errors[-1]
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    return db.first_line(e)
 
 
 def _failed(error: str) -> dict[str, Any]:
