@@ -255,10 +255,11 @@ def status(conn: psycopg.Connection[Any], dbos: DBOSClient) -> dict[str, Any]:
               "head": h.head, "queued": queued.get(h.name, 0),
               "running": running.get(h.name, [])} for h in db.homes(conn)]
     workers = []
-    for wid, host, pid, conc, _started, _seen, silent, recovered_by in db.workers(conn):
-        silent = float(silent)
+    for row in db.workers(conn):
+        wid, host, pid, conc, _started, _seen, silent, recovered_by = row
         workers.append({"id": wid, "host": host, "pid": pid, "concurrency": conc,
-                        "last_seen_s": round(silent, 1), "alive": silent <= dead_after,
+                        "last_seen_s": round(float(silent), 1),
+                        "alive": db.alive(row, dead_after),
                         "recovered_by": recovered_by, "running": by_worker.get(wid, 0)})
     return {"homes": homes, "workers": workers, "dead_after_s": dead_after,
             "queued": sum(queued.values()), "running": sum(map(len, running.values()))}
