@@ -183,7 +183,7 @@ def _settings(db_url: str, clone: Path) -> Any:
     with Root(clone) as root:
         settings, problem = schedule.settings_of(root)
     if problem:
-        raise AgentdError(problem.removesuffix("; the defaults apply"))
+        raise AgentdError(problem)
     fleet = db.retrying(db_url, db.settings)
     if fleet["trust_home_sandbox"] is not True:
         _confined(settings.sandbox)
