@@ -121,7 +121,14 @@ def git_env(home: Path) -> dict[str, str]:
         env["TZ"] = os.environ["TZ"]
     env["GIT_DIR"] = str(home / ".git")
     env["GIT_WORK_TREE"] = str(home)
-    env["GIT_CONFIG_COUNT"] = str(len(CONFIG))
+    return env | config_env()
+
+
+def config_env() -> dict[str, str]:
+    """CONFIG as git's GIT_CONFIG_COUNT/KEY_n/VALUE_n variables (command-line config that
+    no repository's own config can override): for git_env and for the fleet's mirror
+    (agentd.fleet.workspace), which runs git outside the sandbox with other variables."""
+    env = {"GIT_CONFIG_COUNT": str(len(CONFIG))}
     for i, (key, value) in enumerate(CONFIG):
         env[f"GIT_CONFIG_KEY_{i}"] = key
         env[f"GIT_CONFIG_VALUE_{i}"] = value

@@ -247,6 +247,14 @@ def test_status_shows_workers_and_which_are_dead(db: str) -> None:
     assert workers["w-gone"]["last_seen_s"] >= 299
     text = fleet(db, "status").stdout
     assert "w-gone" in text and "dead, turns recovered by w-live" in text
+    # the rule is db.live_workers': a claimed worker stays dead however recent its last
+    # beat, and one silent for dead_after exactly is no longer alive
+    with fdb.connect(db) as conn:
+        conn.execute("UPDATE agentd_fleet.workers SET last_seen = now() WHERE id = 'w-gone'")
+        live = {w[0] for w in fdb.live_workers(conn, 30)}
+    workers = {w["id"]: w for w in json.loads(fleet(db, "status", "--json").stdout)["workers"]}
+    assert not workers["w-gone"]["alive"] and live == {"w-live"}
+    assert fdb.alive(("w", "h", 1, 1, None, None, 30.0, None), 30.0) is False
 
 
 def test_worker_refuses_bad_arguments_in_one_line(db: str, tmp_path: Path) -> None:

@@ -67,16 +67,20 @@ def _read(home: Path, var: str, file: str, what: str, warnings: list[str]) -> st
     return value
 
 
-def _keys(value: str, what: str) -> list[bytes]:
-    """One or more secrets separated by whitespace (old and new while rotating)."""
+def webhook_keys(value: str, what: str, exit_code: int = 2) -> list[bytes]:
+    """One or more secrets (whsec_… or raw) separated by whitespace (old and new while
+    rotating). `exit_code` is the refusal's: 2 for the bridge's settings, 1 for
+    `agentd fleet serve`'s environment (agentd.fleet.bridge)."""
     keys = []
     for part in value.split():
         try:
             key = decode_secret(part)
         except ValueError:
-            raise AgentdError(f"{what}: a whsec_ secret must be base64 after the prefix") from None
+            raise AgentdError(f"{what}: a whsec_ secret must be base64 after the prefix",
+                              exit_code) from None
         if len(key) < MIN_LEN:
-            raise AgentdError(f"{what} is too short: use at least {MIN_LEN} bytes ({MAKE_ONE})")
+            raise AgentdError(f"{what} is too short: use at least {MIN_LEN} bytes ({MAKE_ONE})",
+                              exit_code)
         keys.append(key)
     return keys
 
@@ -106,12 +110,12 @@ def load(home: Path, settings: Settings) -> Secrets:
                           f"spaces ({MAKE_ONE})")
     s = Secrets(token, values={"AGENTD_BRIDGE_TOKEN": token}, warnings=warn)
     shared = _read(home, "AGENTD_WEBHOOK_SECRET", b.secret_file, "webhook secret", warn)
-    s.webhook = _keys(shared, "the webhook secret")
+    s.webhook = webhook_keys(shared, "the webhook secret")
     s.values["AGENTD_WEBHOOK_SECRET"] = shared
     for name, hook in b.hooks.items():
         own = _read(home, hook.secret_env, hook.secret_file, f"bridge.hooks.{name} secret", warn)
         if own:
-            s.hooks[name] = _keys(own, f"the secret of hook {name}")
+            s.hooks[name] = webhook_keys(own, f"the secret of hook {name}")
             s.values[f"HOOK_{name.upper()}_SECRET"] = own
         elif hook.secret_env or hook.secret_file:
             raise AgentdError(f"bridge.hooks.{name}: its secret is configured but empty")

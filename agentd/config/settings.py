@@ -251,7 +251,7 @@ def _check_profile(name: str, profile: str) -> None:
                           f"{', '.join(PROFILES)} or {AUTO}, not {profile!r}")
 
 
-MAX_CONFIG = 256 * 1024  # agentd.toml's cap (agentd.fleet.schedule reads with the same)
+MAX_CONFIG = 256 * 1024  # agentd.toml's cap (read_config: the daemon's and the fleet's)
 
 TRIGGER_KINDS = ("cli", "chat", "heartbeat", "cron", "inbox", "webhook")
 
@@ -316,18 +316,31 @@ def load_settings(home: Path) -> Settings:
     is opened (it would hang the host), and the read is capped at MAX_CONFIG."""
     path = home / CONFIG_NAME
     try:
-        with Root(home) as root:
-            data = root.read_bytes(CONFIG_NAME, limit=MAX_CONFIG + 1)
-    except FileNotFoundError:
+        root = Root(home)
+    except FileNotFoundError:  # no home yet: the defaults, as for a home without the file
         return parse_settings({})
-    except OSError as e:  # Refused says what to do: make it a regular file
+    except OSError as e:
         raise AgentdError(f"cannot read {path}: {e}") from None
-    if len(data) > MAX_CONFIG:
-        raise AgentdError(f"{path} is over {MAX_CONFIG // 1024} KiB; settings are short")
+    with root:
+        return parse_settings(read_config(root, path))
+
+
+def read_config(root: Root, shown: Path | str = CONFIG_NAME) -> dict[str, Any]:
+    """The TOML table of agentd.toml in an open homefs Root (missing → empty: all
+    defaults): the one bytes->table path and cap, for load_settings and for a fleet
+    checkout (agentd.fleet.schedule.settings_of); parse_settings makes it Settings. A
+    file that cannot be read is one AgentdError line naming it as `shown`."""
     try:
-        table = tomllib.loads(data.decode("utf-8"))
+        data = root.read_bytes(CONFIG_NAME, limit=MAX_CONFIG + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:  # Refused says what to do: make it a regular file
+        raise AgentdError(f"cannot read {shown}: {e}") from None
+    if len(data) > MAX_CONFIG:
+        raise AgentdError(f"{shown} is over {MAX_CONFIG // 1024} KiB; settings are short")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise AgentdError(f"cannot read {path}: not UTF-8 ({e})") from None
+        raise AgentdError(f"cannot read {shown}: not UTF-8 ({e})") from None
     except tomllib.TOMLDecodeError as e:
-        raise AgentdError(f"{path} is not valid TOML ({e}); fix it or move it aside") from None
-    return parse_settings(table)
+        raise AgentdError(f"{shown} is not valid TOML ({e}); fix it or move it aside") from None

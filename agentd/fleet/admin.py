@@ -45,11 +45,6 @@ def check_url(url: str | None) -> str:
     return url
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def connect(url: str) -> psycopg.Connection[Any]:
     """A connection to an initialised fleet database (`fleet init` done)."""
     try:
@@ -81,7 +76,7 @@ def client(url: str) -> DBOSClient:
     try:
         return make(url)
     except Exception as e:  # sqlalchemy's OperationalError, and whatever psycopg raises
-        raise fail(f"cannot reach the fleet database: {_first_line(e)}") from None
+        raise fail(f"cannot reach the fleet database: {db.first_line(e)}") from None
 
 
 def init(url: str) -> None:
@@ -95,7 +90,7 @@ def init(url: str) -> None:
     try:
         DBOS.migrate(sqlalchemy_url(url))
     except Exception as e:
-        raise fail(f"cannot reach the fleet database: {_first_line(e)}; check --db (or "
+        raise fail(f"cannot reach the fleet database: {db.first_line(e)}; check --db (or "
                    "AGENTD_FLEET_DB) and that PostgreSQL is running") from None
     try:
         conn = db.connect(url)
@@ -260,10 +255,11 @@ def status(conn: psycopg.Connection[Any], dbos: DBOSClient) -> dict[str, Any]:
               "head": h.head, "queued": queued.get(h.name, 0),
               "running": running.get(h.name, [])} for h in db.homes(conn)]
     workers = []
-    for wid, host, pid, conc, _started, _seen, silent, recovered_by in db.workers(conn):
-        silent = float(silent)
+    for row in db.workers(conn):
+        wid, host, pid, conc, _started, _seen, silent, recovered_by = row
         workers.append({"id": wid, "host": host, "pid": pid, "concurrency": conc,
-                        "last_seen_s": round(silent, 1), "alive": silent <= dead_after,
+                        "last_seen_s": round(float(silent), 1),
+                        "alive": db.alive(row, dead_after),
                         "recovered_by": recovered_by, "running": by_worker.get(wid, 0)})
     return {"homes": homes, "workers": workers, "dead_after_s": dead_after,
             "queued": sum(queued.values()), "running": sum(map(len, running.values()))}
@@ -306,7 +302,7 @@ def ended(status: Any) -> dict[str, Any]:
     if status.status == "SUCCESS" and isinstance(status.output, dict):
         return dict(status.output)
     error = status.error
-    why = _first_line(error) if isinstance(error, BaseException) else str(error or "")
+    why = db.first_line(error) if isinstance(error, BaseException) else str(error or "")
     return {"status": "error", "text": "", "steps": 0, "commit": None, "cost": None,
             "conflict": None, "error": f"the turn's workflow ended {status.status}"
                                        + (f": {why}" if why else "")}

@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from agentd.bridge.auth import bearer_ok, decode_secret, verify_webhook, webhook_headers
+from agentd.bridge.auth import bearer_ok, verify_webhook, webhook_headers
 from agentd.bridge.hooks import EVENT_SCHEMA, build_task
 from agentd.bridge.http import ApiError, parse_json, require_json, unauthorized
 from agentd.bridge.limits import Buckets
+from agentd.bridge.secrets import webhook_keys
 from agentd.bridge.server import add_error_handlers
 from agentd.config import HOOK_NAME, Settings
 from agentd.errors import AgentdError
@@ -59,18 +60,9 @@ MIN_SECRET = 16
 
 
 def hook_keys(value: str, what: str = "AGENTD_FLEET_WEBHOOK_SECRET") -> list[bytes]:
-    """A webhook secret: one or more (whsec_… or raw), space-separated while rotating."""
-    keys = []
-    for part in value.split():
-        try:
-            key = decode_secret(part)
-        except ValueError:
-            raise AgentdError(f"{what}: a whsec_ secret must be base64 after the prefix",
-                              1) from None
-        if len(key) < MIN_SECRET:
-            raise AgentdError(f"{what} is too short: use at least {MIN_SECRET} bytes", 1)
-        keys.append(key)
-    return keys
+    """A webhook secret from the environment: the bridge's rule (webhook_keys), refused
+    with exit status 1 as the fleet's commands are."""
+    return webhook_keys(value, what, 1)
 
 
 class Fleet:

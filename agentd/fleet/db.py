@@ -92,9 +92,12 @@ def connect(url: str) -> psycopg.Connection[Any]:
 
 
 def first_line(e: BaseException) -> str:
-    """What a database error says, in one line (psycopg's messages run to several)."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    """What an error says, in one line of at most 300 characters: psycopg's messages run
+    to several, and SQLAlchemy's wrapper (as DBOS raises it) holds psycopg's error in
+    `orig` and appends a background link to its own text. The fleet's one way to put a
+    database's, git's or a turn's error in a log line or a result."""
+    lines = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
 
 
 class Unreachable(AgentdError):
@@ -252,11 +255,16 @@ def workers(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
         "ORDER BY id").fetchall()
 
 
+def alive(worker: tuple[Any, ...], dead_after: float) -> bool:
+    """Whether a `workers` row is of a live worker: heard from within `dead_after` seconds
+    and not claimed (a claimed worker's turns are another's, whatever its last beat says).
+    The one rule for `fleet status` and for the workers that share the fleet's slots."""
+    return worker[6] is not None and float(worker[6]) < dead_after and worker[7] is None
+
+
 def live_workers(conn: psycopg.Connection[Any], dead_after: float) -> list[tuple[Any, ...]]:
-    """The `workers` rows of those alive now: heard from within `dead_after` seconds and
-    not claimed."""
-    return [w for w in workers(conn) if w[6] is not None and float(w[6]) < dead_after
-            and w[7] is None]
+    """The `workers` rows of those alive now (see `alive`)."""
+    return [w for w in workers(conn) if alive(w, dead_after)]
 
 
 def record_usage(conn: psycopg.Connection[Any], rows: Iterable[dict[str, Any]]) -> None:

@@ -27,13 +27,12 @@ why:
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
-from agentd.config.settings import Settings, parse_settings
+from agentd.config.settings import Settings, parse_settings, read_config
 from agentd.config.tables import CONFIG_NAME
 from agentd.daemon import checklist, cron
 from agentd.daemon.crontab import CRON, SESSION_PREFIX, build_task, job_files, not_a_file, read_job
@@ -42,7 +41,6 @@ from agentd.homefs import Root
 
 HEARTBEAT_TASK = ("Heartbeat: the items of memory/HEARTBEAT.md that are due are checked "
                   "when this turn starts.")  # replaced by `heartbeat_task` in the turn
-MAX_CONFIG = 256 * 1024
 # What `read` reads: a commit that touches none of them leaves the schedule as it was (the
 # worker's refresh then skips the read).
 SOURCES = (CRON, CONFIG_NAME, checklist.HEARTBEAT)
@@ -56,17 +54,17 @@ def zone_of(name: str) -> tzinfo:
 
 
 def settings_of(root: Root) -> tuple[Settings, str]:
-    """(Settings, problem) from the checkout's agentd.toml, read through homefs (a symlink
-    or FIFO is refused); a bad file gives the defaults and says why."""
+    """(Settings, problem) from the checkout's agentd.toml, read by config's read_config
+    (through homefs: a symlink or FIFO is refused; capped at its MAX_CONFIG); a bad file
+    gives the defaults and says why in one line naming it (empty when all is well)."""
     try:
-        data = root.read_bytes(CONFIG_NAME, limit=MAX_CONFIG + 1)
-        if len(data) > MAX_CONFIG:
-            raise AgentdError(f"{CONFIG_NAME} is over {MAX_CONFIG // 1024} KiB")
-        return parse_settings(tomllib.loads(data.decode("utf-8"))), ""
-    except FileNotFoundError:
-        return parse_settings({}), ""
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AgentdError) as e:
-        return parse_settings({}), f"{CONFIG_NAME}: {e}; the defaults apply"
+        table = read_config(root)
+    except AgentdError as e:  # it names the file
+        return parse_settings({}), str(e)
+    try:
+        return parse_settings(table), ""
+    except AgentdError as e:
+        return parse_settings({}), f"{CONFIG_NAME}: {e}"
 
 
 def _job(job: cron.CronJob, default_zone: str) -> dict[str, Any]:
@@ -97,7 +95,8 @@ def read(checkout: Path) -> dict[str, Any]:
             except (OSError, ValueError) as e:
                 errors[name] = str(e)
     items, problems = checklist.load(checkout)
-    return {"jobs": jobs, "errors": errors, "problem": problem,
+    return {"jobs": jobs, "errors": errors,
+            "problem": f"{problem}; the defaults apply" if problem else "",
             "catch_up": settings.daemon.catch_up.seconds,
             "heartbeat": {"enabled": hb.enabled, "every": hb.every.seconds,
                           "active_hours": hb.active_hours, "timezone": hb.timezone,

@@ -24,8 +24,7 @@ from dbos import DBOS
 
 from agentd.fleet import db, enqueue, schedule
 
-TICK = "agentd.fleet.tick"
-SCHEDULE = "agentd.fleet.tick"
+TICK = "agentd.fleet.tick"  # the workflow's name, and its DBOS schedule's (one per fleet)
 OVERLAP = 2  # ticks: what each window shares with the ones before it
 EVEN = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30)  # the divisors of 60: an even rhythm
 
@@ -60,13 +59,13 @@ def ensure_schedule(tick_every: float) -> str:
     from dbos._error import DBOSException
 
     want = cron_for(tick_every)
-    have = DBOS.get_schedule(SCHEDULE)
+    have = DBOS.get_schedule(TICK)
     if have is not None and have["schedule"] == want:
         return want
     if have is not None:
-        DBOS.delete_schedule(SCHEDULE)
+        DBOS.delete_schedule(TICK)
     with contextlib.suppress(DBOSException):  # another worker created it meanwhile
-        DBOS.create_schedule(schedule_name=SCHEDULE, workflow_fn=fleet_tick, schedule=want)
+        DBOS.create_schedule(schedule_name=TICK, workflow_fn=fleet_tick, schedule=want)
     return want
 
 

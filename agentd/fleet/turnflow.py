@@ -158,8 +158,7 @@ def _why(e: Exception) -> str:
     said the last time)."""
     if isinstance(e, DBOSMaxStepRetriesExceeded) and e.errors:
         e = e.errors[-1]
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    return db.first_line(e)
 
 
 def _failed(error: str) -> dict[str, Any]:
@@ -184,7 +183,7 @@ def _settings(db_url: str, clone: Path) -> Any:
     with Root(clone) as root:
         settings, problem = schedule.settings_of(root)
     if problem:
-        raise AgentdError(problem.removesuffix("; the defaults apply"))
+        raise AgentdError(problem)
     fleet = db.retrying(db_url, db.settings)
     if fleet["trust_home_sandbox"] is not True:
         _confined(settings.sandbox)

@@ -80,10 +80,7 @@ def _mirror_env(mirror: Path | None) -> dict[str, str]:
     env |= {k: v for k, v in gitexec.ENV.items() if k not in ("HOME", "XDG_CONFIG_HOME",
                                                               "PATH")}
     env["GIT_ALLOW_PROTOCOL"] = PROTOCOLS  # overrides protocol.allow=never below
-    env["GIT_CONFIG_COUNT"] = str(len(gitexec.CONFIG))
-    for i, (key, value) in enumerate(gitexec.CONFIG):
-        env[f"GIT_CONFIG_KEY_{i}"] = key
-        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    env |= gitexec.config_env()
     if mirror is not None:
         env["GIT_DIR"] = str(mirror)
     return env
