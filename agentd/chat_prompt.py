@@ -18,6 +18,7 @@ not UTF-8 become U+FFFD either way.
 from __future__ import annotations
 
 import contextlib
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,21 @@ def plain_reader(stream: IO[bytes] | None = None) -> Reader:
 
 
 def _history(path: Path, redactor: Redactor) -> Any:
-    from prompt_toolkit.history import FileHistory
+    """The chat's saved history, or one kept in memory when `path` is something other than
+    a regular file: prompt_toolkit opens it by name, so a link would be read and appended
+    through, and a FIFO would hang the chat before its first prompt."""
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    try:
+        planted = not stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        planted = False
+    except OSError:
+        planted = True
+    if planted:
+        print(f"warning: {path} is not a regular file: this chat's history is not saved "
+              "(remove it to keep history again)", file=sys.stderr, flush=True)
+        return InMemoryHistory()
 
     class RedactedHistory(FileHistory):
         """The history file never holds a key typed or pasted at the prompt, and a file

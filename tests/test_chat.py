@@ -12,6 +12,7 @@ import os
 import pty
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -395,6 +396,30 @@ def test_history_is_kept_across_chats_and_redacted(home: Path) -> None:
     assert "/help" in saved and key not in saved and "[REDACTED:anthropic-key]" in saved
     with prompt_session(home) as session:  # a new chat: Up, Up recalls the earlier line
         assert keyed(session, "\x1b[A\x1b[A\r")() == "/help"
+
+
+@pytest.mark.parametrize("plant", ["link", "fifo"])
+def test_a_planted_history_file_is_neither_followed_nor_opened(home: Path, tmp_path: Path,
+                                                                plant: str,
+                                                                capfd: pytest.CaptureFixture[str],
+                                                                ) -> None:
+    """`.agentd/chat-history` as a link (to a file outside the home) or a FIFO: the chat
+    keeps its history in memory and says so; the link's target is untouched and a FIFO
+    does not hang the prompt (the pipe input would be waited on forever otherwise)."""
+    history = Home(home).runtime / HISTORY_NAME
+    history.parent.mkdir(exist_ok=True)
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("not the chat's\n")
+    if plant == "link":
+        history.symlink_to(target)
+    else:
+        os.mkfifo(history)
+    with prompt_session(home) as session:
+        assert keyed(session, "/help\r")() == "/help"
+    assert target.read_text() == "not the chat's\n"
+    assert history.is_symlink() if plant == "link" else stat.S_ISFIFO(history.lstat().st_mode)
+    [line] = capfd.readouterr().err.splitlines()
+    assert line.startswith("warning: ") and "not a regular file" in line
 
 
 def test_model_rereads_agentd_toml(fake: FakeLLM, home: Path, workdir: Path) -> None:
